@@ -53,6 +53,8 @@ SIGN_MARGIN = 1e-4
 GROUP_CODE_MARGIN = 1e-4
 # Stored float32 norms: relative difference allowed between implementations.
 NORM_RTOL = 4e-6
+# QJL residual norm gamma (unit-vector units), for tokens whose codes agree.
+RNORM_ATOL = 2e-5
 # Attention over identical cache bytes: ||out - ref|| / ||ref|| per call.
 ATTN_RTOL_FP32 = 1e-4
 ATTN_RTOL_HALF = 1e-2  # fp16 / bf16 outputs (one output rounding + inputs)

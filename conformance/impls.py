@@ -1,0 +1,65 @@
+"""Implementations under test, behind one NumPy-in / NumPy-out interface.
+
+Each implementation offers the stages the conformance cases compare:
+
+* ``store(cache, key, value, slot_mapping, fmt) -> cache``: a new cache array
+  with the tokens written (the input array is not modified);
+* ``paged_attention(query, cache, block_table, seq_lens, fmt,
+  query_start_loc=None, softmax_scale=None) -> out`` (float32);
+* ``rotated(x, fmt, tensor) -> list of y per instance`` (optional; None when
+  the implementation has no separate rotation stage to expose).
+
+Later issues add implementations (Triton on the CPU interpreter or CUDA, the
+vLLM layer) by appending to ``IMPLEMENTATIONS`` in ``available()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from turboquant import format as tqf
+from turboquant import reference as ref
+from turboquant.reference.quantizer import l2_norm, layer_params, rotate
+
+
+@dataclass(frozen=True)
+class Implementation:
+    name: str
+    store: Callable
+    paged_attention: Callable
+    rotated: Callable | None = None
+    # Largest case size ("small" under an interpreter, "full" on a device).
+    scale: str = "full"
+    # True when outputs are rounded to the case's fp16/bf16 dtype (kernels do).
+    half_output: bool = False
+
+
+def _ref_store(cache, key, value, slot_mapping, fmt):
+    out = cache.copy()
+    ref.store(out, key, value, slot_mapping, fmt)
+    return out
+
+
+def _ref_rotated(x, fmt: tqf.LayerFormat, tensor: str):
+    params = layer_params(fmt)
+    insts = params.keys if tensor == "key" else params.values
+    return [rotate(l2_norm(np.asarray(x, np.float32)[..., p.channels])[1], p.rotation) for p in insts]
+
+
+REFERENCE = Implementation("reference", _ref_store, ref.paged_attention, _ref_rotated)
+
+
+def available() -> list[Implementation]:
+    """The reference plus every implementation importable on this machine."""
+    impls = [REFERENCE]
+    try:
+        from turboquant.triton_impl.conformance_adapter import triton_implementation
+    except ImportError:
+        return impls
+    impl = triton_implementation()
+    if impl is not None:
+        impls.append(impl)
+    return impls
