@@ -1,0 +1,367 @@
+"""TurboQuant attention backend for vLLM's v1 engine: Backend, MetadataBuilder, Impl.
+
+The Impl does no math itself: it stores with ``turboquant.triton_impl.store_kv``
+and attends with ``paged_attention`` / ``decode_attention`` (or, when asked,
+with the NumPy reference in ``reference_path``).  Semantics are SPEC's
+store-then-attend: every token of the step is written packed first, then every
+query row attends causally over the packed cache, prefill rows included.
+
+Per layer the format is ``LayerFormat(preset, head_size, layer=<index parsed
+from the layer name>, base_seed)``; the KV-cache tensor of a layer is uint8
+``[num_blocks, num_kv_heads, block_size, slot_bytes]`` (see compat.py for
+how each vLLM version is made to allocate exactly that).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from turboquant import format as tqf
+from turboquant.vllm_integration import compat, debug
+from turboquant.vllm_integration import reference_path as refpath
+from turboquant.vllm_integration.compat import (
+    AttentionBackend,
+    AttentionCGSupport,
+    AttentionImpl,
+    AttentionMetadata,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+    MultipleOf,
+)
+from turboquant.vllm_integration.config import TurboQuantOptions, parse_layer_index, unsupported_reasons
+
+logger = logging.getLogger(__name__)
+
+from turboquant.vllm_integration.plugin import BACKEND_PATH  # noqa: E402,F401
+KERNEL_API = ("KernelParams", "store_kv", "paged_attention", "decode_attention")
+
+# Options of the engine being built in this process.  ``customize_spec`` and
+# ``get_kv_cache_shape`` are classmethods that vLLM calls without the config;
+# the Impls (built while the model is constructed, before either is called)
+# record the options here.
+_PROCESS_OPTIONS: TurboQuantOptions | None = None
+
+
+def _options_for_spec() -> TurboQuantOptions:
+    try:
+        from vllm.config import get_current_vllm_config_or_none
+
+        cfg = get_current_vllm_config_or_none()
+    except ImportError:  # pragma: no cover
+        cfg = None
+    if cfg is not None and getattr(cfg, "model_config", None) is not None:
+        return TurboQuantOptions.from_vllm_config(cfg)
+    if _PROCESS_OPTIONS is None:
+        raise RuntimeError("TurboQuant: the KV-cache spec was requested before any TurboQuant layer was built")
+    return _PROCESS_OPTIONS
+
+
+def _constructing_layer_name() -> str | None:
+    """Name of the vLLM attention layer whose constructor is on the stack
+    (``Attention.__init__(..., prefix=<name>)``); used only in messages."""
+    frame = inspect.currentframe()
+    try:
+        for _ in range(40):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return None
+            loc = frame.f_locals
+            if frame.f_code.co_name == "__init__" and isinstance(loc.get("prefix"), str) and \
+                    isinstance(loc.get("self"), torch.nn.Module) and loc["prefix"]:
+                return loc["prefix"]
+    finally:
+        del frame
+    return None
+
+
+def format_error(reasons: list[str], layer_name: str | None = None) -> str:
+    where = f"layer {layer_name!r}" if layer_name else "an attention layer"
+    return (f"TurboQuant attention backend cannot run {where}: " + "; ".join(reasons)
+            + ". Use another attention backend for this model.")
+
+
+def load_kernels(purpose: str):
+    """``turboquant.triton_impl`` with the kernel API, or a clear error."""
+    try:
+        from turboquant import triton_impl as tk
+    except Exception as e:  # pragma: no cover - broken install
+        raise RuntimeError(f"{purpose} needs turboquant.triton_impl, which failed to import: {e!r}; "
+                           "set it to 'reference' to use the NumPy reference instead") from e
+    missing = [n for n in KERNEL_API if not hasattr(tk, n)]
+    if missing:
+        raise RuntimeError(f"{purpose} needs turboquant.triton_impl.{missing}, which this installation lacks; "
+                           "set it to 'reference' to use the NumPy reference instead")
+    return tk
+
+
+# ------------------------------------------------------------------ metadata
+@dataclass
+class TurboQuantMetadata(AttentionMetadata):
+    num_actual_tokens: int
+    num_reqs: int
+    max_query_len: int
+    max_seq_len: int
+    query_start_loc: torch.Tensor  # [num_reqs + 1] int32, device
+    seq_lens: torch.Tensor  # [num_reqs] int32, device: tokens in the cache after this step's store
+    block_table: torch.Tensor  # [num_reqs, max_blocks] int32, device
+    slot_mapping: torch.Tensor  # [num_tokens] int64, device; < 0 = padding
+
+    @property
+    def decode_only(self) -> bool:
+        return self.max_query_len == 1
+
+
+class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
+    # Pure-decode batches go to decode_attention, which takes only device
+    # tensors: FULL CUDA graphs can replay it.  Mixed batches run eagerly
+    # (piecewise graphs).  The NumPy reference path is never captured.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.options = TurboQuantOptions.from_vllm_config(vllm_config)
+        # Bind every layer of this group now (engine start), so bad layer names,
+        # missing kernels or a CPU run without TRITON_INTERPRET fail here.
+        for name in layer_names:
+            impl = getattr(compat.layer_module(vllm_config, name), "impl", None)
+            if isinstance(impl, TurboQuantAttentionImpl):
+                impl.bind(name, device)
+
+    @classmethod
+    def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
+        opts = TurboQuantOptions.from_vllm_config(vllm_config)
+        if "reference" in (opts.store_impl, opts.attention_impl):
+            return AttentionCGSupport.NEVER
+        return cls._cudagraph_support
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> TurboQuantMetadata:
+        cm = common_attn_metadata
+        n_req = cm.num_reqs
+        return TurboQuantMetadata(
+            num_actual_tokens=cm.num_actual_tokens,
+            num_reqs=n_req,
+            max_query_len=cm.max_query_len,
+            max_seq_len=cm.max_seq_len,
+            query_start_loc=cm.query_start_loc[: n_req + 1],
+            seq_lens=cm.seq_lens[:n_req],
+            block_table=cm.block_table_tensor[:n_req],
+            slot_mapping=cm.slot_mapping,
+        )
+
+
+# ------------------------------------------------------------------ backend
+class TurboQuantAttentionBackend(AttentionBackend):
+    """Packed TurboQuant KV cache (arXiv 2504.19874) behind vLLM's attention interface."""
+
+    accept_output_buffer: bool = True
+    forward_includes_kv_cache_update: bool = True
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16]
+    supported_kv_cache_dtypes: ClassVar[list[str]] = ["auto"]
+
+    @staticmethod
+    def get_name() -> str:
+        # Registered as AttentionBackendEnum.CUSTOM (the only extension slot of
+        # vLLM 0.26); the layer looks the name up in that enum.
+        return "CUSTOM"
+
+    @staticmethod
+    def get_impl_cls() -> type[TurboQuantAttentionImpl]:
+        return TurboQuantAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[TurboQuantMetadataBuilder]:
+        return TurboQuantMetadataBuilder
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec=None) -> list[int | MultipleOf]:
+        return [MultipleOf(1)]
+
+    @classmethod
+    def get_supported_head_sizes(cls) -> list[int]:
+        return list(tqf.SUPPORTED_HEAD_SIZES)
+
+    @classmethod
+    def supported_kv_cache_layouts(cls):
+        return compat.supported_layouts()
+
+    @classmethod
+    def customize_spec(cls, spec):
+        """Page = block_size * num_kv_heads * LayerFormat.slot_bytes (uint8)."""
+        if getattr(spec, "sliding_window", None) is not None:
+            raise ValueError(format_error(["sliding_window is not supported; supported: full causal attention"]))
+        fmt = _options_for_spec().layer_format(spec.head_size)
+        return compat.packed_spec(spec, fmt.slot_bytes)
+
+    @staticmethod
+    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_size: int,
+                           cache_dtype_str: str = "auto") -> tuple[int, ...]:
+        """vLLM 0.26 asks the backend for the cache shape (0.32 derives it from the spec)."""
+        fmt = _options_for_spec().layer_format(head_size)
+        return fmt.cache_shape(num_blocks, block_size, num_kv_heads)
+
+    @classmethod
+    def validate_configuration(cls, head_size, dtype, kv_cache_dtype, block_size, use_mla, has_sink, use_sparse,
+                               use_mm_prefix, use_per_head_quant_scales, device_capability, attn_type,
+                               **kwargs) -> list[str]:
+        generic = super().validate_configuration(
+            head_size, dtype, kv_cache_dtype, block_size, use_mla, has_sink, use_sparse, use_mm_prefix,
+            use_per_head_quant_scales, device_capability, attn_type, **kwargs)
+        opts = _PROCESS_OPTIONS
+        try:
+            from vllm.config import get_current_vllm_config_or_none
+
+            cfg = get_current_vllm_config_or_none()
+            if cfg is not None:
+                opts = TurboQuantOptions.from_vllm_config(cfg)
+        except ValueError as e:
+            return [str(e)]
+        ours = unsupported_reasons(
+            head_size=head_size, dtype_name=str(dtype).removeprefix("torch."),
+            supported_dtype_names=tuple(str(d).removeprefix("torch.") for d in cls.supported_dtypes),
+            kv_cache_dtype=kv_cache_dtype, use_mla=use_mla, has_sliding_window=kwargs.get("has_sliding_window", False),
+            attn_type=str(getattr(attn_type, "value", attn_type)), has_sink=has_sink, use_sparse=use_sparse,
+            use_mm_prefix=use_mm_prefix, use_non_causal=kwargs.get("use_non_causal", False),
+            preset=opts.preset if opts is not None else None)
+        covered = ("head_size not supported", "dtype not supported", "kv_cache_dtype not supported",
+                   "MLA not supported", "attention sinks not supported", "sparse not supported",
+                   "sliding window not supported", "non-causal attention not supported",
+                   "partial multimodal token full attention not supported", "attention type")
+        rest = [r for r in generic if not r.startswith(covered)]
+        reasons = ours + rest
+        if reasons:
+            layer = _constructing_layer_name()
+            return [format_error(reasons, layer)]
+        return []
+
+
+# ------------------------------------------------------------------ impl
+class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
+    can_return_lse_for_decode: bool = False
+    supports_quant_query_input: bool = False
+
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int | None = None,
+                 alibi_slopes: list[float] | None = None, sliding_window: int | None = None,
+                 kv_cache_dtype: str = "auto", logits_soft_cap: float | None = None,
+                 attn_type: str = AttentionType.DECODER, kv_sharing_target_layer_name: str | None = None,
+                 **extra: Any) -> None:
+        global _PROCESS_OPTIONS
+        from vllm.config import get_current_vllm_config
+
+        vllm_config = get_current_vllm_config()
+        layer_hint = _constructing_layer_name()
+        try:
+            self.options = TurboQuantOptions.from_vllm_config(vllm_config)
+        except ValueError as e:
+            raise ValueError(format_error([str(e)], layer_hint)) from None
+        model_dtype = getattr(vllm_config.model_config, "dtype", None) if vllm_config.model_config else None
+        sinks = extra.pop("sinks", None)
+        unknown = sorted(k for k, v in extra.items() if v not in (None, False))
+        reasons = unsupported_reasons(
+            head_size=head_size,
+            dtype_name=str(model_dtype).removeprefix("torch.") if model_dtype is not None else None,
+            supported_dtype_names=tuple(str(d).removeprefix("torch.")
+                                        for d in TurboQuantAttentionBackend.supported_dtypes),
+            kv_cache_dtype=kv_cache_dtype, has_sliding_window=sliding_window is not None,
+            attn_type=str(getattr(attn_type, "value", attn_type)), has_sink=sinks is not None,
+            alibi=alibi_slopes is not None, logits_soft_cap=logits_soft_cap, preset=self.options.preset)
+        if unknown:
+            reasons.append(f"attention option(s) {unknown} are not supported")
+        if reasons:
+            raise ValueError(format_error(reasons, layer_hint))
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads if num_kv_heads is not None else num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(format_error([f"num_heads={num_heads} is not a multiple of num_kv_heads="
+                                           f"{self.num_kv_heads}"], layer_hint))
+        self.kv_cache_dtype = kv_cache_dtype
+        self.attn_type = attn_type
+        self.sliding_window = None
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+        self.layer_name: str | None = None
+        self.fmt: tqf.LayerFormat | None = None
+        self.params = None
+        self._kernels = None
+        _PROCESS_OPTIONS = self.options
+
+    # -- binding to a layer (engine start, from the metadata builder)
+    def bind(self, layer_name: str, device: torch.device) -> None:
+        if self.layer_name == layer_name and self.fmt is not None:
+            return
+        try:
+            index = parse_layer_index(layer_name)
+        except ValueError as e:
+            raise ValueError(format_error([str(e)], layer_name)) from None
+        fmt = self.options.layer_format(self.head_size, index)
+        params, kernels = None, None
+        uses = [k for k in ("store_impl", "attention_impl") if getattr(self.options, k) == "triton"]
+        if uses:
+            purpose = " and ".join(f"additional_config['turboquant'][{k!r}]='triton'" for k in uses)
+            device = torch.device(device)
+            if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+                raise RuntimeError(f"{purpose} on CPU needs the Triton interpreter: set TRITON_INTERPRET=1 in the "
+                                   "environment before starting Python, or set these options to 'reference'")
+            kernels = load_kernels(purpose)
+            params = kernels.KernelParams.build(fmt, device)
+        self.layer_name, self.fmt, self.params, self._kernels = layer_name, fmt, params, kernels
+        logger.debug("TurboQuant layer %s: preset=%s head_size=%d slot_bytes=%d store=%s attention=%s",
+                     layer_name, fmt.preset.name, self.head_size, fmt.slot_bytes, self.options.store_impl,
+                     self.options.attention_impl)
+
+    # -- forward
+    def forward(self, layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
+                attn_metadata: TurboQuantMetadata | None, output: torch.Tensor | None = None,
+                output_scale: torch.Tensor | None = None, output_block_scale: torch.Tensor | None = None,
+                **_: Any) -> torch.Tensor:
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("TurboQuant attention does not support fused output quantization")
+        assert output is not None, "TurboQuant attention writes into vLLM's output buffer"
+        if attn_metadata is None:  # profiling / warm-up run without a KV cache
+            return output
+        name = getattr(layer, "layer_name", None) or self.layer_name
+        if self.fmt is None or name != self.layer_name:
+            self.bind(name, kv_cache.device)
+        fmt = self.fmt
+        cache = kv_cache if kv_cache.dtype == torch.uint8 else kv_cache.view(torch.uint8)
+        if cache.dim() != 4 or cache.shape[1] != self.num_kv_heads or cache.shape[-1] != fmt.slot_bytes:
+            raise RuntimeError(f"TurboQuant layer {self.layer_name}: KV cache has shape {tuple(cache.shape)}, "
+                               f"expected [num_blocks, {self.num_kv_heads}, block_size, {fmt.slot_bytes}]")
+        n = attn_metadata.num_actual_tokens
+        q = query[:n]
+        out = output[:n]
+
+        if self.kv_sharing_target_layer_name is None and key is not None and value is not None:
+            k, v, sm = key[:n], value[:n], attn_metadata.slot_mapping[:n]
+            if self.options.store_impl == "triton":
+                self._kernels.store_kv(k, v, cache, sm, self.params)
+            else:
+                refpath.store_kv(k, v, cache, sm, fmt)
+            if debug.active():
+                debug.emit("store", layer_name=self.layer_name, fmt=fmt, key=k, value=v, slot_mapping=sm,
+                           kv_cache=cache)
+
+        md = attn_metadata
+        if self.options.attention_impl == "triton":
+            if md.decode_only:  # one query row per request
+                r = md.num_reqs
+                self._kernels.decode_attention(q[:r], cache, md.block_table, md.seq_lens, self.params,
+                                               softmax_scale=self.scale, out=out[:r])
+            else:
+                self._kernels.paged_attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc,
+                                              self.params, softmax_scale=self.scale, out=out)
+        else:
+            refpath.paged_attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, fmt, self.scale, out)
+        if debug.active():
+            debug.emit("attention", layer_name=self.layer_name, fmt=fmt, query=q, kv_cache=cache,
+                       block_table=md.block_table, seq_lens=md.seq_lens, query_start_loc=md.query_start_loc,
+                       output=out, softmax_scale=self.scale)
+        return output

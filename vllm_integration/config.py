@@ -1,0 +1,141 @@
+"""User options of the vLLM integration and their validation (no vLLM import).
+
+Users choose TurboQuant the vLLM way::
+
+    LLM(model=..., attention_backend="CUSTOM",
+        additional_config={"turboquant": {"preset": "tq3"}})
+
+``additional_config["turboquant"]`` takes the keys of :data:`OPTION_DEFAULTS`.
+Every bad value raises ``ValueError`` naming the option and the allowed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from turboquant import format as tqf
+
+CONFIG_KEY = "turboquant"
+IMPLS = ("triton", "reference")
+
+OPTION_DEFAULTS: dict[str, Any] = {
+    # name of a preset in turboquant.format.PRESETS
+    "preset": "tq3",
+    # base seed of the per-layer rotation / QJL matrices (SPEC: derive_seed)
+    "base_seed": tqf.DEFAULT_BASE_SEED,
+    # who writes the packed cache: the Triton kernels or the NumPy reference
+    "store_impl": "triton",
+    # who computes attention over the packed cache
+    "attention_impl": "triton",
+}
+
+
+def _where(key: str) -> str:
+    return f"additional_config[{CONFIG_KEY!r}][{key!r}]"
+
+
+@dataclass(frozen=True)
+class TurboQuantOptions:
+    preset: str = OPTION_DEFAULTS["preset"]
+    base_seed: int = OPTION_DEFAULTS["base_seed"]
+    store_impl: str = OPTION_DEFAULTS["store_impl"]
+    attention_impl: str = OPTION_DEFAULTS["attention_impl"]
+
+    def __post_init__(self):
+        if not isinstance(self.preset, str) or self.preset not in tqf.PRESETS:
+            raise ValueError(f"{_where('preset')}={self.preset!r} is not supported; "
+                             f"allowed values: {list(tqf.PRESETS)}")
+        if isinstance(self.base_seed, bool) or not isinstance(self.base_seed, int) or self.base_seed < 0:
+            raise ValueError(f"{_where('base_seed')}={self.base_seed!r} is not supported; "
+                             "allowed values: integers >= 0")
+        for key in ("store_impl", "attention_impl"):
+            val = getattr(self, key)
+            if val not in IMPLS:
+                raise ValueError(f"{_where(key)}={val!r} is not supported; allowed values: {list(IMPLS)}")
+
+    @property
+    def preset_obj(self) -> tqf.Preset:
+        return tqf.get_preset(self.preset)
+
+    def layer_format(self, head_size: int, layer: int = 0) -> tqf.LayerFormat:
+        return tqf.LayerFormat(self.preset_obj, head_size, layer=layer, base_seed=self.base_seed)
+
+    @classmethod
+    def from_additional_config(cls, additional_config: Any) -> TurboQuantOptions:
+        """Parse ``vllm_config.additional_config`` (a dict, or None / {})."""
+        if additional_config is None:
+            return cls()
+        if not isinstance(additional_config, dict):
+            raise ValueError(f"additional_config must be a dict, got {type(additional_config).__name__}")
+        raw = additional_config.get(CONFIG_KEY)
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ValueError(f"additional_config[{CONFIG_KEY!r}] must be a dict with keys "
+                             f"{list(OPTION_DEFAULTS)}, got {raw!r}")
+        unknown = sorted(set(raw) - set(OPTION_DEFAULTS))
+        if unknown:
+            raise ValueError(f"additional_config[{CONFIG_KEY!r}] has unknown option(s) {unknown}; "
+                             f"allowed options: {list(OPTION_DEFAULTS)}")
+        return cls(**raw)
+
+    @classmethod
+    def from_vllm_config(cls, vllm_config: Any) -> TurboQuantOptions:
+        return cls.from_additional_config(getattr(vllm_config, "additional_config", None))
+
+
+def parse_layer_index(layer_name: str) -> int:
+    """The layer index of a vLLM attention layer name: its one integer
+    component ("model.layers.7.self_attn.attn" -> 7)."""
+    ints = [int(p) for p in str(layer_name).split(".") if p.isdigit()]
+    if len(ints) != 1:
+        raise ValueError(
+            f"TurboQuant derives each layer's rotation/QJL seeds from the layer index, but layer name "
+            f"{layer_name!r} has {len(ints)} integer components (need exactly one, e.g. 'model.layers.7.self_attn.attn')"
+        )
+    return ints[0]
+
+
+def unsupported_reasons(*, head_size: int | None = None, dtype_name: str | None = None,
+                        supported_dtype_names: tuple[str, ...] = (), kv_cache_dtype: str | None = None,
+                        use_mla: bool = False, has_sliding_window: bool = False, attn_type: str = "decoder",
+                        has_sink: bool = False, use_sparse: bool = False, alibi: bool = False,
+                        logits_soft_cap: float | None = None, use_mm_prefix: bool = False,
+                        use_non_causal: bool = False, preset: str | None = None) -> list[str]:
+    """Human-readable reasons why a layer configuration is unsupported (empty: supported).
+
+    Each reason names the option, the value and what is supported."""
+    r = []
+    if use_mla:
+        r.append("use_mla=True (multi-head latent attention) is not supported; supported: standard "
+                 "multi-head / grouped-query attention")
+    if use_sparse:
+        r.append("sparse attention is not supported; supported: dense causal attention")
+    if attn_type not in ("decoder", None):
+        r.append(f"attn_type={attn_type!r} (encoder / cross attention) is not supported; supported: ['decoder']")
+    if has_sliding_window:
+        r.append("sliding_window is not supported; supported: full causal attention (sliding_window=None)")
+    if has_sink:
+        r.append("attention sinks are not supported; supported: no sinks")
+    if alibi:
+        r.append("alibi_slopes are not supported; supported: rotary / no positional bias")
+    if logits_soft_cap not in (None, 0, 0.0):
+        r.append(f"logits_soft_cap={logits_soft_cap} is not supported; supported: None")
+    if use_mm_prefix:
+        r.append("bidirectional multimodal prefix attention is not supported; supported: causal attention")
+    if use_non_causal:
+        r.append("non-causal attention is not supported; supported: causal attention")
+    if head_size is not None and head_size not in tqf.SUPPORTED_HEAD_SIZES:
+        r.append(f"head_size={head_size} is not supported; supported: {list(tqf.SUPPORTED_HEAD_SIZES)}")
+    elif head_size is not None and preset is not None:
+        try:
+            tqf.LayerFormat(tqf.get_preset(preset), head_size)
+        except ValueError as e:
+            r.append(f"preset={preset!r} with head_size={head_size}: {e}")
+    if dtype_name is not None and supported_dtype_names and dtype_name not in supported_dtype_names:
+        r.append(f"dtype={dtype_name} is not supported; supported: {list(supported_dtype_names)}")
+    if kv_cache_dtype not in (None, "auto"):
+        r.append(f"kv_cache_dtype={kv_cache_dtype!r} is not supported (TurboQuant replaces the KV-cache "
+                 "format; the preset is chosen with additional_config['turboquant']['preset']); supported: ['auto']")
+    return r

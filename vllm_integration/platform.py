@@ -1,0 +1,58 @@
+"""CPU platform that honours ``attention_backend="CUSTOM"`` when it is TurboQuant.
+
+vLLM's CpuPlatform ignores the attention-backend choice and always returns
+its CPU_ATTN backend.  This subclass changes exactly one thing: when the
+selected backend resolves to TurboQuant, it validates the layer and returns
+our backend; for any other choice it defers to CpuPlatform.
+
+It also refuses ``additional_config={"turboquant": ...}`` without the
+TurboQuant backend, which would otherwise run uncompressed without a word.
+"""
+
+from __future__ import annotations
+
+from vllm.platforms.cpu import CpuPlatform
+
+# Only light imports here: this module is imported while vLLM resolves
+# ``current_platform``; the backend (which imports vLLM's attention stack) is
+# imported lazily.
+from turboquant.vllm_integration.config import CONFIG_KEY, TurboQuantOptions
+from turboquant.vllm_integration.plugin import BACKEND_PATH
+
+
+def _is_ours(selected) -> bool:
+    if selected is None:
+        return False
+    try:
+        return selected.get_path() == BACKEND_PATH
+    except ValueError:  # CUSTOM not registered
+        return False
+
+
+class TurboQuantCpuPlatform(CpuPlatform):
+    @classmethod
+    def get_attn_backend_cls(cls, selected_backend, attn_selector_config, num_heads: int | None = None) -> str:
+        if _is_ours(selected_backend):
+            from turboquant.vllm_integration.backend import TurboQuantAttentionBackend
+
+            reasons = TurboQuantAttentionBackend.validate_configuration(
+                device_capability=cls.get_device_capability(), **attn_selector_config._asdict())
+            if reasons:
+                raise ValueError("; ".join(reasons))
+            return BACKEND_PATH
+        return super().get_attn_backend_cls(selected_backend, attn_selector_config, num_heads)
+
+    @classmethod
+    def check_and_update_config(cls, vllm_config) -> None:
+        super().check_and_update_config(vllm_config)
+        attention_config = getattr(vllm_config, "attention_config", None)
+        selected = getattr(attention_config, "backend", None)
+        extra = vllm_config.additional_config
+        if _is_ours(selected):
+            TurboQuantOptions.from_vllm_config(vllm_config)  # bad options fail here, at engine start
+        elif isinstance(extra, dict) and CONFIG_KEY in extra:
+            name = getattr(selected, "name", selected)
+            raise ValueError(
+                f"additional_config[{CONFIG_KEY!r}] is set but attention_backend={name!r}: TurboQuant runs only "
+                "with attention_backend='CUSTOM' (LLM(..., attention_backend='CUSTOM') or "
+                "--attention-backend CUSTOM)")
