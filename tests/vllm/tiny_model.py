@@ -6,7 +6,8 @@ import os
 
 
 def build_tiny_llama(path: str, *, head_dim: int = 64, num_layers: int = 2, num_heads: int = 4,
-                     num_kv_heads: int = 2, vocab: int = 256, seed: int = 0, dtype: str = "bfloat16") -> str:
+                     num_kv_heads: int = 2, vocab: int = 256, seed: int = 0, dtype: str = "bfloat16",
+                     **config_overrides) -> str:
     """Write config, weights and tokenizer to ``path`` (idempotent) and return it."""
     if os.path.exists(os.path.join(path, "config.json")):
         return path
@@ -24,7 +25,7 @@ def build_tiny_llama(path: str, *, head_dim: int = 64, num_layers: int = 2, num_
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=num_layers,
                       num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, head_dim=head_dim,
                       max_position_embeddings=1024, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=0, tie_word_embeddings=False)
+                      pad_token_id=0, tie_word_embeddings=False, **config_overrides)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     # Larger-than-default q/k projections make attention peaky (closer to a
