@@ -20,7 +20,11 @@ if not ON_CUDA:
 
 CUDAGRAPHS = ON_CUDA and os.environ.get("TQ_VLLM_CUDAGRAPHS", "0") == "1"
 PRESET = os.environ.get("TQ_VLLM_PRESET", "tq3")
-KV_BYTES = 1 << 30
+# KV-cache budget of every test engine, passed as kv_cache_memory_bytes (on CPU
+# this replaces VLLM_CPU_KVCACHE_SPACE, whose unit is a whole GiB): small,
+# because the Triton interpreter copies every tensor argument's whole storage
+# (all layers' caches share one) on each launch.
+KV_BYTES = 64 << 20
 BLOCK_SIZE = 32  # vLLM's CPU_ATTN (the bf16 baseline on CPU) needs a multiple of 32
 
 

@@ -1,0 +1,164 @@
+"""The ``turboquant`` command: codebooks, presets, distortion, and the demo report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from turboquant import format as tqf
+
+
+def _positive_int(name):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} must be an integer, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"--{name} must be > 0, got {v}")
+        return v
+
+    return parse
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
+    for r in rows:
+        lines.append("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ codebook
+def cmd_codebook(args) -> int:
+    from turboquant.reference import codebook as cbk
+
+    tqf.check_choice("--bits", args.bits, tqf.SUPPORTED_BITS)
+    if args.dim < 3:
+        raise ValueError(f"--dim must be >= 3, got {args.dim}")
+    cb = cbk.lloyd_max(args.dim, args.bits)
+    data = {"dim": args.dim, "bits": args.bits, "centroids": [float(c) for c in cb.centroids],
+            "boundaries": [float(b) for b in cb.boundaries], "mse_total": cb.mse_total}
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        print(f"Lloyd-Max codebook for one coordinate of a unit vector in R^{args.dim}, {args.bits} bits")
+        print(f"centroids:  {np.array2string(cb.centroids, precision=6, max_line_width=100)}")
+        print(f"boundaries: {np.array2string(cb.boundaries, precision=6, max_line_width=100)}")
+        print(f"D_mse (d * E[(x - Q(x))^2]) = {cb.mse_total:.6f}")
+    return 0
+
+
+# ------------------------------------------------------------------ presets
+def cmd_presets(args) -> int:
+    rows = tqf.preset_table(args.dim)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"Presets at head_size={args.dim} (bf16: {tqf.bf16_slot_bytes(args.dim)} B per token per KV head)")
+    print(_table(rows, ["preset", "bytes_per_token_per_kv_head", "compression_vs_bf16", "key_bits_per_coord",
+                        "value_bits_per_coord", "description", "error"]))
+    return 0
+
+
+# ------------------------------------------------------------------ distortion
+def distortion(dim: int, bits: int, mode: str, n: int, seed: int) -> dict:
+    """Empirical D_mse or D_prod on n random unit vectors, next to the paper's bounds."""
+    from turboquant.reference import codebook as cbk
+    from turboquant.reference.qjl import qjl_matrix
+    from turboquant.reference.quantizer import InstanceParams, decode_instances, encode_instances
+    from turboquant.reference.rotation import rotation_matrix
+
+    tqf.check_choice("--mode", mode, tqf.KEY_MODES)
+    tqf.check_choice("--bits", bits, tqf.SUPPORTED_BITS)
+    qjl = mode == "prod"
+    mse_bits = bits - 1 if qjl else bits
+    try:
+        book = cbk.load(dim, mse_bits) if mse_bits else None
+    except ValueError:
+        book = cbk.lloyd_max(dim, mse_bits)
+    inst = tqf.Instance(0, dim, mse_bits, qjl)
+    params = (InstanceParams(inst, np.arange(dim), rotation_matrix("haar", dim, seed), book,
+                             qjl_matrix(dim, seed + 1) if qjl else None),)
+    rng = np.random.default_rng([seed, 1])  # data stream independent of the matrices' PCG64(seed)
+    x = rng.standard_normal((n, dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    xt = decode_instances(encode_instances(x, params), params)[0].astype(np.float64)
+    lower, upper = 4.0**-bits, np.sqrt(3) * np.pi / 2 * 4.0**-bits
+    out = {"dim": dim, "bits": bits, "mode": mode, "n": n, "seed": seed}
+    if mode == "mse":
+        out.update(empirical=float(np.mean(np.sum((x - xt) ** 2, axis=1))), lower_bound=lower, upper_bound=upper,
+                   metric="D_mse = E||x - x~||^2")
+    else:
+        y = rng.standard_normal((n, dim))
+        y /= np.linalg.norm(y, axis=1, keepdims=True)
+        err = np.sum(y * xt, axis=1) - np.sum(y * x, axis=1)
+        out.update(empirical=float(np.mean(err**2)), lower_bound=lower / dim, upper_bound=np.sqrt(3) * np.pi**2 / dim
+                   * 4.0**-bits, metric="D_prod = E|<y,x> - <y,x~>|^2 (||y||=1)",
+                   mean_error=float(np.mean(err)), mean_error_stderr=float(np.std(err) / np.sqrt(n)))
+    out["within_bounds"] = bool(out["lower_bound"] <= out["empirical"] <= out["upper_bound"])
+    return out
+
+
+def cmd_distortion(args) -> int:
+    r = distortion(args.dim, args.bits, args.mode, args.n, args.seed)
+    if args.json:
+        print(json.dumps(r, indent=1))
+    else:
+        print(f"{r['metric']} at d={r['dim']}, b={r['bits']}, {r['n']} random unit vectors (seed {r['seed']})")
+        print(f"  empirical   {r['empirical']:.6g}")
+        print(f"  paper lower {r['lower_bound']:.6g}")
+        print(f"  paper upper {r['upper_bound']:.6g}   within bounds: {r['within_bounds']}")
+        if "mean_error" in r:
+            print(f"  mean error  {r['mean_error']:.3g} +- {r['mean_error_stderr']:.2g} (unbiased: ~0)")
+    return 0
+
+
+# ------------------------------------------------------------------ demo
+def cmd_demo(args) -> int:
+    from turboquant.demo import run_demo
+
+    return run_demo(seed=args.seed, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="turboquant", description="TurboQuant KV-cache compression tools")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("codebook", help="Lloyd-Max codebook for unit vectors in R^D")
+    p.add_argument("--dim", type=_positive_int("dim"), required=True)
+    p.add_argument("--bits", type=int, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_codebook)
+    p = sub.add_parser("presets", help="named presets with bytes per token per KV head")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_presets)
+    p = sub.add_parser("distortion", help="empirical distortion against the paper's bounds")
+    p.add_argument("--dim", type=_positive_int("dim"), required=True)
+    p.add_argument("--bits", type=int, required=True)
+    p.add_argument("--mode", default="mse")
+    p.add_argument("--n", type=_positive_int("n"), default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_distortion)
+    p = sub.add_parser("demo", help="the built-in report: presets, distortions, attention fidelity")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="smaller workload")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as e:
+        print(f"turboquant {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
