@@ -1,0 +1,349 @@
+"""The attention kernels shared by decode and extend: a flash-decoding split
+kernel over the packed cache and the split-merge / inverse-rotation kernel.
+
+Scores never leave the rotated domain: for key instance i with rotated query
+q_i (query.py), s = ||k_i|| <q_i, c[idx]> (+ sqrt(pi/2)/m gamma <S q_i, sigma>).
+mse values are accumulated as o_rot_i = sum_t p_t ||v_t,i|| c[idx_t,i] and
+mapped back once per output row by Pi_i^T in the merge kernel.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from turboquant.triton_impl.bits import load_f16_array, load_f32, unpack_codes
+
+
+@triton.jit
+def _key_scores(ptrs, tval, q, qsc, qs, qssc, cent_ptr, BT: tl.constexpr,
+                M: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr, QJL: tl.constexpr, NORM: tl.constexpr,
+                CODES: tl.constexpr, CFAST: tl.constexpr, RNORM: tl.constexpr, SIGNS: tl.constexpr,
+                SFAST: tl.constexpr, QJLSCALE: tl.constexpr, F32DOT: tl.constexpr, RP: tl.constexpr):
+    """Scores [RP, BT] of the rows' rotated queries (q [RP, MP] scaled by 1/qsc)
+    against one key instance of a tile of BT slots."""
+    norm = load_f32(ptrs, tval, NORM)
+    s = tl.zeros((RP, BT), tl.float32)
+    if BITS > 0:
+        codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, M, MP, CFAST)
+        c = tl.load(cent_ptr + codes)  # centroid values (fp16, or fp32 when F32DOT)
+        if F32DOT:
+            s = tl.dot(q, tl.trans(c), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(c))
+        s = s * qsc[:, None]
+    if QJL:
+        rn = load_f32(ptrs, tval, RNORM)
+        sg = unpack_codes(ptrs, tval, BT, SIGNS * 8, 1, M, MP, SFAST)
+        if F32DOT:
+            sgn = (sg * 2 - 1).to(tl.float32)
+            s2 = tl.dot(qs, tl.trans(sgn), input_precision="ieee")
+        else:
+            sgn = (sg * 2 - 1).to(tl.float16)
+            s2 = tl.dot(qs, tl.trans(sgn))
+        s += (s2 * qssc[:, None]) * (QJLSCALE * rn)[None, :]
+    return s * norm[None, :]
+
+
+@triton.jit
+def _mse_values(ptrs, tval, p, vis, acc, cent_ptr, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
+                BITS: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr, CFAST: tl.constexpr,
+                F32DOT: tl.constexpr):
+    """acc [RP, MP] += sum_t p_t ||v_t|| c[idx_t] (rotated domain).  The norms
+    are folded into the probabilities scaled by the tile's largest finite norm
+    (fp16 range); a non-finite norm gives NaN exactly in the rows that see it."""
+    vn = load_f32(ptrs, tval, NORM)
+    fin = tl.abs(vn) < float("inf")
+    vmax = tl.max(tl.where(tval & fin, tl.abs(vn), 0.0), axis=0)
+    vmax = tl.where(vmax > 0, vmax, 1.0)
+    w = tl.where(vis, p * (vn * (1.0 / vmax))[None, :], 0.0)
+    codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, M, MP, CFAST)
+    c = tl.load(cent_ptr + codes)
+    if F32DOT:
+        acc += vmax * tl.dot(w, c, input_precision="ieee")
+    else:
+        acc += vmax * tl.dot(w.to(tl.float16), c)
+    return acc
+
+
+@triton.jit
+def _group_values(ptrs, tval, p, vis, acc, BT: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+                  GS: tl.constexpr, NG: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr,
+                  ZERO: tl.constexpr, CODES: tl.constexpr, CFAST: tl.constexpr, F32DOT: tl.constexpr):
+    """acc [RP, DP] += sum_t p_t (zero_g + scale_g * code) (original domain)."""
+    NP: tl.constexpr = DP // GS
+    scale = load_f16_array(ptrs, tval, BT, SCALE, NG, NP)  # [BT, NP] float32
+    zero = load_f16_array(ptrs, tval, BT, ZERO, NG, NP)
+    codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, D, DP, CFAST)
+    bad = tl.sum(tl.where(tl.abs(scale) < float("inf"), 0, 1), axis=1) > 0  # non-finite token: NaN params
+    v = zero[:, :, None] + scale[:, :, None] * tl.reshape(codes, (BT, NP, GS)).to(tl.float32)
+    v = tl.where(bad[:, None], 0.0, tl.reshape(v, (BT, DP)))
+    vmax = tl.max(tl.max(tl.where(tval[:, None], tl.abs(v), 0.0), axis=1), axis=0)
+    vmax = tl.where(vmax > 0, vmax, 1.0)
+    w = tl.where(vis, tl.where(bad[None, :], float("nan"), p), 0.0)
+    if F32DOT:
+        acc += tl.dot(w, v, input_precision="ieee")
+    else:
+        acc += vmax * tl.dot(w.to(tl.float16), (v * (1.0 / vmax)).to(tl.float16))
+    return acc
+
+
+@triton.jit
+def _load_q(qbuf_ptr, qrow, row_valid, DQ: tl.constexpr, QO: tl.constexpr, MP: tl.constexpr,
+            F32DOT: tl.constexpr):
+    """Rows of one query segment, as the dot operand and its per-row scale."""
+    j = tl.arange(0, MP)
+    q = tl.load(qbuf_ptr + qrow[:, None] * DQ + QO + j[None, :], mask=row_valid[:, None], other=0.0)
+    if F32DOT:
+        return q, tl.full((q.shape[0],), 1.0, tl.float32)
+    qm = tl.max(tl.abs(q), axis=1)
+    qm = tl.where(qm > 0, qm, 1.0)
+    return (q * (1.0 / qm)[:, None]).to(tl.float16), qm
+
+
+@triton.jit
+def _split_kernel(
+    qbuf_ptr, cache_ptr, bt_ptr, stride_bt, seq_lens_ptr, qsl_ptr, cu_tiles_ptr, num_seqs,
+    part_acc_ptr, part_ml_ptr,
+    stride_cb, stride_ch, stride_cs,
+    k_cent, v_cent,
+    sm_scale, block_size, num_q_heads,
+    DECODE: tl.constexpr, NUM_SPLITS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
+    RP: tl.constexpr, BT: tl.constexpr, F32DOT: tl.constexpr,
+    DQ: tl.constexpr, QO_K1: tl.constexpr, QO_S0: tl.constexpr, QO_S1: tl.constexpr, DACC: tl.constexpr,
+    D: tl.constexpr, DP: tl.constexpr,
+    K_NI: tl.constexpr,
+    K0_M: tl.constexpr, K0_MP: tl.constexpr, K0_BITS: tl.constexpr, K0_QJL: tl.constexpr, K0_NORM: tl.constexpr,
+    K0_CODES: tl.constexpr, K0_CFAST: tl.constexpr, K0_RNORM: tl.constexpr, K0_SIGNS: tl.constexpr,
+    K0_SFAST: tl.constexpr, K0_QJLSCALE: tl.constexpr,
+    K1_M: tl.constexpr, K1_MP: tl.constexpr, K1_BITS: tl.constexpr, K1_QJL: tl.constexpr, K1_NORM: tl.constexpr,
+    K1_CODES: tl.constexpr, K1_CFAST: tl.constexpr, K1_RNORM: tl.constexpr, K1_SIGNS: tl.constexpr,
+    K1_SFAST: tl.constexpr, K1_QJLSCALE: tl.constexpr,
+    V_GROUP: tl.constexpr, V_NI: tl.constexpr,
+    V0_M: tl.constexpr, V0_MP: tl.constexpr, V0_BITS: tl.constexpr, V0_NORM: tl.constexpr,
+    V0_CODES: tl.constexpr, V0_CFAST: tl.constexpr,
+    V1_M: tl.constexpr, V1_MP: tl.constexpr, V1_BITS: tl.constexpr, V1_NORM: tl.constexpr,
+    V1_CODES: tl.constexpr, V1_CFAST: tl.constexpr,
+    V_GS: tl.constexpr, V_NG: tl.constexpr, V_BITS: tl.constexpr, V_SCALE: tl.constexpr, V_ZERO: tl.constexpr,
+    V_CODES: tl.constexpr, V_CFAST: tl.constexpr,
+):
+    # Flash-decoding split over the packed paged cache.
+    # Grid (query tiles, num_kv_heads, NUM_SPLITS).  A program serves RP rows =
+    # BQ query tokens x GP (>= G) query heads of one KV head, i.e. the whole
+    # GQA group shares one read of the packed bytes; it streams the tokens of
+    # its split [s*chunk, (s+1)*chunk) of the visible range in tiles of BT
+    # slots (cache read as int32 words [NB, H, BS, SLOT_BYTES/4]), keeps an
+    # online softmax, and writes partial (m, l) -> part_ml [rows, S, 2] and
+    # the unnormalised rotated accumulator -> part_acc [rows, S, DACC].
+    # DECODE: query tile = sequence (one token).  Otherwise tile -> sequence
+    # through cu_tiles (cumulative query tiles per sequence).  The chunk size
+    # is read from seq_lens in-kernel; NUM_SPLITS only depends on shapes.
+    pid0 = tl.program_id(0)
+    h = tl.program_id(1)
+    sp = tl.program_id(2)
+    if DECODE:
+        b = pid0
+        q_first = pid0
+        nq = 1
+        seq_len = tl.load(seq_lens_ptr + b)
+        qpos0 = seq_len - 1
+    else:
+        cnt = 0
+        for i0 in range(0, num_seqs + 1, 256):
+            ii = i0 + tl.arange(0, 256)
+            cu = tl.load(cu_tiles_ptr + ii, mask=ii <= num_seqs, other=2147483647)
+            cnt += tl.sum((cu <= pid0).to(tl.int32), axis=0)
+        b = tl.minimum(cnt - 1, num_seqs - 1)
+        tile = pid0 - tl.load(cu_tiles_ptr + b)
+        qs = tl.load(qsl_ptr + b)
+        qe = tl.load(qsl_ptr + b + 1)
+        q_first = qs + tile * BQ
+        nq = tl.minimum(qe - q_first, BQ)
+        nq = tl.where(cnt - 1 < num_seqs, nq, 0)
+        seq_len = tl.load(seq_lens_ptr + b)
+        qpos0 = seq_len - (qe - qs) + tile * BQ
+    kv_end = tl.minimum(seq_len, qpos0 + nq)
+    kv_end = tl.where(nq > 0, kv_end, 0)
+    chunk = tl.cdiv(tl.cdiv(kv_end, NUM_SPLITS), BT) * BT
+    start = sp * chunk
+    end = tl.minimum(start + chunk, kv_end)
+
+    rows = tl.arange(0, RP)
+    rq = rows // GP
+    rg = rows % GP
+    row_valid = (rq < nq) & (rg < G)
+    qrow = ((q_first + rq) * num_q_heads + h * G + rg).to(tl.int64)
+    qpos = qpos0 + rq
+
+    q0, q0sc = _load_q(qbuf_ptr, qrow, row_valid, DQ, 0, K0_MP, F32DOT)
+    if K0_QJL:
+        s0, s0sc = _load_q(qbuf_ptr, qrow, row_valid, DQ, QO_S0, K0_MP, F32DOT)
+    else:
+        s0, s0sc = q0, q0sc
+    if K_NI == 2:
+        q1, q1sc = _load_q(qbuf_ptr, qrow, row_valid, DQ, QO_K1, K1_MP, F32DOT)
+        if K1_QJL:
+            s1, s1sc = _load_q(qbuf_ptr, qrow, row_valid, DQ, QO_S1, K1_MP, F32DOT)
+        else:
+            s1, s1sc = q1, q1sc
+
+    m_i = tl.full((RP,), float("-inf"), tl.float32)
+    l_i = tl.zeros((RP,), tl.float32)
+    if V_GROUP:
+        acc0 = tl.zeros((RP, DP), tl.float32)
+    else:
+        acc0 = tl.zeros((RP, V0_MP), tl.float32)
+    acc1 = tl.zeros((RP, V1_MP), tl.float32)
+
+    head_off = h.to(tl.int64) * stride_ch
+    for t0 in range(start, end, BT):
+        tpos = t0 + tl.arange(0, BT)
+        tval = tpos < end
+        page = tl.load(bt_ptr + b * stride_bt + tpos // block_size, mask=tval, other=0).to(tl.int64)
+        ptrs = cache_ptr + page * stride_cb + head_off + (tpos % block_size).to(tl.int64) * stride_cs
+        sc = _key_scores(ptrs, tval, q0, q0sc, s0, s0sc, k_cent, BT, K0_M, K0_MP, K0_BITS, K0_QJL, K0_NORM,
+                         K0_CODES, K0_CFAST, K0_RNORM, K0_SIGNS, K0_SFAST, K0_QJLSCALE, F32DOT, RP)
+        if K_NI == 2:
+            sc += _key_scores(ptrs, tval, q1, q1sc, s1, s1sc, k_cent + 16, BT, K1_M, K1_MP, K1_BITS, K1_QJL,
+                              K1_NORM, K1_CODES, K1_CFAST, K1_RNORM, K1_SIGNS, K1_SFAST, K1_QJLSCALE, F32DOT, RP)
+        vis = row_valid[:, None] & tval[None, :] & (tpos[None, :] <= qpos[:, None])
+        logits = tl.where(vis, sc * sm_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(logits, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_use)
+        p = tl.exp(logits - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+        acc0 = acc0 * alpha[:, None]
+        if V_GROUP:
+            acc0 = _group_values(ptrs, tval, p, vis, acc0, BT, D, DP, V_GS, V_NG, V_BITS, V_SCALE, V_ZERO,
+                                 V_CODES, V_CFAST, F32DOT)
+        else:
+            acc0 = _mse_values(ptrs, tval, p, vis, acc0, v_cent, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES,
+                               V0_CFAST, F32DOT)
+            if V_NI == 2:
+                acc1 = acc1 * alpha[:, None]
+                acc1 = _mse_values(ptrs, tval, p, vis, acc1, v_cent + 16, BT, V1_M, V1_MP, V1_BITS, V1_NORM,
+                                   V1_CODES, V1_CFAST, F32DOT)
+
+    prow = qrow * NUM_SPLITS + sp
+    tl.store(part_ml_ptr + prow * 2, m_i, mask=row_valid)
+    tl.store(part_ml_ptr + prow * 2 + 1, l_i, mask=row_valid)
+    if V_GROUP:
+        j = tl.arange(0, DP)
+        tl.store(part_acc_ptr + prow[:, None] * DACC + j[None, :], acc0, mask=row_valid[:, None])
+    else:
+        j0 = tl.arange(0, V0_MP)
+        tl.store(part_acc_ptr + prow[:, None] * DACC + j0[None, :], acc0, mask=row_valid[:, None])
+        if V_NI == 2:
+            j1 = tl.arange(0, V1_MP)
+            tl.store(part_acc_ptr + prow[:, None] * DACC + V0_MP + j1[None, :], acc1, mask=row_valid[:, None])
+
+
+@triton.jit
+def round_bf16(x):
+    """fp32 -> the nearest-even bfloat16 value, still as fp32 (the CPU
+    interpreter truncates fp32 -> bf16 casts; on GPU the final cast is then exact)."""
+    b = x.to(tl.int32, bitcast=True)
+    r = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
+    return tl.where(x == x, r.to(tl.float32, bitcast=True), x)
+
+
+@triton.jit
+def _merge_rotate_store(o, out_base, hm, rot_ptr, chan_ptr, MPMAX: tl.constexpr, M: tl.constexpr,
+                        MP: tl.constexpr, IDCH: tl.constexpr, OUT_BF16: tl.constexpr):
+    """out[:, C_i] = o_rot_i @ Pi_i  (one inverse rotation per output row)."""
+    r = tl.arange(0, MP)
+    pi = tl.load(rot_ptr + r[:, None] * MPMAX + r[None, :])
+    x = tl.dot(o, pi, input_precision="ieee")
+    if OUT_BF16:
+        x = round_bf16(x)
+    if IDCH:
+        ch = r
+    else:
+        ch = tl.load(chan_ptr + r)
+    tl.store(out_base[:, None] + ch[None, :], x, mask=hm[:, None] & (r < M)[None, :])
+
+
+@triton.jit
+def _merge_kernel(
+    part_acc_ptr, part_ml_ptr, out_ptr, stride_ot, stride_oh, num_q_heads, v_rot, v_chan,
+    NUM_SPLITS: tl.constexpr, BH: tl.constexpr, DACC: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    V_GROUP: tl.constexpr, V_NI: tl.constexpr, V_MPMAX: tl.constexpr,
+    V0_M: tl.constexpr, V0_MP: tl.constexpr, V0_IDCH: tl.constexpr,
+    V1_M: tl.constexpr, V1_MP: tl.constexpr, V1_IDCH: tl.constexpr, OUT_BF16: tl.constexpr,
+):
+    # Merge the NUM_SPLITS partial softmax states of BH query heads of one
+    # query token, normalise, map mse values back by Pi_i^T (fp32 IEEE dot;
+    # channels scattered per instance) and store in out's dtype.
+    # Grid (num_tokens, cdiv(num_q_heads, BH)).
+    t = tl.program_id(0)
+    heads = tl.program_id(1) * BH + tl.arange(0, BH)
+    hm = heads < num_q_heads
+    prow = (t * num_q_heads + heads).to(tl.int64) * NUM_SPLITS
+    if V_GROUP:
+        j0 = tl.arange(0, DP)
+    else:
+        j0 = tl.arange(0, V0_MP)
+    j1 = tl.arange(0, V1_MP)
+    m = tl.full((BH,), float("-inf"), tl.float32)
+    l = tl.zeros((BH,), tl.float32)
+    acc0 = tl.zeros((BH, j0.shape[0]), tl.float32)
+    acc1 = tl.zeros((BH, V1_MP), tl.float32)
+    for s in range(NUM_SPLITS):
+        ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
+        ls = tl.load(part_ml_ptr + (prow + s) * 2 + 1, mask=hm, other=0.0)
+        mn = tl.maximum(m, ms)
+        mu = tl.where(mn == float("-inf"), 0.0, mn)
+        a = tl.exp(m - mu)
+        bb = tl.exp(ms - mu)
+        l = l * a + ls * bb
+        a0 = tl.load(part_acc_ptr + (prow + s)[:, None] * DACC + j0[None, :], mask=hm[:, None], other=0.0)
+        acc0 = acc0 * a[:, None] + a0 * bb[:, None]
+        if V_NI == 2:
+            a1 = tl.load(part_acc_ptr + (prow + s)[:, None] * DACC + V0_MP + j1[None, :], mask=hm[:, None],
+                         other=0.0)
+            acc1 = acc1 * a[:, None] + a1 * bb[:, None]
+        m = mn
+    inv = 1.0 / tl.where(l > 0, l, 1.0)
+    inv = tl.where(l > 0, inv, float("nan"))
+    out_base = out_ptr + t.to(tl.int64) * stride_ot + heads.to(tl.int64) * stride_oh
+    if V_GROUP:
+        o = acc0 * inv[:, None]
+        if OUT_BF16:
+            o = round_bf16(o)
+        tl.store(out_base[:, None] + j0[None, :], o, mask=hm[:, None] & (j0 < D)[None, :])
+    else:
+        _merge_rotate_store(acc0 * inv[:, None], out_base, hm, v_rot, v_chan, V_MPMAX, V0_M, V0_MP, V0_IDCH, OUT_BF16)
+        if V_NI == 2:
+            _merge_rotate_store(acc1 * inv[:, None], out_base, hm, v_rot + V_MPMAX * V_MPMAX, v_chan + V_MPMAX,
+                                V_MPMAX, V1_M, V1_MP, V1_IDCH, OUT_BF16)
+
+
+SPLIT_KEYS_K = ("M", "MP", "BITS", "QJL", "NORM", "CODES", "CFAST", "RNORM", "SIGNS", "SFAST", "QJLSCALE")
+SPLIT_KEYS_V = ("M", "MP", "BITS", "NORM", "CODES", "CFAST")
+SPLIT_KEYS_G = ("V_GS", "V_NG", "V_BITS", "V_SCALE", "V_ZERO", "V_CODES", "V_CFAST")
+
+
+def split_meta(params) -> dict:
+    m = params.meta
+    out = {"D": m["D"], "DP": m["DP"], "K_NI": m["K_NI"], "V_GROUP": m["V_GROUP"], "V_NI": m["V_NI"]}
+    for p in ("K0", "K1"):
+        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in SPLIT_KEYS_K})
+    for p in ("V0", "V1"):
+        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in SPLIT_KEYS_V})
+    out.update({k: m[k] for k in SPLIT_KEYS_G})
+    return out
+
+
+def acc_width(params) -> int:
+    m = params.meta
+    return m["DP"] if m["V_GROUP"] else m["V0_MP"] + (m["V1_MP"] if m["V_NI"] == 2 else 0)
+
+
+def merge_meta(params) -> dict:
+    m = params.meta
+    out = {"D": m["D"], "DP": m["DP"], "V_GROUP": m["V_GROUP"], "V_NI": m["V_NI"], "V_MPMAX": m["V_MPMAX"]}
+    for p in ("V0", "V1"):
+        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in ("M", "MP", "IDCH")})
+    return out

@@ -1,0 +1,38 @@
+"""decode_attention: one query token per sequence over the packed paged cache
+(the fast path): rotate the queries once (query.py), split the KV length
+across programs (attn_core._split_kernel, DECODE), merge + inverse rotation."""
+
+from __future__ import annotations
+
+import torch
+
+from turboquant.triton_impl.launch import AttnConfig, choose_splits, default_config, run_split_merge
+from turboquant.triton_impl.params import KernelParams
+from turboquant.triton_impl.query import rotate_query
+from turboquant.triton_impl.validate import check_attention, check_params
+
+
+def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
+                     params: KernelParams, softmax_scale: float | None = None, out: torch.Tensor | None = None,
+                     *, num_splits: int | None = None, config: AttnConfig | None = None) -> torch.Tensor:
+    """query [num_seqs, num_q_heads, d]: row b is the last of sequence b's
+    seq_lens[b] cached tokens.  Returns [num_seqs, num_q_heads, d] in the query
+    dtype (or writes ``out``).  No host synchronisation: CUDA-graph safe."""
+    check_params(params)
+    check_attention(query, cache, block_table, seq_lens, params, None, out)
+    if query.shape[0] != block_table.shape[0]:
+        raise ValueError(f"decode needs one query row per sequence: query.shape[0]={query.shape[0]} but "
+                         f"block_table has {block_table.shape[0]} rows")
+    cfg = config or default_config(cache.device)
+    scale = params.fmt.head_size ** -0.5 if softmax_scale is None else float(softmax_scale)
+    if out is None:
+        out = torch.empty_like(query)
+    b, hq, _ = query.shape
+    if b == 0:
+        return out
+    hkv = cache.shape[1]
+    s = num_splits or choose_splits(b * hkv, block_table.shape[1] * cache.shape[2], cache.device, cfg)
+    qbuf = rotate_query(query, params)
+    return run_split_merge(qbuf, cache, block_table, seq_lens, seq_lens, seq_lens, out, params,
+                           num_tiles=b, decode=True, bq=1, num_q_heads=hq, sm_scale=scale,
+                           f32dot=query.dtype == torch.float32, num_splits=s, cfg=cfg)

@@ -1,0 +1,88 @@
+"""Launch configuration shared by decode and extend: split counts (shape-only,
+CUDA-graph safe), tile sizes and the split + merge launches."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from turboquant.triton_impl.attn_core import _merge_kernel, _split_kernel, acc_width, merge_meta, split_meta
+from turboquant.triton_impl.params import KernelParams, MIN_DOT, next_pow2
+from turboquant.triton_impl.query import query_layout
+
+MERGE_BH = 16
+
+
+@dataclass(frozen=True)
+class AttnConfig:
+    """Tunables of the split kernel (benchmarks sweep these)."""
+
+    block_tokens: int = 64  # BT: slots per inner-loop tile
+    num_warps: int = 4
+    num_stages: int = 2
+    programs_per_sm: int = 4  # split target: num_seqs*H*S >= programs_per_sm * SMs
+    min_chunk: int = 256  # fewest tokens per split
+
+
+CPU_CONFIG = AttnConfig(block_tokens=32, num_warps=4, num_stages=1, programs_per_sm=16, min_chunk=32)
+
+
+def default_config(device: torch.device) -> AttnConfig:
+    return AttnConfig() if device.type == "cuda" else CPU_CONFIG
+
+
+_SM_COUNT: dict = {}
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def choose_splits(programs: int, max_kv: int, device: torch.device, cfg: AttnConfig) -> int:
+    """Split count from shapes only: enough programs to fill the device, no
+    split shorter than cfg.min_chunk tokens of the longest possible sequence."""
+    want = math.ceil(cfg.programs_per_sm * sm_count(device) / max(programs, 1))
+    cap = max(1, math.ceil(max_kv / cfg.min_chunk))
+    return int(max(1, min(want, cap, 256)))
+
+
+def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, params: KernelParams, *,
+                    num_tiles: int, decode: bool, bq: int, num_q_heads: int, sm_scale: float, f32dot: bool,
+                    num_splits: int, cfg: AttnConfig):
+    m = params.meta
+    hkv = cache.shape[1]
+    g = num_q_heads // hkv
+    gp = next_pow2(g)
+    rp = max(MIN_DOT, bq * gp)
+    n_tok = out.shape[0]
+    dacc = acc_width(params)
+    part_acc = torch.empty((n_tok * num_q_heads * num_splits, dacc), dtype=torch.float32, device=cache.device)
+    part_ml = torch.empty((n_tok * num_q_heads * num_splits, 2), dtype=torch.float32, device=cache.device)
+    words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
+    k_cent = params.k_cent if f32dot else params.k_cent16
+    v_cent = params.v_cent if f32dot else params.v_cent16
+    grid = (num_tiles, hkv, num_splits)
+    _split_kernel[grid](
+        qbuf, words, block_table, block_table.stride(0), seq_lens, qsl, cu_tiles, block_table.shape[0],
+        part_acc, part_ml, words.stride(0), words.stride(1), words.stride(2),
+        k_cent, v_cent, float(sm_scale), cache.shape[2], num_q_heads,
+        DECODE=decode, NUM_SPLITS=num_splits, G=g, GP=gp, BQ=bq, RP=rp, BT=cfg.block_tokens, F32DOT=f32dot,
+        DACC=dacc, **query_layout(params), **split_meta(params),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    grid2 = (n_tok, triton.cdiv(num_q_heads, MERGE_BH))
+    _merge_kernel[grid2](
+        part_acc, part_ml, out, out.stride(0), out.stride(1), num_q_heads, params.v_rot, params.v_chan,
+        NUM_SPLITS=num_splits, BH=MERGE_BH, DACC=dacc, **merge_meta(params), OUT_BF16=out.dtype == torch.bfloat16,
+        num_warps=4,
+    )
+    return out

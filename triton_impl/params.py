@@ -1,0 +1,188 @@
+"""Kernel parameters of one layer: the reference's matrices and codebooks as
+device tensors, plus the slot's field offsets as kernel compile-time constants.
+
+Everything here is *read* from ``turboquant.format`` (field offsets, bits,
+QJL scale) and ``turboquant.reference.quantizer.layer_params`` (rotations,
+codebooks, QJL matrices, channel splits); nothing is re-derived.
+
+Tensor layout (``I`` = 2 instance slots per tensor, unused ones are zero):
+
+* ``{k,v}_rot``  float32 [I, MPMAX, MPMAX]: Pi of each instance, zero-padded
+  to a power of two (row r, column c = Pi[r, c]; y = u @ Pi^T).
+* ``{k,v}_qjl``  float32 [I, MPMAX, MPMAX]: S (prod keys only).
+* ``{k,v}_cent`` float32 [I, 16] / ``*_cent16`` float16 [I, 16]: centroids.
+* ``{k,v}_bnd``  float32 [I, 16]: decision boundaries, +inf padded.
+* ``{k,v}_chan`` int32 [I, MPMAX]: original channel of each instance column.
+
+``meta`` holds the constexprs every kernel takes (``K0_M``, ``K0_CODES`` ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from turboquant import format as tqf
+from turboquant.reference.quantizer import layer_params
+
+MIN_DOT = 16  # every tl.dot dimension must be >= 16
+MAX_INSTANCES = 2
+CENT_SLOTS = 16  # 2^4 centroids at most (SUPPORTED_BITS <= 4)
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def _fast_unpack(bit_off: int, bits: int, m: int) -> bool:
+    """Whether the word-based unpack path (bits.unpack_codes FAST) applies."""
+    if bit_off % 32:
+        return False
+    if 32 % bits == 0:
+        return (m * bits) % 32 == 0
+    return bits == 3 and m % 32 == 0
+
+
+def _instance_meta(prefix: str, fmt: tqf.LayerFormat, inst: tqf.Instance, chans: np.ndarray, tensor: str) -> dict:
+    fm = fmt.field_map
+    t = "k" if tensor == "key" else "v"
+    i = inst.index
+    mp = max(MIN_DOT, next_pow2(inst.dim))
+    meta = {
+        f"{prefix}_M": inst.dim,
+        f"{prefix}_MP": mp,
+        f"{prefix}_BITS": inst.mse_bits,
+        f"{prefix}_QJL": bool(inst.qjl),
+        f"{prefix}_IDCH": bool(np.array_equal(chans, np.arange(inst.dim)) and inst.dim == fmt.head_size),
+        f"{prefix}_NORM": fm[f"{t}_norm.{i}"].offset,
+        f"{prefix}_CODES": fm[f"{t}_codes.{i}"].offset if inst.mse_bits else 0,
+        f"{prefix}_CBYTES": fm[f"{t}_codes.{i}"].nbytes if inst.mse_bits else 0,
+        f"{prefix}_RNORM": fm[f"{t}_rnorm.{i}"].offset if inst.qjl else 0,
+        f"{prefix}_SIGNS": fm[f"{t}_signs.{i}"].offset if inst.qjl else 0,
+        f"{prefix}_SBYTES": fm[f"{t}_signs.{i}"].nbytes if inst.qjl else 0,
+        f"{prefix}_QJLSCALE": tqf.qjl_scale(inst.dim) if inst.qjl else 0.0,
+    }
+    meta[f"{prefix}_CFAST"] = bool(inst.mse_bits) and _fast_unpack(8 * meta[f"{prefix}_CODES"], inst.mse_bits, inst.dim)
+    meta[f"{prefix}_SFAST"] = bool(inst.qjl) and _fast_unpack(8 * meta[f"{prefix}_SIGNS"], 1, inst.dim)
+    return meta
+
+
+def _empty_instance_meta(prefix: str) -> dict:
+    return {f"{prefix}_M": 0, f"{prefix}_MP": MIN_DOT, f"{prefix}_BITS": 0, f"{prefix}_QJL": False,
+            f"{prefix}_IDCH": False, f"{prefix}_NORM": 0, f"{prefix}_CODES": 0, f"{prefix}_CBYTES": 0,
+            f"{prefix}_RNORM": 0, f"{prefix}_SIGNS": 0, f"{prefix}_SBYTES": 0, f"{prefix}_QJLSCALE": 0.0,
+            f"{prefix}_CFAST": False, f"{prefix}_SFAST": False}
+
+
+@dataclass
+class KernelParams:
+    """Device tensors and constexprs of one layer (see the module docstring)."""
+
+    fmt: tqf.LayerFormat
+    device: torch.device
+    meta: dict
+    k_rot: torch.Tensor
+    k_qjl: torch.Tensor
+    k_cent: torch.Tensor
+    k_cent16: torch.Tensor
+    k_bnd: torch.Tensor
+    k_chan: torch.Tensor
+    v_rot: torch.Tensor
+    v_cent: torch.Tensor
+    v_cent16: torch.Tensor
+    v_bnd: torch.Tensor
+    v_chan: torch.Tensor
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def head_size(self) -> int:
+        return self.fmt.head_size
+
+    @property
+    def slot_bytes(self) -> int:
+        return self.fmt.slot_bytes
+
+    @classmethod
+    def build(cls, fmt: tqf.LayerFormat, device) -> "KernelParams":
+        if not isinstance(fmt, tqf.LayerFormat):
+            raise TypeError(f"fmt must be a turboquant.format.LayerFormat, got {type(fmt).__name__}")
+        device = torch.device(device)
+        key = (fmt, str(device))
+        hit = _CACHE.get(key)
+        if hit is not None:
+            return hit
+        lp = layer_params(fmt)
+        d = fmt.head_size
+        meta = {
+            "D": d,
+            "DP": max(MIN_DOT, next_pow2(d)),
+            "SLOT_BYTES": fmt.slot_bytes,
+            "SLOT_END": fmt.fields[-1].offset + fmt.fields[-1].nbytes,
+            "K_NI": len(lp.keys),
+            "V_GROUP": fmt.preset.value_mode == "group",
+            "V_NI": len(lp.values),
+        }
+        tensors = {}
+        for t, insts in (("k", lp.keys), ("v", lp.values)):
+            tensor = "key" if t == "k" else "value"
+            mpmax = max([MIN_DOT] + [max(MIN_DOT, next_pow2(p.instance.dim)) for p in insts])
+            rot = np.zeros((MAX_INSTANCES, mpmax, mpmax), np.float32)
+            qjl = np.zeros((MAX_INSTANCES, mpmax, mpmax), np.float32)
+            cent = np.zeros((MAX_INSTANCES, CENT_SLOTS), np.float32)
+            bnd = np.full((MAX_INSTANCES, CENT_SLOTS), np.inf, np.float32)
+            chan = np.zeros((MAX_INSTANCES, mpmax), np.int32)
+            for i in range(MAX_INSTANCES):
+                prefix = f"{t.upper()}{i}"
+                if i >= len(insts):
+                    meta.update(_empty_instance_meta(prefix))
+                    continue
+                p = insts[i]
+                m = p.instance.dim
+                meta.update(_instance_meta(prefix, fmt, p.instance, np.asarray(p.channels), tensor))
+                rot[i, :m, :m] = p.rotation
+                if p.qjl is not None:
+                    qjl[i, :m, :m] = p.qjl
+                if p.codebook is not None:
+                    nc = p.codebook.centroids.size
+                    cent[i, :nc] = p.codebook.centroids
+                    bnd[i, : nc - 1] = p.codebook.boundaries
+                chan[i, :m] = np.asarray(p.channels, np.int32)
+            meta[f"{t.upper()}_MPMAX"] = mpmax
+            tensors[f"{t}_rot"] = torch.from_numpy(rot).to(device)
+            tensors[f"{t}_cent"] = torch.from_numpy(cent).to(device)
+            tensors[f"{t}_cent16"] = torch.from_numpy(cent.astype(np.float16)).to(device)
+            tensors[f"{t}_bnd"] = torch.from_numpy(bnd).to(device)
+            tensors[f"{t}_chan"] = torch.from_numpy(chan).to(device)
+            if t == "k":
+                tensors["k_qjl"] = torch.from_numpy(qjl).to(device)
+        if meta["V_GROUP"]:
+            fm = fmt.field_map
+            meta.update({
+                "V_GS": fmt.preset.group_size,
+                "V_NG": fmt.n_groups,
+                "V_NGP": next_pow2(fmt.n_groups),
+                "V_BITS": fmt.preset.value_bits,
+                "V_SCALE": fm["v_scale"].offset,
+                "V_ZERO": fm["v_zero"].offset,
+                "V_CODES": fm["v_codes"].offset,
+                "V_CBYTES": fm["v_codes"].nbytes,
+            })
+            meta["V_CFAST"] = _fast_unpack(8 * meta["V_CODES"], meta["V_BITS"], d)
+        else:
+            meta.update({"V_GS": 1, "V_NG": 1, "V_NGP": 1, "V_BITS": 0, "V_SCALE": 0, "V_ZERO": 0,
+                         "V_CODES": 0, "V_CBYTES": 0, "V_CFAST": False})
+        out = cls(fmt=fmt, device=device, meta=meta, **tensors)
+        _CACHE[key] = out
+        return out
+
+    # ---- constexpr subsets for each kernel
+    def key_meta(self) -> dict:
+        return {k: v for k, v in self.meta.items() if k.startswith("K")}
+
+    def value_meta(self) -> dict:
+        return {k: v for k, v in self.meta.items() if k.startswith("V")}
+
+
+_CACHE: dict = {}

@@ -1,0 +1,93 @@
+"""Rotate each query row once per attention call: q_rot = Pi q (per key
+instance) and, for prod keys, q_s = S q_rot.  Output: a float32 workspace
+[num_tokens * num_q_heads, DQ] whose segments the attention kernels read."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from turboquant.triton_impl.params import KernelParams
+
+QUERY_BR = 16
+
+
+def query_layout(params: KernelParams) -> dict:
+    """Segment offsets of the rotated-query workspace: K0, K1, S0, S1."""
+    m = params.meta
+    off = m["K0_MP"]
+    qo_k1 = off if m["K_NI"] == 2 else 0
+    if m["K_NI"] == 2:
+        off += m["K1_MP"]
+    qo_s0 = off if m["K0_QJL"] else 0
+    if m["K0_QJL"]:
+        off += m["K0_MP"]
+    qo_s1 = off if m["K1_QJL"] else 0
+    if m["K1_QJL"]:
+        off += m["K1_MP"]
+    return {"DQ": off, "QO_K1": qo_k1, "QO_S0": qo_s0, "QO_S1": qo_s1}
+
+
+@triton.jit
+def _rotate_one(base, rows, rm, qbuf_ptr, rot_ptr, qjl_ptr, chan_ptr,
+                DQ: tl.constexpr, QO: tl.constexpr, QOS: tl.constexpr, MPMAX: tl.constexpr,
+                M: tl.constexpr, MP: tl.constexpr, QJL: tl.constexpr, IDCH: tl.constexpr):
+    j = tl.arange(0, MP)
+    if IDCH:
+        ch = j
+    else:
+        ch = tl.load(chan_ptr + j)
+    x = tl.load(base[:, None] + ch[None, :], mask=rm[:, None] & (j < M)[None, :], other=0.0).to(tl.float32)
+    pit = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])  # Pi^T
+    y = tl.dot(x, pit, input_precision="ieee")
+    out = qbuf_ptr + rows[:, None].to(tl.int64) * DQ + j[None, :]
+    tl.store(out + QO, y, mask=rm[:, None])
+    if QJL:
+        st = tl.load(qjl_ptr + j[None, :] * MPMAX + j[:, None])  # S^T
+        z = tl.dot(y, st, input_precision="ieee")
+        tl.store(out + QOS, z, mask=rm[:, None])
+
+
+@triton.jit
+def _rotate_query_kernel(
+    q_ptr, stride_qt, stride_qh, qbuf_ptr, n_rows, num_q_heads, k_rot, k_qjl, k_chan,
+    BR: tl.constexpr, DQ: tl.constexpr, QO_K1: tl.constexpr, QO_S0: tl.constexpr, QO_S1: tl.constexpr,
+    K_NI: tl.constexpr, K_MPMAX: tl.constexpr,
+    K0_M: tl.constexpr, K0_MP: tl.constexpr, K0_QJL: tl.constexpr, K0_IDCH: tl.constexpr,
+    K1_M: tl.constexpr, K1_MP: tl.constexpr, K1_QJL: tl.constexpr, K1_IDCH: tl.constexpr,
+):
+    # q [T, Hq, D] (fp16/bf16/fp32) -> qbuf [T*Hq, DQ] fp32: per key instance
+    # y = q[C_i] @ Pi_i^T (fp32 IEEE) and, for QJL, y @ S_i^T.  Padded
+    # columns come out exactly 0.  Grid: (cdiv(T*Hq, BR),), BR rows each.
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    rm = rows < n_rows
+    t = (rows // num_q_heads).to(tl.int64)
+    hh = (rows % num_q_heads).to(tl.int64)
+    base = q_ptr + t * stride_qt + hh * stride_qh
+    _rotate_one(base, rows, rm, qbuf_ptr, k_rot, k_qjl, k_chan, DQ, 0, QO_S0, K_MPMAX,
+                K0_M, K0_MP, K0_QJL, K0_IDCH)
+    if K_NI == 2:
+        _rotate_one(base, rows, rm, qbuf_ptr, k_rot + K_MPMAX * K_MPMAX, k_qjl + K_MPMAX * K_MPMAX,
+                    k_chan + K_MPMAX, DQ, QO_K1, QO_S1, K_MPMAX, K1_M, K1_MP, K1_QJL, K1_IDCH)
+
+
+def rotate_query(query: torch.Tensor, params: KernelParams) -> torch.Tensor:
+    """query [T, Hq, D] -> float32 [T*Hq, DQ] (see query_layout)."""
+    m = params.meta
+    lay = query_layout(params)
+    t, hq, _ = query.shape
+    n = t * hq
+    qbuf = torch.empty((max(n, 1), lay["DQ"]), dtype=torch.float32, device=query.device)
+    if n == 0:
+        return qbuf
+    if query.stride(2) != 1:
+        query = query.contiguous()
+    grid = (triton.cdiv(n, QUERY_BR),)
+    _rotate_query_kernel[grid](
+        query, query.stride(0), query.stride(1), qbuf, n, hq, params.k_rot, params.k_qjl, params.k_chan,
+        BR=QUERY_BR, **lay, K_NI=m["K_NI"], K_MPMAX=m["K_MPMAX"],
+        **{f"K{i}_{k}": m[f"K{i}_{k}"] for i in (0, 1) for k in ("M", "MP", "QJL", "IDCH")},
+        num_warps=4,
+    )
+    return qbuf

@@ -1,0 +1,363 @@
+"""store_kv: encode K/V tokens into their packed cache slots in one fused pass."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from turboquant import format as tqf
+from turboquant.triton_impl.bits import pack_store_codes, store_u16, store_u32
+from turboquant.triton_impl.params import KernelParams
+from turboquant.triton_impl.validate import check_cache, check_kv, check_params, check_slot_mapping
+
+# int32 bit patterns of the canonical NaNs (format.py)
+NORM_NAN_BITS = tl.constexpr(tqf.NORM_NAN_BITS - (1 << 32) if tqf.NORM_NAN_BITS >= (1 << 31) else tqf.NORM_NAN_BITS)
+GROUP_NAN_BITS = tl.constexpr(tqf.GROUP_NAN_BITS)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Tokens per program: small on GPU (register pressure of the fp32 rotation),
+# large under the interpreter (its cost is per op, not per element).
+STORE_BT = 64 if INTERPRET else 16
+# Test hook: run the compiled (column-reload) summation under the interpreter too.
+_FORCE_RELOAD = os.environ.get("TQ_STORE_FORCE_RELOAD") == "1"
+
+
+@triton.jit
+def _isfinite(x):
+    return tl.abs(x) < float("inf")
+
+
+# ---------------------------------------------------------------------------
+# Sums of squares in the reference's float32 order, so that stored norms are
+# bit-identical (conformance requires byte-identical slots for > 90% of tokens):
+# * the norm: reference.quantizer.l2_norm sums s*s over x[..., channels], a
+#   fancy-indexed copy whose channel axis is outermost in memory, so NumPy
+#   reduces it *sequentially* (((s0^2 + s1^2) + s2^2) + ...);
+# * the QJL residual norm sums a C-contiguous r*r: NumPy's pairwise_sum (n < 8
+#   sequential; n <= 128: 8 strided accumulators combined as
+#   ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the tail; larger n: halves at a
+#   multiple of 8).
+# Squares use fma(s, s, 0) so that no add is contracted into them.
+@triton.jit
+def _combine8(r, BT: tl.constexpr):
+    p = tl.sum(tl.reshape(r, (BT, 4, 2)), axis=2)
+    q = tl.sum(tl.reshape(p, (BT, 2, 2)), axis=2)
+    return tl.sum(q, axis=1)
+
+
+@triton.jit
+def _sumsq_rows(rowptr, ch_ptr, tmask, safe, s, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
+                IDCH: tl.constexpr, INTERP: tl.constexpr):
+    """sum_c (x_c / safe)^2 over the instance's M channels, sequentially.
+    Compiled: columns reloaded from the input rows (L1-resident).  Under the
+    CPU interpreter (INTERP): tl.cumsum, which the interpreter runs as
+    np.cumsum, the same sequential order, in one op."""
+    if INTERP:
+        cs = tl.cumsum(tl.fma(s, s, 0.0), axis=1)
+        return tl.sum(tl.where((tl.arange(0, MP) == MP - 1)[None, :], cs, 0.0), axis=1)
+    res = tl.zeros((BT,), tl.float32)
+    for c in tl.static_range(M):
+        if IDCH:
+            ch = c
+        else:
+            ch = tl.load(ch_ptr + c)
+        x = tl.load(rowptr + ch, mask=tmask, other=0.0).to(tl.float32)
+        s = tl.math.div_rn(x, safe)
+        res += tl.fma(s, s, 0.0)
+    return res
+
+
+@triton.jit
+def _reg_cols(sq, j, OFF: tl.constexpr, W: tl.constexpr, BT: tl.constexpr, MP: tl.constexpr):
+    """Columns OFF..OFF+W-1 of a register tile sq [BT, MP], exactly (one nonzero per sum)."""
+    jj = tl.arange(0, W)
+    sel = j[None, :, None] == (OFF + jj)[None, None, :]  # [1, MP, W]
+    return tl.sum(tl.where(sel, sq[:, :, None], 0.0), axis=1)
+
+
+@triton.jit
+def _sumsq_reg_block(sq, j, BT: tl.constexpr, MP: tl.constexpr, OFF: tl.constexpr, N: tl.constexpr):
+    if N < 8:
+        res = tl.zeros((BT,), tl.float32)
+        for i in tl.static_range(N):
+            res += tl.sum(_reg_cols(sq, j, OFF + i, 1, BT, MP), axis=1)
+    else:
+        r = _reg_cols(sq, j, OFF, 8, BT, MP)
+        for k in tl.static_range(1, N // 8):
+            r += _reg_cols(sq, j, OFF + 8 * k, 8, BT, MP)
+        res = _combine8(r, BT)
+        for i in tl.static_range((N // 8) * 8, N):
+            res += tl.sum(_reg_cols(sq, j, OFF + i, 1, BT, MP), axis=1)
+    return res
+
+
+@triton.jit
+def _sumsq_reg(r, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr):
+    """sum(r*r, axis=1) of a register tile r [BT, MP] in NumPy's order."""
+    sq = tl.fma(r, r, 0.0)
+    j = tl.arange(0, MP)
+    if M <= 128:
+        res = _sumsq_reg_block(sq, j, BT, MP, 0, M)
+    else:
+        N2: tl.constexpr = (M // 2) - (M // 2) % 8
+        res = _sumsq_reg_block(sq, j, BT, MP, 0, N2) + _sumsq_reg_block(sq, j, BT, MP, N2, M - N2)
+    return res
+
+
+@triton.jit
+def _norm_unit(x, rowptr, ch_ptr, tmask, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
+               IDCH: tl.constexpr, INTERP: tl.constexpr):
+    """reference.quantizer.l2_norm on rows of x [BT, MP] (the instance's M
+    channels, zero beyond): m = max|x|, s = x/m, ss = sqrt(sum s^2),
+    norm = m*ss, u = s/ss, with IEEE division / sqrt."""
+    cm = tl.arange(0, MP) < M
+    ax = tl.where(cm[None, :], tl.abs(x), 0.0)
+    mx = tl.max(ax, axis=1)
+    safe = tl.where(mx > 0, mx, 1.0)
+    s = tl.math.div_rn(x, safe[:, None])
+    s = tl.where(cm[None, :], s, 0.0)
+    ss = tl.sqrt_rn(_sumsq_rows(rowptr, ch_ptr, tmask, safe, s, BT, M, MP, IDCH, INTERP))
+    norm = mx * ss
+    u = tl.math.div_rn(s, tl.where(ss > 0, ss, 1.0)[:, None])
+    return norm, u
+
+
+@triton.jit
+def _load_rows(x_ptr, tok, tmask, stride_t, h_off, chan_ptr, M: tl.constexpr, MP: tl.constexpr,
+               IDCH: tl.constexpr):
+    j = tl.arange(0, MP)
+    if IDCH:
+        ch = j
+    else:
+        ch = tl.load(chan_ptr + j)
+    cm = j < M
+    rowptr = x_ptr + tok.to(tl.int64) * stride_t + h_off
+    x = tl.load(rowptr[:, None] + ch[None, :], mask=tmask[:, None] & cm[None, :], other=0.0).to(tl.float32)
+    fin = tl.sum(tl.where(cm[None, :] & ~_isfinite(x), 1, 0), axis=1) == 0
+    return x, fin, rowptr
+
+
+@triton.jit
+def _encode_instance(bptr, tmask, norm, u, bad, rot_ptr, bnd_ptr, cent_ptr, qjl_ptr, y_ptr, y_row,
+                     BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, MPMAX: tl.constexpr,
+                     BITS: tl.constexpr, QJL: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr,
+                     CBYTES: tl.constexpr, RNORM: tl.constexpr, SIGNS: tl.constexpr, SBYTES: tl.constexpr,
+                     DEBUG_Y: tl.constexpr):
+    """Alg. 1 / Alg. 2 for one instance of a tile of tokens, written to the slots."""
+    j = tl.arange(0, MP)
+    cm = j < M
+    u = tl.where(bad[:, None], 0.0, u)
+    # y = u @ Pi^T ; Pi^T[c, r] = Pi[r, c]
+    pit = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])
+    y = tl.dot(u, pit, input_precision="ieee")
+    if DEBUG_Y:
+        tl.store(y_ptr + y_row[:, None] * MP + j[None, :], y, mask=tmask[:, None])
+    codes = tl.zeros((BT, MP), tl.int32)
+    if BITS > 0:
+        for k in tl.static_range((1 << BITS) - 1):
+            codes += (y > tl.load(bnd_ptr + k)).to(tl.int32)
+        codes = tl.where(cm[None, :] & ~bad[:, None], codes, 0)
+    nbits = tl.where(bad, NORM_NAN_BITS, norm.to(tl.int32, bitcast=True))
+    store_u32(bptr, NORM, nbits, tmask)
+    if BITS > 0:
+        pack_store_codes(bptr, tmask, codes, BT, CODES, BITS, MP, CBYTES)
+    if QJL:
+        if BITS > 0:
+            recon = tl.load(cent_ptr + codes)
+        else:
+            recon = tl.zeros((BT, MP), tl.float32)
+        r = tl.where(cm[None, :], y - recon, 0.0)
+        # S r: proj = r @ S^T ; S^T[c, r'] = S[r', c]
+        st = tl.load(qjl_ptr + j[None, :] * MPMAX + j[:, None])
+        proj = tl.dot(r, st, input_precision="ieee")
+        signs = tl.where((proj >= 0) & cm[None, :] & ~bad[:, None], 1, 0)
+        rn = tl.sqrt_rn(_sumsq_reg(r, BT, M, MP))
+        rbits = tl.where(bad, NORM_NAN_BITS, rn.to(tl.int32, bitcast=True))
+        store_u32(bptr, RNORM, rbits, tmask)
+        pack_store_codes(bptr, tmask, signs, BT, SIGNS, 1, MP, SBYTES)
+
+
+@triton.jit
+def _store_kernel(
+    key_ptr, value_ptr, cache_ptr, slot_ptr, y_ptr,
+    stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_cb, stride_ch, stride_cs,
+    num_tokens, block_size, num_heads,
+    k_rot, k_bnd, k_cent, k_qjl, k_chan, v_rot, v_bnd, v_cent, v_chan,
+    BT: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, SLOT_BYTES: tl.constexpr, SLOT_END: tl.constexpr,
+    DEBUG_Y: tl.constexpr, INTERP: tl.constexpr,
+    K_NI: tl.constexpr, K_MPMAX: tl.constexpr,
+    K0_M: tl.constexpr, K0_MP: tl.constexpr, K0_BITS: tl.constexpr, K0_QJL: tl.constexpr, K0_IDCH: tl.constexpr,
+    K0_NORM: tl.constexpr, K0_CODES: tl.constexpr, K0_CBYTES: tl.constexpr, K0_RNORM: tl.constexpr,
+    K0_SIGNS: tl.constexpr, K0_SBYTES: tl.constexpr,
+    K1_M: tl.constexpr, K1_MP: tl.constexpr, K1_BITS: tl.constexpr, K1_QJL: tl.constexpr, K1_IDCH: tl.constexpr,
+    K1_NORM: tl.constexpr, K1_CODES: tl.constexpr, K1_CBYTES: tl.constexpr, K1_RNORM: tl.constexpr,
+    K1_SIGNS: tl.constexpr, K1_SBYTES: tl.constexpr,
+    V_GROUP: tl.constexpr, V_NI: tl.constexpr, V_MPMAX: tl.constexpr,
+    V0_M: tl.constexpr, V0_MP: tl.constexpr, V0_BITS: tl.constexpr, V0_IDCH: tl.constexpr,
+    V0_NORM: tl.constexpr, V0_CODES: tl.constexpr, V0_CBYTES: tl.constexpr,
+    V1_M: tl.constexpr, V1_MP: tl.constexpr, V1_BITS: tl.constexpr, V1_IDCH: tl.constexpr,
+    V1_NORM: tl.constexpr, V1_CODES: tl.constexpr, V1_CBYTES: tl.constexpr,
+    V_GS: tl.constexpr, V_NG: tl.constexpr, V_BITS: tl.constexpr, V_SCALE: tl.constexpr, V_ZERO: tl.constexpr,
+    V_CODES: tl.constexpr, V_CBYTES: tl.constexpr,
+):
+    # store: K/V [num_tokens, H, D] (any float dtype) -> cache uint8 [NB, H, BS, SLOT_BYTES].
+    # Grid (cdiv(num_tokens, BT), H): one program encodes BT tokens of one KV head:
+    # norm (max-scaled), rotation (fp32 IEEE dot), boundary codes, QJL signs /
+    # residual norm, value codes or min/max groups, non-finite tokens per the
+    # reference, LSB-first packing, zero padding.  slot < 0: nothing written.
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    tok = pid * BT + tl.arange(0, BT)
+    slot = tl.load(slot_ptr + tok, mask=tok < num_tokens, other=-1).to(tl.int64)
+    tmask = slot >= 0
+    blk = tl.where(tmask, slot // block_size, 0)
+    off = tl.where(tmask, slot % block_size, 0)
+    bptr = cache_ptr + blk * stride_cb + h * stride_ch + off * stride_cs  # [BT] uint8 pointers
+    y_row = tok.to(tl.int64) * num_heads + h
+
+    # ---------------- keys
+    kx0, kf0, krow = _load_rows(key_ptr, tok, tmask, stride_kt, h * stride_kh, k_chan, K0_M, K0_MP, K0_IDCH)
+    kn0, ku0 = _norm_unit(kx0, krow, k_chan, tmask, BT, K0_M, K0_MP, K0_IDCH, INTERP)
+    kbad = ~kf0 | ~_isfinite(kn0)
+    if K_NI == 2:
+        kx1, kf1, _ = _load_rows(key_ptr, tok, tmask, stride_kt, h * stride_kh, k_chan + K_MPMAX, K1_M, K1_MP,
+                                 K1_IDCH)
+        kn1, ku1 = _norm_unit(kx1, krow, k_chan + K_MPMAX, tmask, BT, K1_M, K1_MP, K1_IDCH, INTERP)
+        kbad = kbad | ~kf1 | ~_isfinite(kn1)
+    _encode_instance(bptr, tmask, kn0, ku0, kbad, k_rot, k_bnd, k_cent, k_qjl, y_ptr, y_row,
+                     BT, K0_M, K0_MP, K_MPMAX, K0_BITS, K0_QJL, K0_NORM, K0_CODES, K0_CBYTES,
+                     K0_RNORM, K0_SIGNS, K0_SBYTES, DEBUG_Y)
+    if K_NI == 2:
+        _encode_instance(bptr, tmask, kn1, ku1, kbad, k_rot + K_MPMAX * K_MPMAX, k_bnd + 16, k_cent + 16,
+                         k_qjl + K_MPMAX * K_MPMAX, y_ptr + num_tokens * num_heads * K0_MP, y_row,
+                         BT, K1_M, K1_MP, K_MPMAX, K1_BITS, K1_QJL, K1_NORM, K1_CODES, K1_CBYTES,
+                         K1_RNORM, K1_SIGNS, K1_SBYTES, DEBUG_Y)
+
+    # ---------------- values
+    vy_ptr = y_ptr + num_tokens * num_heads * (K0_MP + K1_MP)
+    if V_GROUP:
+        LEVELS: tl.constexpr = (1 << V_BITS) - 1
+        d = tl.arange(0, DP)
+        dm = d < D
+        v = tl.load(value_ptr + tok[:, None].to(tl.int64) * stride_vt + h * stride_vh + d[None, :],
+                    mask=tmask[:, None] & dm[None, :], other=0.0).to(tl.float32)
+        vfin = tl.sum(tl.where(dm[None, :] & ~_isfinite(v), 1, 0), axis=1) == 0
+        vg = tl.reshape(v, (BT, DP // V_GS, V_GS))
+        mn = tl.min(vg, axis=2)
+        mx = tl.max(vg, axis=2)
+        zero16 = mn.to(tl.float16)
+        scale16 = tl.math.div_rn(mx - mn, LEVELS * 1.0).to(tl.float16)
+        mx16 = mx.to(tl.float16)
+        gi = tl.arange(0, DP // V_GS)
+        gbad = ~(_isfinite(zero16.to(tl.float32)) & _isfinite(scale16.to(tl.float32))
+                 & _isfinite(mx16.to(tl.float32))) & (gi < V_NG)[None, :]
+        vbad = ~vfin | (tl.sum(gbad.to(tl.int32), axis=1) > 0)
+        zero = zero16.to(tl.float32)
+        scale = scale16.to(tl.float32)
+        t = tl.where(scale[:, :, None] > 0,
+                     tl.math.div_rn(vg - zero[:, :, None], tl.where(scale > 0, scale, 1.0)[:, :, None]), 0.0)
+        c = tl.minimum(tl.maximum(tl.floor(t + 0.5), 0.0), LEVELS * 1.0).to(tl.int32)
+        c = tl.where(vbad[:, None, None], 0, c)
+        codes = tl.where(dm[None, :], tl.reshape(c, (BT, DP)), 0)
+        zb = tl.where(vbad[:, None], GROUP_NAN_BITS, zero16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF)
+        sb = tl.where(vbad[:, None], GROUP_NAN_BITS, scale16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF)
+        gm = tmask[:, None] & (gi < V_NG)[None, :]
+        store_u16(bptr[:, None], V_ZERO + 2 * gi[None, :], zb, gm)
+        store_u16(bptr[:, None], V_SCALE + 2 * gi[None, :], sb, gm)
+        pack_store_codes(bptr, tmask, codes, BT, V_CODES, V_BITS, DP, V_CBYTES)
+    else:
+        vx0, vf0, vrow = _load_rows(value_ptr, tok, tmask, stride_vt, h * stride_vh, v_chan, V0_M, V0_MP, V0_IDCH)
+        vn0, vu0 = _norm_unit(vx0, vrow, v_chan, tmask, BT, V0_M, V0_MP, V0_IDCH, INTERP)
+        vbad = ~vf0 | ~_isfinite(vn0)
+        if V_NI == 2:
+            vx1, vf1, _ = _load_rows(value_ptr, tok, tmask, stride_vt, h * stride_vh, v_chan + V_MPMAX,
+                                     V1_M, V1_MP, V1_IDCH)
+            vn1, vu1 = _norm_unit(vx1, vrow, v_chan + V_MPMAX, tmask, BT, V1_M, V1_MP, V1_IDCH, INTERP)
+            vbad = vbad | ~vf1 | ~_isfinite(vn1)
+        _encode_instance(bptr, tmask, vn0, vu0, vbad, v_rot, v_bnd, v_cent, v_cent, vy_ptr, y_row,
+                         BT, V0_M, V0_MP, V_MPMAX, V0_BITS, False, V0_NORM, V0_CODES, V0_CBYTES,
+                         0, 0, 0, DEBUG_Y)
+        if V_NI == 2:
+            _encode_instance(bptr, tmask, vn1, vu1, vbad, v_rot + V_MPMAX * V_MPMAX, v_bnd + 16, v_cent + 16,
+                             v_cent, vy_ptr + num_tokens * num_heads * V0_MP, y_row,
+                             BT, V1_M, V1_MP, V_MPMAX, V1_BITS, False, V1_NORM, V1_CODES, V1_CBYTES,
+                             0, 0, 0, DEBUG_Y)
+    # zero padding bytes at the end of the slot
+    for p in tl.static_range(SLOT_END, SLOT_BYTES):
+        tl.store(bptr + p, tl.zeros((BT,), tl.uint8), mask=tmask)
+
+
+_STORE_KEYS = ("K_NI", "K_MPMAX", "V_GROUP", "V_NI", "V_MPMAX", "V_GS", "V_NG", "V_BITS", "V_SCALE", "V_ZERO",
+               "V_CODES", "V_CBYTES")
+_INST_KEYS = ("M", "MP", "BITS", "QJL", "IDCH", "NORM", "CODES", "CBYTES", "RNORM", "SIGNS", "SBYTES")
+_VINST_KEYS = ("M", "MP", "BITS", "IDCH", "NORM", "CODES", "CBYTES")
+
+
+def store_meta(params: KernelParams) -> dict:
+    m = params.meta
+    out = {k: m[k] for k in ("D", "DP", "SLOT_BYTES", "SLOT_END") + _STORE_KEYS}
+    for p in ("K0", "K1"):
+        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in _INST_KEYS})
+    for p in ("V0", "V1"):
+        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in _VINST_KEYS})
+    return out
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
+             params: KernelParams, *, debug_rotated: torch.Tensor | None = None, block_tokens: int | None = None,
+             num_warps: int = 4) -> None:
+    """Encode key/value [num_tokens, num_kv_heads, head_size] into ``cache``
+    (uint8 [num_blocks, num_kv_heads, block_size, slot_bytes]) in place at
+    ``slot_mapping`` [num_tokens] (negative: padding, nothing written)."""
+    check_params(params)
+    fmt = params.fmt
+    check_cache("cache", cache, fmt, params.device)
+    check_kv("key", key, fmt, params.device, ndim=3)
+    check_kv("value", value, fmt, params.device, ndim=3)
+    if key.shape != value.shape or key.shape[1] != cache.shape[1]:
+        raise ValueError(f"key and value must be [num_tokens, num_kv_heads={cache.shape[1]}, {fmt.head_size}], "
+                         f"got key {tuple(key.shape)}, value {tuple(value.shape)}")
+    check_slot_mapping(slot_mapping, key.shape[0], params.device)
+    n, h, d = key.shape
+    if n == 0:
+        return
+    if key.stride(2) != 1 or value.stride(2) != 1:
+        key, value = key.contiguous(), value.contiguous()
+    if cache.stride(3) != 1:
+        raise ValueError("cache must be contiguous in its last (slot byte) dimension")
+    block_tokens = block_tokens or STORE_BT
+    y = debug_rotated if debug_rotated is not None else torch.empty(1, device=params.device, dtype=torch.float32)
+    grid = (triton.cdiv(n, block_tokens), h)
+    _store_kernel[grid](
+        key, value, cache, slot_mapping, y,
+        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        cache.stride(0), cache.stride(1), cache.stride(2),
+        n, cache.shape[2], h,
+        params.k_rot, params.k_bnd, params.k_cent, params.k_qjl, params.k_chan,
+        params.v_rot, params.v_bnd, params.v_cent, params.v_chan,
+        BT=block_tokens, DEBUG_Y=debug_rotated is not None, INTERP=INTERPRET and not _FORCE_RELOAD, num_warps=num_warps, **store_meta(params),
+    )
+
+
+def rotated_debug(x: torch.Tensor, params: KernelParams, tensor: str) -> list[torch.Tensor]:
+    """The rotated unit coordinates y of each instance of ``tensor`` as the store
+    kernel computes them (x [num_tokens, num_kv_heads, d]); for conformance."""
+    tqf.check_choice("tensor", tensor, ("key", "value"))
+    m = params.meta
+    n, h, d = x.shape
+    kmp = m["K0_MP"] + m["K1_MP"]
+    vmp = m["V0_MP"] + m["V1_MP"]
+    y = torch.zeros(n * h * (kmp + vmp), dtype=torch.float32, device=x.device)
+    cache = torch.zeros(params.fmt.cache_shape(n, 1, h), dtype=torch.uint8, device=x.device)
+    slots = torch.arange(n, device=x.device, dtype=torch.int64)
+    store_kv(x, x, cache, slots, params, debug_rotated=y)
+    out, base = [], 0 if tensor == "key" else n * h * kmp
+    p = "K" if tensor == "key" else "V"
+    for i in range(m[f"{p}_NI"]):
+        mp, mi = m[f"{p}{i}_MP"], m[f"{p}{i}_M"]
+        out.append(y[base: base + n * h * mp].view(n, h, mp)[..., :mi])
+        base += n * h * mp
+    return out
