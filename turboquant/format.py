@@ -209,6 +209,11 @@ class LayerFormat:
                 f"rotation='hadamard' needs a power-of-two head_size, got head_size={self.head_size}; "
                 f"allowed: {[d for d in SUPPORTED_HEAD_SIZES if not d & (d - 1)]}"
             )
+        if self.preset.value_mode == "group" and self.head_size % self.preset.group_size:
+            raise ValueError(
+                f"group_size={self.preset.group_size} must divide head_size={self.head_size}; "
+                f"allowed group sizes here: {[g for g in SUPPORTED_GROUP_SIZES if self.head_size % g == 0]}"
+            )
         for name in ("key_outlier_channels", "value_outlier_channels"):
             chans = getattr(self, name)
             if chans is None:
