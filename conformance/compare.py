@@ -72,7 +72,8 @@ def compare_slots(impl_slots: np.ndarray, key: np.ndarray, value: np.ndarray, fm
         for p in insts:
             i = p.instance.index
             st = stages[tensor][i]
-            rep.norm_max_rel_err = max(rep.norm_max_rel_err, _norm_err(got[f"{prefix}_norm.{i}"], want[f"{prefix}_norm.{i}"]))
+            nerr = _norm_err(got[f"{prefix}_norm.{i}"], want[f"{prefix}_norm.{i}"])
+            rep.norm_max_rel_err = max(rep.norm_max_rel_err, nerr)
             token_differs = np.zeros(st["norm"].shape, bool)
             if p.codebook is not None:
                 token_differs = check_codes(f"{prefix}_codes.{i}", st["y"], p.codebook.boundaries, tqf.CODE_MARGIN)

@@ -15,8 +15,8 @@ vLLM layer) by appending to ``IMPLEMENTATIONS`` in ``available()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -44,7 +44,9 @@ def store(cache: np.ndarray, key: np.ndarray, value: np.ndarray, slot_mapping: n
     check_kv("value", value, fmt)
     nb, h, bs, _ = cache.shape
     if key.ndim != 3 or key.shape[1] != h or key.shape != value.shape:
-        raise ValueError(f"key and value must be [num_tokens, num_kv_heads={h}, head_size], got {key.shape}, {value.shape}")
+        raise ValueError(
+            f"key and value must be [num_tokens, num_kv_heads={h}, head_size], got {key.shape}, {value.shape}"
+        )
     sm = check_slot_mapping(slot_mapping, key.shape[0], nb * bs)
     keep = sm >= 0
     slots = encode_slots(key[keep], value[keep], fmt)  # [n, h, slot_bytes]

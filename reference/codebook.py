@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 
 import numpy as np
@@ -159,7 +159,7 @@ def shipped_hash() -> str:
     return _shipped()["sha256"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(dim: int, bits: int) -> Codebook:
     """The shipped codebook for (dim, bits), as float32 arrays."""
     tqf.check_choice("bits", bits, tqf.SUPPORTED_BITS)
