@@ -16,17 +16,51 @@ from turboquant.triton_impl.bits import load_f16_array, load_f32, unpack_codes
 
 
 @triton.jit
+def centroid_values(codes, cent_ptr, BITS: tl.constexpr, LOOKUP: tl.constexpr):
+    """c[codes] from the centroid table at cent_ptr.  LOOKUP 0: gather loads
+    (L1-resident table).  LOOKUP 1: selects on the code bits, using the exact
+    symmetry c[k] = -c[2^b - 1 - k] of every shipped codebook (checked in
+    params.py): magnitude index m, a select tree over c[HALF + m], a sign."""
+    if LOOKUP == 0:
+        return tl.load(cent_ptr + codes)
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    hi = codes >= HALF
+    m = tl.where(hi, codes - HALF, (HALF - 1) - codes)
+    if BITS == 1:
+        v = tl.zeros(codes.shape, cent_ptr.dtype.element_ty) + tl.load(cent_ptr + 1)
+    elif BITS == 2:
+        v = tl.where(m == 1, tl.load(cent_ptr + 3), tl.load(cent_ptr + 2))
+    elif BITS == 3:
+        b0 = (m & 1) != 0
+        v01 = tl.where(b0, tl.load(cent_ptr + 5), tl.load(cent_ptr + 4))
+        v23 = tl.where(b0, tl.load(cent_ptr + 7), tl.load(cent_ptr + 6))
+        v = tl.where((m & 2) != 0, v23, v01)
+    else:
+        b0 = (m & 1) != 0
+        b1 = (m & 2) != 0
+        v01 = tl.where(b0, tl.load(cent_ptr + 9), tl.load(cent_ptr + 8))
+        v23 = tl.where(b0, tl.load(cent_ptr + 11), tl.load(cent_ptr + 10))
+        v45 = tl.where(b0, tl.load(cent_ptr + 13), tl.load(cent_ptr + 12))
+        v67 = tl.where(b0, tl.load(cent_ptr + 15), tl.load(cent_ptr + 14))
+        v03 = tl.where(b1, v23, v01)
+        v47 = tl.where(b1, v67, v45)
+        v = tl.where((m & 4) != 0, v47, v03)
+    return tl.where(hi, v, -v)
+
+
+@triton.jit
 def _key_scores(ptrs, tval, q, qsc, qs, qssc, cent_ptr, BT: tl.constexpr,
                 M: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr, QJL: tl.constexpr, NORM: tl.constexpr,
                 CODES: tl.constexpr, CFAST: tl.constexpr, RNORM: tl.constexpr, SIGNS: tl.constexpr,
-                SFAST: tl.constexpr, QJLSCALE: tl.constexpr, F32DOT: tl.constexpr, RP: tl.constexpr):
+                SFAST: tl.constexpr, QJLSCALE: tl.constexpr, F32DOT: tl.constexpr, RP: tl.constexpr,
+                LOOKUP: tl.constexpr):
     """Scores [RP, BT] of the rows' rotated queries (q [RP, MP] scaled by 1/qsc)
     against one key instance of a tile of BT slots."""
     norm = load_f32(ptrs, tval, NORM)
     s = tl.zeros((RP, BT), tl.float32)
     if BITS > 0:
         codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, M, MP, CFAST)
-        c = tl.load(cent_ptr + codes)  # centroid values (fp16, or fp32 when F32DOT)
+        c = centroid_values(codes, cent_ptr, BITS, LOOKUP)  # fp16, or fp32 when F32DOT
         if F32DOT:
             s = tl.dot(q, tl.trans(c), input_precision="ieee")
         else:
@@ -48,7 +82,7 @@ def _key_scores(ptrs, tval, q, qsc, qs, qssc, cent_ptr, BT: tl.constexpr,
 @triton.jit
 def _mse_values(ptrs, tval, p, vis, acc, cent_ptr, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
                 BITS: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr, CFAST: tl.constexpr,
-                F32DOT: tl.constexpr):
+                F32DOT: tl.constexpr, LOOKUP: tl.constexpr):
     """acc [RP, MP] += sum_t p_t ||v_t|| c[idx_t] (rotated domain).  The norms
     are folded into the probabilities scaled by the tile's largest finite norm
     (fp16 range); a non-finite norm gives NaN exactly in the rows that see it."""
@@ -58,7 +92,7 @@ def _mse_values(ptrs, tval, p, vis, acc, cent_ptr, BT: tl.constexpr, M: tl.const
     vmax = tl.where(vmax > 0, vmax, 1.0)
     w = tl.where(vis, p * (vn * (1.0 / vmax))[None, :], 0.0)
     codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, M, MP, CFAST)
-    c = tl.load(cent_ptr + codes)
+    c = centroid_values(codes, cent_ptr, BITS, LOOKUP)
     if F32DOT:
         acc += vmax * tl.dot(w, c, input_precision="ieee")
     else:
@@ -101,14 +135,14 @@ def _load_q(qbuf_ptr, qrow, row_valid, DQ: tl.constexpr, QO: tl.constexpr, MP: t
     return (q * (1.0 / qm)[:, None]).to(tl.float16), qm
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs", "num_splits", "num_q_heads"])
 def _split_kernel(
     qbuf_ptr, cache_ptr, bt_ptr, stride_bt, seq_lens_ptr, qsl_ptr, cu_tiles_ptr, num_seqs,
     part_acc_ptr, part_ml_ptr,
     stride_cb, stride_ch, stride_cs,
     k_cent, v_cent,
-    sm_scale, block_size, num_q_heads,
-    DECODE: tl.constexpr, NUM_SPLITS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
+    sm_scale, block_size, num_q_heads, num_splits,
+    DECODE: tl.constexpr, LOOKUP: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
     RP: tl.constexpr, BT: tl.constexpr, F32DOT: tl.constexpr,
     DQ: tl.constexpr, QO_K1: tl.constexpr, QO_S0: tl.constexpr, QO_S1: tl.constexpr, DACC: tl.constexpr,
     D: tl.constexpr, DP: tl.constexpr,
@@ -128,7 +162,7 @@ def _split_kernel(
     V_CODES: tl.constexpr, V_CFAST: tl.constexpr,
 ):
     # Flash-decoding split over the packed paged cache.
-    # Grid (query tiles, num_kv_heads, NUM_SPLITS).  A program serves RP rows =
+    # Grid (query tiles, num_kv_heads, num_splits).  A program serves RP rows =
     # BQ query tokens x GP (>= G) query heads of one KV head, i.e. the whole
     # GQA group shares one read of the packed bytes; it streams the tokens of
     # its split [s*chunk, (s+1)*chunk) of the visible range in tiles of BT
@@ -137,7 +171,8 @@ def _split_kernel(
     # the unnormalised rotated accumulator -> part_acc [rows, S, DACC].
     # DECODE: query tile = sequence (one token).  Otherwise tile -> sequence
     # through cu_tiles (cumulative query tiles per sequence).  The chunk size
-    # is read from seq_lens in-kernel; NUM_SPLITS only depends on shapes.
+    # is read from seq_lens in-kernel; num_splits only depends on shapes.
+    # LOOKUP: centroid lookup variant (centroid_values).
     pid0 = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.program_id(2)
@@ -164,7 +199,7 @@ def _split_kernel(
         qpos0 = seq_len - (qe - qs) + tile * BQ
     kv_end = tl.minimum(seq_len, qpos0 + nq)
     kv_end = tl.where(nq > 0, kv_end, 0)
-    chunk = tl.cdiv(tl.cdiv(kv_end, NUM_SPLITS), BT) * BT
+    chunk = tl.cdiv(tl.cdiv(kv_end, num_splits), BT) * BT
     start = sp * chunk
     end = tl.minimum(start + chunk, kv_end)
 
@@ -202,10 +237,11 @@ def _split_kernel(
         page = tl.load(bt_ptr + b * stride_bt + tpos // block_size, mask=tval, other=0).to(tl.int64)
         ptrs = cache_ptr + page * stride_cb + head_off + (tpos % block_size).to(tl.int64) * stride_cs
         sc = _key_scores(ptrs, tval, q0, q0sc, s0, s0sc, k_cent, BT, K0_M, K0_MP, K0_BITS, K0_QJL, K0_NORM,
-                         K0_CODES, K0_CFAST, K0_RNORM, K0_SIGNS, K0_SFAST, K0_QJLSCALE, F32DOT, RP)
+                         K0_CODES, K0_CFAST, K0_RNORM, K0_SIGNS, K0_SFAST, K0_QJLSCALE, F32DOT, RP, LOOKUP)
         if K_NI == 2:
             sc += _key_scores(ptrs, tval, q1, q1sc, s1, s1sc, k_cent + 16, BT, K1_M, K1_MP, K1_BITS, K1_QJL,
-                              K1_NORM, K1_CODES, K1_CFAST, K1_RNORM, K1_SIGNS, K1_SFAST, K1_QJLSCALE, F32DOT, RP)
+                              K1_NORM, K1_CODES, K1_CFAST, K1_RNORM, K1_SIGNS, K1_SFAST, K1_QJLSCALE, F32DOT, RP,
+                              LOOKUP)
         vis = row_valid[:, None] & tval[None, :] & (tpos[None, :] <= qpos[:, None])
         logits = tl.where(vis, sc * sm_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(logits, axis=1))
@@ -220,13 +256,13 @@ def _split_kernel(
                                  V_CODES, V_CFAST, F32DOT)
         else:
             acc0 = _mse_values(ptrs, tval, p, vis, acc0, v_cent, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES,
-                               V0_CFAST, F32DOT)
+                               V0_CFAST, F32DOT, LOOKUP)
             if V_NI == 2:
                 acc1 = acc1 * alpha[:, None]
                 acc1 = _mse_values(ptrs, tval, p, vis, acc1, v_cent + 16, BT, V1_M, V1_MP, V1_BITS, V1_NORM,
-                                   V1_CODES, V1_CFAST, F32DOT)
+                                   V1_CODES, V1_CFAST, F32DOT, LOOKUP)
 
-    prow = qrow * NUM_SPLITS + sp
+    prow = qrow * num_splits + sp
     tl.store(part_ml_ptr + prow * 2, m_i, mask=row_valid)
     tl.store(part_ml_ptr + prow * 2 + 1, l_i, mask=row_valid)
     if V_GROUP:
@@ -265,22 +301,22 @@ def _merge_rotate_store(o, out_base, hm, rot_ptr, chan_ptr, MPMAX: tl.constexpr,
     tl.store(out_base[:, None] + ch[None, :], x, mask=hm[:, None] & (r < M)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_q_heads", "num_splits"])
 def _merge_kernel(
-    part_acc_ptr, part_ml_ptr, out_ptr, stride_ot, stride_oh, num_q_heads, v_rot, v_chan,
-    NUM_SPLITS: tl.constexpr, BH: tl.constexpr, DACC: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    part_acc_ptr, part_ml_ptr, out_ptr, stride_ot, stride_oh, num_q_heads, v_rot, v_chan, num_splits,
+    BH: tl.constexpr, DACC: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     V_GROUP: tl.constexpr, V_NI: tl.constexpr, V_MPMAX: tl.constexpr,
     V0_M: tl.constexpr, V0_MP: tl.constexpr, V0_IDCH: tl.constexpr,
     V1_M: tl.constexpr, V1_MP: tl.constexpr, V1_IDCH: tl.constexpr, OUT_BF16: tl.constexpr,
 ):
-    # Merge the NUM_SPLITS partial softmax states of BH query heads of one
+    # Merge the num_splits partial softmax states of BH query heads of one
     # query token, normalise, map mse values back by Pi_i^T (fp32 IEEE dot;
     # channels scattered per instance) and store in out's dtype.
     # Grid (num_tokens, cdiv(num_q_heads, BH)).
     t = tl.program_id(0)
     heads = tl.program_id(1) * BH + tl.arange(0, BH)
     hm = heads < num_q_heads
-    prow = (t * num_q_heads + heads).to(tl.int64) * NUM_SPLITS
+    prow = (t * num_q_heads + heads).to(tl.int64) * num_splits
     if V_GROUP:
         j0 = tl.arange(0, DP)
     else:
@@ -290,7 +326,7 @@ def _merge_kernel(
     l = tl.zeros((BH,), tl.float32)
     acc0 = tl.zeros((BH, j0.shape[0]), tl.float32)
     acc1 = tl.zeros((BH, V1_MP), tl.float32)
-    for s in range(NUM_SPLITS):
+    for s in range(num_splits):
         ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
         ls = tl.load(part_ml_ptr + (prow + s) * 2 + 1, mask=hm, other=0.0)
         mn = tl.maximum(m, ms)

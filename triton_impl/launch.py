@@ -26,6 +26,7 @@ class AttnConfig:
     num_stages: int = 2
     programs_per_sm: int = 4  # split target: num_seqs*H*S >= programs_per_sm * SMs
     min_chunk: int = 256  # fewest tokens per split
+    lookup: int = 0  # centroid lookup: 0 gather loads, 1 symmetric select tree (attn_core.centroid_values)
 
 
 CPU_CONFIG = AttnConfig(block_tokens=32, num_warps=4, num_stages=1, programs_per_sm=16, min_chunk=32)
@@ -74,15 +75,15 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
     _split_kernel[grid](
         qbuf, words, block_table, block_table.stride(0), seq_lens, qsl, cu_tiles, block_table.shape[0],
         part_acc, part_ml, words.stride(0), words.stride(1), words.stride(2),
-        k_cent, v_cent, float(sm_scale), cache.shape[2], num_q_heads,
-        DECODE=decode, NUM_SPLITS=num_splits, G=g, GP=gp, BQ=bq, RP=rp, BT=cfg.block_tokens, F32DOT=f32dot,
+        k_cent, v_cent, float(sm_scale), cache.shape[2], num_q_heads, num_splits,
+        DECODE=decode, LOOKUP=cfg.lookup if (m["CB_SYMMETRIC"] and not f32dot) else 0, G=g, GP=gp, BQ=bq, RP=rp, BT=cfg.block_tokens, F32DOT=f32dot,
         DACC=dacc, **query_layout(params), **split_meta(params),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     grid2 = (n_tok, triton.cdiv(num_q_heads, MERGE_BH))
     _merge_kernel[grid2](
-        part_acc, part_ml, out, out.stride(0), out.stride(1), num_q_heads, params.v_rot, params.v_chan,
-        NUM_SPLITS=num_splits, BH=MERGE_BH, DACC=dacc, **merge_meta(params), OUT_BF16=out.dtype == torch.bfloat16,
+        part_acc, part_ml, out, out.stride(0), out.stride(1), num_q_heads, params.v_rot, params.v_chan, num_splits,
+        BH=MERGE_BH, DACC=dacc, **merge_meta(params), OUT_BF16=out.dtype == torch.bfloat16,
         num_warps=4,
     )
     return out

@@ -123,6 +123,9 @@ class KernelParams:
             "K_NI": len(lp.keys),
             "V_GROUP": fmt.preset.value_mode == "group",
             "V_NI": len(lp.values),
+            # attn_core.centroid_values LOOKUP=1 relies on c[k] == -c[2^b-1-k] exactly
+            "CB_SYMMETRIC": all(np.array_equal(p.codebook.centroids, -p.codebook.centroids[::-1])
+                                for p in lp.keys + lp.values if p.codebook is not None),
         }
         tensors = {}
         for t, insts in (("k", lp.keys), ("v", lp.values)):
