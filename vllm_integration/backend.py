@@ -37,7 +37,7 @@ from turboquant.vllm_integration.compat import (
 )
 from turboquant.vllm_integration.config import TurboQuantOptions, parse_layer_index, unsupported_reasons
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("vllm.turboquant")  # under "vllm" so that vLLM's log handler prints it
 
 from turboquant.vllm_integration.plugin import BACKEND_PATH  # noqa: E402,F401
 KERNEL_API = ("KernelParams", "store_kv", "paged_attention", "decode_attention")
@@ -129,10 +129,20 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
         self.options = TurboQuantOptions.from_vllm_config(vllm_config)
         # Bind every layer of this group now (engine start), so bad layer names,
         # missing kernels or a CPU run without TRITON_INTERPRET fail here.
+        bound = []
         for name in layer_names:
             impl = getattr(compat.layer_module(vllm_config, name), "impl", None)
             if isinstance(impl, TurboQuantAttentionImpl):
                 impl.bind(name, device)
+                bound.append(impl)
+        if bound:
+            fmt = bound[0].fmt
+            logger.info(
+                "TurboQuant KV cache: preset=%s, head_size=%d, %d B per token per KV head (bf16: %d B, %.2fx "
+                "smaller), %d layers, block_size=%d, store=%s, attention=%s (vLLM %s)", fmt.preset.name,
+                fmt.head_size, fmt.slot_bytes, tqf.bf16_slot_bytes(fmt.head_size),
+                tqf.bf16_slot_bytes(fmt.head_size) / fmt.slot_bytes, len(bound), kv_cache_spec.block_size,
+                self.options.store_impl, self.options.attention_impl, compat.vllm_version())
 
     @classmethod
     def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:

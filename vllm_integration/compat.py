@@ -45,7 +45,7 @@ import logging
 
 import torch
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("vllm.turboquant")  # under "vllm" so that vLLM's log handler prints it
 
 from vllm.v1.attention.backend import (  # noqa: E402  (same module on 0.26 and 0.32)
     AttentionBackend,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("vllm.turboquant")
 
 BACKEND_PATH = "turboquant.vllm_integration.backend.TurboQuantAttentionBackend"
 PLATFORM_PATH = "turboquant.vllm_integration.platform.TurboQuantCpuPlatform"

@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("vllm")
 import torch  # noqa: E402
-from tq_helpers import kernels_available, llm_kwargs  # noqa: E402
+from tq_helpers import CUDAGRAPHS, kernels_available, llm_kwargs  # noqa: E402
 
 from turboquant import format as tqf  # noqa: E402
 from turboquant import reference as ref  # noqa: E402
@@ -143,7 +143,10 @@ def test_stored_bytes_match_reference(run, request):
         assert rep.ok, (e["layer"], rep)
         total += rep.tokens
     n_tok = sum(PROMPT_LENS) + len(PROMPTS) * (run["max_tokens"] - 1)
-    assert total == 2 * n_tok * 2  # layers x tokens x kv heads
+    if CUDAGRAPHS:  # decode steps replayed from CUDA graphs run no Python: not observed
+        assert 0 < total <= 2 * n_tok * 2
+    else:
+        assert total == 2 * n_tok * 2  # layers x tokens x kv heads
 
 
 def _kind(e) -> str:
@@ -167,7 +170,10 @@ def test_attention_matches_reference(run, request):
         k = _kind(e)
         worst[k] = max(worst.get(k, 0.0), err)
         assert err <= RTOL[run["dtype"]], (e["layer"], k, err)
-    assert set(worst) == {"decode", "extend", "prefill"}, worst
+    if CUDAGRAPHS:  # decode-only steps replay CUDA graphs (checked through tokens instead)
+        assert {"extend", "prefill"} <= set(worst), worst
+    else:
+        assert set(worst) == {"decode", "extend", "prefill"}, worst
 
 
 @pytest.mark.parametrize("run", RUNS)

@@ -51,12 +51,6 @@ def test_unsupported_head_size(tmp_path, engines):
     assert f"head_size=32 is not supported; supported: {list(tqf.SUPPORTED_HEAD_SIZES)}" in msg
 
 
-def test_unsupported_dtype(tiny_model, engines):
-    msg = _start_fails(engines, **llm_kwargs(tiny_model, store="reference", attention="reference", dtype="float32"))
-    assert "dtype=float32 is not supported; supported: ['float16', 'bfloat16']" in msg
-    assert "model.layers.0.self_attn.attn" in msg
-
-
 def test_sliding_window_layer(tmp_path, engines):
     model = build_tiny_llama(str(tmp_path / "swa"), sliding_window=16,
                              layer_types=["full_attention", "sliding_attention"])
@@ -84,6 +78,9 @@ def test_turboquant_options_without_backend(tiny_model, engines):
     (dict(attn_type="encoder_decoder"), "attn_type='encoder_decoder' (encoder / cross attention) is not supported"),
     (dict(attn_type="encoder_only"), "attn_type='encoder_only'"),
     (dict(has_sink=True), "attention sinks are not supported"),
+    # every model dtype vLLM offers (float16, bfloat16, float32) is supported; anything else is named
+    (dict(dtype="float64"), "dtype=float64 is not supported; supported: ['float16', 'bfloat16', 'float32']"),
+    (dict(head_size=48), "head_size=48 is not supported; supported: [64, 80, 96, 112, 128, 192, 256]"),
 ])
 def test_validate_configuration_names_option(kw, needle):
     import torch
@@ -94,7 +91,9 @@ def test_validate_configuration_names_option(kw, needle):
                 has_sink=False, use_sparse=False, use_mm_prefix=False, use_per_head_quant_scales=False,
                 device_capability=None, attn_type="decoder")
     args.update(kw)
+    if isinstance(args["dtype"], str):
+        args["dtype"] = getattr(torch, args["dtype"])
     reasons = TurboQuantAttentionBackend.validate_configuration(**args)
     assert len(reasons) == 1 and needle in reasons[0], reasons
-    args.update(use_mla=False, attn_type="decoder", has_sink=False)
+    args.update(use_mla=False, attn_type="decoder", has_sink=False, dtype=torch.bfloat16, head_size=64)
     assert TurboQuantAttentionBackend.validate_configuration(**args) == []
