@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# run_gpu.sh -- the vLLM integration tests on a CUDA machine (runs ON the GPU machine, from the
+# repository root of the copy there), after vLLM is available, e.g. through the project's kit:
+#     bash .gpu-vllm/bin/install_on_device.sh install .gpu-vllm/p06   (after stashing p01..p05)
+#
+#   bash tests/vllm/run_gpu.sh eager     # the tests with enforce_eager=True
+#   bash tests/vllm/run_gpu.sh graphs    # the same tests with CUDA graphs (torch.compile + FULL decode graphs)
+#   bash tests/vllm/run_gpu.sh all       # both, one after the other
+#
+# Installs this project (no dependencies) into $TQ_SITE, puts it and the vLLM kit's site
+# ($GPU_VLLM_SITE, default /tmp/site) on PYTHONPATH, and runs pytest with -P (so the source
+# tree's turboquant/ does not shadow the installed package mapping).  Logs and JUnit XML go to
+# $OUT (default /tmp/tq-vllm-out).
+set -euo pipefail
+mode="${1:-all}"
+case "$mode" in eager|graphs|all) ;; *) echo "usage: $0 eager|graphs|all" >&2; exit 2 ;; esac
+SITE="${GPU_VLLM_SITE:-/tmp/site}"
+TQ_SITE="${TQ_SITE:-/tmp/tq-site}"
+OUT="${OUT:-/tmp/tq-vllm-out}"
+mkdir -p "$OUT"
+rm -rf "$TQ_SITE"
+python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target "$TQ_SITE" .
+export PYTHONPATH="$TQ_SITE:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export VLLM_USE_FLASHINFER_SAMPLER=0   # flashinfer is not part of the kit
+unset TRITON_INTERPRET
+python3 -P - <<'PY'
+import importlib.metadata as md, torch, vllm
+import turboquant.triton_impl, turboquant.vllm_integration.plugin  # noqa: F401
+eps = [e.name for e in md.entry_points(group="vllm.general_plugins")]
+print("vllm", vllm.__version__, "| torch", torch.__version__, "| cuda", torch.cuda.is_available(),
+      "| general plugins", eps)
+assert torch.cuda.is_available(), "no CUDA device"
+assert "turboquant" in eps, "the turboquant entry point is not installed"
+try:
+    import pytest  # noqa: F401
+except ImportError:
+    raise SystemExit("pytest is not installed on this machine: add it to the kit")
+PY
+run() {
+  local m="$1" g=0
+  [ "$m" = graphs ] && g=1
+  echo "=== $m (TQ_VLLM_CUDAGRAPHS=$g) ==="
+  TQ_VLLM_CUDAGRAPHS=$g python3 -P -m pytest tests/vllm -q -rA --durations=15 -p no:cacheprovider \
+      --junitxml "$OUT/vllm-$m.xml" 2>&1 | tee "$OUT/vllm-$m.log" | grep -vE '^\((MainProcess|EngineCore)'
+  return "${PIPESTATUS[0]}"
+}
+rc=0
+if [ "$mode" = all ]; then run eager || rc=$?; run graphs || rc=$?; else run "$mode" || rc=$?; fi
+exit $rc
