@@ -285,20 +285,34 @@ def round_bf16(x):
     return tl.where(x == x, r.to(tl.float32, bitcast=True), x)
 
 
+KC = tl.constexpr(16)  # K chunk of the fp32 FMA dots (tl.dot keeps whole K slices in registers)
+
+
 @triton.jit
-def _merge_rotate_store(o, out_base, hm, rot_ptr, chan_ptr, MPMAX: tl.constexpr, M: tl.constexpr,
-                        MP: tl.constexpr, IDCH: tl.constexpr, OUT_BF16: tl.constexpr):
-    """out[:, C_i] = o_rot_i @ Pi_i  (one inverse rotation per output row)."""
-    r = tl.arange(0, MP)
-    pi = tl.load(rot_ptr + r[:, None] * MPMAX + r[None, :])
-    x = tl.dot(o, pi, input_precision="ieee")
+def _merge_instance(part_acc_ptr, part_ml_ptr, prow, hm, mtot, inv_l, num_splits, out_base, rot_ptr, chan_ptr,
+                    BH: tl.constexpr, DACC: tl.constexpr, SEG: tl.constexpr, MPMAX: tl.constexpr, M: tl.constexpr,
+                    MP: tl.constexpr, IDCH: tl.constexpr, OUT_BF16: tl.constexpr):
+    """out[:, C_i] = (sum_s w_s acc_s) @ Pi_i, w_s = exp(m_s - m) / l: one
+    inverse rotation per output row, in K chunks (fp32 FMA, IEEE)."""
+    j = tl.arange(0, MP)
+    x = tl.zeros((BH, MP), tl.float32)
+    for k0 in range(0, MP, KC):
+        kk = k0 + tl.arange(0, KC)
+        oc = tl.zeros((BH, KC), tl.float32)
+        for s in range(num_splits):
+            ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
+            w = tl.where(ms == float("-inf"), 0.0, tl.exp(ms - mtot) * inv_l)
+            a = tl.load(part_acc_ptr + (prow + s)[:, None] * DACC + SEG + kk[None, :], mask=hm[:, None], other=0.0)
+            oc += w[:, None] * a
+        pc = tl.load(rot_ptr + kk[:, None] * MPMAX + j[None, :])  # Pi[kk, j]
+        x = tl.dot(oc, pc, x, input_precision="ieee")
     if OUT_BF16:
         x = round_bf16(x)
     if IDCH:
-        ch = r
+        ch = j
     else:
-        ch = tl.load(chan_ptr + r)
-    tl.store(out_base[:, None] + ch[None, :], x, mask=hm[:, None] & (r < M)[None, :])
+        ch = tl.load(chan_ptr + j)
+    tl.store(out_base[:, None] + ch[None, :], x, mask=hm[:, None] & (j < M)[None, :])
 
 
 @triton.jit(do_not_specialize=["num_q_heads", "num_splits"])
@@ -317,43 +331,36 @@ def _merge_kernel(
     heads = tl.program_id(1) * BH + tl.arange(0, BH)
     hm = heads < num_q_heads
     prow = (t * num_q_heads + heads).to(tl.int64) * num_splits
-    if V_GROUP:
-        j0 = tl.arange(0, DP)
-    else:
-        j0 = tl.arange(0, V0_MP)
-    j1 = tl.arange(0, V1_MP)
     m = tl.full((BH,), float("-inf"), tl.float32)
     l = tl.zeros((BH,), tl.float32)
-    acc0 = tl.zeros((BH, j0.shape[0]), tl.float32)
-    acc1 = tl.zeros((BH, V1_MP), tl.float32)
     for s in range(num_splits):
         ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
         ls = tl.load(part_ml_ptr + (prow + s) * 2 + 1, mask=hm, other=0.0)
         mn = tl.maximum(m, ms)
         mu = tl.where(mn == float("-inf"), 0.0, mn)
-        a = tl.exp(m - mu)
-        bb = tl.exp(ms - mu)
-        l = l * a + ls * bb
-        a0 = tl.load(part_acc_ptr + (prow + s)[:, None] * DACC + j0[None, :], mask=hm[:, None], other=0.0)
-        acc0 = acc0 * a[:, None] + a0 * bb[:, None]
-        if V_NI == 2:
-            a1 = tl.load(part_acc_ptr + (prow + s)[:, None] * DACC + V0_MP + j1[None, :], mask=hm[:, None],
-                         other=0.0)
-            acc1 = acc1 * a[:, None] + a1 * bb[:, None]
+        l = l * tl.exp(m - mu) + ls * tl.exp(ms - mu)
         m = mn
     inv = 1.0 / tl.where(l > 0, l, 1.0)
     inv = tl.where(l > 0, inv, float("nan"))
     out_base = out_ptr + t.to(tl.int64) * stride_ot + heads.to(tl.int64) * stride_oh
     if V_GROUP:
-        o = acc0 * inv[:, None]
+        j0 = tl.arange(0, DP)
+        o = tl.zeros((BH, DP), tl.float32)
+        for s in range(num_splits):
+            ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
+            w = tl.where(ms == float("-inf"), 0.0, tl.exp(ms - m) * inv)
+            a = tl.load(part_acc_ptr + (prow + s)[:, None] * DACC + j0[None, :], mask=hm[:, None], other=0.0)
+            o += w[:, None] * a
         if OUT_BF16:
             o = round_bf16(o)
         tl.store(out_base[:, None] + j0[None, :], o, mask=hm[:, None] & (j0 < D)[None, :])
     else:
-        _merge_rotate_store(acc0 * inv[:, None], out_base, hm, v_rot, v_chan, V_MPMAX, V0_M, V0_MP, V0_IDCH, OUT_BF16)
+        _merge_instance(part_acc_ptr, part_ml_ptr, prow, hm, m, inv, num_splits, out_base, v_rot, v_chan, BH, DACC, 0,
+                        V_MPMAX, V0_M, V0_MP, V0_IDCH, OUT_BF16)
         if V_NI == 2:
-            _merge_rotate_store(acc1 * inv[:, None], out_base, hm, v_rot + V_MPMAX * V_MPMAX, v_chan + V_MPMAX,
-                                V_MPMAX, V1_M, V1_MP, V1_IDCH, OUT_BF16)
+            _merge_instance(part_acc_ptr, part_ml_ptr, prow, hm, m, inv, num_splits, out_base,
+                            v_rot + V_MPMAX * V_MPMAX, v_chan + V_MPMAX, BH, DACC, V0_MP, V_MPMAX, V1_M, V1_MP,
+                            V1_IDCH, OUT_BF16)
 
 
 SPLIT_KEYS_K = ("M", "MP", "BITS", "QJL", "NORM", "CODES", "CFAST", "RNORM", "SIGNS", "SFAST", "QJLSCALE")

@@ -29,23 +29,34 @@ def query_layout(params: KernelParams) -> dict:
     return {"DQ": off, "QO_K1": qo_k1, "QO_S0": qo_s0, "QO_S1": qo_s1}
 
 
+KC = tl.constexpr(16)  # K chunk of the fp32 FMA dots (tl.dot keeps whole K slices in registers)
+
+
 @triton.jit
 def _rotate_one(base, rows, rm, qbuf_ptr, rot_ptr, qjl_ptr, chan_ptr,
                 DQ: tl.constexpr, QO: tl.constexpr, QOS: tl.constexpr, MPMAX: tl.constexpr,
                 M: tl.constexpr, MP: tl.constexpr, QJL: tl.constexpr, IDCH: tl.constexpr):
     j = tl.arange(0, MP)
-    if IDCH:
-        ch = j
-    else:
-        ch = tl.load(chan_ptr + j)
-    x = tl.load(base[:, None] + ch[None, :], mask=rm[:, None] & (j < M)[None, :], other=0.0).to(tl.float32)
-    pit = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])  # Pi^T
-    y = tl.dot(x, pit, input_precision="ieee")
+    y = tl.zeros((rows.shape[0], MP), tl.float32)
+    for k0 in range(0, MP, KC):
+        kk = k0 + tl.arange(0, KC)
+        if IDCH:
+            ch = kk
+        else:
+            ch = tl.load(chan_ptr + kk)
+        xc = tl.load(base[:, None] + ch[None, :], mask=rm[:, None] & (kk < M)[None, :], other=0.0).to(tl.float32)
+        pc = tl.load(rot_ptr + j[None, :] * MPMAX + kk[:, None])  # Pi^T[kk, j]
+        y = tl.dot(xc, pc, y, input_precision="ieee")
     out = qbuf_ptr + rows[:, None].to(tl.int64) * DQ + j[None, :]
     tl.store(out + QO, y, mask=rm[:, None])
     if QJL:
-        st = tl.load(qjl_ptr + j[None, :] * MPMAX + j[:, None])  # S^T
-        z = tl.dot(y, st, input_precision="ieee")
+        tl.debug_barrier()  # the K chunks of y are read back from qbuf
+        z = tl.zeros((rows.shape[0], MP), tl.float32)
+        for k0 in range(0, MP, KC):
+            kk = k0 + tl.arange(0, KC)
+            yc = tl.load(qbuf_ptr + rows[:, None].to(tl.int64) * DQ + QO + kk[None, :], mask=rm[:, None], other=0.0)
+            sc = tl.load(qjl_ptr + j[None, :] * MPMAX + kk[:, None])  # S^T[kk, j]
+            z = tl.dot(yc, sc, z, input_precision="ieee")
         tl.store(out + QOS, z, mask=rm[:, None])
 
 

@@ -58,51 +58,48 @@ def _sumsq_rows(rowptr, ch_ptr, tmask, safe, s, BT: tl.constexpr, M: tl.constexp
         cs = tl.cumsum(tl.fma(s, s, 0.0), axis=1)
         return tl.sum(tl.where((tl.arange(0, MP) == MP - 1)[None, :], cs, 0.0), axis=1)
     res = tl.zeros((BT,), tl.float32)
-    for c in tl.static_range(M):
+    for c in range(M):  # a runtime loop: compact code, fast to compile
         if IDCH:
             ch = c
         else:
             ch = tl.load(ch_ptr + c)
-        x = tl.load(rowptr + ch, mask=tmask, other=0.0).to(tl.float32)
-        s = tl.math.div_rn(x, safe)
-        res += tl.fma(s, s, 0.0)
+        xc = tl.load(rowptr + ch, mask=tmask, other=0.0).to(tl.float32)
+        sc = tl.math.div_rn(xc, safe)
+        res += tl.fma(sc, sc, 0.0)
     return res
 
 
 @triton.jit
-def _reg_cols(sq, j, OFF: tl.constexpr, W: tl.constexpr, BT: tl.constexpr, MP: tl.constexpr):
-    """Columns OFF..OFF+W-1 of a register tile sq [BT, MP], exactly (one nonzero per sum)."""
-    jj = tl.arange(0, W)
-    sel = j[None, :, None] == (OFF + jj)[None, None, :]  # [1, MP, W]
-    return tl.sum(tl.where(sel, sq[:, :, None], 0.0), axis=1)
-
-
-@triton.jit
-def _sumsq_reg_block(sq, j, BT: tl.constexpr, MP: tl.constexpr, OFF: tl.constexpr, N: tl.constexpr):
+def _pw_block(rows, tmask, BT: tl.constexpr, OFF: tl.constexpr, N: tl.constexpr):
+    """numpy pairwise_sum of v^2 over columns OFF..OFF+N-1 (N <= 128) of the
+    float32 rows at pointers rows [BT] (a scratch copy of r)."""
     if N < 8:
         res = tl.zeros((BT,), tl.float32)
         for i in tl.static_range(N):
-            res += tl.sum(_reg_cols(sq, j, OFF + i, 1, BT, MP), axis=1)
+            v = tl.load(rows + OFF + i, mask=tmask, other=0.0)
+            res += tl.fma(v, v, 0.0)
     else:
-        r = _reg_cols(sq, j, OFF, 8, BT, MP)
-        for k in tl.static_range(1, N // 8):
-            r += _reg_cols(sq, j, OFF + 8 * k, 8, BT, MP)
+        jj = tl.arange(0, 8)
+        v = tl.load(rows[:, None] + OFF + jj[None, :], mask=tmask[:, None], other=0.0)
+        r = tl.fma(v, v, 0.0)
+        for k in range(1, N // 8):
+            v = tl.load(rows[:, None] + OFF + 8 * k + jj[None, :], mask=tmask[:, None], other=0.0)
+            r += tl.fma(v, v, 0.0)
         res = _combine8(r, BT)
         for i in tl.static_range((N // 8) * 8, N):
-            res += tl.sum(_reg_cols(sq, j, OFF + i, 1, BT, MP), axis=1)
+            v = tl.load(rows + OFF + i, mask=tmask, other=0.0)
+            res += tl.fma(v, v, 0.0)
     return res
 
 
 @triton.jit
-def _sumsq_reg(r, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr):
-    """sum(r*r, axis=1) of a register tile r [BT, MP] in NumPy's order."""
-    sq = tl.fma(r, r, 0.0)
-    j = tl.arange(0, MP)
+def _sumsq_pairwise(rows, tmask, BT: tl.constexpr, M: tl.constexpr):
+    """sum(r*r) of C-contiguous rows in NumPy's pairwise order (see above)."""
     if M <= 128:
-        res = _sumsq_reg_block(sq, j, BT, MP, 0, M)
+        res = _pw_block(rows, tmask, BT, 0, M)
     else:
         N2: tl.constexpr = (M // 2) - (M // 2) % 8
-        res = _sumsq_reg_block(sq, j, BT, MP, 0, N2) + _sumsq_reg_block(sq, j, BT, MP, N2, M - N2)
+        res = _pw_block(rows, tmask, BT, 0, N2) + _pw_block(rows, tmask, BT, N2, M - N2)
     return res
 
 
@@ -116,12 +113,18 @@ def _norm_unit(x, rowptr, ch_ptr, tmask, BT: tl.constexpr, M: tl.constexpr, MP: 
     ax = tl.where(cm[None, :], tl.abs(x), 0.0)
     mx = tl.max(ax, axis=1)
     safe = tl.where(mx > 0, mx, 1.0)
-    s = tl.math.div_rn(x, safe[:, None])
-    s = tl.where(cm[None, :], s, 0.0)
+    if INTERP:
+        s = tl.where(cm[None, :], tl.math.div_rn(x, safe[:, None]), 0.0)
+    else:
+        s = x
     ss = tl.sqrt_rn(_sumsq_rows(rowptr, ch_ptr, tmask, safe, s, BT, M, MP, IDCH, INTERP))
     norm = mx * ss
-    u = tl.math.div_rn(s, tl.where(ss > 0, ss, 1.0)[:, None])
-    return norm, u
+    ssafe = tl.where(ss > 0, ss, 1.0)
+    if INTERP:
+        u = tl.math.div_rn(s, ssafe[:, None])
+    else:
+        u = s  # unused: the compiled rotation recomputes u per K chunk
+    return norm, safe, ssafe, u
 
 
 @triton.jit
@@ -139,19 +142,37 @@ def _load_rows(x_ptr, tok, tmask, stride_t, h_off, chan_ptr, M: tl.constexpr, MP
     return x, fin, rowptr
 
 
+KC = tl.constexpr(16)  # K chunk of the fp32 FMA dots (tl.dot keeps whole K slices in registers)
+
+
 @triton.jit
-def _encode_instance(bptr, tmask, norm, u, bad, rot_ptr, bnd_ptr, cent_ptr, qjl_ptr, y_ptr, y_row,
-                     BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, MPMAX: tl.constexpr,
-                     BITS: tl.constexpr, QJL: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr,
-                     CBYTES: tl.constexpr, RNORM: tl.constexpr, SIGNS: tl.constexpr, SBYTES: tl.constexpr,
-                     DEBUG_Y: tl.constexpr):
-    """Alg. 1 / Alg. 2 for one instance of a tile of tokens, written to the slots."""
+def _encode_instance(bptr, tmask, norm, safe, ssafe, u, bad, rowptr, ch_ptr, rot_ptr, bnd_ptr, cent_ptr, qjl_ptr,
+                     y_ptr, y_row, scr_ptr, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
+                     MPMAX: tl.constexpr, IDCH: tl.constexpr, BITS: tl.constexpr, QJL: tl.constexpr,
+                     NORM: tl.constexpr, CODES: tl.constexpr, CBYTES: tl.constexpr, RNORM: tl.constexpr,
+                     SIGNS: tl.constexpr, SBYTES: tl.constexpr, DEBUG_Y: tl.constexpr, INTERP: tl.constexpr):
+    """Alg. 1 / Alg. 2 for one instance of a tile of tokens, written to the slots.
+    y = u @ Pi^T in fp32 FMA (IEEE); compiled: K chunks of KC columns, each
+    chunk's u = (x / m) / ss recomputed exactly as the reference."""
     j = tl.arange(0, MP)
     cm = j < M
-    u = tl.where(bad[:, None], 0.0, u)
-    # y = u @ Pi^T ; Pi^T[c, r] = Pi[r, c]
-    pit = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])
-    y = tl.dot(u, pit, input_precision="ieee")
+    if INTERP:
+        pit = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])  # Pi^T[c, r] = Pi[r, c]
+        y = tl.dot(tl.where(bad[:, None], 0.0, u), pit, input_precision="ieee")
+    else:
+        y = tl.zeros((BT, MP), tl.float32)
+        for k0 in range(0, MP, KC):
+            kk = k0 + tl.arange(0, KC)
+            if IDCH:
+                ch = kk
+            else:
+                ch = tl.load(ch_ptr + kk)
+            xc = tl.load(rowptr[:, None] + ch[None, :], mask=tmask[:, None] & (kk < M)[None, :],
+                         other=0.0).to(tl.float32)
+            uc = tl.math.div_rn(tl.math.div_rn(xc, safe[:, None]), ssafe[:, None])
+            uc = tl.where(bad[:, None], 0.0, uc)
+            pc = tl.load(rot_ptr + j[None, :] * MPMAX + kk[:, None])
+            y = tl.dot(uc, pc, y, input_precision="ieee")
     if DEBUG_Y:
         tl.store(y_ptr + y_row[:, None] * MP + j[None, :], y, mask=tmask[:, None])
     codes = tl.zeros((BT, MP), tl.int32)
@@ -169,11 +190,23 @@ def _encode_instance(bptr, tmask, norm, u, bad, rot_ptr, bnd_ptr, cent_ptr, qjl_
         else:
             recon = tl.zeros((BT, MP), tl.float32)
         r = tl.where(cm[None, :], y - recon, 0.0)
-        # S r: proj = r @ S^T ; S^T[c, r'] = S[r', c]
-        st = tl.load(qjl_ptr + j[None, :] * MPMAX + j[:, None])
-        proj = tl.dot(r, st, input_precision="ieee")
+        # r goes through a scratch row per token: its K chunks feed the S r
+        # product and its squares are summed in NumPy's pairwise order.
+        rows = scr_ptr + y_row * MP
+        tl.store(rows[:, None] + j[None, :], r, mask=tmask[:, None])
+        tl.debug_barrier()
+        if INTERP:
+            st = tl.load(qjl_ptr + j[None, :] * MPMAX + j[:, None])  # S^T[c, r'] = S[r', c]
+            proj = tl.dot(r, st, input_precision="ieee")
+        else:
+            proj = tl.zeros((BT, MP), tl.float32)
+            for k0 in range(0, MP, KC):
+                kk = k0 + tl.arange(0, KC)
+                rc = tl.load(rows[:, None] + kk[None, :], mask=tmask[:, None], other=0.0)
+                sc = tl.load(qjl_ptr + j[None, :] * MPMAX + kk[:, None])
+                proj = tl.dot(rc, sc, proj, input_precision="ieee")
         signs = tl.where((proj >= 0) & cm[None, :] & ~bad[:, None], 1, 0)
-        rn = tl.sqrt_rn(_sumsq_reg(r, BT, M, MP))
+        rn = tl.sqrt_rn(_sumsq_pairwise(rows, tmask, BT, M))
         rbits = tl.where(bad, NORM_NAN_BITS, rn.to(tl.int32, bitcast=True))
         store_u32(bptr, RNORM, rbits, tmask)
         pack_store_codes(bptr, tmask, signs, BT, SIGNS, 1, MP, SBYTES)
@@ -181,7 +214,7 @@ def _encode_instance(bptr, tmask, norm, u, bad, rot_ptr, bnd_ptr, cent_ptr, qjl_
 
 @triton.jit
 def _store_kernel(
-    key_ptr, value_ptr, cache_ptr, slot_ptr, y_ptr,
+    key_ptr, value_ptr, cache_ptr, slot_ptr, y_ptr, scr_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_cb, stride_ch, stride_cs,
     num_tokens, block_size, num_heads,
@@ -220,21 +253,22 @@ def _store_kernel(
 
     # ---------------- keys
     kx0, kf0, krow = _load_rows(key_ptr, tok, tmask, stride_kt, h * stride_kh, k_chan, K0_M, K0_MP, K0_IDCH)
-    kn0, ku0 = _norm_unit(kx0, krow, k_chan, tmask, BT, K0_M, K0_MP, K0_IDCH, INTERP)
+    kn0, ks0, kd0, ku0 = _norm_unit(kx0, krow, k_chan, tmask, BT, K0_M, K0_MP, K0_IDCH, INTERP)
     kbad = ~kf0 | ~_isfinite(kn0)
     if K_NI == 2:
         kx1, kf1, _ = _load_rows(key_ptr, tok, tmask, stride_kt, h * stride_kh, k_chan + K_MPMAX, K1_M, K1_MP,
                                  K1_IDCH)
-        kn1, ku1 = _norm_unit(kx1, krow, k_chan + K_MPMAX, tmask, BT, K1_M, K1_MP, K1_IDCH, INTERP)
+        kn1, ks1, kd1, ku1 = _norm_unit(kx1, krow, k_chan + K_MPMAX, tmask, BT, K1_M, K1_MP, K1_IDCH, INTERP)
         kbad = kbad | ~kf1 | ~_isfinite(kn1)
-    _encode_instance(bptr, tmask, kn0, ku0, kbad, k_rot, k_bnd, k_cent, k_qjl, y_ptr, y_row,
-                     BT, K0_M, K0_MP, K_MPMAX, K0_BITS, K0_QJL, K0_NORM, K0_CODES, K0_CBYTES,
-                     K0_RNORM, K0_SIGNS, K0_SBYTES, DEBUG_Y)
+    kscr = scr_ptr
+    _encode_instance(bptr, tmask, kn0, ks0, kd0, ku0, kbad, krow, k_chan, k_rot, k_bnd, k_cent, k_qjl, y_ptr, y_row,
+                     kscr, BT, K0_M, K0_MP, K_MPMAX, K0_IDCH, K0_BITS, K0_QJL, K0_NORM, K0_CODES, K0_CBYTES,
+                     K0_RNORM, K0_SIGNS, K0_SBYTES, DEBUG_Y, INTERP)
     if K_NI == 2:
-        _encode_instance(bptr, tmask, kn1, ku1, kbad, k_rot + K_MPMAX * K_MPMAX, k_bnd + 16, k_cent + 16,
-                         k_qjl + K_MPMAX * K_MPMAX, y_ptr + num_tokens * num_heads * K0_MP, y_row,
-                         BT, K1_M, K1_MP, K_MPMAX, K1_BITS, K1_QJL, K1_NORM, K1_CODES, K1_CBYTES,
-                         K1_RNORM, K1_SIGNS, K1_SBYTES, DEBUG_Y)
+        _encode_instance(bptr, tmask, kn1, ks1, kd1, ku1, kbad, krow, k_chan + K_MPMAX, k_rot + K_MPMAX * K_MPMAX,
+                         k_bnd + 16, k_cent + 16, k_qjl + K_MPMAX * K_MPMAX, y_ptr + num_tokens * num_heads * K0_MP,
+                         y_row, kscr + num_tokens * num_heads * K0_MP, BT, K1_M, K1_MP, K_MPMAX, K1_IDCH, K1_BITS,
+                         K1_QJL, K1_NORM, K1_CODES, K1_CBYTES, K1_RNORM, K1_SIGNS, K1_SBYTES, DEBUG_Y, INTERP)
 
     # ---------------- values
     vy_ptr = y_ptr + num_tokens * num_heads * (K0_MP + K1_MP)
@@ -270,21 +304,21 @@ def _store_kernel(
         pack_store_codes(bptr, tmask, codes, BT, V_CODES, V_BITS, DP, V_CBYTES)
     else:
         vx0, vf0, vrow = _load_rows(value_ptr, tok, tmask, stride_vt, h * stride_vh, v_chan, V0_M, V0_MP, V0_IDCH)
-        vn0, vu0 = _norm_unit(vx0, vrow, v_chan, tmask, BT, V0_M, V0_MP, V0_IDCH, INTERP)
+        vn0, vs0, vd0, vu0 = _norm_unit(vx0, vrow, v_chan, tmask, BT, V0_M, V0_MP, V0_IDCH, INTERP)
         vbad = ~vf0 | ~_isfinite(vn0)
         if V_NI == 2:
             vx1, vf1, _ = _load_rows(value_ptr, tok, tmask, stride_vt, h * stride_vh, v_chan + V_MPMAX,
                                      V1_M, V1_MP, V1_IDCH)
-            vn1, vu1 = _norm_unit(vx1, vrow, v_chan + V_MPMAX, tmask, BT, V1_M, V1_MP, V1_IDCH, INTERP)
+            vn1, vs1, vd1, vu1 = _norm_unit(vx1, vrow, v_chan + V_MPMAX, tmask, BT, V1_M, V1_MP, V1_IDCH, INTERP)
             vbad = vbad | ~vf1 | ~_isfinite(vn1)
-        _encode_instance(bptr, tmask, vn0, vu0, vbad, v_rot, v_bnd, v_cent, v_cent, vy_ptr, y_row,
-                         BT, V0_M, V0_MP, V_MPMAX, V0_BITS, False, V0_NORM, V0_CODES, V0_CBYTES,
-                         0, 0, 0, DEBUG_Y)
+        _encode_instance(bptr, tmask, vn0, vs0, vd0, vu0, vbad, vrow, v_chan, v_rot, v_bnd, v_cent, v_cent, vy_ptr,
+                         y_row, scr_ptr, BT, V0_M, V0_MP, V_MPMAX, V0_IDCH, V0_BITS, False, V0_NORM, V0_CODES,
+                         V0_CBYTES, 0, 0, 0, DEBUG_Y, INTERP)
         if V_NI == 2:
-            _encode_instance(bptr, tmask, vn1, vu1, vbad, v_rot + V_MPMAX * V_MPMAX, v_bnd + 16, v_cent + 16,
-                             v_cent, vy_ptr + num_tokens * num_heads * V0_MP, y_row,
-                             BT, V1_M, V1_MP, V_MPMAX, V1_BITS, False, V1_NORM, V1_CODES, V1_CBYTES,
-                             0, 0, 0, DEBUG_Y)
+            _encode_instance(bptr, tmask, vn1, vs1, vd1, vu1, vbad, vrow, v_chan + V_MPMAX,
+                             v_rot + V_MPMAX * V_MPMAX, v_bnd + 16, v_cent + 16, v_cent,
+                             vy_ptr + num_tokens * num_heads * V0_MP, y_row, scr_ptr, BT, V1_M, V1_MP, V_MPMAX,
+                             V1_IDCH, V1_BITS, False, V1_NORM, V1_CODES, V1_CBYTES, 0, 0, 0, DEBUG_Y, INTERP)
     # zero padding bytes at the end of the slot
     for p in tl.static_range(SLOT_END, SLOT_BYTES):
         tl.store(bptr + p, tl.zeros((BT,), tl.uint8), mask=tmask)
@@ -330,9 +364,13 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
         raise ValueError("cache must be contiguous in its last (slot byte) dimension")
     block_tokens = block_tokens or STORE_BT
     y = debug_rotated if debug_rotated is not None else torch.empty(1, device=params.device, dtype=torch.float32)
+    m = params.meta
+    nq = (m["K0_MP"] if m["K0_QJL"] else 0) + (m["K1_MP"] if m["K1_QJL"] else 0)
+    # QJL residual rows (one per token and head and QJL instance)
+    scr = torch.empty(max(1, n * h * nq), device=params.device, dtype=torch.float32)
     grid = (triton.cdiv(n, block_tokens), h)
     _store_kernel[grid](
-        key, value, cache, slot_mapping, y,
+        key, value, cache, slot_mapping, y, scr,
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         cache.stride(0), cache.stride(1), cache.stride(2),
         n, cache.shape[2], h,

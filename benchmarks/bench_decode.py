@@ -1,0 +1,351 @@
+"""Decode-attention and store benchmarks of the Triton kernels on one GPU.
+
+Llama-3-8B geometry: 32 query heads, 8 KV heads, head size 128, bf16 queries,
+block size 16, random permuted block tables, every sequence at the full
+context.  For every preset and (batch, context): median latency of CUDA-graph
+replays, GB/s on the bytes actually stored (batch * context * 8 * slot_bytes),
+and that as a fraction of the device-to-device copy bandwidth measured in the
+same run (bytes read + written).  torch SDPA bf16 on a dense cache is measured
+in the same run.  Small problems rotate over several disjoint caches so that
+the working set exceeds L2 (METHOD.md).  Writes JSON (``--out``); plot it with
+benchmarks/plot_decode.py.
+
+    python benchmarks/bench_decode.py --out results.json            # full table
+    python benchmarks/bench_decode.py --sweep --presets tq3         # tune the split kernel
+    python benchmarks/bench_decode.py --vllm                        # + vLLM baseline rows (hook)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from turboquant import format as tqf
+from turboquant.triton_impl import AttnConfig, KernelParams, decode_attention, store_kv
+from turboquant.triton_impl.launch import choose_splits
+
+HQ, HKV, D, BS = 32, 8, 128, 16
+L2_ROTATE_BYTES = 512 << 20  # rotate inputs until a graph touches at least this much
+MAX_ROTATE = 16
+
+
+# ------------------------------------------------------------------ timing
+def time_graph(fns, reps: int = 15, warmup: int = 2) -> float:
+    """Median seconds per call of the calls in ``fns`` (one CUDA graph replays them all)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            for f in fns:
+                f()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in fns:
+            f()
+    g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    del g
+    return float(np.median(ts)) / len(fns)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 1 GiB: (bytes read + written) / median time."""
+    n = 1 << 30
+    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    t = time_graph([lambda: dst.copy_(src)], reps=20)
+    del src, dst
+    return 2 * n / t
+
+
+# ------------------------------------------------------------------ data
+def random_kv(n: int, gen: torch.Generator):
+    scale = torch.exp(torch.randn(D, generator=gen, device="cuda") * 0.6)
+    bias = torch.randn(D, generator=gen, device="cuda") * 0.3
+    k = (torch.randn((n, HKV, D), generator=gen, device="cuda") * scale + bias).to(torch.bfloat16)
+    v = torch.randn((n, HKV, D), generator=gen, device="cuda").to(torch.bfloat16)
+    return k, v
+
+
+def filled_cache(fmt: tqf.LayerFormat, params: KernelParams, num_blocks: int, gen: torch.Generator):
+    """A cache whose every slot holds a real encoded token: encode a pool of
+    random tokens with store_kv, then tile those pages over the whole cache."""
+    cache = torch.empty(fmt.cache_shape(num_blocks, BS, HKV), dtype=torch.uint8, device="cuda")
+    pool_blocks = min(num_blocks, 4096)
+    n = pool_blocks * BS
+    k, v = random_kv(n, gen)
+    store_kv(k, v, cache, torch.arange(n, device="cuda", dtype=torch.int64), params)
+    done = pool_blocks
+    while done < num_blocks:
+        c = min(done, num_blocks - done)
+        cache[done:done + c].copy_(cache[:c])
+        done += c
+    return cache
+
+
+def block_tables(num_blocks: int, batch: int, ctx: int, copies: int, gen: torch.Generator):
+    """``copies`` block tables [batch, ctx/BS] over disjoint random blocks."""
+    per = batch * (ctx // BS)
+    perm = torch.randperm(num_blocks, generator=gen, device="cuda")[: per * copies].to(torch.int32)
+    return [perm[i * per:(i + 1) * per].view(batch, ctx // BS) for i in range(copies)]
+
+
+def n_rotate(bytes_per_call: int) -> int:
+    return int(max(1, min(MAX_ROTATE, math.ceil(L2_ROTATE_BYTES / max(bytes_per_call, 1)))))
+
+
+# ------------------------------------------------------------------ measurements
+def check_preset(preset: str, gen, batch: int = 4, ctx: int = 3000) -> float:
+    """rel. error of decode_attention against float64 attention over the
+    dequantized cache (dequantize()), at a benchmark-like shape on this GPU."""
+    from turboquant.triton_impl import dequantize
+
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), D)
+    params = KernelParams.build(fmt, "cuda")
+    nb = batch * -(-ctx // BS) + 3
+    cache = filled_cache(fmt, params, nb, gen)
+    k, v = random_kv(batch * ctx, gen)
+    bt = torch.randperm(nb, generator=gen, device="cuda")[: batch * -(-ctx // BS)].to(torch.int32).view(batch, -1)
+    pos = torch.arange(ctx, device="cuda")
+    slots = (bt[:, pos // BS].to(torch.int64) * BS + pos % BS).reshape(-1)
+    store_kv(k, v, cache, slots, params)
+    sl = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
+    q = torch.randn((batch, HQ, D), generator=gen, device="cuda").to(torch.bfloat16)
+    out = decode_attention(q, cache, bt, sl, params).double()
+    kd, vd = dequantize(cache, bt, sl, params)  # [B, L, HKV, D]
+    kd = kd.double().repeat_interleave(HQ // HKV, 2)
+    vd = vd.double().repeat_interleave(HQ // HKV, 2)
+    logits = torch.einsum("bhd,blhd->bhl", q.double(), kd) / math.sqrt(D)
+    want = torch.einsum("bhl,blhd->bhd", torch.softmax(logits, -1), vd)
+    return float((out - want).norm() / want.norm())
+
+
+def bench_preset(preset: str, shapes, cfg: AttnConfig, gen, copy_bw: float, rows: list, log):
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), D)
+    params = KernelParams.build(fmt, "cuda")
+    need = max(b * c * n_rotate(b * c * HKV * fmt.slot_bytes) for b, c in shapes) // BS
+    cache = filled_cache(fmt, params, need, gen)
+    for b, c in shapes:
+        nbytes = b * c * HKV * fmt.slot_bytes
+        r = n_rotate(nbytes)
+        bts = block_tables(need, b, c, r, gen)
+        sl = torch.full((b,), c, dtype=torch.int32, device="cuda")
+        q = torch.randn((b, HQ, D), generator=gen, device="cuda").to(torch.bfloat16)
+        outs = [torch.empty_like(q) for _ in range(r)]
+        fns = [lambda bt=bt, o=o: decode_attention(q, cache, bt, sl, params, out=o, config=cfg)
+               for bt, o in zip(bts, outs)]
+        t = time_graph(fns)
+        splits = choose_splits(b * HKV, c, torch.device("cuda"), cfg)
+        row = {"kind": "turboquant", "preset": preset, "slot_bytes": fmt.slot_bytes, "batch": b, "context": c,
+               "seconds": t, "bytes": nbytes, "gbps": nbytes / t / 1e9, "copy_fraction": nbytes / t / copy_bw,
+               "rotate": r, "splits": splits}
+        rows.append(row)
+        log(row)
+    del cache
+    torch.cuda.empty_cache()
+
+
+def bench_sdpa(shapes, gen, copy_bw: float, rows: list, log):
+    for b, c in shapes:
+        nbytes = b * c * HKV * D * 2 * 2
+        r = n_rotate(nbytes)
+        q = torch.randn((b, HQ, 1, D), generator=gen, device="cuda").to(torch.bfloat16)
+        kv = [(torch.randn((b, HKV, c, D), generator=gen, device="cuda", dtype=torch.bfloat16),
+               torch.randn((b, HKV, c, D), generator=gen, device="cuda", dtype=torch.bfloat16)) for _ in range(r)]
+        note = "enable_gqa"
+        try:
+            fns = [lambda k=k, v=v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True) for k, v in kv]
+            t = time_graph(fns)
+        except Exception as e:  # older torch: expand KV (reads 4x the bytes; noted)
+            note = f"expanded KV ({type(e).__name__})"
+            fns = [lambda k=k, v=v: F.scaled_dot_product_attention(q, k.repeat_interleave(HQ // HKV, 1),
+                                                                    v.repeat_interleave(HQ // HKV, 1)) for k, v in kv]
+            t = time_graph(fns)
+        row = {"kind": "sdpa_bf16", "preset": "torch-sdpa-bf16", "slot_bytes": 4 * D, "batch": b, "context": c,
+               "seconds": t, "bytes": nbytes, "gbps": nbytes / t / 1e9, "copy_fraction": nbytes / t / copy_bw,
+               "rotate": r, "note": note}
+        rows.append(row)
+        log(row)
+        del kv
+        torch.cuda.empty_cache()
+
+
+def bench_store(preset: str, gen, copy_bw: float, rows: list, log, n_tokens: int = 32768):
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), D)
+    params = KernelParams.build(fmt, "cuda")
+    nb = 4 * n_tokens // BS
+    cache = torch.zeros(fmt.cache_shape(nb, BS, HKV), dtype=torch.uint8, device="cuda")
+    k, v = random_kv(n_tokens, gen)
+    slots = torch.randperm(nb * BS, generator=gen, device="cuda")[:n_tokens]
+    t = time_graph([lambda: store_kv(k, v, cache, slots, params)])
+    nbytes = n_tokens * HKV * (2 * D * 2 + fmt.slot_bytes)
+    row = {"kind": "store", "preset": preset, "slot_bytes": fmt.slot_bytes, "tokens": n_tokens, "seconds": t,
+           "bytes": nbytes, "gbps": nbytes / t / 1e9, "copy_fraction": nbytes / t / copy_bw}
+    rows.append(row)
+    log(row)
+
+
+def vllm_baseline_rows(shapes, gen, copy_bw: float) -> list[dict]:
+    """Hook for vLLM baselines (FA3 bf16 / FP8, vLLM's TurboQuant) measured with
+    the same shapes, timer (time_graph) and copy bandwidth.  Rows must carry
+    the keys of bench_preset's rows with kind="vllm" and preset naming the
+    backend.  Not implemented here: no vLLM on this machine's image."""
+    raise NotImplementedError("vLLM baselines: implement vllm_baseline_rows() with vLLM installed "
+                              "(tools/gpu-vllm); no rows are invented")
+
+
+# ------------------------------------------------------------------ sweep
+SWEEP = [
+    AttnConfig(block_tokens=64, num_warps=4, num_stages=2, lookup=0),
+    AttnConfig(block_tokens=64, num_warps=4, num_stages=2, lookup=1),
+    AttnConfig(block_tokens=64, num_warps=4, num_stages=3, lookup=0),
+    AttnConfig(block_tokens=128, num_warps=4, num_stages=2, lookup=0),
+    AttnConfig(block_tokens=128, num_warps=8, num_stages=2, lookup=1),
+    AttnConfig(block_tokens=128, num_warps=8, num_stages=3, lookup=0),
+    AttnConfig(block_tokens=32, num_warps=4, num_stages=3, lookup=0),
+    AttnConfig(block_tokens=64, num_warps=8, num_stages=2, lookup=1),
+]
+
+
+def sweep(presets, gen, copy_bw, log, shapes=((32, 32768), (1, 131072))):
+    best, rows = None, []
+    for cfg in SWEEP:
+        tot = 0.0
+        for p in presets:
+            r: list = []
+            try:
+                bench_preset(p, shapes, cfg, gen, copy_bw, r, lambda x: None)
+            except Exception as e:  # a config that does not compile / run is skipped
+                log({"sweep_error": repr(e)[:300], "config": dataclasses.asdict(cfg)})
+                tot = math.inf
+                break
+            for x in r:
+                x["config"] = dataclasses.asdict(cfg)
+                rows.append(x)
+                log({"sweep": x["preset"], "batch": x["batch"], "context": x["context"],
+                     "us": round(x["seconds"] * 1e6, 1), "copy%": round(100 * x["copy_fraction"], 1),
+                     **dataclasses.asdict(cfg)})
+            tot += sum(x["seconds"] / x["bytes"] for x in r)  # equal weight per shape
+        if best is None or tot < best[0]:
+            best = (tot, cfg)
+    return best[1], rows
+
+
+# ------------------------------------------------------------------ main
+def table(rows, sdpa) -> str:
+    lines = [f"{'kind/preset':<18} {'B/tok':>5} {'batch':>5} {'ctx':>7} {'us':>9} {'GB/s':>7} {'copy%':>6} "
+             f"{'vs SDPA':>7}"]
+    for x in rows:
+        if x["kind"] == "store":
+            continue
+        base = sdpa.get((x["batch"], x["context"]))
+        sp = f"{base / x['seconds']:.2f}x" if base else ""
+        lines.append(f"{x['preset']:<18} {x['slot_bytes']:>5} {x['batch']:>5} {x['context']:>7} "
+                     f"{x['seconds'] * 1e6:>9.1f} {x['gbps']:>7.0f} {100 * x['copy_fraction']:>5.1f}% {sp:>7}")
+    for x in rows:
+        if x["kind"] == "store":
+            lines.append(f"{'store ' + x['preset']:<18} {x['slot_bytes']:>5} {'':>5} {x['tokens']:>7} "
+                         f"{x['seconds'] * 1e6:>9.1f} {x['gbps']:>7.0f} {100 * x['copy_fraction']:>5.1f}%")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default=",".join(tqf.PRESETS))
+    ap.add_argument("--batches", default="1,8,32,64")
+    ap.add_argument("--contexts", default="1024,8192,32768,131072")
+    ap.add_argument("--out", default="bench_decode.json")
+    ap.add_argument("--sweep", action="store_true", help="tune AttnConfig on tq3 first, then use the best")
+    ap.add_argument("--no-table", action="store_true")
+    ap.add_argument("--no-store", action="store_true")
+    ap.add_argument("--vllm", action="store_true", help="add vLLM baseline rows (vllm_baseline_rows hook)")
+    ap.add_argument("--budget", type=float, default=1e9, help="stop starting new presets after this many seconds")
+    args = ap.parse_args(argv)
+    t_start = time.time()
+    presets = [p for p in args.presets.split(",") if p]
+    shapes = [(int(b), int(c)) for c in args.contexts.split(",") for b in args.batches.split(",")]
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(0)
+    import triton
+
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "python": platform.python_version(), "geometry": {"q_heads": HQ, "kv_heads": HKV, "head_size": D,
+                                                                 "block_size": BS},
+              "date": time.strftime("%Y-%m-%d"), "rows": [], "sweep": []}
+
+    def log(x):
+        print(json.dumps(x), flush=True)
+
+    def save():
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+    bw = copy_bandwidth()
+    result["copy_gbps"] = bw / 1e9
+    log({"copy_gbps": round(bw / 1e9, 1)})
+    cfg = AttnConfig()
+    if args.sweep:
+        cfg, srows = sweep(["tq3"], gen, bw, log)
+        result["sweep"] = srows
+        save()
+    result["config"] = dataclasses.asdict(cfg)
+    log({"config": result["config"]})
+    rows = result["rows"]
+    if not args.no_table:
+        bench_sdpa(shapes, gen, bw, rows, log)
+        save()
+        for p in presets:
+            if time.time() - t_start > args.budget:
+                log({"skipped_for_budget": p})
+                continue
+            try:
+                err = check_preset(p, gen)
+                result.setdefault("check_rel_err", {})[p] = err
+                log({"check": p, "decode_vs_fp64_dequant_rel_err": err})
+                bench_preset(p, shapes, cfg, gen, bw, rows, log)
+            except Exception as e:
+                log({"error": p, "what": repr(e)[:500]})
+            save()
+    if not args.no_store:
+        for p in presets:
+            if time.time() - t_start > args.budget:
+                break
+            try:
+                bench_store(p, gen, bw, rows, log)
+            except Exception as e:
+                log({"error": "store " + p, "what": repr(e)[:500]})
+        save()
+    if args.vllm:
+        try:
+            rows.extend(vllm_baseline_rows(shapes, gen, bw))
+        except NotImplementedError as e:
+            log({"vllm": str(e)})
+        save()
+    sdpa = {(x["batch"], x["context"]): x["seconds"] for x in rows if x["kind"] == "sdpa_bf16"}
+    print(f"\n{result['device']}  torch {result['torch']}  triton {result['triton']}  "
+          f"copy {result['copy_gbps']:.0f} GB/s  config {result['config']}")
+    print(table(rows, sdpa))
+    save()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
