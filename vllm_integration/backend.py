@@ -36,10 +36,10 @@ from turboquant.vllm_integration.compat import (
     MultipleOf,
 )
 from turboquant.vllm_integration.config import TurboQuantOptions, parse_layer_index, unsupported_reasons
+from turboquant.vllm_integration.plugin import BACKEND_PATH  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("vllm.turboquant")  # under "vllm" so that vLLM's log handler prints it
 
-from turboquant.vllm_integration.plugin import BACKEND_PATH  # noqa: E402,F401
 KERNEL_API = ("KernelParams", "store_kv", "paged_attention", "decode_attention")
 
 # Options of the engine being built in this process.  ``customize_spec`` and

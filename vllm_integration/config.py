@@ -92,7 +92,8 @@ def parse_layer_index(layer_name: str) -> int:
     if len(ints) != 1:
         raise ValueError(
             f"TurboQuant derives each layer's rotation/QJL seeds from the layer index, but layer name "
-            f"{layer_name!r} has {len(ints)} integer components (need exactly one, e.g. 'model.layers.7.self_attn.attn')"
+            f"{layer_name!r} has {len(ints)} integer components "
+            "(need exactly one, e.g. 'model.layers.7.self_attn.attn')"
         )
     return ints[0]
 

@@ -28,7 +28,8 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
     uint8 torch cache [num_blocks, num_kv_heads, block_size, slot_bytes]."""
     nb, h, bs, s = cache.shape
     if cache.dtype != torch.uint8 or s != fmt.slot_bytes:
-        raise ValueError(f"cache must be uint8 [..., slot_bytes={fmt.slot_bytes}], got {cache.dtype} {tuple(cache.shape)}")
+        raise ValueError(f"cache must be uint8 [..., slot_bytes={fmt.slot_bytes}], "
+                         f"got {cache.dtype} {tuple(cache.shape)}")
     sm = check_slot_mapping(slot_mapping.detach().to("cpu", torch.int64).numpy(), key.shape[0], nb * bs)
     keep = sm >= 0
     if not keep.any():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("vllm")
-from tq_helpers import ON_CUDA, error_text, llm_kwargs, shutdown_llm  # noqa: E402
 from tiny_model import build_tiny_llama  # noqa: E402
+from tq_helpers import ON_CUDA, error_text, llm_kwargs, shutdown_llm  # noqa: E402
 
 from turboquant import format as tqf  # noqa: E402
 
