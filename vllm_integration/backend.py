@@ -42,6 +42,11 @@ logger = logging.getLogger("vllm.turboquant")  # under "vllm" so that vLLM's log
 
 KERNEL_API = ("KernelParams", "store_kv", "paged_attention", "decode_attention")
 
+# vLLM 0.26 has no AttentionBackend.customize_spec: back-port it (compat.py).
+# This module is imported when a layer selects this backend, i.e. before vLLM
+# asks any layer for its KV-cache spec.
+compat.install_spec_hook()
+
 # Options of the engine being built in this process.  ``customize_spec`` and
 # ``get_kv_cache_shape`` are classmethods that vLLM calls without the config;
 # the Impls (built while the model is constructed, before either is called)

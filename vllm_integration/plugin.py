@@ -1,9 +1,10 @@
 """vLLM entry points (declared in pyproject.toml).
 
 * ``vllm.general_plugins``  -> :func:`register` (every vLLM process): registers
-  the TurboQuant backend as ``AttentionBackendEnum.CUSTOM`` and, on vLLM
-  without ``AttentionBackend.customize_spec`` (0.26), installs the spec hook
-  (see compat.py).
+  the TurboQuant backend as ``AttentionBackendEnum.CUSTOM``.  (On vLLM without
+  ``AttentionBackend.customize_spec``, i.e. 0.26, importing the backend module
+  installs the spec hook of compat.py; vLLM imports it only in processes that
+  build a TurboQuant layer.)
 * ``vllm.platform_plugins`` -> :func:`cpu_platform_plugin`: vLLM resolves the
   platform when ``vllm`` is imported, before any ``LLM(...)`` argument or CLI
   flag exists, so this function cannot see whether TurboQuant was asked for.
@@ -28,8 +29,6 @@ PLATFORM_PATH = "turboquant.vllm_integration.platform.TurboQuantCpuPlatform"
 def register() -> None:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-    from turboquant.vllm_integration import compat
-
     current = None
     try:
         current = AttentionBackendEnum.CUSTOM.get_path()
@@ -40,7 +39,6 @@ def register() -> None:
                        "(TurboQuant is unavailable in this process)", current)
         return
     register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
-    compat.install_spec_hook()
 
 
 def cpu_platform_plugin() -> str | None:
