@@ -279,7 +279,21 @@ def main(argv=None):
     ap.add_argument("--no-store", action="store_true")
     ap.add_argument("--vllm", action="store_true", help="add vLLM baseline rows (vllm_baseline_rows hook)")
     ap.add_argument("--budget", type=float, default=1e9, help="stop starting new presets after this many seconds")
+    ap.add_argument("--smoke", action="store_true", help="only check_preset for --presets; exit 1 on any error")
     args = ap.parse_args(argv)
+    if args.smoke:
+        gen = torch.Generator(device="cuda")
+        gen.manual_seed(1)
+        bad = 0
+        for p in [p for p in args.presets.split(",") if p]:
+            t0 = time.time()
+            try:
+                print(json.dumps({"smoke": p, "rel_err": check_preset(p, gen), "s": round(time.time() - t0, 1)}),
+                      flush=True)
+            except Exception as e:
+                bad += 1
+                print(json.dumps({"smoke": p, "error": repr(e)[:2000]}), flush=True)
+        return 1 if bad else 0
     t_start = time.time()
     presets = [p for p in args.presets.split(",") if p]
     shapes = [(int(b), int(c)) for c in args.contexts.split(",") for b in args.batches.split(",")]

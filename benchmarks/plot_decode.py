@@ -1,0 +1,93 @@
+"""Plot (and print) bench_decode.py's JSON: decode latency vs context per batch
+for every preset and torch SDPA bf16, plus achieved fraction of copy bandwidth.
+
+    python benchmarks/plot_decode.py results.json [--png decode.png] [--md table.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+
+def table_md(res: dict) -> str:
+    rows = [r for r in res["rows"] if r["kind"] != "store"]
+    sdpa = {(r["batch"], r["context"]): r["seconds"] for r in rows if r["kind"] == "sdpa_bf16"}
+    out = [f"Card: {res['device']}; torch {res['torch']}, Triton {res['triton']}; copy bandwidth "
+           f"{res['copy_gbps']:.0f} GB/s (read+write, measured in the same run); config {res.get('config')}", "",
+           "| preset | B/token/head | batch | context | latency us | GB/s (stored bytes) | % of copy BW | vs SDPA bf16 |",
+           "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        base = sdpa.get((r["batch"], r["context"]))
+        sp = f"{base / r['seconds']:.2f}x" if base else ""
+        out.append(f"| {r['preset']} | {r['slot_bytes']} | {r['batch']} | {r['context']} | {r['seconds'] * 1e6:.1f} | "
+                   f"{r['gbps']:.0f} | {100 * r['copy_fraction']:.1f} | {sp} |")
+    st = [r for r in res["rows"] if r["kind"] == "store"]
+    if st:
+        out += ["", "| store preset | tokens x 8 heads | us | GB/s (bf16 K,V read + slots written) | % of copy BW |",
+                "|---|--:|--:|--:|--:|"]
+        for r in st:
+            out.append(f"| {r['preset']} | {r['tokens']} | {r['seconds'] * 1e6:.1f} | {r['gbps']:.0f} | "
+                       f"{100 * r['copy_fraction']:.1f} |")
+    if res.get("check_rel_err"):
+        out += ["", "decode vs float64 attention over the dequantized cache (4 x 3000, bf16 out): "
+                + ", ".join(f"{k} {v:.1e}" for k, v in res["check_rel_err"].items())]
+    return "\n".join(out)
+
+
+def plot(res: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in res["rows"] if r["kind"] != "store"]
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(2, len(batches), figsize=(4.2 * len(batches), 7.5), squeeze=False)
+    series = defaultdict(list)
+    for r in rows:
+        series[(r["preset"], r["batch"])].append(r)
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    for j, b in enumerate(batches):
+        for p in presets:
+            pts = sorted(series.get((p, b), []), key=lambda r: r["context"])
+            if not pts:
+                continue
+            style = dict(color="k", lw=2.5) if p == "torch-sdpa-bf16" else {}
+            axes[0][j].plot([r["context"] for r in pts], [r["seconds"] * 1e6 for r in pts], "o-", label=p,
+                            ms=3, **style)
+            axes[1][j].plot([r["context"] for r in pts], [100 * r["copy_fraction"] for r in pts], "o-", label=p,
+                            ms=3, **style)
+        for i in range(2):
+            axes[i][j].set_xscale("log", base=2)
+            axes[i][j].grid(alpha=0.3)
+        axes[0][j].set_yscale("log")
+        axes[0][j].set_title(f"batch {b}")
+        axes[1][j].set_xlabel("context (tokens)")
+    axes[0][0].set_ylabel("decode latency (us)")
+    axes[1][0].set_ylabel("% of copy bandwidth (stored bytes)")
+    axes[1][0].axhline(70, color="r", ls="--", lw=1)
+    axes[0][-1].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Decode attention, Llama-3-8B geometry, {res['device']} (Triton {res['triton']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("json")
+    ap.add_argument("--png", default=None)
+    ap.add_argument("--md", default=None)
+    args = ap.parse_args(argv)
+    res = json.load(open(args.json))
+    md = table_md(res)
+    print(md)
+    if args.md:
+        open(args.md, "w").write(md + "\n")
+    if args.png:
+        plot(res, args.png)
+
+
+if __name__ == "__main__":
+    main()
