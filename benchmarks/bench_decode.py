@@ -68,13 +68,14 @@ def time_graph(fns, reps: int = 15, warmup: int = 2) -> float:
 
 
 def copy_bandwidth() -> float:
-    """Device-to-device copy of 1 GiB: (bytes read + written) / median time."""
-    n = 1 << 30
-    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda")
+    """Device-to-device copy of 1 GiB: (bytes read + written) / median time.
+    float32 elements (a uint8 copy_ ran at only ~2.7 TB/s on the H200, v1 run)."""
+    n = 1 << 28
+    src = torch.randn((n,), dtype=torch.float32, device="cuda")
     dst = torch.empty_like(src)
     t = time_graph([lambda: dst.copy_(src)], reps=20)
     del src, dst
-    return 2 * n / t
+    return 2 * 4 * n / t
 
 
 # ------------------------------------------------------------------ data
@@ -280,6 +281,7 @@ def main(argv=None):
     ap.add_argument("--vllm", action="store_true", help="add vLLM baseline rows (vllm_baseline_rows hook)")
     ap.add_argument("--budget", type=float, default=1e9, help="stop starting new presets after this many seconds")
     ap.add_argument("--smoke", action="store_true", help="only check_preset for --presets; exit 1 on any error")
+    ap.add_argument("--shapes", default="", help="explicit batch x context list, e.g. 32x32768,1x131072")
     args = ap.parse_args(argv)
     if args.smoke:
         gen = torch.Generator(device="cuda")
@@ -297,6 +299,8 @@ def main(argv=None):
     t_start = time.time()
     presets = [p for p in args.presets.split(",") if p]
     shapes = [(int(b), int(c)) for c in args.contexts.split(",") for b in args.batches.split(",")]
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     gen = torch.Generator(device="cuda")
     gen.manual_seed(0)
     import triton

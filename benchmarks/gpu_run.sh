@@ -6,6 +6,7 @@ export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BUDGET=${1:-150}
+BENCH_ARGS=${BENCH_ARGS:---sweep}
 T0=$(date +%s)
 # import path: a symlink farm mapping the package dirs (pyproject's package-dir)
 mkdir -p /tmp/shim/turboquant
@@ -19,15 +20,15 @@ export PYTHONPATH=/tmp/shim
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw --format=csv
 python3 -c "import torch, triton, numpy, turboquant.triton_impl as t; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, t.__file__)"
 echo "== smoke $(( $(date +%s) - T0 ))s"
-timeout 90 python3 benchmarks/bench_decode.py --smoke --presets tq3,tq4_qjl,k4g4,tq2.5 2>&1 | tee "$OUT/smoke.log"
+timeout 90 python3 benchmarks/bench_decode.py --smoke --presets ${SMOKE_PRESETS:-tq3,tq4_qjl,k4g4,tq2.5} 2>&1 | tee "$OUT/smoke.log"
 SMOKE=${PIPESTATUS[0]}
 echo "== conformance $(( $(date +%s) - T0 ))s (smoke rc $SMOKE)"
-timeout 180 python3 -m pytest conformance triton_impl/tests -rA -p no:cacheprovider -n 16 -q -W ignore > "$OUT/conformance.log" 2>&1
+timeout 180 python3 -P -m pytest conformance triton_impl/tests -rA -p no:cacheprovider -n 16 -q -W ignore > "$OUT/conformance.log" 2>&1
 echo "conformance rc $?"; grep -E "passed|failed" "$OUT/conformance.log" | tail -2
 grep -E "^FAILED" "$OUT/conformance.log" | head -20
 python3 benchmarks/conformance_summary.py "$OUT/conformance.log" > "$OUT/gpu-conformance.md"
 echo "== bench $(( $(date +%s) - T0 ))s"
-timeout $((BUDGET + 110)) python3 benchmarks/bench_decode.py --sweep --out "$OUT/bench.json" --budget "$BUDGET" > "$OUT/bench.log" 2>&1
+timeout $((BUDGET + 60)) python3 benchmarks/bench_decode.py $BENCH_ARGS --out "$OUT/bench.json" --budget "$BUDGET" > "$OUT/bench.log" 2>&1
 echo "bench rc $?"
 grep -v '^{' "$OUT/bench.log" | tail -200
 grep -E '"sweep"|error' "$OUT/bench.log" | head -40

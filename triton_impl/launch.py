@@ -21,7 +21,7 @@ MERGE_BH = 16
 class AttnConfig:
     """Tunables of the split kernel (benchmarks sweep these)."""
 
-    block_tokens: int = 64  # BT: slots per inner-loop tile
+    block_tokens: int = 128  # BT: slots per inner-loop tile (best of the v1 sweep on H200)
     num_warps: int = 4
     num_stages: int = 2
     programs_per_sm: int = 4  # split target: num_seqs*H*S >= programs_per_sm * SMs
@@ -64,6 +64,8 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
     g = num_q_heads // hkv
     gp = next_pow2(g)
     rp = max(MIN_DOT, bq * gp)
+    # extend programs hold RP = 64 query rows: keep their tiles at <= 64 slots (registers)
+    bt = cfg.block_tokens if rp <= MIN_DOT else min(cfg.block_tokens, 64)
     n_tok = out.shape[0]
     dacc = acc_width(params)
     part_acc = torch.empty((n_tok * num_q_heads * num_splits, dacc), dtype=torch.float32, device=cache.device)
@@ -76,7 +78,7 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
         qbuf, words, block_table, block_table.stride(0), seq_lens, qsl, cu_tiles, block_table.shape[0],
         part_acc, part_ml, words.stride(0), words.stride(1), words.stride(2),
         k_cent, v_cent, float(sm_scale), cache.shape[2], num_q_heads, num_splits,
-        DECODE=decode, LOOKUP=cfg.lookup if (m["CB_SYMMETRIC"] and not f32dot) else 0, G=g, GP=gp, BQ=bq, RP=rp, BT=cfg.block_tokens, F32DOT=f32dot,
+        DECODE=decode, LOOKUP=cfg.lookup if (m["CB_SYMMETRIC"] and not f32dot) else 0, G=g, GP=gp, BQ=bq, RP=rp, BT=bt, F32DOT=f32dot,
         DACC=dacc, **query_layout(params), **split_meta(params),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
