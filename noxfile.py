@@ -77,3 +77,19 @@ def demo(session: nox.Session) -> None:
     """The main job on its built-in default (see README)."""
     session.install("-e", ".[codebook]")
     session.run("turboquant", "demo", *session.posargs)
+
+
+@nox.session
+def quality(session: nox.Session) -> None:
+    """The CPU quality report on the committed tiny Llama (models/tiny-llama): calibration,
+    key/value statistics and per-layer attention fidelity through the NumPy reference on
+    captured activations, short-context ΔPPL of every preset against bf16 and FP8 (e4m3)
+    caches, a table, and a plot (build/quality/quality.png).  Extra arguments go to
+    ``python -m turboquant.quality.harness`` (e.g. --windows 32 --retrieval-contexts 2048)."""
+    session.install(TORCH_CPU)  # the CPU build, first, so the extra does not pull a CUDA torch
+    session.install("-e", ".[quality]", "transformers==5.17.0")
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    session.run("python", "-m", "turboquant.quality.harness", "--out", "build/quality/results.json",
+                *session.posargs, env=env)
+    session.run("python", "benchmarks/plot_quality.py", "build/quality/results.json",
+                "--out", "build/quality/quality.png", env=env)

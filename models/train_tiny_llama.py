@@ -143,7 +143,8 @@ def train(args, model, batches: Batches, device) -> dict:
     other = [p for n, p in model.named_parameters() if not (p.ndim == 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    cuda = device.type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     model.train()
     t0, step, curve, recent = time.time(), 0, [], []
     while True:
@@ -268,7 +269,8 @@ def main(argv=None) -> int:
         "data": {
             "stdlib_root": train_c.root, "split_rule": "sha256('tiny-llama/split/'+relpath) bucket < "
             f"{corpus_mod.EVAL_PERCENT} of 100 -> eval",
-            "train": {"files": len(train_c.files), "bytes": train_c.n_bytes, "manifest_sha256": train_c.manifest_sha256},
+            "train": {"files": len(train_c.files), "bytes": train_c.n_bytes,
+                      "manifest_sha256": train_c.manifest_sha256},
             "eval": {"files": len(eval_c.files), "bytes": eval_c.n_bytes, "manifest_sha256": eval_c.manifest_sha256},
             "retrieval_rows_per_batch": batches.n_ret, "text_rows_per_batch": batches.n_text,
             "needle_format": "'\\n## key ABCDE = 01234\\n', 1-4 per document, all asked at the end; "

@@ -29,7 +29,7 @@ def solved(model, tasks: list[Task], batch_size: int = 16, codec=None) -> np.nda
         by_ctx[t.context].append(i)
     ok = np.zeros(len(tasks), bool)
     with compressed_kv(model, codec), torch.no_grad():
-        for ctx, idx in by_ctx.items():
+        for idx in by_ctx.values():
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s: s + batch_size]
                 x = torch.as_tensor(np.stack([tasks[i].ids for i in chunk]), dtype=torch.long, device=device)
