@@ -11,18 +11,20 @@ import json
 from collections import defaultdict
 
 
-def table_md(res: dict) -> str:
+def table_md(res: dict, ref_gbps: float | None = None) -> str:
     rows = [r for r in res["rows"] if r["kind"] != "store"]
     sdpa = {(r["batch"], r["context"]): r["seconds"] for r in rows if r["kind"] == "sdpa_bf16"}
     out = [f"Card: {res['device']}; torch {res['torch']}, Triton {res['triton']}; copy bandwidth "
            f"{res['copy_gbps']:.0f} GB/s (read+write, measured in the same run); config {res.get('config')}", "",
-           "| preset | B/token/head | batch | context | latency us | GB/s (stored bytes) | % of copy BW | vs SDPA bf16 |",
-           "|---|--:|--:|--:|--:|--:|--:|--:|"]
+           "| preset | B/token/head | batch | context | latency us | GB/s (stored bytes) | % of copy BW | "
+           + (f"% of {ref_gbps:.0f} GB/s | " if ref_gbps else "") + "vs SDPA bf16 |",
+           "|---|--:|--:|--:|--:|--:|--:|" + ("--:|" if ref_gbps else "") + "--:|"]
     for r in rows:
         base = sdpa.get((r["batch"], r["context"]))
         sp = f"{base / r['seconds']:.2f}x" if base else ""
+        ref = f"{100 * r['gbps'] / ref_gbps:.1f} | " if ref_gbps else ""
         out.append(f"| {r['preset']} | {r['slot_bytes']} | {r['batch']} | {r['context']} | {r['seconds'] * 1e6:.1f} | "
-                   f"{r['gbps']:.0f} | {100 * r['copy_fraction']:.1f} | {sp} |")
+                   f"{r['gbps']:.0f} | {100 * r['copy_fraction']:.1f} | {ref}{sp} |")
     st = [r for r in res["rows"] if r["kind"] == "store"]
     if st:
         out += ["", "| store preset | tokens x 8 heads | us | GB/s (bf16 K,V read + slots written) | % of copy BW |",
@@ -79,9 +81,11 @@ def main(argv=None):
     ap.add_argument("json")
     ap.add_argument("--png", default=None)
     ap.add_argument("--md", default=None)
+    ap.add_argument("--ref-copy-gbps", type=float, default=None,
+                    help="extra column: fraction of this copy bandwidth (e.g. 4223 from the shared notes)")
     args = ap.parse_args(argv)
     res = json.load(open(args.json))
-    md = table_md(res)
+    md = table_md(res, args.ref_copy_gbps)
     print(md)
     if args.md:
         open(args.md, "w").write(md + "\n")

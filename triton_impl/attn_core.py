@@ -21,12 +21,12 @@ def centroid_values(codes, cent_ptr, BITS: tl.constexpr, LOOKUP: tl.constexpr):
     (L1-resident table).  LOOKUP 1: selects on the code bits, using the exact
     symmetry c[k] = -c[2^b - 1 - k] of every shipped codebook (checked in
     params.py): magnitude index m, a select tree over c[HALF + m], a sign."""
-    if LOOKUP == 0:
-        return tl.load(cent_ptr + codes)
     HALF: tl.constexpr = 1 << (BITS - 1)
     hi = codes >= HALF
     m = tl.where(hi, codes - HALF, (HALF - 1) - codes)
-    if BITS == 1:
+    if LOOKUP == 0:
+        v = tl.load(cent_ptr + codes)
+    elif BITS == 1:
         v = tl.zeros(codes.shape, cent_ptr.dtype.element_ty) + tl.load(cent_ptr + 1)
     elif BITS == 2:
         v = tl.where(m == 1, tl.load(cent_ptr + 3), tl.load(cent_ptr + 2))
@@ -45,7 +45,9 @@ def centroid_values(codes, cent_ptr, BITS: tl.constexpr, LOOKUP: tl.constexpr):
         v03 = tl.where(b1, v23, v01)
         v47 = tl.where(b1, v67, v45)
         v = tl.where((m & 4) != 0, v47, v03)
-    return tl.where(hi, v, -v)
+    if LOOKUP != 0:
+        v = tl.where(hi, v, -v)
+    return v
 
 
 @triton.jit
@@ -125,14 +127,19 @@ def _group_values(ptrs, tval, p, vis, acc, BT: tl.constexpr, D: tl.constexpr, DP
 @triton.jit
 def _load_q(qbuf_ptr, qrow, row_valid, DQ: tl.constexpr, QO: tl.constexpr, MP: tl.constexpr,
             F32DOT: tl.constexpr):
-    """Rows of one query segment, as the dot operand and its per-row scale."""
+    """Rows of one query segment, as the dot operand and its per-row scale.
+    (One return statement: Triton 3.6 rejects differently typed returns in
+    constexpr branches.)"""
     j = tl.arange(0, MP)
     q = tl.load(qbuf_ptr + qrow[:, None] * DQ + QO + j[None, :], mask=row_valid[:, None], other=0.0)
     if F32DOT:
-        return q, tl.full((q.shape[0],), 1.0, tl.float32)
-    qm = tl.max(tl.abs(q), axis=1)
-    qm = tl.where(qm > 0, qm, 1.0)
-    return (q * (1.0 / qm)[:, None]).to(tl.float16), qm
+        qd = q
+        qsc = tl.full((q.shape[0],), 1.0, tl.float32)
+    else:
+        qm = tl.max(tl.abs(q), axis=1)
+        qsc = tl.where(qm > 0, qm, 1.0)
+        qd = (q * (1.0 / qsc)[:, None]).to(tl.float16)
+    return qd, qsc
 
 
 @triton.jit(do_not_specialize=["num_seqs", "num_splits", "num_q_heads"])

@@ -66,6 +66,8 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
     rp = max(MIN_DOT, bq * gp)
     # extend programs hold RP = 64 query rows: keep their tiles at <= 64 slots (registers)
     bt = cfg.block_tokens if rp <= MIN_DOT else min(cfg.block_tokens, 64)
+    if f32dot:  # fp32 queries: full-K fp32 FMA dots (slow path); small tiles bound their shared memory
+        bt = min(bt, 32)
     n_tok = out.shape[0]
     dacc = acc_width(params)
     part_acc = torch.empty((n_tok * num_q_heads * num_splits, dacc), dtype=torch.float32, device=cache.device)
