@@ -118,3 +118,37 @@ def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
     m = ~np.isnan(ref)
     den = np.linalg.norm(ref[m])
     return float(np.linalg.norm(out[m] - ref[m]) / max(den, 1e-30))
+
+
+def float_field_mask(fmt: tqf.LayerFormat) -> np.ndarray:
+    """Boolean [slot_bytes]: True at the bytes of float32 norm fields (norms and gamma)."""
+    m = np.zeros(fmt.slot_bytes, bool)
+    for f in fmt.fields:
+        if f.dtype == "f4":
+            m[f.offset:f.offset + f.nbytes] = True
+    return m
+
+
+def slots_equal_under_contract(got: np.ndarray, want: np.ndarray, fmt: tqf.LayerFormat) -> tuple[bool, str]:
+    """Packed slots [..., slot_bytes] equal except float32 norm fields, which may differ
+    within NORM_RTOL (norms) / RNORM_ATOL (gamma); NaN encodings must match bit-exactly."""
+    fmask = float_field_mask(fmt)
+    diff = np.argwhere(got[..., ~fmask] != want[..., ~fmask])
+    if diff.size:
+        return False, f"{len(diff)} code/sign/scale/padding bytes differ, first at {diff[:3].tolist()}"
+    g = unpack_fields(np.ascontiguousarray(got), fmt)
+    w = unpack_fields(np.ascontiguousarray(want), fmt)
+    for f in fmt.fields:
+        if f.dtype != "f4":
+            continue
+        a, b = g[f.name].astype(np.float64), w[f.name].astype(np.float64)
+        if not np.array_equal(np.isnan(a), np.isnan(b)):
+            return False, f"{f.name}: NaN positions differ"
+        ok = ~np.isnan(b)
+        if f.name.startswith("k_rnorm"):
+            err, tol = float(np.max(np.abs(a[ok] - b[ok]), initial=0.0)), tqf.RNORM_ATOL
+        else:
+            err, tol = _norm_err(a[ok], b[ok]), tqf.NORM_RTOL
+        if err > tol:
+            return False, f"{f.name}: error {err:.2e} > {tol:.0e}"
+    return True, ""

@@ -11,7 +11,7 @@ import pytest
 from turboquant import format as tqf
 from turboquant import reference as ref
 from turboquant.conformance.cases import cases, make_inputs
-from turboquant.conformance.compare import compare_slots, rel_err
+from turboquant.conformance.compare import compare_slots, float_field_mask, rel_err
 from turboquant.conformance.impls import available
 from turboquant.reference.cache import gather_tokens
 
@@ -65,18 +65,25 @@ def test_store_bytes(impl, case):
 @pytest.mark.parametrize("impl,case", PARAMS)
 def test_dequantized_vectors(impl, case):
     """Dequantizing the implementation's bytes gives the reference's vectors
-    wherever the bytes agree (the rest is bounded by test_store_bytes)."""
+    (within the norms' NORM_RTOL) wherever codes, signs and scales agree;
+    code mismatches themselves are bounded by test_store_bytes."""
     inp = make_inputs(case)
     _, after = _store(impl, case, inp)
     sm = inp["slot_mapping"]
     keep = sm >= 0
     got = after[sm[keep] // case.block_size, :, sm[keep] % case.block_size]
     want = ref.encode_slots(inp["key"][keep], inp["value"][keep], case.fmt)
-    same = np.all(got == want, axis=-1)
+    fmask = float_field_mask(case.fmt)
+    same = np.all(got[..., ~fmask] == want[..., ~fmask], axis=-1)
     kg, vg = ref.decode_slots(got, case.fmt)
     kw, vw = ref.decode_slots(want, case.fmt)
-    assert np.array_equal(kg[same], kw[same]) and np.array_equal(vg[same], vw[same])
-    assert same.mean() > 0.9, f"only {same.mean():.1%} of slots are byte-identical"
+    # gamma enters through a sum with the centroid term: allow RNORM_ATOL on top of NORM_RTOL
+    for a, b in ((kg[same], kw[same]), (vg[same], vw[same])):
+        scale = np.linalg.norm(np.nan_to_num(b), axis=-1, keepdims=True)
+        err = np.abs(np.nan_to_num(a) - np.nan_to_num(b)) / np.maximum(scale, 1e-30)
+        assert np.array_equal(np.isnan(a), np.isnan(b))
+        assert float(err.max(initial=0.0)) <= 2 * tqf.NORM_RTOL + 4 * tqf.RNORM_ATOL
+    assert same.mean() > 0.9, f"only {same.mean():.1%} of slots have identical codes/signs/scales"
 
 
 def dequantized_attention(query, cache, block_table, seq_lens, query_start_loc, fmt):

@@ -45,18 +45,28 @@ def key_scores(q: np.ndarray, fields: dict, fmt: tqf.LayerFormat) -> np.ndarray:
     return total
 
 
-def value_rows(probs: np.ndarray, fields: dict, fmt: tqf.LayerFormat) -> np.ndarray:
+def weighted_sum(probs: np.ndarray, vals: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """probs [..., G, T] @ vals [..., T, m] where a non-finite value row
+    poisons exactly the output rows that see it (visible [..., G, T]), and
+    never a row that masks it out (0 * NaN would)."""
+    bad = ~np.all(np.isfinite(vals), axis=-1)  # [..., T]
+    out = probs @ np.where(bad[..., None], 0.0, vals)
+    poisoned = np.any(visible & bad[..., None, :], axis=-1)  # [..., G]
+    return np.where(poisoned[..., None], np.nan, out)
+
+
+def value_rows(probs: np.ndarray, fields: dict, fmt: tqf.LayerFormat, visible: np.ndarray) -> np.ndarray:
     """sum_t p_t v~_t for probs [..., G, T] -> [..., G, d] (float64)."""
     if fmt.preset.value_mode == "group":
         v = group_dequantize(fields["v_scale"], fields["v_zero"], fields["v_codes"], fmt.preset.group_size)
-        return probs @ v.astype(np.float64)
+        return weighted_sum(probs, v.astype(np.float64), visible)
     params = layer_params(fmt)
     inst = fields_to_instances(fields, "value", params.values)
     out = np.empty((*probs.shape[:-1], fmt.head_size))
     for p in params.values:
         st = inst[p.instance.index]
         c = st["norm"].astype(np.float64)[..., None] * p.codebook.centroids.astype(np.float64)[st["codes"]]
-        o_rot = probs @ c  # accumulate in the rotated domain
+        o_rot = weighted_sum(probs, c, visible)  # accumulate in the rotated domain
         out[..., p.channels] = o_rot @ p.rotation.astype(np.float64)  # one Pi^T per output row
     return out
 
@@ -112,12 +122,13 @@ def paged_attention(query: np.ndarray, cache: np.ndarray, block_table: np.ndarra
         q = query[qsl[b]: qsl[b + 1]].reshape(n_q, hkv, g, -1).transpose(1, 0, 2, 3).reshape(hkv, n_q * g, -1)
         logits = scale * key_scores(q, fields, fmt)  # [hkv, n_q*g, L]
         pos = (L - n_q + np.arange(n_q)).repeat(g)  # position of each query row
+        visible = np.broadcast_to(np.arange(L)[None, None, :] <= pos[None, :, None], logits.shape)
         with np.errstate(invalid="ignore"):
-            logits = np.where(np.arange(L)[None, None, :] <= pos[None, :, None], logits, -np.inf)
+            logits = np.where(visible, logits, -np.inf)
             m = np.max(logits, axis=-1, keepdims=True)
             e = np.exp(logits - m)
             probs = e / np.sum(e, axis=-1, keepdims=True)
-        o = value_rows(probs, fields, fmt)  # [hkv, n_q*g, d]
+        o = value_rows(probs, fields, fmt, visible)  # [hkv, n_q*g, d]
         out[qsl[b]: qsl[b + 1]] = o.reshape(hkv, n_q, g, -1).transpose(1, 0, 2, 3).reshape(n_q, hq, -1)
     return out
 
@@ -138,7 +149,10 @@ def dense_attention(query, key, value, softmax_scale=None, causal_offset=0):
     v = np.repeat(value.astype(np.float64), g, axis=1)
     logits = scale * np.einsum("qhd,thd->hqt", query.astype(np.float64), k)
     pos = causal_offset + np.arange(tq)
-    logits = np.where(np.arange(t)[None, None, :] <= pos[None, :, None], logits, -np.inf)
-    p = np.exp(logits - logits.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    return np.einsum("hqt,thd->qhd", p, v).astype(np.float32)
+    visible = np.broadcast_to(np.arange(t)[None, None, :] <= pos[None, :, None], logits.shape)
+    with np.errstate(invalid="ignore"):
+        logits = np.where(visible, logits, -np.inf)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+    o = weighted_sum(p, v.transpose(1, 0, 2), visible)  # [hq, tq, d]
+    return o.transpose(1, 0, 2).astype(np.float32)

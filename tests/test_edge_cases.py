@@ -130,3 +130,22 @@ def test_nan_token_contaminates_only_its_sequence(name):
     assert np.all(np.isnan(out2[1, :2]))
     out3 = ref.paged_attention(q[[1]], cache, bt[1:], np.array([3]), fmt)
     assert np.all(np.isfinite(out3))
+
+
+@pytest.mark.parametrize("name", ["tq3", "k4g4", "tq3.5"])
+def test_nan_value_poisons_only_rows_that_see_it(name):
+    """A non-finite value must not reach causally masked rows (0 * NaN)."""
+    fmt = fmt_of(name)
+    rng = np.random.default_rng(9)
+    k, v = rand_kv(8, seed=10)
+    v[5, 1, 3] = np.inf  # token 5, KV head 1
+    cache = ref.new_cache(fmt, 2, 4, 2)
+    ref.store(cache, k, v, np.arange(8), fmt)
+    q = rng.standard_normal((8, 4, 128)).astype(np.float32)  # extend over all 8 positions
+    out = ref.paged_attention(q, cache, np.array([[0, 1]], np.int32), np.array([8]), fmt,
+                              query_start_loc=np.array([0, 8]))
+    assert np.all(np.isfinite(out[:5])), "rows before the bad token must stay finite"
+    assert np.all(np.isnan(out[5:, 2:])) and np.all(np.isfinite(out[5:, :2]))  # q heads 2,3 read KV head 1
+    kd, vd = ref.decode_slots(cache.transpose(0, 2, 1, 3).reshape(8, 2, -1), fmt)
+    dense = ref.dense_attention(q, kd, vd)
+    assert np.array_equal(np.isnan(dense), np.isnan(out))
