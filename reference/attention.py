@@ -55,8 +55,11 @@ def weighted_sum(probs: np.ndarray, vals: np.ndarray, visible: np.ndarray) -> np
     return np.where(poisoned[..., None], np.nan, out)
 
 
-def value_rows(probs: np.ndarray, fields: dict, fmt: tqf.LayerFormat, visible: np.ndarray) -> np.ndarray:
-    """sum_t p_t v~_t for probs [..., G, T] -> [..., G, d] (float64)."""
+def value_rows(probs: np.ndarray, fields: dict, fmt: tqf.LayerFormat, visible: np.ndarray | None = None) -> np.ndarray:
+    """sum_t p_t v~_t for probs [..., G, T] -> [..., G, d] (float64); ``visible``
+    (default: every token) is the causal mask, for NaN propagation."""
+    if visible is None:
+        visible = np.ones(probs.shape, bool)
     if fmt.preset.value_mode == "group":
         v = group_dequantize(fields["v_scale"], fields["v_zero"], fields["v_codes"], fmt.preset.group_size)
         return weighted_sum(probs, v.astype(np.float64), visible)
