@@ -212,12 +212,16 @@ def bench_store(preset: str, gen, copy_bw: float, rows: list, log, n_tokens: int
 
 
 def vllm_baseline_rows(shapes, gen, copy_bw: float) -> list[dict]:
-    """Hook for vLLM baselines (FA3 bf16 / FP8, vLLM's TurboQuant) measured with
-    the same shapes, timer (time_graph) and copy bandwidth.  Rows must carry
-    the keys of bench_preset's rows with kind="vllm" and preset naming the
-    backend.  Not implemented here: no vLLM on this machine's image."""
-    raise NotImplementedError("vLLM baselines: implement vllm_baseline_rows() with vLLM installed "
-                              "(tools/gpu-vllm); no rows are invented")
+    """vLLM baselines (FA3 bf16 / FP8 paged decode, vLLM's TurboQuant 4bit_nc /
+    3bit_nc) with the same shapes, timer (time_graph), input rotation and copy
+    bandwidth: benchmarks/vllm_baselines.py.  Needs vLLM (tools/gpu-vllm)."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    from vllm_baselines import vllm_rows
+
+    return vllm_rows(shapes, gen, copy_bw, time_graph, n_rotate, hq=HQ, hkv=HKV, d=D)
 
 
 # ------------------------------------------------------------------ sweep
@@ -361,8 +365,8 @@ def main(argv=None):
     if args.vllm:
         try:
             rows.extend(vllm_baseline_rows(shapes, gen, bw))
-        except NotImplementedError as e:
-            log({"vllm": str(e)})
+        except Exception as e:  # recorded, never replaced by numbers
+            log({"error": "vllm baselines", "what": repr(e)[:2000]})
         save()
     sdpa = {(x["batch"], x["context"]): x["seconds"] for x in rows if x["kind"] == "sdpa_bf16"}
     print(f"\n{result['device']}  torch {result['torch']}  triton {result['triton']}  "

@@ -15,7 +15,7 @@ ln -sfn "$PWD/reference" /tmp/shim/turboquant/reference
 ln -sfn "$PWD/triton_impl" /tmp/shim/turboquant/triton_impl
 ln -sfn "$PWD/conformance" /tmp/shim/turboquant/conformance
 ln -sfn "$PWD/vllm_integration" /tmp/shim/turboquant/vllm_integration
-export PYTHONPATH=/tmp/shim
+export PYTHONPATH=/tmp/shim${PYTHONPATH:+:$PYTHONPATH}
 [ -f "$PWD/.tritoncache/cache.tgz" ] && mkdir -p ~/.triton && tar xzf .tritoncache/cache.tgz -C ~/.triton
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw --format=csv
 python3 -c "import torch, triton, numpy, turboquant.triton_impl as t; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, t.__file__)"
