@@ -122,3 +122,9 @@ def test_train_document_queries_every_needle():
 
 def test_encode_bytes():
     assert encode_bytes(b"ab") == [BOS_ID, 97, 98] and encode_bytes(b"ab", bos=False) == [97, 98]
+
+
+def test_spread_windows_cover_the_corpus():
+    ids = np.arange(1000, dtype=np.int16)
+    w = corpus.windows(ids, 11, 4, BOS_ID, spread=True)
+    assert w[0, 1] == 0 and w[-1, -1] == 999 and (np.diff(w[:, 1]) >= 10).all()

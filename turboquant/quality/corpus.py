@@ -98,15 +98,20 @@ def load_corpus(split: str, root: str | None = None, max_bytes: int | None = Non
     return Corpus(split, root, tuple(files), np.concatenate(parts), manifest.hexdigest())
 
 
-def windows(ids: np.ndarray, length: int, count: int, bos: int | None) -> np.ndarray:
-    """``count`` consecutive non-overlapping windows [count, length] from the start of
-    ``ids``, each starting with ``bos`` (when given) followed by length-1 (or length) tokens."""
+def windows(ids: np.ndarray, length: int, count: int, bos: int | None, spread: bool = False) -> np.ndarray:
+    """``count`` windows [count, length] of ``ids``, each ``bos`` (when given) followed by
+    length-1 (or length) tokens: consecutive from the start, or with ``spread`` evenly spaced
+    over the whole of ``ids`` (non-overlapping either way)."""
     body = length - (bos is not None)
     if length < 2 or count < 1:
         raise ValueError(f"length={length} must be >= 2 and count={count} >= 1")
     if count * body > ids.size:
         raise ValueError(f"corpus has {ids.size} tokens, fewer than count*{body}={count * body} needed")
-    w = np.asarray(ids[: count * body], np.int64).reshape(count, body)
+    if spread:
+        starts = np.linspace(0, ids.size - body, count).astype(np.int64)
+    else:
+        starts = np.arange(count, dtype=np.int64) * body
+    w = np.asarray(ids, np.int64)[starts[:, None] + np.arange(body)[None, :]]
     if bos is not None:
         w = np.concatenate([np.full((count, 1), bos, np.int64), w], axis=1)
     return w

@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--codecs", default=",".join(default_codecs()),
                    help="comma-separated: fp32, bf16, fp8_e4m3, preset names, tq2.5+cal, tq3.5+cal")
     p.add_argument("--context", type=int, default=512, help="perplexity / fidelity window length")
-    p.add_argument("--windows", type=int, default=8, help="held-out perplexity windows")
+    p.add_argument("--windows", type=int, default=16, help="held-out perplexity windows")
     p.add_argument("--batch", type=int, default=8, help="windows per forward")
     p.add_argument("--fidelity-windows", type=int, default=1, help="held-out windows for attention fidelity")
     p.add_argument("--calib-windows", type=int, default=2, help="training-split windows for calibration")
@@ -108,12 +108,13 @@ def run(args) -> dict:
     model = load_model(args.model)
     cfg = model.config
     head_size = cfg.head_dim
-    tr = corpus.load_corpus("train", args.stdlib, max_bytes=4 * args.calib_windows * args.context + 1)
+    tr = corpus.load_corpus("train", args.stdlib)
     ev = corpus.load_corpus("eval", args.stdlib)
     n_ppl = min(args.windows, ev.ids.size // args.context)
-    ppl_windows = corpus.windows(ev.ids, args.context, n_ppl, BOS_ID)
-    fid_windows = ppl_windows[: args.fidelity_windows]
-    calib_windows = corpus.windows(tr.ids, args.context, args.calib_windows, BOS_ID)
+    ppl_windows = corpus.windows(ev.ids, args.context, n_ppl, BOS_ID, spread=True)
+    # fidelity: windows spread over the held-out text too, a subset of the perplexity windows
+    fid_windows = ppl_windows[np.linspace(0, n_ppl - 1, min(args.fidelity_windows, n_ppl)).astype(int)]
+    calib_windows = corpus.windows(tr.ids, args.context, args.calib_windows, BOS_ID, spread=True)
 
     log = lambda msg: print(f"[{time.time() - t_start:6.1f}s] {msg}", flush=True)  # noqa: E731
     calib_acts = activations.capture(model, calib_windows)
@@ -156,7 +157,8 @@ def run(args) -> dict:
         "model_config": {"layers": cfg.num_hidden_layers, "q_heads": cfg.num_attention_heads,
                          "kv_heads": cfg.num_key_value_heads, "head_size": head_size},
         "eval_data": {"stdlib_root": ev.root, "files": len(ev.files), "bytes": ev.n_bytes,
-                      "manifest_sha256": ev.manifest_sha256, "ppl_windows": n_ppl, "context": args.context},
+                      "manifest_sha256": ev.manifest_sha256, "ppl_windows": n_ppl, "context": args.context,
+                      "windows": "evenly spaced over the held-out text"},
         "calibration_data": {"split": "train", "windows": args.calib_windows, "manifest_sha256": tr.manifest_sha256},
         "calibration": {p: {str(layer): {"key": list(k), "value": list(v)} for layer, (k, v) in c.items()}
                         for p, c in calibration.items()},
@@ -186,8 +188,8 @@ def format_report(rep: dict) -> str:
             acc = r.get("retrieval", {}).get("by_context", {}).get(c)
             row += f" {acc:11.3f}" if acc is not None else f" {'-':>11s}"
         lines.append(row)
-    lines.append("(dPPL ± paired standard error over windows; attn rel err / KL / top8: mean over layers and KV heads;"
-                 " needle@L: share of needle tasks of context L solved)")
+    lines.append("(dPPL ± paired standard error over windows; attn rel err / KL / top8: mean over layers and KV heads"
+                 + ("; needle@L: share of needle tasks of context L solved)" if ret_ctx else ")"))
     layers = sorted({f["layer"] for f in rep["results"][0]["fidelity"]})
     lines += ["", "attention output relative error per layer (mean over KV heads)",
               f"{'codec':12s} " + " ".join(f"{'L' + str(i):>7s}" for i in layers)]
