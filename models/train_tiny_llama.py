@@ -8,7 +8,7 @@ hash) mixed with generated long-range retrieval documents (key/value needles
 planted early and asked for at the end), so that it has real induction /
 retrieval heads.  Nothing is downloaded and the text is never committed.
 
-    python models/train_tiny_llama.py --out models/tiny-llama --eval        # the committed run (H200)
+    python models/train_tiny_llama.py --out /tmp/tl --eval                  # the committed run (one H200, 250 s)
     python models/train_tiny_llama.py --smoke --out /tmp/tiny --eval        # CPU, seconds: checks the recipe
 
 It writes fp16 safetensors, config, tokenizer (Hugging Face format, loadable
@@ -43,7 +43,7 @@ from turboquant.quality.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, bui
 MAX_SAFETENSORS_BYTES = 30 * 1000 * 1000
 
 FULL = dict(hidden=512, intermediate=1024, layers=6, heads=4, kv_heads=2, head_dim=128, context=2048,
-            batch=64, lr=2e-3, time_budget=270.0, max_steps=100_000, retrieval_frac=0.3, log_every=50,
+            batch=64, lr=2e-3, time_budget=250.0, max_steps=100_000, retrieval_frac=0.3, log_every=50,
             corpus_bytes=0, ppl_windows=128, retrieval_trials=40, contexts="256,512,1024,2048",
             depths="0,0.25,0.5,0.75,1")
 SMOKE = dict(hidden=128, intermediate=128, layers=2, heads=2, kv_heads=1, head_dim=64, context=128,
