@@ -1,0 +1,172 @@
+"""End-to-end comparison through vLLM on one model: KV capacity, quality, decode throughput.
+
+For each config (bf16, fp8, vLLM's built-in TurboQuant presets, our presets) one engine is built
+with the same settings and measured on the same held-out data:
+
+* KV capacity: vLLM's ``num_gpu_blocks x block_size`` tokens at the same memory fraction;
+* perplexity of held-out text windows (prompt logprobs), scored on positions >= CHUNK so that
+  every scored token attends a history that went through the cache in every config (prefill is
+  chunked at CHUNK tokens; vLLM's TurboQuant attends exact K/V inside a first chunk only);
+* needle retrieval accuracy by context length and depth (greedy answers, held-out tasks);
+* decode throughput: output tokens per second for NSEQ greedy sequences.
+
+    python benchmarks/e2e_vllm.py --model models/tiny-llama --out e2e.json
+        [--configs bf16,fp8,turboquant_4bit_nc,turboquant_3bit_nc,tq4,tq3,tq3_qjl]
+
+Needs vLLM (on the GPU machine: tools/gpu-vllm) and this package installed (the plugin).
+Writes one JSON line per config as it goes (partial results survive a timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+
+import numpy as np
+
+from turboquant import format as tqf
+
+CHUNK = 128  # max_num_batched_tokens: prefill chunk size (= vLLM TurboQuant's continuation threshold)
+VLLM_TQ = ("turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc", "turboquant_3bit_nc")
+
+
+def engine_kwargs(config: str, model: str, args) -> dict:
+    kw = dict(model=model, dtype="bfloat16", max_model_len=args.max_len, max_num_seqs=args.nseq,
+              max_num_batched_tokens=CHUNK, enable_chunked_prefill=True, enable_prefix_caching=False,
+              gpu_memory_utilization=args.mem, enforce_eager=args.eager, seed=0)
+    if config == "bf16":
+        pass
+    elif config == "fp8":
+        kw["kv_cache_dtype"] = "fp8"
+    elif config in VLLM_TQ:
+        kw["kv_cache_dtype"] = config
+    else:
+        tqf.get_preset(config)
+        kw.update(attention_backend="CUSTOM", additional_config={"turboquant": {"preset": config}})
+    return kw
+
+
+def bytes_per_token_head(config: str, head_size: int, num_layers: int, skipped: int) -> float:
+    """Average stored bytes per token per KV head over the model's layers."""
+    if config == "bf16":
+        return 4 * head_size
+    if config == "fp8":
+        return 2 * head_size
+    if config in VLLM_TQ:
+        from vllm.model_executor.layers.quantization.turboquant.config import TQ_PRESETS, TurboQuantConfig
+
+        p = TQ_PRESETS[config]
+        slot = TurboQuantConfig(head_dim=head_size, key_quant_bits=p["key_quant_bits"],
+                                value_quant_bits=p["value_quant_bits"]).slot_size_aligned
+        return (skipped * 4 * head_size + (num_layers - skipped) * slot) / num_layers
+    return tqf.LayerFormat(tqf.get_preset(config), head_size).slot_bytes
+
+
+def measure(config: str, args, text_ids, tasks) -> dict:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    t0 = time.time()
+    llm = LLM(**engine_kwargs(config, args.model, args))
+    start_s = time.time() - t0
+    vc = llm.llm_engine.vllm_config
+    cc = vc.cache_config
+    hf = vc.model_config.hf_config
+    row = {"config": config, "engine_start_s": round(start_s, 1), "num_blocks": int(cc.num_gpu_blocks),
+           "block_size": int(cc.block_size), "kv_tokens": int(cc.num_gpu_blocks) * int(cc.block_size),
+           "skipped_layers": list(getattr(cc, "kv_cache_dtype_skip_layers", []) or [])}
+    row["bytes_per_token_per_kv_head"] = bytes_per_token_head(
+        config, hf.head_dim, hf.num_hidden_layers, len(row["skipped_layers"]) if config in VLLM_TQ else 0)
+
+    # perplexity on held-out windows, positions >= CHUNK
+    from turboquant.quality import corpus
+    from turboquant.quality.needles import BOS_ID
+
+    wins = corpus.windows(text_ids, args.window, args.windows, BOS_ID, spread=True)
+    prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in w]) for w in wins]
+    sp = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+    t0 = time.time()
+    outs = llm.generate(prompts, sp, use_tqdm=False)
+    nll = []
+    for p, o in zip(prompts, outs):
+        ids = p["prompt_token_ids"]
+        for pos in range(CHUNK, len(ids)):
+            nll.append(-o.prompt_logprobs[pos][ids[pos]].logprob)
+    row["ppl"] = float(np.exp(np.mean(nll)))
+    row["ppl_tokens"] = len(nll)
+    row["ppl_s"] = round(time.time() - t0, 1)
+
+    # retrieval
+    from turboquant.quality.needles import VALUE_LEN
+
+    sp = SamplingParams(max_tokens=VALUE_LEN, temperature=0.0)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=[int(t) for t in task.ids[:-VALUE_LEN]]) for task in tasks],
+                        sp, use_tqdm=False)
+    acc: dict = {}
+    for task, o in zip(tasks, outs):
+        ok = list(o.outputs[0].token_ids[:VALUE_LEN]) == [int(t) for t in task.answer]
+        acc.setdefault(str(task.context), {}).setdefault(str(task.depth), []).append(ok)
+    row["retrieval"] = {c: {d: float(np.mean(v)) for d, v in ds.items()} for c, ds in acc.items()}
+    row["retrieval_mean"] = float(np.mean([o for ds in acc.values() for v in ds.values() for o in v]))
+
+    # decode throughput
+    prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in wins[0][:32]])] * args.nseq
+    sp = SamplingParams(max_tokens=args.gen, temperature=0.0, ignore_eos=True)
+    llm.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)  # warm-up
+    t0 = time.time()
+    outs = llm.generate(prompts, sp, use_tqdm=False)
+    dt = time.time() - t0
+    row["decode_tokens_per_s"] = round(sum(len(o.outputs[0].token_ids) for o in outs) / dt, 1)
+    row["greedy_tokens"] = [list(o.outputs[0].token_ids[:64]) for o in outs[:1]]
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:
+        pass
+    del llm
+    gc.collect()
+    try:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+    except Exception:
+        pass
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="models/tiny-llama")
+    ap.add_argument("--configs", default="bf16,fp8,turboquant_4bit_nc,turboquant_3bit_nc,tq4,tq3,tq3_qjl")
+    ap.add_argument("--out", default="e2e.jsonl")
+    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--window", type=int, default=1024)
+    ap.add_argument("--contexts", default="512,1024,2000")
+    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--nseq", type=int, default=64)
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--max-len", type=int, default=2048)
+    ap.add_argument("--mem", type=float, default=0.25)
+    ap.add_argument("--eager", action="store_true")
+    args = ap.parse_args(argv)
+    from turboquant.quality import corpus
+    from turboquant.quality.retrieval import EVAL_SEED, eval_grid
+
+    text = corpus.load_corpus("eval").ids
+    tasks = eval_grid(EVAL_SEED, text, [int(c) for c in args.contexts.split(",")], [0.0, 0.25, 0.5, 0.75, 1.0],
+                      args.trials)
+    with open(args.out, "a") as f:
+        for config in args.configs.split(","):
+            try:
+                row = measure(config, args, text, tasks)
+            except Exception as e:  # recorded, never replaced by numbers
+                row = {"config": config, "error": repr(e)[:2000]}
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            print(json.dumps({k: v for k, v in row.items() if k not in ("retrieval", "greedy_tokens")}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
