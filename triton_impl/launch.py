@@ -4,14 +4,13 @@ CUDA-graph safe), tile sizes and the split + merge launches."""
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 
 from turboquant.triton_impl.attn_core import _merge_kernel, _split_kernel, acc_width, merge_meta, split_meta
-from turboquant.triton_impl.params import KernelParams, MIN_DOT, next_pow2
+from turboquant.triton_impl.params import MIN_DOT, KernelParams, next_pow2
 from turboquant.triton_impl.query import query_layout
 
 MERGE_BH = 16
@@ -80,7 +79,8 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
         qbuf, words, block_table, block_table.stride(0), seq_lens, qsl, cu_tiles, block_table.shape[0],
         part_acc, part_ml, words.stride(0), words.stride(1), words.stride(2),
         k_cent, v_cent, float(sm_scale), cache.shape[2], num_q_heads, num_splits,
-        DECODE=decode, LOOKUP=cfg.lookup if (m["CB_SYMMETRIC"] and not f32dot) else 0, G=g, GP=gp, BQ=bq, RP=rp, BT=bt, F32DOT=f32dot,
+        DECODE=decode, LOOKUP=cfg.lookup if (m["CB_SYMMETRIC"] and not f32dot) else 0,
+        G=g, GP=gp, BQ=bq, RP=rp, BT=bt, F32DOT=f32dot,
         DACC=dacc, **query_layout(params), **split_meta(params),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

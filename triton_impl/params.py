@@ -105,7 +105,7 @@ class KernelParams:
         return self.fmt.slot_bytes
 
     @classmethod
-    def build(cls, fmt: tqf.LayerFormat, device) -> "KernelParams":
+    def build(cls, fmt: tqf.LayerFormat, device) -> KernelParams:
         if not isinstance(fmt, tqf.LayerFormat):
             raise TypeError(f"fmt must be a turboquant.format.LayerFormat, got {type(fmt).__name__}")
         device = torch.device(device)

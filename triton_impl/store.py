@@ -376,7 +376,8 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
         n, cache.shape[2], h,
         params.k_rot, params.k_bnd, params.k_cent, params.k_qjl, params.k_chan,
         params.v_rot, params.v_bnd, params.v_cent, params.v_chan,
-        BT=block_tokens, DEBUG_Y=debug_rotated is not None, INTERP=INTERPRET and not _FORCE_RELOAD, num_warps=num_warps, **store_meta(params),
+        BT=block_tokens, DEBUG_Y=debug_rotated is not None, INTERP=INTERPRET and not _FORCE_RELOAD,
+        num_warps=num_warps, **store_meta(params),
     )
 
 

@@ -22,7 +22,12 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
 from turboquant.triton_impl import (  # noqa: E402
-    KernelParams, decode_attention, dequantize, dequantize_slots, paged_attention, store_kv,
+    KernelParams,
+    decode_attention,
+    dequantize,
+    dequantize_slots,
+    paged_attention,
+    store_kv,
 )
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
