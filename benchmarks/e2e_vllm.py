@@ -20,7 +20,6 @@ Writes one JSON line per config as it goes (partial results survive a timeout).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import time
 
@@ -120,18 +119,9 @@ def measure(config: str, args, text_ids, tasks) -> dict:
     dt = time.time() - t0
     row["decode_tokens_per_s"] = round(sum(len(o.outputs[0].token_ids) for o in outs) / dt, 1)
     row["greedy_tokens"] = [list(o.outputs[0].token_ids[:64]) for o in outs[:1]]
-    try:
-        llm.llm_engine.engine_core.shutdown()
-    except Exception:
-        pass
-    del llm
-    gc.collect()
-    try:
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    from turboquant.vllm_integration.compat import shutdown_llm
 
-        cleanup_dist_env_and_memory()
-    except Exception:
-        pass
+    shutdown_llm(llm)
     return row
 
 

@@ -131,3 +131,23 @@ def layer_module(vllm_config, layer_name: str):
     """The Attention module registered under ``layer_name`` (or None)."""
     ctx = getattr(vllm_config.compilation_config, "static_forward_context", {}) or {}
     return ctx.get(layer_name)
+
+
+def shutdown_llm(llm) -> None:
+    """Stop an ``LLM``'s engine core and free its device memory and process group, so the
+    next engine in the same process starts clean (tests and benchmarks build several)."""
+    import gc
+
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:  # older/newer engine layouts: nothing to stop
+        pass
+    del llm
+    gc.collect()
+    try:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+    except Exception:
+        pass
+    gc.collect()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 
 
@@ -57,19 +56,9 @@ def llm_kwargs(model_dir: str, *, backend: str = "turboquant", preset: str = PRE
 
 
 def shutdown_llm(llm) -> None:
-    try:
-        llm.llm_engine.engine_core.shutdown()
-    except Exception:
-        pass
-    del llm
-    gc.collect()
-    try:
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    from turboquant.vllm_integration.compat import shutdown_llm as _shutdown
 
-        cleanup_dist_env_and_memory()
-    except Exception:
-        pass
-    gc.collect()
+    _shutdown(llm)
 
 
 class EnginePool:
