@@ -70,23 +70,29 @@ def cases(scale: str = "small") -> list[Case]:
     return out
 
 
+def paged_layout(rng: np.random.Generator, seq_lens, block_size: int, spare: int = 0):
+    """A random permuted block table for sequences of ``seq_lens`` tokens and the slot
+    mapping of all their tokens in order: (num_blocks, block_table [B, max_blocks] int32,
+    slot_mapping [sum(seq_lens)] int64).  ``spare`` extra blocks stay unused."""
+    blocks_per_seq = [-(-L // block_size) for L in seq_lens]
+    num_blocks = sum(blocks_per_seq) + spare
+    perm = rng.permutation(num_blocks)
+    block_table = np.zeros((len(seq_lens), max(blocks_per_seq)), np.int32)
+    slots, start = [], 0
+    for b, (L, nb) in enumerate(zip(seq_lens, blocks_per_seq)):
+        block_table[b, :nb] = perm[start:start + nb]
+        start += nb
+        pos = np.arange(L)
+        slots.append(block_table[b, pos // block_size].astype(np.int64) * block_size + pos % block_size)
+    return num_blocks, block_table, np.concatenate(slots)
+
+
 def make_inputs(case: Case) -> dict:
     """Random K/V with per-channel scales (outlier channels like real keys),
     queries, a random permuted block table and a padded slot mapping."""
     rng = np.random.default_rng(case.seed)
     d, h, bs = case.head_size, case.num_kv_heads, case.block_size
-    blocks_per_seq = [-(-L // bs) for L in case.seq_lens]
-    num_blocks = sum(blocks_per_seq) + 3  # spare blocks stay untouched
-    perm = rng.permutation(num_blocks)
-    max_blocks = max(blocks_per_seq)
-    block_table = np.zeros((len(case.seq_lens), max_blocks), np.int32)
-    slots, start = [], 0
-    for b, (L, nb) in enumerate(zip(case.seq_lens, blocks_per_seq)):
-        block_table[b, :nb] = perm[start:start + nb]
-        start += nb
-        pos = np.arange(L)
-        slots.append(block_table[b, pos // bs].astype(np.int64) * bs + pos % bs)
-    slot_mapping = np.concatenate(slots)
+    num_blocks, block_table, slot_mapping = paged_layout(rng, case.seq_lens, bs, spare=3)
     n = slot_mapping.size
     pad_at = np.sort(rng.integers(0, n + 1, case.pad_slots))
     slot_mapping = np.insert(slot_mapping, pad_at, -1)

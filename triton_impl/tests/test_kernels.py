@@ -15,6 +15,7 @@ import torch
 
 from turboquant import format as tqf
 from turboquant import reference as ref
+from turboquant.conformance.cases import paged_layout
 from turboquant.conformance.compare import compare_slots, rel_err
 from turboquant.reference.cache import gather_tokens
 
@@ -122,17 +123,7 @@ def test_odd_head_sizes_store_and_attention(preset, d):
 
 
 def _paged_case(fmt, seq_lens, h, g, bs, rng, dtype=np.float16):
-    nblk = [-(-L // bs) for L in seq_lens]
-    nb = sum(nblk) + 2
-    perm = rng.permutation(nb)
-    bt = np.zeros((len(seq_lens), max(nblk)), np.int32)
-    slots, s = [], 0
-    for b, (L, k) in enumerate(zip(seq_lens, nblk)):
-        bt[b, :k] = perm[s:s + k]
-        s += k
-        pos = np.arange(L)
-        slots.append(bt[b, pos // bs].astype(np.int64) * bs + pos % bs)
-    slots = np.concatenate(slots)
+    nb, bt, slots = paged_layout(rng, seq_lens, bs, spare=2)
     d = fmt.head_size
     key = (rng.standard_normal((slots.size, h, d)) * 1.3).astype(dtype).astype(np.float32)
     value = rng.standard_normal((slots.size, h, d)).astype(dtype).astype(np.float32)
