@@ -59,6 +59,17 @@ def store_case(draw, small: bool):
     v = (rng.standard_normal((n, h, d)) * scale).astype(np.float32)
     k = k.astype(np.float16).astype(np.float32)  # exact in fp16: every implementation sees the same input
     v = v.astype(np.float16).astype(np.float32)
+    # bad numerics in one (token, head) of K or V: SPEC §8 encodes that tensor of that token alone
+    poison = draw(st.sampled_from([None, "nan", "inf", "-inf", "huge", "zero", "denormal"]))
+    if poison is not None:
+        t, hh, ch = rng.integers(n), rng.integers(h), rng.integers(d)
+        x = k if draw(st.booleans()) else v
+        if poison == "zero":
+            x[t, hh] = 0.0
+        elif poison == "denormal":
+            x[t, hh] = 1e-40
+        else:
+            x[t, hh, ch] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "huge": 3e38}[poison]
     return fmt, nb, bs, h, k, v, slots, seed
 
 
@@ -76,7 +87,7 @@ def test_store_touches_only_its_slots_and_matches_reference(impl):
         written = np.zeros(garbage.shape[:3], bool)
         written[slots[keep] // bs, :, slots[keep] % bs] = True
         assert np.array_equal(after[~written], garbage[~written])
-        if keep.any():
+        if keep.any():  # every written slot (the poisoned one and its neighbours) as the reference
             rep = compare_slots(after[slots[keep] // bs, :, slots[keep] % bs], k[keep], v[keep], fmt)
             assert rep.ok, rep
 

@@ -60,6 +60,18 @@ def test_cli_rejects_non_integer(capsys):
     assert e.value.code == 2 and "--dim must be an integer" in capsys.readouterr().err
 
 
-def test_demo_quick(capsys):
-    code, out, _ = run(capsys, "demo", "--quick")
+def test_report_quick(capsys):
+    code, out, _ = run(capsys, "report", "--quick")
     assert code == 0 and "Presets" in out and "attn_rel_err" in out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--configs", "bf16,tq9"], "'tq9' is not supported"),
+    (["--configs", "tq2.5"], "outlier-channel split"),
+    (["--configs", ""], "at least one config"),
+    (["--prompts", "0"], "prompts=0 must be a positive integer"),
+    (["--dtype", "float64"], "dtype='float64' is not supported"),
+])
+def test_demo_rejects_bad_options(capsys, args, needle):
+    code, _, err = run(capsys, "demo", "--model", ".", *args)
+    assert code == 2 and needle in err

