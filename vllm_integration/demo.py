@@ -6,12 +6,15 @@ memory) and measured on the same prompts (held-out Python standard-library text,
 model can be fed):
 
 * KV capacity: vLLM's ``num_gpu_blocks x block_size`` tokens in that memory, and the ratio to bf16;
+* perplexity of the prompts (each token scored given the ones before it, through the cache) and
+  next-token agreement with bf16: the fraction of prompt positions whose top-1 prediction equals
+  bf16's (teacher-forced, so one early difference does not decide the rest);
 * greedy agreement with bf16: the mean fraction of each prompt's generated tokens that match
-  bf16's before the first divergence, and how many outputs are identical;
+  bf16's before the first divergence, and how many outputs are identical (free generation: on a
+  small byte-level model, positions with two near-equal candidates make this the harshest column);
 * generation throughput: output tokens per second of one batched ``generate`` call (prefill
-  included), after a warm-up.  On a CPU the TurboQuant kernels run under the Triton interpreter
-  (``TRITON_INTERPRET=1``), so there the throughput column says nothing about GPU speed; the
-  table says so.
+  included), after a warm-up.  On a CPU TurboQuant runs its NumPy reference path (the plugin's
+  "auto" choice there), so the throughput column says nothing about GPU speed; the table says so.
 
     turboquant demo                                   # built-in model (models/tiny-llama)
     turboquant demo --model /path/to/hf-model --configs bf16,fp8,tq4,tq3
@@ -20,6 +23,7 @@ model can be fed):
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -28,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from turboquant import format as tqf
 
 DEFAULT_CONFIGS = ("bf16", "tq4", "k4v3", "tq3")
+SCORE_FROM = 32  # perplexity / next-token agreement over prompt positions >= this (some history)
 BASELINES = ("bf16", "fp8")  # vLLM's own caches (fp8: kv_cache_dtype="fp8")
 BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32; every backend here accepts it
 
@@ -68,7 +73,7 @@ def check_config(config: str) -> None:
 class DemoSettings:
     model: str
     configs: tuple[str, ...] = DEFAULT_CONFIGS
-    prompts: int = 4
+    prompts: int = 8
     prompt_chars: int = 600
     max_tokens: int = 32
     max_model_len: int = 1024
@@ -100,7 +105,10 @@ class DemoRow:
     generate_s: float
     output_tokens: int
     tokens: list = field(default_factory=list, repr=False)
+    ppl: float = float("nan")
+    top1: list = field(default_factory=list, repr=False)  # teacher-forced top-1 ids per scored position
     capacity_x: float | None = None
+    next_token_agreement: float | None = None
     agreement: float | None = None
     identical: int | None = None
 
@@ -157,14 +165,23 @@ def run_config(config: str, s: DemoSettings, prompts: list[str]) -> DemoRow:
         hf = vc.model_config.hf_config
         head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
         sp = SamplingParams(temperature=0.0, max_tokens=s.max_tokens, ignore_eos=True)
-        llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True), use_tqdm=False)
+        scored = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1),
+                              use_tqdm=False)  # also the warm-up
+        nll, top1 = [], []
+        for o in scored:
+            ids = o.prompt_token_ids
+            for pos in range(min(SCORE_FROM, len(ids) - 1), len(ids)):
+                lp = o.prompt_logprobs[pos]
+                nll.append(-lp[ids[pos]].logprob)
+                top1.append(max(lp.items(), key=lambda kv: kv[1].logprob)[0])
         t0 = time.perf_counter()
         outs = llm.generate(prompts, sp, use_tqdm=False)
         gen_s = time.perf_counter() - t0
         tokens = [list(o.outputs[0].token_ids) for o in outs]
         return DemoRow(config=config, kv_tokens=int(vc.cache_config.num_gpu_blocks) * int(vc.cache_config.block_size),
                        bytes_per_token_per_kv_head=bytes_per_token(config, head), engine_start_s=round(start_s, 1),
-                       generate_s=gen_s, output_tokens=sum(len(t) for t in tokens), tokens=tokens)
+                       generate_s=gen_s, output_tokens=sum(len(t) for t in tokens), tokens=tokens,
+                       ppl=math.exp(sum(nll) / max(len(nll), 1)), top1=top1)
     finally:
         shutdown_llm(llm)
 
@@ -188,23 +205,29 @@ def compare_to_baseline(rows: list[DemoRow]) -> None:
     for r in rows:
         r.capacity_x = r.kv_tokens / base.kv_tokens
         r.agreement, r.identical = agreement(r.tokens, base.tokens)
+        same = [a == b for a, b in zip(r.top1, base.top1)]
+        r.next_token_agreement = sum(same) / max(len(same), 1)
 
 
 def format_table(rows: list[DemoRow], s: DemoSettings, device: str) -> str:
     lines = [f"model {s.model} on {device}; {s.prompts} prompts of {s.prompt_chars} characters, "
              f"{s.max_tokens} greedy tokens each",
-             "| config | bytes/token/KV head | KV capacity (tokens) | vs bf16 | greedy agreement with bf16 "
-             "| identical outputs | tokens/s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| config | bytes/token/KV head | KV capacity (tokens) | vs bf16 | PPL | next-token agreement "
+             "| greedy agreement | identical outputs | tokens/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cap = f"{r.capacity_x:.2f}x" if r.capacity_x is not None else "-"
         agr = f"{100 * r.agreement:.0f}%" if r.agreement is not None else "-"
         ide = f"{r.identical}/{len(r.tokens)}" if r.identical is not None else "-"
-        lines.append(f"| {r.config} | {r.bytes_per_token_per_kv_head:.0f} | {r.kv_tokens:,} | {cap} | {agr} | {ide} "
-                     f"| {r.tokens_per_s:.1f} |")
+        nta = f"{100 * r.next_token_agreement:.1f}%" if r.next_token_agreement is not None else "-"
+        lines.append(f"| {r.config} | {r.bytes_per_token_per_kv_head:.0f} | {r.kv_tokens:,} | {cap} | {r.ppl:.3f} "
+                     f"| {nta} | {agr} | {ide} | {r.tokens_per_s:.1f} |")
+    lines.append(f"PPL and next-token agreement (top-1 equal to bf16's): prompt positions >= {SCORE_FROM}, "
+                 "teacher-forced; greedy agreement: mean fraction of generated tokens before the first "
+                 "difference from bf16.")
     if device == "cpu":
-        lines.append("CPU: the TurboQuant kernels ran under the Triton interpreter, so tokens/s compares an "
-                     "interpreter with vLLM's native CPU attention; GPU speed is in BENCHMARKS.md.")
+        lines.append("CPU: TurboQuant ran its NumPy reference path (store/attention_impl 'auto' on a CPU), "
+                     "so tokens/s is not the speed of the GPU kernels; that is in BENCHMARKS.md.")
     return "\n".join(lines)
 
 
