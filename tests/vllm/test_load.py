@@ -63,7 +63,8 @@ def load_run(tiny_model, engines):
     pool_bytes = POOL_BLOCKS * NUM_LAYERS * fmt.page_bytes(BLOCK_SIZE, NUM_KV_HEADS)
     # store/attention "auto", what users get: the Triton kernels on a GPU, the NumPy reference on
     # a CPU (the kernels' CPU-interpreter runs are in test_engine / test_faults)
-    llm = engines.get(**llm_kwargs(tiny_model, preset=preset, store="auto", attention="auto", dtype="float32", max_model_len=MAX_MODEL_LEN,
+    llm = engines.get(**llm_kwargs(tiny_model, preset=preset, store="auto", attention="auto", dtype="float32",
+                                   max_model_len=MAX_MODEL_LEN,
                                    max_num_seqs=MAX_SEQS, kv_cache_memory_bytes=pool_bytes,
                                    disable_log_stats=False))
     llm.reset_prefix_cache()
