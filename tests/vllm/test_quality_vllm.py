@@ -8,14 +8,12 @@ must fall with the bytes, and the 4-bit preset must stay close to bf16.
 
 from __future__ import annotations
 
-
 import pytest
 
 pytest.importorskip("vllm")
 from tq_helpers import KV_BYTES  # noqa: E402
 
-from turboquant.vllm_integration.demo import DemoSettings, builtin_model, compare_to_baseline  # noqa: E402
-from turboquant.vllm_integration.demo import prompt_texts, run_config  # noqa: E402
+from turboquant.vllm_integration import demo  # noqa: E402
 
 CONFIGS = ("bf16", "tq4", "tq3", "tq2")
 
@@ -23,14 +21,14 @@ CONFIGS = ("bf16", "tq4", "tq3", "tq2")
 @pytest.fixture(scope="module")
 def rows():
     try:
-        model = builtin_model()
+        model = demo.builtin_model()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    s = DemoSettings(model=model, configs=CONFIGS, prompts=6, prompt_chars=400, max_tokens=1, max_model_len=512,
+    s = demo.DemoSettings(model=model, configs=CONFIGS, prompts=6, prompt_chars=400, max_tokens=1, max_model_len=512,
                      kv_mib=KV_BYTES >> 20)
-    prompts = prompt_texts(s.prompts, s.prompt_chars, seed=11)
-    out = [run_config(c, s, prompts) for c in CONFIGS]
-    compare_to_baseline(out)
+    prompts = demo.prompt_texts(s.prompts, s.prompt_chars, seed=11)
+    out = [demo.run_config(c, s, prompts) for c in CONFIGS]
+    demo.compare_to_baseline(out)
     print("\n" + "\n".join(f"{r.config}: PPL {r.ppl:.3f} next-token agreement {r.next_token_agreement:.3f}"
                            for r in out))
     return {r.config: r for r in out}
