@@ -1,0 +1,99 @@
+"""A hybrid model: TurboQuant compresses the full-attention layers, vLLM's own backend keeps the
+linear-attention (gated delta-net) layers, and the pool still grows by the byte ratio.
+
+vLLM sizes hybrid pages so that an attention block and a linear-attention state share one page
+size (it raises the attention block size), so the check is on tokens: blocks x block_size.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm")
+pytest.importorskip("transformers", minversion="4.57")  # Qwen3-Next
+from tq_helpers import KV_BYTES, ON_CUDA  # noqa: E402
+
+from turboquant import format as tqf  # noqa: E402
+from turboquant.conformance.compare import compare_slots  # noqa: E402
+from turboquant.vllm_integration import debug  # noqa: E402
+from turboquant.vllm_integration.compat import shutdown_llm  # noqa: E402
+
+PRESET = "tq3"
+PROMPTS = [[1] + list(range(5, 5 + n)) for n in (6, 40)]
+
+
+@pytest.fixture(scope="module")
+def hybrid_model(tmp_path_factory):
+    from tiny_model import build_tiny_hybrid
+
+    return build_tiny_hybrid(str(tmp_path_factory.mktemp("tiny_hybrid")))
+
+
+def _run(model, engines, turboquant: bool):
+    from vllm import LLM, SamplingParams
+
+    engines.close()
+    kw = dict(model=model, dtype="bfloat16", max_model_len=256, max_num_seqs=2, enforce_eager=True, seed=0)
+    kw.update({"gpu_memory_utilization": 0.3} if ON_CUDA else {"kv_cache_memory_bytes": KV_BYTES})
+    if turboquant:
+        kw.update(attention_backend="CUSTOM", additional_config={"turboquant": {"preset": PRESET}})
+    try:
+        llm = LLM(**kw)
+    except Exception as e:  # a platform without a linear-attention backend for this model
+        if not turboquant and "head dim" in str(e).lower():
+            pytest.skip(f"vLLM cannot serve the tiny hybrid model here: {e}")
+        raise
+    try:
+        cc = llm.llm_engine.vllm_config.cache_config
+        events = []
+
+        def record(ev, d):
+            snap = None
+            if ev == "store":
+                cache, sm = d["kv_cache"], d["slot_mapping"].long()
+                keep = sm >= 0
+                idx, bs = sm[keep], cache.shape[2]
+                snap = dict(slots=cache[idx // bs, :, idx % bs].cpu().numpy(),
+                            key=d["key"][keep].float().cpu().numpy(), value=d["value"][keep].float().cpu().numpy())
+            events.append((ev, d["layer_name"], d.get("fmt"), snap))
+
+        with debug.recording(record):
+            outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS],
+                                SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+        return dict(tokens=int(cc.num_gpu_blocks) * int(cc.block_size), events=events,
+                    outs=[list(o.outputs[0].token_ids) for o in outs])
+    finally:
+        shutdown_llm(llm)
+
+
+@pytest.fixture(scope="module")
+def runs(hybrid_model, engines):
+    return _run(hybrid_model, engines, False), _run(hybrid_model, engines, True)
+
+
+def test_only_full_attention_layers_are_compressed(runs):
+    base, tq = runs
+    assert not base["events"]
+    layers = {name for _, name, _, _ in tq["events"]}
+    assert layers == {"model.layers.1.self_attn.attn", "model.layers.3.self_attn.attn"}, layers
+
+
+def test_stored_bytes_match_reference(runs):
+    _, tq = runs
+    stores = [(fmt, s) for ev, _, fmt, s in tq["events"] if ev == "store"]
+    assert stores
+    for fmt, s in stores:
+        assert fmt.preset.name == PRESET and fmt.head_size == 64
+        rep = compare_slots(s["slots"], s["key"], s["value"], fmt)
+        assert rep.ok, rep
+
+
+def test_capacity_grows_by_the_byte_ratio(runs):
+    base, tq = runs
+    want = tqf.bf16_slot_bytes(64) / tqf.LayerFormat(tqf.get_preset(PRESET), 64).slot_bytes
+    assert abs(tq["tokens"] / base["tokens"] / want - 1) <= 0.02, (tq["tokens"], base["tokens"], want)
+
+
+def test_generates(runs):
+    _, tq = runs
+    assert all(len(t) == 8 for t in tq["outs"])
