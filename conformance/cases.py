@@ -28,12 +28,14 @@ class Case:
     seed: int = 0
     pad_slots: int = 3  # padding tokens (slot -1) interleaved in the store batch
     layer: int = 0
+    magnitude: float = 1.0  # keys and queries scaled by this: scores far beyond fp16's range
 
     @property
     def id(self) -> str:
         kind = "decode" if set(self.query_lens) == {1} else "extend"
+        mag = f"-x{self.magnitude:g}" if self.magnitude != 1.0 else ""
         return (f"{self.preset}-d{self.head_size}-h{self.num_kv_heads}x{self.q_per_kv}-bs{self.block_size}-"
-                f"{kind}-L{max(self.seq_lens)}-{self.dtype}-s{self.seed}")
+                f"{kind}-L{max(self.seq_lens)}-{self.dtype}-s{self.seed}{mag}")
 
     @property
     def fmt(self) -> tqf.LayerFormat:
@@ -67,6 +69,9 @@ def cases(scale: str = "small") -> list[Case]:
         out.append(Case("tq3", d, 1, 8, 32, (50, 9) if not big else (3000, 17), (1, 1), seed=200 + d))
         out.append(Case("tq4_qjl", d, 2, 1, 16, (33,) if not big else (1025,), (1,), seed=300 + d))
     out.append(Case("tq3", 128, 4, 1, 64, (130, 5) if not big else (9000, 5), (1, 1), dtype="float16", seed=7))
+    # scores of ~1e5-1e7 (|q| |k| with both scaled): beyond fp16, so kernels must not hold them in fp16
+    out.append(Case("tq3", 128, 2, 4, 16, (37, 90), (1, 1), seed=400, magnitude=1e3))
+    out.append(Case("tq4_qjl", 128, 2, 2, 16, (40, 23), (7, 23), dtype="float16", seed=401, magnitude=100.0))
     return out
 
 
@@ -98,10 +103,10 @@ def make_inputs(case: Case) -> dict:
     slot_mapping = np.insert(slot_mapping, pad_at, -1)
     ch_scale = np.exp(rng.normal(0, 0.6, d)).astype(np.float32)
     ch_bias = rng.normal(0, 0.3, d).astype(np.float32)
-    key = round_to(rng.standard_normal((slot_mapping.size, h, d)) * ch_scale + ch_bias, case.dtype)
+    key = round_to((rng.standard_normal((slot_mapping.size, h, d)) * ch_scale + ch_bias) * case.magnitude, case.dtype)
     value = round_to(rng.standard_normal((slot_mapping.size, h, d)), case.dtype)
     nq = sum(case.query_lens)
-    query = round_to(rng.standard_normal((nq, h * case.q_per_kv, d)) * 1.5, case.dtype)
+    query = round_to(rng.standard_normal((nq, h * case.q_per_kv, d)) * 1.5 * case.magnitude, case.dtype)
     qsl = np.concatenate([[0], np.cumsum(case.query_lens)]).astype(np.int32)
     return {
         "key": key, "value": value, "slot_mapping": slot_mapping,
