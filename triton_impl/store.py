@@ -30,82 +30,13 @@ def _isfinite(x):
 
 
 # ---------------------------------------------------------------------------
-# Sums of squares in the reference's float32 order, so that stored norms are
-# bit-identical (conformance requires byte-identical slots for > 90% of tokens):
-# * the norm: reference.quantizer.l2_norm sums s*s over x[..., channels], a
-#   fancy-indexed copy whose channel axis is outermost in memory, so NumPy
-#   reduces it *sequentially* (((s0^2 + s1^2) + s2^2) + ...);
-# * the QJL residual norm sums a C-contiguous r*r: NumPy's pairwise_sum (n < 8
-#   sequential; n <= 128: 8 strided accumulators combined as
-#   ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the tail; larger n: halves at a
-#   multiple of 8).
-# Squares use fma(s, s, 0) so that no add is contracted into them.
+# Sums of squares (the norm and the QJL residual norm) are tree reductions over
+# registers: SPEC §10 leaves their summation order free (stored norms within
+# NORM_RTOL of the reference's).  v1 reproduced NumPy's orders bit for bit (a
+# 128-step sequential loop of column reloads for the norm, NumPy's pairwise
+# order for the residual norm), which dominated the store's time.
 @triton.jit
-def _combine8(r, BT: tl.constexpr):
-    p = tl.sum(tl.reshape(r, (BT, 4, 2)), axis=2)
-    q = tl.sum(tl.reshape(p, (BT, 2, 2)), axis=2)
-    return tl.sum(q, axis=1)
-
-
-@triton.jit
-def _sumsq_rows(rowptr, ch_ptr, tmask, safe, s, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
-                IDCH: tl.constexpr, INTERP: tl.constexpr):
-    """sum_c (x_c / safe)^2 over the instance's M channels, sequentially.
-    Compiled: columns reloaded from the input rows (L1-resident).  Under the
-    CPU interpreter (INTERP): tl.cumsum, which the interpreter runs as
-    np.cumsum, the same sequential order, in one op."""
-    if INTERP:
-        cs = tl.cumsum(tl.fma(s, s, 0.0), axis=1)
-        return tl.sum(tl.where((tl.arange(0, MP) == MP - 1)[None, :], cs, 0.0), axis=1)
-    res = tl.zeros((BT,), tl.float32)
-    for c in range(M):  # a runtime loop: compact code, fast to compile
-        if IDCH:
-            ch = c
-        else:
-            ch = tl.load(ch_ptr + c)
-        xc = tl.load(rowptr + ch, mask=tmask, other=0.0).to(tl.float32)
-        sc = tl.math.div_rn(xc, safe)
-        res += tl.fma(sc, sc, 0.0)
-    return res
-
-
-@triton.jit
-def _pw_block(rows, tmask, BT: tl.constexpr, OFF: tl.constexpr, N: tl.constexpr):
-    """numpy pairwise_sum of v^2 over columns OFF..OFF+N-1 (N <= 128) of the
-    float32 rows at pointers rows [BT] (a scratch copy of r)."""
-    if N < 8:
-        res = tl.zeros((BT,), tl.float32)
-        for i in tl.static_range(N):
-            v = tl.load(rows + OFF + i, mask=tmask, other=0.0)
-            res += tl.fma(v, v, 0.0)
-    else:
-        jj = tl.arange(0, 8)
-        v = tl.load(rows[:, None] + OFF + jj[None, :], mask=tmask[:, None], other=0.0)
-        r = tl.fma(v, v, 0.0)
-        for k in range(1, N // 8):
-            v = tl.load(rows[:, None] + OFF + 8 * k + jj[None, :], mask=tmask[:, None], other=0.0)
-            r += tl.fma(v, v, 0.0)
-        res = _combine8(r, BT)
-        for i in tl.static_range((N // 8) * 8, N):
-            v = tl.load(rows + OFF + i, mask=tmask, other=0.0)
-            res += tl.fma(v, v, 0.0)
-    return res
-
-
-@triton.jit
-def _sumsq_pairwise(rows, tmask, BT: tl.constexpr, M: tl.constexpr):
-    """sum(r*r) of C-contiguous rows in NumPy's pairwise order (see above)."""
-    if M <= 128:
-        res = _pw_block(rows, tmask, BT, 0, M)
-    else:
-        N2: tl.constexpr = (M // 2) - (M // 2) % 8
-        res = _pw_block(rows, tmask, BT, 0, N2) + _pw_block(rows, tmask, BT, N2, M - N2)
-    return res
-
-
-@triton.jit
-def _norm_unit(x, rowptr, ch_ptr, tmask, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
-               IDCH: tl.constexpr, INTERP: tl.constexpr):
+def _norm_unit(x, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, INTERP: tl.constexpr):
     """reference.quantizer.l2_norm on rows of x [BT, MP] (the instance's M
     channels, zero beyond): m = max|x|, s = x/m, ss = sqrt(sum s^2),
     norm = m*ss, u = s/ss, with IEEE division / sqrt."""
@@ -113,17 +44,14 @@ def _norm_unit(x, rowptr, ch_ptr, tmask, BT: tl.constexpr, M: tl.constexpr, MP: 
     ax = tl.where(cm[None, :], tl.abs(x), 0.0)
     mx = tl.max(ax, axis=1)
     safe = tl.where(mx > 0, mx, 1.0)
-    if INTERP:
-        s = tl.where(cm[None, :], tl.math.div_rn(x, safe[:, None]), 0.0)
-    else:
-        s = x
-    ss = tl.sqrt_rn(_sumsq_rows(rowptr, ch_ptr, tmask, safe, s, BT, M, MP, IDCH, INTERP))
+    s = tl.where(cm[None, :], tl.math.div_rn(x, safe[:, None]), 0.0)
+    ss = tl.sqrt_rn(tl.sum(s * s, axis=1))
     norm = mx * ss
     ssafe = tl.where(ss > 0, ss, 1.0)
     if INTERP:
         u = tl.math.div_rn(s, ssafe[:, None])
     else:
-        u = s  # unused: the compiled rotation recomputes u per K chunk
+        u = s  # unused: the compiled rotation recomputes u per K chunk (fewer live registers)
     return norm, safe, ssafe, u
 
 
@@ -190,8 +118,7 @@ def _encode_instance(bptr, tmask, norm, safe, ssafe, u, bad, rowptr, ch_ptr, rot
         else:
             recon = tl.zeros((BT, MP), tl.float32)
         r = tl.where(cm[None, :], y - recon, 0.0)
-        # r goes through a scratch row per token: its K chunks feed the S r
-        # product and its squares are summed in NumPy's pairwise order.
+        # r goes through a scratch row per token: its K chunks feed the S r product.
         rows = scr_ptr + y_row * MP
         tl.store(rows[:, None] + j[None, :], r, mask=tmask[:, None])
         tl.debug_barrier()
@@ -206,7 +133,7 @@ def _encode_instance(bptr, tmask, norm, safe, ssafe, u, bad, rowptr, ch_ptr, rot
                 sc = tl.load(qjl_ptr + j[None, :] * MPMAX + kk[:, None])
                 proj = tl.dot(rc, sc, proj, input_precision="ieee")
         signs = tl.where((proj >= 0) & cm[None, :] & ~bad[:, None], 1, 0)
-        rn = tl.sqrt_rn(_sumsq_pairwise(rows, tmask, BT, M))
+        rn = tl.sqrt_rn(tl.sum(r * r, axis=1))
         rbits = tl.where(bad, NORM_NAN_BITS, rn.to(tl.int32, bitcast=True))
         store_u32(bptr, RNORM, rbits, tmask)
         pack_store_codes(bptr, tmask, signs, BT, SIGNS, 1, MP, SBYTES)
@@ -253,12 +180,12 @@ def _store_kernel(
 
     # ---------------- keys
     kx0, kf0, krow = _load_rows(key_ptr, tok, tmask, stride_kt, h * stride_kh, k_chan, K0_M, K0_MP, K0_IDCH)
-    kn0, ks0, kd0, ku0 = _norm_unit(kx0, krow, k_chan, tmask, BT, K0_M, K0_MP, K0_IDCH, INTERP)
+    kn0, ks0, kd0, ku0 = _norm_unit(kx0, BT, K0_M, K0_MP, INTERP)
     kbad = ~kf0 | ~_isfinite(kn0)
     if K_NI == 2:
         kx1, kf1, _ = _load_rows(key_ptr, tok, tmask, stride_kt, h * stride_kh, k_chan + K_MPMAX, K1_M, K1_MP,
                                  K1_IDCH)
-        kn1, ks1, kd1, ku1 = _norm_unit(kx1, krow, k_chan + K_MPMAX, tmask, BT, K1_M, K1_MP, K1_IDCH, INTERP)
+        kn1, ks1, kd1, ku1 = _norm_unit(kx1, BT, K1_M, K1_MP, INTERP)
         kbad = kbad | ~kf1 | ~_isfinite(kn1)
     kscr = scr_ptr
     _encode_instance(bptr, tmask, kn0, ks0, kd0, ku0, kbad, krow, k_chan, k_rot, k_bnd, k_cent, k_qjl, y_ptr, y_row,
@@ -304,12 +231,12 @@ def _store_kernel(
         pack_store_codes(bptr, tmask, codes, BT, V_CODES, V_BITS, DP, V_CBYTES)
     else:
         vx0, vf0, vrow = _load_rows(value_ptr, tok, tmask, stride_vt, h * stride_vh, v_chan, V0_M, V0_MP, V0_IDCH)
-        vn0, vs0, vd0, vu0 = _norm_unit(vx0, vrow, v_chan, tmask, BT, V0_M, V0_MP, V0_IDCH, INTERP)
+        vn0, vs0, vd0, vu0 = _norm_unit(vx0, BT, V0_M, V0_MP, INTERP)
         vbad = ~vf0 | ~_isfinite(vn0)
         if V_NI == 2:
             vx1, vf1, _ = _load_rows(value_ptr, tok, tmask, stride_vt, h * stride_vh, v_chan + V_MPMAX,
                                      V1_M, V1_MP, V1_IDCH)
-            vn1, vs1, vd1, vu1 = _norm_unit(vx1, vrow, v_chan + V_MPMAX, tmask, BT, V1_M, V1_MP, V1_IDCH, INTERP)
+            vn1, vs1, vd1, vu1 = _norm_unit(vx1, BT, V1_M, V1_MP, INTERP)
             vbad = vbad | ~vf1 | ~_isfinite(vn1)
         _encode_instance(bptr, tmask, vn0, vs0, vd0, vu0, vbad, vrow, v_chan, v_rot, v_bnd, v_cent, v_cent, vy_ptr,
                          y_row, scr_ptr, BT, V0_M, V0_MP, V_MPMAX, V0_IDCH, V0_BITS, False, V0_NORM, V0_CODES,
