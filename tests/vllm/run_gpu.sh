@@ -6,6 +6,7 @@
 #   bash tests/vllm/run_gpu.sh eager     # the tests with enforce_eager=True
 #   bash tests/vllm/run_gpu.sh graphs    # the same tests with CUDA graphs (torch.compile + FULL decode graphs)
 #   bash tests/vllm/run_gpu.sh all       # both, one after the other
+#   bash tests/vllm/run_gpu.sh eager -k test_tp   # extra arguments go to pytest
 #
 # Installs this project (no dependencies) into $TQ_SITE, puts it and the vLLM kit's site
 # ($GPU_VLLM_SITE, default /tmp/site) on PYTHONPATH, and runs pytest with -P (so the source
@@ -13,7 +14,9 @@
 # $OUT (default /tmp/tq-vllm-out).
 set -euo pipefail
 mode="${1:-all}"
-case "$mode" in eager|graphs|all) ;; *) echo "usage: $0 eager|graphs|all" >&2; exit 2 ;; esac
+case "$mode" in eager|graphs|all) ;; *) echo "usage: $0 eager|graphs|all [pytest args]" >&2; exit 2 ;; esac
+shift || true
+EXTRA=("$@")  # e.g. -k test_tp
 SITE="${GPU_VLLM_SITE:-/tmp/site}"
 TQ_SITE="${TQ_SITE:-/tmp/tq-site}"
 OUT="${OUT:-/tmp/tq-vllm-out}"
@@ -78,7 +81,7 @@ run() {
   [ "$m" = graphs ] && g=1
   echo "=== $m (TQ_VLLM_CUDAGRAPHS=$g) ==="
   TQ_VLLM_CUDAGRAPHS=$g python3 -P -m pytest tests/vllm -q -rA --durations=15 -p no:cacheprovider \
-      --junitxml "$OUT/vllm-$m.xml" 2>&1 | tee "$OUT/vllm-$m.log" | grep -vE '^\((MainProcess|EngineCore)'
+      --junitxml "$OUT/vllm-$m.xml" "${EXTRA[@]}" 2>&1 | tee "$OUT/vllm-$m.log" | grep -vE '^\((MainProcess|EngineCore)'
   return "${PIPESTATUS[0]}"
 }
 rc=0
