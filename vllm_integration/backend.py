@@ -78,9 +78,13 @@ def _constructing_layer_name() -> str | None:
             if frame is None:
                 return None
             loc = frame.f_locals
-            if frame.f_code.co_name == "__init__" and isinstance(loc.get("prefix"), str) and \
-                    isinstance(loc.get("self"), torch.nn.Module) and loc["prefix"]:
-                return loc["prefix"]
+            if frame.f_code.co_name != "__init__" or not isinstance(loc.get("self"), torch.nn.Module):
+                continue
+            kwargs = loc.get("kwargs")
+            # Attention(prefix=...) or a subclass taking it through **kwargs (EncoderOnlyAttention)
+            prefix = loc.get("prefix") or (kwargs.get("prefix") if isinstance(kwargs, dict) else None)
+            if isinstance(prefix, str) and prefix:
+                return prefix
     finally:
         del frame
     return None

@@ -97,3 +97,16 @@ def test_validate_configuration_names_option(kw, needle):
     assert len(reasons) == 1 and needle in reasons[0], reasons
     args.update(use_mla=False, attn_type="decoder", has_sink=False, dtype=torch.bfloat16, head_size=64)
     assert TurboQuantAttentionBackend.validate_configuration(**args) == []
+
+
+def test_encoder_model_is_refused(tmp_path, engines):
+    """An encoder (BERT, pooling runner): vLLM's own backend serves it; TurboQuant refuses at
+    engine start, naming the layer and the attention type it supports."""
+    from tiny_model import build_tiny_bert
+
+    model = build_tiny_bert(str(tmp_path / "bert"))
+    kw = dict(model=model, runner="pooling", max_model_len=128, enforce_eager=True)
+    kw.update({"gpu_memory_utilization": 0.3} if ON_CUDA else {"kv_cache_memory_bytes": 64 << 20})
+    msg = _start_fails(engines, attention_backend="CUSTOM", additional_config={"turboquant": {"preset": "tq3"}}, **kw)
+    assert "TurboQuant attention backend cannot run layer 'model.encoder.layer.0.attention.output.attn'" in msg
+    assert "attn_type='encoder_only' (encoder / cross attention) is not supported; supported: ['decoder']" in msg

@@ -65,3 +65,18 @@ def build_tiny_hybrid(path: str, seed: int = 0) -> str:
     torch.manual_seed(seed)
     Qwen3NextForCausalLM(cfg).to(torch.bfloat16).save_pretrained(path)
     return path
+
+
+def build_tiny_bert(path: str, seed: int = 0) -> str:
+    """A tiny BERT encoder (bidirectional attention), for the engine-start refusal test."""
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    import torch
+    from transformers import BertConfig, BertModel
+
+    _save_tokenizer(path, 256)
+    cfg = BertConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=256, max_position_embeddings=256, pad_token_id=0)
+    torch.manual_seed(seed)
+    BertModel(cfg).save_pretrained(path)
+    return path
