@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -179,9 +180,11 @@ def main(argv=None) -> int:
     ap.add_argument("--report", metavar="JSONL", help="format an existing results file instead of measuring")
     ap.add_argument("--append", metavar="MD", help="with --report: append the table to this markdown file")
     ap.add_argument("--plot", metavar="PNG", help="with --report: write quality against bytes as a PNG")
+    ap.add_argument("--exclude", default="", help="with --report: configs to leave out (say why next to the table)")
     args = ap.parse_args(argv)
     if args.report:
         env, rows = load_results(args.report)
+        rows = [r for r in rows if r["config"] not in args.exclude.split(",")]
         md = report_markdown(env, rows, args.report)
         print(md)
         if args.append:
@@ -197,7 +200,7 @@ def main(argv=None) -> int:
     tasks = eval_grid(EVAL_SEED, text, [int(c) for c in args.contexts.split(",")], [0.0, 0.25, 0.5, 0.75, 1.0],
                       args.trials)
     with open(args.out, "a") as f:
-        f.write(json.dumps({**environment(), "argv": argv if argv is not None else []}) + "\n")
+        f.write(json.dumps({**environment(), "argv": argv if argv is not None else sys.argv[1:]}) + "\n")
         for config in args.configs.split(","):
             try:
                 row = measure(config, args, text, tasks)
