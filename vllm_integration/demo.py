@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 from turboquant import format as tqf
 
-DEFAULT_CONFIGS = ("bf16", "tq4", "k4v3", "tq3")
+DEFAULT_CONFIGS = ("bf16", "fp8", "tq4", "k4v3", "tq3")
 SCORE_FROM = 32  # perplexity / next-token agreement over prompt positions >= this (some history)
 BASELINES = ("bf16", "fp8")  # vLLM's own caches (fp8: kv_cache_dtype="fp8")
 BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32; every backend here accepts it
