@@ -124,6 +124,17 @@ def cmd_report(args) -> int:
     return run_demo(seed=args.seed, quick=args.quick)
 
 
+def cmd_calibrate(args) -> int:
+    from turboquant.quality import calibrate
+
+    channels = calibrate.calibrate_model(args.model, args.preset, windows=args.windows, context=args.context)
+    calibrate.save(channels, args.out, args.preset)
+    print(f"{args.out}: outlier channels of {len(channels)} layers for preset {args.preset} "
+          f"(use with additional_config={{'turboquant': {{'preset': '{args.preset}', "
+          f"'outlier_channels': '{args.out}'}}}})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from turboquant.vllm_integration.demo import DemoSettings, builtin_model, run_demo
 
@@ -160,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_distortion)
+    p = sub.add_parser("calibrate", help="outlier channels of a local model for the 2.5 / 3.5-bit presets "
+                                         "(needs torch + transformers)")
+    p.add_argument("--model", required=True, help="local Hugging Face causal-LM directory")
+    p.add_argument("--preset", default="tq3.5", help="a preset with an outlier split (tq3.5, tq2.5)")
+    p.add_argument("--windows", type=_positive_int("windows"), default=4)
+    p.add_argument("--context", type=_positive_int("context"), default=512)
+    p.add_argument("--out", required=True, help="JSON file for the plugin's outlier_channels option")
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("report", help="the NumPy reference on a synthetic workload: presets, distortions, "
                                       "attention fidelity (no torch or vLLM needed)")
     p.add_argument("--seed", type=int, default=0)

@@ -11,6 +11,7 @@ Every bad value raises ``ValueError`` naming the option and the allowed values.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,26 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "store_impl": "auto",
     # who computes attention over the packed cache (same choices)
     "attention_impl": "auto",
+    # presets with an outlier split (tq3.5, tq2.5): a JSON file of per-layer outlier channels
+    # written by `turboquant calibrate`; None: the split's default channels (uncalibrated)
+    "outlier_channels": None,
 }
+
+
+@functools.lru_cache(maxsize=8)
+def _load_channels(path: str) -> tuple[str, dict[int, tuple]]:
+    """(preset, {layer: (key channels, value channels)}) of a `turboquant calibrate` file."""
+    import json
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        layers = {int(k): (tuple(int(c) for c in v["key"]), tuple(int(c) for c in v["value"]))
+                  for k, v in data["layers"].items()}
+        return str(data["preset"]), layers
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{_where('outlier_channels')}={path!r} cannot be read as a `turboquant calibrate` file "
+                         f"({type(e).__name__}: {e})") from None
 
 
 def _where(key: str) -> str:
@@ -43,6 +63,7 @@ class TurboQuantOptions:
     base_seed: int = OPTION_DEFAULTS["base_seed"]
     store_impl: str = OPTION_DEFAULTS["store_impl"]
     attention_impl: str = OPTION_DEFAULTS["attention_impl"]
+    outlier_channels: str | None = OPTION_DEFAULTS["outlier_channels"]
 
     def __post_init__(self):
         if not isinstance(self.preset, str) or self.preset not in tqf.PRESETS:
@@ -55,6 +76,17 @@ class TurboQuantOptions:
             val = getattr(self, key)
             if val not in IMPLS:
                 raise ValueError(f"{_where(key)}={val!r} is not supported; allowed values: {list(IMPLS)}")
+        if self.outlier_channels is not None:
+            if not isinstance(self.outlier_channels, str):
+                raise ValueError(f"{_where('outlier_channels')}={self.outlier_channels!r} is not supported; "
+                                 "allowed values: None or the path of a `turboquant calibrate` JSON file")
+            if not self.preset_obj.outlier_fraction:
+                raise ValueError(f"{_where('outlier_channels')} is set but preset {self.preset!r} has no outlier "
+                                 f"split; allowed presets: {[p for p, v in tqf.PRESETS.items() if v.outlier_fraction]}")
+            file_preset, _ = _load_channels(self.outlier_channels)
+            if file_preset != self.preset:
+                raise ValueError(f"{_where('outlier_channels')}={self.outlier_channels!r} was calibrated for preset "
+                                 f"{file_preset!r}, not {self.preset!r}; calibrate again with --preset {self.preset}")
 
     def impl(self, key: str, device_type: str) -> str:
         """``store_impl`` / ``attention_impl`` with "auto" resolved for a device type."""
@@ -68,7 +100,20 @@ class TurboQuantOptions:
         return tqf.get_preset(self.preset)
 
     def layer_format(self, head_size: int, layer: int = 0) -> tqf.LayerFormat:
-        return tqf.LayerFormat(self.preset_obj, head_size, layer=layer, base_seed=self.base_seed)
+        kc = vc = None
+        if self.outlier_channels is not None:
+            _, layers = _load_channels(self.outlier_channels)
+            if layer not in layers:
+                raise ValueError(f"{_where('outlier_channels')}={self.outlier_channels!r} has no channels for layer "
+                                 f"{layer}; it covers layers {sorted(layers)}")
+            kc, vc = layers[layer]
+        try:
+            return tqf.LayerFormat(self.preset_obj, head_size, layer=layer, base_seed=self.base_seed,
+                                   key_outlier_channels=kc, value_outlier_channels=vc)
+        except ValueError as e:
+            if kc is None:
+                raise
+            raise ValueError(f"{_where('outlier_channels')}={self.outlier_channels!r}, layer {layer}: {e}") from None
 
     @classmethod
     def from_additional_config(cls, additional_config: Any) -> TurboQuantOptions:

@@ -64,8 +64,8 @@ def check_config(config: str) -> None:
                          f"the presets {list(tqf.PRESETS)}")
     if tqf.get_preset(config).outlier_fraction:
         raise ValueError(f"configs: preset {config!r} has an outlier-channel split whose channels are "
-                         "calibrated per model (turboquant.quality.calibrate), which the vLLM plugin does not "
-                         "take yet; allowed here: presets without a split: "
+                         "calibrated per model (`turboquant calibrate`, then the plugin's outlier_channels "
+                         "option), which the demo does not do; allowed here: presets without a split: "
                          f"{[p for p in tqf.PRESETS if not tqf.get_preset(p).outlier_fraction]}")
 
 

@@ -63,3 +63,54 @@ def test_auto_impl_resolves_by_device():
     assert opts.impl("store_impl", "cpu") == "reference" and opts.impl("attention_impl", "cpu") == "reference"
     pinned = TurboQuantOptions(store_impl="triton", attention_impl="reference")
     assert pinned.impl("store_impl", "cpu") == "triton" and pinned.impl("attention_impl", "cuda") == "reference"
+
+
+def _calib_file(tmp_path, preset="tq3.5", layers=(0, 1), head_size=64, n=None):
+    import json
+
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), head_size)
+    n = fmt.key_instances[0].dim if n is None else n
+    data = {"preset": preset, "layers": {str(layer): {"key": list(range(layer, layer + n)),
+                                                      "value": list(range(head_size - n, head_size))}
+                                         for layer in layers}}
+    path = tmp_path / f"calib-{preset}-{n}.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_outlier_channels_reach_the_layer_format(tmp_path):
+    path = _calib_file(tmp_path)
+    opts = TurboQuantOptions(preset="tq3.5", outlier_channels=path)
+    fmt = opts.layer_format(64, layer=1)
+    n = fmt.key_instances[0].dim
+    assert fmt.key_outlier_channels == tuple(range(1, 1 + n))
+    assert fmt.value_outlier_channels == tuple(range(64 - n, 64))
+    assert TurboQuantOptions(preset="tq3.5").layer_format(64, 1).key_outlier_channels is None
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("no_split", "preset 'tq3' has no outlier split; allowed presets: ['tq3.5', 'tq2.5']"),
+    ("other_preset", "was calibrated for preset 'tq2.5', not 'tq3.5'"),
+    ("unreadable", "cannot be read as a `turboquant calibrate` file"),
+    ("missing_layer", "has no channels for layer 5; it covers layers [0, 1]"),
+    ("bad_count", "layer 0: key_outlier_channels must be"),
+    ("not_a_path", "['outlier_channels']=7 is not supported"),
+])
+def test_outlier_channels_errors(tmp_path, kind, needle):
+    path = _calib_file(tmp_path)
+    with pytest.raises(ValueError) as e:
+        if kind == "no_split":
+            TurboQuantOptions(preset="tq3", outlier_channels=path)
+        elif kind == "other_preset":
+            TurboQuantOptions(preset="tq3.5", outlier_channels=_calib_file(tmp_path, preset="tq2.5"))
+        elif kind == "unreadable":
+            bad = tmp_path / "bad.json"
+            bad.write_text("{not json")
+            TurboQuantOptions(preset="tq3.5", outlier_channels=str(bad))
+        elif kind == "missing_layer":
+            TurboQuantOptions(preset="tq3.5", outlier_channels=path).layer_format(64, layer=5)
+        elif kind == "bad_count":
+            TurboQuantOptions(preset="tq3.5", outlier_channels=_calib_file(tmp_path, n=3)).layer_format(64, 0)
+        else:
+            TurboQuantOptions(preset="tq3.5", outlier_channels=7)
+    assert "additional_config['turboquant']['outlier_channels']" in str(e.value) and needle in str(e.value)

@@ -71,3 +71,27 @@ def load(path: str) -> tuple[str, dict[int, tuple]]:
     with open(path) as f:
         data = json.load(f)
     return data["preset"], {int(layer): (tuple(v["key"]), tuple(v["value"])) for layer, v in data["layers"].items()}
+
+
+def calibrate_model(model_path: str, preset: str, windows: int = 4, context: int = 512,
+                    rope_pairs: bool = True) -> dict[int, tuple]:
+    """Outlier channels of every layer of a local Hugging Face causal LM, from ``windows`` windows
+    of ``context`` tokens of the training split of the standard-library corpus, tokenized with
+    the model's own tokenizer (held-out text stays held out)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from turboquant.quality import activations, corpus
+
+    if windows <= 0 or context <= 1:
+        raise ValueError(f"windows={windows} and context={context} must be positive (context >= 2)")
+    outlier_count(preset, 128)  # validates the preset (an outlier split) before loading anything
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    raw = bytes(int(t) for t in corpus.load_corpus("train", max_bytes=4 * windows * context * 4).ids if 0 <= t < 256)
+    ids = np.asarray(tok(raw.decode("utf-8", errors="replace"))["input_ids"], np.int64)
+    if ids.size < windows * context:
+        raise ValueError(f"the calibration text gives {ids.size} tokens, fewer than windows x context")
+    starts = np.linspace(0, ids.size - context, windows).astype(int)
+    acts = activations.capture(model, np.stack([ids[s: s + context] for s in starts]))
+    return calibrate(acts, preset, rope_pairs)
