@@ -76,9 +76,25 @@ def engine_kwargs(config: str, model: str, args) -> dict:
     elif config in VLLM_TQ:
         kw["kv_cache_dtype"] = config
     else:
-        tqf.get_preset(config)
-        kw.update(attention_backend="CUSTOM", additional_config={"turboquant": {"preset": config}})
+        preset = config.removesuffix(CAL)
+        tqf.get_preset(preset)
+        opts = {"preset": preset}
+        if config.endswith(CAL):  # outlier channels calibrated on this model (training split)
+            opts["outlier_channels"] = calibration_file(model, preset, args)
+        kw.update(attention_backend="CUSTOM", additional_config={"turboquant": opts})
     return kw
+
+
+CAL = "+cal"  # config suffix: the preset with `turboquant calibrate` outlier channels
+
+
+def calibration_file(model: str, preset: str, args) -> str:
+    from turboquant.quality import calibrate
+
+    path = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"calib-{preset}.json")
+    if not os.path.exists(path):
+        calibrate.save(calibrate.calibrate_model(model, preset, windows=4, context=512), path, preset)
+    return path
 
 
 def bytes_per_token_head(config: str, head_size: int, num_layers: int, skipped: int) -> float:
@@ -94,7 +110,7 @@ def bytes_per_token_head(config: str, head_size: int, num_layers: int, skipped: 
         slot = TurboQuantConfig(head_dim=head_size, key_quant_bits=p["key_quant_bits"],
                                 value_quant_bits=p["value_quant_bits"]).slot_size_aligned
         return (skipped * 4 * head_size + (num_layers - skipped) * slot) / num_layers
-    return tqf.LayerFormat(tqf.get_preset(config), head_size).slot_bytes
+    return tqf.LayerFormat(tqf.get_preset(config.removesuffix(CAL)), head_size).slot_bytes
 
 
 def measure(config: str, args, text_ids, tasks) -> dict:
