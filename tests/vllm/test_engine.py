@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("vllm")
 import torch  # noqa: E402
-from tq_helpers import CUDAGRAPHS, kernels_available, llm_kwargs  # noqa: E402
+from tq_helpers import CUDAGRAPHS, kernels_available, llm_kwargs, store_snapshot  # noqa: E402
 
 from turboquant import format as tqf  # noqa: E402
 from turboquant import reference as ref  # noqa: E402
@@ -64,14 +64,8 @@ class Capture:
         cache = d["kv_cache"]
         bs = cache.shape[2]
         if event == "store":
-            sm = d["slot_mapping"].to(torch.int64)
-            keep = sm >= 0
-            idx = sm[keep]
             self.order.append(("store", len(self.stores)))
-            self.stores.append(dict(
-                layer=d["layer_name"], fmt=d["fmt"], slot_ids=idx.cpu().numpy(),
-                slots=cache[idx // bs, :, idx % bs, :].cpu().numpy(),
-                key=d["key"][keep].float().cpu().numpy(), value=d["value"][keep].float().cpu().numpy()))
+            self.stores.append(store_snapshot(d))
         elif event == "attention":
             qsl = d["query_start_loc"].cpu().numpy().astype(np.int64)
             sl = d["seq_lens"].cpu().numpy().astype(np.int64)

@@ -7,9 +7,10 @@ import pytest
 
 pytest.importorskip("vllm")
 from tiny_model import build_tiny_llama  # noqa: E402
-from tq_helpers import ON_CUDA, error_text, llm_kwargs, shutdown_llm  # noqa: E402
+from tq_helpers import KV_BYTES, ON_CUDA, error_text, llm_kwargs, shutdown_llm  # noqa: E402
 
 from turboquant import format as tqf  # noqa: E402
+from turboquant.vllm_integration.engine_configs import memory_kwargs  # noqa: E402
 
 
 def _start_fails(engines, **kw) -> str:
@@ -106,7 +107,7 @@ def test_encoder_model_is_refused(tmp_path, engines):
 
     model = build_tiny_bert(str(tmp_path / "bert"))
     kw = dict(model=model, runner="pooling", max_model_len=128, enforce_eager=True)
-    kw.update({"gpu_memory_utilization": 0.3} if ON_CUDA else {"kv_cache_memory_bytes": 64 << 20})
+    kw.update(memory_kwargs(0.3, KV_BYTES))
     msg = _start_fails(engines, attention_backend="CUSTOM", additional_config={"turboquant": {"preset": "tq3"}}, **kw)
     assert "TurboQuant attention backend cannot run layer 'model.encoder.layer.0.attention.output.attn'" in msg
     assert "attn_type='encoder_only' (encoder / cross attention) is not supported; supported: ['decoder']" in msg

@@ -26,7 +26,7 @@ import pytest
 
 pytest.importorskip("vllm")
 import torch  # noqa: E402
-from tq_helpers import free_blocks, llm_kwargs  # noqa: E402
+from tq_helpers import free_blocks, llm_kwargs, store_snapshot  # noqa: E402
 
 from turboquant.conformance.compare import compare_slots  # noqa: E402
 from turboquant.vllm_integration import debug  # noqa: E402
@@ -75,12 +75,7 @@ class Stores:
 
     def __call__(self, event, d):
         if event == "store":
-            cache, sm = d["kv_cache"], d["slot_mapping"].to(torch.int64)
-            keep = sm >= 0
-            idx, bs = sm[keep], cache.shape[2]
-            self.stores.append(dict(fmt=d["fmt"], slots=cache[idx // bs, :, idx % bs, :].cpu().numpy(),
-                                    key=d["key"][keep].float().cpu().numpy(),
-                                    value=d["value"][keep].float().cpu().numpy()))
+            self.stores.append(store_snapshot(d))
         elif event == "attention":
             qsl = d["query_start_loc"].cpu().numpy()
             out = d["output"][: int(qsl[-1])].float().cpu().numpy()

@@ -11,12 +11,13 @@ import pytest
 
 pytest.importorskip("vllm")
 pytest.importorskip("transformers", minversion="4.57")  # Qwen3-Next
-from tq_helpers import KV_BYTES, ON_CUDA  # noqa: E402
+from tq_helpers import KV_BYTES, store_snapshot  # noqa: E402
 
 from turboquant import format as tqf  # noqa: E402
 from turboquant.conformance.compare import compare_slots  # noqa: E402
 from turboquant.vllm_integration import debug  # noqa: E402
 from turboquant.vllm_integration.compat import shutdown_llm  # noqa: E402
+from turboquant.vllm_integration.engine_configs import memory_kwargs  # noqa: E402
 
 PRESET = "tq3"
 PROMPTS = [[1] + list(range(5, 5 + n)) for n in (6, 40)]
@@ -34,7 +35,7 @@ def _run(model, engines, turboquant: bool):
 
     engines.close()
     kw = dict(model=model, dtype="bfloat16", max_model_len=256, max_num_seqs=2, enforce_eager=True, seed=0)
-    kw.update({"gpu_memory_utilization": 0.3} if ON_CUDA else {"kv_cache_memory_bytes": KV_BYTES})
+    kw.update(memory_kwargs(0.3, KV_BYTES))
     if turboquant:
         kw.update(attention_backend="CUSTOM", additional_config={"turboquant": {"preset": PRESET}})
     try:
@@ -48,14 +49,7 @@ def _run(model, engines, turboquant: bool):
         events = []
 
         def record(ev, d):
-            snap = None
-            if ev == "store":
-                cache, sm = d["kv_cache"], d["slot_mapping"].long()
-                keep = sm >= 0
-                idx, bs = sm[keep], cache.shape[2]
-                snap = dict(slots=cache[idx // bs, :, idx % bs].cpu().numpy(),
-                            key=d["key"][keep].float().cpu().numpy(), value=d["value"][keep].float().cpu().numpy())
-            events.append((ev, d["layer_name"], d.get("fmt"), snap))
+            events.append((ev, d["layer_name"], d.get("fmt"), store_snapshot(d) if ev == "store" else None))
 
         with debug.recording(record):
             outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS],

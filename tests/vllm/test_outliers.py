@@ -8,8 +8,7 @@ import json
 import pytest
 
 pytest.importorskip("vllm")
-import torch  # noqa: E402
-from tq_helpers import llm_kwargs  # noqa: E402
+from tq_helpers import llm_kwargs, store_snapshot  # noqa: E402
 
 from turboquant import format as tqf  # noqa: E402
 from turboquant.conformance.compare import compare_slots  # noqa: E402
@@ -32,18 +31,15 @@ def test_calibrated_channels_in_vllm(tiny_model, engines, tmp_path):
 
     def record(ev, d):
         if ev == "store":
-            cache, sm = d["kv_cache"], d["slot_mapping"].to(torch.int64)
-            keep = sm >= 0
-            idx, bs = sm[keep], cache.shape[2]
-            stores.append((d["fmt"], cache[idx // bs, :, idx % bs].cpu().numpy(),
-                           d["key"][keep].float().cpu().numpy(), d["value"][keep].float().cpu().numpy()))
+            stores.append(store_snapshot(d))
 
     from vllm import SamplingParams
 
     with debug.recording(record):
         llm.generate([{"prompt_token_ids": [1] + list(range(5, 45))}], SamplingParams(max_tokens=4), use_tqdm=False)
-    assert {fmt.layer for fmt, *_ in stores} == {0, 1}
-    for fmt, slots, key, value in stores:
+    assert {e["fmt"].layer for e in stores} == {0, 1}
+    for e in stores:
+        fmt = e["fmt"]
         assert (fmt.key_outlier_channels, fmt.value_outlier_channels) == want[fmt.layer]
-        rep = compare_slots(slots, key, value, fmt)
+        rep = compare_slots(e["slots"], e["key"], e["value"], fmt)
         assert rep.ok, rep

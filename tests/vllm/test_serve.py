@@ -23,6 +23,7 @@ pytest.importorskip("vllm")
 from tq_helpers import BLOCK_SIZE, KV_BYTES, ON_CUDA  # noqa: E402
 
 from turboquant.vllm_integration import demo  # noqa: E402
+from turboquant.vllm_integration.engine_configs import memory_kwargs  # noqa: E402
 
 PRESET = "k4v3"
 PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    "
@@ -58,7 +59,6 @@ def server(model, tmp_path_factory):
     args += ["--gpu-memory-utilization", "0.3"] if ON_CUDA else ["--kv-cache-memory-bytes", str(KV_BYTES)]
     env = dict(os.environ)
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # as users run it: engine core in its own process
-    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     log = tmp_path_factory.mktemp("serve") / "server.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -103,7 +103,7 @@ def test_completion_equals_offline(server, model, engines):
 
     kw = dict(model=model, max_model_len=1024, block_size=BLOCK_SIZE, seed=0, attention_backend="CUSTOM",
               additional_config={"turboquant": {"preset": PRESET}})
-    kw.update({"gpu_memory_utilization": 0.3} if ON_CUDA else {"kv_cache_memory_bytes": KV_BYTES})
+    kw.update(memory_kwargs(0.3, KV_BYTES))
     llm = engines.get(**kw)
     want = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False)[0]
     assert choice["text"] == want.outputs[0].text

@@ -35,7 +35,6 @@ def _run(model: str, tp: int, tmp_path) -> dict:
     out = tmp_path / f"tp{tp}.json"
     env = dict(os.environ)
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     if not ON_CUDA:
         cores = sorted(os.sched_getaffinity(0))[:tp]
         env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(c) for c in cores)

@@ -14,13 +14,14 @@ MAX_TOKENS = 16
 
 
 def main(model: str, tp: int, out: str) -> None:
-    import torch
     from vllm import LLM, SamplingParams
+
+    from turboquant.vllm_integration.engine_configs import memory_kwargs
 
     kw = dict(model=model, dtype="float32", max_model_len=256, max_num_seqs=4, enforce_eager=True, seed=0,
               tensor_parallel_size=tp, block_size=32, attention_backend="CUSTOM",
               additional_config={"turboquant": {"preset": "tq3"}})
-    kw.update({"gpu_memory_utilization": 0.3} if torch.cuda.is_available() else {"kv_cache_memory_bytes": 32 << 20})
+    kw.update(memory_kwargs(0.3, 32 << 20))
     if tp > 1:
         kw["distributed_executor_backend"] = "mp"
     llm = LLM(**kw)

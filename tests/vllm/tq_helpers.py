@@ -114,3 +114,16 @@ def counter(llm, name: str) -> float:
     """The value of one of vLLM's Prometheus counters (needs disable_log_stats=False);
     the registry is per process, so tests compare differences."""
     return float(sum(getattr(m, "value", 0) or 0 for m in llm.get_metrics() if m.name.removesuffix("_total") == name))
+
+
+def store_snapshot(d: dict) -> dict:
+    """What a recorder's "store" event wrote: the layer, its format, the slots vLLM chose
+    (padding dropped), the bytes now at those slots and the K/V that were stored (float32)."""
+    import torch
+
+    cache, sm = d["kv_cache"], d["slot_mapping"].to(torch.int64)
+    keep = sm >= 0
+    idx, bs = sm[keep], cache.shape[2]
+    return dict(layer=d["layer_name"], fmt=d["fmt"], slot_ids=idx.cpu().numpy(),
+                slots=cache[idx // bs, :, idx % bs, :].cpu().numpy(),
+                key=d["key"][keep].float().cpu().numpy(), value=d["value"][keep].float().cpu().numpy())

@@ -13,11 +13,14 @@ Calibration uses training-split text, never the evaluation text.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from turboquant import format as tqf
-from turboquant.quality.activations import LayerActivations
+
+if TYPE_CHECKING:  # torch stays unimported for load() (the vLLM plugin reads calibration files)
+    from turboquant.quality.activations import LayerActivations
 
 
 def channel_energy(x: np.ndarray) -> np.ndarray:
@@ -70,7 +73,8 @@ def save(outliers: dict[int, tuple], path: str, preset: str) -> None:
 def load(path: str) -> tuple[str, dict[int, tuple]]:
     with open(path) as f:
         data = json.load(f)
-    return data["preset"], {int(layer): (tuple(v["key"]), tuple(v["value"])) for layer, v in data["layers"].items()}
+    return str(data["preset"]), {int(layer): (tuple(int(c) for c in v["key"]), tuple(int(c) for c in v["value"]))
+                                 for layer, v in data["layers"].items()}
 
 
 def calibrate_model(model_path: str, preset: str, windows: int = 4, context: int = 512,
@@ -88,8 +92,7 @@ def calibrate_model(model_path: str, preset: str, windows: int = 4, context: int
     outlier_count(preset, 128)  # validates the preset (an outlier split) before loading anything
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    raw = bytes(int(t) for t in corpus.load_corpus("train", max_bytes=4 * windows * context * 4).ids if 0 <= t < 256)
-    ids = np.asarray(tok(raw.decode("utf-8", errors="replace"))["input_ids"], np.int64)
+    ids = np.asarray(tok(corpus.load_text("train", max_bytes=16 * windows * context))["input_ids"], np.int64)
     if ids.size < windows * context:
         raise ValueError(f"the calibration text gives {ids.size} tokens, fewer than windows x context")
     starts = np.linspace(0, ids.size - context, windows).astype(int)

