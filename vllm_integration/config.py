@@ -27,7 +27,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     # base seed of the per-layer rotation / QJL matrices (SPEC: derive_seed)
     "base_seed": tqf.DEFAULT_BASE_SEED,
     # who writes the packed cache: the Triton kernels, the NumPy reference, or "auto": Triton on a
-    # GPU, the reference on a CPU (where Triton only has its interpreter, ~50x slower than NumPy)
+    # GPU, the reference on a CPU (where Triton only has its interpreter, 77-205x slower: benchmarks/cpu_paths.py)
     "store_impl": "auto",
     # who computes attention over the packed cache (same choices)
     "attention_impl": "auto",
