@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 
 pytest.importorskip("vllm")
-from tq_helpers import BLOCK_SIZE, KV_BYTES, ON_CUDA  # noqa: E402
+from tq_helpers import BLOCK_SIZE, KV_BYTES  # noqa: E402
 
 from turboquant.vllm_integration import demo  # noqa: E402
 from turboquant.vllm_integration.engine_configs import memory_kwargs  # noqa: E402
@@ -56,7 +56,9 @@ def server(model, tmp_path_factory):
     args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
             "--attention-backend", "CUSTOM", "--additional-config", json.dumps({"turboquant": {"preset": PRESET}}),
             "--max-model-len", "1024", "--block-size", str(BLOCK_SIZE), "--seed", "0"]
-    args += ["--gpu-memory-utilization", "0.3"] if ON_CUDA else ["--kv-cache-memory-bytes", str(KV_BYTES)]
+    for k, v in memory_kwargs(0.3, KV_BYTES).items():  # the offline engine's pool and mode, as flags
+        flag = "--" + k.replace("_", "-")
+        args += [flag] if v is True else [flag, str(v)]
     env = dict(os.environ)
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # as users run it: engine core in its own process
     log = tmp_path_factory.mktemp("serve") / "server.log"
