@@ -338,6 +338,13 @@ def main(argv=None):
     result["config"] = dataclasses.asdict(cfg)
     log({"config": result["config"]})
     rows = result["rows"]
+    if not args.no_store:  # first: quick, and the budget below only limits the decode presets
+        for p in presets:
+            try:
+                bench_store(p, gen, bw, rows, log)
+            except Exception as e:
+                log({"error": "store " + p, "what": repr(e)[:500]})
+        save()
     if not args.no_table:
         bench_sdpa(shapes, gen, bw, rows, log)
         save()
@@ -353,15 +360,6 @@ def main(argv=None):
             except Exception as e:
                 log({"error": p, "what": repr(e)[:500]})
             save()
-    if not args.no_store:
-        for p in presets:
-            if time.time() - t_start > args.budget:
-                break
-            try:
-                bench_store(p, gen, bw, rows, log)
-            except Exception as e:
-                log({"error": "store " + p, "what": repr(e)[:500]})
-        save()
     if args.vllm:
         try:
             rows.extend(vllm_baseline_rows(shapes, gen, bw))

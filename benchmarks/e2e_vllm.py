@@ -13,6 +13,11 @@ with the same settings and measured on the same held-out data:
     python benchmarks/e2e_vllm.py --model models/tiny-llama --out e2e.json
         [--configs bf16,fp8,turboquant_4bit_nc,turboquant_3bit_nc,tq4,tq3,tq3_qjl]
 
+Every engine gets the same fixed KV pool (--kv-mib), so capacity = pool / page size even when
+engines share the card.  --jobs N starts N engines concurrently (engine start is mostly compile
+work) while measurements still run one engine at a time, and no engine starts while decode
+throughput is being timed (file locks next to --out).
+
 Needs vLLM (on the GPU machine: tools/gpu-vllm) and this package installed (the plugin).
 Writes one JSON line per config as it goes (partial results survive a timeout).
 """
@@ -20,8 +25,10 @@ Writes one JSON line per config as it goes (partial results survive a timeout).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -65,11 +72,39 @@ def engine_kwargs(config: str, model: str, args) -> dict:
     kw = dict(model=model, dtype="bfloat16", max_model_len=args.max_len, max_num_seqs=args.nseq,
               max_num_batched_tokens=CHUNK, enable_chunked_prefill=True, enable_prefix_caching=False,
               enforce_eager=args.eager, seed=0, block_size=32)
-    kw.update(memory_kwargs(args.mem, args.kv_mib << 20))
+    # a fixed pool on every platform: capacity is pool / page size, whatever else shares the card
+    kw.update(memory_kwargs(args.mem, kv_mib(args) << 20, fixed_gpu_pool=True))
     preset = config.removesuffix(CAL)
     # "+cal": outlier channels calibrated on this model (training split)
     kw.update(config_kwargs(preset, calibration_file(model, preset, args) if config.endswith(CAL) else None))
     return kw
+
+
+def kv_mib(args) -> int:
+    return args.kv_mib if args.kv_mib is not None else (16384 if on_cuda() else 256)
+
+
+@contextlib.contextmanager
+def flocked(path: str | None, exclusive: bool = True):
+    """An flock on ``path`` (nothing without a path).  With --jobs the workers share two files:
+    ``<out>.lock``, held exclusively while an engine is measured (one measurement at a time), and
+    ``<out>.starts``, held shared while an engine starts and exclusively while decode throughput
+    is timed, so that no other engine compiles or captures graphs during that timing."""
+    if not path:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def starts_lock(args) -> str | None:
+    return args.lock + ".starts" if args.lock else None
 
 
 CAL = "+cal"  # config suffix: the preset with `turboquant calibrate` outlier channels
@@ -98,12 +133,12 @@ def bytes_per_token_head(config: str, head_size: int, num_layers: int, skipped: 
 
 
 def measure(config: str, args, text_ids, tasks) -> dict:
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+    from vllm import LLM
 
-    t0 = time.time()
-    llm = LLM(**engine_kwargs(config, args.model, args))
-    start_s = time.time() - t0
+    with flocked(starts_lock(args), exclusive=False):
+        t0 = time.time()
+        llm = LLM(**engine_kwargs(config, args.model, args))
+        start_s = time.time() - t0
     vc = llm.llm_engine.vllm_config
     cc = vc.cache_config
     hf = vc.model_config.hf_config
@@ -112,6 +147,20 @@ def measure(config: str, args, text_ids, tasks) -> dict:
            "skipped_layers": list(getattr(cc, "kv_cache_dtype_skip_layers", []) or [])}
     row["bytes_per_token_per_kv_head"] = bytes_per_token_head(
         config, hf.head_dim, hf.num_hidden_layers, len(row["skipped_layers"]) if config in VLLM_TQ else 0)
+    try:
+        with flocked(args.lock):
+            evaluate(llm, row, args, text_ids, tasks)
+    finally:
+        from turboquant.vllm_integration.compat import shutdown_llm
+
+        shutdown_llm(llm)
+    return row
+
+
+def evaluate(llm, row: dict, args, text_ids, tasks) -> None:
+    """PPL, needle retrieval and decode throughput of a started engine, into ``row``."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
 
     # perplexity on held-out windows, positions >= CHUNK
     from turboquant.quality import corpus
@@ -150,15 +199,12 @@ def measure(config: str, args, text_ids, tasks) -> dict:
     prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in wins[0][:32]])] * args.nseq
     sp = SamplingParams(max_tokens=args.gen, temperature=0.0, ignore_eos=True)
     llm.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)  # warm-up
-    t0 = time.time()
-    outs = llm.generate(prompts, sp, use_tqdm=False)
-    dt = time.time() - t0
+    with flocked(starts_lock(args)):
+        t0 = time.time()
+        outs = llm.generate(prompts, sp, use_tqdm=False)
+        dt = time.time() - t0
     row["decode_tokens_per_s"] = round(sum(len(o.outputs[0].token_ids) for o in outs) / dt, 1)
     row["greedy_tokens"] = [list(o.outputs[0].token_ids[:64]) for o in outs[:1]]
-    from turboquant.vllm_integration.compat import shutdown_llm
-
-    shutdown_llm(llm)
-    return row
 
 
 def main(argv=None) -> int:
@@ -175,7 +221,13 @@ def main(argv=None) -> int:
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--max-len", type=int, default=2048)
     ap.add_argument("--mem", type=float, default=0.25)
-    ap.add_argument("--kv-mib", type=int, default=256, help="CPU only: KV-cache memory per engine")
+    ap.add_argument("--kv-mib", type=int, default=None,
+                    help="KV-cache memory per engine, fixed (default 256 on a CPU, 16384 on a GPU)")
+    ap.add_argument("--jobs", type=int, default=1, help="engines started concurrently (configs split round-robin); "
+                    "measurements still run one engine at a time")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="with --jobs: stop the workers after this many seconds and merge the rows written")
+    ap.add_argument("--lock", default=None, help=argparse.SUPPRESS)  # set by --jobs for the workers
     ap.add_argument("--eager", action="store_true")
     ap.add_argument("--report", metavar="JSONL", help="format an existing results file instead of measuring")
     ap.add_argument("--append", metavar="MD", help="with --report: append the table to this markdown file")
@@ -193,6 +245,8 @@ def main(argv=None) -> int:
         if args.plot:
             plot_results(env, rows, args.plot)
         return 0
+    if args.jobs > 1:
+        return run_jobs(args, argv if argv is not None else sys.argv[1:])
     from turboquant.quality import corpus
     from turboquant.quality.retrieval import EVAL_SEED, eval_grid
 
@@ -210,6 +264,50 @@ def main(argv=None) -> int:
             f.flush()
             print(json.dumps({k: v for k, v in row.items() if k not in ("retrieval", "greedy_tokens")}), flush=True)
     return 0
+
+
+def run_jobs(args, argv: list[str]) -> int:
+    """--jobs N: N worker processes of this script, configs dealt round-robin, one lock file; their
+    rows are merged into --out in the order of --configs under one environment line."""
+    configs = args.configs.split(",")
+    jobs = min(args.jobs, len(configs))
+    lock = args.out + ".lock"
+    base = [a for a in argv]
+    procs, parts = [], []
+    for k in range(jobs):
+        part = f"{args.out}.part{k}"
+        if os.path.exists(part):
+            os.remove(part)
+        parts.append(part)
+        cmd = [sys.executable, os.path.abspath(__file__), *base, "--jobs", "1", "--lock", lock, "--out", part,
+               "--configs", ",".join(configs[k::jobs])]
+        procs.append(subprocess.Popen(cmd))
+    t_end = time.time() + args.deadline if args.deadline else None
+    while any(p.poll() is None for p in procs):
+        if t_end is not None and time.time() > t_end:
+            print(f"e2e: --deadline {args.deadline} s reached; stopping the workers, keeping their rows", flush=True)
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            break
+        time.sleep(1)
+    rc = max(p.wait() for p in procs)
+    env, rows = None, {}
+    for part in parts:
+        if not os.path.exists(part):
+            continue
+        with open(part) as f:
+            for line in f:
+                r = json.loads(line)
+                if r.get("env"):
+                    env = env or r
+                else:
+                    rows[r["config"]] = r
+    with open(args.out, "a") as f:
+        f.write(json.dumps({**(env or environment()), "argv": argv, "jobs": jobs}) + "\n")
+        for c in configs:
+            f.write(json.dumps(rows.get(c, {"config": c, "error": "no row: the worker stopped before it"})) + "\n")
+    return rc
 
 
 def load_results(path: str) -> tuple[dict, list[dict]]:

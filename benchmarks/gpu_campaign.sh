@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # gpu_campaign.sh STAGE -- the GPU work that CPU CI cannot do, one stage per device call (each
 # stays under the device tool's 10-minute limit).  Runs ON the GPU machine from the repository
-# root, after the vLLM kit is installed (../shared/tools/gpu-vllm: stash the parts, then
-# `bash .gpu-vllm/bin/install_on_device.sh install .gpu-vllm/pNN && bash benchmarks/gpu_campaign.sh vllm`
-# in the same command; later stages in back-to-back calls while the machine is warm).
-# Everything worth keeping lands in $OUT.
+# root.  The stages that use vLLM run after the vLLM kit is installed (../shared/tools/gpu-vllm:
+# stash the parts, then `bash .gpu-vllm/bin/install_on_device.sh install .gpu-vllm/pNN && bash
+# benchmarks/gpu_campaign.sh vllm` in the same command; later stages in back-to-back calls while
+# the machine is warm).  Everything worth keeping lands in $OUT.
 #
-#   vllm   tests/vllm eager + CUDA graphs, including the 256-request load test (issues 4, 5)
+#   conf   kernel smoke test + the GPU conformance suite (no vLLM needed; can ride along with a
+#          stash call)
+#   vllm   tests/vllm: the whole suite eager and, at the same time on the same card, the
+#          engine-level files with CUDA graphs; the load test with 256 requests (issues 4, 5)
 #   tp2    tests/vllm/test_tp.py on a 2-GPU machine (kind nvidia-h200-x2; issue 4)
 #   e2e    benchmarks/e2e_vllm.py: bf16, FP8, vLLM's TurboQuant presets and ours, one run,
-#          then the markdown table and the quality-vs-bytes PNG (issues 4, 6)
-#   bench  benchmarks/gpu_run.sh: smoke, GPU conformance, decode/store grid with the vLLM
-#          baselines (issue 3)
+#          engines started 5 at a time, measured one at a time; then the markdown table and the
+#          quality-vs-bytes PNG (issues 4, 6)
+#   bench  benchmarks/gpu_run.sh bench step: store, then decode over the 1k..128k x 1..64 grid,
+#          then the vLLM baselines, same process (issue 3)
 set -euo pipefail
-stage="${1:?usage: $0 vllm|tp2|e2e|bench}"
+stage="${1:?usage: $0 conf|vllm|tp2|e2e|bench}"
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
@@ -21,8 +25,11 @@ export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
 export PYTHONPATH="${GPU_VLLM_SITE:-/tmp/site}${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$stage" in
+  conf)
+    OUT="$OUT" STEPS=smoke,conformance CONF_SECONDS="${CONF_SECONDS:-180}" bash benchmarks/gpu_run.sh ;;
   vllm)
-    OUT="$OUT" TQ_LOAD_REQUESTS="${TQ_LOAD_REQUESTS:-256}" bash tests/vllm/run_gpu.sh "${MODE:-all}" ;;
+    OUT="$OUT" TQ_LOAD_REQUESTS="${TQ_LOAD_REQUESTS:-256}" timeout "${VLLM_SECONDS:-540}" \
+        bash tests/vllm/run_gpu.sh "${MODE:-both}" ;;
   tp2)
     OUT="$OUT" bash tests/vllm/run_gpu.sh eager -k test_tp 2>&1 | tail -40 ;;
   e2e)
@@ -31,11 +38,18 @@ case "$stage" in
     for f in turboquant/*; do ln -sf "$PWD/$f" /tmp/shim/turboquant/; done
     for d in reference triton_impl conformance vllm_integration; do ln -sfn "$PWD/$d" "/tmp/shim/turboquant/$d"; done
     export PYTHONPATH="/tmp/shim:$PYTHONPATH"
-    timeout "${E2E_SECONDS:-540}" python3 benchmarks/e2e_vllm.py --model models/tiny-llama --out "$OUT/e2e.jsonl" \
-        ${E2E_ARGS:-} || echo "e2e stopped (rc $?): the rows written so far are kept"
+    # the committed calibrations of the model (turboquant calibrate), under the names e2e looks for
+    for f in benchmarks/results/calib-*-tiny-llama-*.json; do
+      b=$(basename "$f"); cp "$f" "$OUT/calib-tiny-llama-${b##*-tiny-llama-}"
+    done
+    python3 benchmarks/e2e_vllm.py --model models/tiny-llama --out "$OUT/e2e.jsonl" --eager --jobs 5 \
+        --deadline "${E2E_SECONDS:-480}" \
+        --configs "${E2E_CONFIGS:-bf16,fp8,turboquant_4bit_nc,turboquant_k3v4_nc,turboquant_3bit_nc,tq4,k4g4,k4v3,tq3,tq3_qjl,tq2,tq3.5+cal,tq2.5+cal}" \
+        ${E2E_ARGS:-} || echo "e2e rc $?"
     python3 benchmarks/e2e_vllm.py --report "$OUT/e2e.jsonl" --plot "$OUT/e2e.png" > "$OUT/e2e.md" || true
     cat "$OUT/e2e.md" ;;
   bench)
-    OUT="$OUT" BENCH_ARGS="${BENCH_ARGS:---vllm}" bash benchmarks/gpu_run.sh "${BENCH_SECONDS:-300}" ;;
-  *) echo "unknown stage $stage (vllm|tp2|e2e|bench)" >&2; exit 2 ;;
+    OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --presets tq3,tq4,k4v3,tq2}" \
+        bash benchmarks/gpu_run.sh "${BENCH_SECONDS:-240}" ;;
+  *) echo "unknown stage $stage (conf|vllm|tp2|e2e|bench)" >&2; exit 2 ;;
 esac

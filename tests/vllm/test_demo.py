@@ -15,7 +15,7 @@ from turboquant.vllm_integration.demo import DemoSettings, run_demo  # noqa: E40
 
 def test_demo_table(tiny_model, tmp_path, capsys):
     s = DemoSettings(model=tiny_model, configs=("bf16", "tq3"), prompts=2, prompt_chars=200, max_tokens=4,
-                     max_model_len=256, kv_mib=KV_BYTES >> 20)
+                     max_model_len=256, kv_mib=KV_BYTES >> 20, gpu_fixed_pool=True)
     out = tmp_path / "demo.json"
     rows = run_demo(s, out_json=str(out), log=lambda *_: None)
     table = capsys.readouterr().out

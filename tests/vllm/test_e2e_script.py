@@ -32,9 +32,9 @@ def test_measure_report_plot(tmp_path, capsys):
     out = tmp_path / "e2e.jsonl"
     assert e2e.main(["--model", model, "--out", str(out), "--configs", "bf16,tq3", "--windows", "2", "--window",
                      "256", "--contexts", "256", "--trials", "1", "--nseq", "2", "--gen", "4", "--max-len", "512",
-                     "--kv-mib", "32"]) == 0
+                     "--kv-mib", "32", "--jobs", "2"]) == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert lines[0]["env"] and lines[0]["vllm"]
+    assert lines[0]["env"] and lines[0]["vllm"] and lines[0]["jobs"] == 2  # two workers, rows merged in order
     bf16, tq3 = lines[1:]
     assert "error" not in bf16 and "error" not in tq3, (bf16, tq3)
     assert tq3["bytes_per_token_per_kv_head"] == 104 and bf16["bytes_per_token_per_kv_head"] == 512

@@ -107,7 +107,7 @@ def test_encoder_model_is_refused(tmp_path, engines):
 
     model = build_tiny_bert(str(tmp_path / "bert"))
     kw = dict(model=model, runner="pooling", max_model_len=128, enforce_eager=True)
-    kw.update(memory_kwargs(0.3, KV_BYTES))
+    kw.update(memory_kwargs(0.3, KV_BYTES, fixed_gpu_pool=True))
     msg = _start_fails(engines, attention_backend="CUSTOM", additional_config={"turboquant": {"preset": "tq3"}}, **kw)
     assert "TurboQuant attention backend cannot run layer 'model.encoder.layer.0.attention.output.attn'" in msg
     assert "attn_type='encoder_only' (encoder / cross attention) is not supported; supported: ['decoder']" in msg

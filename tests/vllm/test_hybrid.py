@@ -35,7 +35,7 @@ def _run(model, engines, turboquant: bool):
 
     engines.close()
     kw = dict(model=model, dtype="bfloat16", max_model_len=256, max_num_seqs=2, enforce_eager=True, seed=0)
-    kw.update(memory_kwargs(0.3, KV_BYTES))
+    kw.update(memory_kwargs(0.3, KV_BYTES, fixed_gpu_pool=True))
     if turboquant:
         kw.update(attention_backend="CUSTOM", additional_config={"turboquant": {"preset": PRESET}})
     try:

@@ -25,7 +25,7 @@ def rows():
     except FileNotFoundError as e:
         pytest.skip(str(e))
     s = demo.DemoSettings(model=model, configs=CONFIGS, prompts=6, prompt_chars=400, max_tokens=1, max_model_len=512,
-                     kv_mib=KV_BYTES >> 20)
+                     kv_mib=KV_BYTES >> 20, gpu_fixed_pool=True)
     prompts = demo.prompt_texts(s.prompts, s.prompt_chars, seed=11)
     out = [demo.run_config(c, s, prompts) for c in CONFIGS]
     demo.compare_to_baseline(out)

@@ -56,7 +56,8 @@ def server(model, tmp_path_factory):
     args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
             "--attention-backend", "CUSTOM", "--additional-config", json.dumps({"turboquant": {"preset": PRESET}}),
             "--max-model-len", "1024", "--block-size", str(BLOCK_SIZE), "--seed", "0"]
-    for k, v in memory_kwargs(0.3, KV_BYTES).items():  # the offline engine's pool and mode, as flags
+    # the offline engine's pool and mode, as flags
+    for k, v in memory_kwargs(0.3, KV_BYTES, fixed_gpu_pool=True).items():
         flag = "--" + k.replace("_", "-")
         args += [flag] if v is True else [flag, str(v)]
     env = dict(os.environ)
@@ -105,7 +106,7 @@ def test_completion_equals_offline(server, model, engines):
 
     kw = dict(model=model, max_model_len=1024, block_size=BLOCK_SIZE, seed=0, attention_backend="CUSTOM",
               additional_config={"turboquant": {"preset": PRESET}})
-    kw.update(memory_kwargs(0.3, KV_BYTES))
+    kw.update(memory_kwargs(0.3, KV_BYTES, fixed_gpu_pool=True))
     llm = engines.get(**kw)
     want = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False)[0]
     assert choice["text"] == want.outputs[0].text

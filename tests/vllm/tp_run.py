@@ -21,7 +21,7 @@ def main(model: str, tp: int, out: str) -> None:
     kw = dict(model=model, dtype="float32", max_model_len=256, max_num_seqs=4, enforce_eager=True, seed=0,
               tensor_parallel_size=tp, block_size=32, attention_backend="CUSTOM",
               additional_config={"turboquant": {"preset": "tq3"}})
-    kw.update(memory_kwargs(0.3, 32 << 20))
+    kw.update(memory_kwargs(0.3, 32 << 20, fixed_gpu_pool=True))
     if tp > 1:
         kw["distributed_executor_backend"] = "mp"
     llm = LLM(**kw)
