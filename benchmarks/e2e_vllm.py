@@ -229,15 +229,18 @@ def main(argv=None) -> int:
                     help="with --jobs: stop the workers after this many seconds and merge the rows written")
     ap.add_argument("--lock", default=None, help=argparse.SUPPRESS)  # set by --jobs for the workers
     ap.add_argument("--eager", action="store_true")
-    ap.add_argument("--report", metavar="JSONL", help="format an existing results file instead of measuring")
+    ap.add_argument("--report", metavar="JSONL", help="format existing results instead of measuring (comma-separated "
+                    "files of runs on the same machine are merged into one table)")
     ap.add_argument("--append", metavar="MD", help="with --report: append the table to this markdown file")
     ap.add_argument("--plot", metavar="PNG", help="with --report: write quality against bytes as a PNG")
     ap.add_argument("--exclude", default="", help="with --report: configs to leave out (say why next to the table)")
     args = ap.parse_args(argv)
     if args.report:
-        env, rows = load_results(args.report)
+        env, rows, notes = merge_results(args.report.split(","))
         rows = [r for r in rows if r["config"] not in args.exclude.split(",")]
-        md = report_markdown(env, rows, args.report)
+        md = report_markdown(env, rows, args.report.replace(",", "`, `"))
+        if notes:
+            md += "\n\nSame config in several runs (a check that the runs compare): " + "; ".join(notes) + "."
         print(md)
         if args.append:
             with open(args.append, "a") as f:
@@ -325,6 +328,28 @@ def load_results(path: str) -> tuple[dict, list[dict]]:
     if not rows:
         raise SystemExit(f"{path}: no config rows")
     return env, rows
+
+
+def merge_results(paths: list[str]) -> tuple[dict, list[dict], list[str]]:
+    """Several results files (runs of the same script on the same machine) as one table: the
+    first file's environment; per config the first row that measured it (a failed row gives way
+    to a later measurement).  Also returns notes on configs measured in more than one file."""
+    env, order, best, seen = {}, [], {}, {}
+    for path in paths:
+        e, rows = load_results(path)
+        env = env or e
+        for r in rows:
+            c = r["config"]
+            if c not in best:
+                order.append(c)
+            if c not in best or ("error" in best[c] and "error" not in r):
+                best[c] = r
+            if "ppl" in r:
+                seen.setdefault(c, []).append(r)
+    notes = [f"`{c}` measured in {len(rs)} runs: PPL " + " / ".join(f"{r['ppl']:.4f}" for r in rs)
+             + ", KV capacity " + " / ".join(f"{r['kv_tokens']:,}" for r in rs)
+             for c, rs in seen.items() if len(rs) > 1]
+    return env, [best[c] for c in order], notes
 
 
 def _label(config: str) -> str:

@@ -29,15 +29,13 @@ case "$stage" in
     OUT="$OUT" STEPS=smoke,conformance CONF_SECONDS="${CONF_SECONDS:-180}" bash benchmarks/gpu_run.sh ;;
   vllm)
     OUT="$OUT" TQ_LOAD_REQUESTS="${TQ_LOAD_REQUESTS:-256}" timeout "${VLLM_SECONDS:-540}" \
-        bash tests/vllm/run_gpu.sh "${MODE:-both}" ;;
+        bash tests/vllm/run_gpu.sh "${MODE:-both}" "${@:2}" ;;
   tp2)
-    OUT="$OUT" bash tests/vllm/run_gpu.sh eager -k test_tp 2>&1 | tail -40 ;;
+    OUT="$OUT" TESTS=tests/vllm/test_tp.py bash tests/vllm/run_gpu.sh eager 2>&1 | tail -40 ;;
   e2e)
-    # shim: the package mapping of pyproject.toml without installing (as gpu_run.sh does)
-    mkdir -p /tmp/shim/turboquant
-    for f in turboquant/*; do ln -sf "$PWD/$f" /tmp/shim/turboquant/; done
-    for d in reference triton_impl conformance vllm_integration; do ln -sfn "$PWD/$d" "/tmp/shim/turboquant/$d"; done
-    export PYTHONPATH="/tmp/shim:$PYTHONPATH"
+    # the project with its entry points (vLLM loads the plugin through them)
+    TQ_SITE=/tmp/tq-site bash tests/vllm/install_tq_site.sh
+    export PYTHONPATH="/tmp/tq-site:$PYTHONPATH"
     # the committed calibrations of the model (turboquant calibrate), under the names e2e looks for
     for f in benchmarks/results/calib-*-tiny-llama-*.json; do
       b=$(basename "$f"); cp "$f" "$OUT/calib-tiny-llama-${b##*-tiny-llama-}"

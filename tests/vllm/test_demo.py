@@ -13,12 +13,13 @@ from turboquant import format as tqf  # noqa: E402
 from turboquant.vllm_integration.demo import DemoSettings, run_demo  # noqa: E402
 
 
-def test_demo_table(tiny_model, tmp_path, capsys):
+def test_demo_table(tiny_model, tmp_path, capfd):
+    # capfd, not capsys: vLLM (0.26, CUDA) calls sys.stdout.fileno() while it builds its process groups
     s = DemoSettings(model=tiny_model, configs=("bf16", "tq3"), prompts=2, prompt_chars=200, max_tokens=4,
                      max_model_len=256, kv_mib=KV_BYTES >> 20, gpu_fixed_pool=True)
     out = tmp_path / "demo.json"
     rows = run_demo(s, out_json=str(out), log=lambda *_: None)
-    table = capsys.readouterr().out
+    table = capfd.readouterr().out
     assert "| config | bytes/token/KV head | KV capacity (tokens)" in table and "| tq3 |" in table
     bf16, tq3 = rows
     # same memory, pages sized by the packed slot: capacity ratio = byte ratio (within 2 %)
