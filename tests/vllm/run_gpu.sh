@@ -41,33 +41,37 @@ try:
 except ImportError:
     raise SystemExit("pytest is not installed on this machine: add it to the kit")
 PY
-FAULTS=tests/vllm/test_faults.py
+# Fault-injection files, each in a pytest process of its own: a NaN-poisoned request ended in a CUDA
+# device-side assert inside vLLM (vLLM 0.26, H200), which poisons the CUDA context of the process
+# and would turn every later test into an error.
+FAULTS=(tests/vllm/test_faults.py tests/vllm/test_faults_vllm_attention.py)
 pytest_run() {  # pytest_run LOGNAME GRAPHS(0|1) ARGS...
   local name="$1" g="$2"
   shift 2
   TQ_VLLM_CUDAGRAPHS=$g python3 -P -m pytest "$@" -q -rA --durations=15 -p no:cacheprovider \
       --junitxml "$OUT/vllm-$name.xml" "${EXTRA[@]}" 2>&1 | tee "$OUT/vllm-$name.log" | grep -vE '^\((MainProcess|EngineCore)'
   local r="${PIPESTATUS[0]}"
-  [ "$r" = 5 ] && r=0  # nothing selected (e.g. -k test_tp for the fault file)
+  [ "$r" = 5 ] && r=0  # nothing selected (e.g. -k test_tp for a fault file)
   return "$r"
 }
 run() {  # run MODE [test paths]
-  # The fault-injection file runs in its own process: a NaN-poisoned request can end in a CUDA
-  # device-side assert inside vLLM (seen with vLLM 0.26 on an H200), which poisons the CUDA
-  # context of the process and would turn every later test into an error.
   local m="$1" g=0 r=0
   shift
   local paths=("$@")
   # shellcheck disable=SC2206
   [ ${#paths[@]} -eq 0 ] && paths=(${TESTS:-tests/vllm})
   [ "$m" = graphs ] && g=1
-  echo "=== $m (TQ_VLLM_CUDAGRAPHS=$g): ${paths[*]} (and $FAULTS in its own process) ==="
-  local rest=() faults=0 x
+  local rest=() faults=() ignore=() x f
+  for f in "${FAULTS[@]}"; do ignore+=("--ignore=$f"); done
   for x in "${paths[@]}"; do
-    case "$x" in tests/vllm|tests/vllm/) faults=1; rest+=("$x") ;; "$FAULTS") faults=1 ;; *) rest+=("$x") ;; esac
+    case "$x" in
+      tests/vllm|tests/vllm/) faults=("${FAULTS[@]}"); rest+=("$x") ;;
+      *) if [[ " ${FAULTS[*]} " == *" $x "* ]]; then faults+=("$x"); else rest+=("$x"); fi ;;
+    esac
   done
-  if [ ${#rest[@]} -gt 0 ]; then pytest_run "$m" "$g" "${rest[@]}" --ignore="$FAULTS" || r=$?; fi
-  if [ "$faults" = 1 ]; then pytest_run "$m-faults" "$g" "$FAULTS" || r=$?; fi
+  echo "=== $m (TQ_VLLM_CUDAGRAPHS=$g): ${rest[*]} (fault files, one process each: ${faults[*]:-none}) ==="
+  if [ ${#rest[@]} -gt 0 ]; then pytest_run "$m" "$g" "${rest[@]}" "${ignore[@]}" || r=$?; fi
+  for f in "${faults[@]}"; do pytest_run "$m-$(basename "$f" .py)" "$g" "$f" || r=$?; done
   return "$r"
 }
 rc=0
@@ -76,7 +80,7 @@ case "$mode" in
   both)
     # Every engine of these files has a fixed KV pool (kv_cache_memory_bytes), so two pytest
     # processes can share the card; the graphs log is printed when both are done.
-    GRAPHS_TESTS=${GRAPHS_TESTS:-"tests/vllm/test_engine.py tests/vllm/test_blocks.py tests/vllm/test_load.py tests/vllm/test_outliers.py $FAULTS"}
+    GRAPHS_TESTS=${GRAPHS_TESTS:-"tests/vllm/test_engine.py tests/vllm/test_blocks.py tests/vllm/test_load.py tests/vllm/test_outliers.py ${FAULTS[*]}"}
     # shellcheck disable=SC2086
     run graphs $GRAPHS_TESTS > "$OUT/graphs.stdout" 2>&1 &
     gpid=$!
