@@ -53,8 +53,12 @@ def environment() -> dict:
     import torch
     import vllm
 
+    from turboquant.quality import corpus
+
+    ev = corpus.load_corpus("eval")
+    # the held-out text is the running Python's standard library: another Python version, other text
     env = {"env": True, "date": time.strftime("%Y-%m-%d"), "vllm": vllm.__version__, "torch": torch.__version__,
-           "python": platform.python_version()}
+           "python": platform.python_version(), "eval_corpus_sha256": ev.manifest_sha256, "eval_corpus_root": ev.root}
     if on_cuda():
         env["device"] = torch.cuda.get_device_name(0)
         try:

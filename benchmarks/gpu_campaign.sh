@@ -13,7 +13,8 @@
 #   tp2    tests/vllm/test_tp.py on a 2-GPU machine (kind nvidia-h200-x2; issue 4)
 #   e2e    benchmarks/e2e_vllm.py: bf16, FP8, vLLM's TurboQuant presets and ours, one run,
 #          engines started 5 at a time, measured one at a time; then the markdown table and the
-#          quality-vs-bytes PNG (issues 4, 6)
+#          quality-vs-bytes PNG, then benchmarks/equal_layers.py (ours with vLLM's bf16 layers, same
+#          held-out text) (issues 4, 6)
 #   bench  benchmarks/gpu_run.sh bench step: store, then decode over the 1k..128k x 1..64 grid,
 #          then the vLLM baselines, same process (issue 3)
 set -euo pipefail
@@ -45,7 +46,11 @@ case "$stage" in
         --configs "${E2E_CONFIGS:-bf16,fp8,turboquant_4bit_nc,turboquant_k3v4_nc,turboquant_3bit_nc,tq4,k4g4,k4v3,tq3,tq3_qjl,tq2,tq3.5+cal,tq2.5+cal}" \
         ${E2E_ARGS:-} || echo "e2e rc $?"
     python3 benchmarks/e2e_vllm.py --report "$OUT/e2e.jsonl" --plot "$OUT/e2e.png" > "$OUT/e2e.md" || true
-    cat "$OUT/e2e.md" ;;
+    cat "$OUT/e2e.md"
+    # ours with vLLM's bf16 layers, on this machine's held-out text (its Python's stdlib), CPU work
+    timeout "${EQUAL_SECONDS:-240}" python3 benchmarks/equal_layers.py --vllm-rows "$OUT/e2e.jsonl" --threads 16 \
+        --out "$OUT/equal_layers.json" > "$OUT/equal_layers.md" || echo "equal_layers rc $?"
+    grep -E "^\||comparable" "$OUT/equal_layers.md" || true ;;
   bench)
     OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --presets tq3,tq4,k4v3,tq2}" \
         bash benchmarks/gpu_run.sh "${BENCH_SECONDS:-240}" ;;

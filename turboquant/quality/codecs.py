@@ -11,6 +11,9 @@ tensors [batch, num_kv_heads, tokens, head_size] and has ``name`` and
 * :class:`Fp8Codec` emulates an FP8 e4m3 cache with one scale per tensor
   (amax / 448 of each layer's K, and of its V, in each call).
 * :class:`IdentityCodec` keeps the model's own values.
+* :class:`LayerSplitCodec` keeps some layers in bf16 and passes the others to
+  another codec (vLLM's TurboQuant presets keep the first and last two layers
+  in bf16; this makes the same split measurable for ours).
 """
 
 from __future__ import annotations
@@ -119,6 +122,26 @@ class TurboQuantCodec:
         v = value.detach().float().cpu().numpy()
         kq, vq = self.roundtrip(layer, k, v)
         return (torch.from_numpy(kq).to(key.device, key.dtype), torch.from_numpy(vq).to(value.device, value.dtype))
+
+
+class LayerSplitCodec:
+    """Layers in ``bf16_layers`` get :class:`Bf16Codec`, every other layer ``inner``.  Bytes per
+    token are the average over ``num_layers`` layers."""
+
+    def __init__(self, inner, bf16_layers, num_layers: int):
+        layers = sorted({int(x) for x in bf16_layers})
+        if num_layers < 1 or any(not 0 <= x < num_layers for x in layers):
+            raise ValueError(f"bf16_layers={layers} must be layer indices in [0, {num_layers - 1}]")
+        self.inner, self.bf16, self.bf16_layers, self.num_layers = inner, Bf16Codec(), frozenset(layers), num_layers
+        self.name = f"{inner.name}@bf16={','.join(map(str, layers))}"
+
+    def bytes_per_token(self, head_size: int) -> float:
+        n = len(self.bf16_layers)
+        return (n * self.bf16.bytes_per_token(head_size)
+                + (self.num_layers - n) * self.inner.bytes_per_token(head_size)) / self.num_layers
+
+    def __call__(self, layer, key, value):
+        return (self.bf16 if layer in self.bf16_layers else self.inner)(layer, key, value)
 
 
 def make_codec(name: str, head_size: int, outliers: dict[int, tuple] | None = None):

@@ -18,11 +18,14 @@ import torch.nn.functional as F
 from turboquant.quality.kv_attention import compressed_kv
 
 
-def window_nll(model, windows: np.ndarray, batch_size: int = 8, codec=None) -> np.ndarray:
-    """Mean next-token NLL (nats) of each window [n, T] (the first token is context only)."""
+def window_nll(model, windows: np.ndarray, batch_size: int = 8, codec=None, first_target: int = 1) -> np.ndarray:
+    """Mean next-token NLL (nats) of each window [n, T] over the targets at positions
+    ``first_target`` .. T-1 (position 0 is context only)."""
     w = np.asarray(windows)
     if w.ndim != 2 or w.shape[1] < 2:
         raise ValueError(f"windows must be [num_windows, tokens >= 2], got shape {w.shape}")
+    if not 1 <= first_target < w.shape[1]:
+        raise ValueError(f"first_target={first_target} must be in [1, {w.shape[1] - 1}]")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     device = next(model.parameters()).device
@@ -32,7 +35,7 @@ def window_nll(model, windows: np.ndarray, batch_size: int = 8, codec=None) -> n
             x = torch.as_tensor(w[i: i + batch_size], dtype=torch.long, device=device)
             logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
-            out.append(nll.view(x.shape[0], -1).mean(1).cpu().numpy())
+            out.append(nll.view(x.shape[0], -1)[:, first_target - 1:].mean(1).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
 
@@ -41,9 +44,9 @@ def summarize(nll: np.ndarray) -> dict:
     return {"windows": int(nll.size), "nll": m, "ppl": math.exp(m), "bits_per_byte": m / math.log(2)}
 
 
-def perplexity(model, windows: np.ndarray, batch_size: int = 8, codec=None) -> dict:
+def perplexity(model, windows: np.ndarray, batch_size: int = 8, codec=None, first_target: int = 1) -> dict:
     """{'windows', 'nll', 'ppl', 'bits_per_byte', 'window_nll'} over equal-length windows."""
-    nll = window_nll(model, windows, batch_size, codec)
+    nll = window_nll(model, windows, batch_size, codec, first_target)
     return {**summarize(nll), "window_nll": nll.tolist()}
 
 

@@ -1,0 +1,132 @@
+"""Our presets with vLLM's layer split: the equal-layers comparison the vLLM run cannot make.
+
+vLLM's TurboQuant presets keep some layers in bf16 (on the 6-layer tiny model: 0, 1, 4, 5), so
+against them our presets compress three times as many layers. This script measures our presets
+with the same layers kept in bf16, on the same held-out windows and scored positions as
+``benchmarks/e2e_vllm.py``, through the NumPy reference on the CPU (turboquant.quality: exact
+attention over the dequantized K/V, store-then-attend, as our backend). It also measures our
+presets on every layer, which checks this pipeline against the vLLM run (those rows should agree
+with the vLLM ΔPPL of the same presets), and prints vLLM's rows from the given e2e results.
+
+    python benchmarks/equal_layers.py --vllm-rows benchmarks/results/e2e-h200-2026-12-03-tiny-llama-baselines.jsonl \\
+        [--presets tq3,k4v3,tq4] [--windows 16 --window 1024 --first-target 128] [--out equal_layers.json]
+
+The layers kept in bf16 are the ``skipped_layers`` of the vLLM rows (or --bf16-layers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def vllm_rows(path: str) -> tuple[dict, list[dict]]:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from e2e_vllm import load_results
+
+    return load_results(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="models/tiny-llama")
+    ap.add_argument("--vllm-rows", required=True, help="an e2e_vllm.py results file with bf16 and vLLM TurboQuant rows")
+    ap.add_argument("--presets", default="tq3,k4v3,tq4")
+    ap.add_argument("--bf16-layers", default=None, help="default: the vLLM rows' skipped_layers")
+    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--window", type=int, default=1024)
+    ap.add_argument("--first-target", type=int, default=128, help="score targets at positions >= this (e2e: CHUNK)")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="write the rows as JSON")
+    args = ap.parse_args(argv)
+
+    import platform
+
+    import torch
+
+    from turboquant.quality import codecs, corpus, ppl
+    from turboquant.quality.harness import load_model
+    from turboquant.quality.needles import BOS_ID
+    from turboquant.vllm_integration.engine_configs import VLLM_TQ
+
+    env, vrows = vllm_rows(args.vllm_rows)
+    vbase = next((r for r in vrows if r["config"] == "bf16" and "ppl" in r), None)
+    if vbase is None:
+        raise SystemExit(f"--vllm-rows={args.vllm_rows!r} has no bf16 row")
+    vtq = [r for r in vrows if r["config"] in VLLM_TQ and "ppl" in r]
+    if args.bf16_layers is not None:
+        keep = [int(x) for x in args.bf16_layers.split(",") if x]
+    else:
+        splits = {tuple(sorted(int(x) for x in r["skipped_layers"])) for r in vtq}
+        if len(splits) != 1:
+            raise SystemExit(f"the vLLM rows keep different layers in bf16 ({splits}); pass --bf16-layers")
+        keep = list(splits.pop())
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    cfg = model.config
+    ev = corpus.load_corpus("eval")
+    wins = corpus.windows(ev.ids, args.window, args.windows, BOS_ID, spread=True)
+    configs = [("bf16", codecs.Bf16Codec())]
+    for p in [p for p in args.presets.split(",") if p]:
+        inner = codecs.make_codec(p, cfg.head_dim)
+        configs += [(p, inner), (f"{p} + bf16 layers {','.join(map(str, keep))}",
+                                 codecs.LayerSplitCodec(inner, keep, cfg.num_hidden_layers))]
+    # the same held-out text and scored tokens as the vLLM rows, or the comparison says it is not
+    same, notes = [], []
+    theirs, here_py = env.get("eval_corpus_sha256"), platform.python_version()
+    if theirs is None and env.get("python") == here_py:
+        notes.append(f"the vLLM rows predate corpus hashes; same Python {here_py}, so the same stdlib text assumed")
+    elif theirs != ev.manifest_sha256:
+        same.append(f"held-out text differs (vLLM rows: Python {env.get('python', '?')}, corpus "
+                    f"{str(theirs)[:12]}; here: Python {here_py}, corpus {ev.manifest_sha256[:12]})")
+    n_tokens = len(wins) * (args.window - args.first_target)
+    if vbase.get("ppl_tokens") != n_tokens:
+        same.append(f"scored tokens differ ({vbase.get('ppl_tokens')} in the vLLM rows, {n_tokens} here)")
+    rows, base = [], None
+    t0 = time.time()
+    for name, codec in configs:
+        r = ppl.perplexity(model, wins, args.batch, codec, first_target=args.first_target)
+        base = base or r
+        rows.append({"config": name, "bytes_per_token_per_kv_head": codec.bytes_per_token(cfg.head_dim),
+                     "ppl": r["ppl"], "delta_ppl": r["ppl"] - base["ppl"],
+                     "delta_nll_se": ppl.delta(r, base)["delta_nll_se"], "window_nll": r["window_nll"]})
+        print(f"[{time.time() - t0:6.1f}s] {name}: PPL {r['ppl']:.4f}", flush=True)
+
+    import transformers
+
+    lines = [f"Equal layers: {len(wins)} held-out windows of {args.window} tokens, targets at positions >= "
+             f"{args.first_target}; NumPy reference on the CPU ({platform.processor() or platform.machine()}), torch "
+             f"{torch.__version__}, transformers {transformers.__version__}, float32 model, K/V through each codec. "
+             f"vLLM rows: `{args.vllm_rows}` ({env.get('device', '?')}, vLLM {env.get('vllm', '?')}).", "",
+             "| config | avg B/token/KV head | PPL | ΔPPL vs bf16 (± s.e.) | measured by |", "|---|--:|--:|--:|---|"]
+    for r in rows:
+        lines.append(f"| `{r['config']}` | {r['bytes_per_token_per_kv_head']:.0f} | {r['ppl']:.4f} | "
+                     f"{r['delta_ppl']:+.4f} (± {r['ppl'] * r['delta_nll_se']:.4f}) "
+                     f"| reference, CPU |")
+    for r in [vbase] + vtq:
+        label = "bf16" if r is vbase else r["config"]
+        lines.append(f"| vLLM `{label}` (layers {','.join(map(str, r.get('skipped_layers', []))) or 'none'} in bf16) | "
+                     f"{r['bytes_per_token_per_kv_head']:.0f} | {r['ppl']:.4f} | {r['ppl'] - vbase['ppl']:+.4f} | "
+                     f"vLLM, {env.get('device', '?')} |")
+    if same:
+        lines += ["", "**Not comparable with the vLLM rows above:** " + "; ".join(same)
+                  + ". Only ΔPPL within each source compares."]
+    else:
+        lines += ["", "Same held-out text and scored tokens as the vLLM rows (corpus "
+                  f"{ev.manifest_sha256[:12]}, {n_tokens} tokens)" + "".join(f"; {n}" for n in notes) + "."]
+    print("\n".join(lines))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"settings": vars(args), "bf16_layers": keep, "rows": rows, "comparable": not same,
+                       "caveats": same, "eval_corpus_sha256": ev.manifest_sha256, "python": platform.python_version(),
+                       "vllm_env": env, "vllm_rows": [vbase] + vtq}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
