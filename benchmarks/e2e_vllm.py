@@ -396,16 +396,31 @@ def plot_results(env: dict, rows: list[dict], out: str) -> str:
 
     rows = [r for r in rows if "ppl" in r]
     base = next((r for r in rows if r["config"] == "bf16"), None)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (title, val) in zip(axes, [("ΔPPL vs bf16 cache", lambda r: r["ppl"] - base["ppl"] if base else r["ppl"]),
-                                       ("needle accuracy", lambda r: r["retrieval_mean"])]):
-        for r in rows:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    panels = [("ΔPPL vs bf16 cache (symlog)", lambda r: r["ppl"] - base["ppl"] if base else r["ppl"]),
+              ("needle accuracy", lambda r: r["retrieval_mean"])]
+    for ax, (title, val) in zip(axes, panels):
+        pts = sorted(rows, key=lambda r: (r["bytes_per_token_per_kv_head"], val(r)))
+        for r in pts:
             ours = r["config"] not in VLLM_TQ and r["config"] not in BASELINES
             ax.scatter(r["bytes_per_token_per_kv_head"], val(r), marker="o" if ours else "s",
                        color="tab:blue" if ours else ("tab:red" if r["config"] in VLLM_TQ else "gray"))
-            ax.annotate(r["config"], (r["bytes_per_token_per_kv_head"], val(r)), fontsize=8,
-                        xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log", base=2)
+        if title.startswith("ΔPPL"):
+            ax.set_yscale("symlog", linthresh=0.01)
+        ax.margins(x=0.08, y=0.12)
+        ax.autoscale_view()
+        # labels of points that sit close together on screen are stacked instead of drawn over each other
+        placed: list[tuple[float, float]] = []
+        for r in pts:
+            x, y = r["bytes_per_token_per_kv_head"], val(r)
+            px, py = ax.transData.transform((x, y))
+            near = 0
+            while any(abs(qx - px) < 70 and abs(qy - (py - 11 * near)) < 10 for qx, qy in placed):
+                near += 1
+            placed.append((px, py - 11 * near))
+            ax.annotate(r["config"], (x, y), fontsize=7.5, xytext=(5, -3 - 11 * near), textcoords="offset points",
+                        arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if near else None)
         ax.set_xlabel("bytes per token per KV head (average over layers)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
