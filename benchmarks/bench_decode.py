@@ -234,6 +234,10 @@ SWEEP = [
     AttnConfig(block_tokens=128, num_warps=8, num_stages=3, lookup=0),
     AttnConfig(block_tokens=32, num_warps=4, num_stages=3, lookup=0),
     AttnConfig(block_tokens=64, num_warps=8, num_stages=2, lookup=1),
+    # LOOKUP=2 (2026-12-03, not yet measured): centroids as cubics in the magnitude index, no gathers
+    AttnConfig(block_tokens=64, num_warps=8, num_stages=2, lookup=2),
+    AttnConfig(block_tokens=32, num_warps=4, num_stages=3, lookup=2),
+    AttnConfig(block_tokens=128, num_warps=8, num_stages=3, lookup=2),
 ]
 
 

@@ -15,7 +15,8 @@
 #          engines started 5 at a time, measured one at a time; then the markdown table and the
 #          quality-vs-bytes PNG, then benchmarks/equal_layers.py (ours with vLLM's bf16 layers, same
 #          held-out text) (issues 4, 6)
-#   bench  benchmarks/gpu_run.sh bench step: store, then decode over the 1k..128k x 1..64 grid,
+#   bench  benchmarks/gpu_run.sh bench step: the AttnConfig sweep (incl. the untimed LOOKUP=2
+#          variant), store, then decode over the 1k..128k x 1..64 grid with the sweep's best config,
 #          then the vLLM baselines, same process (issue 3)
 set -euo pipefail
 stage="${1:?usage: $0 conf|vllm|tp2|e2e|bench}"
@@ -52,7 +53,7 @@ case "$stage" in
         --out "$OUT/equal_layers.json" > "$OUT/equal_layers.md" || echo "equal_layers rc $?"
     grep -E "^\||comparable" "$OUT/equal_layers.md" || true ;;
   bench)
-    OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --presets tq3,tq4,k4v3,tq2}" \
+    OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --sweep --presets tq3,tq4,k4v3,tq2}" \
         bash benchmarks/gpu_run.sh "${BENCH_SECONDS:-240}" ;;
   *) echo "unknown stage $stage (conf|vllm|tp2|e2e|bench)" >&2; exit 2 ;;
 esac

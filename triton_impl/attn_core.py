@@ -16,16 +16,32 @@ from turboquant.triton_impl.bits import load_f16_array, load_f32, unpack_codes
 
 
 @triton.jit
-def centroid_values(codes, cent_ptr, BITS: tl.constexpr, LOOKUP: tl.constexpr):
+def centroid_values(codes, cent_ptr, poly_ptr, BITS: tl.constexpr, LOOKUP: tl.constexpr):
     """c[codes] from the centroid table at cent_ptr.  LOOKUP 0: gather loads
-    (L1-resident table).  LOOKUP 1: selects on the code bits, using the exact
-    symmetry c[k] = -c[2^b - 1 - k] of every shipped codebook (checked in
-    params.py): magnitude index m, a select tree over c[HALF + m], a sign."""
+    (L1-resident table).  LOOKUP 1 and 2 use the exact symmetry c[k] = -c[2^b - 1 - k]
+    of every shipped codebook (checked in params.py): magnitude index m, then
+    LOOKUP 1: a select tree over c[HALF + m]; LOOKUP 2: a cubic in m (two for
+    4 bits, params.magnitude_polynomials) from poly_ptr, evaluated in float32,
+    i.e. arithmetic instead of memory latency; then the sign."""
     HALF: tl.constexpr = 1 << (BITS - 1)
     hi = codes >= HALF
     m = tl.where(hi, codes - HALF, (HALF - 1) - codes)
     if LOOKUP == 0:
         v = tl.load(cent_ptr + codes)
+    elif LOOKUP == 2:
+        if BITS == 4:
+            up = m >= 4
+            t = (m & 3).to(tl.float32)
+            a0 = tl.where(up, tl.load(poly_ptr + 4), tl.load(poly_ptr + 0))
+            a1 = tl.where(up, tl.load(poly_ptr + 5), tl.load(poly_ptr + 1))
+            a2 = tl.where(up, tl.load(poly_ptr + 6), tl.load(poly_ptr + 2))
+            a3 = tl.where(up, tl.load(poly_ptr + 7), tl.load(poly_ptr + 3))
+            mag = ((a3 * t + a2) * t + a1) * t + a0
+        else:
+            t = m.to(tl.float32)
+            mag = ((tl.load(poly_ptr + 3) * t + tl.load(poly_ptr + 2)) * t + tl.load(poly_ptr + 1)) * t \
+                + tl.load(poly_ptr + 0)
+        v = mag.to(cent_ptr.dtype.element_ty)
     elif BITS == 1:
         v = tl.zeros(codes.shape, cent_ptr.dtype.element_ty) + tl.load(cent_ptr + 1)
     elif BITS == 2:
@@ -51,7 +67,7 @@ def centroid_values(codes, cent_ptr, BITS: tl.constexpr, LOOKUP: tl.constexpr):
 
 
 @triton.jit
-def _key_scores(ptrs, tval, q, qsc, qs, qssc, cent_ptr, BT: tl.constexpr,
+def _key_scores(ptrs, tval, q, qsc, qs, qssc, cent_ptr, poly_ptr, BT: tl.constexpr,
                 M: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr, QJL: tl.constexpr, NORM: tl.constexpr,
                 CODES: tl.constexpr, CFAST: tl.constexpr, RNORM: tl.constexpr, SIGNS: tl.constexpr,
                 SFAST: tl.constexpr, QJLSCALE: tl.constexpr, F32DOT: tl.constexpr, RP: tl.constexpr,
@@ -62,7 +78,7 @@ def _key_scores(ptrs, tval, q, qsc, qs, qssc, cent_ptr, BT: tl.constexpr,
     s = tl.zeros((RP, BT), tl.float32)
     if BITS > 0:
         codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, M, MP, CFAST)
-        c = centroid_values(codes, cent_ptr, BITS, LOOKUP)  # fp16, or fp32 when F32DOT
+        c = centroid_values(codes, cent_ptr, poly_ptr, BITS, LOOKUP)  # fp16, or fp32 when F32DOT
         if F32DOT:
             s = tl.dot(q, tl.trans(c), input_precision="ieee")
         else:
@@ -82,7 +98,7 @@ def _key_scores(ptrs, tval, q, qsc, qs, qssc, cent_ptr, BT: tl.constexpr,
 
 
 @triton.jit
-def _mse_values(ptrs, tval, p, vis, acc, cent_ptr, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
+def _mse_values(ptrs, tval, p, vis, acc, cent_ptr, poly_ptr, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
                 BITS: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr, CFAST: tl.constexpr,
                 F32DOT: tl.constexpr, LOOKUP: tl.constexpr):
     """acc [RP, MP] += sum_t p_t ||v_t|| c[idx_t] (rotated domain).  The norms
@@ -94,7 +110,7 @@ def _mse_values(ptrs, tval, p, vis, acc, cent_ptr, BT: tl.constexpr, M: tl.const
     vmax = tl.where(vmax > 0, vmax, 1.0)
     w = tl.where(vis, p * (vn * (1.0 / vmax))[None, :], 0.0)
     codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, M, MP, CFAST)
-    c = centroid_values(codes, cent_ptr, BITS, LOOKUP)
+    c = centroid_values(codes, cent_ptr, poly_ptr, BITS, LOOKUP)
     if F32DOT:
         acc += vmax * tl.dot(w, c, input_precision="ieee")
     else:
@@ -147,7 +163,7 @@ def _split_kernel(
     qbuf_ptr, cache_ptr, bt_ptr, stride_bt, seq_lens_ptr, qsl_ptr, cu_tiles_ptr, num_seqs,
     part_acc_ptr, part_ml_ptr,
     stride_cb, stride_ch, stride_cs,
-    k_cent, v_cent,
+    k_cent, v_cent, k_poly, v_poly,
     sm_scale, block_size, num_q_heads, num_splits,
     DECODE: tl.constexpr, LOOKUP: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
     RP: tl.constexpr, BT: tl.constexpr, F32DOT: tl.constexpr,
@@ -179,7 +195,7 @@ def _split_kernel(
     # DECODE: query tile = sequence (one token).  Otherwise tile -> sequence
     # through cu_tiles (cumulative query tiles per sequence).  The chunk size
     # is read from seq_lens in-kernel; num_splits only depends on shapes.
-    # LOOKUP: centroid lookup variant (centroid_values).
+    # LOOKUP: centroid lookup variant (centroid_values: 0 gather, 1 select tree, 2 cubic).
     pid0 = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.program_id(2)
@@ -243,10 +259,10 @@ def _split_kernel(
         tval = tpos < end
         page = tl.load(bt_ptr + b * stride_bt + tpos // block_size, mask=tval, other=0).to(tl.int64)
         ptrs = cache_ptr + page * stride_cb + head_off + (tpos % block_size).to(tl.int64) * stride_cs
-        sc = _key_scores(ptrs, tval, q0, q0sc, s0, s0sc, k_cent, BT, K0_M, K0_MP, K0_BITS, K0_QJL, K0_NORM,
+        sc = _key_scores(ptrs, tval, q0, q0sc, s0, s0sc, k_cent, k_poly, BT, K0_M, K0_MP, K0_BITS, K0_QJL, K0_NORM,
                          K0_CODES, K0_CFAST, K0_RNORM, K0_SIGNS, K0_SFAST, K0_QJLSCALE, F32DOT, RP, LOOKUP)
         if K_NI == 2:
-            sc += _key_scores(ptrs, tval, q1, q1sc, s1, s1sc, k_cent + 16, BT, K1_M, K1_MP, K1_BITS, K1_QJL,
+            sc += _key_scores(ptrs, tval, q1, q1sc, s1, s1sc, k_cent + 16, k_poly + 8, BT, K1_M, K1_MP, K1_BITS, K1_QJL,
                               K1_NORM, K1_CODES, K1_CFAST, K1_RNORM, K1_SIGNS, K1_SFAST, K1_QJLSCALE, F32DOT, RP,
                               LOOKUP)
         vis = row_valid[:, None] & tval[None, :] & (tpos[None, :] <= qpos[:, None])
@@ -262,11 +278,11 @@ def _split_kernel(
             acc0 = _group_values(ptrs, tval, p, vis, acc0, BT, D, DP, V_GS, V_NG, V_BITS, V_SCALE, V_ZERO,
                                  V_CODES, V_CFAST, F32DOT)
         else:
-            acc0 = _mse_values(ptrs, tval, p, vis, acc0, v_cent, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES,
+            acc0 = _mse_values(ptrs, tval, p, vis, acc0, v_cent, v_poly, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES,
                                V0_CFAST, F32DOT, LOOKUP)
             if V_NI == 2:
                 acc1 = acc1 * alpha[:, None]
-                acc1 = _mse_values(ptrs, tval, p, vis, acc1, v_cent + 16, BT, V1_M, V1_MP, V1_BITS, V1_NORM,
+                acc1 = _mse_values(ptrs, tval, p, vis, acc1, v_cent + 16, v_poly + 8, BT, V1_M, V1_MP, V1_BITS, V1_NORM,
                                    V1_CODES, V1_CFAST, F32DOT, LOOKUP)
 
     prow = qrow * num_splits + sp

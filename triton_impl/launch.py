@@ -25,7 +25,22 @@ class AttnConfig:
     num_stages: int = 2
     programs_per_sm: int = 4  # split target: num_seqs*H*S >= programs_per_sm * SMs
     min_chunk: int = 256  # fewest tokens per split
-    lookup: int = 0  # centroid lookup: 0 gather loads, 1 symmetric select tree (attn_core.centroid_values)
+    lookup: int = 0  # centroid lookup: 0 gather loads, 1 select tree, 2 cubic (attn_core.centroid_values)
+
+    def __post_init__(self):
+        if self.lookup not in LOOKUPS:
+            raise ValueError(f"lookup={self.lookup!r} is not supported; allowed values: {list(LOOKUPS)}")
+
+
+LOOKUPS = (0, 1, 2)
+
+
+def lookup_variant(lookup: int, meta: dict, f32dot: bool) -> int:
+    """The centroid lookup a launch uses: 1 and 2 need a symmetric codebook (2 also one whose
+    magnitudes its cubics reproduce, params.magnitude_polynomials), and fp16 operands; else 0."""
+    if f32dot or not meta["CB_SYMMETRIC"] or (lookup == 2 and not meta["CB_POLY"]):
+        return 0
+    return lookup
 
 
 CPU_CONFIG = AttnConfig(block_tokens=32, num_warps=4, num_stages=1, programs_per_sm=16, min_chunk=32)
@@ -78,8 +93,8 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
     _split_kernel[grid](
         qbuf, words, block_table, block_table.stride(0), seq_lens, qsl, cu_tiles, block_table.shape[0],
         part_acc, part_ml, words.stride(0), words.stride(1), words.stride(2),
-        k_cent, v_cent, float(sm_scale), cache.shape[2], num_q_heads, num_splits,
-        DECODE=decode, LOOKUP=cfg.lookup if (m["CB_SYMMETRIC"] and not f32dot) else 0,
+        k_cent, v_cent, params.k_poly, params.v_poly, float(sm_scale), cache.shape[2], num_q_heads, num_splits,
+        DECODE=decode, LOOKUP=lookup_variant(cfg.lookup, m, f32dot),
         G=g, GP=gp, BQ=bq, RP=rp, BT=bt, F32DOT=f32dot,
         DACC=dacc, **query_layout(params), **split_meta(params),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -11,6 +11,8 @@ Tensor layout (``I`` = 2 instance slots per tensor, unused ones are zero):
   to a power of two (row r, column c = Pi[r, c]; y = u @ Pi^T).
 * ``{k,v}_qjl``  float32 [I, MPMAX, MPMAX]: S (prod keys only).
 * ``{k,v}_cent`` float32 [I, 16] / ``*_cent16`` float16 [I, 16]: centroids.
+* ``{k,v}_poly`` float32 [I, 8]: the centroid magnitudes as cubics in the
+  magnitude index (``magnitude_polynomials``; attention LOOKUP=2).
 * ``{k,v}_bnd``  float32 [I, 16]: decision boundaries, +inf padded.
 * ``{k,v}_chan`` int32 [I, MPMAX]: original channel of each instance column.
 
@@ -30,6 +32,8 @@ from turboquant.reference.quantizer import layer_params
 MIN_DOT = 16  # every tl.dot dimension must be >= 16
 MAX_INSTANCES = 2
 CENT_SLOTS = 16  # 2^4 centroids at most (SUPPORTED_BITS <= 4)
+POLY_SLOTS = 8  # attn_core.centroid_values LOOKUP=2: two cubics in the magnitude index
+POLY_RTOL = 1e-6  # the polynomials must give every centroid to this relative error (float32 Horner)
 
 
 def next_pow2(n: int) -> int:
@@ -87,11 +91,13 @@ class KernelParams:
     k_qjl: torch.Tensor
     k_cent: torch.Tensor
     k_cent16: torch.Tensor
+    k_poly: torch.Tensor
     k_bnd: torch.Tensor
     k_chan: torch.Tensor
     v_rot: torch.Tensor
     v_cent: torch.Tensor
     v_cent16: torch.Tensor
+    v_poly: torch.Tensor
     v_bnd: torch.Tensor
     v_chan: torch.Tensor
     extra: dict = field(default_factory=dict)
@@ -123,10 +129,12 @@ class KernelParams:
             "K_NI": len(lp.keys),
             "V_GROUP": fmt.preset.value_mode == "group",
             "V_NI": len(lp.values),
-            # attn_core.centroid_values LOOKUP=1 relies on c[k] == -c[2^b-1-k] exactly
+            # attn_core.centroid_values LOOKUP=1 and 2 rely on c[k] == -c[2^b-1-k] exactly
             "CB_SYMMETRIC": all(np.array_equal(p.codebook.centroids, -p.codebook.centroids[::-1])
                                 for p in lp.keys + lp.values if p.codebook is not None),
         }
+        meta["CB_POLY"] = meta["CB_SYMMETRIC"] and all(
+            magnitude_polynomials(p.codebook.centroids)[1] for p in lp.keys + lp.values if p.codebook is not None)
         tensors = {}
         for t, insts in (("k", lp.keys), ("v", lp.values)):
             tensor = "key" if t == "k" else "value"
@@ -134,6 +142,7 @@ class KernelParams:
             rot = np.zeros((MAX_INSTANCES, mpmax, mpmax), np.float32)
             qjl = np.zeros((MAX_INSTANCES, mpmax, mpmax), np.float32)
             cent = np.zeros((MAX_INSTANCES, CENT_SLOTS), np.float32)
+            poly = np.zeros((MAX_INSTANCES, POLY_SLOTS), np.float32)
             bnd = np.full((MAX_INSTANCES, CENT_SLOTS), np.inf, np.float32)
             chan = np.zeros((MAX_INSTANCES, mpmax), np.int32)
             for i in range(MAX_INSTANCES):
@@ -150,12 +159,14 @@ class KernelParams:
                 if p.codebook is not None:
                     nc = p.codebook.centroids.size
                     cent[i, :nc] = p.codebook.centroids
+                    poly[i] = magnitude_polynomials(p.codebook.centroids)[0]
                     bnd[i, : nc - 1] = p.codebook.boundaries
                 chan[i, :m] = np.asarray(p.channels, np.int32)
             meta[f"{t.upper()}_MPMAX"] = mpmax
             tensors[f"{t}_rot"] = torch.from_numpy(rot).to(device)
             tensors[f"{t}_cent"] = torch.from_numpy(cent).to(device)
             tensors[f"{t}_cent16"] = torch.from_numpy(cent.astype(np.float16)).to(device)
+            tensors[f"{t}_poly"] = torch.from_numpy(poly).to(device)
             tensors[f"{t}_bnd"] = torch.from_numpy(bnd).to(device)
             tensors[f"{t}_chan"] = torch.from_numpy(chan).to(device)
             if t == "k":
@@ -186,6 +197,34 @@ class KernelParams:
 
     def value_meta(self) -> dict:
         return {k: v for k, v in self.meta.items() if k.startswith("V")}
+
+
+def magnitude_polynomials(centroids: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Coefficients for attn_core.centroid_values LOOKUP=2, and whether they are exact enough.
+
+    A symmetric codebook of 2^b centroids has 2^(b-1) magnitudes c[H + m], m = 0 .. H-1 (H = 2^(b-1)).
+    They are interpolated by a cubic in m (b <= 3: H <= 4 points, so exactly) or, for b = 4, by one
+    cubic for m = 0..3 and one for m = 4..7 in (m - 4).  Returns float32 [a0, a1, a2, a3, b0, b1, b2,
+    b3] (value = a0 + a1 m + a2 m^2 + a3 m^3) and whether a float32 Horner evaluation reproduces every
+    magnitude within POLY_RTOL of the largest."""
+    c = np.asarray(centroids, np.float64)
+    h = c.size // 2
+    mags = c[h:]
+    out = np.zeros(POLY_SLOTS, np.float64)
+    for half, part in enumerate([mags[:4], mags[4:8]]):
+        if part.size == 0:
+            continue
+        x = np.arange(part.size, dtype=np.float64)
+        coef = np.linalg.solve(np.vander(x, part.size, increasing=True), part)  # exact interpolation
+        out[4 * half: 4 * half + part.size] = coef
+    coef32 = out.astype(np.float32)
+    got = np.empty(h, np.float64)
+    for m in range(h):
+        a = coef32[4 * (m // 4): 4 * (m // 4) + 4]
+        t = np.float32(m % 4)
+        got[m] = ((a[3] * t + a[2]) * t + a[1]) * t + a[0]  # float32 Horner, as the kernel
+    ok = bool(np.all(np.abs(got - mags) <= POLY_RTOL * np.abs(mags).max()))
+    return coef32, ok
 
 
 _CACHE: dict = {}

@@ -23,6 +23,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
 from turboquant.triton_impl import (  # noqa: E402
+    AttnConfig,
     KernelParams,
     decode_attention,
     dequantize,
@@ -157,6 +158,51 @@ def test_gqa_groups_decode_equals_paged(g):
     # any split count gives the same function
     c = decode_attention(*args, p, num_splits=7).float().cpu().numpy()
     assert rel_err(c, want) < tqf.ATTN_RTOL_HALF
+
+
+@pytest.mark.parametrize("lookup", [0, 1, 2])
+@pytest.mark.parametrize("preset", ["tq2", "tq3", "tq4", "tq3.5"])
+def test_centroid_lookup_variants(lookup, preset):
+    """Every centroid lookup of the split kernel (gather, select tree, cubic) gives the reference's
+    decode and extend outputs, for 2-, 3- and 4-bit codes and the outlier split's two instances."""
+    fmt = _fmt(preset)
+    rng = np.random.default_rng(40 + lookup)
+    cache, bt, sl = _paged_case(fmt, [37, 130], 2, 4, 16, rng)
+    q = rng.standard_normal((2, 8, 128)).astype(np.float32)
+    p = KernelParams.build(fmt, DEV)
+    assert p.meta["CB_SYMMETRIC"] and p.meta["CB_POLY"]  # so the variant really runs
+    t = lambda x: torch.from_numpy(x).to(DEV)  # noqa: E731
+    args = (t(q).to(torch.bfloat16), t(cache), t(bt), t(sl))
+    want = ref.paged_attention(args[0].float().cpu().numpy(), cache, bt, sl, fmt)
+    cfg = AttnConfig(block_tokens=32, lookup=lookup)
+    got = decode_attention(*args, p, config=cfg).float().cpu().numpy()
+    assert rel_err(got, want) < tqf.ATTN_RTOL_HALF
+    qsl = np.array([0, 5, 9], np.int32)  # extend: the last 5 and 4 tokens of the two sequences
+    qx = rng.standard_normal((9, 8, 128)).astype(np.float32)
+    want_x = ref.paged_attention(t(qx).to(torch.bfloat16).float().cpu().numpy(), cache, bt, sl, fmt, qsl)
+    got_x = paged_attention(t(qx).to(torch.bfloat16), t(cache), t(bt), t(sl), t(qsl), p, config=cfg)
+    assert rel_err(got_x.float().cpu().numpy(), want_x) < tqf.ATTN_RTOL_HALF
+
+
+def test_magnitude_polynomials_reproduce_every_shipped_codebook():
+    from turboquant.reference.quantizer import layer_params
+    from turboquant.triton_impl.params import magnitude_polynomials
+
+    for preset in ("tq2", "tq3", "tq4", "tq3.5", "tq2.5"):
+        for inst in layer_params(_fmt(preset)).keys:
+            c = inst.codebook.centroids
+            coef, ok = magnitude_polynomials(c)
+            h = c.size // 2
+            m = np.arange(h)
+            a = coef.astype(np.float64).reshape(2, 4)[m // 4]
+            t = (m % 4).astype(np.float64)
+            got = ((a[:, 3] * t + a[:, 2]) * t + a[:, 1]) * t + a[:, 0]
+            assert ok and np.allclose(got, c[h:], rtol=0, atol=1e-6 * np.abs(c).max()), (preset, got, c[h:])
+
+
+def test_attn_config_rejects_unknown_lookup():
+    with pytest.raises(ValueError, match=r"lookup=3 is not supported; allowed values: \[0, 1, 2\]"):
+        AttnConfig(lookup=3)
 
 
 def test_extend_softmax_scale_out_and_fp32():
