@@ -93,6 +93,7 @@ def main(argv=None):
     ap.add_argument("--presets", default="")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--configs", action="store_true", help="also the benchmark sweep configs (tq3)")
+    ap.add_argument("--head-size", type=int, default=128)
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET")
@@ -112,12 +113,13 @@ def main(argv=None):
     JITFunction.run = _record
     presets = [p for p in args.presets.split(",") if p] or list(tqf.PRESETS)
     for name in presets:
-        fmt = tqf.LayerFormat(tqf.get_preset(name), 128)
+        d = args.head_size
+        fmt = tqf.LayerFormat(tqf.get_preset(name), d)
         p = KernelParams.build(fmt, "cpu")
         cache = torch.zeros(fmt.cache_shape(64, 16, 8), dtype=torch.uint8)
-        kv = torch.zeros((40, 8, 128), dtype=torch.bfloat16)
+        kv = torch.zeros((40, 8, d), dtype=torch.bfloat16)
         store_kv(kv, kv, cache, torch.arange(40), p)
-        q = torch.zeros((4, 32, 128), dtype=torch.bfloat16)
+        q = torch.zeros((4, 32, d), dtype=torch.bfloat16)
         bt = torch.zeros((4, 16), dtype=torch.int32)
         sl = torch.full((4,), 200, dtype=torch.int32)
         decode_attention(q, cache, bt, sl, p, config=AttnConfig())
