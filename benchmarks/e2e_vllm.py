@@ -273,32 +273,46 @@ def main(argv=None) -> int:
     return 0
 
 
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill a worker and its children (vLLM's engine-core process holds the GPU memory)."""
+    try:
+        import psutil
+
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+    except Exception:  # no psutil, or the process is already gone: the worker itself still goes
+        pass
+    proc.kill()
+
+
 def run_jobs(args, argv: list[str]) -> int:
     """--jobs N: N worker processes of this script, configs dealt round-robin, one lock file; their
     rows are merged into --out in the order of --configs under one environment line."""
     configs = args.configs.split(",")
     jobs = min(args.jobs, len(configs))
     lock = args.out + ".lock"
-    base = [a for a in argv]
     procs, parts = [], []
     for k in range(jobs):
         part = f"{args.out}.part{k}"
         if os.path.exists(part):
             os.remove(part)
         parts.append(part)
-        cmd = [sys.executable, os.path.abspath(__file__), *base, "--jobs", "1", "--lock", lock, "--out", part,
+        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--jobs", "1", "--lock", lock, "--out", part,
                "--configs", ",".join(configs[k::jobs])]
         procs.append(subprocess.Popen(cmd))
     t_end = time.time() + args.deadline if args.deadline else None
+    stopped = False
     while any(p.poll() is None for p in procs):
         if t_end is not None and time.time() > t_end:
             print(f"e2e: --deadline {args.deadline} s reached; stopping the workers, keeping their rows", flush=True)
             for p in procs:
                 if p.poll() is None:
-                    p.kill()
+                    _kill_tree(p)
+            stopped = True
             break
         time.sleep(1)
-    rc = max(p.wait() for p in procs)
+    codes = [p.wait() for p in procs]
+    rc = 1 if stopped else next((c for c in codes if c != 0), 0)
     env, rows = None, {}
     for part in parts:
         if not os.path.exists(part):

@@ -47,3 +47,15 @@ def test_measure_report_plot(tmp_path, capsys):
     text = md.read_text()
     assert text.startswith("# results\n") and "| `tq3` (ours) | 104 |" in text and "| `bf16` | 512 |" in text
     assert png.stat().st_size > 10_000
+
+
+def test_jobs_deadline_stops_workers_and_keeps_the_table_shape(tmp_path):
+    """--deadline: the workers (and their engine processes) are killed, every config still gets a
+    row (an error saying why), and the exit code says the run did not finish."""
+    out = tmp_path / "e2e.jsonl"
+    rc = _script().main(["--model", os.path.join(REPO, "models", "tiny-llama"), "--out", str(out), "--configs", "bf16,tq3,tq4",
+                         "--jobs", "2", "--deadline", "0.5", "--kv-mib", "32"])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rc == 1 and lines[0]["env"] and lines[0]["jobs"] == 2
+    assert [r["config"] for r in lines[1:]] == ["bf16", "tq3", "tq4"]
+    assert all(r["error"] == "no row: the worker stopped before it" for r in lines[1:])
