@@ -53,8 +53,9 @@ def test_jobs_deadline_stops_workers_and_keeps_the_table_shape(tmp_path):
     """--deadline: the workers (and their engine processes) are killed, every config still gets a
     row (an error saying why), and the exit code says the run did not finish."""
     out = tmp_path / "e2e.jsonl"
-    rc = _script().main(["--model", os.path.join(REPO, "models", "tiny-llama"), "--out", str(out), "--configs", "bf16,tq3,tq4",
-                         "--jobs", "2", "--deadline", "0.5", "--kv-mib", "32"])
+    model = os.path.join(REPO, "models", "tiny-llama")
+    rc = _script().main(["--model", model, "--out", str(out), "--configs", "bf16,tq3,tq4", "--jobs", "2",
+                         "--deadline", "0.5", "--kv-mib", "32"])
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert rc == 1 and lines[0]["env"] and lines[0]["jobs"] == 2
     assert [r["config"] for r in lines[1:]] == ["bf16", "tq3", "tq4"]
