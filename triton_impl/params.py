@@ -133,8 +133,7 @@ class KernelParams:
             "CB_SYMMETRIC": all(np.array_equal(p.codebook.centroids, -p.codebook.centroids[::-1])
                                 for p in lp.keys + lp.values if p.codebook is not None),
         }
-        meta["CB_POLY"] = meta["CB_SYMMETRIC"] and all(
-            magnitude_polynomials(p.codebook.centroids)[1] for p in lp.keys + lp.values if p.codebook is not None)
+        poly_ok = meta["CB_SYMMETRIC"]  # attn_core.centroid_values LOOKUP=2 (set below)
         tensors = {}
         for t, insts in (("k", lp.keys), ("v", lp.values)):
             tensor = "key" if t == "k" else "value"
@@ -159,7 +158,8 @@ class KernelParams:
                 if p.codebook is not None:
                     nc = p.codebook.centroids.size
                     cent[i, :nc] = p.codebook.centroids
-                    poly[i] = magnitude_polynomials(p.codebook.centroids)[0]
+                    poly[i], ok = magnitude_polynomials(p.codebook.centroids)
+                    poly_ok = poly_ok and ok
                     bnd[i, : nc - 1] = p.codebook.boundaries
                 chan[i, :m] = np.asarray(p.channels, np.int32)
             meta[f"{t.upper()}_MPMAX"] = mpmax
@@ -171,6 +171,7 @@ class KernelParams:
             tensors[f"{t}_chan"] = torch.from_numpy(chan).to(device)
             if t == "k":
                 tensors["k_qjl"] = torch.from_numpy(qjl).to(device)
+        meta["CB_POLY"] = poly_ok
         if meta["V_GROUP"]:
             fm = fmt.field_map
             meta.update({

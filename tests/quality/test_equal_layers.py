@@ -3,7 +3,6 @@ benchmarks/equal_layers.py at toy sizes on the shipped tiny model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -32,14 +31,8 @@ def test_layer_split_routes_layers_and_averages_bytes():
         codecs.LayerSplitCodec(inner, [0, 4], num_layers=4)
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("equal_layers", os.path.join(REPO, "benchmarks", "equal_layers.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
-
-def test_equal_layers_script(tmp_path, capsys):
+def test_equal_layers_script(tmp_path, capsys, bench_script):
     if not os.path.isfile(os.path.join(MODEL, "config.json")):
         pytest.skip("models/tiny-llama is not in this checkout")
     rows = tmp_path / "e2e.jsonl"  # a vLLM results file: bf16 and one TurboQuant preset keeping layers 0 and 5
@@ -49,8 +42,9 @@ def test_equal_layers_script(tmp_path, capsys):
         {"config": "turboquant_3bit_nc", "ppl": 3.1, "ppl_tokens": 1, "bytes_per_token_per_kv_head": 375,
          "skipped_layers": ["0", "5"]}]) + "\n")
     out = tmp_path / "eq.json"
-    assert _script().main(["--model", MODEL, "--vllm-rows", str(rows), "--presets", "tq3", "--windows", "2",
-                           "--window", "96", "--first-target", "32", "--out", str(out)]) == 0
+    args = ["--model", MODEL, "--vllm-rows", str(rows), "--presets", "tq3", "--windows", "2", "--window", "96",
+            "--first-target", "32", "--out", str(out)]
+    assert bench_script("equal_layers").main(args) == 0
     res = json.loads(out.read_text())
     assert res["bf16_layers"] == [0, 5]
     got = {r["config"]: r for r in res["rows"]}

@@ -3,7 +3,6 @@ measure two configs, then format the table (appended to a markdown file) and the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -15,20 +14,14 @@ from turboquant.vllm_integration import demo  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("e2e_vllm", os.path.join(REPO, "benchmarks", "e2e_vllm.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
-
-def test_measure_report_plot(tmp_path, capsys):
+def test_measure_report_plot(tmp_path, capsys, bench_script):
     pytest.importorskip("matplotlib")
     try:
         model = demo.builtin_model()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    e2e = _script()
+    e2e = bench_script("e2e_vllm")
     out = tmp_path / "e2e.jsonl"
     assert e2e.main(["--model", model, "--out", str(out), "--configs", "bf16,tq3", "--windows", "2", "--window",
                      "256", "--contexts", "256", "--trials", "1", "--nseq", "2", "--gen", "4", "--max-len", "512",
@@ -49,13 +42,13 @@ def test_measure_report_plot(tmp_path, capsys):
     assert png.stat().st_size > 10_000
 
 
-def test_jobs_deadline_stops_workers_and_keeps_the_table_shape(tmp_path):
+def test_jobs_deadline_stops_workers_and_keeps_the_table_shape(tmp_path, bench_script):
     """--deadline: the workers (and their engine processes) are killed, every config still gets a
     row (an error saying why), and the exit code says the run did not finish."""
     out = tmp_path / "e2e.jsonl"
     model = os.path.join(REPO, "models", "tiny-llama")
-    rc = _script().main(["--model", model, "--out", str(out), "--configs", "bf16,tq3,tq4", "--jobs", "2",
-                         "--deadline", "0.5", "--kv-mib", "32"])
+    rc = bench_script("e2e_vllm").main(["--model", model, "--out", str(out), "--configs", "bf16,tq3,tq4",
+                                        "--jobs", "2", "--deadline", "0.5", "--kv-mib", "32"])
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert rc == 1 and lines[0]["env"] and lines[0]["jobs"] == 2
     assert [r["config"] for r in lines[1:]] == ["bf16", "tq3", "tq4"]
