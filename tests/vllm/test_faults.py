@@ -17,6 +17,17 @@ request.  Checked through vLLM:
 * attention outputs of clean requests are finite;
 * the poisoned request still finishes (no crash), and after the weight is
   restored the engine serves the clean batch exactly as before.
+
+Two variants. ``prefill_only``: the poisoned request asks for one token, so
+the token sampled from its NaN logits is returned but never fed back into the
+model; this isolates the KV cache and attention from vLLM's sampler.
+``decode``: it asks for MAX_TOKENS, so the sampled token is the next step's
+input.  On an H200 with vLLM 0.26 the ``decode`` variant crashed the CUDA
+context with a device-side assert in that next step
+(tests/vllm/results-gpu-2026-12-03.md); ``test_faults_vllm_attention.py``
+runs the same fault with vLLM's own attention to tell whether the crash is
+vLLM's handling of NaN logits.  Module-scoped parametrization runs every
+``prefill_only`` test before the first ``decode`` one.
 """
 
 from __future__ import annotations
@@ -48,11 +59,15 @@ POISONED = _prompt(40)
 POISONED[POISON_AT] = POISON
 
 
-def _generate(llm, prompts):
+def _generate(llm, prompts, last_max_tokens: int = MAX_TOKENS):
+    """Greedy, MAX_TOKENS per prompt, the last prompt ``last_max_tokens``; no detokenization
+    (the tests compare token ids, and a NaN row may not sample a token the tokenizer knows)."""
     from vllm import SamplingParams
 
-    sp = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    return llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    sps = [SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True, detokenize=False)
+           for _ in prompts]
+    sps[-1] = SamplingParams(temperature=0.0, max_tokens=last_max_tokens, ignore_eos=True, detokenize=False)
+    return llm.generate([{"prompt_token_ids": p} for p in prompts], sps, use_tqdm=False)
 
 
 def _set_embedding_row(llm, row: int, values):
@@ -82,8 +97,9 @@ class Stores:
             self.attn_rows.append((qsl, out))
 
 
-@pytest.fixture(scope="module")
-def fault_run(tiny_model, engines):
+@pytest.fixture(scope="module", params=[1, MAX_TOKENS], ids=["prefill_only", "decode"])
+def fault_run(request, tiny_model, engines):
+    poisoned_tokens = request.param
     llm = engines.get(**llm_kwargs(tiny_model, dtype="float32"))
     llm.reset_prefix_cache()
     initial_free = free_blocks(llm)
@@ -94,13 +110,13 @@ def fault_run(tiny_model, engines):
     try:
         _set_embedding_row(llm, POISON, torch.full_like(saved, float("nan")))
         with debug.recording(rec):
-            outs = _generate(llm, CLEAN + [POISONED])
+            outs = _generate(llm, CLEAN + [POISONED], poisoned_tokens)
     finally:
         _set_embedding_row(llm, POISON, saved)
     llm.reset_prefix_cache()
     clean_after = [list(o.outputs[0].token_ids) for o in _generate(llm, CLEAN)]
     return dict(llm=llm, clean_before=clean_before, outs=outs, rec=rec, clean_after=clean_after,
-                initial_free=initial_free)
+                initial_free=initial_free, poisoned_tokens=poisoned_tokens)
 
 
 def test_clean_neighbours_unchanged(fault_run):
@@ -110,7 +126,7 @@ def test_clean_neighbours_unchanged(fault_run):
 
 def test_poisoned_request_finishes(fault_run):
     o = fault_run["outs"][-1]
-    assert o.finished and len(o.outputs[0].token_ids) == MAX_TOKENS
+    assert o.finished and len(o.outputs[0].token_ids) == fault_run["poisoned_tokens"]
 
 
 def test_stored_bytes_follow_spec(fault_run):
@@ -124,7 +140,27 @@ def test_stored_bytes_follow_spec(fault_run):
         nonfinite_keys += int((~np.isfinite(e["key"])).any(axis=-1).all(axis=-1).sum())
     n_layers = len({e["fmt"].layer for e in fault_run["rec"].stores})
     assert n_layers >= 2
-    assert nonfinite_keys == 1 + (n_layers - 1) * (len(POISONED) - POISON_AT + MAX_TOKENS - 1)
+    stored_generated = fault_run["poisoned_tokens"] - 1  # the last sampled token is never stored
+    assert nonfinite_keys == 1 + (n_layers - 1) * (len(POISONED) - POISON_AT + stored_generated)
+
+
+def test_freed_poisoned_blocks_reused(fault_run):
+    """prefill_only: the poisoned request's blocks go back to the pool after its one step, and a
+    clean request's later tokens are stored into a block whose other slots still hold the poisoned
+    tokens' non-finite encoding -- so test_clean_neighbours_unchanged also checks attention over a
+    reused block with stale NaN slots (vLLM's own CPU attention fails that case: see
+    test_faults_vllm_attention.py)."""
+    if fault_run["poisoned_tokens"] != 1:
+        pytest.skip("the poisoned request holds its blocks until every request has finished")
+    poisoned_blocks: dict[str, set] = {}
+    reused = 0
+    for e in fault_run["rec"].stores:
+        blocks = e["slot_ids"] // e["block_size"]
+        bad = (~np.isfinite(e["key"])).any(axis=(1, 2))
+        seen = poisoned_blocks.setdefault(e["layer"], set())
+        reused += int(sum(b in seen for b in blocks[~bad].tolist()))
+        seen.update(blocks[bad].tolist())
+    assert reused > 0, "no clean token was stored into a block freed by the poisoned request"
 
 
 def test_clean_attention_rows_finite(fault_run):

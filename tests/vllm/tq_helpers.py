@@ -124,6 +124,6 @@ def store_snapshot(d: dict) -> dict:
     cache, sm = d["kv_cache"], d["slot_mapping"].to(torch.int64)
     keep = sm >= 0
     idx, bs = sm[keep], cache.shape[2]
-    return dict(layer=d["layer_name"], fmt=d["fmt"], slot_ids=idx.cpu().numpy(),
+    return dict(layer=d["layer_name"], fmt=d["fmt"], slot_ids=idx.cpu().numpy(), block_size=int(bs),
                 slots=cache[idx // bs, :, idx % bs, :].cpu().numpy(),
                 key=d["key"][keep].float().cpu().numpy(), value=d["value"][keep].float().cpu().numpy())
