@@ -11,18 +11,31 @@
 #   vllm   tests/vllm: the whole suite eager and, at the same time on the same card, the
 #          engine-level files with CUDA graphs; the load test with 256 requests (issues 4, 5)
 #   tp2    tests/vllm/test_tp.py on a 2-GPU machine (kind nvidia-h200-x2; issue 4)
-#   e2e    benchmarks/e2e_vllm.py: bf16, FP8, vLLM's TurboQuant presets and ours, one run,
+#   e2e    benchmarks/e2e_vllm.py: bf16, FP8, vLLM's TurboQuant presets and ours, one run
+#          (all 13 configs do not fit one call: vLLM's TurboQuant engines take ~150 s each to start;
+#          on 2026-12-03 7 configs finished in 420 s. Split with E2E_CONFIGS, merge with --report a,b),
 #          engines started 5 at a time, measured one at a time; then the markdown table and the
 #          quality-vs-bytes PNG, then benchmarks/equal_layers.py (ours with vLLM's bf16 layers, same
 #          held-out text) (issues 4, 6)
 #   bench  benchmarks/gpu_run.sh bench step: the AttnConfig sweep (incl. the untimed LOOKUP=2
 #          variant), store, then decode over the 1k..128k x 1..64 grid with the sweep's best config,
 #          then the vLLM baselines, same process (issue 3)
+#
+# The device tool returns at most 8 files from $OUT, so the stage works in $OUT/$stage and, on
+# exit, packs that folder into $OUT/$stage.tgz (plus $OUT/$stage-summary.txt: the pytest summary
+# lines and markdown tables) and removes the folder.
 set -euo pipefail
 stage="${1:?usage: $0 conf|vllm|tp2|e2e|bench}"
 cd "$(dirname "$0")/.."
-OUT="${OUT:-/tmp/out}"
+FINAL="${OUT:-/tmp/out}"
+OUT="$FINAL/$stage"
 mkdir -p "$OUT"
+pack() {
+  grep -hE "^(PASSED|FAILED|ERROR|XFAIL|XPASS|SKIPPED) |^[0-9]+ (passed|failed)|^\||^load:|rc [0-9]+" \
+      "$OUT"/*.log "$OUT"/*.md "$OUT"/*.stdout 2>/dev/null | cut -c1-300 > "$FINAL/$stage-summary.txt" || true
+  tar czf "$FINAL/$stage.tgz" -C "$FINAL" "$stage" && rm -rf "$OUT"
+}
+trap pack EXIT
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
 export PYTHONPATH="${GPU_VLLM_SITE:-/tmp/site}${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -30,6 +43,8 @@ case "$stage" in
   conf)
     OUT="$OUT" STEPS=smoke,conformance CONF_SECONDS="${CONF_SECONDS:-180}" bash benchmarks/gpu_run.sh ;;
   vllm)
+    # the server's and Qwen3-Next's imports, which the shared kit leaves out (carry .gpu-vllm/extra)
+    if [ -d .gpu-vllm/extra ]; then bash tests/vllm/extra_wheels.sh install; fi
     OUT="$OUT" TQ_LOAD_REQUESTS="${TQ_LOAD_REQUESTS:-256}" timeout "${VLLM_SECONDS:-540}" \
         bash tests/vllm/run_gpu.sh "${MODE:-both}" "${@:2}" ;;
   tp2)

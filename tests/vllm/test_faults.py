@@ -22,11 +22,12 @@ Two variants. ``prefill_only``: the poisoned request asks for one token, so
 the token sampled from its NaN logits is returned but never fed back into the
 model; this isolates the KV cache and attention from vLLM's sampler.
 ``decode``: it asks for MAX_TOKENS, so the sampled token is the next step's
-input.  On an H200 with vLLM 0.26 the ``decode`` variant crashed the CUDA
-context with a device-side assert in that next step
-(tests/vllm/results-gpu-2026-12-03.md); ``test_faults_vllm_attention.py``
-runs the same fault with vLLM's own attention to tell whether the crash is
-vLLM's handling of NaN logits.  Module-scoped parametrization runs every
+input.  On an H200 with vLLM 0.26 the ``decode`` variant ends the engine with
+a device-side assert in that next step, and so does the same fault with vLLM's
+own attention (``test_faults_vllm_attention.py``; tests/vllm/results-gpu-2026-12-03b.md):
+vLLM's handling of NaN logits, not the KV cache.  So on CUDA the ``decode``
+variant is an xfail that is not run
+(`pytest --runxfail` runs it, to check a newer vLLM).  Module-scoped parametrization runs every
 ``prefill_only`` test before the first ``decode`` one.
 """
 
@@ -37,7 +38,7 @@ import pytest
 
 pytest.importorskip("vllm")
 import torch  # noqa: E402
-from tq_helpers import free_blocks, llm_kwargs, store_snapshot  # noqa: E402
+from tq_helpers import ON_CUDA, free_blocks, llm_kwargs, store_snapshot  # noqa: E402
 
 from turboquant.conformance.compare import compare_slots  # noqa: E402
 from turboquant.vllm_integration import debug  # noqa: E402
@@ -97,7 +98,17 @@ class Stores:
             self.attn_rows.append((qsl, out))
 
 
-@pytest.fixture(scope="module", params=[1, MAX_TOKENS], ids=["prefill_only", "decode"])
+# vLLM 0.26 on CUDA (H200, 2026-12-03): the token sampled from the all-NaN logits row is out of the
+# vocabulary and the next step's embedding lookup fails a device-side assert that ends the engine,
+# with this backend and with vLLM's own attention alike (test_faults_vllm_attention.py, decode). Not
+# run there: the assert poisons the process's CUDA context.
+VLLM_NAN_LOGITS_CRASH = pytest.mark.xfail(
+    ON_CUDA, run=False, reason="vLLM's GPU sampler turns all-NaN logits into an out-of-vocabulary token id "
+                               "and the next step crashes (measured with vLLM's own attention too)")
+
+
+@pytest.fixture(scope="module", params=[1, pytest.param(MAX_TOKENS, marks=VLLM_NAN_LOGITS_CRASH)],
+                ids=["prefill_only", "decode"])
 def fault_run(request, tiny_model, engines):
     poisoned_tokens = request.param
     llm = engines.get(**llm_kwargs(tiny_model, dtype="float32"))
