@@ -17,10 +17,10 @@ Public API (torch tensors):
 from turboquant.triton_impl.decode import decode_attention
 from turboquant.triton_impl.dequant import dequantize, dequantize_slots
 from turboquant.triton_impl.extend import paged_attention
-from turboquant.triton_impl.launch import AttnConfig
+from turboquant.triton_impl.launch import AttnConfig, batch_invariant_config
 from turboquant.triton_impl.params import KernelParams
 from turboquant.triton_impl.store import store_kv
 from turboquant.triton_impl.validate import SUPPORTED_PRESETS
 
-__all__ = ["AttnConfig", "KernelParams", "SUPPORTED_PRESETS", "decode_attention", "dequantize", "dequantize_slots",
-           "paged_attention", "store_kv"]
+__all__ = ["AttnConfig", "KernelParams", "SUPPORTED_PRESETS", "batch_invariant_config", "decode_attention",
+           "dequantize", "dequantize_slots", "paged_attention", "store_kv"]

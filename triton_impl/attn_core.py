@@ -100,15 +100,23 @@ def _key_scores(ptrs, tval, q, qsc, qs, qssc, cent_ptr, poly_ptr, BT: tl.constex
 @triton.jit
 def _mse_values(ptrs, tval, p, vis, acc, cent_ptr, poly_ptr, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
                 BITS: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr, CFAST: tl.constexpr,
-                F32DOT: tl.constexpr, LOOKUP: tl.constexpr):
+                F32DOT: tl.constexpr, LOOKUP: tl.constexpr, ROW_SCALE: tl.constexpr):
     """acc [RP, MP] += sum_t p_t ||v_t|| c[idx_t] (rotated domain).  The norms
     are folded into the probabilities scaled by the tile's largest finite norm
-    (fp16 range); a non-finite norm gives NaN exactly in the rows that see it."""
+    (fp16 range); a non-finite norm gives NaN exactly in the rows that see it.
+    ROW_SCALE (batch-invariant mode): each row's largest visible norm instead,
+    so a row's sums do not depend on which slots the tile's other rows see."""
     vn = load_f32(ptrs, tval, NORM)
     fin = tl.abs(vn) < float("inf")
-    vmax = tl.max(tl.where(tval & fin, tl.abs(vn), 0.0), axis=0)
-    vmax = tl.where(vmax > 0, vmax, 1.0)
-    w = tl.where(vis, p * (vn * (1.0 / vmax))[None, :], 0.0)
+    if ROW_SCALE:
+        vmax = tl.max(tl.where(vis & fin[None, :], tl.abs(vn)[None, :], 0.0), axis=1)
+        vmax = tl.where(vmax > 0, vmax, 1.0)
+        w = tl.where(vis, p * vn[None, :] * (1.0 / vmax)[:, None], 0.0)
+        vmax = vmax[:, None]
+    else:
+        vmax = tl.max(tl.where(tval & fin, tl.abs(vn), 0.0), axis=0)
+        vmax = tl.where(vmax > 0, vmax, 1.0)
+        w = tl.where(vis, p * (vn * (1.0 / vmax))[None, :], 0.0)
     codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, M, MP, CFAST)
     c = centroid_values(codes, cent_ptr, poly_ptr, BITS, LOOKUP)
     if F32DOT:
@@ -122,7 +130,9 @@ def _mse_values(ptrs, tval, p, vis, acc, cent_ptr, poly_ptr, BT: tl.constexpr, M
 def _group_values(ptrs, tval, p, vis, acc, BT: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
                   GS: tl.constexpr, NG: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr,
                   ZERO: tl.constexpr, CODES: tl.constexpr, CFAST: tl.constexpr, F32DOT: tl.constexpr):
-    """acc [RP, DP] += sum_t p_t (zero_g + scale_g * code) (original domain)."""
+    """acc [RP, DP] += sum_t p_t (zero_g + scale_g * code) (original domain).  The fp16 dot
+    scales V by the tile's largest visible value; F32DOT (fp32 queries, and batch-invariant mode,
+    where that scale would depend on the tile's other rows) needs no scale."""
     NP: tl.constexpr = DP // GS
     scale = load_f16_array(ptrs, tval, BT, SCALE, NG, NP)  # [BT, NP] float32
     zero = load_f16_array(ptrs, tval, BT, ZERO, NG, NP)
@@ -164,9 +174,9 @@ def _split_kernel(
     part_acc_ptr, part_ml_ptr,
     stride_cb, stride_ch, stride_cs,
     k_cent, v_cent, k_poly, v_poly,
-    sm_scale, block_size, num_q_heads, num_splits,
+    sm_scale, block_size, num_q_heads, num_splits, split_tokens,
     DECODE: tl.constexpr, LOOKUP: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
-    RP: tl.constexpr, BT: tl.constexpr, F32DOT: tl.constexpr,
+    RP: tl.constexpr, BT: tl.constexpr, F32DOT: tl.constexpr, FIXED_SPLIT: tl.constexpr,
     DQ: tl.constexpr, QO_K1: tl.constexpr, QO_S0: tl.constexpr, QO_S1: tl.constexpr, DACC: tl.constexpr,
     D: tl.constexpr, DP: tl.constexpr,
     K_NI: tl.constexpr,
@@ -195,6 +205,10 @@ def _split_kernel(
     # DECODE: query tile = sequence (one token).  Otherwise tile -> sequence
     # through cu_tiles (cumulative query tiles per sequence).  The chunk size
     # is read from seq_lens in-kernel; num_splits only depends on shapes.
+    # FIXED_SPLIT (batch-invariant mode): chunk = split_tokens for every row,
+    # so a row's tiles, splits and sums do not depend on num_splits, on its
+    # tile's other rows or on the batch; the extra all-masked tiles and empty
+    # splits this leaves are exact no-ops in the online softmax and the merge.
     # LOOKUP: centroid lookup variant (centroid_values: 0 gather, 1 select tree, 2 cubic).
     pid0 = tl.program_id(0)
     h = tl.program_id(1)
@@ -222,7 +236,10 @@ def _split_kernel(
         qpos0 = seq_len - (qe - qs) + tile * BQ
     kv_end = tl.minimum(seq_len, qpos0 + nq)
     kv_end = tl.where(nq > 0, kv_end, 0)
-    chunk = tl.cdiv(tl.cdiv(kv_end, num_splits), BT) * BT
+    if FIXED_SPLIT:
+        chunk = split_tokens
+    else:
+        chunk = tl.cdiv(tl.cdiv(kv_end, num_splits), BT) * BT
     start = sp * chunk
     end = tl.minimum(start + chunk, kv_end)
 
@@ -276,14 +293,14 @@ def _split_kernel(
         acc0 = acc0 * alpha[:, None]
         if V_GROUP:
             acc0 = _group_values(ptrs, tval, p, vis, acc0, BT, D, DP, V_GS, V_NG, V_BITS, V_SCALE, V_ZERO,
-                                 V_CODES, V_CFAST, F32DOT)
+                                 V_CODES, V_CFAST, F32DOT or FIXED_SPLIT)
         else:
             acc0 = _mse_values(ptrs, tval, p, vis, acc0, v_cent, v_poly, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES,
-                               V0_CFAST, F32DOT, LOOKUP)
+                               V0_CFAST, F32DOT, LOOKUP, FIXED_SPLIT)
             if V_NI == 2:
                 acc1 = acc1 * alpha[:, None]
                 acc1 = _mse_values(ptrs, tval, p, vis, acc1, v_cent + 16, v_poly + 8, BT, V1_M, V1_MP, V1_BITS, V1_NORM,
-                                   V1_CODES, V1_CFAST, F32DOT, LOOKUP)
+                                   V1_CODES, V1_CFAST, F32DOT, LOOKUP, FIXED_SPLIT)
 
     prow = qrow * num_splits + sp
     tl.store(part_ml_ptr + prow * 2, m_i, mask=row_valid)

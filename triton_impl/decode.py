@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from turboquant.triton_impl.extend import paged_attention
 from turboquant.triton_impl.launch import AttnConfig, choose_splits, default_config, run_split_merge
 from turboquant.triton_impl.params import KernelParams
 from turboquant.triton_impl.query import rotate_query
@@ -30,6 +31,11 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
     b, hq, _ = query.shape
     if b == 0:
         return out
+    if cfg.split_tokens:
+        # batch-invariant mode: decode rows take the extend kernel, so a token's output is the same
+        # whether it is decoded alone, beside prefills, or recomputed in a prefill after preemption
+        return paged_attention(query, cache, block_table, seq_lens, None, params, scale, out,
+                               num_splits=num_splits, config=cfg)
     hkv = cache.shape[1]
     s = num_splits or choose_splits(b * hkv, block_table.shape[1] * cache.shape[2], cache.device, cfg)
     qbuf = rotate_query(query, params)

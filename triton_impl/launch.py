@@ -3,6 +3,7 @@ CUDA-graph safe), tile sizes and the split + merge launches."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -26,13 +27,25 @@ class AttnConfig:
     programs_per_sm: int = 4  # split target: num_seqs*H*S >= programs_per_sm * SMs
     min_chunk: int = 256  # fewest tokens per split
     lookup: int = 0  # centroid lookup: 0 gather loads, 1 select tree, 2 cubic (attn_core.centroid_values)
+    # 0: split count from the launch's shapes (batch size included). > 0: batch-invariant mode,
+    # every split covers split_tokens tokens (a multiple of the tile), decode rows take the extend
+    # kernel, so a row's output does not depend on the batch around it (batch_invariant_config)
+    split_tokens: int = 0
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
             raise ValueError(f"lookup={self.lookup!r} is not supported; allowed values: {list(LOOKUPS)}")
+        if not isinstance(self.split_tokens, int) or self.split_tokens < 0 or (
+                self.split_tokens and self.split_tokens % min(self.block_tokens, EXTEND_BT_MAX)):
+            raise ValueError(f"split_tokens={self.split_tokens!r} is not supported; allowed values: 0 or a positive "
+                             f"multiple of the extend tile min(block_tokens, {EXTEND_BT_MAX}) = "
+                             f"{min(self.block_tokens, EXTEND_BT_MAX)}")
 
 
 LOOKUPS = (0, 1, 2)
+EXTEND_BT_MAX = 64  # extend programs hold 64 query rows: their tiles stay <= 64 slots (registers)
+# batch-invariant split size: a multiple of every tile used; 128k tokens -> 256 splits
+BATCH_INVARIANT_SPLIT_TOKENS = 512
 
 
 def lookup_variant(lookup: int, meta: dict, f32dot: bool) -> int:
@@ -50,6 +63,11 @@ def default_config(device: torch.device) -> AttnConfig:
     return AttnConfig() if device.type == "cuda" else CPU_CONFIG
 
 
+def batch_invariant_config(device: torch.device) -> AttnConfig:
+    """The device's default tiles with fixed-size splits (AttnConfig.split_tokens)."""
+    return dataclasses.replace(default_config(device), split_tokens=BATCH_INVARIANT_SPLIT_TOKENS)
+
+
 _SM_COUNT: dict = {}
 
 
@@ -65,6 +83,8 @@ def sm_count(device: torch.device) -> int:
 def choose_splits(programs: int, max_kv: int, device: torch.device, cfg: AttnConfig) -> int:
     """Split count from shapes only: enough programs to fill the device, no
     split shorter than cfg.min_chunk tokens of the longest possible sequence."""
+    if cfg.split_tokens:  # batch-invariant: enough fixed-size splits for the longest possible sequence
+        return max(1, math.ceil(max_kv / cfg.split_tokens))
     want = math.ceil(cfg.programs_per_sm * sm_count(device) / max(programs, 1))
     cap = max(1, math.ceil(max_kv / cfg.min_chunk))
     return int(max(1, min(want, cap, 256)))
@@ -79,9 +99,11 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
     gp = next_pow2(g)
     rp = max(MIN_DOT, bq * gp)
     # extend programs hold RP = 64 query rows: keep their tiles at <= 64 slots (registers)
-    bt = cfg.block_tokens if rp <= MIN_DOT else min(cfg.block_tokens, 64)
+    bt = cfg.block_tokens if rp <= MIN_DOT else min(cfg.block_tokens, EXTEND_BT_MAX)
     if f32dot:  # fp32 queries: full-K fp32 FMA dots (slow path); small tiles bound their shared memory
         bt = min(bt, 32)
+    if cfg.split_tokens % bt:
+        raise ValueError(f"split_tokens={cfg.split_tokens} is not a multiple of this launch's tile of {bt} slots")
     n_tok = out.shape[0]
     dacc = acc_width(params)
     part_acc = torch.empty((n_tok * num_q_heads * num_splits, dacc), dtype=torch.float32, device=cache.device)
@@ -94,8 +116,8 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
         qbuf, words, block_table, block_table.stride(0), seq_lens, qsl, cu_tiles, block_table.shape[0],
         part_acc, part_ml, words.stride(0), words.stride(1), words.stride(2),
         k_cent, v_cent, params.k_poly, params.v_poly, float(sm_scale), cache.shape[2], num_q_heads, num_splits,
-        DECODE=decode, LOOKUP=lookup_variant(cfg.lookup, m, f32dot),
-        G=g, GP=gp, BQ=bq, RP=rp, BT=bt, F32DOT=f32dot,
+        cfg.split_tokens, DECODE=decode, LOOKUP=lookup_variant(cfg.lookup, m, f32dot),
+        G=g, GP=gp, BQ=bq, RP=rp, BT=bt, F32DOT=f32dot, FIXED_SPLIT=cfg.split_tokens > 0,
         DACC=dacc, **query_layout(params), **split_meta(params),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
