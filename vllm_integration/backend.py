@@ -40,7 +40,7 @@ from turboquant.vllm_integration.plugin import BACKEND_PATH  # noqa: F401  (re-e
 
 logger = logging.getLogger("vllm.turboquant")  # under "vllm" so that vLLM's log handler prints it
 
-KERNEL_API = ("KernelParams", "store_kv", "paged_attention", "decode_attention")
+KERNEL_API = ("KernelParams", "store_kv", "paged_attention", "decode_attention", "batch_invariant_config")
 
 # vLLM 0.26 has no AttentionBackend.customize_spec: back-port it (compat.py).
 # This module is imported when a layer selects this backend, i.e. before vLLM
@@ -312,6 +312,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         self.params = None
         self._kernels = None
         self.store_impl = self.attention_impl = None  # the options, "auto" resolved at bind()
+        self.attn_config = None  # the kernels' AttnConfig: None = the device default; set at bind()
         _PROCESS_OPTIONS = self.options
 
     # -- binding to a layer (engine start, from the metadata builder)
@@ -336,9 +337,11 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             params = kernels.KernelParams.build(fmt, device)
         self.layer_name, self.fmt, self.params, self._kernels = layer_name, fmt, params, kernels
         self.store_impl, self.attention_impl = impls["store_impl"], impls["attention_impl"]
-        logger.debug("TurboQuant layer %s: preset=%s head_size=%d slot_bytes=%d store=%s attention=%s",
-                     layer_name, fmt.preset.name, self.head_size, fmt.slot_bytes, self.store_impl,
-                     self.attention_impl)
+        if self.attention_impl == "triton" and self.options.batch_invariant_enabled():
+            self.attn_config = kernels.batch_invariant_config(device)
+        logger.debug("TurboQuant layer %s: preset=%s head_size=%d slot_bytes=%d store=%s attention=%s "
+                     "batch_invariant=%s", layer_name, fmt.preset.name, self.head_size, fmt.slot_bytes,
+                     self.store_impl, self.attention_impl, self.attn_config is not None)
 
     # -- forward
     def forward(self, layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
@@ -377,14 +380,14 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             if md.decode_only:  # one query row per request
                 r = md.num_reqs
                 self._kernels.decode_attention(q[:r], cache, md.block_table, md.seq_lens, self.params,
-                                               softmax_scale=self.scale, out=out[:r])
+                                               softmax_scale=self.scale, out=out[:r], config=self.attn_config)
             else:
                 self._kernels.paged_attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc,
-                                              self.params, softmax_scale=self.scale, out=out)
+                                              self.params, softmax_scale=self.scale, out=out, config=self.attn_config)
         else:
             refpath.paged_attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, fmt, self.scale, out)
         if debug.active():
             debug.emit("attention", layer_name=self.layer_name, fmt=fmt, query=q, kv_cache=cache,
                        block_table=md.block_table, seq_lens=md.seq_lens, query_start_loc=md.query_start_loc,
-                       output=out, softmax_scale=self.scale)
+                       output=out, softmax_scale=self.scale, attn_config=self.attn_config)
         return output

@@ -12,6 +12,7 @@ Every bad value raises ``ValueError`` naming the option and the allowed values.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,10 @@ OPTION_DEFAULTS: dict[str, Any] = {
     # presets with an outlier split (tq3.5, tq2.5): a JSON file of per-layer outlier channels
     # written by `turboquant calibrate`; None: the split's default channels (uncalibrated)
     "outlier_channels": None,
+    # batch-invariant attention (each row's output bit-identical whatever shares its batch, incl.
+    # recomputation after preemption; fixed-size splits, turboquant.triton_impl.batch_invariant_config):
+    # True / False, or None: follow vLLM's own switch, the environment variable VLLM_BATCH_INVARIANT
+    "batch_invariant": None,
 }
 
 
@@ -60,6 +65,7 @@ class TurboQuantOptions:
     store_impl: str = OPTION_DEFAULTS["store_impl"]
     attention_impl: str = OPTION_DEFAULTS["attention_impl"]
     outlier_channels: str | None = OPTION_DEFAULTS["outlier_channels"]
+    batch_invariant: bool | None = OPTION_DEFAULTS["batch_invariant"]
 
     def __post_init__(self):
         if not isinstance(self.preset, str) or self.preset not in tqf.PRESETS:
@@ -72,6 +78,10 @@ class TurboQuantOptions:
             val = getattr(self, key)
             if val not in IMPLS:
                 raise ValueError(f"{_where(key)}={val!r} is not supported; allowed values: {list(IMPLS)}")
+        if self.batch_invariant not in (None, True, False):
+            raise ValueError(f"{_where('batch_invariant')}={self.batch_invariant!r} is not supported; "
+                             "allowed values: true, false, or null (follow VLLM_BATCH_INVARIANT)")
+        self.batch_invariant_enabled()  # a bad VLLM_BATCH_INVARIANT fails at engine start
         if self.outlier_channels is not None:
             if not isinstance(self.outlier_channels, str):
                 raise ValueError(f"{_where('outlier_channels')}={self.outlier_channels!r} is not supported; "
@@ -83,6 +93,17 @@ class TurboQuantOptions:
             if file_preset != self.preset:
                 raise ValueError(f"{_where('outlier_channels')}={self.outlier_channels!r} was calibrated for preset "
                                  f"{file_preset!r}, not {self.preset!r}; calibrate again with --preset {self.preset}")
+
+    def batch_invariant_enabled(self) -> bool:
+        """The ``batch_invariant`` option, None resolved from VLLM_BATCH_INVARIANT (vLLM's switch)."""
+        if self.batch_invariant is not None:
+            return self.batch_invariant
+        raw = os.environ.get("VLLM_BATCH_INVARIANT", "0")
+        try:
+            return bool(int(raw))
+        except ValueError:
+            raise ValueError(f"VLLM_BATCH_INVARIANT={raw!r} is not supported; allowed values: integers "
+                             "(0 off, other on)") from None
 
     def impl(self, key: str, device_type: str) -> str:
         """``store_impl`` / ``attention_impl`` with "auto" resolved for a device type."""

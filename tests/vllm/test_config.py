@@ -31,6 +31,8 @@ def test_defaults_and_roundtrip():
     ({"turboquant": {"attention_impl": None}}, "['attention_impl']=None"),
     ({"turboquant": {"bits": 3}}, "unknown option(s) ['bits']; allowed options: ['preset', 'base_seed'"),
     ({"turboquant": "tq3"}, "must be a dict with keys"),
+    ({"turboquant": {"batch_invariant": "yes"}},
+     "['batch_invariant']='yes' is not supported; allowed values: true, false, or null"),
     ("tq3", "additional_config must be a dict"),
 ])
 def test_bad_options_name_parameter_and_allowed_values(cfg, needle):
@@ -114,3 +116,20 @@ def test_outlier_channels_errors(tmp_path, kind, needle):
         else:
             TurboQuantOptions(preset="tq3.5", outlier_channels=7)
     assert "additional_config['turboquant']['outlier_channels']" in str(e.value) and needle in str(e.value)
+
+
+@pytest.mark.parametrize("option,env,want", [
+    (None, None, False), (None, "0", False), (None, "1", True), (True, "0", True), (False, "1", False)])
+def test_batch_invariant_follows_vllm_switch_unless_set(monkeypatch, option, env, want):
+    if env is None:
+        monkeypatch.delenv("VLLM_BATCH_INVARIANT", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_BATCH_INVARIANT", env)
+    assert TurboQuantOptions(batch_invariant=option).batch_invariant_enabled() is want
+
+
+def test_bad_vllm_batch_invariant_fails_at_engine_start(monkeypatch):
+    monkeypatch.setenv("VLLM_BATCH_INVARIANT", "on")
+    with pytest.raises(ValueError, match=r"VLLM_BATCH_INVARIANT='on' is not supported; allowed values: integers"):
+        TurboQuantOptions()
+    assert TurboQuantOptions(batch_invariant=False).batch_invariant_enabled() is False
