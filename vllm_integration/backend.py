@@ -209,6 +209,13 @@ class TurboQuantAttentionBackend(AttentionBackend):
         return list(tqf.SUPPORTED_HEAD_SIZES)
 
     @classmethod
+    def supports_batch_invariance(cls) -> bool:
+        """vLLM (VLLM_BATCH_INVARIANT=1) refuses backends that say no. The Triton path honours the
+        switch (TurboQuantOptions.batch_invariant_enabled -> batch_invariant_config); the NumPy
+        reference path computes every row on its own."""
+        return True
+
+    @classmethod
     def supported_kv_cache_layouts(cls):
         return compat.supported_layouts()
 

@@ -16,6 +16,15 @@ from tq_helpers import kernels_available, llm_kwargs  # noqa: E402
 from turboquant.vllm_integration import debug  # noqa: E402
 
 
+def test_backend_accepts_vllm_batch_invariant_switch():
+    from vllm.v1.attention.backend import AttentionBackend
+
+    from turboquant.vllm_integration.backend import TurboQuantAttentionBackend
+
+    assert not AttentionBackend.supports_batch_invariance()  # vLLM's default: refused under the switch
+    assert TurboQuantAttentionBackend.supports_batch_invariance()
+
+
 class Configs:
     def __init__(self):
         self.split_tokens = []
