@@ -41,10 +41,11 @@ try:
 except ImportError:
     raise SystemExit("pytest is not installed on this machine: add it to the kit")
 PY
-# Fault-injection files, each in a pytest process of its own: a NaN-poisoned request ended in a CUDA
-# device-side assert inside vLLM (vLLM 0.26, H200), which poisons the CUDA context of the process
-# and would turn every later test into an error.
-FAULTS=(tests/vllm/test_faults.py tests/vllm/test_faults_vllm_attention.py)
+# Files that run each in a pytest process of its own: the fault-injection files (a NaN-poisoned
+# request can end in a CUDA device-side assert inside vLLM 0.26, which poisons the CUDA context of
+# the process and would turn every later test into an error), and the batch-invariant load test
+# (VLLM_BATCH_INVARIANT=1 replaces torch operators for the whole process).
+FAULTS=(tests/vllm/test_faults.py tests/vllm/test_faults_vllm_attention.py tests/vllm/test_load_batch_invariant.py)
 pytest_run() {  # pytest_run LOGNAME GRAPHS(0|1) ARGS...
   local name="$1" g="$2"
   shift 2
