@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from turboquant import format as tqf
 from turboquant.triton_impl import AttnConfig, KernelParams, decode_attention, store_kv
-from turboquant.triton_impl.launch import choose_splits
+from turboquant.triton_impl.launch import BATCH_INVARIANT_SPLIT_TOKENS, choose_splits
 
 HQ, HKV, D, BS = 32, 8, 128, 16
 L2_ROTATE_BYTES = 512 << 20  # rotate inputs until a graph touches at least this much
@@ -146,7 +146,7 @@ def check_preset(preset: str, gen, batch: int = 4, ctx: int = 3000) -> float:
     return float((out - want).norm() / want.norm())
 
 
-def bench_preset(preset: str, shapes, cfg: AttnConfig, gen, copy_bw: float, rows: list, log):
+def bench_preset(preset: str, shapes, cfg: AttnConfig, gen, copy_bw: float, rows: list, log, label: str = ""):
     fmt = tqf.LayerFormat(tqf.get_preset(preset), D)
     params = KernelParams.build(fmt, "cuda")
     need = max(b * c * n_rotate(b * c * HKV * fmt.slot_bytes) for b, c in shapes) // BS
@@ -166,7 +166,7 @@ def bench_preset(preset: str, shapes, cfg: AttnConfig, gen, copy_bw: float, rows
         # that computes something else must not win on speed)
         ref = decode_attention(q, cache, bts[0], sl, params)
         diff = float((outs[0].float() - ref.float()).abs().max())
-        row = {"kind": "turboquant", "preset": preset, "slot_bytes": fmt.slot_bytes, "batch": b, "context": c,
+        row = {"kind": "turboquant", "preset": label or preset, "slot_bytes": fmt.slot_bytes, "batch": b, "context": c,
                "seconds": t, "bytes": nbytes, "gbps": nbytes / t / 1e9, "copy_fraction": nbytes / t / copy_bw,
                "rotate": r, "splits": splits, "max_diff_vs_default_config": diff}
         rows.append(row)
@@ -309,6 +309,8 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=1e9, help="stop starting new presets after this many seconds")
     ap.add_argument("--smoke", action="store_true", help="only check_preset for --presets; exit 1 on any error")
     ap.add_argument("--shapes", default="", help="explicit batch x context list, e.g. 32x32768,1x131072")
+    ap.add_argument("--batch-invariant", default="", metavar="PRESETS",
+                    help="also these presets in batch-invariant mode (fixed splits; rows named PRESET+bi)")
     args = ap.parse_args(argv)
     if args.smoke:
         gen = torch.Generator(device="cuda")
@@ -377,6 +379,13 @@ def main(argv=None):
             except Exception as e:
                 log({"error": p, "what": repr(e)[:500]})
             save()
+    for p in [p for p in args.batch_invariant.split(",") if p]:
+        bi = dataclasses.replace(cfg, split_tokens=BATCH_INVARIANT_SPLIT_TOKENS)
+        try:
+            bench_preset(p, shapes, bi, gen, bw, rows, log, label=f"{p}+bi")
+        except Exception as e:
+            log({"error": f"{p}+bi", "what": repr(e)[:500]})
+        save()
     if args.vllm:
         try:
             rows.extend(vllm_baseline_rows(shapes, gen, bw))

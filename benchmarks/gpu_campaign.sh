@@ -19,7 +19,8 @@
 #          held-out text) (issues 4, 6)
 #   bench  benchmarks/gpu_run.sh bench step: the AttnConfig sweep (incl. the untimed LOOKUP=2
 #          variant), store, then decode over the 1k..128k x 1..64 grid with the sweep's best config,
-#          then the vLLM baselines, same process (issue 3)
+#          then k4v3 and tq3 in batch-invariant mode (fixed splits), then the vLLM baselines, same
+#          process (issues 3, 5)
 #
 # The device tool returns at most 8 files from $OUT, so the stage works in $OUT/$stage and, on
 # exit, packs that folder into $OUT/$stage.tgz (plus $OUT/$stage-summary.txt: the pytest summary
@@ -68,7 +69,7 @@ case "$stage" in
         --out "$OUT/equal_layers.json" > "$OUT/equal_layers.md" || echo "equal_layers rc $?"
     grep -E "^\||comparable" "$OUT/equal_layers.md" || true ;;
   bench)
-    OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --sweep --presets tq3,tq4,k4v3,tq2}" \
+    OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --sweep --presets tq3,tq4,k4v3,tq2 --batch-invariant k4v3,tq3}" \
         bash benchmarks/gpu_run.sh "${BENCH_SECONDS:-240}" ;;
   *) echo "unknown stage $stage (conf|vllm|tp2|e2e|bench)" >&2; exit 2 ;;
 esac
