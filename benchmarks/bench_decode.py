@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from turboquant import format as tqf
 from turboquant.triton_impl import AttnConfig, KernelParams, decode_attention, store_kv
-from turboquant.triton_impl.launch import BATCH_INVARIANT_SPLIT_TOKENS, choose_splits
+from turboquant.triton_impl.launch import choose_splits
 
 HQ, HKV, D, BS = 32, 8, 128, 16
 L2_ROTATE_BYTES = 512 << 20  # rotate inputs until a graph touches at least this much
@@ -310,7 +310,7 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="only check_preset for --presets; exit 1 on any error")
     ap.add_argument("--shapes", default="", help="explicit batch x context list, e.g. 32x32768,1x131072")
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",
-                    help="also these presets in batch-invariant mode (fixed splits; rows named PRESET+bi)")
+                    help="also these presets in batch-invariant mode (one split per row; rows named PRESET+bi)")
     args = ap.parse_args(argv)
     if args.smoke:
         gen = torch.Generator(device="cuda")
@@ -380,7 +380,7 @@ def main(argv=None):
                 log({"error": p, "what": repr(e)[:500]})
             save()
     for p in [p for p in args.batch_invariant.split(",") if p]:
-        bi = dataclasses.replace(cfg, split_tokens=BATCH_INVARIANT_SPLIT_TOKENS)
+        bi = dataclasses.replace(cfg, batch_invariant=True)
         try:
             bench_preset(p, shapes, bi, gen, bw, rows, log, label=f"{p}+bi")
         except Exception as e:

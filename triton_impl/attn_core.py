@@ -174,9 +174,9 @@ def _split_kernel(
     part_acc_ptr, part_ml_ptr,
     stride_cb, stride_ch, stride_cs,
     k_cent, v_cent, k_poly, v_poly,
-    sm_scale, block_size, num_q_heads, num_splits, split_tokens,
+    sm_scale, block_size, num_q_heads, num_splits,
     DECODE: tl.constexpr, LOOKUP: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
-    RP: tl.constexpr, BT: tl.constexpr, F32DOT: tl.constexpr, FIXED_SPLIT: tl.constexpr,
+    RP: tl.constexpr, BT: tl.constexpr, F32DOT: tl.constexpr, BATCH_INVARIANT: tl.constexpr,
     DQ: tl.constexpr, QO_K1: tl.constexpr, QO_S0: tl.constexpr, QO_S1: tl.constexpr, DACC: tl.constexpr,
     D: tl.constexpr, DP: tl.constexpr,
     K_NI: tl.constexpr,
@@ -205,10 +205,10 @@ def _split_kernel(
     # DECODE: query tile = sequence (one token).  Otherwise tile -> sequence
     # through cu_tiles (cumulative query tiles per sequence).  The chunk size
     # is read from seq_lens in-kernel; num_splits only depends on shapes.
-    # FIXED_SPLIT (batch-invariant mode): chunk = split_tokens for every row,
-    # so a row's tiles, splits and sums do not depend on num_splits, on its
-    # tile's other rows or on the batch; the extra all-masked tiles and empty
-    # splits this leaves are exact no-ops in the online softmax and the merge.
+    # BATCH_INVARIANT (launched with num_splits = 1): every row walks the tiles
+    # 0, BT, 2BT, ... of its sequence whatever its batch or query tile, the
+    # value scale is the row's own (see _mse_values / _group_values), and the
+    # tiles past a row's causal end are exact no-ops in the online softmax.
     # LOOKUP: centroid lookup variant (centroid_values: 0 gather, 1 select tree, 2 cubic).
     pid0 = tl.program_id(0)
     h = tl.program_id(1)
@@ -236,10 +236,7 @@ def _split_kernel(
         qpos0 = seq_len - (qe - qs) + tile * BQ
     kv_end = tl.minimum(seq_len, qpos0 + nq)
     kv_end = tl.where(nq > 0, kv_end, 0)
-    if FIXED_SPLIT:
-        chunk = split_tokens
-    else:
-        chunk = tl.cdiv(tl.cdiv(kv_end, num_splits), BT) * BT
+    chunk = tl.cdiv(tl.cdiv(kv_end, num_splits), BT) * BT
     start = sp * chunk
     end = tl.minimum(start + chunk, kv_end)
 
@@ -293,14 +290,14 @@ def _split_kernel(
         acc0 = acc0 * alpha[:, None]
         if V_GROUP:
             acc0 = _group_values(ptrs, tval, p, vis, acc0, BT, D, DP, V_GS, V_NG, V_BITS, V_SCALE, V_ZERO,
-                                 V_CODES, V_CFAST, F32DOT or FIXED_SPLIT)
+                                 V_CODES, V_CFAST, F32DOT or BATCH_INVARIANT)
         else:
             acc0 = _mse_values(ptrs, tval, p, vis, acc0, v_cent, v_poly, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES,
-                               V0_CFAST, F32DOT, LOOKUP, FIXED_SPLIT)
+                               V0_CFAST, F32DOT, LOOKUP, BATCH_INVARIANT)
             if V_NI == 2:
                 acc1 = acc1 * alpha[:, None]
                 acc1 = _mse_values(ptrs, tval, p, vis, acc1, v_cent + 16, v_poly + 8, BT, V1_M, V1_MP, V1_BITS, V1_NORM,
-                                   V1_CODES, V1_CFAST, F32DOT, LOOKUP, FIXED_SPLIT)
+                                   V1_CODES, V1_CFAST, F32DOT, LOOKUP, BATCH_INVARIANT)
 
     prow = qrow * num_splits + sp
     tl.store(part_ml_ptr + prow * 2, m_i, mask=row_valid)

@@ -31,7 +31,7 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
     b, hq, _ = query.shape
     if b == 0:
         return out
-    if cfg.split_tokens:
+    if cfg.batch_invariant:
         # batch-invariant mode: decode rows take the extend kernel, so a token's output is the same
         # whether it is decoded alone, beside prefills, or recomputed in a prefill after preemption
         return paged_attention(query, cache, block_table, seq_lens, None, params, scale, out,

@@ -27,25 +27,20 @@ class AttnConfig:
     programs_per_sm: int = 4  # split target: num_seqs*H*S >= programs_per_sm * SMs
     min_chunk: int = 256  # fewest tokens per split
     lookup: int = 0  # centroid lookup: 0 gather loads, 1 select tree, 2 cubic (attn_core.centroid_values)
-    # 0: split count from the launch's shapes (batch size included). > 0: batch-invariant mode,
-    # every split covers split_tokens tokens (a multiple of the tile), decode rows take the extend
-    # kernel, so a row's output does not depend on the batch around it (batch_invariant_config)
-    split_tokens: int = 0
+    # batch-invariant mode: one split per row (no split count that follows the batch; vLLM's
+    # FlashAttention does the same in its batch-invariant mode), decode rows take the extend
+    # kernel, per-row value scales: a row's output does not depend on the batch around it
+    batch_invariant: bool = False
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
             raise ValueError(f"lookup={self.lookup!r} is not supported; allowed values: {list(LOOKUPS)}")
-        if not isinstance(self.split_tokens, int) or self.split_tokens < 0 or (
-                self.split_tokens and self.split_tokens % min(self.block_tokens, EXTEND_BT_MAX)):
-            raise ValueError(f"split_tokens={self.split_tokens!r} is not supported; allowed values: 0 or a positive "
-                             f"multiple of the extend tile min(block_tokens, {EXTEND_BT_MAX}) = "
-                             f"{min(self.block_tokens, EXTEND_BT_MAX)}")
+        if not isinstance(self.batch_invariant, bool):
+            raise ValueError(f"batch_invariant={self.batch_invariant!r} is not supported; allowed values: True, False")
 
 
 LOOKUPS = (0, 1, 2)
 EXTEND_BT_MAX = 64  # extend programs hold 64 query rows: their tiles stay <= 64 slots (registers)
-# batch-invariant split size: a multiple of every tile used; 128k tokens -> 256 splits
-BATCH_INVARIANT_SPLIT_TOKENS = 512
 
 
 def lookup_variant(lookup: int, meta: dict, f32dot: bool) -> int:
@@ -64,8 +59,8 @@ def default_config(device: torch.device) -> AttnConfig:
 
 
 def batch_invariant_config(device: torch.device) -> AttnConfig:
-    """The device's default tiles with fixed-size splits (AttnConfig.split_tokens)."""
-    return dataclasses.replace(default_config(device), split_tokens=BATCH_INVARIANT_SPLIT_TOKENS)
+    """The device's default tiles in batch-invariant mode (AttnConfig.batch_invariant)."""
+    return dataclasses.replace(default_config(device), batch_invariant=True)
 
 
 _SM_COUNT: dict = {}
@@ -83,8 +78,8 @@ def sm_count(device: torch.device) -> int:
 def choose_splits(programs: int, max_kv: int, device: torch.device, cfg: AttnConfig) -> int:
     """Split count from shapes only: enough programs to fill the device, no
     split shorter than cfg.min_chunk tokens of the longest possible sequence."""
-    if cfg.split_tokens:  # batch-invariant: enough fixed-size splits for the longest possible sequence
-        return max(1, math.ceil(max_kv / cfg.split_tokens))
+    if cfg.batch_invariant:
+        return 1
     want = math.ceil(cfg.programs_per_sm * sm_count(device) / max(programs, 1))
     cap = max(1, math.ceil(max_kv / cfg.min_chunk))
     return int(max(1, min(want, cap, 256)))
@@ -102,8 +97,8 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
     bt = cfg.block_tokens if rp <= MIN_DOT else min(cfg.block_tokens, EXTEND_BT_MAX)
     if f32dot:  # fp32 queries: full-K fp32 FMA dots (slow path); small tiles bound their shared memory
         bt = min(bt, 32)
-    if cfg.split_tokens % bt:
-        raise ValueError(f"split_tokens={cfg.split_tokens} is not a multiple of this launch's tile of {bt} slots")
+    if cfg.batch_invariant and num_splits != 1:
+        raise ValueError(f"num_splits={num_splits} is not supported in batch-invariant mode; allowed values: 1")
     n_tok = out.shape[0]
     dacc = acc_width(params)
     part_acc = torch.empty((n_tok * num_q_heads * num_splits, dacc), dtype=torch.float32, device=cache.device)
@@ -116,8 +111,8 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
         qbuf, words, block_table, block_table.stride(0), seq_lens, qsl, cu_tiles, block_table.shape[0],
         part_acc, part_ml, words.stride(0), words.stride(1), words.stride(2),
         k_cent, v_cent, params.k_poly, params.v_poly, float(sm_scale), cache.shape[2], num_q_heads, num_splits,
-        cfg.split_tokens, DECODE=decode, LOOKUP=lookup_variant(cfg.lookup, m, f32dot),
-        G=g, GP=gp, BQ=bq, RP=rp, BT=bt, F32DOT=f32dot, FIXED_SPLIT=cfg.split_tokens > 0,
+        DECODE=decode, LOOKUP=lookup_variant(cfg.lookup, m, f32dot),
+        G=g, GP=gp, BQ=bq, RP=rp, BT=bt, F32DOT=f32dot, BATCH_INVARIANT=cfg.batch_invariant,
         DACC=dacc, **query_layout(params), **split_meta(params),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

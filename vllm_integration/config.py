@@ -36,7 +36,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     # written by `turboquant calibrate`; None: the split's default channels (uncalibrated)
     "outlier_channels": None,
     # batch-invariant attention (each row's output bit-identical whatever shares its batch, incl.
-    # recomputation after preemption; fixed-size splits, turboquant.triton_impl.batch_invariant_config):
+    # recomputation after preemption; one split per row, turboquant.triton_impl.batch_invariant_config):
     # True / False, or None: follow vLLM's own switch, the environment variable VLLM_BATCH_INVARIANT
     "batch_invariant": None,
 }
@@ -78,7 +78,7 @@ class TurboQuantOptions:
             val = getattr(self, key)
             if val not in IMPLS:
                 raise ValueError(f"{_where(key)}={val!r} is not supported; allowed values: {list(IMPLS)}")
-        if self.batch_invariant not in (None, True, False):
+        if self.batch_invariant is not None and not isinstance(self.batch_invariant, bool):
             raise ValueError(f"{_where('batch_invariant')}={self.batch_invariant!r} is not supported; "
                              "allowed values: true, false, or null (follow VLLM_BATCH_INVARIANT)")
         self.batch_invariant_enabled()  # a bad VLLM_BATCH_INVARIANT fails at engine start

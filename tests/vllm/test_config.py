@@ -33,6 +33,7 @@ def test_defaults_and_roundtrip():
     ({"turboquant": "tq3"}, "must be a dict with keys"),
     ({"turboquant": {"batch_invariant": "yes"}},
      "['batch_invariant']='yes' is not supported; allowed values: true, false, or null"),
+    ({"turboquant": {"batch_invariant": 1}}, "['batch_invariant']=1 is not supported"),
     ("tq3", "additional_config must be a dict"),
 ])
 def test_bad_options_name_parameter_and_allowed_values(cfg, needle):

@@ -1,4 +1,4 @@
-"""Batch-invariant mode (AttnConfig.split_tokens, batch_invariant_config): a query row's output is
+"""Batch-invariant mode (AttnConfig.batch_invariant, batch_invariant_config): a query row's output is
 bit-identical whether its sequence is decoded alone, in a batch of other decodes, beside prefill
 chunks, or recomputed inside a prefill chunk (as after a preemption).
 
@@ -39,7 +39,7 @@ from turboquant.triton_impl import (  # noqa: E402
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 H, G, D, BS = 2, 4, 128, 16
-X, Y, Z = 600, 300, 40  # X spans two 512-token splits
+X, Y, Z = 600, 300, 40  # in the default mode X's rows are split differently alone and in a batch
 RECOMPUTE = 24  # X's last tokens, recomputed as one extend chunk
 
 
@@ -143,9 +143,10 @@ def test_default_mode_is_not_bit_identical():
         assert (v - last["alone"]).norm() / last["alone"].norm() < tqf.ATTN_RTOL_HALF, k
 
 
-def test_split_tokens_validation():
-    with pytest.raises(ValueError, match="split_tokens"):
-        AttnConfig(split_tokens=100)
-    with pytest.raises(ValueError, match="split_tokens"):
-        AttnConfig(split_tokens=-512)
-    assert batch_invariant_config(DEV).split_tokens % 64 == 0
+def test_batch_invariant_validation():
+    with pytest.raises(ValueError, match=r"batch_invariant=1 is not supported; allowed values: True, False"):
+        AttnConfig(batch_invariant=1)
+    params, cache, bt, q = _setup("tq3", torch.bfloat16)
+    with pytest.raises(ValueError, match=r"num_splits=4 is not supported in batch-invariant mode"):
+        decode_attention(q[:1], cache, bt[0:1], _i32([X]), params, num_splits=4, config=batch_invariant_config(DEV))
+    assert batch_invariant_config(DEV).batch_invariant and not AttnConfig().batch_invariant
