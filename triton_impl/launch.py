@@ -40,7 +40,6 @@ class AttnConfig:
 
 
 LOOKUPS = (0, 1, 2)
-EXTEND_BT_MAX = 64  # extend programs hold 64 query rows: their tiles stay <= 64 slots (registers)
 
 
 def lookup_variant(lookup: int, meta: dict, f32dot: bool) -> int:
@@ -94,7 +93,7 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
     gp = next_pow2(g)
     rp = max(MIN_DOT, bq * gp)
     # extend programs hold RP = 64 query rows: keep their tiles at <= 64 slots (registers)
-    bt = cfg.block_tokens if rp <= MIN_DOT else min(cfg.block_tokens, EXTEND_BT_MAX)
+    bt = cfg.block_tokens if rp <= MIN_DOT else min(cfg.block_tokens, 64)
     if f32dot:  # fp32 queries: full-K fp32 FMA dots (slow path); small tiles bound their shared memory
         bt = min(bt, 32)
     if cfg.batch_invariant and num_splits != 1:
