@@ -144,6 +144,8 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
             if isinstance(impl, TurboQuantAttentionImpl):
                 impl.bind(name, device)
                 bound.append(impl)
+        if bound and (warning := self.options.batch_invariant_warning()):
+            logger.warning(warning)
         if bound:
             fmt = bound[0].fmt
             logger.info(

@@ -105,6 +105,21 @@ class TurboQuantOptions:
             raise ValueError(f"VLLM_BATCH_INVARIANT={raw!r} is not supported; allowed values: integers "
                              "(0 off, other on)") from None
 
+    def batch_invariant_warning(self) -> str | None:
+        """A start-up warning when the option switches the mode off under VLLM_BATCH_INVARIANT=1: vLLM
+        then believes attention is batch-invariant (the backend supports it) while this one is not."""
+        if self.batch_invariant is not False:
+            return None
+        try:
+            vllm_switch = bool(int(os.environ.get("VLLM_BATCH_INVARIANT", "0")))
+        except ValueError:
+            return None
+        if not vllm_switch:
+            return None
+        return (f"{_where('batch_invariant')}=false while VLLM_BATCH_INVARIANT=1: TurboQuant attention is NOT "
+                "batch-invariant (outputs may depend on the batch they share, within SPEC.md section 10's "
+                "tolerance); remove the option to follow vLLM's switch")
+
     def impl(self, key: str, device_type: str) -> str:
         """``store_impl`` / ``attention_impl`` with "auto" resolved for a device type."""
         val = getattr(self, key)

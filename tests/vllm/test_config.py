@@ -134,3 +134,18 @@ def test_bad_vllm_batch_invariant_fails_at_engine_start(monkeypatch):
     with pytest.raises(ValueError, match=r"VLLM_BATCH_INVARIANT='on' is not supported; allowed values: integers"):
         TurboQuantOptions()
     assert TurboQuantOptions(batch_invariant=False).batch_invariant_enabled() is False
+
+
+@pytest.mark.parametrize("option,env,warns", [
+    (False, "1", True), (False, "0", False), (None, "1", False), (True, "1", False), (False, None, False)])
+def test_batch_invariant_off_under_vllm_switch_warns(monkeypatch, option, env, warns):
+    if env is None:
+        monkeypatch.delenv("VLLM_BATCH_INVARIANT", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_BATCH_INVARIANT", env)
+    warning = TurboQuantOptions(batch_invariant=option).batch_invariant_warning()
+    if warns:
+        assert "['batch_invariant']=false while VLLM_BATCH_INVARIANT=1" in warning
+        assert "NOT batch-invariant" in warning
+    else:
+        assert warning is None
