@@ -2,7 +2,8 @@
 # One device call: smoke test, full conformance (-> conformance summary),
 # decode/store benchmark with a config sweep.  Everything lands in $OUT.
 #   run: bash benchmarks/gpu_run.sh [bench budget seconds]
-#   STEPS=smoke,conformance,bench (default: all three) picks the steps.
+#   STEPS=smoke,conformance,bench (default: all three) picks the steps; CONF_WORKERS (default 16)
+#   the conformance step's pytest-xdist workers (fewer when it shares the machine with vLLM tests).
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -29,7 +30,7 @@ SMOKE=${PIPESTATUS[0]}
 fi
 if step conformance; then
 echo "== conformance $(( $(date +%s) - T0 ))s (smoke rc ${SMOKE:-not run})"
-timeout ${CONF_SECONDS:-180} python3 -P -m pytest conformance triton_impl/tests -rA -p no:cacheprovider -n 16 -q -W ignore > "$OUT/conformance.log" 2>&1
+timeout ${CONF_SECONDS:-180} python3 -P -m pytest conformance triton_impl/tests -rA -p no:cacheprovider -n ${CONF_WORKERS:-16} -q -W ignore > "$OUT/conformance.log" 2>&1
 echo "conformance rc $?"; grep -E "passed|failed" "$OUT/conformance.log" | tail -2
 grep -E "^FAILED" "$OUT/conformance.log" | head -20
 python3 benchmarks/conformance_summary.py "$OUT/conformance.log" > "$OUT/gpu-conformance.md"
