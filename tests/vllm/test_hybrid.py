@@ -7,6 +7,8 @@ size (it raises the attention block size), so the check is on tokens: blocks x b
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 pytest.importorskip("vllm")
@@ -36,8 +38,16 @@ def _run(model, engines, turboquant: bool):
     engines.close()
     kw = dict(model=model, dtype="bfloat16", max_model_len=256, max_num_seqs=2, enforce_eager=True, seed=0)
     kw.update(memory_kwargs(0.3, KV_BYTES, fixed_gpu_pool=True))
+    extra = {}
+    if importlib.util.find_spec("flashinfer") is None:
+        # vLLM picks FlashInfer's gated-delta-net prefill on Hopper by default (0.26); without the
+        # package, its own option selects the Triton kernel (ignored on CPU, which always uses it)
+        extra["gdn_prefill_backend"] = "triton"
     if turboquant:
-        kw.update(attention_backend="CUSTOM", additional_config={"turboquant": {"preset": PRESET}})
+        kw.update(attention_backend="CUSTOM")
+        extra["turboquant"] = {"preset": PRESET}
+    if extra:
+        kw.update(additional_config=extra)
     try:
         llm = LLM(**kw)
     except Exception as e:  # a platform without a linear-attention backend for this model
