@@ -58,6 +58,16 @@ def _where(key: str) -> str:
     return f"additional_config[{CONFIG_KEY!r}][{key!r}]"
 
 
+def _vllm_batch_invariant() -> bool:
+    """vLLM's own switch, the environment variable VLLM_BATCH_INVARIANT (an integer, 0 = off)."""
+    raw = os.environ.get("VLLM_BATCH_INVARIANT", "0")
+    try:
+        return bool(int(raw))
+    except ValueError:
+        raise ValueError(f"VLLM_BATCH_INVARIANT={raw!r} is not supported; allowed values: integers "
+                         "(0 off, other on)") from None
+
+
 @dataclass(frozen=True)
 class TurboQuantOptions:
     preset: str = OPTION_DEFAULTS["preset"]
@@ -98,12 +108,7 @@ class TurboQuantOptions:
         """The ``batch_invariant`` option, None resolved from VLLM_BATCH_INVARIANT (vLLM's switch)."""
         if self.batch_invariant is not None:
             return self.batch_invariant
-        raw = os.environ.get("VLLM_BATCH_INVARIANT", "0")
-        try:
-            return bool(int(raw))
-        except ValueError:
-            raise ValueError(f"VLLM_BATCH_INVARIANT={raw!r} is not supported; allowed values: integers "
-                             "(0 off, other on)") from None
+        return _vllm_batch_invariant()
 
     def batch_invariant_warning(self) -> str | None:
         """A start-up warning when the option switches the mode off under VLLM_BATCH_INVARIANT=1: vLLM
@@ -111,10 +116,9 @@ class TurboQuantOptions:
         if self.batch_invariant is not False:
             return None
         try:
-            vllm_switch = bool(int(os.environ.get("VLLM_BATCH_INVARIANT", "0")))
-        except ValueError:
-            return None
-        if not vllm_switch:
+            if not _vllm_batch_invariant():
+                return None
+        except ValueError:  # the explicit option overrides a malformed switch
             return None
         return (f"{_where('batch_invariant')}=false while VLLM_BATCH_INVARIANT=1: TurboQuant attention is NOT "
                 "batch-invariant (outputs may depend on the batch they share, within SPEC.md section 10's "

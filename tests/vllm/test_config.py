@@ -137,7 +137,8 @@ def test_bad_vllm_batch_invariant_fails_at_engine_start(monkeypatch):
 
 
 @pytest.mark.parametrize("option,env,warns", [
-    (False, "1", True), (False, "0", False), (None, "1", False), (True, "1", False), (False, None, False)])
+    (False, "1", True), (False, "0", False), (None, "1", False), (True, "1", False), (False, None, False),
+    (False, "on", False)])
 def test_batch_invariant_off_under_vllm_switch_warns(monkeypatch, option, env, warns):
     if env is None:
         monkeypatch.delenv("VLLM_BATCH_INVARIANT", raising=False)
