@@ -14,11 +14,11 @@ freshly allocated blocks).  Checked:
   initial value, and the prefix cache can be reset (no block still referenced).
 
 Every check runs twice: with this backend, and as a control with vLLM's own
-attention (float32 KV cache) under the same load.  On an H200 in eager mode one
-request of 256 differed from its run alone with this backend
-(tests/vllm/results-gpu-2026-12-03b.md); the control says whether vLLM itself
-keeps token equality there.  ``test_load_batch_invariant.py`` runs the same with
-VLLM_BATCH_INVARIANT=1 on a GPU.
+attention (float32 KV cache) under the same load.  On an H200 one request of
+256 differs from its run alone with this backend's default mode, in eager and
+CUDA-graph modes, while the control gives 0 (tests/vllm/results-gpu-2026-12-03c.md);
+``test_load_batch_invariant.py`` runs the same with VLLM_BATCH_INVARIANT=1 on a
+GPU, where both give 0.
 
 Sizes: ``TQ_LOAD_REQUESTS`` (default 256 on a GPU, 64 on CPU) and ``TQ_LOAD_MAX_SEQS`` (64 / 8).
 The float32 model makes token equality a test of the cache, not of bf16 ties
