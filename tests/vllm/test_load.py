@@ -63,17 +63,27 @@ def _sampling(max_tokens: int):
     return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
 
 
-@pytest.fixture(scope="module", params=["turboquant", "vllm_attention"])
-def load_run(request, tiny_model, engines):
-    """turboquant: this backend; vllm_attention: the same load with vLLM's own attention and float32
-    KV cache (the control: whether token equality under load holds for vLLM itself)."""
+# turboquant: this backend as users get it; vllm_attention: the same load with vLLM's own attention and
+# float32 KV cache (the control: whether token equality under load holds for vLLM itself).  GPU only,
+# to tell the two candidate sources of a mismatch apart: turboquant_attention_bi runs this backend's
+# batch-invariant attention while vLLM's GEMMs stay batch-dependent (test_load_batch_invariant.py has
+# the converse), i.e. whether the attention path or the quantization of slightly batch-dependent
+# keys/values (a code flipping at a boundary) makes the difference.
+LOAD_BACKENDS = ["turboquant", "vllm_attention"] + (["turboquant_attention_bi"] if ON_CUDA else [])
+TQ_BATCH_INVARIANT = {"turboquant_attention_bi": True, "turboquant_attention_default": False}
+
+
+def run_load(backend: str, tiny_model, engines) -> dict:
+    """The load through one engine of ``backend`` (LOAD_BACKENDS, or turboquant_attention_default)."""
     preset = os.environ.get("TQ_VLLM_PRESET", "tq3")
-    if request.param == "turboquant":
+    if backend.startswith("turboquant"):
         fmt = tqf.LayerFormat(tqf.get_preset(preset), HEAD_SIZE)
         page_bytes = fmt.page_bytes(BLOCK_SIZE, NUM_KV_HEADS)
         # store/attention "auto", what users get: the Triton kernels on a GPU, the NumPy reference on
         # a CPU (the kernels' CPU-interpreter runs are in test_engine / test_faults)
         kw = llm_kwargs(tiny_model, preset=preset, store="auto", attention="auto")
+        if backend in TQ_BATCH_INVARIANT:
+            kw["additional_config"]["turboquant"]["batch_invariant"] = TQ_BATCH_INVARIANT[backend]
     else:
         page_bytes = 2 * BLOCK_SIZE * NUM_KV_HEADS * HEAD_SIZE * 4  # K and V, float32
         kw = llm_kwargs(tiny_model, backend="default")
@@ -86,10 +96,15 @@ def load_run(request, tiny_model, engines):
     preempt0 = counter(llm, "vllm:num_preemptions")
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], [_sampling(m) for m in max_tokens],
                         use_tqdm=False)
-    return dict(backend=request.param, llm=llm, prompts=prompts, max_tokens=max_tokens, outs=outs,
+    return dict(backend=backend, llm=llm, prompts=prompts, max_tokens=max_tokens, outs=outs,
                 initial_free=initial_free,
                 preemptions=counter(llm, "vllm:num_preemptions") - preempt0,
                 num_blocks=int(llm.llm_engine.vllm_config.cache_config.num_gpu_blocks))
+
+
+@pytest.fixture(scope="module", params=LOAD_BACKENDS)
+def load_run(request, tiny_model, engines):
+    return run_load(request.param, tiny_model, engines)
 
 
 def test_pool_is_small_enough_to_preempt(load_run):

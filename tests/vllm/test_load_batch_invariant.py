@@ -21,10 +21,18 @@ if not ON_CUDA:
                 allow_module_level=True)
 os.environ["VLLM_BATCH_INVARIANT"] = "1"
 
-from test_load import (  # noqa: E402,F401  (pytest collects the imported fixture and tests here)
-    load_run,
+from test_load import (  # noqa: E402,F401  (pytest collects the imported tests here)
+    run_load,
     test_every_request_finished,
     test_no_leaked_blocks,
     test_outputs_equal_running_alone,
     test_pool_is_small_enough_to_preempt,
 )
+
+
+# turboquant_attention_default: vLLM's GEMMs batch-invariant, this backend's attention in its default
+# mode (the option set to false explicitly; the engine logs a warning) -- the converse of
+# test_load.py's turboquant_attention_bi
+@pytest.fixture(scope="module", params=["turboquant", "vllm_attention", "turboquant_attention_default"])
+def load_run(request, tiny_model, engines):
+    return run_load(request.param, tiny_model, engines)
