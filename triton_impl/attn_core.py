@@ -102,12 +102,20 @@ def _mse_values(ptrs, tval, p, vis, acc, cent_ptr, poly_ptr, BT: tl.constexpr, M
                 BITS: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr, CFAST: tl.constexpr,
                 F32DOT: tl.constexpr, LOOKUP: tl.constexpr, ROW_SCALE: tl.constexpr):
     """acc [RP, MP] += sum_t p_t ||v_t|| c[idx_t] (rotated domain).  The norms
-    are folded into the probabilities scaled by the tile's largest finite norm
-    (fp16 range); a non-finite norm gives NaN exactly in the rows that see it.
-    ROW_SCALE (batch-invariant mode): each row's largest visible norm instead,
-    so a row's sums do not depend on which slots the tile's other rows see."""
+    are folded into the probabilities.  The fp16 dot scales them by the tile's
+    largest finite norm (fp16 range); ROW_SCALE (batch-invariant mode) by each
+    row's largest visible norm instead, so a row's sums do not depend on which
+    slots the tile's other rows see.  F32DOT needs no scale (fp32 range), so a
+    row's sums never depend on the tile's other slots: the rows of a prefill
+    chunk equal the same rows decoded one at a time.  A non-finite norm gives
+    NaN exactly in the rows that see it."""
     vn = load_f32(ptrs, tval, NORM)
     fin = tl.abs(vn) < float("inf")
+    if F32DOT:
+        w = tl.where(vis, p * vn[None, :], 0.0)
+        codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, M, MP, CFAST)
+        c = centroid_values(codes, cent_ptr, poly_ptr, BITS, LOOKUP)
+        return acc + tl.dot(w, c, input_precision="ieee")
     if ROW_SCALE:
         vmax = tl.max(tl.where(vis & fin[None, :], tl.abs(vn)[None, :], 0.0), axis=1)
         vmax = tl.where(vmax > 0, vmax, 1.0)
@@ -119,10 +127,7 @@ def _mse_values(ptrs, tval, p, vis, acc, cent_ptr, poly_ptr, BT: tl.constexpr, M
         w = tl.where(vis, p * (vn * (1.0 / vmax))[None, :], 0.0)
     codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, M, MP, CFAST)
     c = centroid_values(codes, cent_ptr, poly_ptr, BITS, LOOKUP)
-    if F32DOT:
-        acc += vmax * tl.dot(w, c, input_precision="ieee")
-    else:
-        acc += vmax * tl.dot(w.to(tl.float16), c)
+    acc += vmax * tl.dot(w.to(tl.float16), c)
     return acc
 
 

@@ -16,6 +16,8 @@ run has not happened yet (no device time left when this was written).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,7 @@ from turboquant.triton_impl import (
     decode_attention,
     paged_attention,
 )
+from turboquant.triton_impl.launch import default_config
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 H, G, D, BS = 2, 4, 128, 16
@@ -135,6 +138,22 @@ def test_default_mode_is_not_bit_identical():
     assert differ, "the default mode happened to be bit-identical: the control shows nothing"
     for k, v in last.items():
         assert (v - last["alone"]).norm() / last["alone"].norm() < tqf.ATTN_RTOL_HALF, k
+
+
+def test_default_mode_fp32_one_split_rows_identical():
+    """fp32 queries in the default mode, one split per row (as in every launch whose block table is no
+    wider than min_chunk tokens): every row is bit-identical however it is computed, including the
+    non-last rows of a recomputed chunk -- the fp32 value dot takes no tile-wide scale, which used to
+    make a prefill row depend on how far its chunk reached (a suspect of the GPU load mismatch,
+    tests/vllm/results-gpu-2026-12-03c.md)."""
+    params, cache, bt, q = _setup("tq3", torch.float32)
+    cfg = dataclasses.replace(default_config(DEV), min_chunk=1 << 20)
+    ways = _outputs(params, cache, bt, q, cfg)
+    for k in ("recompute", "recompute_batch"):
+        assert torch.equal(ways[k], ways["alone"]), k
+    last = _last_rows_only(ways)
+    for k, v in last.items():
+        assert torch.equal(v, last["alone"]), k
 
 
 def test_batch_invariant_validation():
