@@ -110,24 +110,22 @@ def _mse_values(ptrs, tval, p, vis, acc, cent_ptr, poly_ptr, BT: tl.constexpr, M
     chunk equal the same rows decoded one at a time.  A non-finite norm gives
     NaN exactly in the rows that see it."""
     vn = load_f32(ptrs, tval, NORM)
-    fin = tl.abs(vn) < float("inf")
-    if F32DOT:
-        w = tl.where(vis, p * vn[None, :], 0.0)
-        codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, M, MP, CFAST)
-        c = centroid_values(codes, cent_ptr, poly_ptr, BITS, LOOKUP)
-        return acc + tl.dot(w, c, input_precision="ieee")
-    if ROW_SCALE:
-        vmax = tl.max(tl.where(vis & fin[None, :], tl.abs(vn)[None, :], 0.0), axis=1)
-        vmax = tl.where(vmax > 0, vmax, 1.0)
-        w = tl.where(vis, p * vn[None, :] * (1.0 / vmax)[:, None], 0.0)
-        vmax = vmax[:, None]
-    else:
-        vmax = tl.max(tl.where(tval & fin, tl.abs(vn), 0.0), axis=0)
-        vmax = tl.where(vmax > 0, vmax, 1.0)
-        w = tl.where(vis, p * (vn * (1.0 / vmax))[None, :], 0.0)
     codes = unpack_codes(ptrs, tval, BT, CODES * 8, BITS, M, MP, CFAST)
     c = centroid_values(codes, cent_ptr, poly_ptr, BITS, LOOKUP)
-    acc += vmax * tl.dot(w.to(tl.float16), c)
+    if F32DOT:
+        acc += tl.dot(tl.where(vis, p * vn[None, :], 0.0), c, input_precision="ieee")
+    else:
+        fin = tl.abs(vn) < float("inf")
+        if ROW_SCALE:
+            vmax = tl.max(tl.where(vis & fin[None, :], tl.abs(vn)[None, :], 0.0), axis=1)
+            vmax = tl.where(vmax > 0, vmax, 1.0)
+            w = tl.where(vis, p * vn[None, :] * (1.0 / vmax)[:, None], 0.0)
+            vmax = vmax[:, None]
+        else:
+            vmax = tl.max(tl.where(tval & fin, tl.abs(vn), 0.0), axis=0)
+            vmax = tl.where(vmax > 0, vmax, 1.0)
+            w = tl.where(vis, p * (vn * (1.0 / vmax))[None, :], 0.0)
+        acc += vmax * tl.dot(w.to(tl.float16), c)
     return acc
 
 
