@@ -63,7 +63,7 @@ __all__ = [
     "AttentionBackend", "AttentionCGSupport", "AttentionImpl", "AttentionMetadata", "AttentionMetadataBuilder",
     "AttentionType", "CommonAttentionMetadata", "MultipleOf", "AttentionBackendEnum", "register_backend",
     "HAS_CUSTOMIZE_SPEC", "vllm_version", "packed_spec", "supported_layouts", "install_spec_hook",
-    "layer_module",
+    "hybrid_page_conflict", "layer_module",
 ]
 
 HAS_CUSTOMIZE_SPEC = hasattr(AttentionBackend, "customize_spec")
@@ -116,15 +116,48 @@ def install_spec_hook() -> bool:
     def get_kv_cache_spec(self, vllm_config):
         spec = orig(self, vllm_config)
         hook = getattr(self.get_attn_backend(), "customize_spec", None)
-        if spec is not None and hook is not None:
-            spec = hook(spec)
-        return spec
+        if spec is None or hook is None:
+            return spec
+        packed = hook(spec)
+        reason = hybrid_page_conflict(vllm_config, spec, packed)
+        if reason:
+            from turboquant.vllm_integration.backend import format_error
+
+            raise ValueError(format_error([reason], getattr(self, "layer_name", None)))
+        return packed
 
     get_kv_cache_spec._turboquant_hook = True
     Attention.get_kv_cache_spec = get_kv_cache_spec
     logger.info("TurboQuant: vLLM %s has no AttentionBackend.customize_spec; wrapped "
                 "Attention.get_kv_cache_spec to apply it (back-port of the 0.32 hook)", vllm_version())
     return True
+
+
+def hybrid_page_conflict(vllm_config, spec, packed) -> str | None:
+    """Why vLLM 0.26 would fail to share one page size between this packed attention layer and a
+    hybrid model's Mamba / linear-attention layers, or None.  0.26 pads the Mamba page to the
+    layer's *unpacked* page (it does not consult the backend's spec: no customize_spec), then raises
+    a bare NotImplementedError deep in the KV-cache setup unless the packed page divides that
+    page; 0.32+ sizes the Mamba page from customize_spec and needs no check."""
+    if not getattr(getattr(vllm_config, "model_config", None), "is_hybrid", False):
+        return None
+    if spec.page_size_bytes % packed.page_size_bytes == 0:
+        return None
+    from turboquant import format as tqf
+
+    per_head = spec.page_size_bytes // (spec.block_size * spec.num_kv_heads)  # unpacked bytes per token per head
+    fitting = []
+    for name, preset in tqf.PRESETS.items():
+        try:
+            if per_head % tqf.LayerFormat(preset, spec.head_size).slot_bytes == 0:
+                fitting.append(name)
+        except ValueError:  # the preset does not support this head size
+            pass
+    return (f"a hybrid model (attention beside Mamba / linear-attention layers) on vLLM {vllm_version()} needs "
+            f"the packed page ({packed.page_size_bytes} B per block) to divide the unpacked page it pads the Mamba "
+            f"page to ({spec.page_size_bytes} B), i.e. a slot that divides {per_head} B at head_size="
+            f"{spec.head_size}; presets that do: {fitting}; vLLM 0.32 and later (AttentionBackend.customize_spec) "
+            f"take every preset")
 
 
 def layer_module(vllm_config, layer_name: str):

@@ -64,12 +64,14 @@ def _sampling(max_tokens: int):
 
 
 # turboquant: this backend as users get it; vllm_attention: the same load with vLLM's own attention and
-# float32 KV cache (the control: whether token equality under load holds for vLLM itself).  GPU only,
-# to tell the two candidate sources of a mismatch apart: turboquant_attention_bi runs this backend's
-# batch-invariant attention while vLLM's GEMMs stay batch-dependent (test_load_batch_invariant.py has
-# the converse), i.e. whether the attention path or the quantization of slightly batch-dependent
-# keys/values (a code flipping at a boundary) makes the difference.
-LOAD_BACKENDS = ["turboquant", "vllm_attention"] + (["turboquant_attention_bi"] if ON_CUDA else [])
+# float32 KV cache (the control: whether token equality under load holds for vLLM itself).
+# TQ_LOAD_DIAGNOSTICS=1 (GPU only) adds turboquant_attention_bi: this backend's batch-invariant
+# attention with vLLM's batch-dependent GEMMs (test_load_batch_invariant.py has the converse). Those
+# mixed settings promise nothing (SPEC §10); they tell apart where a mismatch comes from -- the
+# attention path or the quantization of slightly batch-dependent keys/values. Measured on an H200:
+# tests/vllm/results-gpu-2026-12-03d.md.
+DIAGNOSTICS = ON_CUDA and os.environ.get("TQ_LOAD_DIAGNOSTICS") == "1"
+LOAD_BACKENDS = ["turboquant", "vllm_attention"] + (["turboquant_attention_bi"] if DIAGNOSTICS else [])
 TQ_BATCH_INVARIANT = {"turboquant_attention_bi": True, "turboquant_attention_default": False}
 
 

@@ -22,6 +22,7 @@ if not ON_CUDA:
 os.environ["VLLM_BATCH_INVARIANT"] = "1"
 
 from test_load import (  # noqa: E402,F401  (pytest collects the imported tests here)
+    DIAGNOSTICS,
     run_load,
     test_every_request_finished,
     test_no_leaked_blocks,
@@ -30,9 +31,10 @@ from test_load import (  # noqa: E402,F401  (pytest collects the imported tests 
 )
 
 
-# turboquant_attention_default: vLLM's GEMMs batch-invariant, this backend's attention in its default
-# mode (the option set to false explicitly; the engine logs a warning) -- the converse of
-# test_load.py's turboquant_attention_bi
-@pytest.fixture(scope="module", params=["turboquant", "vllm_attention", "turboquant_attention_default"])
+# TQ_LOAD_DIAGNOSTICS=1 adds turboquant_attention_default: vLLM's GEMMs batch-invariant, this
+# backend's attention in its default mode (the option set to false explicitly; the engine logs a
+# warning) -- the converse of test_load.py's turboquant_attention_bi, a diagnostic without a promise
+@pytest.fixture(scope="module",
+                params=["turboquant", "vllm_attention"] + (["turboquant_attention_default"] if DIAGNOSTICS else []))
 def load_run(request, tiny_model, engines):
     return run_load(request.param, tiny_model, engines)
