@@ -18,10 +18,13 @@ from tq_helpers import KV_BYTES, store_snapshot  # noqa: E402
 from turboquant import format as tqf  # noqa: E402
 from turboquant.conformance.compare import compare_slots  # noqa: E402
 from turboquant.vllm_integration import debug  # noqa: E402
-from turboquant.vllm_integration.compat import shutdown_llm  # noqa: E402
+from turboquant.vllm_integration.compat import (  # noqa: E402
+    HAS_CUSTOMIZE_SPEC,
+    hybrid_page_conflict,
+    packed_spec,
+    shutdown_llm,  # noqa: E402
+)
 from turboquant.vllm_integration.engine_configs import memory_kwargs  # noqa: E402
-
-from turboquant.vllm_integration.compat import HAS_CUSTOMIZE_SPEC, hybrid_page_conflict, packed_spec  # noqa: E402
 
 # vLLM 0.26 (no AttentionBackend.customize_spec) pads the linear-attention pages to the *unpacked*
 # attention page; only a preset whose slot divides it (k4v3 at head size 64) can share the pool there
@@ -127,8 +130,9 @@ def test_generates(runs):
 def test_page_conflict_check():
     """The check behind the clear error on vLLM 0.26 (below), on vLLM's own spec objects: a
     hybrid model needs the packed page to divide the unpacked one; other models never conflict."""
-    import torch
     from types import SimpleNamespace
+
+    import torch
     from vllm.v1.kv_cache_interface import FullAttentionSpec
 
     spec = FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=64, dtype=torch.bfloat16)
