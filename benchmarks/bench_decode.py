@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import platform
@@ -325,6 +326,10 @@ def main(argv=None):
                 bad += 1
                 print(json.dumps({"smoke": p, "error": repr(e)[:2000]}), flush=True)
         return 1 if bad else 0
+    if args.vllm and importlib.util.find_spec("vllm") is None:
+        # before any timing: a run without its baselines compares nothing with vLLM
+        raise SystemExit("--vllm needs vLLM importable (tools/gpu-vllm: install the kit first, then set "
+                         "PYTHONPATH=/tmp/site); not found on this machine")
     t_start = time.time()
     presets = [p for p in args.presets.split(",") if p]
     shapes = [(int(b), int(c)) for c in args.contexts.split(",") for b in args.batches.split(",")]
