@@ -16,7 +16,9 @@ feature detection, never by comparing version strings:
   layer's backend defines one (none of vLLM 0.26's own backends does), i.e. it
   back-ports the 0.32 hook; ``customize_spec`` then returns vLLM 0.26's
   ``TQFullAttentionSpec`` (page = block_size * num_kv_heads * tq_slot_size)
-  with ``tq_slot_size = slot_bytes``.  This is the one patch of vLLM internals
+  with ``tq_slot_size = slot_bytes``.  The wrapper also stops a hybrid model
+  whose packed page 0.26 could not share with its Mamba pages
+  (:func:`hybrid_page_conflict`).  This is the one patch of vLLM internals
   (tested with 0.26.0); the alternative extension point, a ``worker_cls``
   subclass, would have to replace the model runner as well because 0.26's
   profiling path calls ``model_runner.get_kv_cache_spec()`` directly.

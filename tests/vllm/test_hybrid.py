@@ -22,7 +22,7 @@ from turboquant.vllm_integration.compat import (  # noqa: E402
     HAS_CUSTOMIZE_SPEC,
     hybrid_page_conflict,
     packed_spec,
-    shutdown_llm,  # noqa: E402
+    shutdown_llm,
 )
 from turboquant.vllm_integration.engine_configs import memory_kwargs  # noqa: E402
 

@@ -156,12 +156,12 @@ def test_default_mode_fp32_rows_independent_of_their_chunk():
     wider than min_chunk tokens): a row computed by the extend kernel is bit-identical whichever
     chunk it is in -- the whole recomputed chunk, the chunk beside another sequence's, chunks cut
     elsewhere, one token per launch. The fp32 value dot takes no tile-wide scale: with one, a
-    row's sums depended on how far its chunk reached (the GPU load mismatch of
-    tests/vllm/results-gpu-2026-12-03c.md). The decode kernel computes the same rows within SPEC
-    §10's tolerance, not bit-identically: on an H200 the two kernels' rows differ in the last bits
-    (conformance/results/gpu-2026-12-03c.md; the kernels are compiled for different tile shapes,
-    so their reductions need not take the same order). Batch-invariant mode sends decode rows
-    through the extend kernel for that reason."""
+    row's sums depended on how far its chunk reached (found while diagnosing the GPU load mismatch
+    of tests/vllm/results-gpu-2026-12-03c.md, which was gone in the next run). The decode kernel
+    computes the same rows within SPEC §10's tolerance, not bit-identically: on an H200 the two
+    kernels' rows differ in the last bits (conformance/results/gpu-2026-12-03c.md; the kernels are
+    compiled for different tile shapes, so their reductions need not take the same order).
+    Batch-invariant mode sends decode rows through the extend kernel for that reason."""
     params, cache, bt, q = _setup("tq3", torch.float32)
     cfg = dataclasses.replace(default_config(DEV), min_chunk=1 << 20)
     ways = _outputs(params, cache, bt, q, cfg)
