@@ -9,7 +9,9 @@
 #   conf   kernel smoke test + the GPU conformance suite (no vLLM needed; can ride along with a
 #          stash call)
 #   vllm   tests/vllm: the whole suite eager and, at the same time on the same card, the
-#          engine-level files with CUDA graphs; the load test with 256 requests (issues 4, 5)
+#          engine-level files with CUDA graphs; the load test with 256 requests (issues 4, 5;
+#          TQ_LOAD_DIAGNOSTICS=1 adds its diagnostic variants). A fresh machine's first hybrid-model
+#          start compiles the GDN kernels: give test_hybrid.py alone VLLM_SECONDS >= 300
 #   tp2    tests/vllm/test_tp.py on a 2-GPU machine (kind nvidia-h200-x2; issue 4)
 #   e2e    benchmarks/e2e_vllm.py: bf16, FP8, vLLM's TurboQuant presets and ours, one run
 #          (all 13 configs do not fit one call: vLLM's TurboQuant engines take ~150 s each to start;
