@@ -311,7 +311,7 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="only check_preset for --presets; exit 1 on any error")
     ap.add_argument("--shapes", default="", help="explicit batch x context list, e.g. 32x32768,1x131072")
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",
-                    help="also these presets in batch-invariant mode (one split per row; rows named PRESET+bi)")
+                    help="also these presets in batch-invariant mode (fixed-length splits; rows named PRESET+bi)")
     args = ap.parse_args(argv)
     if args.smoke:
         gen = torch.Generator(device="cuda")

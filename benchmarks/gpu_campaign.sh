@@ -21,7 +21,7 @@
 #          held-out text) (issues 4, 6)
 #   bench  benchmarks/gpu_run.sh bench step: the AttnConfig sweep (incl. the untimed LOOKUP=2
 #          variant), store, then decode over the 1k..128k x 1..64 grid with the sweep's best config,
-#          then k4v3 and tq3 in batch-invariant mode (one split per row), then the vLLM baselines, same
+#          then k4v3 and tq3 in batch-invariant mode (fixed-length splits), then the vLLM baselines, same
 #          process (issues 3, 5)
 #
 # The device tool returns at most 8 files from $OUT, so the stage works in $OUT/$stage and, on

@@ -171,15 +171,42 @@ def _load_q(qbuf_ptr, qrow, row_valid, DQ: tl.constexpr, QO: tl.constexpr, MP: t
     return qd, qsc
 
 
-@triton.jit(do_not_specialize=["num_seqs", "num_splits", "num_q_heads"])
+@triton.jit
+def combine_weights(m, ms):
+    """Combining a running softmax state (max m) with a split's (max ms): the new max and the two
+    rescale factors.  A split with nothing visible (ms = -inf) gets weight 0 and leaves the state
+    exactly as it was; so does an empty running state (m = -inf)."""
+    mn = tl.maximum(m, ms)
+    mu = tl.where(mn == float("-inf"), 0.0, mn)
+    return mn, tl.exp(m - mu), tl.exp(ms - mu)
+
+
+@triton.jit
+def combine_rows(o, a, al, be):
+    """o [R, C] * al + a [R, C] * be, per row: the accumulator half of a combine."""
+    return o * al[:, None] + a * be[:, None]
+
+
+@triton.jit
+def combine_state(m, lsum, o0, o1, ms, ls, a0, a1):
+    """(m, lsum, o0, o1) (+) one split's (ms, ls, a0, a1), the batch-invariant combine.  Splits are
+    combined in split order, by this formula both here (all splits of a row in one program) and in
+    _merge_kernel (one split per program); batch-invariant launches disable FMA contraction, so
+    both give the same bits."""
+    mn, al, be = combine_weights(m, ms)
+    return mn, lsum * al + ls * be, combine_rows(o0, a0, al, be), combine_rows(o1, a1, al, be)
+
+
+@triton.jit(do_not_specialize=["num_seqs", "num_splits", "num_q_heads", "seq_splits"])
 def _split_kernel(
     qbuf_ptr, cache_ptr, bt_ptr, stride_bt, seq_lens_ptr, qsl_ptr, cu_tiles_ptr, num_seqs,
     part_acc_ptr, part_ml_ptr,
     stride_cb, stride_ch, stride_cs,
     k_cent, v_cent, k_poly, v_poly,
-    sm_scale, block_size, num_q_heads, num_splits,
+    sm_scale, block_size, num_q_heads, num_splits, seq_splits,
     DECODE: tl.constexpr, LOOKUP: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
     RP: tl.constexpr, BT: tl.constexpr, F32DOT: tl.constexpr, BATCH_INVARIANT: tl.constexpr,
+    BI_CHUNK: tl.constexpr,
     DQ: tl.constexpr, QO_K1: tl.constexpr, QO_S0: tl.constexpr, QO_S1: tl.constexpr, DACC: tl.constexpr,
     D: tl.constexpr, DP: tl.constexpr,
     K_NI: tl.constexpr,
@@ -208,10 +235,15 @@ def _split_kernel(
     # DECODE: query tile = sequence (one token).  Otherwise tile -> sequence
     # through cu_tiles (cumulative query tiles per sequence).  The chunk size
     # is read from seq_lens in-kernel; num_splits only depends on shapes.
-    # BATCH_INVARIANT (launched with num_splits = 1): every row walks the tiles
-    # 0, BT, 2BT, ... of its sequence whatever its batch or query tile, the
-    # value scale is the row's own (see _mse_values / _group_values), and the
-    # tiles past a row's causal end are exact no-ops in the online softmax.
+    # BATCH_INVARIANT: splits of a fixed BI_CHUNK tokens, [s*BI_CHUNK, ...),
+    # whatever the batch; each split keeps its own softmax state, and the states
+    # are combined in split order by one formula (combine_state, no FMA
+    # contraction): either here, all splits of a row in one program
+    # (seq_splits = 1, launched with num_splits = 1), or one split per program
+    # and the same combine in _merge_kernel.  Every row walks the tiles
+    # s*BI_CHUNK, +BT, ... whatever its batch or query tile, the value scale is
+    # the row's own (see _mse_values / _group_values), and the tiles and splits
+    # past a row's causal end are exact no-ops.
     # LOOKUP: centroid lookup variant (centroid_values: 0 gather, 1 select tree, 2 cubic).
     pid0 = tl.program_id(0)
     h = tl.program_id(1)
@@ -239,9 +271,14 @@ def _split_kernel(
         qpos0 = seq_len - (qe - qs) + tile * BQ
     kv_end = tl.minimum(seq_len, qpos0 + nq)
     kv_end = tl.where(nq > 0, kv_end, 0)
-    chunk = tl.cdiv(tl.cdiv(kv_end, num_splits), BT) * BT
-    start = sp * chunk
-    end = tl.minimum(start + chunk, kv_end)
+    if BATCH_INVARIANT:
+        chunk = BI_CHUNK
+        s_lo = tl.where(seq_splits != 0, 0, sp)
+        s_hi = tl.where(seq_splits != 0, tl.cdiv(kv_end, BI_CHUNK), sp + 1)
+    else:
+        chunk = tl.cdiv(tl.cdiv(kv_end, num_splits), BT) * BT
+        s_lo = sp
+        s_hi = sp + 1
 
     rows = tl.arange(0, RP)
     rq = rows // GP
@@ -262,58 +299,73 @@ def _split_kernel(
         else:
             s1, s1sc = q1, q1sc
 
-    m_i = tl.full((RP,), float("-inf"), tl.float32)
-    l_i = tl.zeros((RP,), tl.float32)
+    m_run = tl.full((RP,), float("-inf"), tl.float32)
+    l_run = tl.zeros((RP,), tl.float32)
     if V_GROUP:
-        acc0 = tl.zeros((RP, DP), tl.float32)
+        o0 = tl.zeros((RP, DP), tl.float32)
     else:
-        acc0 = tl.zeros((RP, V0_MP), tl.float32)
-    acc1 = tl.zeros((RP, V1_MP), tl.float32)
+        o0 = tl.zeros((RP, V0_MP), tl.float32)
+    o1 = tl.zeros((RP, V1_MP), tl.float32)
 
     head_off = h.to(tl.int64) * stride_ch
-    for t0 in range(start, end, BT):
-        tpos = t0 + tl.arange(0, BT)
-        tval = tpos < end
-        page = tl.load(bt_ptr + b * stride_bt + tpos // block_size, mask=tval, other=0).to(tl.int64)
-        ptrs = cache_ptr + page * stride_cb + head_off + (tpos % block_size).to(tl.int64) * stride_cs
-        sc = _key_scores(ptrs, tval, q0, q0sc, s0, s0sc, k_cent, k_poly, BT, K0_M, K0_MP, K0_BITS, K0_QJL, K0_NORM,
-                         K0_CODES, K0_CFAST, K0_RNORM, K0_SIGNS, K0_SFAST, K0_QJLSCALE, F32DOT, RP, LOOKUP)
-        if K_NI == 2:
-            sc += _key_scores(ptrs, tval, q1, q1sc, s1, s1sc, k_cent + 16, k_poly + 8, BT, K1_M, K1_MP, K1_BITS, K1_QJL,
-                              K1_NORM, K1_CODES, K1_CFAST, K1_RNORM, K1_SIGNS, K1_SFAST, K1_QJLSCALE, F32DOT, RP,
-                              LOOKUP)
-        vis = row_valid[:, None] & tval[None, :] & (tpos[None, :] <= qpos[:, None])
-        logits = tl.where(vis, sc * sm_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(logits, axis=1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_use)
-        p = tl.exp(logits - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        m_i = m_new
-        acc0 = acc0 * alpha[:, None]
+    for s in range(s_lo, s_hi):
+        start = s * chunk
+        end = tl.minimum(start + chunk, kv_end)
+        m_i = tl.full((RP,), float("-inf"), tl.float32)
+        l_i = tl.zeros((RP,), tl.float32)
         if V_GROUP:
-            acc0 = _group_values(ptrs, tval, p, vis, acc0, BT, D, DP, V_GS, V_NG, V_BITS, V_SCALE, V_ZERO,
-                                 V_CODES, V_CFAST, F32DOT or BATCH_INVARIANT)
+            acc0 = tl.zeros((RP, DP), tl.float32)
         else:
-            acc0 = _mse_values(ptrs, tval, p, vis, acc0, v_cent, v_poly, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES,
-                               V0_CFAST, F32DOT, LOOKUP, BATCH_INVARIANT)
-            if V_NI == 2:
-                acc1 = acc1 * alpha[:, None]
-                acc1 = _mse_values(ptrs, tval, p, vis, acc1, v_cent + 16, v_poly + 8, BT, V1_M, V1_MP, V1_BITS, V1_NORM,
-                                   V1_CODES, V1_CFAST, F32DOT, LOOKUP, BATCH_INVARIANT)
+            acc0 = tl.zeros((RP, V0_MP), tl.float32)
+        acc1 = tl.zeros((RP, V1_MP), tl.float32)
+        for t0 in range(start, end, BT):
+            tpos = t0 + tl.arange(0, BT)
+            tval = tpos < end
+            page = tl.load(bt_ptr + b * stride_bt + tpos // block_size, mask=tval, other=0).to(tl.int64)
+            ptrs = cache_ptr + page * stride_cb + head_off + (tpos % block_size).to(tl.int64) * stride_cs
+            sc = _key_scores(ptrs, tval, q0, q0sc, s0, s0sc, k_cent, k_poly, BT, K0_M, K0_MP, K0_BITS, K0_QJL,
+                             K0_NORM, K0_CODES, K0_CFAST, K0_RNORM, K0_SIGNS, K0_SFAST, K0_QJLSCALE, F32DOT, RP,
+                             LOOKUP)
+            if K_NI == 2:
+                sc += _key_scores(ptrs, tval, q1, q1sc, s1, s1sc, k_cent + 16, k_poly + 8, BT, K1_M, K1_MP, K1_BITS,
+                                  K1_QJL, K1_NORM, K1_CODES, K1_CFAST, K1_RNORM, K1_SIGNS, K1_SFAST, K1_QJLSCALE,
+                                  F32DOT, RP, LOOKUP)
+            vis = row_valid[:, None] & tval[None, :] & (tpos[None, :] <= qpos[:, None])
+            logits = tl.where(vis, sc * sm_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(logits, axis=1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_use)
+            p = tl.exp(logits - m_use[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            m_i = m_new
+            acc0 = acc0 * alpha[:, None]
+            if V_GROUP:
+                acc0 = _group_values(ptrs, tval, p, vis, acc0, BT, D, DP, V_GS, V_NG, V_BITS, V_SCALE, V_ZERO,
+                                     V_CODES, V_CFAST, F32DOT or BATCH_INVARIANT)
+            else:
+                acc0 = _mse_values(ptrs, tval, p, vis, acc0, v_cent, v_poly, BT, V0_M, V0_MP, V0_BITS, V0_NORM,
+                                   V0_CODES, V0_CFAST, F32DOT, LOOKUP, BATCH_INVARIANT)
+                if V_NI == 2:
+                    acc1 = acc1 * alpha[:, None]
+                    acc1 = _mse_values(ptrs, tval, p, vis, acc1, v_cent + 16, v_poly + 8, BT, V1_M, V1_MP, V1_BITS,
+                                       V1_NORM, V1_CODES, V1_CFAST, F32DOT, LOOKUP, BATCH_INVARIANT)
+        if BATCH_INVARIANT:
+            m_run, l_run, o0, o1 = combine_state(m_run, l_run, o0, o1, m_i, l_i, acc0, acc1)
+        else:
+            m_run, l_run, o0, o1 = m_i, l_i, acc0, acc1
 
     prow = qrow * num_splits + sp
-    tl.store(part_ml_ptr + prow * 2, m_i, mask=row_valid)
-    tl.store(part_ml_ptr + prow * 2 + 1, l_i, mask=row_valid)
+    tl.store(part_ml_ptr + prow * 2, m_run, mask=row_valid)
+    tl.store(part_ml_ptr + prow * 2 + 1, l_run, mask=row_valid)
     if V_GROUP:
         j = tl.arange(0, DP)
-        tl.store(part_acc_ptr + prow[:, None] * DACC + j[None, :], acc0, mask=row_valid[:, None])
+        tl.store(part_acc_ptr + prow[:, None] * DACC + j[None, :], o0, mask=row_valid[:, None])
     else:
         j0 = tl.arange(0, V0_MP)
-        tl.store(part_acc_ptr + prow[:, None] * DACC + j0[None, :], acc0, mask=row_valid[:, None])
+        tl.store(part_acc_ptr + prow[:, None] * DACC + j0[None, :], o0, mask=row_valid[:, None])
         if V_NI == 2:
             j1 = tl.arange(0, V1_MP)
-            tl.store(part_acc_ptr + prow[:, None] * DACC + V0_MP + j1[None, :], acc1, mask=row_valid[:, None])
+            tl.store(part_acc_ptr + prow[:, None] * DACC + V0_MP + j1[None, :], o1, mask=row_valid[:, None])
 
 
 @triton.jit
@@ -331,19 +383,27 @@ KC = tl.constexpr(16)  # K chunk of the fp32 FMA dots (tl.dot keeps whole K slic
 @triton.jit
 def _merge_instance(part_acc_ptr, part_ml_ptr, prow, hm, mtot, inv_l, num_splits, out_base, rot_ptr, chan_ptr,
                     BH: tl.constexpr, DACC: tl.constexpr, SEG: tl.constexpr, MPMAX: tl.constexpr, M: tl.constexpr,
-                    MP: tl.constexpr, IDCH: tl.constexpr, OUT_BF16: tl.constexpr):
-    """out[:, C_i] = (sum_s w_s acc_s) @ Pi_i, w_s = exp(m_s - m) / l: one
-    inverse rotation per output row, in K chunks (fp32 FMA, IEEE)."""
+                    MP: tl.constexpr, IDCH: tl.constexpr, OUT_BF16: tl.constexpr, ONLINE: tl.constexpr):
+    """out[:, C_i] = (sum_s w_s acc_s) @ Pi_i, w_s = exp(m_s - m) / l (ONLINE: the
+    split-by-split combine, then / l): one inverse rotation per output row, in
+    K chunks (fp32 FMA, IEEE)."""
     j = tl.arange(0, MP)
     x = tl.zeros((BH, MP), tl.float32)
     for k0 in range(0, MP, KC):
         kk = k0 + tl.arange(0, KC)
         oc = tl.zeros((BH, KC), tl.float32)
+        mr = tl.full((BH,), float("-inf"), tl.float32)
         for s in range(num_splits):
             ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
-            w = tl.where(ms == float("-inf"), 0.0, tl.exp(ms - mtot) * inv_l)
             a = tl.load(part_acc_ptr + (prow + s)[:, None] * DACC + SEG + kk[None, :], mask=hm[:, None], other=0.0)
-            oc += w[:, None] * a
+            if ONLINE:
+                mr, al, be = combine_weights(mr, ms)
+                oc = combine_rows(oc, a, al, be)
+            else:
+                w = tl.where(ms == float("-inf"), 0.0, tl.exp(ms - mtot) * inv_l)
+                oc += w[:, None] * a
+        if ONLINE:
+            oc = oc * inv_l[:, None]
         pc = tl.load(rot_ptr + kk[:, None] * MPMAX + j[None, :])  # Pi[kk, j]
         x = tl.dot(oc, pc, x, input_precision="ieee")
     if OUT_BF16:
@@ -362,10 +422,14 @@ def _merge_kernel(
     V_GROUP: tl.constexpr, V_NI: tl.constexpr, V_MPMAX: tl.constexpr,
     V0_M: tl.constexpr, V0_MP: tl.constexpr, V0_IDCH: tl.constexpr,
     V1_M: tl.constexpr, V1_MP: tl.constexpr, V1_IDCH: tl.constexpr, OUT_BF16: tl.constexpr,
+    ONLINE: tl.constexpr,
 ):
     # Merge the num_splits partial softmax states of BH query heads of one
     # query token, normalise, map mse values back by Pi_i^T (fp32 IEEE dot;
     # channels scattered per instance) and store in out's dtype.
+    # ONLINE (batch-invariant mode): the accumulators are combined split by
+    # split with combine_weights / combine_rows, the formula _split_kernel uses
+    # when one program walks all splits, then scaled by 1/l.
     # Grid (num_tokens, cdiv(num_q_heads, BH)).
     t = tl.program_id(0)
     heads = tl.program_id(1) * BH + tl.arange(0, BH)
@@ -376,9 +440,8 @@ def _merge_kernel(
     for s in range(num_splits):
         ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
         ls = tl.load(part_ml_ptr + (prow + s) * 2 + 1, mask=hm, other=0.0)
-        mn = tl.maximum(m, ms)
-        mu = tl.where(mn == float("-inf"), 0.0, mn)
-        lsum = lsum * tl.exp(m - mu) + ls * tl.exp(ms - mu)
+        mn, al, be = combine_weights(m, ms)
+        lsum = lsum * al + ls * be
         m = mn
     inv = 1.0 / tl.where(lsum > 0, lsum, 1.0)
     inv = tl.where(lsum > 0, inv, float("nan"))
@@ -386,21 +449,28 @@ def _merge_kernel(
     if V_GROUP:
         j0 = tl.arange(0, DP)
         o = tl.zeros((BH, DP), tl.float32)
+        mr = tl.full((BH,), float("-inf"), tl.float32)
         for s in range(num_splits):
             ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
-            w = tl.where(ms == float("-inf"), 0.0, tl.exp(ms - m) * inv)
             a = tl.load(part_acc_ptr + (prow + s)[:, None] * DACC + j0[None, :], mask=hm[:, None], other=0.0)
-            o += w[:, None] * a
+            if ONLINE:
+                mr, al, be = combine_weights(mr, ms)
+                o = combine_rows(o, a, al, be)
+            else:
+                w = tl.where(ms == float("-inf"), 0.0, tl.exp(ms - m) * inv)
+                o += w[:, None] * a
+        if ONLINE:
+            o = o * inv[:, None]
         if OUT_BF16:
             o = round_bf16(o)
         tl.store(out_base[:, None] + j0[None, :], o, mask=hm[:, None] & (j0 < D)[None, :])
     else:
         _merge_instance(part_acc_ptr, part_ml_ptr, prow, hm, m, inv, num_splits, out_base, v_rot, v_chan, BH, DACC, 0,
-                        V_MPMAX, V0_M, V0_MP, V0_IDCH, OUT_BF16)
+                        V_MPMAX, V0_M, V0_MP, V0_IDCH, OUT_BF16, ONLINE)
         if V_NI == 2:
             _merge_instance(part_acc_ptr, part_ml_ptr, prow, hm, m, inv, num_splits, out_base,
                             v_rot + V_MPMAX * V_MPMAX, v_chan + V_MPMAX, BH, DACC, V0_MP, V_MPMAX, V1_M, V1_MP,
-                            V1_IDCH, OUT_BF16)
+                            V1_IDCH, OUT_BF16, ONLINE)
 
 
 SPLIT_KEYS_K = ("M", "MP", "BITS", "QJL", "NORM", "CODES", "CFAST", "RNORM", "SIGNS", "SFAST", "QJLSCALE")

@@ -27,16 +27,24 @@ class AttnConfig:
     programs_per_sm: int = 4  # split target: num_seqs*H*S >= programs_per_sm * SMs
     min_chunk: int = 256  # fewest tokens per split
     lookup: int = 0  # centroid lookup: 0 gather loads, 1 select tree, 2 cubic (attn_core.centroid_values)
-    # batch-invariant mode: one split per row (no split count that follows the batch; vLLM's
-    # FlashAttention does the same in its batch-invariant mode), decode rows take the extend
-    # kernel, per-row value scales: a row's output does not depend on the batch around it
+    # batch-invariant mode: splits of a fixed bi_chunk tokens whatever the batch, combined in split
+    # order by one formula; decode rows take the extend kernel; per-row value scales: a row's output
+    # does not depend on the batch around it
     batch_invariant: bool = False
+    bi_chunk: int = 2048  # tokens per split in batch-invariant mode (a multiple of block_tokens)
+    # batch-invariant launches whose partial buffers (tokens x query heads x splits x acc width x 4 B)
+    # fit in this many bytes run one program per split; larger ones walk a row's splits in one program
+    # (same bits, less parallelism, no buffer growth with context)
+    bi_parallel_bytes: int = 1 << 28
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
             raise ValueError(f"lookup={self.lookup!r} is not supported; allowed values: {list(LOOKUPS)}")
         if not isinstance(self.batch_invariant, bool):
             raise ValueError(f"batch_invariant={self.batch_invariant!r} is not supported; allowed values: True, False")
+        if not isinstance(self.bi_chunk, int) or self.bi_chunk <= 0 or self.bi_chunk % self.block_tokens:
+            raise ValueError(f"bi_chunk={self.bi_chunk!r} is not supported; allowed values: positive multiples of "
+                             f"block_tokens={self.block_tokens}")
 
 
 LOOKUPS = (0, 1, 2)
@@ -50,7 +58,10 @@ def lookup_variant(lookup: int, meta: dict, f32dot: bool) -> int:
     return lookup
 
 
-CPU_CONFIG = AttnConfig(block_tokens=32, num_warps=4, num_stages=1, programs_per_sm=16, min_chunk=32)
+# CPU (interpreter): small batch-invariant splits and buffer budget, so that the tests' short
+# sequences take several splits and both ways of combining them
+CPU_CONFIG = AttnConfig(block_tokens=32, num_warps=4, num_stages=1, programs_per_sm=16, min_chunk=32, bi_chunk=64,
+                        bi_parallel_bytes=1 << 19)
 
 
 def default_config(device: torch.device) -> AttnConfig:
@@ -76,12 +87,24 @@ def sm_count(device: torch.device) -> int:
 
 def choose_splits(programs: int, max_kv: int, device: torch.device, cfg: AttnConfig) -> int:
     """Split count from shapes only: enough programs to fill the device, no
-    split shorter than cfg.min_chunk tokens of the longest possible sequence."""
+    split shorter than cfg.min_chunk tokens of the longest possible sequence.
+    Batch-invariant mode: 1 here; its fixed splits are batch_invariant_splits'."""
     if cfg.batch_invariant:
         return 1
     want = math.ceil(cfg.programs_per_sm * sm_count(device) / max(programs, 1))
     cap = max(1, math.ceil(max_kv / cfg.min_chunk))
     return int(max(1, min(want, cap, 256)))
+
+
+def batch_invariant_splits(num_tokens: int, num_q_heads: int, max_kv: int, acc_width: int,
+                           cfg: AttnConfig) -> tuple[int, int]:
+    """(num_splits, seq_splits) of a batch-invariant launch: the fixed cfg.bi_chunk splits of max_kv
+    tokens, one program each while their partial buffers fit cfg.bi_parallel_bytes, else (1, 1): one
+    program walks all of a row's splits.  Either gives the same bits per row (SPEC §10)."""
+    splits = triton.cdiv(max_kv, cfg.bi_chunk)
+    if num_tokens * num_q_heads * splits * acc_width * 4 > cfg.bi_parallel_bytes:
+        return 1, 1
+    return splits, 0
 
 
 def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, params: KernelParams, *,
@@ -100,6 +123,10 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
         raise ValueError(f"num_splits={num_splits} is not supported in batch-invariant mode; allowed values: 1")
     n_tok = out.shape[0]
     dacc = acc_width(params)
+    seq_splits = 0
+    if cfg.batch_invariant:
+        num_splits, seq_splits = batch_invariant_splits(n_tok, num_q_heads, block_table.shape[1] * cache.shape[2],
+                                                        dacc, cfg)
     part_acc = torch.empty((n_tok * num_q_heads * num_splits, dacc), dtype=torch.float32, device=cache.device)
     part_ml = torch.empty((n_tok * num_q_heads * num_splits, 2), dtype=torch.float32, device=cache.device)
     words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
@@ -110,15 +137,17 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
         qbuf, words, block_table, block_table.stride(0), seq_lens, qsl, cu_tiles, block_table.shape[0],
         part_acc, part_ml, words.stride(0), words.stride(1), words.stride(2),
         k_cent, v_cent, params.k_poly, params.v_poly, float(sm_scale), cache.shape[2], num_q_heads, num_splits,
-        DECODE=decode, LOOKUP=lookup_variant(cfg.lookup, m, f32dot),
+        seq_splits, DECODE=decode, LOOKUP=lookup_variant(cfg.lookup, m, f32dot),
         G=g, GP=gp, BQ=bq, RP=rp, BT=bt, F32DOT=f32dot, BATCH_INVARIANT=cfg.batch_invariant,
+        BI_CHUNK=cfg.bi_chunk if cfg.batch_invariant else 0,
         DACC=dacc, **query_layout(params), **split_meta(params),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        enable_fp_fusion=not cfg.batch_invariant,  # the split combine must round alike in both kernels
     )
     grid2 = (n_tok, triton.cdiv(num_q_heads, MERGE_BH))
     _merge_kernel[grid2](
         part_acc, part_ml, out, out.stride(0), out.stride(1), num_q_heads, params.v_rot, params.v_chan, num_splits,
         BH=MERGE_BH, DACC=dacc, **merge_meta(params), OUT_BF16=out.dtype == torch.bfloat16,
-        num_warps=4,
+        ONLINE=cfg.batch_invariant, num_warps=4, enable_fp_fusion=not cfg.batch_invariant,
     )
     return out

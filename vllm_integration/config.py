@@ -36,7 +36,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     # written by `turboquant calibrate`; None: the split's default channels (uncalibrated)
     "outlier_channels": None,
     # batch-invariant attention (each row's output bit-identical whatever shares its batch, incl.
-    # recomputation after preemption; one split per row, turboquant.triton_impl.batch_invariant_config):
+    # recomputation after preemption; fixed-length splits, turboquant.triton_impl.batch_invariant_config):
     # True / False, or None: follow vLLM's own switch, the environment variable VLLM_BATCH_INVARIANT
     "batch_invariant": None,
 }

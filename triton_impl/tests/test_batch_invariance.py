@@ -11,7 +11,8 @@ differently depending on where it sits in the matrix (measured: 34 of 64 rows of
 128x32 float32 product change when the row is moved to row 0). The kernels' own arithmetic is what
 is under test here, so on the CPU the interpreter's dot is replaced by one product per row
 (``row_independent_dot``). On a GPU the tensor cores' row independence is what the test checks; it
-passed on an H200 (conformance/results/gpu-2026-12-03b.md).
+passed on an H200 (conformance/results/gpu-2026-12-03b.md; with the fixed-length splits and both
+ways of combining them, gpu-2026-12-03d.md).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from turboquant.triton_impl import (
     decode_attention,
     paged_attention,
 )
-from turboquant.triton_impl.launch import default_config
+from turboquant.triton_impl.attn_core import acc_width
+from turboquant.triton_impl.launch import batch_invariant_splits, default_config
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 H, G, D, BS = 2, 4, 128, 16
@@ -111,7 +113,15 @@ def _last_rows_only(ways):
                                           ("tq3", torch.float32)])
 def test_rows_bit_identical_across_batches(preset, dtype):
     params, cache, bt, q = _setup(preset, dtype)
+    # splits of 4 tiles and a small buffer budget: the comparisons span several fixed splits and both
+    # ways of combining them, one program per split (decode rows) and one program for all of a row's
+    # splits (the recomputed chunk)
     cfg = batch_invariant_config(DEV)
+    cfg = dataclasses.replace(cfg, bi_chunk=4 * min(cfg.block_tokens, 32), bi_parallel_bytes=1 << 17)
+    max_kv, hq = bt.shape[1] * BS, H * G
+    splits, seq = batch_invariant_splits(1, hq, max_kv, acc_width(params), cfg)
+    assert splits > 1 and not seq
+    assert batch_invariant_splits(RECOMPUTE + 1, hq, max_kv, acc_width(params), cfg) == (1, 1)
     ways = _outputs(params, cache, bt, q, cfg)
     assert torch.isfinite(ways["alone"]).all()
     for k in ("recompute", "recompute_batch"):  # every recomputed row equals its decode alone
@@ -181,6 +191,10 @@ def test_default_mode_fp32_rows_independent_of_their_chunk():
 def test_batch_invariant_validation():
     with pytest.raises(ValueError, match=r"batch_invariant=1 is not supported; allowed values: True, False"):
         AttnConfig(batch_invariant=1)
+    for bad in (0, 100, 64.0):  # not a positive multiple of block_tokens=128
+        with pytest.raises(ValueError, match=rf"bi_chunk={bad!r} is not supported; allowed values: positive multiples "
+                                             r"of block_tokens=128"):
+            AttnConfig(bi_chunk=bad)
     params, cache, bt, q = _setup("tq3", torch.bfloat16)
     with pytest.raises(ValueError, match=r"num_splits=4 is not supported in batch-invariant mode"):
         decode_attention(q[:1], cache, bt[0:1], _i32([X]), params, num_splits=4, config=batch_invariant_config(DEV))
