@@ -45,6 +45,10 @@ class AttnConfig:
         if not isinstance(self.bi_chunk, int) or self.bi_chunk <= 0 or self.bi_chunk % self.block_tokens:
             raise ValueError(f"bi_chunk={self.bi_chunk!r} is not supported; allowed values: positive multiples of "
                              f"block_tokens={self.block_tokens}")
+        if isinstance(self.bi_parallel_bytes, bool) or not isinstance(self.bi_parallel_bytes, int) \
+                or self.bi_parallel_bytes < 0:
+            raise ValueError(f"bi_parallel_bytes={self.bi_parallel_bytes!r} is not supported; allowed values: "
+                             "integers >= 0 (0: every batch-invariant launch walks a row's splits in one program)")
 
 
 LOOKUPS = (0, 1, 2)
@@ -88,7 +92,7 @@ def sm_count(device: torch.device) -> int:
 def choose_splits(programs: int, max_kv: int, device: torch.device, cfg: AttnConfig) -> int:
     """Split count from shapes only: enough programs to fill the device, no
     split shorter than cfg.min_chunk tokens of the longest possible sequence.
-    Batch-invariant mode: 1 here; its fixed splits are batch_invariant_splits'."""
+    Batch-invariant mode: 1 here; batch_invariant_splits sets its fixed splits."""
     if cfg.batch_invariant:
         return 1
     want = math.ceil(cfg.programs_per_sm * sm_count(device) / max(programs, 1))

@@ -195,6 +195,9 @@ def test_batch_invariant_validation():
         with pytest.raises(ValueError, match=rf"bi_chunk={bad!r} is not supported; allowed values: positive multiples "
                                              r"of block_tokens=128"):
             AttnConfig(bi_chunk=bad)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=rf"bi_parallel_bytes={bad!r} is not supported; allowed values: integers"):
+            AttnConfig(bi_parallel_bytes=bad)
     params, cache, bt, q = _setup("tq3", torch.bfloat16)
     with pytest.raises(ValueError, match=r"num_splits=4 is not supported in batch-invariant mode"):
         decode_attention(q[:1], cache, bt[0:1], _i32([X]), params, num_splits=4, config=batch_invariant_config(DEV))
