@@ -381,6 +381,28 @@ KC = tl.constexpr(16)  # K chunk of the fp32 FMA dots (tl.dot keeps whole K slic
 
 
 @triton.jit
+def _merged_columns(part_acc_ptr, part_ml_ptr, prow, hm, cols, mtot, inv_l, num_splits, BH: tl.constexpr,
+                    NC: tl.constexpr, DACC: tl.constexpr, ONLINE: tl.constexpr):
+    """The merged, normalised accumulator columns ``cols`` (NC of them) of BH rows:
+    sum_s w_s acc_s[:, cols], w_s = exp(m_s - m) / l; ONLINE (batch-invariant
+    mode): combine_weights / combine_rows split by split, then / l."""
+    o = tl.zeros((BH, NC), tl.float32)
+    mr = tl.full((BH,), float("-inf"), tl.float32)
+    for s in range(num_splits):
+        ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
+        a = tl.load(part_acc_ptr + (prow + s)[:, None] * DACC + cols[None, :], mask=hm[:, None], other=0.0)
+        if ONLINE:
+            mr, al, be = combine_weights(mr, ms)
+            o = combine_rows(o, a, al, be)
+        else:
+            w = tl.where(ms == float("-inf"), 0.0, tl.exp(ms - mtot) * inv_l)
+            o += w[:, None] * a
+    if ONLINE:
+        o = o * inv_l[:, None]
+    return o
+
+
+@triton.jit
 def _merge_instance(part_acc_ptr, part_ml_ptr, prow, hm, mtot, inv_l, num_splits, out_base, rot_ptr, chan_ptr,
                     BH: tl.constexpr, DACC: tl.constexpr, SEG: tl.constexpr, MPMAX: tl.constexpr, M: tl.constexpr,
                     MP: tl.constexpr, IDCH: tl.constexpr, OUT_BF16: tl.constexpr, ONLINE: tl.constexpr):
@@ -391,19 +413,8 @@ def _merge_instance(part_acc_ptr, part_ml_ptr, prow, hm, mtot, inv_l, num_splits
     x = tl.zeros((BH, MP), tl.float32)
     for k0 in range(0, MP, KC):
         kk = k0 + tl.arange(0, KC)
-        oc = tl.zeros((BH, KC), tl.float32)
-        mr = tl.full((BH,), float("-inf"), tl.float32)
-        for s in range(num_splits):
-            ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
-            a = tl.load(part_acc_ptr + (prow + s)[:, None] * DACC + SEG + kk[None, :], mask=hm[:, None], other=0.0)
-            if ONLINE:
-                mr, al, be = combine_weights(mr, ms)
-                oc = combine_rows(oc, a, al, be)
-            else:
-                w = tl.where(ms == float("-inf"), 0.0, tl.exp(ms - mtot) * inv_l)
-                oc += w[:, None] * a
-        if ONLINE:
-            oc = oc * inv_l[:, None]
+        oc = _merged_columns(part_acc_ptr, part_ml_ptr, prow, hm, SEG + kk, mtot, inv_l, num_splits, BH, KC, DACC,
+                             ONLINE)
         pc = tl.load(rot_ptr + kk[:, None] * MPMAX + j[None, :])  # Pi[kk, j]
         x = tl.dot(oc, pc, x, input_precision="ieee")
     if OUT_BF16:
@@ -448,19 +459,7 @@ def _merge_kernel(
     out_base = out_ptr + t.to(tl.int64) * stride_ot + heads.to(tl.int64) * stride_oh
     if V_GROUP:
         j0 = tl.arange(0, DP)
-        o = tl.zeros((BH, DP), tl.float32)
-        mr = tl.full((BH,), float("-inf"), tl.float32)
-        for s in range(num_splits):
-            ms = tl.load(part_ml_ptr + (prow + s) * 2, mask=hm, other=float("-inf"))
-            a = tl.load(part_acc_ptr + (prow + s)[:, None] * DACC + j0[None, :], mask=hm[:, None], other=0.0)
-            if ONLINE:
-                mr, al, be = combine_weights(mr, ms)
-                o = combine_rows(o, a, al, be)
-            else:
-                w = tl.where(ms == float("-inf"), 0.0, tl.exp(ms - m) * inv)
-                o += w[:, None] * a
-        if ONLINE:
-            o = o * inv[:, None]
+        o = _merged_columns(part_acc_ptr, part_ml_ptr, prow, hm, j0, m, inv, num_splits, BH, DP, DACC, ONLINE)
         if OUT_BF16:
             o = round_bf16(o)
         tl.store(out_base[:, None] + j0[None, :], o, mask=hm[:, None] & (j0 < D)[None, :])
