@@ -10,17 +10,25 @@ Public API (torch tensors):
   causal extend / mixed batches (extend.py).
 * ``decode_attention(query, cache, block_table, seq_lens, params)``: the fast
   one-token-per-sequence path (decode.py).
+* ``attention(query, cache, block_table, seq_lens, query_start_loc, params, plan=...)``: a whole
+  step, decodes to the decode kernel, prefill rows to ``prefill_attention`` (prefill.py: packed
+  tiles decoded once into a dense workspace, FlashAttention over it) or ``paged_attention``;
+  ``plan_attention`` makes its plan once per step (dispatch.py, plan.py).
 * ``dequantize(cache, block_table, seq_lens, params)``: K~, V~ for tests and
   debugging (dequant.py).
 """
 
 from turboquant.triton_impl.decode import decode_attention
+from turboquant.triton_impl.dispatch import attention
 from turboquant.triton_impl.dequant import dequantize, dequantize_slots
 from turboquant.triton_impl.extend import paged_attention
 from turboquant.triton_impl.launch import AttnConfig, batch_invariant_config
 from turboquant.triton_impl.params import KernelParams
+from turboquant.triton_impl.plan import AttentionPlan, PrefillPlan, plan_attention
+from turboquant.triton_impl.prefill import dense_prefill_supported, prefill_attention
 from turboquant.triton_impl.store import store_kv
 from turboquant.triton_impl.validate import SUPPORTED_PRESETS
 
-__all__ = ["AttnConfig", "KernelParams", "SUPPORTED_PRESETS", "batch_invariant_config", "decode_attention",
-           "dequantize", "dequantize_slots", "paged_attention", "store_kv"]
+__all__ = ["AttentionPlan", "AttnConfig", "KernelParams", "PrefillPlan", "SUPPORTED_PRESETS", "attention",
+           "batch_invariant_config", "decode_attention", "dense_prefill_supported", "dequantize", "dequantize_slots",
+           "paged_attention", "plan_attention", "prefill_attention", "store_kv"]

@@ -37,7 +37,8 @@ def triton_implementation():
     if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return None
     from turboquant.conformance.impls import Implementation
-    from turboquant.triton_impl import KernelParams, paged_attention, store_kv
+    from turboquant.triton_impl import KernelParams, plan_attention, store_kv
+    from turboquant.triton_impl import attention as step_attention
     from turboquant.triton_impl.store import rotated_debug
 
     device = torch.device("cuda" if cuda else "cpu")
@@ -57,9 +58,15 @@ def triton_implementation():
     def attention(query, cache, block_table, seq_lens, fmt, query_start_loc=None, softmax_scale=None):
         params = KernelParams.build(fmt, device)
         q = to_dev(query, exact_dtype(query))
-        qsl = None if query_start_loc is None else to_dev(np.asarray(query_start_loc, np.int32))
-        out = paged_attention(q, to_dev(cache), to_dev(np.asarray(block_table, np.int32)),
-                              to_dev(np.asarray(seq_lens, np.int32)), qsl, params, softmax_scale=softmax_scale)
+        if query_start_loc is None:  # one row per sequence
+            query_start_loc = np.arange(len(seq_lens) + 1)
+        qsl = np.asarray(query_start_loc, np.int32)
+        sl = np.asarray(seq_lens, np.int32)
+        # the plugin's path: decodes to the decode kernel, prefill rows to the dense path or the
+        # packed-tile kernel (triton_impl/tests compares the two prefill paths on these cases)
+        plan = plan_attention(torch.from_numpy(qsl), torch.from_numpy(sl), device)
+        out = step_attention(q, to_dev(cache), to_dev(np.asarray(block_table, np.int32)), to_dev(sl), to_dev(qsl), params,
+                        softmax_scale=softmax_scale, plan=plan)
         return out.float().cpu().numpy()
 
     def rotated(x, fmt, tensor):

@@ -36,6 +36,9 @@ class AttnConfig:
     # fit in this many bytes run one program per split; larger ones walk a row's splits in one program
     # (same bits, less parallelism, no buffer growth with context)
     bi_parallel_bytes: int = 1 << 28
+    # prefill / extend rows on the dense path (prefill.py) where it applies; False: the packed-tile
+    # kernel for every row (extend.py)
+    dense_prefill: bool = True
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -45,6 +48,8 @@ class AttnConfig:
         if not isinstance(self.bi_chunk, int) or self.bi_chunk <= 0 or self.bi_chunk % self.block_tokens:
             raise ValueError(f"bi_chunk={self.bi_chunk!r} is not supported; allowed values: positive multiples of "
                              f"block_tokens={self.block_tokens}")
+        if not isinstance(self.dense_prefill, bool):
+            raise ValueError(f"dense_prefill={self.dense_prefill!r} is not supported; allowed values: True, False")
         if isinstance(self.bi_parallel_bytes, bool) or not isinstance(self.bi_parallel_bytes, int) \
                 or self.bi_parallel_bytes < 0:
             raise ValueError(f"bi_parallel_bytes={self.bi_parallel_bytes!r} is not supported; allowed values: "

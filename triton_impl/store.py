@@ -17,11 +17,18 @@ from turboquant.triton_impl.validate import check_cache, check_kv, check_params,
 NORM_NAN_BITS = tl.constexpr(tqf.NORM_NAN_BITS - (1 << 32) if tqf.NORM_NAN_BITS >= (1 << 31) else tqf.NORM_NAN_BITS)
 GROUP_NAN_BITS = tl.constexpr(tqf.GROUP_NAN_BITS)
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# Tokens per program: small on GPU (register pressure of the fp32 rotation),
-# large under the interpreter (its cost is per op, not per element).
-STORE_BT = 64 if INTERPRET else 16
-# Test hook: run the compiled (column-reload) summation under the interpreter too.
+# The rotation y = u Pi^T (and the QJL projection S r):
+#   "tc"  the whole tile as one dot, on a GPU on tensor cores with the 3xTF32 split (each fp32
+#         operand = a tf32 high part + a tf32 low part, three MMAs, fp32 accumulation: errors
+#         ~1e-6 of |y|, far inside SPEC §10's CODE_MARGIN); exact fp32 under the interpreter;
+#   "fma" K chunks of KC columns in fp32 FMA (IEEE), u recomputed per chunk (the v1 kernel).
+ROTATIONS = ("tc", "fma")
+# Test hook: run the "fma" path under the interpreter by default too.
 _FORCE_RELOAD = os.environ.get("TQ_STORE_FORCE_RELOAD") == "1"
+DEFAULT_ROTATION = "fma" if _FORCE_RELOAD else "tc"
+# Tokens per program: under the interpreter many (its cost is per op, not per element); on a GPU
+# bounded by the registers of the fp32 tiles.
+STORE_BT = {"tc": 64 if INTERPRET else 32, "fma": 64 if INTERPRET else 16}
 
 
 @triton.jit
@@ -36,7 +43,7 @@ def _isfinite(x):
 # 128-step sequential loop of column reloads for the norm, NumPy's pairwise
 # order for the residual norm), which dominated the store's time.
 @triton.jit
-def _norm_unit(x, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, INTERP: tl.constexpr):
+def _norm_unit(x, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, WHOLE: tl.constexpr):
     """reference.quantizer.l2_norm on rows of x [BT, MP] (the instance's M
     channels, zero beyond): m = max|x|, s = x/m, ss = sqrt(sum s^2),
     norm = m*ss, u = s/ss, with IEEE division / sqrt."""
@@ -48,10 +55,10 @@ def _norm_unit(x, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, INTERP: t
     ss = tl.sqrt_rn(tl.sum(s * s, axis=1))
     norm = mx * ss
     ssafe = tl.where(ss > 0, ss, 1.0)
-    if INTERP:
+    if WHOLE:
         u = tl.math.div_rn(s, ssafe[:, None])
     else:
-        u = s  # unused: the compiled rotation recomputes u per K chunk (fewer live registers)
+        u = s  # unused: the "fma" rotation recomputes u per K chunk (fewer live registers)
     return norm, safe, ssafe, u
 
 
@@ -78,15 +85,17 @@ def _encode_instance(bptr, tmask, norm, safe, ssafe, u, bad, rowptr, ch_ptr, rot
                      y_ptr, y_row, scr_ptr, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
                      MPMAX: tl.constexpr, IDCH: tl.constexpr, BITS: tl.constexpr, QJL: tl.constexpr,
                      NORM: tl.constexpr, CODES: tl.constexpr, CBYTES: tl.constexpr, RNORM: tl.constexpr,
-                     SIGNS: tl.constexpr, SBYTES: tl.constexpr, DEBUG_Y: tl.constexpr, INTERP: tl.constexpr):
+                     SIGNS: tl.constexpr, SBYTES: tl.constexpr, DEBUG_Y: tl.constexpr, WHOLE: tl.constexpr,
+                     PREC: tl.constexpr):
     """Alg. 1 / Alg. 2 for one instance of a tile of tokens, written to the slots.
-    y = u @ Pi^T in fp32 FMA (IEEE); compiled: K chunks of KC columns, each
-    chunk's u = (x / m) / ss recomputed exactly as the reference."""
+    y = u @ Pi^T: WHOLE, one dot of the tile at precision PREC ("tf32x3": the
+    3xTF32 tensor-core split; "ieee"); else ("fma") K chunks of KC columns in
+    fp32 FMA, each chunk's u = (x / m) / ss recomputed exactly as the reference."""
     j = tl.arange(0, MP)
     cm = j < M
-    if INTERP:
+    if WHOLE:
         pit = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])  # Pi^T[c, r] = Pi[r, c]
-        y = tl.dot(tl.where(bad[:, None], 0.0, u), pit, input_precision="ieee")
+        y = tl.dot(tl.where(bad[:, None], 0.0, u), pit, input_precision=PREC)
     else:
         y = tl.zeros((BT, MP), tl.float32)
         for k0 in range(0, MP, KC):
@@ -122,9 +131,9 @@ def _encode_instance(bptr, tmask, norm, safe, ssafe, u, bad, rowptr, ch_ptr, rot
         rows = scr_ptr + y_row * MP
         tl.store(rows[:, None] + j[None, :], r, mask=tmask[:, None])
         tl.debug_barrier()
-        if INTERP:
+        if WHOLE:
             st = tl.load(qjl_ptr + j[None, :] * MPMAX + j[:, None])  # S^T[c, r'] = S[r', c]
-            proj = tl.dot(r, st, input_precision="ieee")
+            proj = tl.dot(r, st, input_precision=PREC)
         else:
             proj = tl.zeros((BT, MP), tl.float32)
             for k0 in range(0, MP, KC):
@@ -147,7 +156,7 @@ def _store_kernel(
     num_tokens, block_size, num_heads,
     k_rot, k_bnd, k_cent, k_qjl, k_chan, v_rot, v_bnd, v_cent, v_chan,
     BT: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, SLOT_BYTES: tl.constexpr, SLOT_END: tl.constexpr,
-    DEBUG_Y: tl.constexpr, INTERP: tl.constexpr,
+    DEBUG_Y: tl.constexpr, WHOLE: tl.constexpr, PREC: tl.constexpr,
     K_NI: tl.constexpr, K_MPMAX: tl.constexpr,
     K0_M: tl.constexpr, K0_MP: tl.constexpr, K0_BITS: tl.constexpr, K0_QJL: tl.constexpr, K0_IDCH: tl.constexpr,
     K0_NORM: tl.constexpr, K0_CODES: tl.constexpr, K0_CBYTES: tl.constexpr, K0_RNORM: tl.constexpr,
@@ -165,7 +174,7 @@ def _store_kernel(
 ):
     # store: K/V [num_tokens, H, D] (any float dtype) -> cache uint8 [NB, H, BS, SLOT_BYTES].
     # Grid (cdiv(num_tokens, BT), H): one program encodes BT tokens of one KV head:
-    # norm (max-scaled), rotation (fp32 IEEE dot), boundary codes, QJL signs /
+    # norm (max-scaled), rotation (WHOLE/PREC, see ROTATIONS), boundary codes, QJL signs /
     # residual norm, value codes or min/max groups, non-finite tokens per the
     # reference, LSB-first packing, zero padding.  slot < 0: nothing written.
     pid = tl.program_id(0)
@@ -180,22 +189,22 @@ def _store_kernel(
 
     # ---------------- keys
     kx0, kf0, krow = _load_rows(key_ptr, tok, tmask, stride_kt, h * stride_kh, k_chan, K0_M, K0_MP, K0_IDCH)
-    kn0, ks0, kd0, ku0 = _norm_unit(kx0, BT, K0_M, K0_MP, INTERP)
+    kn0, ks0, kd0, ku0 = _norm_unit(kx0, BT, K0_M, K0_MP, WHOLE)
     kbad = ~kf0 | ~_isfinite(kn0)
     if K_NI == 2:
         kx1, kf1, _ = _load_rows(key_ptr, tok, tmask, stride_kt, h * stride_kh, k_chan + K_MPMAX, K1_M, K1_MP,
                                  K1_IDCH)
-        kn1, ks1, kd1, ku1 = _norm_unit(kx1, BT, K1_M, K1_MP, INTERP)
+        kn1, ks1, kd1, ku1 = _norm_unit(kx1, BT, K1_M, K1_MP, WHOLE)
         kbad = kbad | ~kf1 | ~_isfinite(kn1)
     kscr = scr_ptr
     _encode_instance(bptr, tmask, kn0, ks0, kd0, ku0, kbad, krow, k_chan, k_rot, k_bnd, k_cent, k_qjl, y_ptr, y_row,
                      kscr, BT, K0_M, K0_MP, K_MPMAX, K0_IDCH, K0_BITS, K0_QJL, K0_NORM, K0_CODES, K0_CBYTES,
-                     K0_RNORM, K0_SIGNS, K0_SBYTES, DEBUG_Y, INTERP)
+                     K0_RNORM, K0_SIGNS, K0_SBYTES, DEBUG_Y, WHOLE, PREC)
     if K_NI == 2:
         _encode_instance(bptr, tmask, kn1, ks1, kd1, ku1, kbad, krow, k_chan + K_MPMAX, k_rot + K_MPMAX * K_MPMAX,
                          k_bnd + 16, k_cent + 16, k_qjl + K_MPMAX * K_MPMAX, y_ptr + num_tokens * num_heads * K0_MP,
                          y_row, kscr + num_tokens * num_heads * K0_MP, BT, K1_M, K1_MP, K_MPMAX, K1_IDCH, K1_BITS,
-                         K1_QJL, K1_NORM, K1_CODES, K1_CBYTES, K1_RNORM, K1_SIGNS, K1_SBYTES, DEBUG_Y, INTERP)
+                         K1_QJL, K1_NORM, K1_CODES, K1_CBYTES, K1_RNORM, K1_SIGNS, K1_SBYTES, DEBUG_Y, WHOLE, PREC)
 
     # ---------------- values
     vy_ptr = y_ptr + num_tokens * num_heads * (K0_MP + K1_MP)
@@ -231,21 +240,21 @@ def _store_kernel(
         pack_store_codes(bptr, tmask, codes, BT, V_CODES, V_BITS, DP, V_CBYTES)
     else:
         vx0, vf0, vrow = _load_rows(value_ptr, tok, tmask, stride_vt, h * stride_vh, v_chan, V0_M, V0_MP, V0_IDCH)
-        vn0, vs0, vd0, vu0 = _norm_unit(vx0, BT, V0_M, V0_MP, INTERP)
+        vn0, vs0, vd0, vu0 = _norm_unit(vx0, BT, V0_M, V0_MP, WHOLE)
         vbad = ~vf0 | ~_isfinite(vn0)
         if V_NI == 2:
             vx1, vf1, _ = _load_rows(value_ptr, tok, tmask, stride_vt, h * stride_vh, v_chan + V_MPMAX,
                                      V1_M, V1_MP, V1_IDCH)
-            vn1, vs1, vd1, vu1 = _norm_unit(vx1, BT, V1_M, V1_MP, INTERP)
+            vn1, vs1, vd1, vu1 = _norm_unit(vx1, BT, V1_M, V1_MP, WHOLE)
             vbad = vbad | ~vf1 | ~_isfinite(vn1)
         _encode_instance(bptr, tmask, vn0, vs0, vd0, vu0, vbad, vrow, v_chan, v_rot, v_bnd, v_cent, v_cent, vy_ptr,
                          y_row, scr_ptr, BT, V0_M, V0_MP, V_MPMAX, V0_IDCH, V0_BITS, False, V0_NORM, V0_CODES,
-                         V0_CBYTES, 0, 0, 0, DEBUG_Y, INTERP)
+                         V0_CBYTES, 0, 0, 0, DEBUG_Y, WHOLE, PREC)
         if V_NI == 2:
             _encode_instance(bptr, tmask, vn1, vs1, vd1, vu1, vbad, vrow, v_chan + V_MPMAX,
                              v_rot + V_MPMAX * V_MPMAX, v_bnd + 16, v_cent + 16, v_cent,
                              vy_ptr + num_tokens * num_heads * V0_MP, y_row, scr_ptr, BT, V1_M, V1_MP, V_MPMAX,
-                             V1_IDCH, V1_BITS, False, V1_NORM, V1_CODES, V1_CBYTES, 0, 0, 0, DEBUG_Y, INTERP)
+                             V1_IDCH, V1_BITS, False, V1_NORM, V1_CODES, V1_CBYTES, 0, 0, 0, DEBUG_Y, WHOLE, PREC)
     # zero padding bytes at the end of the slot
     for p in tl.static_range(SLOT_END, SLOT_BYTES):
         tl.store(bptr + p, tl.zeros((BT,), tl.uint8), mask=tmask)
@@ -269,10 +278,13 @@ def store_meta(params: KernelParams) -> dict:
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
              params: KernelParams, *, debug_rotated: torch.Tensor | None = None, block_tokens: int | None = None,
-             num_warps: int = 4) -> None:
+             num_warps: int = 4, rotation: str | None = None) -> None:
     """Encode key/value [num_tokens, num_kv_heads, head_size] into ``cache``
     (uint8 [num_blocks, num_kv_heads, block_size, slot_bytes]) in place at
-    ``slot_mapping`` [num_tokens] (negative: padding, nothing written)."""
+    ``slot_mapping`` [num_tokens] (negative: padding, nothing written).
+    ``rotation``: "tc" (default) or "fma", see ROTATIONS."""
+    rotation = DEFAULT_ROTATION if rotation is None else rotation
+    tqf.check_choice("rotation", rotation, ROTATIONS)
     check_params(params)
     fmt = params.fmt
     check_cache("cache", cache, fmt, params.device)
@@ -289,7 +301,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
         key, value = key.contiguous(), value.contiguous()
     if cache.stride(3) != 1:
         raise ValueError("cache must be contiguous in its last (slot byte) dimension")
-    block_tokens = block_tokens or STORE_BT
+    block_tokens = block_tokens or STORE_BT[rotation]
     y = debug_rotated if debug_rotated is not None else torch.empty(1, device=params.device, dtype=torch.float32)
     m = params.meta
     nq = (m["K0_MP"] if m["K0_QJL"] else 0) + (m["K1_MP"] if m["K1_QJL"] else 0)
@@ -303,7 +315,8 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
         n, cache.shape[2], h,
         params.k_rot, params.k_bnd, params.k_cent, params.k_qjl, params.k_chan,
         params.v_rot, params.v_bnd, params.v_cent, params.v_chan,
-        BT=block_tokens, DEBUG_Y=debug_rotated is not None, INTERP=INTERPRET and not _FORCE_RELOAD,
+        BT=block_tokens, DEBUG_Y=debug_rotated is not None, WHOLE=rotation == "tc",
+        PREC="tf32x3" if rotation == "tc" and not INTERPRET else "ieee",
         num_warps=num_warps, **store_meta(params),
     )
 

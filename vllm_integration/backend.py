@@ -40,7 +40,7 @@ from turboquant.vllm_integration.plugin import BACKEND_PATH  # noqa: F401  (re-e
 
 logger = logging.getLogger("vllm.turboquant")  # under "vllm" so that vLLM's log handler prints it
 
-KERNEL_API = ("KernelParams", "store_kv", "paged_attention", "decode_attention", "batch_invariant_config")
+KERNEL_API = ("KernelParams", "store_kv", "attention", "plan_attention", "decode_attention", "batch_invariant_config")
 
 # vLLM 0.26 has no AttentionBackend.customize_spec: back-port it (compat.py).
 # This module is imported when a layer selects this backend, i.e. before vLLM
@@ -121,6 +121,9 @@ class TurboQuantMetadata(AttentionMetadata):
     seq_lens: torch.Tensor  # [num_reqs] int32, device: tokens in the cache after this step's store
     block_table: torch.Tensor  # [num_reqs, max_blocks] int32, device
     slot_mapping: torch.Tensor  # [num_tokens] int64, device; < 0 = padding
+    # triton_impl.AttentionPlan of a batch that is not decode-only (decodes first, then the prefill
+    # rows' lengths and workspace): made once per step here, used by every layer
+    plan: Any = None
 
     @property
     def decode_only(self) -> bool:
@@ -132,10 +135,14 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
     # tensors: FULL CUDA graphs can replay it.  Mixed batches run eagerly
     # (piecewise graphs).  The NumPy reference path is never captured.
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+    # vLLM moves one-token requests to the front of the batch: the decodes of a mixed batch then
+    # take the decode kernel and the rest the prefill path (triton_impl.dispatch)
+    reorder_batch_threshold: int | None = 1
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self.options = TurboQuantOptions.from_vllm_config(vllm_config)
+        self._plan_attention = None
         # Bind every layer of this group now (engine start), so bad layer names,
         # missing kernels or a CPU run without TRITON_INTERPRET fail here.
         bound = []
@@ -144,6 +151,8 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
             if isinstance(impl, TurboQuantAttentionImpl):
                 impl.bind(name, device)
                 bound.append(impl)
+        if bound and bound[0].attention_impl == "triton" and bound[0].attn_config is None:
+            self._plan_attention = bound[0]._kernels.plan_attention
         if bound and (warning := self.options.batch_invariant_warning()):
             logger.warning(warning)
         if bound:
@@ -167,6 +176,9 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
               fast_build: bool = False) -> TurboQuantMetadata:
         cm = common_attn_metadata
         n_req = cm.num_reqs
+        plan = None
+        if self._plan_attention is not None and cm.max_query_len > 1:
+            plan = self._plan_attention(cm.query_start_loc_cpu[: n_req + 1], compat.host_seq_lens(cm), self.device)
         return TurboQuantMetadata(
             num_actual_tokens=cm.num_actual_tokens,
             num_reqs=n_req,
@@ -176,6 +188,7 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
             seq_lens=cm.seq_lens[:n_req],
             block_table=cm.block_table_tensor[:n_req],
             slot_mapping=cm.slot_mapping,
+            plan=plan,
         )
 
 
@@ -390,9 +403,9 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
                 r = md.num_reqs
                 self._kernels.decode_attention(q[:r], cache, md.block_table, md.seq_lens, self.params,
                                                softmax_scale=self.scale, out=out[:r], config=self.attn_config)
-            else:
-                self._kernels.paged_attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc,
-                                              self.params, softmax_scale=self.scale, out=out, config=self.attn_config)
+            else:  # decodes to the decode kernel, prefill rows to the dense path (triton_impl.dispatch)
+                self._kernels.attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, self.params,
+                                        softmax_scale=self.scale, out=out, plan=md.plan, config=self.attn_config)
         else:
             refpath.paged_attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, fmt, self.scale, out)
         if debug.active():

@@ -65,7 +65,7 @@ __all__ = [
     "AttentionBackend", "AttentionCGSupport", "AttentionImpl", "AttentionMetadata", "AttentionMetadataBuilder",
     "AttentionType", "CommonAttentionMetadata", "MultipleOf", "AttentionBackendEnum", "register_backend",
     "HAS_CUSTOMIZE_SPEC", "vllm_version", "packed_spec", "supported_layouts", "install_spec_hook",
-    "hybrid_page_conflict", "layer_module",
+    "hybrid_page_conflict", "layer_module", "host_seq_lens",
 ]
 
 HAS_CUSTOMIZE_SPEC = hasattr(AttentionBackend, "customize_spec")
@@ -186,3 +186,14 @@ def shutdown_llm(llm) -> None:
     except Exception:
         pass
     gc.collect()
+
+
+def host_seq_lens(cm) -> torch.Tensor:
+    """A host copy of ``CommonAttentionMetadata.seq_lens``, exact for every request that is not a
+    decode: 0.32+ keeps ``seq_lens_cpu_upper_bound`` (exact for prefill rows, optimistic only for
+    async speculative decode rows), older versions ``seq_lens_cpu``; else a device-to-host copy."""
+    for name in ("seq_lens_cpu_upper_bound", "seq_lens_cpu"):
+        v = getattr(cm, name, None)
+        if isinstance(v, torch.Tensor):
+            return v[: cm.num_reqs]
+    return cm.seq_lens[: cm.num_reqs].cpu()

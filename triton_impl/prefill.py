@@ -1,0 +1,353 @@
+"""prefill_attention: the prefill / extend rows of a step over the packed cache, on a dense
+attention kernel.
+
+Prefill is compute-bound: every cached token is used by many query rows.  So the packed slots of
+the sequences being prefilled are decoded once per call into a dense workspace in the rotated
+domain, the query rows are rotated once, and a FlashAttention kernel runs the causal varlen
+attention (bottom-right aligned: a sequence's query rows are its last tokens):
+
+    q'  = [Pi_0 q[C_0], Pi_1 q[C_1]]                    (per key instance, zero padded)
+    K'_t = [||k_t,0|| c[idx_t,0], ||k_t,1|| c[idx_t,1]]  (mse keys: <q, k~_t> = <q', K'_t>)
+    V'_t = [||v_t,0|| c[idx_t,0], ...]                   (TurboQuant values, rotated domain)
+         | zero_g + scale_g * code                       (group values, original domain)
+    out[C_i] = (softmax(scale q' K'^T) V')[seg_i] Pi_i   (back from the rotated domain)
+
+which is SPEC §9's attention over the dequantized cache, up to the dense kernel's rounding of q',
+K', V' to the query dtype (SPEC §10: ATTN_RTOL_HALF).  Keys with a QJL sketch, fp16 / fp32 queries
+on a GPU and batch-invariant mode keep the packed-tile kernel (extend.py).
+
+Launches: _rotate_kernel (q -> q'; on a GPU a 3xTF32 tensor-core dot, fp32-accurate),
+_dense_kv_kernel (packed slots -> K', V'), the dense attention (vLLM's FlashAttention varlen when
+vLLM is importable, else torch SDPA per sequence), _rotate_kernel again (o' -> out, Pi per value
+instance, channels scattered).  Workspace: K', V' [sum of the sequences' cached tokens,
+num_kv_heads, W] in the query dtype (float32 on CPU), at most MAX_WORKSPACE_BYTES at a time (the
+plan's parts).  Host planning is PrefillPlan (plan.py), once per step.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from turboquant.triton_impl.attn_core import round_bf16
+from turboquant.triton_impl.bits import load_f16_array, load_f32, unpack_codes
+from turboquant.triton_impl.launch import AttnConfig
+from turboquant.triton_impl.params import KernelParams, next_pow2
+from turboquant.triton_impl.plan import PrefillPlan
+
+DENSE_BT = 32  # slots per _dense_kv_kernel program
+ROTATE_BR = 64  # rows per _rotate_kernel program
+MAX_DENSE_WIDTH = 256  # FlashAttention's largest head size
+# K' + V' of one part of a step at most (a longer single sequence is a part of its own)
+MAX_WORKSPACE_BYTES = 2 << 30
+
+
+# ------------------------------------------------------------------ kernels
+@triton.jit
+def _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, SEG: tl.constexpr, MPMAX: tl.constexpr, M: tl.constexpr,
+                     MP: tl.constexpr, IDCH: tl.constexpr, INVERSE: tl.constexpr, PREC: tl.constexpr,
+                     OUT_BF16: tl.constexpr):
+    """Forward: y[SEG + j] = sum_c x[chan[c]] Pi[j, c] (q' = Pi q).  INVERSE: y[chan[j]] =
+    sum_c x[SEG + c] Pi[c, j] (out = Pi^T o').  Rows xrow/yrow are [BR] pointers."""
+    j = tl.arange(0, MP)
+    jm = j < M
+    if IDCH:
+        ch = j
+    else:
+        ch = tl.load(chan_ptr + j)
+    if INVERSE:
+        x = tl.load(xrow[:, None] + SEG + j[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
+        a = tl.load(rot_ptr + j[:, None] * MPMAX + j[None, :])  # Pi[c, j]
+    else:
+        x = tl.load(xrow[:, None] + ch[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
+        a = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])  # Pi^T[c, j] = Pi[j, c]
+    y = tl.dot(x, a, input_precision=PREC)
+    if OUT_BF16:
+        y = round_bf16(y)
+    if INVERSE:
+        tl.store(yrow[:, None] + ch[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None] & jm[None, :])
+    else:  # columns M..MP are exactly 0 (Pi is zero padded)
+        tl.store(yrow[:, None] + SEG + j[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None])
+
+
+@triton.jit
+def _rotate_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, chan_ptr,
+                   BR: tl.constexpr, MPMAX: tl.constexpr, NI: tl.constexpr,
+                   M0: tl.constexpr, MP0: tl.constexpr, IDCH0: tl.constexpr,
+                   M1: tl.constexpr, MP1: tl.constexpr, IDCH1: tl.constexpr,
+                   TAIL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.constexpr,
+                   INVERSE: tl.constexpr, PREC: tl.constexpr, OUT_BF16: tl.constexpr):
+    # Rows r = t * heads + h of x [T, heads, *] (strides sx0, sx1, unit last) times each instance's
+    # rotation into y [T, heads, *] (strides sy0, sy1).  Forward (q -> q'): channels gathered,
+    # instance i written to columns [SEG_i, SEG_i + MP_i) (SEG_1 = MP0), columns
+    # [TAIL0, TAIL0 + TAIL) zeroed.  INVERSE (o' -> out): columns read from the segments,
+    # channels scattered.  Grid (cdiv(n_rows, BR),).
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    rm = rows < n_rows
+    t = (rows // heads).to(tl.int64)
+    hh = (rows % heads).to(tl.int64)
+    xrow = x_ptr + t * sx0 + hh * sx1
+    yrow = y_ptr + t * sy0 + hh * sy1
+    _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, 0, MPMAX, M0, MP0, IDCH0, INVERSE, PREC, OUT_BF16)
+    if NI == 2:
+        _rotate_instance(xrow, yrow, rm, rot_ptr + MPMAX * MPMAX, chan_ptr + MPMAX, MP0, MPMAX, M1, MP1, IDCH1,
+                         INVERSE, PREC, OUT_BF16)
+    if TAIL > 0:
+        jt = tl.arange(0, TAILP)
+        tl.store(yrow[:, None] + TAIL0 + jt[None, :], tl.zeros((BR, TAILP), yrow.dtype.element_ty),
+                 mask=rm[:, None] & (jt < TAIL)[None, :])
+
+
+@triton.jit
+def _zero_tail(rows, tm, COL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.constexpr, BT: tl.constexpr):
+    if TAIL > 0:
+        jt = tl.arange(0, TAILP)
+        tl.store(rows[:, None] + COL0 + jt[None, :], tl.zeros((BT, TAILP), rows.dtype.element_ty),
+                 mask=tm[:, None] & (jt < TAIL)[None, :])
+
+
+@triton.jit
+def _dense_instance(ptrs, tm, rows, cent_ptr, SEG: tl.constexpr, BT: tl.constexpr, M: tl.constexpr,
+                    MP: tl.constexpr, BITS: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr,
+                    CFAST: tl.constexpr):
+    """rows[:, SEG + j] = ||x|| c[idx_j] (j < M; 0 up to MP): one instance of a tile of slots in the
+    rotated domain.  A NaN norm (a non-finite token) gives a NaN row."""
+    j = tl.arange(0, MP)
+    norm = load_f32(ptrs, tm, NORM)
+    codes = unpack_codes(ptrs, tm, BT, CODES * 8, BITS, M, MP, CFAST)
+    y = norm[:, None] * tl.load(cent_ptr + codes)
+    y = tl.where((j < M)[None, :], y, 0.0)
+    tl.store(rows[:, None] + SEG + j[None, :], y.to(rows.dtype.element_ty), mask=tm[:, None])
+
+
+@triton.jit
+def _dense_kv_kernel(
+    words, bt_ptr, stride_bt, seq_lens_ptr, cu_k_ptr, k_out, v_out, stride_ot, stride_oh,
+    block_size, stride_cb, stride_ch, stride_cs, k_cent, v_cent,
+    BT: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    KTAIL0: tl.constexpr, KTAIL: tl.constexpr, KTAILP: tl.constexpr,
+    VTAIL0: tl.constexpr, VTAIL: tl.constexpr, VTAILP: tl.constexpr,
+    K_NI: tl.constexpr,
+    K0_M: tl.constexpr, K0_MP: tl.constexpr, K0_BITS: tl.constexpr, K0_NORM: tl.constexpr, K0_CODES: tl.constexpr,
+    K0_CFAST: tl.constexpr,
+    K1_M: tl.constexpr, K1_MP: tl.constexpr, K1_BITS: tl.constexpr, K1_NORM: tl.constexpr, K1_CODES: tl.constexpr,
+    K1_CFAST: tl.constexpr,
+    V_GROUP: tl.constexpr, V_NI: tl.constexpr,
+    V0_M: tl.constexpr, V0_MP: tl.constexpr, V0_BITS: tl.constexpr, V0_NORM: tl.constexpr, V0_CODES: tl.constexpr,
+    V0_CFAST: tl.constexpr,
+    V1_M: tl.constexpr, V1_MP: tl.constexpr, V1_BITS: tl.constexpr, V1_NORM: tl.constexpr, V1_CODES: tl.constexpr,
+    V1_CFAST: tl.constexpr,
+    V_GS: tl.constexpr, V_NG: tl.constexpr, V_BITS: tl.constexpr, V_SCALE: tl.constexpr, V_ZERO: tl.constexpr,
+    V_CODES: tl.constexpr, V_CFAST: tl.constexpr,
+):
+    # Packed cache (int32 words [NB, H, BS, SLOT_BYTES/4]) -> K', V' rows of the workspace
+    # ([rows, H, W], strides stride_ot, stride_oh, unit last) for the tokens of sequence b:
+    # workspace row cu_k[b] + t holds token t of b (t < seq_lens[b]).
+    # Grid (num_seqs, cdiv(max seq_len, BT), H): BT tokens of one sequence and KV head.
+    b = tl.program_id(0)
+    h = tl.program_id(2)
+    t = tl.program_id(1) * BT + tl.arange(0, BT)
+    tm = t < tl.load(seq_lens_ptr + b)
+    page = tl.load(bt_ptr + b * stride_bt + t // block_size, mask=tm, other=0).to(tl.int64)
+    ptrs = words + page * stride_cb + h.to(tl.int64) * stride_ch + (t % block_size).to(tl.int64) * stride_cs
+    row = (tl.load(cu_k_ptr + b) + t).to(tl.int64) * stride_ot + h.to(tl.int64) * stride_oh
+    krows = k_out + row
+    _dense_instance(ptrs, tm, krows, k_cent, 0, BT, K0_M, K0_MP, K0_BITS, K0_NORM, K0_CODES, K0_CFAST)
+    if K_NI == 2:
+        _dense_instance(ptrs, tm, krows, k_cent + 16, K0_MP, BT, K1_M, K1_MP, K1_BITS, K1_NORM, K1_CODES, K1_CFAST)
+    _zero_tail(krows, tm, KTAIL0, KTAIL, KTAILP, BT)
+    vrows = v_out + row
+    if V_GROUP:
+        NP: tl.constexpr = DP // V_GS
+        d = tl.arange(0, DP)
+        scale = load_f16_array(ptrs, tm, BT, V_SCALE, V_NG, NP)
+        zero = load_f16_array(ptrs, tm, BT, V_ZERO, V_NG, NP)
+        codes = unpack_codes(ptrs, tm, BT, V_CODES * 8, V_BITS, D, DP, V_CFAST)
+        v = zero[:, :, None] + scale[:, :, None] * tl.reshape(codes, (BT, NP, V_GS)).to(tl.float32)
+        v = tl.where((d < D)[None, :], tl.reshape(v, (BT, DP)), 0.0)
+        tl.store(vrows[:, None] + d[None, :], v.to(vrows.dtype.element_ty), mask=tm[:, None])
+    else:
+        _dense_instance(ptrs, tm, vrows, v_cent, 0, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES, V0_CFAST)
+        if V_NI == 2:
+            _dense_instance(ptrs, tm, vrows, v_cent + 16, V0_MP, BT, V1_M, V1_MP, V1_BITS, V1_NORM, V1_CODES,
+                            V1_CFAST)
+    _zero_tail(vrows, tm, VTAIL0, VTAIL, VTAILP, BT)
+
+
+# ------------------------------------------------------------------ host side
+def key_width(params: KernelParams) -> int:
+    m = params.meta
+    return m["K0_MP"] + (m["K1_MP"] if m["K_NI"] == 2 else 0)
+
+
+def value_width(params: KernelParams) -> int:
+    m = params.meta
+    if m["V_GROUP"]:
+        return m["DP"]
+    return m["V0_MP"] + (m["V1_MP"] if m["V_NI"] == 2 else 0)
+
+
+def dense_width(params: KernelParams) -> int:
+    """W: the workspace's head size (q', K' and V' share it; a multiple of 16)."""
+    return max(key_width(params), value_width(params))
+
+
+def dense_prefill_supported(params: KernelParams, query_dtype: torch.dtype, device: torch.device,
+                            config: AttnConfig) -> bool:
+    """Whether prefill rows may take this path (else the packed-tile kernel, extend.py)."""
+    m = params.meta
+    if config.batch_invariant or not config.dense_prefill:
+        return False
+    if m["K0_QJL"] or m["K1_QJL"] or dense_width(params) > MAX_DENSE_WIDTH:
+        return False
+    if device.type == "cuda":
+        return query_dtype == torch.bfloat16  # fp16 K' could overflow where fp16 K did not
+    return True
+
+
+def _tail(used: int, width: int) -> dict:
+    t = width - used
+    return {"TAIL0": used, "TAIL": t, "TAILP": max(1, next_pow2(t))}
+
+
+def _dense_dtype(query: torch.Tensor) -> torch.dtype:
+    return query.dtype if query.device.type == "cuda" else torch.float32
+
+
+def _precision(device: torch.device) -> str:
+    return "tf32x3" if device.type == "cuda" else "ieee"
+
+
+def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inverse: bool) -> torch.Tensor:
+    """Forward: x = query [T, Hq, D] -> y = q' [T, Hq, W].  inverse: x = o' [T, Hq, W] -> y = out
+    [T, Hq, D] (value instances; not for group values, whose o' is already the output)."""
+    m = params.meta
+    t, heads = x.shape[0], x.shape[1]
+    n = t * heads
+    if n == 0:
+        return y
+    p = "V" if inverse else "K"
+    rot, chan = (params.v_rot, params.v_chan) if inverse else (params.k_rot, params.k_chan)
+    used = key_width(params)
+    tail = _tail(used, y.shape[2]) if not inverse else {"TAIL0": 0, "TAIL": 0, "TAILP": 1}
+    grid = (triton.cdiv(n, ROTATE_BR),)
+    _rotate_kernel[grid](
+        x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1), n, heads, rot, chan,
+        BR=ROTATE_BR, MPMAX=m[f"{p}_MPMAX"], NI=m[f"{p}_NI"],
+        M0=m[f"{p}0_M"], MP0=m[f"{p}0_MP"], IDCH0=m[f"{p}0_IDCH"],
+        M1=m[f"{p}1_M"], MP1=m[f"{p}1_MP"], IDCH1=m[f"{p}1_IDCH"], **tail,
+        INVERSE=inverse, PREC=_precision(x.device), OUT_BF16=y.dtype == torch.bfloat16, num_warps=4,
+    )
+    return y
+
+
+_DENSE_K = ("M", "MP", "BITS", "NORM", "CODES", "CFAST")
+
+
+def dense_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor, params: KernelParams,
+             plan: PrefillPlan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """K', V' [plan.total_k, num_kv_heads, W] of the plan's sequences (block_table / seq_lens rows
+    of those sequences only)."""
+    m = params.meta
+    h = cache.shape[1]
+    w = dense_width(params)
+    k = torch.empty((max(plan.total_k, 1), h, w), dtype=dtype, device=cache.device)
+    v = torch.empty_like(k)
+    if plan.total_k == 0:
+        return k, v
+    words = cache.view(torch.int32)
+    kt, vt = _tail(key_width(params), w), _tail(value_width(params), w)
+    meta = {k_: m[k_] for k_ in ("D", "DP", "K_NI", "V_GROUP", "V_NI", "V_GS", "V_NG", "V_BITS", "V_SCALE", "V_ZERO",
+                                  "V_CODES", "V_CFAST")}
+    for p in ("K0", "K1", "V0", "V1"):
+        meta.update({f"{p}_{k_}": m[f"{p}_{k_}"] for k_ in _DENSE_K})
+    grid = (plan.num_seqs, triton.cdiv(plan.max_k, DENSE_BT), h)
+    _dense_kv_kernel[grid](
+        words, block_table, block_table.stride(0), seq_lens, plan.cu_k, k, v, k.stride(0), k.stride(1),
+        cache.shape[2], words.stride(0), words.stride(1), words.stride(2), params.k_cent, params.v_cent,
+        BT=DENSE_BT, KTAIL0=kt["TAIL0"], KTAIL=kt["TAIL"], KTAILP=kt["TAILP"],
+        VTAIL0=vt["TAIL0"], VTAIL=vt["TAIL"], VTAILP=vt["TAILP"], **meta, num_warps=4,
+    )
+    return k, v
+
+
+@functools.lru_cache(maxsize=None)
+def _flash_varlen():
+    """(vLLM's flash_attn_varlen_func, fa_version) when vLLM's FlashAttention is importable, else None."""
+    try:
+        from vllm.vllm_flash_attn import flash_attn_varlen_func
+    except Exception:  # no vLLM, or a build without its FlashAttention
+        return None
+    version = None
+    for mod in ("vllm.v1.attention.backends.fa_utils", "vllm.attention.utils.fa_utils"):
+        try:
+            version = __import__(mod, fromlist=["get_flash_attn_version"]).get_flash_attn_version()
+            break
+        except Exception:
+            continue
+    if version is None:
+        return None
+    return flash_attn_varlen_func, version
+
+
+def dense_attention(qd: torch.Tensor, kd: torch.Tensor, vd: torch.Tensor, plan: PrefillPlan, scale: float,
+                    backend: str = "auto") -> torch.Tensor:
+    """Causal (bottom-right) varlen attention of q' [rows, Hq, W] over K', V' [total_k, Hkv, W].
+    backend: "flash" (vLLM's FlashAttention), "sdpa" (torch, per sequence) or "auto" (flash on a
+    GPU where vLLM has it, else sdpa)."""
+    fa = _flash_varlen() if qd.device.type == "cuda" and backend in ("auto", "flash") else None
+    if backend == "flash" and fa is None:
+        raise RuntimeError("backend='flash' needs vLLM's FlashAttention (vllm.vllm_flash_attn) on a GPU")
+    if fa is not None:
+        fn, version = fa
+        return fn(q=qd, k=kd, v=vd, max_seqlen_q=plan.max_q, cu_seqlens_q=plan.cu_q, max_seqlen_k=plan.max_k,
+                  cu_seqlens_k=plan.cu_k, softmax_scale=scale, causal=True, fa_version=version)
+    from torch.nn.attention.bias import causal_lower_right
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    od = torch.empty_like(qd)
+    q0 = k0 = 0
+    for lq, lk in zip(plan.q_lens, plan.k_lens):
+        if lq:
+            q = qd[q0:q0 + lq].transpose(0, 1)[None]
+            k = kd[k0:k0 + lk].transpose(0, 1)[None]
+            v = vd[k0:k0 + lk].transpose(0, 1)[None]
+            if lq == lk:
+                o = sdpa(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+            else:
+                o = sdpa(q, k, v, attn_mask=causal_lower_right(lq, lk), scale=scale, enable_gqa=True)
+            od[q0:q0 + lq] = o[0].transpose(0, 1)
+        q0 += lq
+        k0 += lk
+    return od
+
+
+def prefill_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
+                      params: KernelParams, plan: PrefillPlan, softmax_scale: float, out: torch.Tensor, *,
+                      backend: str = "auto") -> torch.Tensor:
+    """query [plan rows, Hq, D] / out (same shape): the rows of the plan's sequences; block_table,
+    seq_lens: those sequences' rows.  Checked by the caller (dispatch.attention)."""
+    m = params.meta
+    dtype = _dense_dtype(query)
+    w = dense_width(params)
+    hq = query.shape[1]
+    row_bytes = cache.shape[1] * w * torch.finfo(dtype).bits // 8 * 2
+    for part in plan.parts(max(1, MAX_WORKSPACE_BYTES // row_bytes)):
+        s0 = part.first_seq - plan.first_seq
+        t0 = part.first_token - plan.first_token
+        rows = sum(part.q_lens)
+        q = query[t0:t0 + rows]
+        o = out[t0:t0 + rows]
+        bt = block_table[s0:s0 + part.num_seqs]
+        sl = seq_lens[s0:s0 + part.num_seqs]
+        qd = rotate_rows(q, params, torch.empty((rows, hq, w), dtype=dtype, device=query.device), inverse=False)
+        kd, vd = dense_kv(cache, bt, sl, params, part, dtype)
+        od = dense_attention(qd, kd, vd, part, softmax_scale, backend)
+        if m["V_GROUP"]:
+            o.copy_(od[:, :, : m["D"]])
+        else:
+            rotate_rows(od, params, o, inverse=True)
+    return out

@@ -1,0 +1,152 @@
+"""The step dispatcher and the dense prefill path (dispatch.py, plan.py, prefill.py) against the
+packed-tile kernel (extend.py, the second oracle) and the reference; the store's two rotation
+methods.  CPU: TRITON_INTERPRET=1; CUDA when available (there the dense path runs vLLM's
+FlashAttention when vLLM is importable, else torch SDPA, in bf16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from turboquant import format as tqf
+from turboquant import reference as ref
+from turboquant.conformance.cases import paged_layout, round_to
+from turboquant.conformance.compare import compare_slots, rel_err
+from turboquant.triton_impl import (
+    AttnConfig,
+    KernelParams,
+    attention,
+    batch_invariant_config,
+    dense_prefill_supported,
+    paged_attention,
+    plan_attention,
+    store_kv,
+)
+from turboquant.triton_impl import prefill as prefill_mod
+from turboquant.triton_impl.launch import default_config
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DENSE = [p for p in tqf.PRESETS if not tqf.get_preset(p).name.endswith("_qjl")]
+# every step for every preset on a GPU; under the interpreter (CI time) the other presets at one step
+FULL = DENSE if DEV.type == "cuda" else ["tq3", "k4v3", "k4g4", "tq2.5"]
+
+
+def _t(x):
+    return torch.from_numpy(np.ascontiguousarray(x)).to(DEV)
+
+
+def _step(preset, seq_lens, q_lens, h=2, g=4, bs=16, seed=0, nan_token=None):
+    """A cache written by the reference, bf16 queries, the step's host plan."""
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), 128, layer=1)
+    rng = np.random.default_rng(seed)
+    nb, bt, slots = paged_layout(rng, seq_lens, bs, spare=2)
+    key = round_to(rng.standard_normal((slots.size, h, 128)) * 1.3, "bfloat16")
+    if nan_token is not None:
+        key[nan_token, 0, 5] = np.nan
+    value = round_to(rng.standard_normal((slots.size, h, 128)), "bfloat16")
+    cache = ref.new_cache(fmt, nb, bs, h)
+    ref.store(cache, key, value, slots, fmt)
+    qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    q = round_to(rng.standard_normal((int(qsl[-1]), h * g, 128)) * 1.5, "bfloat16")
+    sl = np.asarray(seq_lens, np.int32)
+    args = (_t(q).to(torch.bfloat16), _t(cache), _t(bt), _t(sl), _t(qsl), KernelParams.build(fmt, DEV))
+    want = ref.paged_attention(q, cache, bt, sl, fmt, qsl)
+    return args, plan_attention(torch.from_numpy(qsl), torch.from_numpy(sl), DEV), want
+
+
+# decodes first (vLLM's order), whole prompts, chunks over a history, a one-row sequence after a prefill
+STEPS = [((37, 50, 41), (1, 1, 12)), ((64,), (64,)), ((90, 23), (20, 23)), ((45, 30, 8), (1, 9, 1))]
+
+
+@pytest.mark.parametrize("preset,step", [(p, s) for p in DENSE for s in range(len(STEPS)) if p in FULL or s == 0])
+def test_step_matches_packed_tile_kernel_and_reference(preset, step):
+    seq_lens, q_lens = STEPS[step]
+    args, plan, want = _step(preset, seq_lens, q_lens, seed=step)
+    assert dense_prefill_supported(args[-1], torch.bfloat16, DEV, default_config(DEV))
+    got = attention(*args, plan=plan).float().cpu().numpy()
+    tile = paged_attention(*args).float().cpu().numpy()
+    assert rel_err(got, want) <= tqf.ATTN_RTOL_HALF
+    assert rel_err(got, tile) <= tqf.ATTN_RTOL_HALF
+    # without a plan, attention makes one from the device tensors: same rows
+    np.testing.assert_array_equal(attention(*args).float().cpu().numpy(), got)
+
+
+def test_workspace_parts_give_the_same_rows(monkeypatch):
+    """A step whose K', V' exceed MAX_WORKSPACE_BYTES runs in parts of whole sequences."""
+    args, plan, want = _step("k4v3", (40, 70, 33, 9), (40, 5, 33, 2), seed=7)
+    whole = attention(*args, plan=plan).float().cpu().numpy()
+    row_bytes = 2 * 128 * (4 if DEV.type == "cpu" else 2) * 2
+    monkeypatch.setattr(prefill_mod, "MAX_WORKSPACE_BYTES", 75 * row_bytes)
+    assert len(plan.prefill.parts(75)) == 3
+    parts = attention(*args, plan=plan).float().cpu().numpy()
+    np.testing.assert_array_equal(parts, whole)
+    assert rel_err(parts, want) <= tqf.ATTN_RTOL_HALF
+
+
+def test_nonfinite_key_poisons_only_rows_that_see_it_on_the_dense_path():
+    args, plan, want = _step("tq3", (40,), (40,), h=1, g=2, nan_token=25)
+    got = attention(*args, plan=plan).float().cpu().numpy()
+    assert np.isnan(want[25:]).all() and not np.isnan(want[:25]).any()
+    assert np.isnan(got[25:]).all() and not np.isnan(got[:25]).any()
+
+
+def test_which_rows_take_the_dense_path():
+    qjl = KernelParams.build(tqf.LayerFormat(tqf.get_preset("tq4_qjl"), 128), DEV)
+    tq3 = KernelParams.build(tqf.LayerFormat(tqf.get_preset("tq3"), 128), DEV)
+    cfg = default_config(DEV)
+    assert not dense_prefill_supported(qjl, torch.bfloat16, DEV, cfg)
+    assert not dense_prefill_supported(tq3, torch.bfloat16, DEV, batch_invariant_config(DEV))
+    assert not dense_prefill_supported(tq3, torch.bfloat16, DEV, dataclasses.replace(cfg, dense_prefill=False))
+    assert dense_prefill_supported(tq3, torch.bfloat16, DEV, cfg)
+    with pytest.raises(ValueError, match="dense_prefill='yes' is not supported; allowed values: True, False"):
+        AttnConfig(dense_prefill="yes")
+
+
+def test_kernel_only_config_equals_paged_attention():
+    """dense_prefill=False: prefill rows take the packed-tile kernel (decodes still the decode kernel)."""
+    args, plan, _ = _step("tq3", (30, 52), (30, 7), seed=3)
+    cfg = dataclasses.replace(default_config(DEV), dense_prefill=False)
+    got = attention(*args, plan=plan, config=cfg)
+    np.testing.assert_array_equal(got.float().cpu().numpy(), paged_attention(*args).float().cpu().numpy())
+
+
+def test_plan_errors_name_what_is_wrong():
+    with pytest.raises(ValueError, match="num_seqs \\+ 1 = 3"):
+        plan_attention(torch.tensor([0, 1]), torch.tensor([4, 5]), DEV)
+    with pytest.raises(ValueError, match="more query rows than seq_lens"):
+        plan_attention(torch.tensor([0, 6]), torch.tensor([5]), DEV)
+    args, _, _ = _step("tq3", (30, 12), (1, 12))
+    other = plan_attention(torch.tensor([0, 2, 14]), torch.tensor([30, 12]), DEV)
+    with pytest.raises(ValueError, match="plan does not describe this batch"):
+        attention(*args, plan=other)
+
+
+def test_plan_splits_decodes_from_prefills():
+    plan = plan_attention(torch.tensor([0, 1, 2, 12, 13]), torch.tensor([40, 9, 30, 8]), "cpu")
+    assert plan.num_decodes == 2
+    pp = plan.prefill
+    assert (pp.first_seq, pp.first_token, pp.q_lens, pp.k_lens) == (2, 2, (10, 1), (30, 8))
+    assert pp.cu_k.tolist() == [0, 30, 38] and pp.cu_q.tolist() == [0, 10, 11]
+    assert plan_attention(torch.tensor([0, 1, 2]), torch.tensor([4, 5]), "cpu").prefill is None
+
+
+@pytest.mark.parametrize("rotation", ["tc", "fma"])
+def test_store_rotation_methods_meet_the_store_contract(rotation):
+    """Both ways of computing the rotation (3xTF32 tensor cores on a GPU, fp32 FMA) give slots
+    that equal the reference's under SPEC §10's margins."""
+    fmt = tqf.LayerFormat(tqf.get_preset("tq4_qjl"), 128)
+    p = KernelParams.build(fmt, DEV)
+    rng = np.random.default_rng(11)
+    key, value = (round_to(rng.standard_normal((70, 2, 128)) * s, "bfloat16") for s in (1.0, 3.0))
+    cache = torch.zeros(fmt.cache_shape(5, 16, 2), dtype=torch.uint8, device=DEV)
+    slots = torch.arange(70, device=DEV)
+    store_kv(_t(key).to(torch.bfloat16), _t(value).to(torch.bfloat16), cache, slots, p, rotation=rotation)
+    slots_written = cache.permute(0, 2, 1, 3).reshape(-1, 2, fmt.slot_bytes)[:70]
+    rep = compare_slots(slots_written.cpu().numpy(), key, value, fmt)
+    assert rep.ok, rep
+    with pytest.raises(ValueError, match="rotation='bf16' is not supported; allowed values: \\['tc', 'fma'\\]"):
+        store_kv(_t(key), _t(value), cache, slots, p, rotation="bf16")
