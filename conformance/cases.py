@@ -72,6 +72,11 @@ def cases(scale: str = "small") -> list[Case]:
     # scores of ~1e5-1e7 (|q| |k| with both scaled): beyond fp16, so kernels must not hold them in fp16
     out.append(Case("tq3", 128, 2, 4, 16, (37, 90), (1, 1), seed=400, magnitude=1e3))
     out.append(Case("tq4_qjl", 128, 2, 2, 16, (40, 23), (7, 23), dtype="float16", seed=401, magnitude=100.0))
+    # bf16 prefill rows (the dense prefill path on a GPU), decodes first as vLLM orders a mixed step
+    out.append(Case("k4v3", 128, 2, 4, 16, (45, 30, 41) if not big else (3000, 900, 2100), (1, 30, 12) if not big
+                    else (1, 900, 512), seed=402))
+    out.append(Case("tq2.5", 128, 2, 4, 32, (50, 8) if not big else (1200, 333), (50, 3) if not big else (1200, 77),
+                    seed=403))
     return out
 
 

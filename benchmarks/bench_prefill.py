@@ -1,0 +1,270 @@
+"""Prefill / extend attention and the store on one GPU, both sides in one process.
+
+One sequence, Llama-3-8B geometry (32 query heads, 8 KV heads, head size 128, bf16), block size
+16, a random permuted block table.  For each (cached tokens, query rows) -- a whole prompt when they
+are equal, else a chunk over a history -- the median time of:
+
+* ``sdpa-bf16``: torch SDPA, causal (bottom-right aligned), on dense bf16 K/V of the same tokens;
+* ``flash-bf16``: vLLM's FlashAttention varlen on the same dense K/V (when vLLM is importable);
+* ``<preset>``: ``triton_impl.attention`` over the packed cache with a precomputed plan (the
+  plugin's prefill path: tiles decoded once into a dense workspace, then the dense kernel above);
+* ``<preset>-tiles``: the packed-tile kernel (``AttnConfig(dense_prefill=False)``), the old path;
+* ``store-<rotation>-bt<tokens>-w<warps>``: ``store_kv`` of the query rows' K/V, with its copy
+  bandwidth fraction on bytes read (bf16 K, V) + written (slots).
+
+Rows are JSON lines in the decode benchmark's schema (``kind``, ``preset``, ``batch``,
+``context``, ``seconds``, ``copy_fraction``) plus ``query_tokens`` and ``impl``; ``--report``
+turns them into a markdown table and ``--plot`` into a PNG.
+
+    python benchmarks/bench_prefill.py --out prefill.jsonl
+    python benchmarks/bench_prefill.py --report prefill.jsonl --plot prefill.png > prefill.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+
+import numpy as np
+
+SHAPES = ((8192, 8192), (32768, 32768), (32768, 2048), (131072, 2048), (32768, 512))
+PRESETS = ("tq3", "k4v3", "tq4")
+HQ, HKV, D, BS = 32, 8, 128, 16
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """"8192x8192,32768x2048" -> [(8192, 8192), (32768, 2048)] (cached tokens x query rows)."""
+    out = []
+    for part in text.split(","):
+        try:
+            ctx, nq = (int(x) for x in part.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"shapes: {part!r} is not CONTEXTxQUERY_ROWS (e.g. 32768x2048)") from None
+        if not 0 < nq <= ctx:
+            raise ValueError(f"shapes: {part!r} needs 0 < query rows <= cached tokens")
+        out.append((ctx, nq))
+    return out
+
+
+def _events_median(fn, reps: int, warmup: int = 2) -> float:
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    return float(np.median(ts))
+
+
+def _reps(seconds_guess: float) -> int:
+    return int(min(20, max(3, 0.5 / max(seconds_guess, 1e-6))))
+
+
+def run(args) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention.bias import causal_lower_right
+
+    from turboquant import format as tqf
+    from turboquant.triton_impl import AttnConfig, KernelParams, attention, plan_attention, store_kv
+    from turboquant.triton_impl.prefill import _flash_varlen
+
+    bench_decode = __import__("bench_decode")  # same folder: copy bandwidth, random data, filled caches
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    out = open(args.out, "a") if args.out else None
+
+    def emit(row):
+        line = json.dumps(row)
+        print(line, flush=True)
+        if out:
+            out.write(line + "\n")
+            out.flush()
+
+    import triton
+
+    emit({"env": True, "date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0),
+          "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+          "flash": _flash_varlen() is not None})
+    copy_bw = bench_decode.copy_bandwidth()
+    emit({"copy_bandwidth_gbps": copy_bw / 1e9})
+    fa = _flash_varlen()
+    for ctx, nq in args.shapes:
+        base = {"kind": "prefill", "batch": 1, "context": ctx, "query_tokens": nq}
+        k, v = bench_decode.random_kv(ctx, gen)  # [ctx, HKV, D] bf16
+        q = torch.randn((nq, HQ, D), generator=gen, device="cuda").to(torch.bfloat16)
+        qs, ks, vs = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+        mask = None if nq == ctx else causal_lower_right(nq, ctx)
+
+        def sdpa():
+            if mask is None:
+                return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
+            return F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
+
+        t_sdpa = _events_median(sdpa, _reps(ctx * nq / 2e11))
+        emit({**base, "impl": "sdpa-bf16", "preset": "bf16", "seconds": t_sdpa, "copy_fraction": None})
+        if fa is not None:
+            fn, ver = fa
+            cq = torch.tensor([0, nq], dtype=torch.int32, device="cuda")
+            ck = torch.tensor([0, ctx], dtype=torch.int32, device="cuda")
+            t = _events_median(lambda: fn(q=q, k=k, v=v, max_seqlen_q=nq, cu_seqlens_q=cq, max_seqlen_k=ctx,
+                                          cu_seqlens_k=ck, causal=True, fa_version=ver), _reps(t_sdpa))
+            emit({**base, "impl": f"flash-bf16 (FA{ver})", "preset": "bf16", "seconds": t, "copy_fraction": None})
+        del ks, vs
+        nb = ctx // BS + 2
+        bt = torch.randperm(nb, generator=gen, device="cuda")[: ctx // BS].to(torch.int32)[None]
+        pos = torch.arange(ctx, device="cuda")
+        slots = bt[0, pos // BS].to(torch.int64) * BS + pos % BS
+        sl = torch.tensor([ctx], dtype=torch.int32, device="cuda")
+        qsl = torch.tensor([0, nq], dtype=torch.int32, device="cuda")
+        plan = plan_attention(torch.tensor([0, nq]), torch.tensor([ctx]), "cuda")
+        for preset in args.presets:
+            fmt = tqf.LayerFormat(tqf.get_preset(preset), D)
+            params = KernelParams.build(fmt, "cuda")
+            cache = torch.empty(fmt.cache_shape(nb, BS, HKV), dtype=torch.uint8, device="cuda")
+            store_kv(k, v, cache, slots, params)
+            t = _events_median(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan), _reps(t_sdpa))
+            emit({**base, "impl": preset, "preset": preset, "seconds": t, "copy_fraction": None,
+                  "vs_sdpa": t / t_sdpa})
+            if preset in args.tiles:
+                cfg = dataclasses.replace(AttnConfig(), dense_prefill=False)
+                t = _events_median(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan, config=cfg), 3, 1)
+                emit({**base, "impl": f"{preset}-tiles", "preset": preset, "seconds": t, "copy_fraction": None,
+                      "vs_sdpa": t / t_sdpa})
+            if preset == args.presets[0] and nq >= 2048:
+                kq, vq = k[-nq:], v[-nq:]
+                moved = nq * HKV * (2 * D * 2 + fmt.slot_bytes)
+                for rot, bts, warps in args.store_configs:
+                    try:
+                        t = _events_median(lambda: store_kv(kq, vq, cache, slots[-nq:], params, rotation=rot,
+                                                            block_tokens=bts, num_warps=warps), 10)
+                    except Exception as e:  # a tile that does not fit the SM: recorded, not fatal
+                        emit({"kind": "store_error", "impl": f"store-{rot}-bt{bts}-w{warps}", "error": repr(e)[:300]})
+                        continue
+                    emit({"kind": "store", "impl": f"store-{rot}-bt{bts}-w{warps}", "preset": preset, "batch": 1,
+                          "context": ctx, "query_tokens": nq, "seconds": t, "copy_fraction": moved / t / copy_bw,
+                          "vs_sdpa": t / t_sdpa})
+            del cache
+        del k, v, q
+        torch.cuda.empty_cache()
+    if out:
+        out.close()
+
+
+def load_rows(paths) -> tuple[list[dict], list[dict]]:
+    envs, rows = [], []
+    for p in paths:
+        with open(p) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    r = json.loads(line)
+                    (envs if r.get("env") else rows).append(r)
+    return envs, rows
+
+
+def report(paths) -> str:
+    """Markdown: one row per (context, query rows), one column per implementation (ms and x SDPA)."""
+    envs, rows = load_rows(paths)
+    att = [r for r in rows if r.get("kind") == "prefill"]
+    impls = list(dict.fromkeys(r["impl"] for r in att))
+    shapes = list(dict.fromkeys((r["context"], r["query_tokens"]) for r in att))
+    lines = []
+    for e in envs:
+        lines.append(f"{e.get('device')}, {e.get('date')}, torch {e.get('torch')}, Triton {e.get('triton')}")
+    lines += ["", "| cached tokens x query rows | " + " | ".join(impls) + " |",
+              "|---|" + "--:|" * len(impls)]
+    for ctx, nq in shapes:
+        cells = []
+        sd = next((r["seconds"] for r in att if (r["context"], r["query_tokens"], r["impl"]) == (ctx, nq, "sdpa-bf16")),
+                  None)
+        for i in impls:
+            r = next((r for r in att if (r["context"], r["query_tokens"], r["impl"]) == (ctx, nq, i)), None)
+            if r is None:
+                cells.append("–")
+            elif sd and i != "sdpa-bf16":
+                cells.append(f"{r['seconds'] * 1e3:.2f} ms ({r['seconds'] / sd:.2f}x)")
+            else:
+                cells.append(f"{r['seconds'] * 1e3:.2f} ms")
+        lines.append(f"| {ctx:,} x {nq:,} | " + " | ".join(cells) + " |")
+    st = [r for r in rows if r.get("kind") == "store"]
+    if st:
+        lines += ["", "| store | query rows | time | copy bandwidth | x SDPA attention of the shape |",
+                  "|---|--:|--:|--:|--:|"]
+        for r in st:
+            lines.append(f"| {r['impl']} ({r['preset']}) | {r['query_tokens']:,} | {r['seconds'] * 1e6:.0f} us | "
+                         f"{r['copy_fraction']:.1%} | {r['vs_sdpa']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(paths, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, rows = load_rows(paths)
+    att = [r for r in rows if r.get("kind") == "prefill" and r["impl"] != "sdpa-bf16" and "vs_sdpa" in r]
+    shapes = list(dict.fromkeys((r["context"], r["query_tokens"]) for r in att))
+    impls = list(dict.fromkeys(r["impl"] for r in att))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    w = 0.8 / max(len(impls), 1)
+    for j, i in enumerate(impls):
+        ys = [next((r["vs_sdpa"] for r in att if (r["context"], r["query_tokens"], r["impl"]) == (*s, i)), np.nan)
+              for s in shapes]
+        ax.bar(np.arange(len(shapes)) + j * w, ys, w, label=i)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(1.25, color="grey", lw=0.8, ls="--", label="target 1.25x")
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(shapes)) + 0.4 - w / 2)
+    ax.set_xticklabels([f"{c // 1024}k x {q // 1024 if q >= 1024 else q}{'k' if q >= 1024 else ''}" for c, q in shapes])
+    ax.set_ylabel("time / torch SDPA bf16 (log)")
+    ax.set_title("Prefill attention over the packed cache vs bf16 SDPA (one sequence, Llama-3-8B heads)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def parse_store_configs(text: str) -> list[tuple[str, int, int]]:
+    """"tc:32:4,fma:16:4" -> [("tc", 32, 4), ("fma", 16, 4)] (rotation:block_tokens:num_warps)."""
+    out = []
+    for part in text.split(","):
+        bits = part.split(":")
+        if len(bits) != 3 or bits[0] not in ("tc", "fma") or not bits[1].isdigit() or not bits[2].isdigit():
+            raise ValueError(f"store configs: {part!r} is not ROTATION:BLOCK_TOKENS:WARPS with ROTATION in tc, fma")
+        out.append((bits[0], int(bits[1]), int(bits[2])))
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", help="append JSON rows here")
+    ap.add_argument("--shapes", type=parse_shapes, default=list(SHAPES), help="CONTEXTxQUERY_ROWS,...")
+    ap.add_argument("--presets", type=lambda s: s.split(","), default=list(PRESETS))
+    ap.add_argument("--tiles", type=lambda s: s.split(",") if s else [], default=["tq3"],
+                    help="presets also timed on the packed-tile kernel")
+    ap.add_argument("--store-configs", type=parse_store_configs,
+                    default=parse_store_configs("fma:16:4,tc:16:4,tc:32:4,tc:32:8,tc:64:8"))
+    ap.add_argument("--report", help="comma-separated JSONL files: print the markdown table")
+    ap.add_argument("--plot", help="with --report: write this PNG")
+    args = ap.parse_args(argv)
+    if args.report:
+        paths = args.report.split(",")
+        print(report(paths))
+        if args.plot:
+            plot(paths, args.plot)
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
