@@ -19,8 +19,8 @@ Public API (torch tensors):
 """
 
 from turboquant.triton_impl.decode import decode_attention
-from turboquant.triton_impl.dispatch import attention
 from turboquant.triton_impl.dequant import dequantize, dequantize_slots
+from turboquant.triton_impl.dispatch import attention
 from turboquant.triton_impl.extend import paged_attention
 from turboquant.triton_impl.launch import AttnConfig, batch_invariant_config
 from turboquant.triton_impl.params import KernelParams

@@ -65,8 +65,8 @@ def triton_implementation():
         # the plugin's path: decodes to the decode kernel, prefill rows to the dense path or the
         # packed-tile kernel (triton_impl/tests compares the two prefill paths on these cases)
         plan = plan_attention(torch.from_numpy(qsl), torch.from_numpy(sl), device)
-        out = step_attention(q, to_dev(cache), to_dev(np.asarray(block_table, np.int32)), to_dev(sl), to_dev(qsl), params,
-                        softmax_scale=softmax_scale, plan=plan)
+        out = step_attention(q, to_dev(cache), to_dev(np.asarray(block_table, np.int32)), to_dev(sl), to_dev(qsl),
+                             params, softmax_scale=softmax_scale, plan=plan)
         return out.float().cpu().numpy()
 
     def rotated(x, fmt, tensor):

@@ -274,7 +274,7 @@ def dense_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Ten
     return k, v
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flash_varlen():
     """(vLLM's flash_attn_varlen_func, fa_version) when vLLM's FlashAttention is importable, else None."""
     try:
