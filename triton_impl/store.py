@@ -18,9 +18,10 @@ NORM_NAN_BITS = tl.constexpr(tqf.NORM_NAN_BITS - (1 << 32) if tqf.NORM_NAN_BITS 
 GROUP_NAN_BITS = tl.constexpr(tqf.GROUP_NAN_BITS)
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # The rotation y = u Pi^T (and the QJL projection S r):
-#   "tc"  the whole tile as one dot, on a GPU on tensor cores with the 3xTF32 split (each fp32
-#         operand = a tf32 high part + a tf32 low part, three MMAs, fp32 accumulation: errors
-#         ~1e-6 of |y|, far inside SPEC §10's CODE_MARGIN); exact fp32 under the interpreter;
+#   "tc"  on a GPU, tensor cores with the 3xTF32 split (each fp32 operand = a tf32 high part +
+#         a tf32 low part, three MMAs, fp32 accumulation: errors ~1e-6 of |y|, far inside SPEC
+#         §10's CODE_MARGIN): the whole tile as one dot up to 128 columns, K chunks of 64 beyond
+#         (shared memory); exact fp32 under the interpreter;
 #   "fma" K chunks of KC columns in fp32 FMA (IEEE), u recomputed per chunk (the v1 kernel).
 ROTATIONS = ("tc", "fma")
 # Test hook: run the "fma" path under the interpreter by default too.
@@ -28,7 +29,11 @@ _FORCE_RELOAD = os.environ.get("TQ_STORE_FORCE_RELOAD") == "1"
 DEFAULT_ROTATION = "fma" if _FORCE_RELOAD else "tc"
 # Tokens per program: under the interpreter many (its cost is per op, not per element); on a GPU
 # bounded by the registers of the fp32 tiles.
+# (H200, 2026-12-03, benchmarks/bench_prefill.py: 32 tokens x 8 warps the best "tc" tile at 8k
+# tokens, within 5 % of the best at 2k and 32k)
 STORE_BT = {"tc": 64 if INTERPRET else 32, "fma": 64 if INTERPRET else 16}
+STORE_WARPS = {"tc": 8, "fma": 4}
+TC_WHOLE_MAX = 128  # widest instance rotated as one tile (Pi^T in shared memory: 64 KiB fp32)
 
 
 @triton.jit
@@ -86,11 +91,11 @@ def _encode_instance(bptr, tmask, norm, safe, ssafe, u, bad, rowptr, ch_ptr, rot
                      MPMAX: tl.constexpr, IDCH: tl.constexpr, BITS: tl.constexpr, QJL: tl.constexpr,
                      NORM: tl.constexpr, CODES: tl.constexpr, CBYTES: tl.constexpr, RNORM: tl.constexpr,
                      SIGNS: tl.constexpr, SBYTES: tl.constexpr, DEBUG_Y: tl.constexpr, WHOLE: tl.constexpr,
-                     PREC: tl.constexpr):
+                     PREC: tl.constexpr, KCH: tl.constexpr):
     """Alg. 1 / Alg. 2 for one instance of a tile of tokens, written to the slots.
     y = u @ Pi^T: WHOLE, one dot of the tile at precision PREC ("tf32x3": the
-    3xTF32 tensor-core split; "ieee"); else ("fma") K chunks of KC columns in
-    fp32 FMA, each chunk's u = (x / m) / ss recomputed exactly as the reference."""
+    3xTF32 tensor-core split; "ieee"); else K chunks of KCH columns at precision
+    PREC, each chunk's u = (x / m) / ss recomputed exactly as the reference."""
     j = tl.arange(0, MP)
     cm = j < M
     if WHOLE:
@@ -98,8 +103,8 @@ def _encode_instance(bptr, tmask, norm, safe, ssafe, u, bad, rowptr, ch_ptr, rot
         y = tl.dot(tl.where(bad[:, None], 0.0, u), pit, input_precision=PREC)
     else:
         y = tl.zeros((BT, MP), tl.float32)
-        for k0 in range(0, MP, KC):
-            kk = k0 + tl.arange(0, KC)
+        for k0 in range(0, MP, KCH):
+            kk = k0 + tl.arange(0, KCH)
             if IDCH:
                 ch = kk
             else:
@@ -109,7 +114,7 @@ def _encode_instance(bptr, tmask, norm, safe, ssafe, u, bad, rowptr, ch_ptr, rot
             uc = tl.math.div_rn(tl.math.div_rn(xc, safe[:, None]), ssafe[:, None])
             uc = tl.where(bad[:, None], 0.0, uc)
             pc = tl.load(rot_ptr + j[None, :] * MPMAX + kk[:, None])
-            y = tl.dot(uc, pc, y, input_precision="ieee")
+            y = tl.dot(uc, pc, y, input_precision=PREC)
     if DEBUG_Y:
         tl.store(y_ptr + y_row[:, None] * MP + j[None, :], y, mask=tmask[:, None])
     codes = tl.zeros((BT, MP), tl.int32)
@@ -136,11 +141,11 @@ def _encode_instance(bptr, tmask, norm, safe, ssafe, u, bad, rowptr, ch_ptr, rot
             proj = tl.dot(r, st, input_precision=PREC)
         else:
             proj = tl.zeros((BT, MP), tl.float32)
-            for k0 in range(0, MP, KC):
-                kk = k0 + tl.arange(0, KC)
+            for k0 in range(0, MP, KCH):
+                kk = k0 + tl.arange(0, KCH)
                 rc = tl.load(rows[:, None] + kk[None, :], mask=tmask[:, None], other=0.0)
                 sc = tl.load(qjl_ptr + j[None, :] * MPMAX + kk[:, None])
-                proj = tl.dot(rc, sc, proj, input_precision="ieee")
+                proj = tl.dot(rc, sc, proj, input_precision=PREC)
         signs = tl.where((proj >= 0) & cm[None, :] & ~bad[:, None], 1, 0)
         rn = tl.sqrt_rn(tl.sum(r * r, axis=1))
         rbits = tl.where(bad, NORM_NAN_BITS, rn.to(tl.int32, bitcast=True))
@@ -156,7 +161,7 @@ def _store_kernel(
     num_tokens, block_size, num_heads,
     k_rot, k_bnd, k_cent, k_qjl, k_chan, v_rot, v_bnd, v_cent, v_chan,
     BT: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, SLOT_BYTES: tl.constexpr, SLOT_END: tl.constexpr,
-    DEBUG_Y: tl.constexpr, WHOLE: tl.constexpr, PREC: tl.constexpr,
+    DEBUG_Y: tl.constexpr, WHOLE: tl.constexpr, PREC: tl.constexpr, KCH: tl.constexpr,
     K_NI: tl.constexpr, K_MPMAX: tl.constexpr,
     K0_M: tl.constexpr, K0_MP: tl.constexpr, K0_BITS: tl.constexpr, K0_QJL: tl.constexpr, K0_IDCH: tl.constexpr,
     K0_NORM: tl.constexpr, K0_CODES: tl.constexpr, K0_CBYTES: tl.constexpr, K0_RNORM: tl.constexpr,
@@ -199,12 +204,12 @@ def _store_kernel(
     kscr = scr_ptr
     _encode_instance(bptr, tmask, kn0, ks0, kd0, ku0, kbad, krow, k_chan, k_rot, k_bnd, k_cent, k_qjl, y_ptr, y_row,
                      kscr, BT, K0_M, K0_MP, K_MPMAX, K0_IDCH, K0_BITS, K0_QJL, K0_NORM, K0_CODES, K0_CBYTES,
-                     K0_RNORM, K0_SIGNS, K0_SBYTES, DEBUG_Y, WHOLE, PREC)
+                     K0_RNORM, K0_SIGNS, K0_SBYTES, DEBUG_Y, WHOLE, PREC, KCH)
     if K_NI == 2:
         _encode_instance(bptr, tmask, kn1, ks1, kd1, ku1, kbad, krow, k_chan + K_MPMAX, k_rot + K_MPMAX * K_MPMAX,
                          k_bnd + 16, k_cent + 16, k_qjl + K_MPMAX * K_MPMAX, y_ptr + num_tokens * num_heads * K0_MP,
                          y_row, kscr + num_tokens * num_heads * K0_MP, BT, K1_M, K1_MP, K_MPMAX, K1_IDCH, K1_BITS,
-                         K1_QJL, K1_NORM, K1_CODES, K1_CBYTES, K1_RNORM, K1_SIGNS, K1_SBYTES, DEBUG_Y, WHOLE, PREC)
+                         K1_QJL, K1_NORM, K1_CODES, K1_CBYTES, K1_RNORM, K1_SIGNS, K1_SBYTES, DEBUG_Y, WHOLE, PREC, KCH)
 
     # ---------------- values
     vy_ptr = y_ptr + num_tokens * num_heads * (K0_MP + K1_MP)
@@ -249,12 +254,12 @@ def _store_kernel(
             vbad = vbad | ~vf1 | ~_isfinite(vn1)
         _encode_instance(bptr, tmask, vn0, vs0, vd0, vu0, vbad, vrow, v_chan, v_rot, v_bnd, v_cent, v_cent, vy_ptr,
                          y_row, scr_ptr, BT, V0_M, V0_MP, V_MPMAX, V0_IDCH, V0_BITS, False, V0_NORM, V0_CODES,
-                         V0_CBYTES, 0, 0, 0, DEBUG_Y, WHOLE, PREC)
+                         V0_CBYTES, 0, 0, 0, DEBUG_Y, WHOLE, PREC, KCH)
         if V_NI == 2:
             _encode_instance(bptr, tmask, vn1, vs1, vd1, vu1, vbad, vrow, v_chan + V_MPMAX,
                              v_rot + V_MPMAX * V_MPMAX, v_bnd + 16, v_cent + 16, v_cent,
                              vy_ptr + num_tokens * num_heads * V0_MP, y_row, scr_ptr, BT, V1_M, V1_MP, V_MPMAX,
-                             V1_IDCH, V1_BITS, False, V1_NORM, V1_CODES, V1_CBYTES, 0, 0, 0, DEBUG_Y, WHOLE, PREC)
+                             V1_IDCH, V1_BITS, False, V1_NORM, V1_CODES, V1_CBYTES, 0, 0, 0, DEBUG_Y, WHOLE, PREC, KCH)
     # zero padding bytes at the end of the slot
     for p in tl.static_range(SLOT_END, SLOT_BYTES):
         tl.store(bptr + p, tl.zeros((BT,), tl.uint8), mask=tmask)
@@ -278,7 +283,7 @@ def store_meta(params: KernelParams) -> dict:
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
              params: KernelParams, *, debug_rotated: torch.Tensor | None = None, block_tokens: int | None = None,
-             num_warps: int = 4, rotation: str | None = None) -> None:
+             num_warps: int | None = None, rotation: str | None = None) -> None:
     """Encode key/value [num_tokens, num_kv_heads, head_size] into ``cache``
     (uint8 [num_blocks, num_kv_heads, block_size, slot_bytes]) in place at
     ``slot_mapping`` [num_tokens] (negative: padding, nothing written).
@@ -307,6 +312,10 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
     nq = (m["K0_MP"] if m["K0_QJL"] else 0) + (m["K1_MP"] if m["K1_QJL"] else 0)
     # QJL residual rows (one per token and head and QJL instance)
     scr = torch.empty(max(1, n * h * nq), device=params.device, dtype=torch.float32)
+    whole = rotation == "tc" and (INTERPRET or max(m["K_MPMAX"], m["V_MPMAX"]) <= TC_WHOLE_MAX)
+    # K chunk of the chunked rotation: 64 on tensor cores where every instance is that wide, else 16
+    widths = [m[f"{p}_MP"] for p in ("K0", "K1", "V0", "V1") if m[f"{p}_M"]]
+    kch = 64 if rotation == "tc" and min(widths) >= 64 else 16
     grid = (triton.cdiv(n, block_tokens), h)
     _store_kernel[grid](
         key, value, cache, slot_mapping, y, scr,
@@ -315,9 +324,9 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
         n, cache.shape[2], h,
         params.k_rot, params.k_bnd, params.k_cent, params.k_qjl, params.k_chan,
         params.v_rot, params.v_bnd, params.v_cent, params.v_chan,
-        BT=block_tokens, DEBUG_Y=debug_rotated is not None, WHOLE=rotation == "tc",
-        PREC="tf32x3" if rotation == "tc" and not INTERPRET else "ieee",
-        num_warps=num_warps, **store_meta(params),
+        BT=block_tokens, DEBUG_Y=debug_rotated is not None, WHOLE=whole,
+        PREC="tf32x3" if rotation == "tc" and not INTERPRET else "ieee", KCH=kch,
+        num_warps=num_warps or STORE_WARPS[rotation], **store_meta(params),
     )
 
 
