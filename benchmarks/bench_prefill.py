@@ -135,6 +135,8 @@ def run(args) -> None:
             t = _events_median(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan), _reps(t_sdpa))
             emit({**base, "impl": preset, "preset": preset, "seconds": t, "copy_fraction": None,
                   "vs_sdpa": t / t_sdpa})
+            if preset == args.presets[0] and args.stages:
+                emit_stages(base, q, cache, bt, sl, params, plan.prefill, D ** -0.5, t_sdpa, emit)
             if preset in args.tiles:
                 cfg = dataclasses.replace(AttnConfig(), dense_prefill=False)
                 t = _events_median(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan, config=cfg), 3, 1)
@@ -158,6 +160,27 @@ def run(args) -> None:
         torch.cuda.empty_cache()
     if out:
         out.close()
+
+
+def emit_stages(base, q, cache, bt, sl, params, pp, scale, t_sdpa, emit) -> None:
+    """The dense path's launches timed one by one (prefill.prefill_attention's steps)."""
+    import torch
+
+    from turboquant.triton_impl import prefill as pf
+
+    w = pf.dense_width(params)
+    qd = torch.empty((q.shape[0], q.shape[1], w), dtype=q.dtype, device=q.device)
+    kd, vd = pf.dense_kv(cache, bt, sl, params, pp, q.dtype)
+    od = pf.dense_attention(qd, kd, vd, pp, scale)
+    o = torch.empty_like(q)
+    steps = {"rotate q": lambda: pf.rotate_rows(q, params, qd, inverse=False),
+             "decode K, V": lambda: pf.dense_kv(cache, bt, sl, params, pp, q.dtype),
+             "dense attention": lambda: pf.dense_attention(qd, kd, vd, pp, scale),
+             "rotate back": lambda: pf.rotate_rows(od, params, o, inverse=True)}
+    for name, fn in steps.items():
+        t = _events_median(fn, _reps(t_sdpa))
+        emit({**base, "kind": "prefill_stage", "impl": name, "preset": params.fmt.preset.name, "seconds": t,
+              "copy_fraction": None, "vs_sdpa": t / t_sdpa})
 
 
 def load_rows(paths) -> tuple[list[dict], list[dict]]:
@@ -196,6 +219,13 @@ def report(paths) -> str:
             else:
                 cells.append(f"{r['seconds'] * 1e3:.2f} ms")
         lines.append(f"| {ctx:,} x {nq:,} | " + " | ".join(cells) + " |")
+    sg = [r for r in rows if r.get("kind") == "prefill_stage"]
+    if sg:
+        lines += ["", "| dense path stage | cached tokens x query rows | time | x SDPA attention of the shape |",
+                  "|---|--:|--:|--:|"]
+        for r in sg:
+            lines.append(f"| {r['impl']} ({r['preset']}) | {r['context']:,} x {r['query_tokens']:,} | "
+                         f"{r['seconds'] * 1e6:.0f} us | {r['vs_sdpa']:.3f} |")
     st = [r for r in rows if r.get("kind") == "store"]
     if st:
         lines += ["", "| store | query rows | time | copy bandwidth | x SDPA attention of the shape |",
@@ -254,6 +284,7 @@ def main(argv=None) -> None:
                     help="presets also timed on the packed-tile kernel")
     ap.add_argument("--store-configs", type=parse_store_configs,
                     default=parse_store_configs("fma:16:4,tc:16:4,tc:32:4,tc:32:8,tc:64:8"))
+    ap.add_argument("--stages", action="store_true", help="also time the dense path's launches one by one")
     ap.add_argument("--report", help="comma-separated JSONL files: print the markdown table")
     ap.add_argument("--plot", help="with --report: write this PNG")
     args = ap.parse_args(argv)
