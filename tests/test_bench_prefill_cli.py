@@ -1,0 +1,40 @@
+"""benchmarks/bench_prefill.py without a GPU: argument checks, and the table and plot from rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_shapes_and_store_configs_are_checked(bench_script):
+    bench = bench_script("bench_prefill")
+    assert bench.parse_shapes("8192x8192,32768x512") == [(8192, 8192), (32768, 512)]
+    with pytest.raises(ValueError, match="'8k' is not CONTEXTxQUERY_ROWS"):
+        bench.parse_shapes("8k")
+    with pytest.raises(ValueError, match="needs 0 < query rows <= cached tokens"):
+        bench.parse_shapes("512x1024")
+    assert bench.parse_store_configs("tc:32:8") == [("tc", 32, 8)]
+    with pytest.raises(ValueError, match="ROTATION in tc, fma"):
+        bench.parse_store_configs("bf16:32:8")
+
+
+def test_report_and_plot_from_rows(bench_script, tmp_path):
+    bench = bench_script("bench_prefill")
+    base = {"kind": "prefill", "batch": 1, "context": 8192, "query_tokens": 2048, "copy_fraction": None}
+    rows = [{"env": True, "device": "TestGPU", "date": "2026-12-03", "torch": "t", "triton": "x"},
+            {**base, "impl": "sdpa-bf16", "preset": "bf16", "seconds": 0.002},
+            {**base, "impl": "tq3", "preset": "tq3", "seconds": 0.003, "vs_sdpa": 1.5},
+            {**base, "kind": "prefill_stage", "impl": "rotate q", "preset": "tq3", "seconds": 1e-4, "vs_sdpa": 0.05},
+            {"kind": "store", "impl": "store-tc-bt32-w8", "preset": "tq3", "batch": 1, "context": 8192,
+             "query_tokens": 2048, "seconds": 2e-4, "copy_fraction": 0.025, "vs_sdpa": 0.1}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    md = bench.report([str(path)])
+    assert "TestGPU" in md
+    assert "| 8,192 x 2,048 | 2.00 ms | 3.00 ms (1.50x) |" in md
+    assert "| rotate q (tq3) | 8,192 x 2,048 | 100 us | 0.050 |" in md
+    assert "| store-tc-bt32-w8 (tq3) | 2,048 | 200 us | 2.5% | 0.100 |" in md
+    png = tmp_path / "p.png"
+    bench.plot([str(path)], str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
