@@ -159,14 +159,14 @@ def validate(args) -> None:
         raise ValueError(f"--max-model-len: {args.max_model_len} exceeds the {args.geometry} geometry's "
                          f"max_position_embeddings {limit}")
     for w, (_, p, o) in workload_sizes(args).items():
-        if p + o > args.max_model_len:
+        if w in args.workload_list and p + o > args.max_model_len:
             raise ValueError(f"--{w.lower()}-prompt + --{w.lower()}-output = {p + o} tokens exceeds "
                              f"--max-model-len {args.max_model_len}")
     args.ttft_len_list = _int_list(args.ttft_lens, "--ttft-lens")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="benchmarks/serving.py", description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                     help=f"KV-cache configs, each in its own engine (default {','.join(DEFAULT_CONFIGS)})")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="throughput / prefill_only workloads: M,L,G")
@@ -346,24 +346,17 @@ class Worker:
         self.num_blocks, self.block_size = int(cc.num_gpu_blocks), int(cc.block_size)
         self.kv_tokens = self.num_blocks * self.block_size
         lengths = {"max_model_len": self.args.max_model_len}
-        lengths.update({w: p + o for w, (_, p, o) in workload_sizes(self.args).items()})
+        lengths.update({w: p + o for w, (_, p, o) in workload_sizes(self.args).items() if w in self.args.workload_list})
         self.emit({"measurement": "engine", "engine_start_s": round(start_s, 1), "num_gpu_blocks": self.num_blocks,
                    "block_size": self.block_size, "kv_tokens": self.kv_tokens,
                    # vLLM's "maximum concurrency for N tokens per request" of a full-attention model
                    "max_concurrency": {k: self.max_concurrency(n) for k, n in lengths.items()},
                    "request_tokens": lengths, "cuda_graphs": not mc.enforce_eager,
                    "max_num_batched_tokens": int(sc.max_num_batched_tokens), "max_num_seqs": int(sc.max_num_seqs),
-                   "max_model_len": int(mc.max_model_len), "kv_cache_dtype": str(cc.cache_dtype),
-                   "device": self.device()})
+                   "max_model_len": int(mc.max_model_len), "kv_cache_dtype": str(cc.cache_dtype)})
 
     def max_concurrency(self, request_tokens: int) -> int:
         return self.num_blocks // blocks_for(request_tokens, self.block_size)
-
-    @staticmethod
-    def device() -> str:
-        import torch
-
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
 
     def warm_up(self) -> None:
         self.llm.generate(make_prompts(1, 16, self.vocab, self.args.seed, 99), sampling(4), use_tqdm=False)

@@ -18,6 +18,7 @@ import json
 import os
 
 BASELINES = ("bf16", "fp8")
+WORKLOAD_ORDER = {"M": 0, "L": 1, "G": 2}
 
 
 def load_runs(paths: list[str]) -> tuple[list[dict], list[dict]]:
@@ -103,7 +104,8 @@ def _status(r: dict) -> str | None:
 
 def capacity_table(rows: list[dict], ix: Index) -> list[str]:
     eng = [r for r in rows if r["measurement"] == "engine"]
-    workloads = sorted({w for r in eng if measured(r) for w in r["max_concurrency"] if w != "max_model_len"})
+    workloads = sorted({w for r in eng if measured(r) for w in r["max_concurrency"] if w != "max_model_len"},
+                       key=lambda w: WORKLOAD_ORDER.get(w, 9))
     head = ("| config | run | KV tokens (blocks x size) | vs bf16 | vs fp8 | max concurrency at max_model_len | "
             + " | ".join(f"max concurrency {w}" for w in workloads) + " | engine start (s) | CUDA graphs |")
     lines = [head, "|---|---|--:|--:|--:|--:|" + "--:|" * len(workloads) + "--:|---|"]
@@ -136,12 +138,14 @@ def throughput_table(rows: list[dict], ix: Index) -> list[str]:
     lines = ["| workload | config | run | seconds | output tok/s | total tok/s | vs bf16 | vs fp8 | bound vs bf16 "
              "| prefill only (s) |", "|---|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     tp = [r for r in rows if r["measurement"] == "throughput"]
-    for r in sorted(tp, key=lambda r: (r.get("workload", ""), r.get("prompt_len", 0))):
+    for r in sorted(tp, key=lambda r: (WORKLOAD_ORDER.get(r["workload"], 9), r["requests"], r["prompt_len"])):
         what = f"{r['workload']}: {r['requests']} x ({r['prompt_len']:,} + {r['output_len']:,})"
         s = _status(r)
         if s:
             lines.append(f"| {what} | {label(r['config'])} | {r['run_id']} | {s} |||||||")
             continue
+        if not r.get("complete", True):
+            what += f" (only {r['output_tokens']:,} output tokens came back)"
         pre, _ = ix.find(r["config"], r, "prefill_only")
         pre_s = f"{pre['seconds']:.1f}" if pre else "-"
         lines.append(f"| {what} | {label(r['config'])} | {r['run_id']} | {r['seconds']:.1f} | {r['output_tok_s']:,.0f} "
@@ -189,7 +193,7 @@ def report_markdown(envs: list[dict], rows: list[dict], paths: str) -> str:
     return "\n".join(out)
 
 
-def plot(rows: list[dict], out: str) -> str:
+def plot(envs: list[dict], rows: list[dict], out: str) -> str:
     """Output tok/s per workload and KV capacity, per config (the last measured row of each)."""
     import matplotlib
 
@@ -202,7 +206,7 @@ def plot(rows: list[dict], out: str) -> str:
         if r["measurement"] == "throughput" and measured(r):
             tp[(f"{r['workload']}: {r['requests']}x({r['prompt_len']}+{r['output_len']})", r["config"])] = r
     cap = {r["config"]: r for r in rows if r["measurement"] == "engine" and measured(r)}
-    workloads = sorted({w for w, _ in tp})
+    workloads = sorted({w for w, _ in tp}, key=lambda w: (WORKLOAD_ORDER.get(w[0], 9), w))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2, 1]})
     width = 0.8 / max(1, len(configs))
     for k, c in enumerate(configs):
@@ -218,7 +222,9 @@ def plot(rows: list[dict], out: str) -> str:
     a2.set_xticks(range(len(cs)), cs, rotation=30, ha="right", fontsize=8)
     a2.set_ylabel("KV-cache capacity (tokens)")
     a2.set_title("KV capacity")
-    fig.suptitle("serving through vLLM, random weights: only speed and capacity mean anything", fontsize=9)
+    where = "; ".join(f"{e.get('run_id')}: vLLM {e.get('vllm', '?')} on {e.get('device', '?')}" for e in envs)
+    fig.suptitle(f"serving through vLLM ({where}); random weights: only speed and capacity mean anything",
+                 fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -235,5 +241,5 @@ def main(args) -> int:
         with open(args.append, "a") as f:
             f.write("\n" + md + "\n")
     if args.plot:
-        plot(rows, args.plot)
+        plot(envs, rows, args.plot)
     return 0
