@@ -352,6 +352,7 @@ class Worker:
                    # vLLM's "maximum concurrency for N tokens per request" of a full-attention model
                    "max_concurrency": {k: self.max_concurrency(n) for k, n in lengths.items()},
                    "request_tokens": lengths, "cuda_graphs": not mc.enforce_eager,
+                   "cudagraph_mode": str(getattr(vc.compilation_config, "cudagraph_mode", None)),
                    "max_num_batched_tokens": int(sc.max_num_batched_tokens), "max_num_seqs": int(sc.max_num_seqs),
                    "max_model_len": int(mc.max_model_len), "kv_cache_dtype": str(cc.cache_dtype)})
 

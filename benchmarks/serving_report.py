@@ -147,8 +147,8 @@ def throughput_table(rows: list[dict], ix: Index) -> list[str]:
         if not r.get("complete", True):
             what += f" (only {r['output_tokens']:,} output tokens came back)"
         pre, _ = ix.find(r["config"], r, "prefill_only")
-        pre_s = f"{pre['seconds']:.1f}" if pre else "-"
-        lines.append(f"| {what} | {label(r['config'])} | {r['run_id']} | {r['seconds']:.1f} | {r['output_tok_s']:,.0f} "
+        pre_s = f"{pre['seconds']:.4g}" if pre else "-"
+        lines.append(f"| {what} | {label(r['config'])} | {r['run_id']} | {r['seconds']:.4g} | {r['output_tok_s']:,.0f} "
                      f"| {r['total_tok_s']:,.0f} | {ix.ratio('bf16', r)} | {ix.ratio('fp8', r)} | {bound(ix, r)} "
                      f"| {pre_s} |")
     return lines

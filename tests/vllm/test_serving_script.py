@@ -145,9 +145,9 @@ def test_report_table_ratios_bound_and_plot(serving, tmp_path, capsys):
     assert row("`tq3` (ours)", "3,936,000")[4:6] == ["4.92x*", "2.46x*"]
     assert "failed: OOM / x" in row("`tq4` (ours)", "failed")[3]
     # throughput: ratios of output tok/s, and the bound T_bf16 / T_bf16 prefill = 49.2 / 41.0 = 1.20
-    assert row("M: 128 x (8,192 + 512)", "`fp8`")[4:10] == ["40.0", "1,250", "21,250", "1.25x", "1.00x", "1.20x"]
+    assert row("M: 128 x (8,192 + 512)", "`fp8`")[4:10] == ["40", "1,250", "21,250", "1.25x", "1.00x", "1.20x"]
     assert row("M: 128 x (8,192 + 512)", "`tq3`")[7:10] == ["0.70x*", "0.56x*", "1.20x*"]
-    assert row("M: 128 x (8,192 + 512)", "`bf16`")[10] == "41.0"  # its own prefill-only seconds
+    assert row("M: 128 x (8,192 + 512)", "`bf16`")[10] == "41"  # its own prefill-only seconds
     # latency: time ratios, skipped rows say why
     assert row("TTFT, one 32,768-token prompt", "`fp8`")[4:7] == ["0.900 s", "0.90x", "1.00x"]
     assert "skipped: needs more" in row("TTFT, one 32,768-token prompt", "`tq3`")[7]
