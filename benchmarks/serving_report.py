@@ -188,6 +188,10 @@ def report_markdown(envs: list[dict], rows: list[dict], paths: str) -> str:
                 "on that workload exceeds it.", ""]
     if any(r["measurement"] in ("ttft", "tpot") for r in rows):
         out += [*latency_table(rows, ix), "", "TTFT, TPOT: vs bf16 / fp8 = time ratio (lower is better)."]
+    crashed = [r for r in rows if r["measurement"] == "worker"]
+    if crashed:
+        out += ["", "Workers that ended without finishing (their earlier rows are in the tables): "
+                + "; ".join(f"{label(r['config'])} in `{r['run_id']}`: {r['error']}" for r in crashed) + "."]
     if any(("*" in line) for line in out[4:]):
         out += ["", "`*`: against a baseline measured in another run (same sizes)."]
     return "\n".join(out)

@@ -123,7 +123,9 @@ def test_report_table_ratios_bound_and_plot(serving, tmp_path, capsys):
               {"run_id": "A", "config": "bf16", "geometry": "llama3-8b", "measurement": "prefill_only",
                "workload": "M", "requests": 128, "prompt_len": 8192, "output_len": 1, "seconds": 41.0}]
     rows_b = [*_rows("B", "tq3", 3_936_000, 700.0, 70.0, None, 0.030),
-              {"run_id": "B", "config": "tq4", "geometry": "llama3-8b", "measurement": "engine", "error": "OOM | x"}]
+              {"run_id": "B", "config": "tq4", "geometry": "llama3-8b", "measurement": "engine", "error": "OOM | x"},
+              {"run_id": "B", "config": "k4v3", "geometry": "llama3-8b", "measurement": "worker",
+               "error": "worker exited with code -9"}]
     a.write_text("\n".join(json.dumps(r) for r in [{**env, "run_id": "A"}, *rows_a]) + "\n")
     b.write_text("\n".join(json.dumps(r) for r in [{**env, "run_id": "B"}, *rows_b]) + "\n")
     md, png = tmp_path / "B.md", tmp_path / "serving.png"
@@ -153,6 +155,8 @@ def test_report_table_ratios_bound_and_plot(serving, tmp_path, capsys):
     assert "skipped: needs more" in row("TTFT, one 32,768-token prompt", "`tq3`")[7]
     assert row("TPOT, 32 x 32,768 context", "`tq3`")[4:7] == ["30.00 ms", "1.50x*", "2.00x*"]
     assert "`*`: against a baseline measured in another run" in text
+    assert ("without finishing (their earlier rows are in the tables): `k4v3` (ours) in `B`: "
+            "worker exited with code -9") in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
@@ -216,3 +220,15 @@ def test_worker_past_its_deadline_starts_the_engine_and_skips_the_rest(serving, 
     assert [(r["measurement"], r.get("prompt_len"), r["skipped"]) for r in rows[1:]] == [
         ("ttft", 64, "--deadline reached"), ("ttft", 200, "--deadline reached"),
         ("throughput", 16, "--deadline reached"), ("tpot", None, "--deadline reached")]
+
+
+def test_worker_records_an_engine_that_does_not_start(serving, tmp_path):
+    """A KV pool smaller than one max_model_len request: vLLM refuses to start; the row says why and
+    the exit code says that rows are errors."""
+    pytest.importorskip("vllm")
+    out = tmp_path / "rows.jsonl"
+    model = serving.write_model(str(tmp_path / "m"), "tiny")
+    args = [*TINY, "--max-model-len", "4096", "--cpu-kv-mib", "1", "--workloads", "G"]
+    assert serving.main([*args, "--worker", "bf16", "--model-dir", model, "--run-id", "x", "--out", str(out)]) == 3
+    (row,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert row["measurement"] == "engine" and row["config"] == "bf16" and "error" in row and "kv_tokens" not in row
