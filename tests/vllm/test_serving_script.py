@@ -232,3 +232,32 @@ def test_worker_records_an_engine_that_does_not_start(serving, tmp_path):
     assert serving.main([*args, "--worker", "bf16", "--model-dir", model, "--run-id", "x", "--out", str(out)]) == 3
     (row,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert row["measurement"] == "engine" and row["config"] == "bf16" and "error" in row and "kv_tokens" not in row
+
+
+def test_tpot_batch_must_fit_the_cache_without_preemption(serving):
+    """The TPOT guard at the defaults, with the issue's H200 capacities (bf16 834,128 tokens, fp8
+    1,667,760; block size 16): 32 x 32k sequences plus the tokens the first ones decode while the
+    last ones prefill (one per step, ceil(32 x 32768 / 8192) + 32 steps) do not fit bf16's cache."""
+    args = serving.build_parser().parse_args([])
+    serving.validate(args)
+    w = serving.Worker("bf16", args)
+    w.max_num_batched_tokens = lambda: 8192
+    w.block_size = 16
+    assert w.tpot_tokens_per_sequence() == 32768 + 128 + 32 + 4 + 32 + 1
+    w.num_blocks, w.kv_tokens = 834_128 // 16, 834_128
+    assert w.does_not_fit(32, 32965) == ("needs 65,952 KV blocks (32 x 32,965 tokens), the cache has 52,133 "
+                                         "(834,128 tokens)")
+    w.num_blocks, w.kv_tokens = 1_667_760 // 16, 1_667_760
+    assert w.does_not_fit(32, 32965) is None
+    assert w.does_not_fit(1, 131073) == "131073 tokens per sequence exceed max_model_len 131072"
+    assert w.does_not_fit(1025, 16) == "batch 1025 exceeds max_num_seqs 1024"
+    assert w.max_concurrency(8704) == 1_667_760 // 8704
+
+
+def test_prompts_are_seeded_distinct_token_ids(serving):
+    pytest.importorskip("vllm")
+    a = serving.make_prompts(8, 64, 512, seed=0, salt=1)
+    assert a == serving.make_prompts(8, 64, 512, seed=0, salt=1)
+    assert a != serving.make_prompts(8, 64, 512, seed=1, salt=1)
+    ids = [tuple(p["prompt_token_ids"]) for p in a]
+    assert len(set(ids)) == 8 and all(len(x) == 64 and 0 <= min(x) and max(x) < 512 for x in ids)
