@@ -352,15 +352,16 @@ class Worker:
         lengths.update({w: p + o for w, (_, p, o) in workload_sizes(self.args).items() if w in self.args.workload_list})
         self.emit({"measurement": "engine", "engine_start_s": round(start_s, 1), "num_gpu_blocks": self.num_blocks,
                    "block_size": self.block_size, "kv_tokens": self.kv_tokens,
-                   # vLLM's "maximum concurrency for N tokens per request" of a full-attention model
                    "max_concurrency": {k: self.max_concurrency(n) for k, n in lengths.items()},
                    "request_tokens": lengths, "cuda_graphs": not mc.enforce_eager,
                    "cudagraph_mode": str(getattr(vc.compilation_config, "cudagraph_mode", None)),
                    "max_num_batched_tokens": int(sc.max_num_batched_tokens), "max_num_seqs": int(sc.max_num_seqs),
                    "max_model_len": int(mc.max_model_len), "kv_cache_dtype": str(cc.cache_dtype)})
 
-    def max_concurrency(self, request_tokens: int) -> int:
-        return self.num_blocks // blocks_for(request_tokens, self.block_size)
+    def max_concurrency(self, request_tokens: int) -> float:
+        """vLLM's "maximum concurrency for N tokens per request" of a full-attention model: the
+        cache's blocks over one request's blocks (a fraction, as vLLM reports it)."""
+        return round(self.num_blocks / blocks_for(request_tokens, self.block_size), 2)
 
     def warm_up(self) -> None:
         self.llm.generate(make_prompts(1, 16, self.vocab, self.args.seed, 99), sampling(4), use_tqdm=False)

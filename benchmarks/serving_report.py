@@ -115,10 +115,10 @@ def capacity_table(rows: list[dict], ix: Index) -> list[str]:
             lines.append(f"| {label(r['config'])} | {r['run_id']} | {s} |" + " |" * (5 + len(workloads)))
             continue
         mc = r["max_concurrency"]
-        conc = " | ".join(f"{mc[w]:,} ({r['request_tokens'][w]:,} tok)" if w in mc else "-" for w in workloads)
+        conc = " | ".join(f"{mc[w]:,.2f}x ({r['request_tokens'][w]:,} tok)" if w in mc else "-" for w in workloads)
         lines.append(f"| {label(r['config'])} | {r['run_id']} | {r['kv_tokens']:,} ({r['num_gpu_blocks']:,} x "
                      f"{r['block_size']}) | {ix.ratio('bf16', r)} | {ix.ratio('fp8', r)} | "
-                     f"{mc['max_model_len']:,} | {conc} | {r['engine_start_s']} | "
+                     f"{mc['max_model_len']:,.2f}x | {conc} | {r['engine_start_s']} | "
                      f"{'yes' if r['cuda_graphs'] else 'no'} |")
     return lines
 

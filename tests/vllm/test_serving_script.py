@@ -100,7 +100,7 @@ def test_model_config_is_llama3_8b_and_loads_in_transformers(serving, tmp_path):
 
 def _rows(run: str, config: str, kv: int, tok_s: float, seconds: float, ttft: float | None, tpot: float) -> list:
     base = {"run_id": run, "config": config, "geometry": "llama3-8b"}
-    mc = {"max_model_len": kv // 131072, "M": kv // 8704}
+    mc = {"max_model_len": round(kv / 131072, 2), "M": round(kv / 8704, 2)}
     rows = [{**base, "measurement": "engine", "engine_start_s": 60.0, "num_gpu_blocks": kv // 16, "block_size": 16,
              "kv_tokens": kv, "max_concurrency": mc, "request_tokens": {"max_model_len": 131072, "M": 8704},
              "cuda_graphs": True},
@@ -143,7 +143,7 @@ def test_report_table_ratios_bound_and_plot(serving, tmp_path, capsys):
         return [c.strip() for c in hits[0].split("|")]
 
     # capacity: same run against bf16 and fp8; tq3 (run B) against run A's baselines, marked *
-    assert row("`fp8`", "1,600,000")[4:6] == ["2.00x", "1.00x"]
+    assert row("`fp8`", "1,600,000")[4:8] == ["2.00x", "1.00x", "12.21x", "183.82x (8,704 tok)"]
     assert row("`tq3` (ours)", "3,936,000")[4:6] == ["4.92x*", "2.46x*"]
     assert "failed: OOM / x" in row("`tq4` (ours)", "failed")[3]
     # throughput: ratios of output tok/s, and the bound T_bf16 / T_bf16 prefill = 49.2 / 41.0 = 1.20
@@ -198,7 +198,7 @@ def test_tiny_end_to_end_on_vllm(serving, tmp_path):
         assert all("error" not in r for r in rows), rows
         eng = got[(c, "engine", None)]
         assert eng["kv_tokens"] == eng["num_gpu_blocks"] * eng["block_size"] > 0
-        assert eng["max_concurrency"]["G"] == eng["num_gpu_blocks"] // -(-20 // eng["block_size"])
+        assert eng["max_concurrency"]["G"] == round(eng["num_gpu_blocks"] / -(-20 // eng["block_size"]), 2)
         tp = got[(c, "throughput", 16)]
         assert tp["complete"] and tp["output_tokens"] == 8 and tp["output_tok_s"] > 0
         assert got[(c, "ttft", 64)]["seconds"] > 0
@@ -251,7 +251,7 @@ def test_tpot_batch_must_fit_the_cache_without_preemption(serving):
     assert w.does_not_fit(32, 32965) is None
     assert w.does_not_fit(1, 131073) == "131073 tokens per sequence exceed max_model_len 131072"
     assert w.does_not_fit(1025, 16) == "batch 1025 exceeds max_num_seqs 1024"
-    assert w.max_concurrency(8704) == 1_667_760 // 8704
+    assert w.max_concurrency(8704) == round(104_235 / 544, 2) == 191.61  # blocks / blocks of one request
 
 
 def test_prompts_are_seeded_distinct_token_ids(serving):
