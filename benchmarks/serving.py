@@ -266,6 +266,7 @@ def run_all(args, argv: list[str]) -> int:
     t_end = time.time() + args.deadline if args.deadline else None
     model_dir = args.model_dir or os.path.join(os.path.dirname(os.path.abspath(args.out)), f"model-{args.geometry}")
     write_model(model_dir, args.geometry)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     append_row(args.out, environment(args, argv))
     rc = 0
     for config in args.config_list:

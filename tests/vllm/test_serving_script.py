@@ -169,7 +169,7 @@ def test_report_refuses_a_file_without_rows(serving, tmp_path, capsys):
 
 
 def test_deadline_before_the_first_engine_records_every_config(serving, tmp_path):
-    out = tmp_path / "rows.jsonl"
+    out = tmp_path / "new" / "rows.jsonl"  # a folder that does not exist yet
     assert serving.main(["--geometry", "tiny", "--configs", "bf16,tq3", "--deadline", "1e-6", "--out", str(out),
                          "--run-id", "d"]) == 1
     env, *rows = [json.loads(x) for x in out.read_text().splitlines()]
