@@ -264,6 +264,9 @@ def run_all(args, argv: list[str]) -> int:
     """One subprocess per config, one after the other (each gets the whole card; GPU memory is
     returned when the process ends).  Rows go to --out as each measurement ends."""
     t_end = time.time() + args.deadline if args.deadline else None
+    # the model is a local folder and nothing is downloaded: the workers and their engines inherit these
+    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS"):
+        os.environ.setdefault(k, "1")
     model_dir = args.model_dir or os.path.join(os.path.dirname(os.path.abspath(args.out)), f"model-{args.geometry}")
     write_model(model_dir, args.geometry)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
