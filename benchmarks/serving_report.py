@@ -102,24 +102,29 @@ def _status(r: dict) -> str | None:
     return None
 
 
+def _cells(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def capacity_table(rows: list[dict], ix: Index) -> list[str]:
     eng = [r for r in rows if r["measurement"] == "engine"]
     workloads = sorted({w for r in eng if measured(r) for w in r["max_concurrency"] if w != "max_model_len"},
                        key=lambda w: WORKLOAD_ORDER.get(w, 9))
-    head = ("| config | run | KV tokens (blocks x size) | vs bf16 | vs fp8 | max concurrency at max_model_len | "
-            + " | ".join(f"max concurrency {w}" for w in workloads) + " | engine start (s) | CUDA graphs |")
-    lines = [head, "|---|---|--:|--:|--:|--:|" + "--:|" * len(workloads) + "--:|---|"]
+    head = ["config", "run", "KV tokens (blocks x size)", "vs bf16", "vs fp8", "max concurrency at max_model_len",
+            *(f"max concurrency {w}" for w in workloads), "engine start (s)", "CUDA graphs"]
+    lines = [_cells(head), "|" + "---|" * 2 + "--:|" * (len(head) - 3) + "---|"]
     for r in eng:
         s = _status(r)
         if s:
-            lines.append(f"| {label(r['config'])} | {r['run_id']} | {s} |" + " |" * (5 + len(workloads)))
+            lines.append(_cells([label(r["config"]), r["run_id"], s, *[""] * (len(head) - 3)]))
             continue
         mc = r["max_concurrency"]
-        conc = " | ".join(f"{mc[w]:,.2f}x ({r['request_tokens'][w]:,} tok)" if w in mc else "-" for w in workloads)
-        lines.append(f"| {label(r['config'])} | {r['run_id']} | {r['kv_tokens']:,} ({r['num_gpu_blocks']:,} x "
-                     f"{r['block_size']}) | {ix.ratio('bf16', r)} | {ix.ratio('fp8', r)} | "
-                     f"{mc['max_model_len']:,.2f}x | {conc} | {r['engine_start_s']} | "
-                     f"{'yes' if r['cuda_graphs'] else 'no'} |")
+        lines.append(_cells([label(r["config"]), r["run_id"],
+                             f"{r['kv_tokens']:,} ({r['num_gpu_blocks']:,} x {r['block_size']})",
+                             ix.ratio("bf16", r), ix.ratio("fp8", r), f"{mc['max_model_len']:,.2f}x",
+                             *(f"{mc[w]:,.2f}x ({r['request_tokens'][w]:,} tok)" if w in mc else "-"
+                               for w in workloads),
+                             str(r["engine_start_s"]), "yes" if r["cuda_graphs"] else "no"]))
     return lines
 
 

@@ -157,6 +157,13 @@ def test_report_table_ratios_bound_and_plot(serving, tmp_path, capsys):
     assert "`*`: against a baseline measured in another run" in text
     assert ("without finishing (their earlier rows are in the tables): `k4v3` (ours) in `B`: "
             "worker exited with code -9") in text
+    tables, cur = [], []
+    for ln in [*lines, ""]:
+        if ln.startswith("|"):
+            cur.append(ln.count("|"))
+        elif cur:
+            tables, cur = [*tables, cur], []
+    assert len(tables) == 3 and all(len(set(t)) == 1 for t in tables), tables  # failed rows keep the columns
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
@@ -168,7 +175,7 @@ def test_report_refuses_a_file_without_rows(serving, tmp_path, capsys):
     assert "--report: no measurement rows in" in capsys.readouterr().err
 
 
-def test_deadline_before_the_first_engine_records_every_config(serving, tmp_path):
+def test_deadline_before_the_first_engine_records_every_config(serving, tmp_path, capsys):
     out = tmp_path / "new" / "rows.jsonl"  # a folder that does not exist yet
     assert serving.main(["--geometry", "tiny", "--configs", "bf16,tq3", "--deadline", "1e-6", "--out", str(out),
                          "--run-id", "d"]) == 1
@@ -176,6 +183,11 @@ def test_deadline_before_the_first_engine_records_every_config(serving, tmp_path
     assert env["env"] and env["run_id"] == "d" and env["weights"] == "dummy (random)" and env["git_commit"]
     assert [(r["config"], r["measurement"], r["skipped"]) for r in rows] == [
         ("bf16", "engine", "--deadline 1e-06 s reached"), ("tq3", "engine", "--deadline 1e-06 s reached")]
+    capsys.readouterr()
+    assert serving.main(["--report", str(out)]) == 0
+    table = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("|")]
+    assert table[2] == "| `bf16` | d | skipped: --deadline 1e-06 s reached |  |  |  |  |  |"
+    assert len({ln.count("|") for ln in table}) == 1  # every row has the header's columns
 
 
 TINY = ["--geometry", "tiny", "--workloads", "G", "--g-requests", "2", "--g-prompt", "16", "--g-output", "4",
