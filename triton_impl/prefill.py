@@ -16,8 +16,8 @@ which is SPEC §9's attention over the dequantized cache, up to the dense kernel
 K', V' to the query dtype (SPEC §10: ATTN_RTOL_HALF).  Keys with a QJL sketch, fp16 / fp32 queries
 on a GPU and batch-invariant mode keep the packed-tile kernel (extend.py).
 
-Launches: _rotate_kernel (q -> q'; on a GPU a 3xTF32 tensor-core dot, fp32-accurate),
-_dense_kv_kernel (packed slots -> K', V'), the dense attention (vLLM's FlashAttention varlen when
+Launches: _rotate_kernel (q -> q'; on a GPU tensor cores with Pi split into bf16 hi + lo parts,
+~fp32-accurate), _dense_kv_kernel (packed slots -> K', V'), the dense attention (vLLM's FlashAttention varlen when
 vLLM is importable, else torch SDPA per sequence), _rotate_kernel again (o' -> out, Pi per value
 instance, channels scattered).  Workspace: K', V' [sum of the sequences' cached tokens,
 num_kv_heads, W] in the query dtype (float32 on CPU), at most MAX_WORKSPACE_BYTES at a time (the
@@ -39,7 +39,7 @@ from turboquant.triton_impl.params import KernelParams, next_pow2
 from turboquant.triton_impl.plan import PrefillPlan
 
 DENSE_BT = 32  # slots per _dense_kv_kernel program
-ROTATE_BR = 64  # rows per _rotate_kernel program
+ROTATE_BR = 64  # rows per _rotate_kernel program (H200, 2026-12-03: 64 rows, 3xTF32 took 254 us for 8k x 32 rows)
 MAX_DENSE_WIDTH = 256  # FlashAttention's largest head size
 # K' + V' of one part of a step at most (a longer single sequence is a part of its own)
 MAX_WORKSPACE_BYTES = 2 << 30
@@ -51,7 +51,9 @@ def _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, SEG: tl.constexpr, MPMAX
                      MP: tl.constexpr, IDCH: tl.constexpr, INVERSE: tl.constexpr, PREC: tl.constexpr,
                      OUT_BF16: tl.constexpr):
     """Forward: y[SEG + j] = sum_c x[chan[c]] Pi[j, c] (q' = Pi q).  INVERSE: y[chan[j]] =
-    sum_c x[SEG + c] Pi[c, j] (out = Pi^T o').  Rows xrow/yrow are [BR] pointers."""
+    sum_c x[SEG + c] Pi[c, j] (out = Pi^T o').  Rows xrow/yrow are [BR] pointers.  PREC "bf16x2"
+    (x exact in bf16: bf16 queries, the dense kernel's bf16 output): Pi = Pi_hi + Pi_lo, both bf16,
+    two bf16 MMAs into fp32 (Pi to ~2^-17); else tl.dot's input_precision."""
     j = tl.arange(0, MP)
     jm = j < M
     if IDCH:
@@ -64,7 +66,13 @@ def _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, SEG: tl.constexpr, MPMAX
     else:
         x = tl.load(xrow[:, None] + ch[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
         a = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])  # Pi^T[c, j] = Pi[j, c]
-    y = tl.dot(x, a, input_precision=PREC)
+    if PREC == "bf16x2":  # x is bf16-exact: x a_hi + x a_lo on bf16 tensor cores, fp32 accumulation
+        a_hi = a.to(tl.bfloat16)
+        a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
+        xb = x.to(tl.bfloat16)
+        y = tl.dot(xb, a_lo, tl.dot(xb, a_hi))
+    else:
+        y = tl.dot(x, a, input_precision=PREC)
     if OUT_BF16:
         y = round_bf16(y)
     if INVERSE:
@@ -217,8 +225,11 @@ def _dense_dtype(query: torch.Tensor) -> torch.dtype:
     return query.dtype if query.device.type == "cuda" else torch.float32
 
 
-def _precision(device: torch.device) -> str:
-    return "tf32x3" if device.type == "cuda" else "ieee"
+def _precision(x: torch.Tensor) -> str:
+    """bf16 inputs on a GPU: the bf16 hi/lo split; other GPU inputs: 3xTF32; CPU: fp32."""
+    if x.device.type != "cuda":
+        return "ieee"
+    return "bf16x2" if x.dtype == torch.bfloat16 else "tf32x3"
 
 
 def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inverse: bool) -> torch.Tensor:
@@ -239,7 +250,7 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
         BR=ROTATE_BR, MPMAX=m[f"{p}_MPMAX"], NI=m[f"{p}_NI"],
         M0=m[f"{p}0_M"], MP0=m[f"{p}0_MP"], IDCH0=m[f"{p}0_IDCH"],
         M1=m[f"{p}1_M"], MP1=m[f"{p}1_MP"], IDCH1=m[f"{p}1_IDCH"], **tail,
-        INVERSE=inverse, PREC=_precision(x.device), OUT_BF16=y.dtype == torch.bfloat16, num_warps=4,
+        INVERSE=inverse, PREC=_precision(x), OUT_BF16=y.dtype == torch.bfloat16, num_warps=4,
     )
     return y
 

@@ -150,3 +150,34 @@ def test_store_rotation_methods_meet_the_store_contract(rotation):
     assert rep.ok, rep
     with pytest.raises(ValueError, match="rotation='bf16' is not supported; allowed values: \\['tc', 'fma'\\]"):
         store_kv(_t(key), _t(value), cache, slots, p, rotation="bf16")
+
+
+@pytest.mark.parametrize("prec", ["bf16x2", "ieee"])
+def test_row_rotations_are_fp32_accurate(prec, monkeypatch):
+    """q' = Pi q and its inverse at each precision the kernels use (on a GPU: whatever
+    _precision picks for fp32 outputs and for bf16)."""
+    if DEV.type == "cpu":
+        if prec == "bf16x2":
+            pytest.skip("the Triton interpreter has no bf16 dot (it multiplies the raw 16-bit patterns)")
+        monkeypatch.setattr(prefill_mod, "_precision", lambda x: prec)
+    fmt = tqf.LayerFormat(tqf.get_preset("tq2.5"), 128, layer=2)  # two instances, gathered channels
+    p = KernelParams.build(fmt, DEV)
+    rng = np.random.default_rng(12)
+    q = _t(round_to(rng.standard_normal((70, 4, 128)), "bfloat16")).to(torch.bfloat16)
+    w = prefill_mod.dense_width(p)
+    qd = prefill_mod.rotate_rows(q, p, torch.empty((70, 4, w), dtype=torch.float32, device=DEV), inverse=False)
+    back = prefill_mod.rotate_rows(qd.to(torch.bfloat16), p, torch.empty((70, 4, 128), dtype=torch.float32,
+                                                                          device=DEV), inverse=True)
+    from turboquant.reference.quantizer import layer_params
+
+    lp = layer_params(fmt)
+    seg = 0
+    for inst in lp.keys:
+        m = inst.instance.dim
+        want = q.double().cpu().numpy()[..., inst.channels] @ inst.rotation.astype(np.float64).T
+        got = qd[..., seg:seg + m].double().cpu().numpy()
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+        assert not qd[..., seg + m: seg + p.meta[f"K{lp.keys.index(inst)}_MP"]].any()
+        seg += p.meta[f"K{lp.keys.index(inst)}_MP"]
+    # the inverse of the bf16-rounded q' is q within bf16 rounding of q'
+    assert rel_err(back.cpu().numpy(), q.float().cpu().numpy()) <= 4e-3
