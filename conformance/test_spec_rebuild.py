@@ -1,14 +1,15 @@
 """SPEC.md stands alone: a torch-only encoder written from SPEC.md's text rebuilds the
 golden cache bytes.
 
-Nothing here uses NumPy's random numbers, LAPACK or the reference: the seeds come
-from hashlib's SHA-256 (SPEC section 2), Pi and S from SplitMix64 words, Box-Muller
-and modified Gram-Schmidt written out in torch float64, the codebooks from the
-shipped JSON data (section 3), and the slot layout from the rules of section 6.
-The result must equal the committed golden cache bytes (codes, signs, fp16 fields
-and padding exactly; float32 norms within NORM_RTOL, gamma within RNORM_ATOL),
-and the rebuilt Pi and S must equal the reference's float32 matrices to within one
-float32 ulp per entry (SPEC section 2's tolerance for libm / summation order).
+The encoder below uses none of NumPy's random numbers, LAPACK or the reference (which
+appears only as the comparison of the second test): the seeds come from hashlib's SHA-256
+(SPEC section 2), Pi and S from SplitMix64 words, Box-Muller and modified Gram-Schmidt
+written out in torch float64, the codebooks from the shipped JSON data (section 3), the
+channel split from section 1.1 and the slot layout from the rules of section 6 (only the
+preset's parameters and SPEC's constants table come from turboquant.format).  The result must equal the committed
+golden cache bytes (codes, signs, fp16 fields and padding exactly; float32 norms within
+NORM_RTOL, gamma within RNORM_ATOL), and the rebuilt Pi and S must equal the reference's
+float32 matrices to within one float32 ulp per entry (SPEC section 2's tolerance).
 """
 
 from __future__ import annotations
