@@ -150,7 +150,7 @@ PRESETS: dict[str, Preset] = {
                            "no worst-case D_mse bound, SPEC.md section 12)"),
         Preset("k4v3", "mse", 4, "mse", 3, description="4-bit keys, 3-bit values"),
         Preset("k4g4", "mse", 4, "group", 4, group_size=32,
-               description="4-bit keys, 4-bit min/max value groups of 32"),
+               description="4-bit keys, 4-bit min/max value groups of 32 (not from the paper)"),
         Preset("tq3.5", "mse", 3, "mse", 3, outlier_fraction=0.5, key_outlier_bits=4, value_outlier_bits=4,
                description="3.5-bit split (this format's ratio): half the channels at 4 bits, half at 3"),
         Preset("tq2.5", "mse", 2, "mse", 2, outlier_fraction=0.25, key_outlier_bits=3, value_outlier_bits=3,
