@@ -1,6 +1,6 @@
 """NumPy reference of every TurboQuant stage: the oracle and executable spec.
 
-Read in this order: codebook -> rotation -> quantizer (Alg. 1/2) -> qjl ->
+Read in this order: codebook -> rng -> rotation -> quantizer (Alg. 1/2) -> qjl ->
 values -> pack -> slot -> cache -> attention.
 """
 

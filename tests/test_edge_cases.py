@@ -101,6 +101,19 @@ def test_group_values_beyond_fp16_are_non_finite():
     assert np.all(np.isfinite(f["v_scale"][0, 1]))
 
 
+@pytest.mark.parametrize("extreme,finite", [(65504.0, True), (65519.0, True), (65520.0, False),
+                                            (-65519.0, True), (-65520.0, False)])
+def test_group_fp16_rule_is_rounding_to_infinity(extreme, finite):
+    """SPEC 4.4: a group is non-finite when min, max or scale rounds to infinity in fp16;
+    65519 rounds to 65504 (finite), 65520 rounds to infinity."""
+    fmt = fmt_of("k4g4")
+    k, v = rand_kv(1, seed=7)
+    v[0, 0, 40] = extreme
+    f = unpack_fields(ref.encode_slots(k, v, fmt), fmt)
+    assert np.all(np.isfinite(f["v_scale"][0, 0])) == finite
+    assert np.all(f["v_scale"][0, 0].view(np.uint16) == tqf.GROUP_NAN_BITS) == (not finite)
+
+
 def test_constant_group_has_zero_scale():
     fmt = fmt_of("k4g4")
     k, v = rand_kv(1, seed=6)

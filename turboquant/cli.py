@@ -83,7 +83,7 @@ def distortion(dim: int, bits: int, mode: str, n: int, seed: int) -> dict:
     inst = tqf.Instance(0, dim, mse_bits, qjl)
     params = (InstanceParams(inst, np.arange(dim), rotation_matrix("haar", dim, seed), book,
                              qjl_matrix(dim, seed + 1) if qjl else None),)
-    rng = np.random.default_rng([seed, 1])  # data stream independent of the matrices' PCG64(seed)
+    rng = np.random.default_rng([seed, 1])  # NumPy data stream, independent of the matrices' SplitMix64 streams
     x = rng.standard_normal((n, dim))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     xt = decode_instances(encode_instances(x, params), params)[0].astype(np.float64)

@@ -16,7 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: portable SplitMix64 matrices (1: NumPy PCG64 + LAPACK QR)
 
 # ---------------------------------------------------------------- parameters
 SUPPORTED_HEAD_SIZES = (64, 80, 96, 112, 128, 192, 256)
@@ -25,9 +25,11 @@ KEY_MODES = ("mse", "prod")
 VALUE_MODES = ("mse", "group")
 ROTATION_KINDS = ("haar", "hadamard")
 SUPPORTED_GROUP_SIZES = (16, 32, 64, 128)
-# Outlier-channel split (paper, Sec. 4.3): a fraction of the channels (in the
-# original, unrotated coordinates) is quantized by a second, independent
-# TurboQuant instance with more bits.  Allowed fractions of the head size:
+# Outlier-channel split: a fraction of the channels (in the original, unrotated
+# coordinates) is quantized by a second, independent TurboQuant instance with
+# more bits.  The paper's 2.5-bit setting is 32 of 128 channels at 3 bits (0.25);
+# for 3.5 bits it gives no ratio, and 0.5 at 4 bits is this format's choice
+# (SPEC.md section 12).  Allowed fractions of the head size:
 OUTLIER_FRACTIONS = (0.0, 0.25, 0.5)
 
 DEFAULT_BASE_SEED = 20250425  # arXiv 2504.19874 was submitted 2025-04-25
@@ -73,10 +75,27 @@ def check_choice(name: str, value, allowed) -> None:
 
 
 # ---------------------------------------------------------------- seeds
+# Which random numbers build Pi and S (SPEC.md section 2; reference/rng.py and
+# reference/rotation.py are the readable NumPy form).  Each matrix has its own
+# stream: the 64-bit seed ``derive_seed(base_seed, layer, purpose, instance)``
+# with purpose one of SEED_PURPOSES.  Word k of a stream is the SplitMix64
+# output for state seed + (k+1)*GAMMA (mod 2^64); uniforms, Box-Muller normals
+# and Rademacher signs are made from the words as SPEC.md says.
+RANDOM_GENERATOR = "splitmix64-counter/box-muller/mgs-qr"
+SEED_PURPOSES = ("rotation", "qjl")  # stream ids: Pi (and Hadamard signs), S
+SPLITMIX64_GAMMA = 0x9E3779B97F4A7C15
+SPLITMIX64_MULTIPLIERS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+SPLITMIX64_SHIFTS = (30, 27, 31)
+BOX_MULLER_TWO_PI = 6.283185307179586  # float64 nearest to 2*pi (= 2 * math.pi)
+# Pi and S are computed in float64 and rounded to float32 (SPEC.md section 2
+# says what tolerance float64 libm and summation-order differences get).
+
+
 def derive_seed(base_seed: int, layer: int, purpose: str, instance: int = 0) -> int:
     """Seed of one random matrix: the first 8 bytes (little endian) of
-    SHA-256("turboquant/v1/{base_seed}/{layer}/{purpose}/{instance}")."""
-    check_choice("purpose", purpose, ("rotation", "qjl"))
+    SHA-256("turboquant/v1/{base_seed}/{layer}/{purpose}/{instance}").  The
+    "v1" is a fixed label of this rule, not SPEC_VERSION."""
+    check_choice("purpose", purpose, SEED_PURPOSES)
     if int(base_seed) < 0 or int(layer) < 0:
         raise ValueError(f"base_seed and layer must be >= 0, got {base_seed}, {layer}")
     text = f"turboquant/v1/{int(base_seed)}/{int(layer)}/{purpose}/{int(instance)}"
@@ -127,14 +146,15 @@ PRESETS: dict[str, Preset] = {
         Preset("tq4_qjl", "prod", 4, "mse", 4, description="keys 3-bit Lloyd-Max + 1-bit QJL (paper Alg. 2)"),
         Preset("tq3_qjl", "prod", 3, "mse", 3, description="keys 2-bit Lloyd-Max + 1-bit QJL (paper Alg. 2)"),
         Preset("tq3_hadamard", "mse", 3, "mse", 3, rotation="hadamard",
-               description="tq3 with a sign-randomised Walsh-Hadamard rotation"),
+               description="tq3 with a sign-randomised Walsh-Hadamard rotation (not in the paper; "
+                           "no worst-case D_mse bound, SPEC.md section 12)"),
         Preset("k4v3", "mse", 4, "mse", 3, description="4-bit keys, 3-bit values"),
         Preset("k4g4", "mse", 4, "group", 4, group_size=32,
-               description="4-bit keys, 4-bit min/max value groups of 32"),
+               description="4-bit keys, 4-bit min/max value groups of 32 (not from the paper)"),
         Preset("tq3.5", "mse", 3, "mse", 3, outlier_fraction=0.5, key_outlier_bits=4, value_outlier_bits=4,
-               description="paper's 3.5-bit split: half the channels at 4 bits, half at 3"),
+               description="3.5-bit split (this format's ratio): half the channels at 4 bits, half at 3"),
         Preset("tq2.5", "mse", 2, "mse", 2, outlier_fraction=0.25, key_outlier_bits=3, value_outlier_bits=3,
-               description="paper's 2.5-bit split: a quarter of the channels at 3 bits, the rest at 2"),
+               description="paper's 2.5-bit ratio: a quarter of the channels at 3 bits, the rest at 2"),
     )
 }
 
@@ -243,7 +263,7 @@ class LayerFormat:
         """Channel indices of each instance of ``tensor`` ('key'/'value'):
         outlier instance first (the given channels, sorted ascending), then
         the remaining channels in ascending order.  Without calibration the
-        outlier channels are 0..n_out-1."""
+        "outlier" channels are 0..n_out-1: an arbitrary split (SPEC.md section 12)."""
         check_choice("tensor", tensor, ("key", "value"))
         insts = self.key_instances if tensor == "key" else self.value_instances
         if len(insts) == 1:

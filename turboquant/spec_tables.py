@@ -82,8 +82,19 @@ def constants_table() -> str:
     return "\n".join(lines)
 
 
+def generator_table() -> str:
+    """The constants of section 2's generator, as format.py holds them."""
+    lines = ["| constant | value |", "|---|---|", f"| `RANDOM_GENERATOR` | `{tqf.RANDOM_GENERATOR}` |",
+             f"| `SEED_PURPOSES` | {', '.join(f'`{p}`' for p in tqf.SEED_PURPOSES)} |",
+             f"| `SPLITMIX64_GAMMA` | 0x{tqf.SPLITMIX64_GAMMA:016X} |",
+             "| `SPLITMIX64_MULTIPLIERS` | " + ", ".join(f"0x{c:016X}" for c in tqf.SPLITMIX64_MULTIPLIERS) + " |",
+             "| `SPLITMIX64_SHIFTS` | " + ", ".join(str(k) for k in tqf.SPLITMIX64_SHIFTS) + " |",
+             f"| `BOX_MULLER_TWO_PI` | {tqf.BOX_MULLER_TWO_PI!r} |"]
+    return "\n".join(lines)
+
+
 SECTIONS = {"presets": presets_table, "layouts": layouts_table, "matrices": matrices_table,
-            "constants": constants_table}
+            "constants": constants_table, "generator": generator_table}
 SPEC = pathlib.Path(__file__).resolve().parents[1] / "SPEC.md"
 
 

@@ -177,7 +177,10 @@ class TurboQuantOptions:
 
 def parse_layer_index(layer_name: str) -> int:
     """The layer index of a vLLM attention layer name: its one integer
-    component ("model.layers.7.self_attn.attn" -> 7)."""
+    component ("model.layers.7.self_attn.attn" -> 7).  The name is split at
+    "."; the parts made only of digits (str.isdigit) are the integers, and
+    there must be exactly one.  In a hybrid model this is the decoder layer's
+    index, not the count of attention layers before it (SPEC.md section 2)."""
     ints = [int(p) for p in str(layer_name).split(".") if p.isdigit()]
     if len(ints) != 1:
         raise ValueError(

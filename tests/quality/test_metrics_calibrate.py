@@ -141,3 +141,16 @@ def test_accuracy_table():
     t = retrieval.accuracy_table(tasks, np.array([True, False, True, True]))
     assert t["accuracy"]["128"] == {"0.0": 0.5, "1.0": 1.0} and t["by_context"]["256"] == 1.0
     assert t["by_depth"]["0.0"] == pytest.approx(2 / 3) and t["overall"] == 0.75
+
+
+def test_calibration_file_is_spec_section_1_3(tmp_path):
+    """The file `turboquant calibrate` writes has the shape SPEC.md section 1.3 states."""
+    import json
+
+    cal = {3: ((1, 2), (5, 4)), 0: ((7, 8), (9, 0))}
+    path = tmp_path / "cal.json"
+    calibrate.save(cal, str(path), "tq2.5")
+    data = json.loads(path.read_text())
+    assert set(data) == {"preset", "layers"} and data["preset"] == "tq2.5"
+    assert list(data["layers"]) == ["0", "3"]  # decimal strings, ascending
+    assert data["layers"]["3"] == {"key": [1, 2], "value": [5, 4]}

@@ -1,13 +1,16 @@
 """Outlier channels per layer for presets with an outlier split (tq2.5, tq3.5).
 
-The paper (Sec. 4.3) quantizes a fixed fraction of the channels, the
-high-magnitude ones, with more bits.  Per layer (one channel list serves all
+The outlier split quantizes a fixed fraction of the channels with more bits
+(the paper's 2.5-bit setting: 32 of 128 channels at 3 bits).  The paper does
+not say how those channels are found; ranking them by energy, as here, is this
+project's choice (SPEC.md section 12).  Per layer (one channel list serves all
 KV heads of a layer: the format has one list per layer), the channels are
 ranked by their mean square over the calibration tokens, summed over the KV
 heads.  Keys are ranked in RoPE pairs: Llama's rotate-half RoPE mixes channel
 i with channel i + head_size/2, so a pair's energy moves between its two
 channels with position; whole pairs are chosen by their summed energy.
-Calibration uses training-split text, never the evaluation text.
+Calibration uses training-split text, never the evaluation text.  The file
+format (``save`` / ``load``) is SPEC.md section 1.3.
 """
 
 from __future__ import annotations
