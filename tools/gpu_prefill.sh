@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call (GPU machine, repository root): the kernel tests and conformance stages that the
 # prefill path and the store touch, then benchmarks/bench_prefill.py; everything lands in $OUT.
-#   bash tools/gpu_prefill.sh   (PYTEST_ARGS: extra pytest arguments, PREFILL_ARGS: extra bench_prefill arguments)
+#   bash tools/gpu_prefill.sh   (PYTEST_K: a pytest -k expression, PREFILL_ARGS: extra bench_prefill arguments)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ export PYTHONPATH=/tmp/shim${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 T0=$(date +%s)
 timeout ${TEST_SECONDS:-240} python3 -P -m pytest triton_impl/tests conformance/test_stages.py -p no:cacheprovider \
-    -n ${WORKERS:-16} -q -W ignore -rf ${PYTEST_ARGS:-} > "$OUT/tests.log" 2>&1
+    -n ${WORKERS:-16} -q -W ignore -rf ${PYTEST_K:+-k "$PYTEST_K"} > "$OUT/tests.log" 2>&1
 echo "tests rc $? in $(( $(date +%s) - T0 ))s"; grep -E "passed|failed" "$OUT/tests.log" | tail -2
 grep -E "^FAILED" "$OUT/tests.log" | head -20
 timeout ${BENCH_SECONDS:-240} python3 benchmarks/bench_prefill.py --out "$OUT/prefill.jsonl" ${PREFILL_ARGS:-} \
