@@ -210,27 +210,42 @@ def plot(envs: list[dict], rows: list[dict], out: str) -> str:
     import matplotlib.pyplot as plt
 
     configs = list(dict.fromkeys(r["config"] for r in rows))
+    color = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(configs)}  # one colour per config
     tp = {}
     for r in rows:
         if r["measurement"] == "throughput" and measured(r):
             tp[(f"{r['workload']}: {r['requests']}x({r['prompt_len']}+{r['output_len']})", r["config"])] = r
     cap = {r["config"]: r for r in rows if r["measurement"] == "engine" and measured(r)}
+    ttft = {(r["prompt_len"], r["config"]): r for r in rows if r["measurement"] == "ttft" and measured(r)}
     workloads = sorted({w for w, _ in tp}, key=lambda w: (WORKLOAD_ORDER.get(w[0], 9), w))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2, 1]})
-    width = 0.8 / max(1, len(configs))
-    for k, c in enumerate(configs):
-        xs = [i + k * width for i, w in enumerate(workloads) if (w, c) in tp]
-        ys = [tp[(w, c)]["output_tok_s"] for w in workloads if (w, c) in tp]
-        a1.bar(xs, ys, width, label=c)
-    a1.set_xticks([i + 0.4 - width / 2 for i in range(len(workloads))], workloads, fontsize=8)
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [2, 1, 1.2]})
+
+    def grouped(ax, groups, table, value):
+        """Bars per group, one per config that has a row there (skipped configs leave no empty bar)."""
+        shown = [c for c in configs if any((g, c) in table for g in groups)]
+        width = 0.8 / max(1, len(shown))
+        for k, c in enumerate(shown):
+            xs = [i + k * width for i, g in enumerate(groups) if (g, c) in table]
+            ax.bar(xs, [value(table[(g, c)]) for g in groups if (g, c) in table], width, label=c, color=color[c])
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+        return shown
+
+    if grouped(a1, workloads, tp, lambda r: r["output_tok_s"]):
+        a1.legend(fontsize=7)
+    a1.set_xticklabels(workloads, fontsize=8)
     a1.set_ylabel("output tokens / s")
-    a1.set_title("throughput per workload")
-    a1.legend(fontsize=7)
+    a1.set_title("throughput per workload (higher is better)")
     cs = [c for c in configs if c in cap]
-    a2.bar(range(len(cs)), [cap[c]["kv_tokens"] for c in cs], color="tab:gray")
+    a2.bar(range(len(cs)), [cap[c]["kv_tokens"] for c in cs], color=[color[c] for c in cs])
     a2.set_xticks(range(len(cs)), cs, rotation=30, ha="right", fontsize=8)
     a2.set_ylabel("KV-cache capacity (tokens)")
     a2.set_title("KV capacity")
+    lens = sorted({n for n, _ in ttft})
+    if grouped(a3, lens, ttft, lambda r: r["seconds"]):
+        a3.legend(fontsize=7)
+    a3.set_xticklabels([f"{n:,} tokens" for n in lens], fontsize=8)
+    a3.set_ylabel("seconds")
+    a3.set_title("time to first token, one prompt (lower is better)")
     where = "; ".join(f"{e.get('run_id')}: vLLM {e.get('vllm', '?')} on {e.get('device', '?')}" for e in envs)
     fig.suptitle(f"serving through vLLM ({where}); random weights: only speed and capacity mean anything",
                  fontsize=9)
