@@ -219,20 +219,18 @@ def report(paths) -> str:
             else:
                 cells.append(f"{r['seconds'] * 1e3:.2f} ms")
         lines.append(f"| {ctx:,} x {nq:,} | " + " | ".join(cells) + " |")
-    sg = [r for r in rows if r.get("kind") == "prefill_stage"]
-    if sg:
-        lines += ["", "| dense path stage | cached tokens x query rows | time | x SDPA attention of the shape |",
-                  "|---|--:|--:|--:|"]
-        for r in sg:
-            lines.append(f"| {r['impl']} ({r['preset']}) | {r['context']:,} x {r['query_tokens']:,} | "
-                         f"{r['seconds'] * 1e6:.0f} us | {r['vs_sdpa']:.3f} |")
-    st = [r for r in rows if r.get("kind") == "store"]
-    if st:
-        lines += ["", "| store | query rows | time | copy bandwidth | x SDPA attention of the shape |",
-                  "|---|--:|--:|--:|--:|"]
-        for r in st:
-            lines.append(f"| {r['impl']} ({r['preset']}) | {r['query_tokens']:,} | {r['seconds'] * 1e6:.0f} us | "
-                         f"{r['copy_fraction']:.1%} | {r['vs_sdpa']:.3f} |")
+    tables = {
+        "prefill_stage": ("| dense path stage | cached tokens x query rows | time | x SDPA attention of the shape |",
+                          lambda r: f"| {r['impl']} ({r['preset']}) | {r['context']:,} x {r['query_tokens']:,} | "
+                                    f"{r['seconds'] * 1e6:.0f} us | {r['vs_sdpa']:.3f} |"),
+        "store": ("| store | query rows | time | copy bandwidth | x SDPA attention of the shape |",
+                  lambda r: f"| {r['impl']} ({r['preset']}) | {r['query_tokens']:,} | {r['seconds'] * 1e6:.0f} us | "
+                            f"{r['copy_fraction']:.1%} | {r['vs_sdpa']:.3f} |"),
+    }
+    for kind, (head, row) in tables.items():
+        sel = [r for r in rows if r.get("kind") == kind]
+        if sel:
+            lines += ["", head, "|---|" + "--:|" * (head.count("|") - 2)] + [row(r) for r in sel]
     return "\n".join(lines)
 
 

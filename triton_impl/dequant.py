@@ -44,6 +44,19 @@ def _dequant_instance(ptrs, tm, out_base, rot_ptr, qjl_ptr, cent_ptr, chan_ptr, 
 
 
 @triton.jit
+def group_values(ptrs, tm, BT: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, GS: tl.constexpr,
+                 NG: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr, ZERO: tl.constexpr, CODES: tl.constexpr,
+                 CFAST: tl.constexpr):
+    """v^ = zero_g + scale_g * code of a tile of slots (mode `group`): [BT, DP] float32."""
+    NP: tl.constexpr = DP // GS
+    scale = load_f16_array(ptrs, tm, BT, SCALE, NG, NP)
+    zero = load_f16_array(ptrs, tm, BT, ZERO, NG, NP)
+    codes = unpack_codes(ptrs, tm, BT, CODES * 8, BITS, D, DP, CFAST)
+    v = zero[:, :, None] + scale[:, :, None] * tl.reshape(codes, (BT, NP, GS)).to(tl.float32)
+    return tl.reshape(v, (BT, DP))
+
+
+@triton.jit
 def _dequant_kernel(
     words, slots_ptr, n, block_size, stride_cb, stride_ch, stride_cs, k_out, v_out, num_heads,
     k_rot, k_qjl, k_cent, k_chan, v_rot, v_cent, v_chan,
@@ -80,13 +93,9 @@ def _dequant_kernel(
                           k_cent + 16, k_chan + K_MPMAX, BT, K_MPMAX, K1_M, K1_MP, K1_BITS, K1_QJL, K1_IDCH,
                           K1_NORM, K1_CODES, K1_CFAST, K1_RNORM, K1_SIGNS, K1_SFAST, K1_QJLSCALE)
     if V_GROUP:
-        NP: tl.constexpr = DP // V_GS
         d = tl.arange(0, DP)
-        scale = load_f16_array(ptrs, tm, BT, V_SCALE, V_NG, NP)
-        zero = load_f16_array(ptrs, tm, BT, V_ZERO, V_NG, NP)
-        codes = unpack_codes(ptrs, tm, BT, V_CODES * 8, V_BITS, D, DP, V_CFAST)
-        v = zero[:, :, None] + scale[:, :, None] * tl.reshape(codes, (BT, NP, V_GS)).to(tl.float32)
-        tl.store(v_out + row[:, None] + d[None, :], tl.reshape(v, (BT, DP)), mask=tm[:, None] & (d < D)[None, :])
+        v = group_values(ptrs, tm, BT, D, DP, V_GS, V_NG, V_BITS, V_SCALE, V_ZERO, V_CODES, V_CFAST)
+        tl.store(v_out + row[:, None] + d[None, :], v, mask=tm[:, None] & (d < D)[None, :])
     else:
         _dequant_instance(ptrs, tm, v_out + row, v_rot, v_cent, v_cent, v_chan, BT, V_MPMAX, V0_M, V0_MP,
                           V0_BITS, False, V0_IDCH, V0_NORM, V0_CODES, V0_CFAST, 0, 0, False, 0.0)

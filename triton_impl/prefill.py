@@ -33,7 +33,8 @@ import triton
 import triton.language as tl
 
 from turboquant.triton_impl.attn_core import round_bf16
-from turboquant.triton_impl.bits import load_f16_array, load_f32, unpack_codes
+from turboquant.triton_impl.bits import load_f32, unpack_codes
+from turboquant.triton_impl.dequant import group_values
 from turboquant.triton_impl.launch import AttnConfig
 from turboquant.triton_impl.params import KernelParams, next_pow2
 from turboquant.triton_impl.plan import PrefillPlan
@@ -169,13 +170,9 @@ def _dense_kv_kernel(
     _zero_tail(krows, tm, KTAIL0, KTAIL, KTAILP, BT)
     vrows = v_out + row
     if V_GROUP:
-        NP: tl.constexpr = DP // V_GS
         d = tl.arange(0, DP)
-        scale = load_f16_array(ptrs, tm, BT, V_SCALE, V_NG, NP)
-        zero = load_f16_array(ptrs, tm, BT, V_ZERO, V_NG, NP)
-        codes = unpack_codes(ptrs, tm, BT, V_CODES * 8, V_BITS, D, DP, V_CFAST)
-        v = zero[:, :, None] + scale[:, :, None] * tl.reshape(codes, (BT, NP, V_GS)).to(tl.float32)
-        v = tl.where((d < D)[None, :], tl.reshape(v, (BT, DP)), 0.0)
+        v = group_values(ptrs, tm, BT, D, DP, V_GS, V_NG, V_BITS, V_SCALE, V_ZERO, V_CODES, V_CFAST)
+        v = tl.where((d < D)[None, :], v, 0.0)
         tl.store(vrows[:, None] + d[None, :], v.to(vrows.dtype.element_ty), mask=tm[:, None])
     else:
         _dense_instance(ptrs, tm, vrows, v_cent, 0, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES, V0_CFAST)
