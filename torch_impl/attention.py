@@ -1,0 +1,161 @@
+"""Causal attention over the packed paged cache (SPEC §9) in float32 torch.
+
+The query rows are rotated once per call and key instance (q_rot = Pi q, and S q_rot for
+QJL keys).  Scores are taken against the centroid values of the packed codes, read with
+one table lookup per chunk of the bit stream (bits.lookup): the history is never mapped
+back to the original domain.  mse values are accumulated in the rotated domain with the
+norms folded into the probabilities and mapped back once per output row (Pi^T), as in
+triton_impl/attn_core.py.
+
+Decode rows (one query row per sequence) of all sequences are handled together: their
+tokens are gathered into one [num_kv_heads, num_seqs, max_len] batch and every product is
+one batched matmul.  Each sequence with more query rows (prefill / extend chunk) is one
+batched matmul over its KV heads with a causal mask.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from turboquant.torch_checks import check_attention
+from turboquant.torch_impl import bits
+from turboquant.torch_impl.params import TorchParams, check_params, f16_field, f32_field, stream
+
+
+def rotate_query(query: torch.Tensor, params: TorchParams) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """query [T, Hq, d] -> per key instance (Pi q [T, Hq, m], S Pi q or None), float32."""
+    q = query.to(torch.float32)
+    out = []
+    for p in params.keys:
+        qc = q if p.channels is None else q.index_select(-1, p.channels)
+        qr = qc @ p.rot_t
+        out.append((qr, qr @ p.qjl_t if p.qjl else None))
+    return out
+
+
+def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """Slots of the given blocks, token-ordered: blocks [B, nblk] -> [Hkv, B, nblk * bs, slot_bytes]."""
+    nb, hkv, bs, sb = cache.shape
+    g = cache.transpose(0, 1)[:, blocks]  # [Hkv, B, nblk, bs, S]
+    return g.reshape(hkv, blocks.shape[0], blocks.shape[1] * bs, sb)
+
+
+def _attend(qrot, slots: torch.Tensor, visible: torch.Tensor, params: TorchParams, scale: float) -> torch.Tensor:
+    """qrot: per key instance ([Hkv, B, R, m], [Hkv, B, R, m] or None); slots [Hkv, B, L, S];
+    visible bool [B, R, L].  Returns float32 [Hkv, B, R, d]."""
+    fmt = params.fmt
+    logits = None
+    for p, (qr, qs) in zip(params.keys, qrot):
+        s = None
+        if p.mse_bits:
+            c = bits.lookup(stream(slots, p.codes), p.mse_bits, p.dim, p.cent_lut)  # [Hkv, B, L, m]
+            s = qr @ c.transpose(-1, -2)
+        if p.qjl:
+            sg = bits.lookup(stream(slots, p.signs), 1, p.dim, p.sign_lut)
+            s2 = (qs @ sg.transpose(-1, -2)) * (p.qjl_scale * f32_field(slots, p.rnorm))[..., None, :]
+            s = s2 if s is None else s + s2
+        s = s * f32_field(slots, p.norm)[..., None, :]
+        logits = s if logits is None else logits + s
+    logits = torch.where(visible, logits * scale, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    hkv, b, r, _ = probs.shape
+    if fmt.preset.value_mode == "group":
+        gs = fmt.preset.group_size
+        fm = fmt.field_map
+        codes = bits.lookup(stream(slots, fm["v_codes"]), fmt.preset.value_bits, fmt.head_size, params.group_lut)
+        zero, sc = f16_field(slots, fm["v_zero"]), f16_field(slots, fm["v_scale"])
+        v = (zero[..., None] + sc[..., None] * codes.view(*codes.shape[:-1], -1, gs)).view(codes.shape)
+        bad = ~torch.isfinite(v).all(-1)  # [Hkv, B, L]
+        o = torch.where(visible, probs, 0.0) @ torch.where(bad[..., None], 0.0, v)
+        poisoned = (visible & bad[:, :, None, :]).any(-1)
+        return torch.where(poisoned[..., None], float("nan"), o)
+    out = torch.empty((hkv, b, r, fmt.head_size), dtype=torch.float32, device=probs.device)
+    for p in params.values:
+        w = torch.where(visible, probs * f32_field(slots, p.norm)[..., None, :], 0.0)
+        c = bits.lookup(stream(slots, p.codes), p.mse_bits, p.dim, p.cent_lut)
+        o = (w @ c) @ p.rot  # rotated-domain sum, then one Pi^T per row
+        if p.channels is None:
+            out = o
+        else:
+            out[..., p.channels] = o
+    return out
+
+
+def _check_values(query, cache, block_table, seq_lens, qsl) -> None:
+    bs = cache.shape[2]
+    ql = qsl[1:] - qsl[:-1]
+    if int(qsl[0]) != 0 or int(qsl[-1]) != query.shape[0] or bool((ql < 0).any()):
+        raise ValueError(f"query_start_loc must be non-decreasing from 0 to num_tokens={query.shape[0]}")
+    if bool((seq_lens < 0).any()) or bool(((seq_lens + bs - 1) // bs > block_table.shape[1]).any()):
+        raise ValueError(f"seq_lens must lie in [0, max_blocks * block_size = {block_table.shape[1] * bs}]")
+    if bool((ql > seq_lens).any()):
+        raise ValueError("a sequence has more query tokens than seq_lens")
+    nblk = (seq_lens + bs - 1) // bs
+    used = torch.arange(block_table.shape[1], device=block_table.device)[None, :] < nblk[:, None]
+    if bool((used & ((block_table < 0) | (block_table >= cache.shape[0]))).any()):
+        raise ValueError(f"block_table references a block outside [0, num_blocks={cache.shape[0]})")
+
+
+def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
+                    query_start_loc: torch.Tensor | None, params: TorchParams, softmax_scale: float | None = None,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """query [num_tokens, num_q_heads, d]; sequence b owns rows query_start_loc[b]:query_start_loc[b+1]
+    (None: one row per sequence), the last tokens of its seq_lens[b] cached tokens.  Returns the
+    attention output in the query dtype (or writes ``out``)."""
+    check_params(params)
+    check_attention(query, cache, block_table, seq_lens, params, query_start_loc, out)
+    nseq = block_table.shape[0]
+    if query_start_loc is None:
+        if query.shape[0] != nseq:
+            raise ValueError(f"without query_start_loc, query needs one row per sequence ({nseq}), "
+                             f"got {query.shape[0]}")
+        query_start_loc = torch.arange(nseq + 1, device=query.device)
+    qsl, sl = query_start_loc.to(torch.int64), seq_lens.to(torch.int64)
+    _check_values(query, cache, block_table, sl, qsl)
+    scale = params.fmt.head_size ** -0.5 if softmax_scale is None else float(softmax_scale)
+    if out is None:
+        out = torch.empty_like(query)
+    t, hq, d = query.shape
+    if t == 0 or nseq == 0:
+        return out
+    hkv, bs = cache.shape[1], cache.shape[2]
+    g = hq // hkv
+    qrot = rotate_query(query, params)
+    ql = qsl[1:] - qsl[:-1]
+    nblk = (sl + bs - 1) // bs
+
+    def rows(x, idx, n_rows):  # [T, Hq, m] rows idx -> [Hkv, B, n_rows*G, m]
+        y = x[idx].view(idx.shape[0], n_rows, hkv, g, -1)
+        return y.permute(2, 0, 1, 3, 4).reshape(hkv, idx.shape[0], n_rows * g, -1)
+
+    dec = torch.nonzero(ql == 1)[:, 0]
+    if dec.numel():
+        bt = block_table[dec].to(torch.int64)
+        nmax = int(nblk[dec].max())
+        cols = torch.arange(nmax, device=bt.device)
+        blocks = torch.where(cols[None, :] < nblk[dec][:, None], bt[:, :nmax], 0)
+        slots = _gather(cache, blocks)
+        pos = torch.arange(slots.shape[2], device=bt.device)
+        visible = (pos[None, :] < sl[dec][:, None])[:, None, :].expand(-1, g, -1)
+        qi = qsl[dec]
+        o = _attend([(rows(qr, qi[:, None], 1), None if qs is None else rows(qs, qi[:, None], 1))
+                     for qr, qs in qrot], slots, visible, params, scale)  # [Hkv, B, G, d]
+        out[qi] = o.permute(1, 0, 2, 3).reshape(-1, hq, d).to(out.dtype)
+    for b in torch.nonzero(ql > 1)[:, 0].tolist():
+        q0, n, length = int(qsl[b]), int(ql[b]), int(sl[b])
+        slots = _gather(cache, block_table[b:b + 1, :int(nblk[b])].to(torch.int64))
+        qpos = (length - n + torch.arange(n, device=query.device)).repeat_interleave(g)
+        pos = torch.arange(slots.shape[2], device=query.device)
+        visible = (pos[None, :] <= qpos[:, None])[None]
+        idx = torch.arange(q0, q0 + n, device=query.device)[None]
+        o = _attend([(rows(qr, idx, n), None if qs is None else rows(qs, idx, n)) for qr, qs in qrot],
+                    slots, visible, params, scale)  # [Hkv, 1, n*G, d]
+        out[q0:q0 + n] = o[:, 0].view(hkv, n, g, d).permute(1, 0, 2, 3).reshape(n, hq, d).to(out.dtype)
+    return out
+
+
+def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
+                     params: TorchParams, softmax_scale: float | None = None,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """One query row per sequence (the last of its seq_lens[b] tokens)."""
+    return paged_attention(query, cache, block_table, seq_lens, None, params, softmax_scale, out)
