@@ -22,14 +22,14 @@ from turboquant.torch_impl import bits
 from turboquant.torch_impl.params import TorchParams, check_params, f16_field, f32_field, stream
 
 
-def rotate_query(query: torch.Tensor, params: TorchParams) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """query [T, Hq, d] -> per key instance (Pi q [T, Hq, m], S Pi q or None), float32."""
+def rotate_query(query: torch.Tensor, params: TorchParams) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """query [T, Hq, d] -> per key instance (Pi q, S Pi q or None), float32 [T, Hq, columns], each
+    in the column order of its field's lookup (bits.lookup_columns)."""
     q = query.to(torch.float32)
     out = []
     for p in params.keys:
         qc = q if p.channels is None else q.index_select(-1, p.channels)
-        qr = qc @ p.rot_t
-        out.append((qr, qr @ p.qjl_t if p.qjl else None))
+        out.append((qc @ p.q_codes if p.mse_bits else None, qc @ p.q_signs if p.qjl else None))
     return out
 
 
@@ -48,10 +48,10 @@ def _attend(qrot, slots: torch.Tensor, visible: torch.Tensor, params: TorchParam
     for p, (qr, qs) in zip(params.keys, qrot):
         s = None
         if p.mse_bits:
-            c = bits.lookup(stream(slots, p.codes), p.mse_bits, p.dim, p.cent_lut)  # [Hkv, B, L, m]
+            c = bits.lookup(stream(slots, p.codes), p.mse_bits, p.cent_lut)  # [Hkv, B, L, columns]
             s = qr @ c.transpose(-1, -2)
         if p.qjl:
-            sg = bits.lookup(stream(slots, p.signs), 1, p.dim, p.sign_lut)
+            sg = bits.lookup(stream(slots, p.signs), 1, p.sign_lut)
             s2 = (qs @ sg.transpose(-1, -2)) * (p.qjl_scale * f32_field(slots, p.rnorm))[..., None, :]
             s = s2 if s is None else s + s2
         s = s * f32_field(slots, p.norm)[..., None, :]
@@ -62,7 +62,8 @@ def _attend(qrot, slots: torch.Tensor, visible: torch.Tensor, params: TorchParam
     if fmt.preset.value_mode == "group":
         gs = fmt.preset.group_size
         fm = fmt.field_map
-        codes = bits.lookup(stream(slots, fm["v_codes"]), fmt.preset.value_bits, fmt.head_size, params.group_lut)
+        codes = bits.lookup(stream(slots, fm["v_codes"]), fmt.preset.value_bits, params.group_lut)
+        codes = codes[..., : fmt.head_size]  # group mode: bits divides 8, columns in order
         zero, sc = f16_field(slots, fm["v_zero"]), f16_field(slots, fm["v_scale"])
         v = (zero[..., None] + sc[..., None] * codes.view(*codes.shape[:-1], -1, gs)).view(codes.shape)
         bad = ~torch.isfinite(v).all(-1)  # [Hkv, B, L]
@@ -72,8 +73,8 @@ def _attend(qrot, slots: torch.Tensor, visible: torch.Tensor, params: TorchParam
     out = torch.empty((hkv, b, r, fmt.head_size), dtype=torch.float32, device=probs.device)
     for p in params.values:
         w = torch.where(visible, probs * f32_field(slots, p.norm)[..., None, :], 0.0)
-        c = bits.lookup(stream(slots, p.codes), p.mse_bits, p.dim, p.cent_lut)
-        o = (w @ c) @ p.rot  # rotated-domain sum, then one Pi^T per row
+        c = bits.lookup(stream(slots, p.codes), p.mse_bits, p.cent_lut)
+        o = (w @ c) @ p.v_back  # rotated-domain sum, then one Pi^T per row
         if p.channels is None:
             out = o
         else:

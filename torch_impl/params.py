@@ -26,10 +26,15 @@ class InstanceTensors:
     channels: torch.Tensor | None  # int64 [dim]; None: all channels in order
     rot: torch.Tensor  # Pi [dim, dim]
     rot_t: torch.Tensor  # Pi^T, contiguous (y = u @ Pi^T)
+    # attention (bits.lookup column order, padding columns zero): q_C @ q_codes = Pi q in the columns of the
+    # codes' lookup, q_C @ q_signs = S Pi q in those of the signs; o_cols @ v_back = Pi^T o (values)
+    q_codes: torch.Tensor | None
+    q_signs: torch.Tensor | None
+    v_back: torch.Tensor | None
     bnd: torch.Tensor | None  # decision boundaries [2^b - 1]
     cent: torch.Tensor | None  # centroids [2^b]
     cent_lut: torch.Tensor | None  # bits.field_lut(mse_bits, cent)
-    qjl_t: torch.Tensor | None  # S^T (prod keys)
+    qjl_t: torch.Tensor | None  # S^T (prod keys, store)
     sign_lut: torch.Tensor | None  # bits.field_lut(1, [-1, +1])
     norm: tqf.Field
     codes: tqf.Field | None
@@ -63,20 +68,34 @@ class TorchParams:
             def t(a):
                 return torch.from_numpy(np.array(a, np.float32)).to(device)  # copy: read-only arrays
 
+            def in_columns(mat, f):
+                """mat [rows, m] -> [rows, lookup columns] (a zero column for each padding column)."""
+                if f is None:
+                    return None
+                cols = bits.lookup_columns(f.bits, f.nbytes)
+                ok = cols < mat.shape[1]
+                out = np.zeros((mat.shape[0], cols.numel()), np.float64)
+                out[:, ok.numpy()] = mat[:, cols[ok].numpy()]
+                return t(out)
+
             def inst(p, prefix):
                 i, m, b = p.instance.index, p.instance.dim, p.instance.mse_bits
                 ident = np.array_equal(p.channels, np.arange(fmt.head_size))
                 cent = t(p.codebook.centroids) if p.codebook is not None else None
+                codes, signs = fm.get(f"{prefix}_codes.{i}"), fm.get(f"{prefix}_signs.{i}")
+                pi = p.rotation.astype(np.float64)
                 return InstanceTensors(
                     index=i, dim=m, mse_bits=b, qjl=bool(p.instance.qjl),
                     channels=None if ident else torch.from_numpy(np.asarray(p.channels, np.int64)).to(device),
                     rot=t(p.rotation), rot_t=t(p.rotation.T),
+                    q_codes=in_columns(pi.T, codes),
+                    q_signs=in_columns(pi.T @ p.qjl.T.astype(np.float64), signs) if p.qjl is not None else None,
+                    v_back=in_columns(pi.T, codes).T.contiguous() if codes is not None else None,
                     bnd=t(p.codebook.boundaries) if p.codebook is not None else None,
                     cent=cent, cent_lut=bits.field_lut(b, cent).to(device) if cent is not None else None,
                     qjl_t=t(p.qjl.T) if p.qjl is not None else None,
                     sign_lut=bits.field_lut(1, torch.tensor([-1.0, 1.0])).to(device) if p.qjl is not None else None,
-                    norm=fm[f"{prefix}_norm.{i}"], codes=fm.get(f"{prefix}_codes.{i}"),
-                    rnorm=fm.get(f"{prefix}_rnorm.{i}"), signs=fm.get(f"{prefix}_signs.{i}"),
+                    norm=fm[f"{prefix}_norm.{i}"], codes=codes, rnorm=fm.get(f"{prefix}_rnorm.{i}"), signs=signs,
                     qjl_scale=tqf.qjl_scale(m) if p.instance.qjl else 0.0,
                 )
 

@@ -27,9 +27,10 @@ def _select(x: torch.Tensor, p: InstanceTensors) -> torch.Tensor:
     return x if p.channels is None else x.index_select(-1, p.channels)
 
 
-def rotated(x: torch.Tensor, insts: tuple[InstanceTensors, ...]) -> tuple[list, list, torch.Tensor]:
+def rotated(x: torch.Tensor, insts: tuple[InstanceTensors, ...]) -> tuple[list, list, torch.Tensor | None]:
     """Norms and rotated unit coordinates y = Pi u of each instance of x [..., d] (float32),
-    and the non-finite mask (SPEC §8: a non-finite element or instance norm; u := 0 there)."""
+    and the non-finite mask (SPEC §8: a non-finite element or instance norm; u := 0 there),
+    None when every token is finite."""
     bad = ~torch.isfinite(x).all(-1)
     norms, units = [], []
     for p in insts:
@@ -37,16 +38,27 @@ def rotated(x: torch.Tensor, insts: tuple[InstanceTensors, ...]) -> tuple[list, 
         bad |= ~torch.isfinite(n)
         norms.append(n)
         units.append(u)
-    ys = [torch.where(bad[..., None], 0.0, u) @ p.rot_t for u, p in zip(units, insts)]
-    return norms, ys, bad
+    if not bool(bad.any()):
+        return norms, [u @ p.rot_t for u, p in zip(units, insts)], None
+    return norms, [torch.where(bad[..., None], 0.0, u) @ p.rot_t for u, p in zip(units, insts)], bad
+
+
+def assign_codes(y: torch.Tensor, bnd: torch.Tensor) -> torch.Tensor:
+    """idx = #{k : y > beta_k} (a tie takes the lower code), uint8."""
+    codes = torch.zeros(y.shape, dtype=torch.uint8, device=y.device)
+    for b in bnd.tolist():
+        codes += y > b
+    return codes
 
 
 def _put(slots: torch.Tensor, f: tqf.Field, raw: torch.Tensor) -> None:
     slots[..., f.offset:f.offset + f.nbytes] = raw
 
 
-def _put_f32(slots: torch.Tensor, f: tqf.Field, val: torch.Tensor, bad: torch.Tensor) -> None:
-    b = torch.where(bad, _nan_bits(torch.int32, tqf.NORM_NAN_BITS), val.contiguous().view(torch.int32))
+def _put_f32(slots: torch.Tensor, f: tqf.Field, val: torch.Tensor, bad: torch.Tensor | None) -> None:
+    b = val.contiguous().view(torch.int32)
+    if bad is not None:
+        b = torch.where(bad, _nan_bits(torch.int32, tqf.NORM_NAN_BITS), b)
     _put(slots, f, b[..., None].view(torch.uint8))
 
 
@@ -55,16 +67,17 @@ def encode_instances(slots: torch.Tensor, x: torch.Tensor, insts: tuple[Instance
     norms, ys, bad = rotated(x, insts)
     for p, n, y in zip(insts, norms, ys):
         _put_f32(slots, p.norm, n, bad)
+        codes = None
         if p.mse_bits:
-            codes = torch.bucketize(y, p.bnd, right=False)  # #{k : y > beta_k}; a tie takes the lower code
-            codes = torch.where(bad[..., None], 0, codes)
+            codes = assign_codes(y, p.bnd)
+            if bad is not None:
+                codes = torch.where(bad[..., None], 0, codes)
             _put(slots, p.codes, bits.pack(codes, p.mse_bits, p.codes.nbytes))
-            recon = p.cent[codes]
-        else:
-            recon = torch.zeros_like(y)
         if p.qjl:
-            r = y - recon
-            signs = torch.where(bad[..., None], False, (r @ p.qjl_t) >= 0)
+            r = y if codes is None else y - p.cent[codes.to(torch.int64)]
+            signs = (r @ p.qjl_t) >= 0
+            if bad is not None:
+                signs = torch.where(bad[..., None], False, signs)
             _put(slots, p.signs, bits.pack(signs, 1, p.signs.nbytes))
             _put_f32(slots, p.rnorm, (r * r).sum(-1).sqrt(), bad)
 
