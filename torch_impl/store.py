@@ -46,8 +46,9 @@ def rotated(x: torch.Tensor, insts: tuple[InstanceTensors, ...]) -> tuple[list, 
 def assign_codes(y: torch.Tensor, bnd: torch.Tensor) -> torch.Tensor:
     """idx = #{k : y > beta_k} (a tie takes the lower code), uint8."""
     codes = torch.zeros(y.shape, dtype=torch.uint8, device=y.device)
+    above = torch.empty(y.shape, dtype=torch.bool, device=y.device)
     for b in bnd.tolist():
-        codes += y > b
+        codes.add_(torch.gt(y, b, out=above))
     return codes
 
 
