@@ -13,7 +13,7 @@ model can be fed):
   bf16's before the first divergence, and how many outputs are identical (free generation: on a
   small byte-level model, positions with two near-equal candidates make this the harshest column);
 * generation throughput: output tokens per second of one batched ``generate`` call (prefill
-  included), after a warm-up.  On a CPU TurboQuant runs its NumPy reference path (the plugin's
+  included), after a warm-up.  On a CPU TurboQuant runs its float32 torch path (the plugin's
   "auto" choice there), so the throughput column says nothing about GPU speed; the table says so.
 
     turboquant demo                                   # built-in model (models/tiny-llama)
@@ -210,7 +210,7 @@ def format_table(rows: list[DemoRow], s: DemoSettings, device: str) -> str:
                  "teacher-forced; greedy agreement: mean fraction of generated tokens before the first "
                  "difference from bf16.")
     if device == "cpu":
-        lines.append("CPU: TurboQuant ran its NumPy reference path (store/attention_impl 'auto' on a CPU), "
+        lines.append("CPU: TurboQuant ran its float32 torch path (store/attention_impl 'auto' on a CPU), "
                      "so tokens/s is not the speed of the GPU kernels; that is in BENCHMARKS.md.")
     return "\n".join(lines)
 
