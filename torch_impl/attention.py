@@ -129,19 +129,32 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
         y = x[idx].view(idx.shape[0], n_rows, hkv, g, -1)
         return y.permute(2, 0, 1, 3, 4).reshape(hkv, idx.shape[0], n_rows * g, -1)
 
-    dec = torch.nonzero(ql == 1)[:, 0]
-    if dec.numel():
-        bt = block_table[dec].to(torch.int64)
-        nmax = int(nblk[dec].max())
+    if t == nseq and bool((ql == 1).all()):  # pure decode (one row per sequence): no row selection
+        dec, qi = None, None
+        all_dec = True
+    else:
+        dec = torch.nonzero(ql == 1)[:, 0]
+        qi = qsl[dec]
+        all_dec = False
+    if all_dec or dec.numel():
+        bt = (block_table if all_dec else block_table[dec]).to(torch.int64)
+        nb_d, sl_d = (nblk, sl) if all_dec else (nblk[dec], sl[dec])
+        nmax = int(nb_d.max())
         cols = torch.arange(nmax, device=bt.device)
-        blocks = torch.where(cols[None, :] < nblk[dec][:, None], bt[:, :nmax], 0)
+        blocks = torch.where(cols[None, :] < nb_d[:, None], bt[:, :nmax], 0)
         slots = _gather(cache, blocks)
         pos = torch.arange(slots.shape[2], device=bt.device)
-        visible = (pos[None, :] < sl[dec][:, None])[:, None, :].expand(-1, g, -1)
-        qi = qsl[dec]
-        o = _attend([(rows(qr, qi[:, None], 1), None if qs is None else rows(qs, qi[:, None], 1))
-                     for qr, qs in qrot], slots, visible, params, scale)  # [Hkv, B, G, d]
-        out[qi] = o.permute(1, 0, 2, 3).reshape(-1, hq, d).to(out.dtype)
+        visible = (pos[None, :] < sl_d[:, None])[:, None, :]
+        if all_dec:
+            pick = lambda x: x.view(t, hkv, g, -1).transpose(0, 1)  # [Hkv, B, G, m], no copy
+        else:
+            pick = lambda x: rows(x, qi[:, None], 1)
+        qrot_d = [tuple(None if x is None else pick(x) for x in pair) for pair in qrot]
+        o = _attend(qrot_d, slots, visible, params, scale).transpose(0, 1).reshape(-1, hq, d)  # [B, Hq, d]
+        if all_dec:
+            out.copy_(o)
+        else:
+            out[qi] = o.to(out.dtype)
     for b in torch.nonzero(ql > 1)[:, 0].tolist():
         q0, n, length = int(qsl[b]), int(ql[b]), int(sl[b])
         slots = _gather(cache, block_table[b:b + 1, :int(nblk[b])].to(torch.int64))
@@ -149,7 +162,7 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
         pos = torch.arange(slots.shape[2], device=query.device)
         visible = (pos[None, :] <= qpos[:, None])[None]
         idx = torch.arange(q0, q0 + n, device=query.device)[None]
-        o = _attend([(rows(qr, idx, n), None if qs is None else rows(qs, idx, n)) for qr, qs in qrot],
+        o = _attend([tuple(None if x is None else rows(x, idx, n) for x in pair) for pair in qrot],
                     slots, visible, params, scale)  # [Hkv, 1, n*G, d]
         out[q0:q0 + n] = o[:, 0].view(hkv, n, g, d).permute(1, 0, 2, 3).reshape(n, hq, d).to(out.dtype)
     return out

@@ -176,3 +176,12 @@ def test_attention_rejects_bad_input():
         paged_attention(torch.ones(4, 4, 64), cache, bt, sl, torch.tensor([0, 4]), p)
     with pytest.raises(ValueError, match=r"out must have the query's shape \(1, 4, 64\)"):
         decode_attention(q, cache, bt, sl, p, out=torch.ones(2, 4, 64))
+
+
+def test_as_many_rows_as_sequences_but_not_decode():
+    """Two sequences with 0 and 2 query rows (num_tokens == num_seqs, yet no decode batch)."""
+    fmt, cache, bt, sl, _, rng = _setup("tq3", (10, 20))
+    qsl = np.array([0, 0, 2], np.int32)
+    q = rng.standard_normal((2, 4, 64)).astype(np.float32)
+    want = ref.paged_attention(q, cache, bt, sl, fmt, query_start_loc=qsl)
+    assert rel_err(_attend(q, cache, bt, sl, qsl, fmt), want) <= tqf.ATTN_RTOL_FP32
