@@ -40,24 +40,32 @@ def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     return g.reshape(hkv, blocks.shape[0], blocks.shape[1] * bs, sb)
 
 
-def _attend(qrot, slots: torch.Tensor, visible: torch.Tensor, params: TorchParams, scale: float) -> torch.Tensor:
-    """qrot: per key instance ([Hkv, B, R, m], [Hkv, B, R, m] or None); slots [Hkv, B, L, S];
-    visible bool [B, R, L].  Returns float32 [Hkv, B, R, d]."""
+def _attend(qrot, slots: torch.Tensor, visible: torch.Tensor, valid: torch.Tensor, params: TorchParams,
+            scale: float) -> torch.Tensor:
+    """qrot: per key instance (Pi q, S Pi q), each [Hkv, B, R, columns] or None; slots [Hkv, B, L, S];
+    visible bool [B, R, L] (causal window); valid bool [B, L] (token < seq_len).  Returns float32
+    [Hkv, B, R, d].  Per-token factors (norms, gamma) multiply whichever side is smaller: the
+    scores [R, L] (decode) or the centroid values [L, columns] (prefill chunks)."""
     fmt = params.fmt
     logits = None
     for p, (qr, qs) in zip(params.keys, qrot):
+        norm = f32_field(slots, p.norm)[..., None]  # [Hkv, B, L, 1]
+        fold = (qr if qr is not None else qs).shape[-2] > p.dim
         s = None
         if p.mse_bits:
             c = bits.lookup(stream(slots, p.codes), p.mse_bits, p.cent_lut)  # [Hkv, B, L, columns]
-            s = qr @ c.transpose(-1, -2)
+            s = (qr * scale) @ (c * norm if fold else c).transpose(-1, -2)
         if p.qjl:
             sg = bits.lookup(stream(slots, p.signs), 1, p.sign_lut)
-            s2 = (qs @ sg.transpose(-1, -2)) * (p.qjl_scale * f32_field(slots, p.rnorm))[..., None, :]
+            t = p.qjl_scale * f32_field(slots, p.rnorm)[..., None]
+            s2 = (qs * scale) @ (sg * (t * norm) if fold else sg).transpose(-1, -2)
+            if not fold:
+                s2 = s2 * t.transpose(-1, -2)
             s = s2 if s is None else s + s2
-        s = s * f32_field(slots, p.norm)[..., None, :]
+        if not fold:
+            s = s * norm.transpose(-1, -2)
         logits = s if logits is None else logits + s
-    logits = torch.where(visible, logits * scale, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(logits.masked_fill_(~visible, float("-inf")), dim=-1)  # masked: exactly 0
     hkv, b, r, _ = probs.shape
     if fmt.preset.value_mode == "group":
         gs = fmt.preset.group_size
@@ -67,14 +75,20 @@ def _attend(qrot, slots: torch.Tensor, visible: torch.Tensor, params: TorchParam
         zero, sc = f16_field(slots, fm["v_zero"]), f16_field(slots, fm["v_scale"])
         v = (zero[..., None] + sc[..., None] * codes.view(*codes.shape[:-1], -1, gs)).view(codes.shape)
         bad = ~torch.isfinite(v).all(-1)  # [Hkv, B, L]
-        o = torch.where(visible, probs, 0.0) @ torch.where(bad[..., None], 0.0, v)
+        o = probs @ torch.where(bad[..., None], 0.0, v)
         poisoned = (visible & bad[:, :, None, :]).any(-1)
         return torch.where(poisoned[..., None], float("nan"), o)
     out = torch.empty((hkv, b, r, fmt.head_size), dtype=torch.float32, device=probs.device)
     for p in params.values:
-        w = torch.where(visible, probs * f32_field(slots, p.norm)[..., None, :], 0.0)
+        vn = torch.where(valid, f32_field(slots, p.norm), 0.0)  # [Hkv, B, L]: tokens past seq_len weigh 0
         c = bits.lookup(stream(slots, p.codes), p.mse_bits, p.cent_lut)
-        o = (w @ c) @ p.v_back  # rotated-domain sum, then one Pi^T per row
+        if not bool(torch.isfinite(vn).all()):  # a non-finite token: NaN only in the rows that see it
+            w, cv = torch.where(visible, probs * vn[..., None, :], 0.0), c
+        elif r > c.shape[-1]:
+            w, cv = probs, c * vn[..., None]
+        else:
+            w, cv = probs * vn[..., None, :], c
+        o = (w @ cv) @ p.v_back  # rotated-domain sum, then one Pi^T per row
         if p.channels is None:
             out = o
         else:
@@ -144,13 +158,14 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
         blocks = torch.where(cols[None, :] < nb_d[:, None], bt[:, :nmax], 0)
         slots = _gather(cache, blocks)
         pos = torch.arange(slots.shape[2], device=bt.device)
-        visible = (pos[None, :] < sl_d[:, None])[:, None, :]
+        valid = pos[None, :] < sl_d[:, None]
+        visible = valid[:, None, :]
         if all_dec:
             pick = lambda x: x.view(t, hkv, g, -1).transpose(0, 1)  # [Hkv, B, G, m], no copy
         else:
             pick = lambda x: rows(x, qi[:, None], 1)
         qrot_d = [tuple(None if x is None else pick(x) for x in pair) for pair in qrot]
-        o = _attend(qrot_d, slots, visible, params, scale).transpose(0, 1).reshape(-1, hq, d)  # [B, Hq, d]
+        o = _attend(qrot_d, slots, visible, valid, params, scale).transpose(0, 1).reshape(-1, hq, d)  # [B, Hq, d]
         if all_dec:
             out.copy_(o)
         else:
@@ -161,9 +176,10 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
         qpos = (length - n + torch.arange(n, device=query.device)).repeat_interleave(g)
         pos = torch.arange(slots.shape[2], device=query.device)
         visible = (pos[None, :] <= qpos[:, None])[None]
+        valid = (pos < length)[None]
         idx = torch.arange(q0, q0 + n, device=query.device)[None]
         o = _attend([tuple(None if x is None else rows(x, idx, n) for x in pair) for pair in qrot],
-                    slots, visible, params, scale)  # [Hkv, 1, n*G, d]
+                    slots, visible, valid, params, scale)  # [Hkv, 1, n*G, d]
         out[q0:q0 + n] = o[:, 0].view(hkv, n, g, d).permute(1, 0, 2, 3).reshape(n, hq, d).to(out.dtype)
     return out
 
