@@ -5,6 +5,7 @@ map packed chunks to centroid values (bits.field_lut).  Nothing is re-derived.""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +25,7 @@ class InstanceTensors:
     mse_bits: int
     qjl: bool
     channels: torch.Tensor | None  # int64 [dim]; None: all channels in order
-    rot: torch.Tensor  # Pi [dim, dim]
-    rot_t: torch.Tensor  # Pi^T, contiguous (y = u @ Pi^T)
+    rot_t: torch.Tensor  # Pi^T, contiguous (store: y = u @ Pi^T)
     # attention (bits.lookup column order, padding columns zero): q_C @ q_codes = Pi q in the columns of the
     # codes' lookup, q_C @ q_signs = S Pi q in those of the signs; o_cols @ v_back = Pi^T o (values)
     q_codes: torch.Tensor | None
@@ -59,6 +59,8 @@ class TorchParams:
     def build(cls, fmt: tqf.LayerFormat, device="cpu") -> TorchParams:
         if not isinstance(fmt, tqf.LayerFormat):
             raise TypeError(f"fmt must be a turboquant.format.LayerFormat, got {type(fmt).__name__}")
+        if sys.byteorder != "little":  # slot fields are little-endian; f32_field / f16_field view them as is
+            raise RuntimeError("turboquant.torch_impl needs a little-endian host")
         device = torch.device(device)
         key = (fmt, str(device))
         if key not in _CACHE:
@@ -87,7 +89,7 @@ class TorchParams:
                 return InstanceTensors(
                     index=i, dim=m, mse_bits=b, qjl=bool(p.instance.qjl),
                     channels=None if ident else torch.from_numpy(np.asarray(p.channels, np.int64)).to(device),
-                    rot=t(p.rotation), rot_t=t(p.rotation.T),
+                    rot_t=t(p.rotation.T),
                     q_codes=in_columns(pi.T, codes),
                     q_signs=in_columns(pi.T @ p.qjl.T.astype(np.float64), signs) if p.qjl is not None else None,
                     v_back=in_columns(pi.T, codes).T.contiguous() if codes is not None else None,
