@@ -120,7 +120,7 @@ def torch_run(tiny_model, engines):
     return _captured_run(tiny_model, engines, "float32", MAX_TOKENS, impl="torch")
 
 
-RUNS = ["bf16_run", "fp32_run", "torch_run"]
+RUNS = ["bf16_run", "fp32_run"]  # torch_run: test_torch_path, last (one engine alive at a time)
 RTOL = {"bfloat16": tqf.ATTN_RTOL_HALF, "float32": tqf.ATTN_RTOL_FP32}
 
 
@@ -250,6 +250,15 @@ def test_greedy_matches_reference_attention(fp32_run, tiny_model, engines):
     llm = engines.get(**llm_kwargs(tiny_model, attention="reference", dtype="float32"))
     llm.reset_prefix_cache()
     assert _tokens(_generate(llm, PROMPTS, MAX_TOKENS)) == fp32_run["tokens"]
+
+
+@pytest.mark.parametrize("check", [test_backend_is_in_use, test_stored_bytes_match_reference,
+                                   test_attention_reads_what_was_stored, test_attention_matches_reference,
+                                   test_chunked_prefill_happened], ids=lambda f: f.__name__.removeprefix("test_"))
+def test_torch_path(check, request):
+    """Checks (1)-(3) and the chunked prefill for the torch path, after the Triton runs' tests
+    (the engine pool keeps one engine alive: interleaving would rebuild them)."""
+    check("torch_run", request)
 
 
 def test_torch_greedy_matches_reference_attention(torch_run, tiny_model, engines):
