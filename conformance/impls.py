@@ -9,8 +9,8 @@ Each implementation offers the stages the conformance cases compare:
 * ``rotated(x, fmt, tensor) -> list of y per instance`` (optional; None when
   the implementation has no separate rotation stage to expose).
 
-Later issues add implementations (Triton on the CPU interpreter or CUDA, the
-vLLM layer) by appending to ``IMPLEMENTATIONS`` in ``available()``.
+``available()`` lists the reference, the torch CPU path (``turboquant.torch_impl``)
+and, where they can run, the Triton kernels (CUDA, or the CPU interpreter).
 """
 
 from __future__ import annotations
@@ -52,9 +52,27 @@ def _ref_rotated(x, fmt: tqf.LayerFormat, tensor: str):
 REFERENCE = Implementation("reference", _ref_store, ref.paged_attention, _ref_rotated)
 
 
+def exact_dtype(x: np.ndarray):
+    """For the torch implementations: bfloat16 / float16 / float32, the first that holds every
+    value of x exactly (each case's own dtype, which the NumPy interface does not pass)."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    for dt in (torch.bfloat16, torch.float16):
+        back = t.to(dt).to(torch.float32)
+        if torch.equal(back, t) or bool(((back == t) | (torch.isnan(back) & torch.isnan(t))).all()):
+            return dt
+    return torch.float32
+
+
 def available() -> list[Implementation]:
     """The reference plus every implementation importable on this machine."""
     impls = [REFERENCE]
+    try:
+        from turboquant.torch_impl.conformance_adapter import torch_implementation
+    except ImportError:  # no torch
+        return impls
+    impls.append(torch_implementation())
     try:
         from turboquant.triton_impl.conformance_adapter import triton_implementation
     except ImportError:

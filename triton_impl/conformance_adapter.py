@@ -17,17 +17,7 @@ import os
 
 import numpy as np
 
-
-def exact_dtype(x: np.ndarray):
-    """bfloat16 / float16 / float32: the first that holds every value of x exactly."""
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    for dt in (torch.bfloat16, torch.float16):
-        back = t.to(dt).to(torch.float32)
-        if torch.equal(back, t) or bool(((back == t) | (torch.isnan(back) & torch.isnan(t))).all()):
-            return dt
-    return torch.float32
+from turboquant.conformance.impls import exact_dtype
 
 
 def triton_implementation():

@@ -2,8 +2,8 @@
 
 Subpackages live in sibling folders of this one (pyproject.toml's package-dir mapping):
 ``turboquant.reference`` -> reference/, ``turboquant.triton_impl`` -> triton_impl/,
-``turboquant.vllm_integration`` -> vllm_integration/, ``turboquant.conformance`` ->
-conformance/.  Installed packages get that mapping from the installer; when this folder is
+``turboquant.torch_impl`` -> torch_impl/, ``turboquant.vllm_integration`` -> vllm_integration/,
+``turboquant.conformance`` -> conformance/.  Installed packages get that mapping from the installer; when this folder is
 imported straight from a source checkout (``python -m ...`` in the repository root puts the
 root first on sys.path), the checkout's root is added to this package's search path so the
 same subpackages resolve to the same sources instead of failing to import.

@@ -1,8 +1,9 @@
 """TurboQuant attention backend for vLLM's v1 engine: Backend, MetadataBuilder, Impl.
 
 The Impl does no math itself: it stores with ``turboquant.triton_impl.store_kv``
-and attends with ``paged_attention`` / ``decode_attention`` (or, when asked,
-with the NumPy reference in ``reference_path``).  Semantics are SPEC's
+and attends with ``paged_attention`` / ``decode_attention`` (on a CPU with the same
+functions of ``turboquant.torch_impl``; when asked, with the NumPy reference in
+``reference_path``).  Semantics are SPEC's
 store-then-attend: every token of the step is written packed first, then every
 query row attends causally over the packed cache, prefill rows included.
 
@@ -23,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from turboquant import format as tqf
+from turboquant import torch_impl
 from turboquant.vllm_integration import compat, debug
 from turboquant.vllm_integration import reference_path as refpath
 from turboquant.vllm_integration.compat import (
@@ -155,6 +157,9 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
             self._plan_attention = bound[0]._kernels.plan_attention
         if bound and (warning := self.options.batch_invariant_warning()):
             logger.warning(warning)
+        if bound and bound[0].attention_impl != "triton" and self.options.batch_invariant_enabled():
+            logger.warning("TurboQuant batch-invariant attention is a mode of the Triton kernels; attention=%s "
+                           "is not batch-invariant (SPEC.md section 10's tolerance only)", bound[0].attention_impl)
         if bound:
             fmt = bound[0].fmt
             logger.info(
@@ -168,8 +173,8 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
     def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
         opts = TurboQuantOptions.from_vllm_config(vllm_config)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        if "reference" in (opts.impl("store_impl", device_type), opts.impl("attention_impl", device_type)):
-            return AttentionCGSupport.NEVER
+        if {opts.impl("store_impl", device_type), opts.impl("attention_impl", device_type)} != {"triton"}:
+            return AttentionCGSupport.NEVER  # the torch and NumPy paths read lengths on the host
         return cls._cudagraph_support
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
@@ -332,6 +337,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         self.layer_name: str | None = None
         self.fmt: tqf.LayerFormat | None = None
         self.params = None
+        self.torch_params = None  # turboquant.torch_impl.TorchParams when an option resolves to "torch"
         self._kernels = None
         self.store_impl = self.attention_impl = None  # the options, "auto" resolved at bind()
         self.attn_config = None  # the kernels' AttnConfig: None = the device default; set at bind()
@@ -354,9 +360,12 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             purpose = " and ".join(f"additional_config['turboquant'][{k!r}]='triton'" for k in uses)
             if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise RuntimeError(f"{purpose} on CPU needs the Triton interpreter: set TRITON_INTERPRET=1 in the "
-                                   "environment before starting Python, or set these options to 'reference'")
+                                   "environment before starting Python, or set these options to 'torch' (the CPU "
+                                   "default) or 'reference'")
             kernels = load_kernels(purpose)
             params = kernels.KernelParams.build(fmt, device)
+        if "torch" in impls.values():
+            self.torch_params = torch_impl.TorchParams.build(fmt, device)
         self.layer_name, self.fmt, self.params, self._kernels = layer_name, fmt, params, kernels
         self.store_impl, self.attention_impl = impls["store_impl"], impls["attention_impl"]
         if self.attention_impl == "triton" and self.options.batch_invariant_enabled():
@@ -391,6 +400,8 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             k, v, sm = key[:n], value[:n], attn_metadata.slot_mapping[:n]
             if self.store_impl == "triton":
                 self._kernels.store_kv(k, v, cache, sm, self.params)
+            elif self.store_impl == "torch":
+                torch_impl.store_kv(k, v, cache, sm, self.torch_params)
             else:
                 refpath.store_kv(k, v, cache, sm, fmt)
             if debug.active():
@@ -406,6 +417,9 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             else:  # decodes to the decode kernel, prefill rows to the dense path (triton_impl.dispatch)
                 self._kernels.attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, self.params,
                                         softmax_scale=self.scale, out=out, plan=md.plan, config=self.attn_config)
+        elif self.attention_impl == "torch":
+            torch_impl.paged_attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, self.torch_params,
+                                       softmax_scale=self.scale, out=out)
         else:
             refpath.paged_attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, fmt, self.scale, out)
         if debug.active():

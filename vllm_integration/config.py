@@ -19,7 +19,7 @@ from typing import Any
 from turboquant import format as tqf
 
 CONFIG_KEY = "turboquant"
-IMPLS = ("auto", "triton", "reference")
+IMPLS = ("auto", "triton", "torch", "reference")
 
 OPTION_DEFAULTS: dict[str, Any] = {
     # name of a preset in turboquant.format.PRESETS
@@ -27,8 +27,8 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "preset": "k4v3",
     # base seed of the per-layer rotation / QJL matrices (SPEC: derive_seed)
     "base_seed": tqf.DEFAULT_BASE_SEED,
-    # who writes the packed cache: the Triton kernels, the NumPy reference, or "auto": Triton on a
-    # GPU, the reference on a CPU (where Triton only has its interpreter, 77-205x slower: benchmarks/cpu_paths.py)
+    # who writes the packed cache: the Triton kernels, the float32 torch path (turboquant.torch_impl), the
+    # NumPy reference, or "auto": Triton on a GPU, torch on a CPU (where Triton only has its interpreter)
     "store_impl": "auto",
     # who computes attention over the packed cache (same choices)
     "attention_impl": "auto",
@@ -128,7 +128,7 @@ class TurboQuantOptions:
         """``store_impl`` / ``attention_impl`` with "auto" resolved for a device type."""
         val = getattr(self, key)
         if val == "auto":
-            return "triton" if device_type == "cuda" else "reference"
+            return "triton" if device_type == "cuda" else "torch"
         return val
 
     @property

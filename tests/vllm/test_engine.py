@@ -89,11 +89,11 @@ def _impl() -> tuple[str, str]:
     return ("triton" if ok else "reference"), why
 
 
-def _captured_run(tiny_model, engines, dtype: str, max_tokens: int) -> dict:
+def _captured_run(tiny_model, engines, dtype: str, max_tokens: int, impl: str | None = None) -> dict:
     """Greedy run of PROMPTS with the Triton kernels (or, without them, the
     NumPy reference path, which still exercises the vLLM plumbing; the
-    comparisons against the reference are then trivial or skipped)."""
-    impl, why = _impl()
+    comparisons against the reference are then trivial or skipped), or with ``impl``."""
+    impl, why = (impl, "") if impl else _impl()
     kwargs = llm_kwargs(tiny_model, store=impl, attention=impl, dtype=dtype)
     llm = engines.get(**kwargs)
     llm.reset_prefix_cache()
@@ -114,7 +114,13 @@ def fp32_run(tiny_model, engines):
     return _captured_run(tiny_model, engines, "float32", MAX_TOKENS)
 
 
-RUNS = ["bf16_run", "fp32_run"]
+@pytest.fixture(scope="module")
+def torch_run(tiny_model, engines):
+    """The torch path (turboquant.torch_impl, the CPU default) for store and attention."""
+    return _captured_run(tiny_model, engines, "float32", MAX_TOKENS, impl="torch")
+
+
+RUNS = ["bf16_run", "fp32_run"]  # torch_run: test_torch_path, last (one engine alive at a time)
 RTOL = {"bfloat16": tqf.ATTN_RTOL_HALF, "float32": tqf.ATTN_RTOL_FP32}
 
 
@@ -244,3 +250,20 @@ def test_greedy_matches_reference_attention(fp32_run, tiny_model, engines):
     llm = engines.get(**llm_kwargs(tiny_model, attention="reference", dtype="float32"))
     llm.reset_prefix_cache()
     assert _tokens(_generate(llm, PROMPTS, MAX_TOKENS)) == fp32_run["tokens"]
+
+
+@pytest.mark.parametrize("check", [test_backend_is_in_use, test_stored_bytes_match_reference,
+                                   test_attention_reads_what_was_stored, test_attention_matches_reference,
+                                   test_chunked_prefill_happened], ids=lambda f: f.__name__.removeprefix("test_"))
+def test_torch_path(check, request):
+    """Checks (1)-(3) and the chunked prefill for the torch path, after the Triton runs' tests
+    (the engine pool keeps one engine alive: interleaving would rebuild them)."""
+    check("torch_run", request)
+
+
+def test_torch_greedy_matches_reference_attention(torch_run, tiny_model, engines):
+    """(4) for the torch path: the NumPy reference's attention over the same
+    (torch-stored) packed cache generates the same MAX_TOKENS tokens."""
+    llm = engines.get(**llm_kwargs(tiny_model, store="torch", attention="reference", dtype="float32"))
+    llm.reset_prefix_cache()
+    assert _tokens(_generate(llm, PROMPTS, MAX_TOKENS)) == torch_run["tokens"]

