@@ -12,6 +12,13 @@ with the vLLM ΔPPL of the same presets), and prints vLLM's rows from the given 
         [--presets tq3,k4v3,tq4] [--windows 16 --window 1024 --first-target 128] [--out equal_layers.json]
 
 The layers kept in bf16 are the ``skipped_layers`` of the vLLM rows (or --bf16-layers).
+
+Boundary rows (SPEC 7.1, the serving option ``boundary_layers`` / ``boundary_preset``): with
+``--boundary 1,2`` each n adds, for every format of ``--boundary-presets`` (a preset or bf16, the
+"native" cache of a bf16 model), a row with the first n and last n layers in that format and the rest
+in ``--main``; ``--vllm-rows`` is then optional:
+
+    python benchmarks/equal_layers.py --presets tq3,k4v3,tq4 --boundary 1,2 --windows 24 --out boundary.json
 """
 
 from __future__ import annotations
@@ -30,10 +37,28 @@ def vllm_rows(path: str) -> tuple[dict, list[dict]]:
     return load_results(path)
 
 
+def boundary_configs(ns: list[int], boundary_presets: list[str], main: str, cfg) -> list[tuple[str, object]]:
+    """(name, codec) of the boundary rows: for each n and boundary format, the first n and last n layers
+    (turboquant.format.boundary_layer_indices, as the serving option) in that format, the rest in ``main``."""
+    from turboquant import format as tqf
+    from turboquant.quality import codecs
+
+    rows = []
+    for n in ns:
+        layers = tqf.boundary_layer_indices(cfg.num_hidden_layers, n)
+        for b in boundary_presets:
+            outer = codecs.make_codec(b, cfg.head_dim)
+            rows.append((f"{main} + {b} layers {','.join(map(str, layers))}",
+                         codecs.LayerSplitCodec(codecs.make_codec(main, cfg.head_dim), layers, cfg.num_hidden_layers,
+                                                outer=outer)))
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/tiny-llama")
-    ap.add_argument("--vllm-rows", required=True, help="an e2e_vllm.py results file with bf16 and vLLM TurboQuant rows")
+    ap.add_argument("--vllm-rows", default=None,
+                    help="an e2e_vllm.py results file with bf16 and vLLM TurboQuant rows (required without --boundary)")
     ap.add_argument("--presets", default="tq3,k4v3,tq4")
     ap.add_argument("--bf16-layers", default=None, help="default: the vLLM rows' skipped_layers")
     ap.add_argument("--windows", type=int, default=16)
@@ -41,8 +66,14 @@ def main(argv=None) -> int:
     ap.add_argument("--first-target", type=int, default=128, help="score targets at positions >= this (e2e: CHUNK)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--boundary", default="", help="comma-separated n: boundary rows, first n and last n layers")
+    ap.add_argument("--boundary-presets", default="k4v3,tq4,bf16", help="formats of the boundary layers")
+    ap.add_argument("--main", default="tq3", help="preset of the other layers in the boundary rows")
     ap.add_argument("--out", default=None, help="write the rows as JSON")
     args = ap.parse_args(argv)
+    boundary_ns = [int(x) for x in args.boundary.split(",") if x]
+    if args.vllm_rows is None and not boundary_ns:
+        ap.error("--vllm-rows is required unless --boundary is given")
 
     import platform
 
@@ -53,13 +84,15 @@ def main(argv=None) -> int:
     from turboquant.quality.needles import BOS_ID
     from turboquant.vllm_integration.engine_configs import VLLM_TQ
 
-    env, vrows = vllm_rows(args.vllm_rows)
+    env, vrows = vllm_rows(args.vllm_rows) if args.vllm_rows else ({}, [])
     vbase = next((r for r in vrows if r["config"] == "bf16" and "ppl" in r), None)
-    if vbase is None:
+    if vbase is None and args.vllm_rows:
         raise SystemExit(f"--vllm-rows={args.vllm_rows!r} has no bf16 row")
     vtq = [r for r in vrows if r["config"] in VLLM_TQ and "ppl" in r]
     if args.bf16_layers is not None:
         keep = [int(x) for x in args.bf16_layers.split(",") if x]
+    elif not args.vllm_rows:
+        keep = []
     else:
         splits = {tuple(sorted(int(x) for x in r["skipped_layers"])) for r in vtq}
         if len(splits) != 1:
@@ -74,8 +107,11 @@ def main(argv=None) -> int:
     configs = [("bf16", codecs.Bf16Codec())]
     for p in [p for p in args.presets.split(",") if p]:
         inner = codecs.make_codec(p, cfg.head_dim)
-        configs += [(p, inner), (f"{p} + bf16 layers {','.join(map(str, keep))}",
-                                 codecs.LayerSplitCodec(inner, keep, cfg.num_hidden_layers))]
+        configs.append((p, inner))
+        if keep:
+            configs.append((f"{p} + bf16 layers {','.join(map(str, keep))}",
+                            codecs.LayerSplitCodec(inner, keep, cfg.num_hidden_layers)))
+    configs += boundary_configs(boundary_ns, [b for b in args.boundary_presets.split(",") if b], args.main, cfg)
     # the same held-out text and scored tokens as the vLLM rows, or the comparison says it is not
     same, notes = [], []
     theirs, here_py = env.get("eval_corpus_sha256"), platform.python_version()
@@ -85,7 +121,7 @@ def main(argv=None) -> int:
         same.append(f"held-out text differs (vLLM rows: Python {env.get('python', '?')}, corpus "
                     f"{str(theirs)[:12]}; here: Python {here_py}, corpus {ev.manifest_sha256[:12]})")
     n_tokens = len(wins) * (args.window - args.first_target)
-    if vbase.get("ppl_tokens") != n_tokens:
+    if vbase is not None and vbase.get("ppl_tokens") != n_tokens:
         same.append(f"scored tokens differ ({vbase.get('ppl_tokens')} in the vLLM rows, {n_tokens} here)")
     rows, base = [], None
     t0 = time.time()
@@ -101,19 +137,23 @@ def main(argv=None) -> int:
 
     lines = [f"Equal layers: {len(wins)} held-out windows of {args.window} tokens, targets at positions >= "
              f"{args.first_target}; NumPy reference on the CPU ({platform.processor() or platform.machine()}), torch "
-             f"{torch.__version__}, transformers {transformers.__version__}, float32 model, K/V through each codec. "
-             f"vLLM rows: `{args.vllm_rows}` ({env.get('device', '?')}, vLLM {env.get('vllm', '?')}).", "",
+             f"{torch.__version__}, transformers {transformers.__version__}, float32 model, K/V through each codec. " +
+             (f"vLLM rows: `{args.vllm_rows}` ({env.get('device', '?')}, vLLM {env.get('vllm', '?')})."
+              if args.vllm_rows else "No vLLM rows."), "",
              "| config | avg B/token/KV head | PPL | ΔPPL vs bf16 (± s.e.) | measured by |", "|---|--:|--:|--:|---|"]
     for r in rows:
         lines.append(f"| `{r['config']}` | {r['bytes_per_token_per_kv_head']:.0f} | {r['ppl']:.4f} | "
                      f"{r['delta_ppl']:+.4f} (± {r['ppl'] * r['delta_nll_se']:.4f}) "
                      f"| reference, CPU |")
-    for r in [vbase] + vtq:
+    for r in ([vbase] + vtq) if vbase is not None else []:
         label = "bf16" if r is vbase else r["config"]
         lines.append(f"| vLLM `{label}` (layers {','.join(map(str, r.get('skipped_layers', []))) or 'none'} in bf16) | "
                      f"{r['bytes_per_token_per_kv_head']:.0f} | {r['ppl']:.4f} | {r['ppl'] - vbase['ppl']:+.4f} | "
                      f"vLLM, {env.get('device', '?')} |")
-    if same:
+    if vbase is None:
+        lines += ["", f"Held-out corpus {ev.manifest_sha256[:12]}, {n_tokens} scored tokens; boundary rows: first n "
+                  "and last n layers in the named format (SPEC 7.1), the others in the main preset."]
+    elif same:
         lines += ["", "**Not comparable with the vLLM rows above:** " + "; ".join(same)
                   + ". Only ΔPPL within each source compares."]
     else:
@@ -124,7 +164,7 @@ def main(argv=None) -> int:
         with open(args.out, "w") as f:
             json.dump({"settings": vars(args), "bf16_layers": keep, "rows": rows, "comparable": not same,
                        "caveats": same, "eval_corpus_sha256": ev.manifest_sha256, "python": platform.python_version(),
-                       "vllm_env": env, "vllm_rows": [vbase] + vtq}, f, indent=1)
+                       "vllm_env": env, "vllm_rows": ([vbase] + vtq) if vbase is not None else []}, f, indent=1)
     return 0
 
 
