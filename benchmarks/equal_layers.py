@@ -19,6 +19,9 @@ Boundary rows (SPEC 7.1, the serving option ``boundary_layers`` / ``boundary_pre
 in ``--main``; ``--vllm-rows`` is then optional:
 
     python benchmarks/equal_layers.py --presets tq3,k4v3,tq4 --boundary 1,2 --windows 24 --out boundary.json
+
+``--needle-context 2048`` adds needle retrieval (turboquant.quality.retrieval, held-out filler, 5 depths x
+``--needle-trials``) for every config; ``--only`` keeps the named configs; ``--windows 0`` skips perplexity.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ def vllm_rows(path: str) -> tuple[dict, list[dict]]:
     return load_results(path)
 
 
-def boundary_configs(ns: list[int], boundary_presets: list[str], main: str, cfg) -> list[tuple[str, object]]:
-    """(name, codec) of the boundary rows: for each n and boundary format, the first n and last n layers
-    (turboquant.format.boundary_layer_indices, as the serving option) in that format, the rest in ``main``."""
+def boundary_configs(ns: list, boundary_presets: list[str], main: str, cfg) -> list[tuple[str, object]]:
+    """(name, codec) of the boundary rows: for each n (or explicit layer list) and boundary format, the first n
+    and last n layers (turboquant.format.boundary_layer_indices, as the serving option) in that format, the
+    rest in ``main``."""
     from turboquant import format as tqf
     from turboquant.quality import codecs
 
@@ -67,11 +71,19 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--boundary", default="", help="comma-separated n: boundary rows, first n and last n layers")
+    ap.add_argument("--boundary-lists", default="",
+                    help="'|'-separated explicit boundary layer lists, e.g. '1|1,4' (the option's list form)")
     ap.add_argument("--boundary-presets", default="k4v3,tq4,bf16", help="formats of the boundary layers")
     ap.add_argument("--main", default="tq3", help="preset of the other layers in the boundary rows")
+    ap.add_argument("--only", default="", help="'|'-separated config names to keep (default: all)")
+    ap.add_argument("--needle-context", type=int, default=0, help="needle retrieval at this context (0: none)")
+    ap.add_argument("--needle-trials", type=int, default=4, help="needle tasks per depth")
     ap.add_argument("--out", default=None, help="write the rows as JSON")
     args = ap.parse_args(argv)
+    if args.windows == 0 and not args.needle_context:
+        ap.error("--windows 0 needs --needle-context")
     boundary_ns = [int(x) for x in args.boundary.split(",") if x]
+    boundary_ns += [[int(y) for y in x.split(",")] for x in args.boundary_lists.split("|") if x.strip()]
     if args.vllm_rows is None and not boundary_ns:
         ap.error("--vllm-rows is required unless --boundary is given")
 
@@ -103,7 +115,7 @@ def main(argv=None) -> int:
     model = load_model(args.model)
     cfg = model.config
     ev = corpus.load_corpus("eval")
-    wins = corpus.windows(ev.ids, args.window, args.windows, BOS_ID, spread=True)
+    wins = corpus.windows(ev.ids, args.window, args.windows, BOS_ID, spread=True) if args.windows else []
     configs = [("bf16", codecs.Bf16Codec())]
     for p in [p for p in args.presets.split(",") if p]:
         inner = codecs.make_codec(p, cfg.head_dim)
@@ -112,6 +124,18 @@ def main(argv=None) -> int:
             configs.append((f"{p} + bf16 layers {','.join(map(str, keep))}",
                             codecs.LayerSplitCodec(inner, keep, cfg.num_hidden_layers)))
     configs += boundary_configs(boundary_ns, [b for b in args.boundary_presets.split(",") if b], args.main, cfg)
+    if args.only:
+        only = [x.strip() for x in args.only.split("|") if x.strip()]
+        missing = sorted(set(only) - {n for n, _ in configs})
+        if missing:
+            ap.error(f"--only names unknown configs {missing}; allowed: {[n for n, _ in configs]}")
+        configs = [(n, c) for n, c in configs if n in only]
+    tasks = []
+    if args.needle_context:
+        from turboquant.quality import retrieval
+
+        tasks = retrieval.eval_grid(retrieval.EVAL_SEED, ev.ids, [args.needle_context], [0, 0.25, 0.5, 0.75, 1],
+                                    args.needle_trials)
     # the same held-out text and scored tokens as the vLLM rows, or the comparison says it is not
     same, notes = [], []
     theirs, here_py = env.get("eval_corpus_sha256"), platform.python_version()
@@ -126,12 +150,20 @@ def main(argv=None) -> int:
     rows, base = [], None
     t0 = time.time()
     for name, codec in configs:
-        r = ppl.perplexity(model, wins, args.batch, codec, first_target=args.first_target)
-        base = base or r
-        rows.append({"config": name, "bytes_per_token_per_kv_head": codec.bytes_per_token(cfg.head_dim),
-                     "ppl": r["ppl"], "delta_ppl": r["ppl"] - base["ppl"],
-                     "delta_nll_se": ppl.delta(r, base)["delta_nll_se"], "window_nll": r["window_nll"]})
-        print(f"[{time.time() - t0:6.1f}s] {name}: PPL {r['ppl']:.4f}", flush=True)
+        row = {"config": name, "bytes_per_token_per_kv_head": codec.bytes_per_token(cfg.head_dim)}
+        if args.windows:
+            r = ppl.perplexity(model, wins, args.batch, codec, first_target=args.first_target)
+            base = base or r
+            row.update(ppl=r["ppl"], delta_ppl=r["ppl"] - base["ppl"], delta_nll_se=ppl.delta(r, base)["delta_nll_se"],
+                       window_nll=r["window_nll"])
+        if tasks:
+            from turboquant.quality import retrieval
+
+            ok = retrieval.solved(model, tasks, batch_size=args.batch, codec=codec)
+            row.update(needles_solved=int(ok.sum()), needles_tasks=len(tasks), needle_context=args.needle_context)
+        rows.append(row)
+        print(f"[{time.time() - t0:6.1f}s] {name}: " + (f"PPL {row['ppl']:.4f} " if "ppl" in row else "")
+              + (f"needles {row['needles_solved']}/{row['needles_tasks']}" if tasks else ""), flush=True)
 
     import transformers
 
@@ -142,9 +174,12 @@ def main(argv=None) -> int:
               if args.vllm_rows else "No vLLM rows."), "",
              "| config | avg B/token/KV head | PPL | ΔPPL vs bf16 (± s.e.) | measured by |", "|---|--:|--:|--:|---|"]
     for r in rows:
-        lines.append(f"| `{r['config']}` | {r['bytes_per_token_per_kv_head']:.0f} | {r['ppl']:.4f} | "
-                     f"{r['delta_ppl']:+.4f} (± {r['ppl'] * r['delta_nll_se']:.4f}) "
-                     f"| reference, CPU |")
+        ppl_cells = (f"{r['ppl']:.4f} | {r['delta_ppl']:+.4f} (± {r['ppl'] * r['delta_nll_se']:.4f})" if "ppl" in r
+                     else "- | -")
+        needles = f" needles {r['needles_solved']}/{r['needles_tasks']} at {r['needle_context']} tokens;" \
+            if "needles_solved" in r else ""
+        lines.append(f"| `{r['config']}` | {r['bytes_per_token_per_kv_head']:.0f} | {ppl_cells} "
+                     f"|{needles} reference, CPU |")
     for r in ([vbase] + vtq) if vbase is not None else []:
         label = "bf16" if r is vbase else r["config"]
         lines.append(f"| vLLM `{label}` (layers {','.join(map(str, r.get('skipped_layers', []))) or 'none'} in bf16) | "
