@@ -249,3 +249,19 @@ def test_configure_sets_vllms_fields_or_refuses():
     untouched = _engine()
     layers.configure(untouched, TurboQuantOptions())
     assert untouched.cache_config.cache_dtype == "auto"
+
+
+def test_boundary_engine_configs():
+    from turboquant.vllm_integration import engine_configs as ec
+
+    assert ec.parse_boundary("tq3") is None and ec.parse_boundary("tq3.5+cal") is None
+    assert ec.parse_boundary("tq3+k4v3@2") == ("tq3", "k4v3", 2)
+    assert ec.config_kwargs("tq3+native@1")["additional_config"] == {
+        "turboquant": {"preset": "tq3", "boundary_layers": 1, "boundary_preset": "native"}}
+    assert ec.bytes_per_token("tq3+k4v3@1", 128, num_layers=6) == (2 * 120 + 4 * 104) / 6
+    assert ec.bytes_per_token("tq3+native@2", 128, num_layers=6) == (4 * 512 + 2 * 104) / 6
+    with pytest.raises(ValueError, match="needs num_layers"):
+        ec.bytes_per_token("tq3+k4v3@1", 128)
+    for bad in ("tq3+fp8@1", "tq9+k4v3@1", "tq3+k4v3@0", "tq3+k4v3@x", "tq3@1"):
+        with pytest.raises(ValueError, match=r"MAIN\+BOUNDARY@N with MAIN in .* N >= 1"):
+            ec.check_config(bad)
