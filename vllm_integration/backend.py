@@ -395,9 +395,9 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             if cfg is not None and cfg.model_config is not None:
                 want = self.options.layer_preset(index, layers.num_attention_layers(cfg.model_config))
                 if want != self.layer_preset:
-                    raise ValueError(format_error([f"vLLM gave this layer the KV-cache dtype of a "
-                                                   f"{self.layer_preset!r} layer, but boundary_layers="
-                                                   f"{self.options._boundary_repr()} makes it {want!r}"], layer_name))
+                    why = (f"vLLM gave this layer the KV-cache dtype of a {self.layer_preset!r} layer, but "
+                           f"boundary_layers={self.options.boundary_layers_repr()} makes it {want!r}")
+                    raise ValueError(format_error([why], layer_name))
         fmt = self.options.layer_format(self.head_size, index, preset=self.layer_preset)
         params, kernels = None, None
         device = torch.device(device)

@@ -132,10 +132,10 @@ class TurboQuantOptions:
             raise ValueError(f"{_where('boundary_preset')}={bp!r} is not supported; allowed values: "
                              f"{list(BOUNDARY_PRESETS)}")
         if self.has_boundary and bp is None:
-            raise ValueError(f"{_where('boundary_layers')}={self._boundary_repr()} needs {_where('boundary_preset')}; "
-                             f"allowed values: {list(BOUNDARY_PRESETS)}")
+            raise ValueError(f"{_where('boundary_layers')}={self.boundary_layers_repr()} needs "
+                             f"{_where('boundary_preset')}; allowed values: {list(BOUNDARY_PRESETS)}")
 
-    def _boundary_repr(self):
+    def boundary_layers_repr(self):
         bl = self.boundary_layers
         return list(bl) if isinstance(bl, tuple) else bl
 

@@ -69,13 +69,13 @@ def configure(vllm_config: Any, opts: TurboQuantOptions) -> None:
         return
     reason = model_problem(mc)
     if reason:
-        raise ValueError(f"{_where('boundary_layers')}={opts._boundary_repr()}: {reason}")
+        raise ValueError(f"{_where('boundary_layers')}={opts.boundary_layers_repr()}: {reason}")
     marker, skip = expected_cache_fields(vllm_config, opts)
     if (cc.cache_dtype, sorted(cc.kv_cache_dtype_skip_layers)) in (("auto", []), (marker, sorted(skip))):
         cc.cache_dtype = marker
         cc.kv_cache_dtype_skip_layers = skip
         return
-    raise ValueError(f"{_where('boundary_layers')}={opts._boundary_repr()} sets vLLM's kv_cache_dtype and "
+    raise ValueError(f"{_where('boundary_layers')}={opts.boundary_layers_repr()} sets vLLM's kv_cache_dtype and "
                      f"kv_cache_dtype_skip_layers itself; leave them at their defaults (got kv_cache_dtype="
                      f"{cc.cache_dtype!r}, kv_cache_dtype_skip_layers={list(cc.kv_cache_dtype_skip_layers)})")
 
@@ -92,10 +92,10 @@ def engine_problem(vllm_config: Any, opts: TurboQuantOptions, *, has_customize_s
     mc, cc = vllm_config.model_config, vllm_config.cache_config
     reason = model_problem(mc)
     if reason:
-        return f"{_where('boundary_layers')}={opts._boundary_repr()}: {reason}"
+        return f"{_where('boundary_layers')}={opts.boundary_layers_repr()}: {reason}"
     marker, skip = expected_cache_fields(vllm_config, opts)
     if cc.cache_dtype != marker or sorted(cc.kv_cache_dtype_skip_layers) != sorted(skip):
-        return (f"{_where('boundary_layers')}={opts._boundary_repr()} selects the boundary layers through vLLM's "
+        return (f"{_where('boundary_layers')}={opts.boundary_layers_repr()} selects the boundary layers through vLLM's "
                 f"per-layer KV-cache dtype; on this platform pass kv_cache_dtype={marker!r} and "
                 f"kv_cache_dtype_skip_layers={skip} (--kv-cache-dtype {marker} --kv-cache-dtype-skip-layers "
                 f"{' '.join(skip)}); got kv_cache_dtype={cc.cache_dtype!r}, kv_cache_dtype_skip_layers="
