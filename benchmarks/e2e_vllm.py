@@ -11,7 +11,10 @@ with the same settings and measured on the same held-out data:
 * decode throughput: output tokens per second for NSEQ greedy sequences.
 
     python benchmarks/e2e_vllm.py --model models/tiny-llama --out e2e.json
-        [--configs bf16,fp8,turboquant_4bit_nc,turboquant_3bit_nc,tq4,tq3,tq3_qjl]
+        [--configs bf16,fp8,turboquant_4bit_nc,turboquant_3bit_nc,tq4,tq3,tq3_qjl,tq3+k4v3@2]
+
+MAIN+BOUNDARY@N is MAIN with the first N and last N layers in BOUNDARY (SPEC 7.1; the option
+``boundary_layers`` / ``boundary_preset``).
 
 Every engine gets the same fixed KV pool (--kv-mib), so capacity = pool / page size even when
 engines share the card.  --jobs N starts N engines concurrently (engine start is mostly compile
@@ -41,6 +44,7 @@ from turboquant.vllm_integration.engine_configs import (
     config_kwargs,
     memory_kwargs,
     on_cuda,
+    parse_boundary,
 )
 
 CHUNK = 128  # max_num_batched_tokens: prefill chunk size (= vLLM TurboQuant's continuation threshold)
@@ -133,7 +137,7 @@ def bytes_per_token_head(config: str, head_size: int, num_layers: int, skipped: 
         slot = TurboQuantConfig(head_dim=head_size, key_quant_bits=p["key_quant_bits"],
                                 value_quant_bits=p["value_quant_bits"]).slot_size_aligned
         return (skipped * bytes_per_token("bf16", head_size) + (num_layers - skipped) * slot) / num_layers
-    return bytes_per_token(config.removesuffix(CAL), head_size)
+    return bytes_per_token(config.removesuffix(CAL), head_size, num_layers)
 
 
 def measure(config: str, args, text_ids, tasks) -> dict:
@@ -149,6 +153,9 @@ def measure(config: str, args, text_ids, tasks) -> dict:
     row = {"config": config, "engine_start_s": round(start_s, 1), "num_blocks": int(cc.num_gpu_blocks),
            "block_size": int(cc.block_size), "kv_tokens": int(cc.num_gpu_blocks) * int(cc.block_size),
            "skipped_layers": list(getattr(cc, "kv_cache_dtype_skip_layers", []) or [])}
+    if parse_boundary(config):  # ours (SPEC 7.1): those layers are in the boundary preset, not in bf16
+        row["boundary_layers"] = row.pop("skipped_layers")
+        row["skipped_layers"] = []
     row["bytes_per_token_per_kv_head"] = bytes_per_token_head(
         config, hf.head_dim, hf.num_hidden_layers, len(row["skipped_layers"]) if config in VLLM_TQ else 0)
     try:

@@ -110,3 +110,37 @@ def test_unknown_preset_name():
 
 def test_qjl_scale():
     assert tqf.qjl_scale(128) == pytest.approx(np.sqrt(np.pi / 2) / 128)
+
+
+def test_boundary_layer_indices():
+    assert tqf.boundary_layer_indices(6, 0) == ()
+    assert tqf.boundary_layer_indices(6, 1) == (0, 5)
+    assert tqf.boundary_layer_indices(6, 2) == (0, 1, 4, 5)
+    assert tqf.boundary_layer_indices(6, [5, 0, 3]) == (0, 3, 5)
+    assert tqf.boundary_layer_indices(4, (0, 1, 2, 3)) == (0, 1, 2, 3)  # a list may name every layer
+
+
+@pytest.mark.parametrize("num_layers,value,match", [
+    (6, 3, r"boundary_layers=3 is not supported for 6 layers; allowed values: an integer n with 0 <= 2n < 6"),
+    (6, -1, r"boundary_layers=-1 is not supported"),
+    (6, True, r"boundary_layers=True is not supported"),
+    (6, [0, 6], r"boundary_layers=\[0, 6\] is not supported for 6 layers; .*distinct layer indices in \[0, 5\]"),
+    (6, [1, 1], r"boundary_layers=\[1, 1\] is not supported"),
+    (6, ["0"], r"boundary_layers=\['0'\] is not supported"),
+    (6, 1.5, r"boundary_layers=1.5 is not supported"),
+    (0, 1, r"num_layers=0 is not supported; allowed values: integers >= 1"),
+])
+def test_bad_boundary_layers(num_layers, value, match):
+    with pytest.raises(ValueError, match=match):
+        tqf.boundary_layer_indices(num_layers, value)
+
+
+def test_mixed_bytes_per_token_sums_the_layers_slots():
+    # Llama-3-8B geometry: 32 layers, 8 KV heads, head size 128
+    tq3, k4v3 = (tqf.LayerFormat(tqf.get_preset(p), 128).slot_bytes for p in ("tq3", "k4v3"))
+    assert tqf.mixed_bytes_per_token(32, 128, 8, "tq3") == 32 * 8 * tq3
+    assert tqf.mixed_bytes_per_token(32, 128, 8, "tq3", 2, tqf.NATIVE) == 8 * (4 * 512 + 28 * tq3)
+    assert tqf.mixed_bytes_per_token(32, 128, 8, "tq3", 2, "k4v3") == 8 * (4 * k4v3 + 28 * tq3)
+    assert tqf.mixed_bytes_per_token(4, 64, 2, "tq3", [0], tqf.NATIVE, model_bytes_per_element=4) == 2 * (512 + 3 * 56)
+    with pytest.raises(ValueError, match="preset 'tq9' not found|'tq9'"):
+        tqf.mixed_bytes_per_token(4, 64, 2, "tq3", 1, "tq9")

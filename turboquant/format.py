@@ -365,3 +365,54 @@ def preset_table(head_size: int = 128) -> list[dict]:
             }
         )
     return rows
+
+
+# --- per-layer format selection (SPEC section 7.1): boundary layers in a wider format
+NATIVE = "native"  # a boundary layer kept in the model's own dtype (the serving engine's uncompressed cache)
+
+
+def boundary_layer_indices(num_layers: int, boundary_layers) -> tuple[int, ...]:
+    """The boundary layers of a model with ``num_layers`` attention layers, ascending.
+
+    ``boundary_layers`` is an integer n >= 0 (the first n and the last n layers; 2n must leave at
+    least one layer in the main format) or a sequence of distinct layer indices."""
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers={num_layers!r} is not supported; allowed values: integers >= 1")
+    if isinstance(boundary_layers, bool):
+        raise ValueError(f"boundary_layers={boundary_layers!r} is not supported; allowed values: an integer n with "
+                         f"0 <= 2n < {num_layers}, or a list of distinct layer indices in [0, {num_layers - 1}]")
+    if isinstance(boundary_layers, int):
+        n = boundary_layers
+        if n < 0 or 2 * n >= num_layers:
+            raise ValueError(f"boundary_layers={n} is not supported for {num_layers} layers; allowed values: an "
+                             f"integer n with 0 <= 2n < {num_layers} (the first n and last n layers), or a list of "
+                             f"distinct layer indices in [0, {num_layers - 1}]")
+        return tuple(range(n)) + tuple(range(num_layers - n, num_layers)) if n else ()
+    try:
+        layers = list(boundary_layers)
+    except TypeError:
+        layers = None
+    if (layers is None or any(isinstance(x, bool) or not isinstance(x, int) for x in layers)
+            or len(set(layers)) != len(layers) or any(not 0 <= x < num_layers for x in layers)):
+        raise ValueError(f"boundary_layers={boundary_layers!r} is not supported for {num_layers} layers; allowed "
+                         f"values: an integer n with 0 <= 2n < {num_layers}, or a list of distinct layer indices "
+                         f"in [0, {num_layers - 1}]")
+    return tuple(sorted(layers))
+
+
+def layer_slot_bytes(preset_name: str, head_size: int, model_bytes_per_element: int = 2) -> int:
+    """Bytes of one token of one KV head in a layer stored as ``preset_name`` (or NATIVE: the model's
+    own dtype, K and V, ``model_bytes_per_element`` bytes each)."""
+    if preset_name == NATIVE:
+        return 2 * model_bytes_per_element * head_size
+    return LayerFormat(get_preset(preset_name), head_size).slot_bytes
+
+
+def mixed_bytes_per_token(num_layers: int, head_size: int, num_kv_heads: int, preset_name: str,
+                          boundary_layers=0, boundary_preset: str = NATIVE, model_bytes_per_element: int = 2) -> int:
+    """Bytes one token occupies in all layers' caches together, boundary layers in ``boundary_preset``:
+    the sum of the layers' own slots (a vLLM block of ``block_size`` tokens is this times block_size)."""
+    bound = boundary_layer_indices(num_layers, boundary_layers)
+    main = layer_slot_bytes(preset_name, head_size, model_bytes_per_element)
+    edge = layer_slot_bytes(boundary_preset, head_size, model_bytes_per_element)
+    return num_kv_heads * (len(bound) * edge + (num_layers - len(bound)) * main)

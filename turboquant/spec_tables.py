@@ -93,8 +93,23 @@ def generator_table() -> str:
     return "\n".join(lines)
 
 
+def boundary_table() -> str:
+    """Bytes per token over all layers with boundary layers (SPEC 7.1), Llama-3-8B geometry."""
+    layers, heads, d = 32, 8, 128
+    bf16 = layers * heads * tqf.bf16_slot_bytes(d)
+    lines = ["| main | boundary layers | boundary format | bytes / token (all layers) | vs bf16 |",
+             "|---|---|---|--:|--:|"]
+    rows = [("tq3", 0, "-"), ("tq3", 2, tqf.NATIVE), ("tq3", 2, "k4v3"), ("tq3", 2, "tq4"), ("tq3", 1, "k4v3"),
+            ("k4v3", 0, "-"), ("k4v3", 2, "tq4")]
+    for main, n, b in rows:
+        got = tqf.mixed_bytes_per_token(layers, d, heads, main, n, b if n else tqf.NATIVE)
+        which = ", ".join(map(str, tqf.boundary_layer_indices(layers, n))) or "none"
+        lines.append(f"| `{main}` | {which} | {f'`{b}`' if n else '-'} | {got:,} | {bf16 / got:.2f}x |")
+    return "\n".join(lines)
+
+
 SECTIONS = {"presets": presets_table, "layouts": layouts_table, "matrices": matrices_table,
-            "constants": constants_table, "generator": generator_table}
+            "constants": constants_table, "generator": generator_table, "boundary": boundary_table}
 SPEC = pathlib.Path(__file__).resolve().parents[1] / "SPEC.md"
 
 

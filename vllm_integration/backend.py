@@ -25,7 +25,7 @@ import torch
 
 from turboquant import format as tqf
 from turboquant import torch_impl
-from turboquant.vllm_integration import compat, debug
+from turboquant.vllm_integration import compat, debug, layers
 from turboquant.vllm_integration import reference_path as refpath
 from turboquant.vllm_integration.compat import (
     AttentionBackend,
@@ -37,7 +37,12 @@ from turboquant.vllm_integration.compat import (
     CommonAttentionMetadata,
     MultipleOf,
 )
-from turboquant.vllm_integration.config import TurboQuantOptions, parse_layer_index, unsupported_reasons
+from turboquant.vllm_integration.config import (
+    TurboQuantOptions,
+    kv_cache_marker,
+    parse_layer_index,
+    unsupported_reasons,
+)
 from turboquant.vllm_integration.plugin import BACKEND_PATH  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("vllm.turboquant")  # under "vllm" so that vLLM's log handler prints it
@@ -54,6 +59,28 @@ compat.install_spec_hook()
 # the Impls (built while the model is constructed, before either is called)
 # record the options here.
 _PROCESS_OPTIONS: TurboQuantOptions | None = None
+# The model's dtype, recorded with the options: with boundary layers (SPEC 7.1) customize_spec tells a
+# boundary layer's spec (the model's dtype) from a main layer's (kv_cache_marker) by it.
+_PROCESS_MODEL_DTYPE: torch.dtype | None = None
+
+
+def _spec_preset(opts: TurboQuantOptions, spec) -> str:
+    """The preset of the layer whose KV-cache spec this is (SPEC 7.1: the spec's dtype tells)."""
+    if not opts.has_boundary or opts.boundary_preset == tqf.NATIVE:  # native layers never reach this backend
+        return opts.preset
+    model_dtype = _PROCESS_MODEL_DTYPE
+    try:
+        from vllm.config import get_current_vllm_config_or_none
+
+        cfg = get_current_vllm_config_or_none()
+        if cfg is not None and getattr(cfg, "model_config", None) is not None:
+            model_dtype = cfg.model_config.dtype
+    except ImportError:  # pragma: no cover
+        pass
+    if model_dtype is None:
+        raise RuntimeError("TurboQuant: the KV-cache spec was requested before any TurboQuant layer was built")
+    marker = getattr(torch, kv_cache_marker(str(model_dtype), opts.boundary_preset))
+    return opts.preset if spec.dtype == marker else opts.boundary_preset
 
 
 def _options_for_spec() -> TurboQuantOptions:
@@ -160,7 +187,17 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
         if bound and bound[0].attention_impl != "triton" and self.options.batch_invariant_enabled():
             logger.warning("TurboQuant batch-invariant attention is a mode of the Triton kernels; attention=%s "
                            "is not batch-invariant (SPEC.md section 10's tolerance only)", bound[0].attention_impl)
-        if bound:
+        if bound and self.options.has_boundary:
+            by_preset: dict[str, list[int]] = {}
+            for impl in bound:
+                by_preset.setdefault(impl.fmt.preset.name, []).append(impl.fmt.layer)
+            logger.info("TurboQuant KV cache, per-layer formats: %s; head_size=%d, block_size=%d, store=%s, "
+                        "attention=%s (vLLM %s)",
+                        "; ".join(f"{p} ({tqf.LayerFormat(tqf.get_preset(p), bound[0].head_size).slot_bytes} B per "
+                                  f"token per KV head): layers {sorted(ls)}" for p, ls in by_preset.items()),
+                        bound[0].head_size, kv_cache_spec.block_size, bound[0].store_impl, bound[0].attention_impl,
+                        compat.vllm_version())
+        elif bound:
             fmt = bound[0].fmt
             logger.info(
                 "TurboQuant KV cache: preset=%s, head_size=%d, %d B per token per KV head (bf16: %d B, %.2fx "
@@ -244,7 +281,12 @@ class TurboQuantAttentionBackend(AttentionBackend):
         """Page = block_size * num_kv_heads * LayerFormat.slot_bytes (uint8)."""
         if getattr(spec, "sliding_window", None) is not None:
             raise ValueError(format_error(["sliding_window is not supported; supported: full causal attention"]))
-        fmt = _options_for_spec().layer_format(spec.head_size)
+        opts = _options_for_spec()
+        preset = _spec_preset(opts, spec)
+        if preset == tqf.NATIVE:  # only reachable where the platform gave a native layer this backend
+            raise ValueError(format_error(["boundary_preset='native' needs vLLM's own attention backend on the "
+                                           "boundary layers; allowed here: a preset name, e.g. 'k4v3' or 'tq4'"]))
+        fmt = opts.layer_format(spec.head_size, preset=preset)
         return compat.packed_spec(spec, fmt.slot_bytes)
 
     @staticmethod
@@ -277,6 +319,10 @@ class TurboQuantAttentionBackend(AttentionBackend):
             attn_type=str(getattr(attn_type, "value", attn_type)), has_sink=has_sink, use_sparse=use_sparse,
             use_mm_prefix=use_mm_prefix, use_non_causal=kwargs.get("use_non_causal", False),
             preset=opts.preset if opts is not None else None)
+        if (opts is not None and opts.has_boundary
+                and kv_cache_dtype == kv_cache_marker(str(dtype), opts.boundary_preset)):
+            # the marker of the main-preset layers (SPEC 7.1), not a cache dtype
+            ours = [r for r in ours if not r.startswith("kv_cache_dtype=")]
         covered = ("head_size not supported", "dtype not supported", "kv_cache_dtype not supported",
                    "MLA not supported", "attention sinks not supported", "sparse not supported",
                    "sliding window not supported", "non-causal attention not supported",
@@ -299,7 +345,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
                  kv_cache_dtype: str = "auto", logits_soft_cap: float | None = None,
                  attn_type: str = AttentionType.DECODER, kv_sharing_target_layer_name: str | None = None,
                  **extra: Any) -> None:
-        global _PROCESS_OPTIONS
+        global _PROCESS_OPTIONS, _PROCESS_MODEL_DTYPE
         from vllm.config import get_current_vllm_config
 
         vllm_config = get_current_vllm_config()
@@ -310,6 +356,15 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             raise ValueError(format_error([str(e)], layer_hint)) from None
         model_dtype = getattr(vllm_config.model_config, "dtype", None) if vllm_config.model_config else None
         sinks = extra.pop("sinks", None)
+        # boundary layers (SPEC 7.1): vLLM gave this layer "auto" (boundary) or the marker dtype (main)
+        problem = layers.engine_problem(vllm_config, self.options, has_customize_spec=compat.HAS_CUSTOMIZE_SPEC,
+                                        vllm_version=compat.vllm_version(), layer_kv_cache_dtype=kv_cache_dtype)
+        if problem:
+            raise ValueError(format_error([problem], layer_hint))
+        self.layer_preset = layers.layer_preset(self.options, kv_cache_dtype)
+        if (self.options.has_boundary
+                and kv_cache_dtype == kv_cache_marker(str(model_dtype), self.options.boundary_preset)):
+            kv_cache_dtype = "auto"  # the marker, not a cache dtype
         unknown = sorted(k for k, v in extra.items() if v not in (None, False))
         reasons = unsupported_reasons(
             head_size=head_size,
@@ -318,7 +373,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
                                         for d in TurboQuantAttentionBackend.supported_dtypes),
             kv_cache_dtype=kv_cache_dtype, has_sliding_window=sliding_window is not None,
             attn_type=str(getattr(attn_type, "value", attn_type)), has_sink=sinks is not None,
-            alibi=alibi_slopes is not None, logits_soft_cap=logits_soft_cap, preset=self.options.preset)
+            alibi=alibi_slopes is not None, logits_soft_cap=logits_soft_cap, preset=self.layer_preset)
         if unknown:
             reasons.append(f"attention option(s) {unknown} are not supported")
         if reasons:
@@ -342,6 +397,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         self.store_impl = self.attention_impl = None  # the options, "auto" resolved at bind()
         self.attn_config = None  # the kernels' AttnConfig: None = the device default; set at bind()
         _PROCESS_OPTIONS = self.options
+        _PROCESS_MODEL_DTYPE = model_dtype
 
     # -- binding to a layer (engine start, from the metadata builder)
     def bind(self, layer_name: str, device: torch.device) -> None:
@@ -351,7 +407,17 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             index = parse_layer_index(layer_name)
         except ValueError as e:
             raise ValueError(format_error([str(e)], layer_name)) from None
-        fmt = self.options.layer_format(self.head_size, index)
+        if self.options.has_boundary:
+            from vllm.config import get_current_vllm_config_or_none
+
+            cfg = get_current_vllm_config_or_none()
+            if cfg is not None and cfg.model_config is not None:
+                want = self.options.layer_preset(index, layers.num_attention_layers(cfg.model_config))
+                if want != self.layer_preset:
+                    why = (f"vLLM gave this layer the KV-cache dtype of a {self.layer_preset!r} layer, but "
+                           f"boundary_layers={self.options.boundary_layers_repr()} makes it {want!r}")
+                    raise ValueError(format_error([why], layer_name))
+        fmt = self.options.layer_format(self.head_size, index, preset=self.layer_preset)
         params, kernels = None, None
         device = torch.device(device)
         impls = {k: self.options.impl(k, device.type) for k in ("store_impl", "attention_impl")}

@@ -39,7 +39,14 @@ OPTION_DEFAULTS: dict[str, Any] = {
     # recomputation after preemption; fixed-length splits, turboquant.triton_impl.batch_invariant_config):
     # True / False, or None: follow vLLM's own switch, the environment variable VLLM_BATCH_INVARIANT
     "batch_invariant": None,
+    # per-layer precision (SPEC 7.1): boundary layers in a wider format. An integer n (the first n and the
+    # last n layers) or a list of layer indices; 0: every layer in `preset`
+    "boundary_layers": 0,
+    # the boundary layers' format: a preset name or "native" (vLLM's own uncompressed cache for those layers);
+    # required when boundary_layers is set
+    "boundary_preset": None,
 }
+BOUNDARY_PRESETS = (*tqf.PRESETS, tqf.NATIVE)
 
 
 @functools.lru_cache(maxsize=8)
@@ -76,6 +83,8 @@ class TurboQuantOptions:
     attention_impl: str = OPTION_DEFAULTS["attention_impl"]
     outlier_channels: str | None = OPTION_DEFAULTS["outlier_channels"]
     batch_invariant: bool | None = OPTION_DEFAULTS["batch_invariant"]
+    boundary_layers: Any = OPTION_DEFAULTS["boundary_layers"]
+    boundary_preset: str | None = OPTION_DEFAULTS["boundary_preset"]
 
     def __post_init__(self):
         if not isinstance(self.preset, str) or self.preset not in tqf.PRESETS:
@@ -103,6 +112,48 @@ class TurboQuantOptions:
             if file_preset != self.preset:
                 raise ValueError(f"{_where('outlier_channels')}={self.outlier_channels!r} was calibrated for preset "
                                  f"{file_preset!r}, not {self.preset!r}; calibrate again with --preset {self.preset}")
+        self._check_boundary()
+
+    def _check_boundary(self) -> None:
+        bl = self.boundary_layers
+        if isinstance(bl, list):
+            object.__setattr__(self, "boundary_layers", tuple(bl))  # hashable, as parsed from JSON
+            bl = self.boundary_layers
+        allowed = "an integer n >= 0 (the first n and last n layers) or a list of distinct layer indices >= 0"
+        if isinstance(bl, bool) or not isinstance(bl, (int, tuple)):
+            raise ValueError(f"{_where('boundary_layers')}={bl!r} is not supported; allowed values: {allowed}")
+        items = (bl,) if isinstance(bl, int) else bl
+        if (any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in items)
+                or len(set(items)) != len(items)):
+            raise ValueError(f"{_where('boundary_layers')}={list(bl) if isinstance(bl, tuple) else bl!r} is not "
+                             f"supported; allowed values: {allowed}")
+        bp = self.boundary_preset
+        if bp is not None and (not isinstance(bp, str) or bp not in BOUNDARY_PRESETS):
+            raise ValueError(f"{_where('boundary_preset')}={bp!r} is not supported; allowed values: "
+                             f"{list(BOUNDARY_PRESETS)}")
+        if self.has_boundary and bp is None:
+            raise ValueError(f"{_where('boundary_layers')}={self.boundary_layers_repr()} needs "
+                             f"{_where('boundary_preset')}; allowed values: {list(BOUNDARY_PRESETS)}")
+
+    def boundary_layers_repr(self):
+        bl = self.boundary_layers
+        return list(bl) if isinstance(bl, tuple) else bl
+
+    @property
+    def has_boundary(self) -> bool:
+        """Whether some layers are stored in ``boundary_preset`` instead of ``preset``."""
+        return bool(self.boundary_layers)
+
+    def boundary_indices(self, num_layers: int) -> tuple[int, ...]:
+        """The boundary layers of a model with ``num_layers`` attention layers (SPEC 7.1)."""
+        try:
+            return tqf.boundary_layer_indices(num_layers, self.boundary_layers)
+        except ValueError as e:
+            raise ValueError(f"{_where('boundary_layers')}: {e}") from None
+
+    def layer_preset(self, layer: int, num_layers: int) -> str:
+        """The preset name of one layer (or "native")."""
+        return self.boundary_preset if layer in self.boundary_indices(num_layers) else self.preset
 
     def batch_invariant_enabled(self) -> bool:
         """The ``batch_invariant`` option, None resolved from VLLM_BATCH_INVARIANT (vLLM's switch)."""
@@ -135,7 +186,13 @@ class TurboQuantOptions:
     def preset_obj(self) -> tqf.Preset:
         return tqf.get_preset(self.preset)
 
-    def layer_format(self, head_size: int, layer: int = 0) -> tqf.LayerFormat:
+    def layer_format(self, head_size: int, layer: int = 0, preset: str | None = None) -> tqf.LayerFormat:
+        """The layer's format in ``preset`` (default: the main preset); calibrated outlier channels apply
+        to the main preset's layers."""
+        if preset is not None and preset != self.preset:
+            if preset == tqf.NATIVE:
+                raise ValueError(f"layer {layer} is a native (uncompressed) boundary layer: no TurboQuant format")
+            return tqf.LayerFormat(tqf.get_preset(preset), head_size, layer=layer, base_seed=self.base_seed)
         kc = vc = None
         if self.outlier_channels is not None:
             _, layers = _load_channels(self.outlier_channels)
@@ -173,6 +230,22 @@ class TurboQuantOptions:
     @classmethod
     def from_vllm_config(cls, vllm_config: Any) -> TurboQuantOptions:
         return cls.from_additional_config(getattr(vllm_config, "additional_config", None))
+
+
+def kv_cache_marker(model_dtype_name: str, boundary_preset: str | None = None) -> str:
+    """The ``kv_cache_dtype`` that marks the main-preset layers when boundary layers are set (SPEC 7.1).
+
+    vLLM 0.32+ gives the layers of ``cache_config.kv_cache_dtype_skip_layers`` the dtype "auto" and every
+    other layer ``cache_config.cache_dtype``.  With preset boundaries both kinds of layer reach this backend
+    and ``AttentionBackend.customize_spec`` tells them apart by the spec's dtype, so the marker is the
+    16-bit float type other than the model's.  With "native" boundaries only the main layers reach it, and
+    the marker is the other 16-bit type: vLLM caches its backend choice per (selected backend, layer dtype,
+    run dtype), so the run dtype must differ between the two kinds of run in one process.  The marker
+    never describes stored bytes: the main layers' pages are packed uint8 TurboQuant slots."""
+    other = "bfloat16" if str(model_dtype_name).removeprefix("torch.") == "float16" else "float16"
+    if boundary_preset == tqf.NATIVE:
+        return "float16" if other == "bfloat16" else "bfloat16"
+    return other
 
 
 def parse_layer_index(layer_name: str) -> int:

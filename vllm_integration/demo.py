@@ -167,7 +167,8 @@ def run_config(config: str, s: DemoSettings, prompts: list[str]) -> DemoRow:
             gen_s = min(gen_s, time.perf_counter() - t0)
         tokens = [list(o.outputs[0].token_ids) for o in outs]
         return DemoRow(config=config, kv_tokens=int(vc.cache_config.num_gpu_blocks) * int(vc.cache_config.block_size),
-                       bytes_per_token_per_kv_head=bytes_per_token(config, head), engine_start_s=round(start_s, 1),
+                       bytes_per_token_per_kv_head=bytes_per_token(config, head, hf.num_hidden_layers),
+                       engine_start_s=round(start_s, 1),
                        generate_s=gen_s, output_tokens=sum(len(t) for t in tokens), tokens=tokens,
                        ppl=math.exp(sum(nll) / max(len(nll), 1)), top1=top1)
     finally:

@@ -34,13 +34,27 @@ def memory_kwargs(gpu_memory_utilization: float, kv_bytes: int, *, fixed_gpu_poo
     return {"kv_cache_memory_bytes": int(kv_bytes), "enforce_eager": True}
 
 
+def parse_boundary(config: str) -> tuple[str, str, int] | None:
+    """``MAIN+BOUNDARY@N`` (per-layer precision, SPEC 7.1: the first N and last N layers in BOUNDARY, a
+    preset or "native", the others in the preset MAIN) as (MAIN, BOUNDARY, N); None for other names."""
+    if "@" not in config:
+        return None
+    head, _, n = config.rpartition("@")
+    main, _, boundary = head.partition("+")
+    if main not in tqf.PRESETS or boundary not in (*tqf.PRESETS, tqf.NATIVE) or not n.isdigit() or int(n) < 1:
+        raise ValueError(f"configs: {config!r} is not supported; boundary configs are MAIN+BOUNDARY@N with MAIN in "
+                         f"{list(tqf.PRESETS)}, BOUNDARY in {list(tqf.PRESETS) + [tqf.NATIVE]} and N >= 1 "
+                         "(e.g. tq3+k4v3@2)")
+    return main, boundary, int(n)
+
+
 def check_config(config: str) -> None:
-    """bf16, fp8, vLLM's TurboQuant presets, or one of ours."""
-    if config in BASELINES or config in VLLM_TQ:
+    """bf16, fp8, vLLM's TurboQuant presets, or one of ours (with boundary layers: MAIN+BOUNDARY@N)."""
+    if config in BASELINES or config in VLLM_TQ or parse_boundary(config):
         return
     if config not in tqf.PRESETS:
         raise ValueError(f"configs: {config!r} is not supported; allowed values: {list(BASELINES)}, vLLM's "
-                         f"{list(VLLM_TQ)} and the presets {list(tqf.PRESETS)}")
+                         f"{list(VLLM_TQ)}, the presets {list(tqf.PRESETS)} and MAIN+BOUNDARY@N (e.g. tq3+k4v3@2)")
 
 
 def config_kwargs(config: str, outlier_channels: str | None = None) -> dict:
@@ -50,15 +64,26 @@ def config_kwargs(config: str, outlier_channels: str | None = None) -> dict:
         return {}
     if config == "fp8" or config in VLLM_TQ:
         return {"kv_cache_dtype": config}
-    opts = {"preset": config}
+    split = parse_boundary(config)
+    if split:
+        main, boundary, n = split
+        opts = {"preset": main, "boundary_layers": n, "boundary_preset": boundary}
+    else:
+        opts = {"preset": config}
     if outlier_channels is not None:
         opts["outlier_channels"] = outlier_channels
     return {"attention_backend": BACKEND_NAME, "additional_config": {CONFIG_KEY: opts}}
 
 
-def bytes_per_token(config: str, head_size: int) -> float:
+def bytes_per_token(config: str, head_size: int, num_layers: int | None = None) -> float:
     """Stored bytes per token per KV head of a layer in ``config`` (not vLLM's TurboQuant,
-    whose slot size its own config computes)."""
+    whose slot size its own config computes); a boundary config averages over ``num_layers`` layers."""
+    split = parse_boundary(config)
+    if split:
+        if num_layers is None:
+            raise ValueError(f"bytes_per_token({config!r}) needs num_layers (a boundary config)")
+        main, boundary, n = split
+        return tqf.mixed_bytes_per_token(num_layers, head_size, 1, main, n, boundary) / num_layers
     if config == "bf16":
         return float(tqf.bf16_slot_bytes(head_size))
     if config == "fp8":

@@ -29,9 +29,24 @@ def _is_ours(selected) -> bool:
         return False
 
 
+def _native_boundary_layer(attn_selector_config) -> bool:
+    """Whether the layer being built is a boundary layer in vLLM's own format (boundary_preset="native"):
+    vLLM gave it kv_cache_dtype "auto" while the main layers carry the marker dtype."""
+    from vllm.config import get_current_vllm_config_or_none
+
+    cfg = get_current_vllm_config_or_none()
+    if cfg is None or getattr(attn_selector_config, "kv_cache_dtype", None) not in (None, "auto"):
+        return False
+    opts = TurboQuantOptions.from_vllm_config(cfg)
+    return opts.has_boundary and opts.boundary_preset == "native" and cfg.cache_config.cache_dtype != "auto"
+
+
 class TurboQuantCpuPlatform(CpuPlatform):
     @classmethod
     def get_attn_backend_cls(cls, selected_backend, attn_selector_config, num_heads: int | None = None) -> str:
+        if _is_ours(selected_backend) and _native_boundary_layer(attn_selector_config):
+            # a "native" boundary layer (SPEC 7.1): vLLM's own CPU attention and cache for it
+            return super().get_attn_backend_cls(None, attn_selector_config, num_heads)
         if _is_ours(selected_backend):
             from turboquant.vllm_integration.backend import TurboQuantAttentionBackend
 
@@ -49,7 +64,10 @@ class TurboQuantCpuPlatform(CpuPlatform):
         selected = getattr(attention_config, "backend", None)
         extra = vllm_config.additional_config
         if _is_ours(selected):
-            TurboQuantOptions.from_vllm_config(vllm_config)  # bad options fail here, at engine start
+            opts = TurboQuantOptions.from_vllm_config(vllm_config)  # bad options fail here, at engine start
+            from turboquant.vllm_integration import layers
+
+            layers.configure(vllm_config, opts)  # boundary layers: vLLM's per-layer KV-cache dtype
         elif isinstance(extra, dict) and CONFIG_KEY in extra:
             name = getattr(selected, "name", selected)
             raise ValueError(

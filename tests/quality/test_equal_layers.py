@@ -54,3 +54,31 @@ def test_equal_layers_script(tmp_path, capsys, bench_script):
     # other Python, other scored-token count: the table says the sources do not compare
     assert not res["comparable"] and len(res["caveats"]) == 2
     assert "Not comparable with the vLLM rows" in capsys.readouterr().out
+
+
+def test_layer_split_with_a_boundary_codec():
+    inner, outer = codecs.make_codec("tq3", 64), codecs.make_codec("tq4", 64)
+    split = codecs.LayerSplitCodec(inner, [0, 3], num_layers=4, outer=outer)
+    assert split.name == "tq3@tq4=0,3"
+    assert split.bytes_per_token(64) == (2 * outer.bytes_per_token(64) + 2 * inner.bytes_per_token(64)) / 4
+    k, v = torch.randn(1, 2, 5, 64), torch.randn(1, 2, 5, 64)
+    for layer in range(4):
+        got_k, _ = split(layer, k, v)
+        want_k, _ = (outer if layer in (0, 3) else inner)(layer, k, v)
+        assert torch.equal(got_k, want_k)
+
+
+def test_equal_layers_boundary_rows(tmp_path, bench_script):
+    if not os.path.isfile(os.path.join(MODEL, "config.json")):
+        pytest.skip("models/tiny-llama is not in this checkout")
+    out = tmp_path / "boundary.json"
+    args = ["--model", MODEL, "--presets", "tq3", "--boundary", "1,2", "--boundary-presets", "tq4,bf16",
+            "--windows", "2", "--window", "96", "--first-target", "32", "--out", str(out)]
+    assert bench_script("equal_layers").main(args) == 0
+    got = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(got) == {"bf16", "tq3", "tq3 + tq4 layers 0,5", "tq3 + bf16 layers 0,5", "tq3 + tq4 layers 0,1,4,5",
+                        "tq3 + bf16 layers 0,1,4,5"}
+    assert got["tq3 + tq4 layers 0,1,4,5"]["bytes_per_token_per_kv_head"] == (4 * 136 + 2 * 104) / 6
+    assert got["tq3 + bf16 layers 0,5"]["bytes_per_token_per_kv_head"] == (2 * 512 + 4 * 104) / 6
+    with pytest.raises(SystemExit):
+        bench_script("equal_layers").main(["--model", MODEL, "--presets", "tq3"])  # neither vLLM rows nor boundary

@@ -152,3 +152,118 @@ def test_batch_invariant_off_under_vllm_switch_warns(monkeypatch, option, env, w
         assert "NOT batch-invariant" in warning
     else:
         assert warning is None
+
+
+# ---------------------------------------------------------------- boundary layers (SPEC 7.1)
+@pytest.mark.parametrize("opts,needle", [
+    ({"boundary_layers": 1}, "['boundary_layers']=1 needs additional_config['turboquant']['boundary_preset']; "
+                             "allowed values: ['tq4'"),
+    ({"boundary_layers": -1, "boundary_preset": "tq4"}, "['boundary_layers']=-1 is not supported; allowed values: "
+                                                         "an integer n >= 0"),
+    ({"boundary_layers": "2", "boundary_preset": "tq4"}, "['boundary_layers']='2' is not supported"),
+    ({"boundary_layers": True, "boundary_preset": "tq4"}, "['boundary_layers']=True is not supported"),
+    ({"boundary_layers": [0, 0], "boundary_preset": "tq4"}, "['boundary_layers']=[0, 0] is not supported"),
+    ({"boundary_layers": [0, -3], "boundary_preset": "tq4"}, "['boundary_layers']=[0, -3] is not supported"),
+    ({"boundary_layers": 1, "boundary_preset": "fp8"},
+     "['boundary_preset']='fp8' is not supported; allowed values: ['tq4', 'tq3'"),
+    ({"boundary_layers": 1, "boundary_preset": 4}, "['boundary_preset']=4 is not supported"),
+])
+def test_bad_boundary_options(opts, needle):
+    with pytest.raises(ValueError) as ei:
+        TurboQuantOptions.from_additional_config({"turboquant": {"preset": "tq3", **opts}})
+    assert needle in str(ei.value)
+    if "boundary_preset" in needle:
+        assert "'native'" in str(ei.value)
+
+
+def test_boundary_layers_choose_each_layers_format():
+    opts = TurboQuantOptions.from_additional_config(
+        {"turboquant": {"preset": "tq3", "boundary_layers": [0, 5], "boundary_preset": "k4v3", "base_seed": 3}})
+    assert opts.has_boundary and opts.boundary_layers == (0, 5) and opts.boundary_indices(6) == (0, 5)
+    assert [opts.layer_preset(i, 6) for i in range(6)] == ["k4v3", "tq3", "tq3", "tq3", "tq3", "k4v3"]
+    assert opts.layer_format(128, 5, preset="k4v3") == tqf.LayerFormat(tqf.get_preset("k4v3"), 128, layer=5,
+                                                                        base_seed=3)
+    with pytest.raises(ValueError, match="native .* no TurboQuant format"):
+        opts.layer_format(128, 0, preset="native")
+    with pytest.raises(ValueError, match=r"\['boundary_layers'\]: boundary_layers=3 is not supported for 6 layers"):
+        TurboQuantOptions(boundary_layers=3, boundary_preset="tq4").boundary_indices(6)
+    assert not TurboQuantOptions(boundary_layers=[]).has_boundary
+
+
+def test_kv_cache_marker_differs_from_the_model_dtype_and_between_kinds():
+    from turboquant.vllm_integration.config import kv_cache_marker
+
+    for model in ("bfloat16", "float16", "float32", "torch.bfloat16"):
+        preset_marker, native_marker = kv_cache_marker(model, "tq4"), kv_cache_marker(model, "native")
+        assert preset_marker != model.removeprefix("torch.")  # boundary and main specs differ in dtype
+        assert preset_marker != native_marker  # vLLM's backend choice is cached per run dtype
+        assert {preset_marker, native_marker} == {"float16", "bfloat16"}
+
+
+def _engine(model_dtype="bfloat16", num_layers=6, cache_dtype="auto", skip=(), hybrid=False, sliding=None):
+    from types import SimpleNamespace
+
+    mc = SimpleNamespace(dtype=model_dtype, is_hybrid=hybrid, get_total_num_hidden_layers=lambda: num_layers,
+                         get_sliding_window=lambda: sliding, hf_text_config=SimpleNamespace(layer_types=None))
+    return SimpleNamespace(model_config=mc, cache_config=SimpleNamespace(cache_dtype=cache_dtype,
+                                                                         kv_cache_dtype_skip_layers=list(skip)))
+
+
+def test_engine_problems_name_the_fix():
+    from turboquant.vllm_integration import layers
+
+    opts = TurboQuantOptions(preset="tq3", boundary_layers=1, boundary_preset="tq4")
+    check = dict(has_customize_spec=True, vllm_version="0.32.0", layer_kv_cache_dtype="float16")
+    assert layers.engine_problem(_engine(), TurboQuantOptions(), **check) is None  # no boundary layers
+    msg = layers.engine_problem(_engine(), opts, **{**check, "has_customize_spec": False, "vllm_version": "0.26.0"})
+    assert "needs vLLM 0.32 or later" in msg and "this is vLLM 0.26.0" in msg
+    # a platform that does not set vLLM's fields itself (CUDA): the message gives the flags
+    msg = layers.engine_problem(_engine(), opts, **check)
+    assert "pass kv_cache_dtype='float16' and kv_cache_dtype_skip_layers=['0', '5']" in msg
+    assert "--kv-cache-dtype float16 --kv-cache-dtype-skip-layers 0 5" in msg
+    ready = _engine(cache_dtype="float16", skip=("5", "0"))
+    assert layers.engine_problem(ready, opts, **check) is None
+    assert layers.engine_problem(ready, opts, **{**check, "layer_kv_cache_dtype": "auto"}) is None
+    native = TurboQuantOptions(preset="tq3", boundary_layers=1, boundary_preset="native")
+    msg = layers.engine_problem(_engine(cache_dtype="bfloat16", skip=("0", "5")), native,
+                                **{**check, "layer_kv_cache_dtype": "auto"})
+    assert "boundary_preset']='native' needs vLLM's own attention backend" in msg and "'k4v3'" in msg
+    for model, needle in ((_engine(hybrid=True), "hybrid model"), (_engine(sliding=128), "sliding-window layers")):
+        msg = layers.engine_problem(model, opts, **check)
+        assert needle in msg and "erases the savings" in msg
+
+
+def test_configure_sets_vllms_fields_or_refuses():
+    from turboquant.vllm_integration import layers
+
+    opts = TurboQuantOptions(preset="tq3", boundary_layers=2, boundary_preset="k4v3")
+    eng = _engine(model_dtype="float16")
+    layers.configure(eng, opts)
+    assert eng.cache_config.cache_dtype == "bfloat16"
+    assert eng.cache_config.kv_cache_dtype_skip_layers == ["0", "1", "4", "5"]
+    layers.configure(eng, opts)  # idempotent (the config passes the platform hook more than once)
+    with pytest.raises(ValueError, match=r"sets vLLM's kv_cache_dtype .*got kv_cache_dtype='fp8'"):
+        layers.configure(_engine(cache_dtype="fp8"), opts)
+    with pytest.raises(ValueError, match=r"kv_cache_dtype_skip_layers=\['3'\]"):
+        layers.configure(_engine(skip=("3",)), opts)
+    with pytest.raises(ValueError, match="hybrid model"):
+        layers.configure(_engine(hybrid=True), opts)
+    untouched = _engine()
+    layers.configure(untouched, TurboQuantOptions())
+    assert untouched.cache_config.cache_dtype == "auto"
+
+
+def test_boundary_engine_configs():
+    from turboquant.vllm_integration import engine_configs as ec
+
+    assert ec.parse_boundary("tq3") is None and ec.parse_boundary("tq3.5+cal") is None
+    assert ec.parse_boundary("tq3+k4v3@2") == ("tq3", "k4v3", 2)
+    assert ec.config_kwargs("tq3+native@1")["additional_config"] == {
+        "turboquant": {"preset": "tq3", "boundary_layers": 1, "boundary_preset": "native"}}
+    assert ec.bytes_per_token("tq3+k4v3@1", 128, num_layers=6) == (2 * 120 + 4 * 104) / 6
+    assert ec.bytes_per_token("tq3+native@2", 128, num_layers=6) == (4 * 512 + 2 * 104) / 6
+    with pytest.raises(ValueError, match="needs num_layers"):
+        ec.bytes_per_token("tq3+k4v3@1", 128)
+    for bad in ("tq3+fp8@1", "tq9+k4v3@1", "tq3+k4v3@0", "tq3+k4v3@x", "tq3@1"):
+        with pytest.raises(ValueError, match=r"MAIN\+BOUNDARY@N with MAIN in .* N >= 1"):
+            ec.check_config(bad)

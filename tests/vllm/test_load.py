@@ -71,7 +71,12 @@ def _sampling(max_tokens: int):
 # attention path or the quantization of slightly batch-dependent keys/values. Measured on an H200:
 # tests/vllm/results-gpu-2026-12-03d.md.
 DIAGNOSTICS = ON_CUDA and os.environ.get("TQ_LOAD_DIAGNOSTICS") == "1"
-LOAD_BACKENDS = ["turboquant", "vllm_attention"] + (["turboquant_attention_bi"] if DIAGNOSTICS else [])
+# turboquant_boundary: per-layer precision (SPEC 7.1), layer 0 in vLLM's own cache and attention ("native"), layer 1
+# TurboQuant: two backends and two page sizes share every request's blocks through preemption and recomputation
+# (vLLM 0.32+; on CUDA native boundary layers are refused at engine start, so it runs on the CPU only)
+BOUNDARY = {"boundary_layers": [0], "boundary_preset": "native"}
+LOAD_BACKENDS = (["turboquant", "vllm_attention"] + ([] if ON_CUDA else ["turboquant_boundary"])
+                 + (["turboquant_attention_bi"] if DIAGNOSTICS else []))
 TQ_BATCH_INVARIANT = {"turboquant_attention_bi": True, "turboquant_attention_default": False}
 
 
@@ -79,18 +84,22 @@ def run_load(backend: str, tiny_model, engines) -> dict:
     """The load through one engine of ``backend`` (LOAD_BACKENDS, or turboquant_attention_default)."""
     preset = os.environ.get("TQ_VLLM_PRESET", "tq3")
     if backend.startswith("turboquant"):
-        fmt = tqf.LayerFormat(tqf.get_preset(preset), HEAD_SIZE)
-        page_bytes = fmt.page_bytes(BLOCK_SIZE, NUM_KV_HEADS)
+        layers = BOUNDARY if backend == "turboquant_boundary" else {"boundary_layers": 0, "boundary_preset": "native"}
+        # one block of every layer: the sum of the layers' own pages (float32 model: 4-byte native elements)
+        block_bytes = BLOCK_SIZE * tqf.mixed_bytes_per_token(NUM_LAYERS, HEAD_SIZE, NUM_KV_HEADS, preset,
+                                                             model_bytes_per_element=4, **layers)
         # store/attention "auto", what users get: the Triton kernels on a GPU, the NumPy reference on
         # a CPU (the kernels' CPU-interpreter runs are in test_engine / test_faults)
         kw = llm_kwargs(tiny_model, preset=preset, store="auto", attention="auto")
         if backend in TQ_BATCH_INVARIANT:
             kw["additional_config"]["turboquant"]["batch_invariant"] = TQ_BATCH_INVARIANT[backend]
+        if backend == "turboquant_boundary":
+            kw["additional_config"]["turboquant"].update(BOUNDARY)
     else:
-        page_bytes = 2 * BLOCK_SIZE * NUM_KV_HEADS * HEAD_SIZE * 4  # K and V, float32
+        block_bytes = NUM_LAYERS * 2 * BLOCK_SIZE * NUM_KV_HEADS * HEAD_SIZE * 4  # K and V, float32
         kw = llm_kwargs(tiny_model, backend="default")
     kw.update(dtype="float32", max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_SEQS,
-              kv_cache_memory_bytes=POOL_BLOCKS * NUM_LAYERS * page_bytes, disable_log_stats=False)
+              kv_cache_memory_bytes=POOL_BLOCKS * block_bytes, disable_log_stats=False)
     llm = engines.get(**kw)
     llm.reset_prefix_cache()
     initial_free = free_blocks(llm)

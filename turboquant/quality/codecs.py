@@ -125,15 +125,17 @@ class TurboQuantCodec:
 
 
 class LayerSplitCodec:
-    """Layers in ``bf16_layers`` get :class:`Bf16Codec`, every other layer ``inner``.  Bytes per
-    token are the average over ``num_layers`` layers."""
+    """Layers in ``bf16_layers`` get ``outer`` (default :class:`Bf16Codec`), every other layer ``inner``
+    (SPEC 7.1's boundary layers: ``outer`` is the boundary format).  Bytes per token are the average
+    over ``num_layers`` layers."""
 
-    def __init__(self, inner, bf16_layers, num_layers: int):
+    def __init__(self, inner, bf16_layers, num_layers: int, outer=None):
         layers = sorted({int(x) for x in bf16_layers})
         if num_layers < 1 or any(not 0 <= x < num_layers for x in layers):
             raise ValueError(f"bf16_layers={layers} must be layer indices in [0, {num_layers - 1}]")
-        self.inner, self.bf16, self.bf16_layers, self.num_layers = inner, Bf16Codec(), frozenset(layers), num_layers
-        self.name = f"{inner.name}@bf16={','.join(map(str, layers))}"
+        self.inner, self.bf16, self.bf16_layers, self.num_layers = inner, outer or Bf16Codec(), frozenset(layers), \
+            num_layers
+        self.name = f"{inner.name}@{self.bf16.name}={','.join(map(str, layers))}"
 
     def bytes_per_token(self, head_size: int) -> float:
         n = len(self.bf16_layers)
