@@ -24,7 +24,7 @@ Instance i of a table starts at ``i * CENT_SLOTS`` (centroids, boundaries), ``i 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -106,7 +106,6 @@ class KernelParams:
     v_poly: torch.Tensor
     v_bnd: torch.Tensor
     v_chan: torch.Tensor
-    extra: dict = field(default_factory=dict)
 
     @property
     def head_size(self) -> int:
@@ -198,12 +197,6 @@ class KernelParams:
         out = cls(fmt=fmt, device=device, meta=meta, **tensors)
         _CACHE[key] = out
         return out
-
-    def key_meta(self) -> dict:
-        return {k: v for k, v in self.meta.items() if k.startswith("K")}
-
-    def value_meta(self) -> dict:
-        return {k: v for k, v in self.meta.items() if k.startswith("V")}
 
     def constexprs(self, kernel: str) -> dict:
         """The constexpr arguments of ``kernel`` (a key of KERNEL_CONSTEXPRS), read from ``meta``."""

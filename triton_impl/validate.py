@@ -10,9 +10,6 @@ from turboquant import format as tqf
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32, torch.int64)
-# Presets the kernels implement (all of format.PRESETS); a preset outside
-# this tuple raises NotImplementedError naming the supported ones.
-SUPPORTED_PRESETS = tuple(tqf.PRESETS)
 
 
 def _names(dts) -> list[str]:
@@ -33,10 +30,6 @@ def check_params(params) -> None:
 
     if not isinstance(params, KernelParams):
         raise TypeError(f"params must be a KernelParams (KernelParams.build(fmt, device)), got {type(params).__name__}")
-    name = params.fmt.preset.name
-    if name not in SUPPORTED_PRESETS:
-        raise NotImplementedError(f"preset {name!r} is not implemented by the Triton kernels; supported: "
-                                  f"{list(SUPPORTED_PRESETS)}")
     fmt = params.fmt
     if fmt.preset.value_mode == "group" and fmt.head_size % fmt.preset.group_size:
         raise ValueError(f"head_size={fmt.head_size} is not a multiple of group_size={fmt.preset.group_size}")
