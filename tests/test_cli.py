@@ -107,3 +107,17 @@ def test_check_config_names_the_allowed_configs(config, kw, needle):
         check_config(config, **kw)
     assert needle in str(e.value)
     check_config(config if config != "tq9" else "fp8")  # allowed by default (all configs but unknown names)
+
+
+def test_demo_serves_the_builtin_model_in_its_stored_dtype():
+    """vLLM warns once per weight when it casts the checkpoint's dtype to the served one."""
+    from turboquant.vllm_integration.demo import DemoSettings, builtin_model
+
+    model = builtin_model()
+    served = DemoSettings(model=model).dtype
+    with open(f"{model}/config.json") as f:
+        assert json.load(f)["dtype"] == served
+    with open(f"{model}/model.safetensors", "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    header.pop("__metadata__", None)
+    assert {t["dtype"] for t in header.values()} == {{"bfloat16": "BF16", "float16": "F16"}[served]}
