@@ -11,7 +11,7 @@ retrieval heads.  Nothing is downloaded and the text is never committed.
     python models/train_tiny_llama.py --out /tmp/tl --eval                  # the committed run (one H200, 250 s)
     python models/train_tiny_llama.py --smoke --out /tmp/tiny --eval        # CPU, seconds: checks the recipe
 
-It writes fp16 safetensors, config, tokenizer (Hugging Face format, loadable
+It writes bf16 safetensors (the dtype vLLM serves it in), config, tokenizer (Hugging Face format, loadable
 by transformers and vLLM), recipe.json (arguments, seeds, data manifests,
 versions, loss curve) and, with --eval, metrics.json (bf16 perplexity on
 held-out text, needle retrieval accuracy by depth and context length).
@@ -179,7 +179,7 @@ def train(args, model, batches: Batches, device) -> dict:
 
 def save(model, tokenizer, out: str, smoke: bool) -> dict:
     os.makedirs(out, exist_ok=True)
-    model.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     cfg_path = os.path.join(out, "tokenizer_config.json")
     with open(cfg_path) as f:

@@ -75,3 +75,49 @@ def test_report_quick(capsys):
 def test_demo_rejects_bad_options(capsys, args, needle):
     code, _, err = run(capsys, "demo", "--model", ".", *args)
     assert code == 2 and needle in err
+
+
+def test_no_module_imports_the_command_line():
+    """turboquant.cli is the entry point only: the library modules it runs never import it back."""
+    import ast
+    import pathlib
+
+    import turboquant
+
+    root = pathlib.Path(turboquant.__file__).parent
+    for path in root.rglob("*.py"):
+        if path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            assert "turboquant.cli" not in names, path
+
+
+@pytest.mark.parametrize("config,kw,needle", [
+    ("tq9", {}, "'tq9' is not supported; allowed values: ['bf16', 'fp8'], vLLM's ['turboquant_k8v4'"),
+    ("turboquant_4bit_nc", {"vllm_turboquant": False}, "allowed values: ['bf16', 'fp8'] and the presets ['tq4'"),
+    ("tq2.5", {"outlier_split": False}, "preset 'tq2.5' has an outlier-channel split"),
+])
+def test_check_config_names_the_allowed_configs(config, kw, needle):
+    from turboquant.vllm_integration.engine_configs import check_config
+
+    with pytest.raises(ValueError) as e:
+        check_config(config, **kw)
+    assert needle in str(e.value)
+    check_config(config if config != "tq9" else "fp8")  # allowed by default (all configs but unknown names)
+
+
+def test_demo_serves_the_builtin_model_in_its_stored_dtype():
+    """vLLM warns once per weight when it casts the checkpoint's dtype to the served one."""
+    from turboquant.vllm_integration.demo import DemoSettings, builtin_model
+
+    model = builtin_model()
+    served = DemoSettings(model=model).dtype
+    with open(f"{model}/config.json") as f:
+        assert json.load(f)["dtype"] == served
+    with open(f"{model}/model.safetensors", "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    header.pop("__metadata__", None)
+    assert {t["dtype"] for t in header.values()} == {{"bfloat16": "BF16", "float16": "F16"}[served]}

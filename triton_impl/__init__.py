@@ -27,8 +27,7 @@ from turboquant.triton_impl.params import KernelParams
 from turboquant.triton_impl.plan import AttentionPlan, PrefillPlan, plan_attention
 from turboquant.triton_impl.prefill import dense_prefill_supported, prefill_attention
 from turboquant.triton_impl.store import store_kv
-from turboquant.triton_impl.validate import SUPPORTED_PRESETS
 
-__all__ = ["AttentionPlan", "AttnConfig", "KernelParams", "PrefillPlan", "SUPPORTED_PRESETS", "attention",
+__all__ = ["AttentionPlan", "AttnConfig", "KernelParams", "PrefillPlan", "attention",
            "batch_invariant_config", "decode_attention", "dense_prefill_supported", "dequantize", "dequantize_slots",
            "paged_attention", "plan_attention", "prefill_attention", "store_kv"]

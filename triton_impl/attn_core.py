@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from turboquant.triton_impl.bits import load_f16_array, load_f32, unpack_codes
+from turboquant.triton_impl.params import CENT_SLOTS, KC, POLY_SLOTS
 
 
 @triton.jit
@@ -327,9 +328,9 @@ def _split_kernel(
                              K0_NORM, K0_CODES, K0_CFAST, K0_RNORM, K0_SIGNS, K0_SFAST, K0_QJLSCALE, F32DOT, RP,
                              LOOKUP)
             if K_NI == 2:
-                sc += _key_scores(ptrs, tval, q1, q1sc, s1, s1sc, k_cent + 16, k_poly + 8, BT, K1_M, K1_MP, K1_BITS,
-                                  K1_QJL, K1_NORM, K1_CODES, K1_CFAST, K1_RNORM, K1_SIGNS, K1_SFAST, K1_QJLSCALE,
-                                  F32DOT, RP, LOOKUP)
+                sc += _key_scores(ptrs, tval, q1, q1sc, s1, s1sc, k_cent + CENT_SLOTS, k_poly + POLY_SLOTS, BT,
+                                  K1_M, K1_MP, K1_BITS, K1_QJL, K1_NORM, K1_CODES, K1_CFAST, K1_RNORM, K1_SIGNS,
+                                  K1_SFAST, K1_QJLSCALE, F32DOT, RP, LOOKUP)
             vis = row_valid[:, None] & tval[None, :] & (tpos[None, :] <= qpos[:, None])
             logits = tl.where(vis, sc * sm_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(logits, axis=1))
@@ -347,8 +348,9 @@ def _split_kernel(
                                    V0_CODES, V0_CFAST, F32DOT, LOOKUP, BATCH_INVARIANT)
                 if V_NI == 2:
                     acc1 = acc1 * alpha[:, None]
-                    acc1 = _mse_values(ptrs, tval, p, vis, acc1, v_cent + 16, v_poly + 8, BT, V1_M, V1_MP, V1_BITS,
-                                       V1_NORM, V1_CODES, V1_CFAST, F32DOT, LOOKUP, BATCH_INVARIANT)
+                    acc1 = _mse_values(ptrs, tval, p, vis, acc1, v_cent + CENT_SLOTS, v_poly + POLY_SLOTS, BT,
+                                       V1_M, V1_MP, V1_BITS, V1_NORM, V1_CODES, V1_CFAST, F32DOT, LOOKUP,
+                                       BATCH_INVARIANT)
         if BATCH_INVARIANT:
             m_run, l_run, o0, o1 = combine_state(m_run, l_run, o0, o1, m_i, l_i, acc0, acc1)
         else:
@@ -375,9 +377,6 @@ def round_bf16(x):
     b = x.to(tl.int32, bitcast=True)
     r = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
     return tl.where(x == x, r.to(tl.float32, bitcast=True), x)
-
-
-KC = tl.constexpr(16)  # K chunk of the fp32 FMA dots (tl.dot keeps whole K slices in registers)
 
 
 @triton.jit
@@ -430,7 +429,7 @@ def _merge_instance(part_acc_ptr, part_ml_ptr, prow, hm, mtot, inv_l, num_splits
 def _merge_kernel(
     part_acc_ptr, part_ml_ptr, out_ptr, stride_ot, stride_oh, num_q_heads, v_rot, v_chan, num_splits,
     BH: tl.constexpr, DACC: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    V_GROUP: tl.constexpr, V_NI: tl.constexpr, V_MPMAX: tl.constexpr,
+    V_GROUP: tl.constexpr, V_NI: tl.constexpr, V_MPMAX: tl.constexpr, V_MAT_STRIDE: tl.constexpr,
     V0_M: tl.constexpr, V0_MP: tl.constexpr, V0_IDCH: tl.constexpr,
     V1_M: tl.constexpr, V1_MP: tl.constexpr, V1_IDCH: tl.constexpr, OUT_BF16: tl.constexpr,
     ONLINE: tl.constexpr,
@@ -468,34 +467,10 @@ def _merge_kernel(
                         V_MPMAX, V0_M, V0_MP, V0_IDCH, OUT_BF16, ONLINE)
         if V_NI == 2:
             _merge_instance(part_acc_ptr, part_ml_ptr, prow, hm, m, inv, num_splits, out_base,
-                            v_rot + V_MPMAX * V_MPMAX, v_chan + V_MPMAX, BH, DACC, V0_MP, V_MPMAX, V1_M, V1_MP,
+                            v_rot + V_MAT_STRIDE, v_chan + V_MPMAX, BH, DACC, V0_MP, V_MPMAX, V1_M, V1_MP,
                             V1_IDCH, OUT_BF16, ONLINE)
-
-
-SPLIT_KEYS_K = ("M", "MP", "BITS", "QJL", "NORM", "CODES", "CFAST", "RNORM", "SIGNS", "SFAST", "QJLSCALE")
-SPLIT_KEYS_V = ("M", "MP", "BITS", "NORM", "CODES", "CFAST")
-SPLIT_KEYS_G = ("V_GS", "V_NG", "V_BITS", "V_SCALE", "V_ZERO", "V_CODES", "V_CFAST")
-
-
-def split_meta(params) -> dict:
-    m = params.meta
-    out = {"D": m["D"], "DP": m["DP"], "K_NI": m["K_NI"], "V_GROUP": m["V_GROUP"], "V_NI": m["V_NI"]}
-    for p in ("K0", "K1"):
-        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in SPLIT_KEYS_K})
-    for p in ("V0", "V1"):
-        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in SPLIT_KEYS_V})
-    out.update({k: m[k] for k in SPLIT_KEYS_G})
-    return out
 
 
 def acc_width(params) -> int:
     m = params.meta
     return m["DP"] if m["V_GROUP"] else m["V0_MP"] + (m["V1_MP"] if m["V_NI"] == 2 else 0)
-
-
-def merge_meta(params) -> dict:
-    m = params.meta
-    out = {"D": m["D"], "DP": m["DP"], "V_GROUP": m["V_GROUP"], "V_NI": m["V_NI"], "V_MPMAX": m["V_MPMAX"]}
-    for p in ("V0", "V1"):
-        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in ("M", "MP", "IDCH")})
-    return out

@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from turboquant.triton_impl.bits import load_f16_array, load_f32, unpack_codes
-from turboquant.triton_impl.params import KernelParams
+from turboquant.triton_impl.params import CENT_SLOTS, KernelParams
 from turboquant.triton_impl.validate import INDEX_DTYPES, check_cache, check_params, check_tensor
 
 DEQUANT_BT = 16
@@ -61,14 +61,14 @@ def _dequant_kernel(
     words, slots_ptr, n, block_size, stride_cb, stride_ch, stride_cs, k_out, v_out, num_heads,
     k_rot, k_qjl, k_cent, k_chan, v_rot, v_cent, v_chan,
     BT: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    K_NI: tl.constexpr, K_MPMAX: tl.constexpr,
+    K_NI: tl.constexpr, K_MPMAX: tl.constexpr, K_MAT_STRIDE: tl.constexpr,
     K0_M: tl.constexpr, K0_MP: tl.constexpr, K0_BITS: tl.constexpr, K0_QJL: tl.constexpr, K0_IDCH: tl.constexpr,
     K0_NORM: tl.constexpr, K0_CODES: tl.constexpr, K0_CFAST: tl.constexpr, K0_RNORM: tl.constexpr,
     K0_SIGNS: tl.constexpr, K0_SFAST: tl.constexpr, K0_QJLSCALE: tl.constexpr,
     K1_M: tl.constexpr, K1_MP: tl.constexpr, K1_BITS: tl.constexpr, K1_QJL: tl.constexpr, K1_IDCH: tl.constexpr,
     K1_NORM: tl.constexpr, K1_CODES: tl.constexpr, K1_CFAST: tl.constexpr, K1_RNORM: tl.constexpr,
     K1_SIGNS: tl.constexpr, K1_SFAST: tl.constexpr, K1_QJLSCALE: tl.constexpr,
-    V_GROUP: tl.constexpr, V_NI: tl.constexpr, V_MPMAX: tl.constexpr,
+    V_GROUP: tl.constexpr, V_NI: tl.constexpr, V_MPMAX: tl.constexpr, V_MAT_STRIDE: tl.constexpr,
     V0_M: tl.constexpr, V0_MP: tl.constexpr, V0_BITS: tl.constexpr, V0_IDCH: tl.constexpr,
     V0_NORM: tl.constexpr, V0_CODES: tl.constexpr, V0_CFAST: tl.constexpr,
     V1_M: tl.constexpr, V1_MP: tl.constexpr, V1_BITS: tl.constexpr, V1_IDCH: tl.constexpr,
@@ -89,8 +89,8 @@ def _dequant_kernel(
     _dequant_instance(ptrs, tm, k_out + row, k_rot, k_qjl, k_cent, k_chan, BT, K_MPMAX, K0_M, K0_MP, K0_BITS,
                       K0_QJL, K0_IDCH, K0_NORM, K0_CODES, K0_CFAST, K0_RNORM, K0_SIGNS, K0_SFAST, K0_QJLSCALE)
     if K_NI == 2:
-        _dequant_instance(ptrs, tm, k_out + row, k_rot + K_MPMAX * K_MPMAX, k_qjl + K_MPMAX * K_MPMAX,
-                          k_cent + 16, k_chan + K_MPMAX, BT, K_MPMAX, K1_M, K1_MP, K1_BITS, K1_QJL, K1_IDCH,
+        _dequant_instance(ptrs, tm, k_out + row, k_rot + K_MAT_STRIDE, k_qjl + K_MAT_STRIDE,
+                          k_cent + CENT_SLOTS, k_chan + K_MPMAX, BT, K_MPMAX, K1_M, K1_MP, K1_BITS, K1_QJL, K1_IDCH,
                           K1_NORM, K1_CODES, K1_CFAST, K1_RNORM, K1_SIGNS, K1_SFAST, K1_QJLSCALE)
     if V_GROUP:
         d = tl.arange(0, DP)
@@ -100,24 +100,9 @@ def _dequant_kernel(
         _dequant_instance(ptrs, tm, v_out + row, v_rot, v_cent, v_cent, v_chan, BT, V_MPMAX, V0_M, V0_MP,
                           V0_BITS, False, V0_IDCH, V0_NORM, V0_CODES, V0_CFAST, 0, 0, False, 0.0)
         if V_NI == 2:
-            _dequant_instance(ptrs, tm, v_out + row, v_rot + V_MPMAX * V_MPMAX, v_cent, v_cent + 16,
+            _dequant_instance(ptrs, tm, v_out + row, v_rot + V_MAT_STRIDE, v_cent, v_cent + CENT_SLOTS,
                               v_chan + V_MPMAX, BT, V_MPMAX, V1_M, V1_MP, V1_BITS, False, V1_IDCH, V1_NORM,
                               V1_CODES, V1_CFAST, 0, 0, False, 0.0)
-
-
-_K = ("M", "MP", "BITS", "QJL", "IDCH", "NORM", "CODES", "CFAST", "RNORM", "SIGNS", "SFAST", "QJLSCALE")
-_V = ("M", "MP", "BITS", "IDCH", "NORM", "CODES", "CFAST")
-_G = ("V_GS", "V_NG", "V_BITS", "V_SCALE", "V_ZERO", "V_CODES", "V_CFAST")
-
-
-def _meta(params: KernelParams) -> dict:
-    m = params.meta
-    out = {k: m[k] for k in ("D", "DP", "K_NI", "K_MPMAX", "V_GROUP", "V_NI", "V_MPMAX") + _G}
-    for p in ("K0", "K1"):
-        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in _K})
-    for p in ("V0", "V1"):
-        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in _V})
-    return out
 
 
 def dequantize_slots(cache: torch.Tensor, slots: torch.Tensor, params: KernelParams):
@@ -136,7 +121,7 @@ def dequantize_slots(cache: torch.Tensor, slots: torch.Tensor, params: KernelPar
     _dequant_kernel[grid](
         words, slots.contiguous(), n, cache.shape[2], words.stride(0), words.stride(1), words.stride(2), k, v, h,
         params.k_rot, params.k_qjl, params.k_cent, params.k_chan, params.v_rot, params.v_cent, params.v_chan,
-        BT=DEQUANT_BT, **_meta(params), num_warps=4,
+        BT=DEQUANT_BT, **params.constexprs("dequant"), num_warps=4,
     )
     return k, v
 

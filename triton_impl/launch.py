@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from turboquant.triton_impl.attn_core import _merge_kernel, _split_kernel, acc_width, merge_meta, split_meta
+from turboquant.triton_impl.attn_core import _merge_kernel, _split_kernel, acc_width
 from turboquant.triton_impl.params import MIN_DOT, KernelParams, next_pow2
 from turboquant.triton_impl.query import query_layout
 
@@ -149,14 +149,14 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
         seq_splits, DECODE=decode, LOOKUP=lookup_variant(cfg.lookup, m, f32dot),
         G=g, GP=gp, BQ=bq, RP=rp, BT=bt, F32DOT=f32dot, BATCH_INVARIANT=cfg.batch_invariant,
         BI_CHUNK=cfg.bi_chunk if cfg.batch_invariant else 0,
-        DACC=dacc, **query_layout(params), **split_meta(params),
+        DACC=dacc, **query_layout(params), **params.constexprs("split"),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         enable_fp_fusion=not cfg.batch_invariant,  # the split combine must round alike in both kernels
     )
     grid2 = (n_tok, triton.cdiv(num_q_heads, MERGE_BH))
     _merge_kernel[grid2](
         part_acc, part_ml, out, out.stride(0), out.stride(1), num_q_heads, params.v_rot, params.v_chan, num_splits,
-        BH=MERGE_BH, DACC=dacc, **merge_meta(params), OUT_BF16=out.dtype == torch.bfloat16,
+        BH=MERGE_BH, DACC=dacc, **params.constexprs("merge"), OUT_BF16=out.dtype == torch.bfloat16,
         ONLINE=cfg.batch_invariant, num_warps=4, enable_fp_fusion=not cfg.batch_invariant,
     )
     return out

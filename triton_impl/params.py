@@ -16,23 +16,29 @@ Tensor layout (``I`` = 2 instance slots per tensor, unused ones are zero):
 * ``{k,v}_bnd``  float32 [I, 16]: decision boundaries, +inf padded.
 * ``{k,v}_chan`` int32 [I, MPMAX]: original channel of each instance column.
 
-``meta`` holds the constexprs every kernel takes (``K0_M``, ``K0_CODES`` ...).
+``meta`` holds the constexprs every kernel takes (``K0_M``, ``K0_CODES`` ...);
+``KernelParams.constexprs(kernel)`` picks each kernel's arguments from it (``KERNEL_CONSTEXPRS``).
+Instance i of a table starts at ``i * CENT_SLOTS`` (centroids, boundaries), ``i * POLY_SLOTS``
+(polynomials), ``i * {K,V}_MAT_STRIDE`` (rotation, QJL) and ``i * {K,V}_MPMAX`` (channels).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import triton.language as tl
 
 from turboquant import format as tqf
 from turboquant.reference.quantizer import layer_params
 
 MIN_DOT = 16  # every tl.dot dimension must be >= 16
 MAX_INSTANCES = 2
-CENT_SLOTS = 16  # 2^4 centroids at most (SUPPORTED_BITS <= 4)
-POLY_SLOTS = 8  # attn_core.centroid_values LOOKUP=2: two cubics in the magnitude index
+# table strides, also read by the kernels (Triton kernels read only tl.constexpr globals)
+CENT_SLOTS = tl.constexpr(16)  # 2^4 centroids at most (SUPPORTED_BITS <= 4)
+POLY_SLOTS = tl.constexpr(8)  # attn_core.centroid_values LOOKUP=2: two cubics in the magnitude index
+KC = tl.constexpr(16)  # K chunk of the kernels' fp32 FMA dots (tl.dot keeps whole K slices in registers)
 POLY_RTOL = 1e-6  # the polynomials must give every centroid to this relative error (float32 Horner)
 
 
@@ -100,7 +106,6 @@ class KernelParams:
     v_poly: torch.Tensor
     v_bnd: torch.Tensor
     v_chan: torch.Tensor
-    extra: dict = field(default_factory=dict)
 
     @property
     def head_size(self) -> int:
@@ -163,6 +168,7 @@ class KernelParams:
                     bnd[i, : nc - 1] = p.codebook.boundaries
                 chan[i, :m] = np.asarray(p.channels, np.int32)
             meta[f"{t.upper()}_MPMAX"] = mpmax
+            meta[f"{t.upper()}_MAT_STRIDE"] = mpmax * mpmax  # one instance of {t}_rot / {t}_qjl
             tensors[f"{t}_rot"] = torch.from_numpy(rot).to(device)
             tensors[f"{t}_cent"] = torch.from_numpy(cent).to(device)
             tensors[f"{t}_cent16"] = torch.from_numpy(cent.astype(np.float16)).to(device)
@@ -192,12 +198,48 @@ class KernelParams:
         _CACHE[key] = out
         return out
 
-    # ---- constexpr subsets for each kernel
-    def key_meta(self) -> dict:
-        return {k: v for k, v in self.meta.items() if k.startswith("K")}
+    def constexprs(self, kernel: str) -> dict:
+        """The constexpr arguments of ``kernel`` (a key of KERNEL_CONSTEXPRS), read from ``meta``."""
+        tqf.check_choice("kernel", kernel, tuple(KERNEL_CONSTEXPRS))
+        layer, key_inst, value_inst = KERNEL_CONSTEXPRS[kernel]
+        m = self.meta
+        out = {k: m[k] for k in layer}
+        for prefix, names in (("K0", key_inst), ("K1", key_inst), ("V0", value_inst), ("V1", value_inst)):
+            out.update({f"{prefix}_{k}": m[f"{prefix}_{k}"] for k in names})
+        return out
 
-    def value_meta(self) -> dict:
-        return {k: v for k, v in self.meta.items() if k.startswith("V")}
+    def rotation_constexprs(self, tensor: str) -> dict:
+        """prefill._rotate_kernel's constexprs for the instances of ``tensor`` ("key" or "value")."""
+        tqf.check_choice("tensor", tensor, ("key", "value"))
+        m = self.meta
+        p = "K" if tensor == "key" else "V"
+        return {"MPMAX": m[f"{p}_MPMAX"], "MAT_STRIDE": m[f"{p}_MAT_STRIDE"], "NI": m[f"{p}_NI"],
+                **{f"{k}{i}": m[f"{p}{i}_{k}"] for i in (0, 1) for k in ("M", "MP", "IDCH")}}
+
+
+# Constexpr arguments of each kernel family: (layer-wide meta keys, keys of each key instance
+# (K0_*, K1_*), keys of each value instance (V0_*, V1_*)).
+_GROUP_VALUES = ("V_GS", "V_NG", "V_BITS", "V_SCALE", "V_ZERO", "V_CODES")
+_READ_KEY = ("M", "MP", "BITS", "QJL", "NORM", "CODES", "CFAST", "RNORM", "SIGNS", "SFAST", "QJLSCALE")
+_READ_MSE = ("M", "MP", "BITS", "NORM", "CODES", "CFAST")
+KERNEL_CONSTEXPRS = {
+    # store._store_kernel
+    "store": (("D", "DP", "SLOT_BYTES", "SLOT_END", "K_NI", "K_MPMAX", "K_MAT_STRIDE", "V_GROUP", "V_NI",
+               "V_MPMAX", "V_MAT_STRIDE") + _GROUP_VALUES + ("V_CBYTES",),
+              ("M", "MP", "BITS", "QJL", "IDCH", "NORM", "CODES", "CBYTES", "RNORM", "SIGNS", "SBYTES"),
+              ("M", "MP", "BITS", "IDCH", "NORM", "CODES", "CBYTES")),
+    # query._rotate_query_kernel
+    "query": (("K_NI", "K_MPMAX", "K_MAT_STRIDE"), ("M", "MP", "QJL", "IDCH"), ()),
+    # attn_core._split_kernel
+    "split": (("D", "DP", "K_NI", "V_GROUP", "V_NI") + _GROUP_VALUES + ("V_CFAST",), _READ_KEY, _READ_MSE),
+    # attn_core._merge_kernel
+    "merge": (("D", "DP", "V_GROUP", "V_NI", "V_MPMAX", "V_MAT_STRIDE"), (), ("M", "MP", "IDCH")),
+    # prefill._dense_kv_kernel
+    "dense_kv": (("D", "DP", "K_NI", "V_GROUP", "V_NI") + _GROUP_VALUES + ("V_CFAST",), _READ_MSE, _READ_MSE),
+    # dequant._dequant_kernel
+    "dequant": (("D", "DP", "K_NI", "K_MPMAX", "K_MAT_STRIDE", "V_GROUP", "V_NI", "V_MPMAX", "V_MAT_STRIDE")
+                + _GROUP_VALUES + ("V_CFAST",), _READ_KEY + ("IDCH",), _READ_MSE + ("IDCH",)),
+}
 
 
 def magnitude_polynomials(centroids: np.ndarray) -> tuple[np.ndarray, bool]:

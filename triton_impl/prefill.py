@@ -36,7 +36,7 @@ from turboquant.triton_impl.attn_core import round_bf16
 from turboquant.triton_impl.bits import load_f32, unpack_codes
 from turboquant.triton_impl.dequant import group_values
 from turboquant.triton_impl.launch import AttnConfig
-from turboquant.triton_impl.params import KernelParams, next_pow2
+from turboquant.triton_impl.params import CENT_SLOTS, KernelParams, next_pow2
 from turboquant.triton_impl.plan import PrefillPlan
 
 DENSE_BT = 32  # slots per _dense_kv_kernel program
@@ -84,7 +84,7 @@ def _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, SEG: tl.constexpr, MPMAX
 
 @triton.jit
 def _rotate_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, chan_ptr,
-                   BR: tl.constexpr, MPMAX: tl.constexpr, NI: tl.constexpr,
+                   BR: tl.constexpr, MPMAX: tl.constexpr, MAT_STRIDE: tl.constexpr, NI: tl.constexpr,
                    M0: tl.constexpr, MP0: tl.constexpr, IDCH0: tl.constexpr,
                    M1: tl.constexpr, MP1: tl.constexpr, IDCH1: tl.constexpr,
                    TAIL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.constexpr,
@@ -102,7 +102,7 @@ def _rotate_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, cha
     yrow = y_ptr + t * sy0 + hh * sy1
     _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, 0, MPMAX, M0, MP0, IDCH0, INVERSE, PREC, OUT_BF16)
     if NI == 2:
-        _rotate_instance(xrow, yrow, rm, rot_ptr + MPMAX * MPMAX, chan_ptr + MPMAX, MP0, MPMAX, M1, MP1, IDCH1,
+        _rotate_instance(xrow, yrow, rm, rot_ptr + MAT_STRIDE, chan_ptr + MPMAX, MP0, MPMAX, M1, MP1, IDCH1,
                          INVERSE, PREC, OUT_BF16)
     if TAIL > 0:
         jt = tl.arange(0, TAILP)
@@ -166,7 +166,8 @@ def _dense_kv_kernel(
     krows = k_out + row
     _dense_instance(ptrs, tm, krows, k_cent, 0, BT, K0_M, K0_MP, K0_BITS, K0_NORM, K0_CODES, K0_CFAST)
     if K_NI == 2:
-        _dense_instance(ptrs, tm, krows, k_cent + 16, K0_MP, BT, K1_M, K1_MP, K1_BITS, K1_NORM, K1_CODES, K1_CFAST)
+        _dense_instance(ptrs, tm, krows, k_cent + CENT_SLOTS, K0_MP, BT, K1_M, K1_MP, K1_BITS, K1_NORM, K1_CODES,
+                        K1_CFAST)
     _zero_tail(krows, tm, KTAIL0, KTAIL, KTAILP, BT)
     vrows = v_out + row
     if V_GROUP:
@@ -177,7 +178,7 @@ def _dense_kv_kernel(
     else:
         _dense_instance(ptrs, tm, vrows, v_cent, 0, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES, V0_CFAST)
         if V_NI == 2:
-            _dense_instance(ptrs, tm, vrows, v_cent + 16, V0_MP, BT, V1_M, V1_MP, V1_BITS, V1_NORM, V1_CODES,
+            _dense_instance(ptrs, tm, vrows, v_cent + CENT_SLOTS, V0_MP, BT, V1_M, V1_MP, V1_BITS, V1_NORM, V1_CODES,
                             V1_CFAST)
     _zero_tail(vrows, tm, VTAIL0, VTAIL, VTAILP, BT)
 
@@ -232,34 +233,26 @@ def _precision(x: torch.Tensor) -> str:
 def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inverse: bool) -> torch.Tensor:
     """Forward: x = query [T, Hq, D] -> y = q' [T, Hq, W].  inverse: x = o' [T, Hq, W] -> y = out
     [T, Hq, D] (value instances; not for group values, whose o' is already the output)."""
-    m = params.meta
     t, heads = x.shape[0], x.shape[1]
     n = t * heads
     if n == 0:
         return y
-    p = "V" if inverse else "K"
     rot, chan = (params.v_rot, params.v_chan) if inverse else (params.k_rot, params.k_chan)
     used = key_width(params)
     tail = _tail(used, y.shape[2]) if not inverse else {"TAIL0": 0, "TAIL": 0, "TAILP": 1}
     grid = (triton.cdiv(n, ROTATE_BR),)
     _rotate_kernel[grid](
         x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1), n, heads, rot, chan,
-        BR=ROTATE_BR, MPMAX=m[f"{p}_MPMAX"], NI=m[f"{p}_NI"],
-        M0=m[f"{p}0_M"], MP0=m[f"{p}0_MP"], IDCH0=m[f"{p}0_IDCH"],
-        M1=m[f"{p}1_M"], MP1=m[f"{p}1_MP"], IDCH1=m[f"{p}1_IDCH"], **tail,
+        BR=ROTATE_BR, **params.rotation_constexprs("value" if inverse else "key"), **tail,
         INVERSE=inverse, PREC=_precision(x), OUT_BF16=y.dtype == torch.bfloat16, num_warps=4,
     )
     return y
-
-
-_DENSE_K = ("M", "MP", "BITS", "NORM", "CODES", "CFAST")
 
 
 def dense_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor, params: KernelParams,
              plan: PrefillPlan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """K', V' [plan.total_k, num_kv_heads, W] of the plan's sequences (block_table / seq_lens rows
     of those sequences only)."""
-    m = params.meta
     h = cache.shape[1]
     w = dense_width(params)
     k = torch.empty((max(plan.total_k, 1), h, w), dtype=dtype, device=cache.device)
@@ -268,16 +261,12 @@ def dense_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Ten
         return k, v
     words = cache.view(torch.int32)
     kt, vt = _tail(key_width(params), w), _tail(value_width(params), w)
-    meta = {k_: m[k_] for k_ in ("D", "DP", "K_NI", "V_GROUP", "V_NI", "V_GS", "V_NG", "V_BITS", "V_SCALE", "V_ZERO",
-                                  "V_CODES", "V_CFAST")}
-    for p in ("K0", "K1", "V0", "V1"):
-        meta.update({f"{p}_{k_}": m[f"{p}_{k_}"] for k_ in _DENSE_K})
     grid = (plan.num_seqs, triton.cdiv(plan.max_k, DENSE_BT), h)
     _dense_kv_kernel[grid](
         words, block_table, block_table.stride(0), seq_lens, plan.cu_k, k, v, k.stride(0), k.stride(1),
         cache.shape[2], words.stride(0), words.stride(1), words.stride(2), params.k_cent, params.v_cent,
         BT=DENSE_BT, KTAIL0=kt["TAIL0"], KTAIL=kt["TAIL"], KTAILP=kt["TAILP"],
-        VTAIL0=vt["TAIL0"], VTAIL=vt["TAIL"], VTAILP=vt["TAILP"], **meta, num_warps=4,
+        VTAIL0=vt["TAIL0"], VTAIL=vt["TAIL"], VTAILP=vt["TAILP"], **params.constexprs("dense_kv"), num_warps=4,
     )
     return k, v
 

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from turboquant.triton_impl.params import KernelParams
+from turboquant.triton_impl.params import KC, KernelParams
 
 QUERY_BR = 16
 
@@ -27,9 +27,6 @@ def query_layout(params: KernelParams) -> dict:
     if m["K1_QJL"]:
         off += m["K1_MP"]
     return {"DQ": off, "QO_K1": qo_k1, "QO_S0": qo_s0, "QO_S1": qo_s1}
-
-
-KC = tl.constexpr(16)  # K chunk of the fp32 FMA dots (tl.dot keeps whole K slices in registers)
 
 
 @triton.jit
@@ -64,7 +61,7 @@ def _rotate_one(base, rows, rm, qbuf_ptr, rot_ptr, qjl_ptr, chan_ptr,
 def _rotate_query_kernel(
     q_ptr, stride_qt, stride_qh, qbuf_ptr, n_rows, num_q_heads, k_rot, k_qjl, k_chan,
     BR: tl.constexpr, DQ: tl.constexpr, QO_K1: tl.constexpr, QO_S0: tl.constexpr, QO_S1: tl.constexpr,
-    K_NI: tl.constexpr, K_MPMAX: tl.constexpr,
+    K_NI: tl.constexpr, K_MPMAX: tl.constexpr, K_MAT_STRIDE: tl.constexpr,
     K0_M: tl.constexpr, K0_MP: tl.constexpr, K0_QJL: tl.constexpr, K0_IDCH: tl.constexpr,
     K1_M: tl.constexpr, K1_MP: tl.constexpr, K1_QJL: tl.constexpr, K1_IDCH: tl.constexpr,
 ):
@@ -79,13 +76,12 @@ def _rotate_query_kernel(
     _rotate_one(base, rows, rm, qbuf_ptr, k_rot, k_qjl, k_chan, DQ, 0, QO_S0, K_MPMAX,
                 K0_M, K0_MP, K0_QJL, K0_IDCH)
     if K_NI == 2:
-        _rotate_one(base, rows, rm, qbuf_ptr, k_rot + K_MPMAX * K_MPMAX, k_qjl + K_MPMAX * K_MPMAX,
+        _rotate_one(base, rows, rm, qbuf_ptr, k_rot + K_MAT_STRIDE, k_qjl + K_MAT_STRIDE,
                     k_chan + K_MPMAX, DQ, QO_K1, QO_S1, K_MPMAX, K1_M, K1_MP, K1_QJL, K1_IDCH)
 
 
 def rotate_query(query: torch.Tensor, params: KernelParams) -> torch.Tensor:
     """query [T, Hq, D] -> float32 [T*Hq, DQ] (see query_layout)."""
-    m = params.meta
     lay = query_layout(params)
     t, hq, _ = query.shape
     n = t * hq
@@ -97,8 +93,6 @@ def rotate_query(query: torch.Tensor, params: KernelParams) -> torch.Tensor:
     grid = (triton.cdiv(n, QUERY_BR),)
     _rotate_query_kernel[grid](
         query, query.stride(0), query.stride(1), qbuf, n, hq, params.k_rot, params.k_qjl, params.k_chan,
-        BR=QUERY_BR, **lay, K_NI=m["K_NI"], K_MPMAX=m["K_MPMAX"],
-        **{f"K{i}_{k}": m[f"K{i}_{k}"] for i in (0, 1) for k in ("M", "MP", "QJL", "IDCH")},
-        num_warps=4,
+        BR=QUERY_BR, **lay, **params.constexprs("query"), num_warps=4,
     )
     return qbuf

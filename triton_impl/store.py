@@ -10,7 +10,7 @@ import triton.language as tl
 
 from turboquant import format as tqf
 from turboquant.triton_impl.bits import pack_store_codes, store_u16, store_u32
-from turboquant.triton_impl.params import KernelParams
+from turboquant.triton_impl.params import CENT_SLOTS, KernelParams
 from turboquant.triton_impl.validate import check_cache, check_kv, check_params, check_slot_mapping
 
 # int32 bit patterns of the canonical NaNs (format.py)
@@ -22,7 +22,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 #         a tf32 low part, three MMAs, fp32 accumulation: errors ~1e-6 of |y|, far inside SPEC
 #         §10's CODE_MARGIN): the whole tile as one dot up to 128 columns, K chunks of 64 beyond
 #         (shared memory); exact fp32 under the interpreter;
-#   "fma" K chunks of KC columns in fp32 FMA (IEEE), u recomputed per chunk (the v1 kernel).
+#   "fma" K chunks of KCH = 16 columns in fp32 FMA (IEEE), u recomputed per chunk (the v1 kernel).
 ROTATIONS = ("tc", "fma")
 # Test hook: run the "fma" path under the interpreter by default too.
 _FORCE_RELOAD = os.environ.get("TQ_STORE_FORCE_RELOAD") == "1"
@@ -80,9 +80,6 @@ def _load_rows(x_ptr, tok, tmask, stride_t, h_off, chan_ptr, M: tl.constexpr, MP
     x = tl.load(rowptr[:, None] + ch[None, :], mask=tmask[:, None] & cm[None, :], other=0.0).to(tl.float32)
     fin = tl.sum(tl.where(cm[None, :] & ~_isfinite(x), 1, 0), axis=1) == 0
     return x, fin, rowptr
-
-
-KC = tl.constexpr(16)  # K chunk of the fp32 FMA dots (tl.dot keeps whole K slices in registers)
 
 
 @triton.jit
@@ -162,14 +159,14 @@ def _store_kernel(
     k_rot, k_bnd, k_cent, k_qjl, k_chan, v_rot, v_bnd, v_cent, v_chan,
     BT: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, SLOT_BYTES: tl.constexpr, SLOT_END: tl.constexpr,
     DEBUG_Y: tl.constexpr, WHOLE: tl.constexpr, PREC: tl.constexpr, KCH: tl.constexpr,
-    K_NI: tl.constexpr, K_MPMAX: tl.constexpr,
+    K_NI: tl.constexpr, K_MPMAX: tl.constexpr, K_MAT_STRIDE: tl.constexpr,
     K0_M: tl.constexpr, K0_MP: tl.constexpr, K0_BITS: tl.constexpr, K0_QJL: tl.constexpr, K0_IDCH: tl.constexpr,
     K0_NORM: tl.constexpr, K0_CODES: tl.constexpr, K0_CBYTES: tl.constexpr, K0_RNORM: tl.constexpr,
     K0_SIGNS: tl.constexpr, K0_SBYTES: tl.constexpr,
     K1_M: tl.constexpr, K1_MP: tl.constexpr, K1_BITS: tl.constexpr, K1_QJL: tl.constexpr, K1_IDCH: tl.constexpr,
     K1_NORM: tl.constexpr, K1_CODES: tl.constexpr, K1_CBYTES: tl.constexpr, K1_RNORM: tl.constexpr,
     K1_SIGNS: tl.constexpr, K1_SBYTES: tl.constexpr,
-    V_GROUP: tl.constexpr, V_NI: tl.constexpr, V_MPMAX: tl.constexpr,
+    V_GROUP: tl.constexpr, V_NI: tl.constexpr, V_MPMAX: tl.constexpr, V_MAT_STRIDE: tl.constexpr,
     V0_M: tl.constexpr, V0_MP: tl.constexpr, V0_BITS: tl.constexpr, V0_IDCH: tl.constexpr,
     V0_NORM: tl.constexpr, V0_CODES: tl.constexpr, V0_CBYTES: tl.constexpr,
     V1_M: tl.constexpr, V1_MP: tl.constexpr, V1_BITS: tl.constexpr, V1_IDCH: tl.constexpr,
@@ -206,8 +203,9 @@ def _store_kernel(
                      kscr, BT, K0_M, K0_MP, K_MPMAX, K0_IDCH, K0_BITS, K0_QJL, K0_NORM, K0_CODES, K0_CBYTES,
                      K0_RNORM, K0_SIGNS, K0_SBYTES, DEBUG_Y, WHOLE, PREC, KCH)
     if K_NI == 2:
-        _encode_instance(bptr, tmask, kn1, ks1, kd1, ku1, kbad, krow, k_chan + K_MPMAX, k_rot + K_MPMAX * K_MPMAX,
-                         k_bnd + 16, k_cent + 16, k_qjl + K_MPMAX * K_MPMAX, y_ptr + num_tokens * num_heads * K0_MP,
+        _encode_instance(bptr, tmask, kn1, ks1, kd1, ku1, kbad, krow, k_chan + K_MPMAX, k_rot + K_MAT_STRIDE,
+                         k_bnd + CENT_SLOTS, k_cent + CENT_SLOTS, k_qjl + K_MAT_STRIDE,
+                         y_ptr + num_tokens * num_heads * K0_MP,
                          y_row, kscr + num_tokens * num_heads * K0_MP, BT, K1_M, K1_MP, K_MPMAX, K1_IDCH, K1_BITS,
                          K1_QJL, K1_NORM, K1_CODES, K1_CBYTES, K1_RNORM, K1_SIGNS, K1_SBYTES, DEBUG_Y, WHOLE, PREC, KCH)
 
@@ -257,28 +255,12 @@ def _store_kernel(
                          V0_CBYTES, 0, 0, 0, DEBUG_Y, WHOLE, PREC, KCH)
         if V_NI == 2:
             _encode_instance(bptr, tmask, vn1, vs1, vd1, vu1, vbad, vrow, v_chan + V_MPMAX,
-                             v_rot + V_MPMAX * V_MPMAX, v_bnd + 16, v_cent + 16, v_cent,
+                             v_rot + V_MAT_STRIDE, v_bnd + CENT_SLOTS, v_cent + CENT_SLOTS, v_cent,
                              vy_ptr + num_tokens * num_heads * V0_MP, y_row, scr_ptr, BT, V1_M, V1_MP, V_MPMAX,
                              V1_IDCH, V1_BITS, False, V1_NORM, V1_CODES, V1_CBYTES, 0, 0, 0, DEBUG_Y, WHOLE, PREC, KCH)
     # zero padding bytes at the end of the slot
     for p in tl.static_range(SLOT_END, SLOT_BYTES):
         tl.store(bptr + p, tl.zeros((BT,), tl.uint8), mask=tmask)
-
-
-_STORE_KEYS = ("K_NI", "K_MPMAX", "V_GROUP", "V_NI", "V_MPMAX", "V_GS", "V_NG", "V_BITS", "V_SCALE", "V_ZERO",
-               "V_CODES", "V_CBYTES")
-_INST_KEYS = ("M", "MP", "BITS", "QJL", "IDCH", "NORM", "CODES", "CBYTES", "RNORM", "SIGNS", "SBYTES")
-_VINST_KEYS = ("M", "MP", "BITS", "IDCH", "NORM", "CODES", "CBYTES")
-
-
-def store_meta(params: KernelParams) -> dict:
-    m = params.meta
-    out = {k: m[k] for k in ("D", "DP", "SLOT_BYTES", "SLOT_END") + _STORE_KEYS}
-    for p in ("K0", "K1"):
-        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in _INST_KEYS})
-    for p in ("V0", "V1"):
-        out.update({f"{p}_{k}": m[f"{p}_{k}"] for k in _VINST_KEYS})
-    return out
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
@@ -326,7 +308,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
         params.v_rot, params.v_bnd, params.v_cent, params.v_chan,
         BT=block_tokens, DEBUG_Y=debug_rotated is not None, WHOLE=whole,
         PREC="tf32x3" if rotation == "tc" and not INTERPRET else "ieee", KCH=kch,
-        num_warps=num_warps or STORE_WARPS[rotation], **store_meta(params),
+        num_warps=num_warps or STORE_WARPS[rotation], **params.constexprs("store"),
     )
 
 

@@ -3,7 +3,6 @@ wrong shape / value -> ValueError, each naming the parameter and what is allowed
 
 from __future__ import annotations
 
-from turboquant import format as tqf
 from turboquant.torch_checks import (  # noqa: F401  (shared with torch_impl; re-exported)
     FLOAT_DTYPES,
     INDEX_DTYPES,
@@ -15,20 +14,12 @@ from turboquant.torch_checks import (  # noqa: F401  (shared with torch_impl; re
     check_tensor,
 )
 
-# Presets the kernels implement (all of format.PRESETS); a preset outside
-# this tuple raises NotImplementedError naming the supported ones.
-SUPPORTED_PRESETS = tuple(tqf.PRESETS)
-
 
 def check_params(params) -> None:
     from turboquant.triton_impl.params import KernelParams
 
     if not isinstance(params, KernelParams):
         raise TypeError(f"params must be a KernelParams (KernelParams.build(fmt, device)), got {type(params).__name__}")
-    name = params.fmt.preset.name
-    if name not in SUPPORTED_PRESETS:
-        raise NotImplementedError(f"preset {name!r} is not implemented by the Triton kernels; supported: "
-                                  f"{list(SUPPORTED_PRESETS)}")
     fmt = params.fmt
     if fmt.preset.value_mode == "group" and fmt.head_size % fmt.preset.group_size:
         raise ValueError(f"head_size={fmt.head_size} is not a multiple of group_size={fmt.preset.group_size}")

@@ -24,14 +24,6 @@ def _positive_int(name):
     return parse
 
 
-def _table(rows: list[dict], cols: list[str]) -> str:
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
-    for r in rows:
-        lines.append("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------ codebook
 def cmd_codebook(args) -> int:
     from turboquant.reference import codebook as cbk
@@ -54,56 +46,22 @@ def cmd_codebook(args) -> int:
 
 # ------------------------------------------------------------------ presets
 def cmd_presets(args) -> int:
+    from turboquant.report import text_table
+
     rows = tqf.preset_table(args.dim)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     print(f"Presets at head_size={args.dim} (bf16: {tqf.bf16_slot_bytes(args.dim)} B per token per KV head)")
-    print(_table(rows, ["preset", "bytes_per_token_per_kv_head", "compression_vs_bf16", "key_bits_per_coord",
+    print(text_table(rows, ["preset", "bytes_per_token_per_kv_head", "compression_vs_bf16", "key_bits_per_coord",
                         "value_bits_per_coord", "description", "error"]))
     return 0
 
 
 # ------------------------------------------------------------------ distortion
-def distortion(dim: int, bits: int, mode: str, n: int, seed: int) -> dict:
-    """Empirical D_mse or D_prod on n random unit vectors, next to the paper's bounds."""
-    from turboquant.reference import codebook as cbk
-    from turboquant.reference.qjl import qjl_matrix
-    from turboquant.reference.quantizer import InstanceParams, decode_instances, encode_instances
-    from turboquant.reference.rotation import rotation_matrix
-
-    tqf.check_choice("--mode", mode, tqf.KEY_MODES)
-    tqf.check_choice("--bits", bits, tqf.SUPPORTED_BITS)
-    qjl = mode == "prod"
-    mse_bits = bits - 1 if qjl else bits
-    try:
-        book = cbk.load(dim, mse_bits) if mse_bits else None
-    except ValueError:
-        book = cbk.lloyd_max(dim, mse_bits)
-    inst = tqf.Instance(0, dim, mse_bits, qjl)
-    params = (InstanceParams(inst, np.arange(dim), rotation_matrix("haar", dim, seed), book,
-                             qjl_matrix(dim, seed + 1) if qjl else None),)
-    rng = np.random.default_rng([seed, 1])  # NumPy data stream, independent of the matrices' SplitMix64 streams
-    x = rng.standard_normal((n, dim))
-    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    xt = decode_instances(encode_instances(x, params), params)[0].astype(np.float64)
-    lower, upper = 4.0**-bits, np.sqrt(3) * np.pi / 2 * 4.0**-bits
-    out = {"dim": dim, "bits": bits, "mode": mode, "n": n, "seed": seed}
-    if mode == "mse":
-        out.update(empirical=float(np.mean(np.sum((x - xt) ** 2, axis=1))), lower_bound=lower, upper_bound=upper,
-                   metric="D_mse = E||x - x~||^2")
-    else:
-        y = rng.standard_normal((n, dim))
-        y /= np.linalg.norm(y, axis=1, keepdims=True)
-        err = np.sum(y * xt, axis=1) - np.sum(y * x, axis=1)
-        out.update(empirical=float(np.mean(err**2)), lower_bound=lower / dim, upper_bound=np.sqrt(3) * np.pi**2 / dim
-                   * 4.0**-bits, metric="D_prod = E|<y,x> - <y,x~>|^2 (||y||=1)",
-                   mean_error=float(np.mean(err)), mean_error_stderr=float(np.std(err) / np.sqrt(n)))
-    out["within_bounds"] = bool(out["lower_bound"] <= out["empirical"] <= out["upper_bound"])
-    return out
-
-
 def cmd_distortion(args) -> int:
+    from turboquant.report import distortion
+
     r = distortion(args.dim, args.bits, args.mode, args.n, args.seed)
     if args.json:
         print(json.dumps(r, indent=1))
@@ -119,9 +77,9 @@ def cmd_distortion(args) -> int:
 
 # ------------------------------------------------------------------ report / demo
 def cmd_report(args) -> int:
-    from turboquant.demo import run_demo
+    from turboquant.report import run_report
 
-    return run_demo(seed=args.seed, quick=args.quick)
+    return run_report(seed=args.seed, quick=args.quick)
 
 
 def cmd_calibrate(args) -> int:

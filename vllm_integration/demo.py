@@ -30,10 +30,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from turboquant import format as tqf
 from turboquant.vllm_integration.engine_configs import (
-    BASELINES,
     bytes_per_token,
+    check_config,
     config_kwargs,
     memory_kwargs,
     on_cuda,
@@ -56,20 +55,6 @@ def builtin_model() -> str:
                             "current directory; run from the repository root or pass --model PATH")
 
 
-def check_config(config: str) -> None:
-    """bf16, fp8 or one of our presets without an outlier split."""
-    if config in BASELINES:
-        return
-    if config not in tqf.PRESETS:
-        raise ValueError(f"configs: {config!r} is not supported; allowed values: {list(BASELINES)} and "
-                         f"the presets {list(tqf.PRESETS)}")
-    if tqf.get_preset(config).outlier_fraction:
-        raise ValueError(f"configs: preset {config!r} has an outlier-channel split whose channels are "
-                         "calibrated per model (`turboquant calibrate`, then the plugin's outlier_channels "
-                         "option), which the demo does not do; allowed here: presets without a split: "
-                         f"{[p for p in tqf.PRESETS if not tqf.get_preset(p).outlier_fraction]}")
-
-
 @dataclass
 class DemoSettings:
     model: str
@@ -88,7 +73,7 @@ class DemoSettings:
         if not self.configs:
             raise ValueError("configs: give at least one config")
         for c in self.configs:
-            check_config(c)
+            check_config(c, vllm_turboquant=False, outlier_split=False)  # bf16, fp8, our presets
         for name in ("prompts", "prompt_chars", "max_tokens", "max_model_len", "kv_mib"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")

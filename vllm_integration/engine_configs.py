@@ -48,13 +48,21 @@ def parse_boundary(config: str) -> tuple[str, str, int] | None:
     return main, boundary, int(n)
 
 
-def check_config(config: str) -> None:
-    """bf16, fp8, vLLM's TurboQuant presets, or one of ours (with boundary layers: MAIN+BOUNDARY@N)."""
-    if config in BASELINES or config in VLLM_TQ or parse_boundary(config):
+def check_config(config: str, *, vllm_turboquant: bool = True, outlier_split: bool = True) -> None:
+    """bf16, fp8, vLLM's TurboQuant presets (if ``vllm_turboquant``) or one of ours (with boundary layers:
+    MAIN+BOUNDARY@N); presets with an outlier-channel split only if ``outlier_split`` (their channels
+    are calibrated per model)."""
+    if config in BASELINES or (vllm_turboquant and config in VLLM_TQ) or parse_boundary(config):
         return
     if config not in tqf.PRESETS:
-        raise ValueError(f"configs: {config!r} is not supported; allowed values: {list(BASELINES)}, vLLM's "
-                         f"{list(VLLM_TQ)}, the presets {list(tqf.PRESETS)} and MAIN+BOUNDARY@N (e.g. tq3+k4v3@2)")
+        theirs = f", vLLM's {list(VLLM_TQ)}" if vllm_turboquant else ""
+        raise ValueError(f"configs: {config!r} is not supported; allowed values: {list(BASELINES)}{theirs}, "
+                         f"the presets {list(tqf.PRESETS)} and MAIN+BOUNDARY@N (e.g. tq3+k4v3@2)")
+    if not outlier_split and tqf.get_preset(config).outlier_fraction:
+        raise ValueError(f"configs: preset {config!r} has an outlier-channel split whose channels are "
+                         "calibrated per model (`turboquant calibrate`, then the plugin's outlier_channels "
+                         "option), which is not done here; allowed here: presets without a split: "
+                         f"{[p for p in tqf.PRESETS if not tqf.get_preset(p).outlier_fraction]}")
 
 
 def config_kwargs(config: str, outlier_channels: str | None = None) -> dict:

@@ -46,19 +46,25 @@ def test_smoke_training_writes_a_loadable_checkpoint(smoke_checkpoint):
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert np.isfinite(metrics["perplexity"]["128"]["ppl"]) and 0 <= metrics["retrieval"]["overall"] <= 1
     model = LlamaForCausalLM.from_pretrained(out)
-    assert model.dtype == torch.float16 and model.config.num_key_value_heads == 1
+    assert model.dtype == torch.bfloat16 and model.config.num_key_value_heads == 1
     tok = AutoTokenizer.from_pretrained(out)
     assert tok("abc").input_ids == [BOS_ID, 97, 98, 99]
 
 
 def test_committed_model_card():
-    """The committed checkpoint: Llama with GQA, head size 128, fp16 safetensors <= 30 MB, recipe and metrics."""
+    """The committed checkpoint: Llama with GQA, head size 128, bf16 safetensors <= 30 MB, recipe and metrics."""
     cfg = json.load(open(os.path.join(COMMITTED, "config.json")))
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["head_dim"] == 128
     assert cfg["num_attention_heads"] > cfg["num_key_value_heads"] and cfg["vocab_size"] == VOCAB_SIZE
-    assert cfg["max_position_embeddings"] == 2048 and cfg["dtype"] == "float16"
-    assert os.path.getsize(os.path.join(COMMITTED, "model.safetensors")) <= 30_000_000
+    assert cfg["max_position_embeddings"] == 2048 and cfg["dtype"] == "bfloat16"
+    path = os.path.join(COMMITTED, "model.safetensors")
+    assert os.path.getsize(path) <= 30_000_000
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    header.pop("__metadata__", None)
+    assert {t["dtype"] for t in header.values()} == {"BF16"}
     recipe = json.load(open(os.path.join(COMMITTED, "recipe.json")))
-    assert recipe["files"]["safetensors_bytes"] == os.path.getsize(os.path.join(COMMITTED, "model.safetensors"))
+    # the run's weights, 2 bytes each (it wrote fp16; the committed file holds them rounded to bf16)
+    assert sum(t["data_offsets"][1] - t["data_offsets"][0] for t in header.values()) == 2 * recipe["parameters"]
     metrics = json.load(open(os.path.join(COMMITTED, "metrics.json")))
     assert set(metrics["retrieval"]["by_context"]) == {"256", "512", "1024", "2048"}

@@ -7,6 +7,8 @@ TRITON_INTERPRET=1 (set before triton is imported); CUDA when available.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -192,6 +194,50 @@ def test_magnitude_polynomials_reproduce_every_shipped_codebook():
             t = (m % 4).astype(np.float64)
             got = ((a[:, 3] * t + a[:, 2]) * t + a[:, 1]) * t + a[:, 0]
             assert ok and np.allclose(got, c[h:], rtol=0, atol=1e-6 * np.abs(c).max()), (preset, got, c[h:])
+
+
+def _constexpr_args(kernel) -> set:
+    """The tl.constexpr parameters of a @triton.jit kernel (compiled or interpreted)."""
+    fn = getattr(kernel, "fn", kernel)
+    return {n for n, a in inspect.signature(fn).parameters.items() if "constexpr" in str(a.annotation)}
+
+
+def _kernels():
+    from turboquant.triton_impl import attn_core, dequant, prefill, query, store
+
+    return {"store": store._store_kernel, "query": query._rotate_query_kernel, "split": attn_core._split_kernel,
+            "merge": attn_core._merge_kernel, "dense_kv": prefill._dense_kv_kernel,
+            "dequant": dequant._dequant_kernel}
+
+
+@pytest.mark.parametrize("preset", ["tq3_qjl", "tq2.5", "k4g4"])
+def test_constexpr_table_matches_the_kernels(preset):
+    """Every layer constexpr a kernel declares comes from KernelParams.constexprs, and nothing else."""
+    from turboquant.triton_impl.params import KERNEL_CONSTEXPRS
+    from turboquant.triton_impl.prefill import _rotate_kernel
+
+    p = KernelParams.build(_fmt(preset), DEV)
+    kernels = _kernels()
+    assert set(kernels) == set(KERNEL_CONSTEXPRS)
+    for name, kernel in kernels.items():
+        declared = _constexpr_args(kernel)
+        given = p.constexprs(name)
+        assert set(given) <= declared, (name, set(given) - declared)
+        assert declared & set(p.meta) <= set(given), (name, declared & set(p.meta) - set(given))
+    rot = _constexpr_args(_rotate_kernel)
+    for tensor in ("key", "value"):  # the rest are chosen per launch
+        assert rot - set(p.rotation_constexprs(tensor)) == {"BR", "TAIL0", "TAIL", "TAILP", "INVERSE", "PREC",
+                                                            "OUT_BF16"}
+    assert p.constexprs("merge")["V_MAT_STRIDE"] == p.v_rot.shape[1] * p.v_rot.shape[2] == p.v_rot.stride(0)
+    assert p.constexprs("query")["K_MAT_STRIDE"] == p.k_qjl.stride(0)
+
+
+def test_constexpr_lookups_name_the_allowed_values():
+    p = KernelParams.build(_fmt("tq3"), DEV)
+    with pytest.raises(ValueError, match=r"kernel='decode' is not supported; allowed values: \['store'"):
+        p.constexprs("decode")
+    with pytest.raises(ValueError, match=r"tensor='keys' is not supported; allowed values: \['key', 'value'\]"):
+        p.rotation_constexprs("keys")
 
 
 def test_attn_config_rejects_unknown_lookup():

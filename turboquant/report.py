@@ -1,6 +1,6 @@
-"""The built-in demo (``nox -s demo`` / ``turboquant demo``): runs the NumPy
-reference on a synthetic workload and prints presets, distortions and
-attention fidelity against exact float64 attention."""
+"""The NumPy-only report (``turboquant report`` / ``nox -s report``): runs the reference on a
+synthetic workload and prints presets, distortions next to the paper's bounds and attention
+fidelity against exact float64 attention.  No GPU or vLLM needed."""
 
 from __future__ import annotations
 
@@ -9,6 +9,52 @@ import time
 import numpy as np
 
 from turboquant import format as tqf
+
+
+def text_table(rows: list[dict], cols: list[str]) -> str:
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
+    for r in rows:
+        lines.append("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))
+    return "\n".join(lines)
+
+
+def distortion(dim: int, bits: int, mode: str, n: int, seed: int) -> dict:
+    """Empirical D_mse or D_prod on n random unit vectors, next to the paper's bounds."""
+    from turboquant.reference import codebook as cbk
+    from turboquant.reference.qjl import qjl_matrix
+    from turboquant.reference.quantizer import InstanceParams, decode_instances, encode_instances
+    from turboquant.reference.rotation import rotation_matrix
+
+    tqf.check_choice("--mode", mode, tqf.KEY_MODES)
+    tqf.check_choice("--bits", bits, tqf.SUPPORTED_BITS)
+    qjl = mode == "prod"
+    mse_bits = bits - 1 if qjl else bits
+    try:
+        book = cbk.load(dim, mse_bits) if mse_bits else None
+    except ValueError:
+        book = cbk.lloyd_max(dim, mse_bits)
+    inst = tqf.Instance(0, dim, mse_bits, qjl)
+    params = (InstanceParams(inst, np.arange(dim), rotation_matrix("haar", dim, seed), book,
+                             qjl_matrix(dim, seed + 1) if qjl else None),)
+    rng = np.random.default_rng([seed, 1])  # NumPy data stream, independent of the matrices' SplitMix64 streams
+    x = rng.standard_normal((n, dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    xt = decode_instances(encode_instances(x, params), params)[0].astype(np.float64)
+    lower, upper = 4.0**-bits, np.sqrt(3) * np.pi / 2 * 4.0**-bits
+    out = {"dim": dim, "bits": bits, "mode": mode, "n": n, "seed": seed}
+    if mode == "mse":
+        out.update(empirical=float(np.mean(np.sum((x - xt) ** 2, axis=1))), lower_bound=lower, upper_bound=upper,
+                   metric="D_mse = E||x - x~||^2")
+    else:
+        y = rng.standard_normal((n, dim))
+        y /= np.linalg.norm(y, axis=1, keepdims=True)
+        err = np.sum(y * xt, axis=1) - np.sum(y * x, axis=1)
+        out.update(empirical=float(np.mean(err**2)), lower_bound=lower / dim, upper_bound=np.sqrt(3) * np.pi**2 / dim
+                   * 4.0**-bits, metric="D_prod = E|<y,x> - <y,x~>|^2 (||y||=1)",
+                   mean_error=float(np.mean(err)), mean_error_stderr=float(np.std(err) / np.sqrt(n)))
+    out["within_bounds"] = bool(out["lower_bound"] <= out["empirical"] <= out["upper_bound"])
+    return out
 
 
 def synthetic_workload(seed: int, seq_len: int, num_kv_heads: int = 2, q_per_kv: int = 4, d: int = 128):
@@ -63,14 +109,12 @@ def attention_fidelity(preset: str, key, value, query, block_size: int = 16) -> 
     return {"preset": preset, "bytes": fmt.slot_bytes, "attn_rel_err": rel, "kl": kl, "top1": top1}
 
 
-def run_demo(seed: int = 0, quick: bool = False) -> int:
-    from turboquant.cli import _table, distortion
-
+def run_report(seed: int = 0, quick: bool = False) -> int:
     t0 = time.time()
     print("TurboQuant reference demo (NumPy; no GPU or vLLM needed)\n")
     rows = tqf.preset_table(128)
     print("1. Presets at head_size=128 (bf16 = 512 B per token per KV head)")
-    print(_table(rows, ["preset", "bytes_per_token_per_kv_head", "compression_vs_bf16", "description"]))
+    print(text_table(rows, ["preset", "bytes_per_token_per_kv_head", "compression_vs_bf16", "description"]))
     n = 2000 if quick else 10_000
     print(f"\n2. Distortion on {n} random unit vectors, d=128, next to the paper's bounds")
     drows = []
@@ -80,7 +124,7 @@ def run_demo(seed: int = 0, quick: bool = False) -> int:
             drows.append({"mode": mode, "bits": b, "empirical": f"{r['empirical']:.5g}",
                           "paper_lower": f"{r['lower_bound']:.5g}", "paper_upper": f"{r['upper_bound']:.5g}",
                           "within": r["within_bounds"]})
-    print(_table(drows, ["mode", "bits", "empirical", "paper_lower", "paper_upper", "within"]))
+    print(text_table(drows, ["mode", "bits", "empirical", "paper_lower", "paper_upper", "within"]))
     seq_len = 1024 if quick else 4096
     print(f"\n3. Decode-attention fidelity, synthetic peaky workload ({seq_len} tokens, 2 KV heads x 4 query heads),"
           " against exact float64 attention")
@@ -91,6 +135,6 @@ def run_demo(seed: int = 0, quick: bool = False) -> int:
         frows.append({"preset": name, "bytes": r["bytes"], "attn_rel_err": f"{r['attn_rel_err']:.4f}",
                       "KL(exact||quant)": f"{r['kl']:.2e}", "top1_agree": f"{r['top1']:.2f}"})
     frows.sort(key=lambda r: r["bytes"])
-    print(_table(frows, ["preset", "bytes", "attn_rel_err", "KL(exact||quant)", "top1_agree"]))
+    print(text_table(frows, ["preset", "bytes", "attn_rel_err", "KL(exact||quant)", "top1_agree"]))
     print(f"\ndone in {time.time() - t0:.1f} s")
     return 0
