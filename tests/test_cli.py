@@ -97,7 +97,7 @@ def test_no_module_imports_the_command_line():
 
 @pytest.mark.parametrize("config,kw,needle", [
     ("tq9", {}, "'tq9' is not supported; allowed values: ['bf16', 'fp8'], vLLM's ['turboquant_k8v4'"),
-    ("turboquant_4bit_nc", {"vllm_turboquant": False}, "allowed values: ['bf16', 'fp8'] and the presets ['tq4'"),
+    ("turboquant_4bit_nc", {"vllm_turboquant": False}, "allowed values: ['bf16', 'fp8'], the presets ['tq4'"),
     ("tq2.5", {"outlier_split": False}, "preset 'tq2.5' has an outlier-channel split"),
 ])
 def test_check_config_names_the_allowed_configs(config, kw, needle):
