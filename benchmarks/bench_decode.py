@@ -7,7 +7,7 @@ replays, GB/s on the bytes actually stored (batch * context * 8 * slot_bytes),
 and that as a fraction of the device-to-device copy bandwidth measured in the
 same run (bytes read + written).  torch SDPA bf16 on a dense cache is measured
 in the same run.  Small problems rotate over several disjoint caches so that
-the working set exceeds L2 (METHOD.md).  Writes JSON (``--out``); plot it with
+the working set exceeds L2 (else the timing measures L2, not HBM).  Writes JSON (``--out``); plot it with
 benchmarks/plot_decode.py.
 
     python benchmarks/bench_decode.py --out results.json            # full table

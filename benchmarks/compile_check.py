@@ -2,7 +2,7 @@
 (sm_90 by default) and report registers / spills / shared memory from ptxas.
 
 Catches front-end and lowering errors before spending device time, and gives
-the resource numbers METHOD.md asks to read first.  Needs Triton with its
+the resource numbers (registers, spills, shared memory) worth reading before any timing.  Needs Triton with its
 bundled ptxas; no CUDA driver.  Do NOT set TRITON_INTERPRET.
 
     python benchmarks/compile_check.py [--presets tq3,tq4] [--arch 90]
