@@ -16,10 +16,14 @@ which is SPEC §9's attention over the dequantized cache, up to the dense kernel
 K', V' to the query dtype (SPEC §10: ATTN_RTOL_HALF).  Keys with a QJL sketch, fp16 / fp32 queries
 on a GPU and batch-invariant mode keep the packed-tile kernel (extend.py).
 
+Non-finite tokens give NaN exactly in the rows that see them (SPEC §8), as with the other kernels
+(see _dense_kv_kernel).
+
 Launches: _rotate_kernel (q -> q'; on a GPU tensor cores with Pi split into bf16 hi + lo parts,
-~fp32-accurate), _dense_kv_kernel (packed slots -> K', V'), the dense attention (vLLM's FlashAttention varlen when
-vLLM is importable, else torch SDPA per sequence), _rotate_kernel again (o' -> out, Pi per value
-instance, channels scattered).  Workspace: K', V' [sum of the sequences' cached tokens,
+~fp32-accurate), _dense_kv_kernel (packed slots -> K', V'), the dense attention (vLLM's
+FlashAttention varlen when vLLM is importable, else torch SDPA per sequence on a GPU, a float32
+masked attention on a CPU), _rotate_kernel again (o' -> out, Pi per value instance, channels
+scattered).  Workspace: K', V' [sum of the sequences' cached tokens,
 num_kv_heads, W] in the query dtype (float32 on CPU), at most MAX_WORKSPACE_BYTES at a time (the
 plan's parts).  Host planning is PrefillPlan (plan.py), once per step.
 """
@@ -119,17 +123,25 @@ def _zero_tail(rows, tm, COL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.const
 
 
 @triton.jit
-def _dense_instance(ptrs, tm, rows, cent_ptr, SEG: tl.constexpr, BT: tl.constexpr, M: tl.constexpr,
-                    MP: tl.constexpr, BITS: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr,
-                    CFAST: tl.constexpr):
-    """rows[:, SEG + j] = ||x|| c[idx_j] (j < M; 0 up to MP): one instance of a tile of slots in the
-    rotated domain.  A NaN norm (a non-finite token) gives a NaN row."""
+def _dense_instance(ptrs, tm, cent_ptr, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr,
+                    NORM: tl.constexpr, CODES: tl.constexpr, CFAST: tl.constexpr):
+    """||x|| c[idx_j] (j < M; 0 up to MP) of one instance of a tile of slots, in the rotated domain:
+    [BT, MP] float32; a NaN norm (a non-finite token) gives NaN in its M columns."""
     j = tl.arange(0, MP)
     norm = load_f32(ptrs, tm, NORM)
     codes = unpack_codes(ptrs, tm, BT, CODES * 8, BITS, M, MP, CFAST)
-    y = norm[:, None] * tl.load(cent_ptr + codes)
-    y = tl.where((j < M)[None, :], y, 0.0)
+    return tl.where((j < M)[None, :], norm[:, None] * tl.load(cent_ptr + codes), 0.0)
+
+
+@triton.jit
+def _store_cols(rows, tm, y, SEG: tl.constexpr, MP: tl.constexpr):
+    j = tl.arange(0, MP)
     tl.store(rows[:, None] + SEG + j[None, :], y.to(rows.dtype.element_ty), mask=tm[:, None])
+
+
+@triton.jit
+def _finite(x):
+    return tl.abs(x) < float("inf")
 
 
 @triton.jit
@@ -163,23 +175,32 @@ def _dense_kv_kernel(
     page = tl.load(bt_ptr + b * stride_bt + t // block_size, mask=tm, other=0).to(tl.int64)
     ptrs = words + page * stride_cb + h.to(tl.int64) * stride_ch + (t % block_size).to(tl.int64) * stride_cs
     row = (tl.load(cu_k_ptr + b) + t).to(tl.int64) * stride_ot + h.to(tl.int64) * stride_oh
-    krows = k_out + row
-    _dense_instance(ptrs, tm, krows, k_cent, 0, BT, K0_M, K0_MP, K0_BITS, K0_NORM, K0_CODES, K0_CFAST)
-    if K_NI == 2:
-        _dense_instance(ptrs, tm, krows, k_cent + CENT_SLOTS, K0_MP, BT, K1_M, K1_MP, K1_BITS, K1_NORM, K1_CODES,
-                        K1_CFAST)
-    _zero_tail(krows, tm, KTAIL0, KTAIL, KTAILP, BT)
+    # Non-finite tokens (SPEC §8) must give NaN exactly in the rows that see them.  The dense kernel
+    # masks scores by assignment (a NaN key at a masked position never reaches a row), but it
+    # multiplies probabilities by V' even where they are 0: so a token whose values are non-finite
+    # is written with V' = 0 and NaN keys instead, which poisons exactly the rows that see it.
     vrows = v_out + row
     if V_GROUP:
         d = tl.arange(0, DP)
         v = group_values(ptrs, tm, BT, D, DP, V_GS, V_NG, V_BITS, V_SCALE, V_ZERO, V_CODES, V_CFAST)
-        v = tl.where((d < D)[None, :], v, 0.0)
-        tl.store(vrows[:, None] + d[None, :], v.to(vrows.dtype.element_ty), mask=tm[:, None])
+        vbad = tl.sum(tl.where((d < D)[None, :] & ~_finite(v), 1, 0), axis=1) > 0
+        _store_cols(vrows, tm, tl.where((d < D)[None, :] & ~vbad[:, None], v, 0.0), 0, DP)
     else:
-        _dense_instance(ptrs, tm, vrows, v_cent, 0, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES, V0_CFAST)
+        v0 = _dense_instance(ptrs, tm, v_cent, BT, V0_M, V0_MP, V0_BITS, V0_NORM, V0_CODES, V0_CFAST)
+        vbad = ~_finite(load_f32(ptrs, tm, V0_NORM))
         if V_NI == 2:
-            _dense_instance(ptrs, tm, vrows, v_cent + CENT_SLOTS, V0_MP, BT, V1_M, V1_MP, V1_BITS, V1_NORM, V1_CODES,
-                            V1_CFAST)
+            v1 = _dense_instance(ptrs, tm, v_cent + CENT_SLOTS, BT, V1_M, V1_MP, V1_BITS, V1_NORM, V1_CODES,
+                                 V1_CFAST)
+            vbad = vbad | ~_finite(load_f32(ptrs, tm, V1_NORM))
+            _store_cols(vrows, tm, tl.where(vbad[:, None], 0.0, v1), V0_MP, V1_MP)
+        _store_cols(vrows, tm, tl.where(vbad[:, None], 0.0, v0), 0, V0_MP)
+    krows = k_out + row
+    k0 = _dense_instance(ptrs, tm, k_cent, BT, K0_M, K0_MP, K0_BITS, K0_NORM, K0_CODES, K0_CFAST)
+    _store_cols(krows, tm, tl.where(vbad[:, None], float("nan"), k0), 0, K0_MP)
+    if K_NI == 2:
+        k1 = _dense_instance(ptrs, tm, k_cent + CENT_SLOTS, BT, K1_M, K1_MP, K1_BITS, K1_NORM, K1_CODES, K1_CFAST)
+        _store_cols(krows, tm, tl.where(vbad[:, None], float("nan"), k1), K0_MP, K1_MP)
+    _zero_tail(krows, tm, KTAIL0, KTAIL, KTAILP, BT)
     _zero_tail(vrows, tm, VTAIL0, VTAIL, VTAILP, BT)
 
 
@@ -293,8 +314,8 @@ def _flash_varlen():
 def dense_attention(qd: torch.Tensor, kd: torch.Tensor, vd: torch.Tensor, plan: PrefillPlan, scale: float,
                     backend: str = "auto") -> torch.Tensor:
     """Causal (bottom-right) varlen attention of q' [rows, Hq, W] over K', V' [total_k, Hkv, W].
-    backend: "flash" (vLLM's FlashAttention), "sdpa" (torch, per sequence) or "auto" (flash on a
-    GPU where vLLM has it, else sdpa)."""
+    backend: "flash" (vLLM's FlashAttention), "sdpa" (per sequence: torch SDPA on a GPU, a
+    float32 masked attention on a CPU) or "auto" (flash on a GPU where vLLM has it, else sdpa)."""
     fa = _flash_varlen() if qd.device.type == "cuda" and backend in ("auto", "flash") else None
     if backend == "flash" and fa is None:
         raise RuntimeError("backend='flash' needs vLLM's FlashAttention (vllm.vllm_flash_attn) on a GPU")
@@ -302,24 +323,50 @@ def dense_attention(qd: torch.Tensor, kd: torch.Tensor, vd: torch.Tensor, plan: 
         fn, version = fa
         return fn(q=qd, k=kd, v=vd, max_seqlen_q=plan.max_q, cu_seqlens_q=plan.cu_q, max_seqlen_k=plan.max_k,
                   cu_seqlens_k=plan.cu_k, softmax_scale=scale, causal=True, fa_version=version)
-    from torch.nn.attention.bias import causal_lower_right
-    from torch.nn.functional import scaled_dot_product_attention as sdpa
-
     od = torch.empty_like(qd)
     q0 = k0 = 0
     for lq, lk in zip(plan.q_lens, plan.k_lens):
         if lq:
-            q = qd[q0:q0 + lq].transpose(0, 1)[None]
-            k = kd[k0:k0 + lk].transpose(0, 1)[None]
-            v = vd[k0:k0 + lk].transpose(0, 1)[None]
-            if lq == lk:
-                o = sdpa(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-            else:
-                o = sdpa(q, k, v, attn_mask=causal_lower_right(lq, lk), scale=scale, enable_gqa=True)
-            od[q0:q0 + lq] = o[0].transpose(0, 1)
+            q = qd[q0:q0 + lq].transpose(0, 1)
+            k = kd[k0:k0 + lk].transpose(0, 1)
+            v = vd[k0:k0 + lk].transpose(0, 1)
+            attend = _masked_attention if qd.device.type == "cpu" else _sdpa_attention
+            od[q0:q0 + lq] = attend(q, k, v, scale).transpose(0, 1)
         q0 += lq
         k0 += lk
     return od
+
+
+def _sdpa_attention(q, k, v, scale):
+    """torch SDPA, causal bottom-right ([H, rows, W] over [Hkv, keys, W]): a GPU without vLLM."""
+    from torch.nn.attention.bias import causal_lower_right
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    lq, lk = q.shape[1], k.shape[1]
+    mask = None if lq == lk else causal_lower_right(lq, lk)
+    return sdpa(q[None], k[None], v[None], attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True)[0]
+
+
+MASKED_ROWS = 256  # query rows per block of _masked_attention (bounds its score matrix)
+
+
+def _masked_attention(q, k, v, scale):
+    """Causal bottom-right attention in float32 with the mask applied by assignment (CPU): a NaN
+    score at a masked position never reaches a row, as in FlashAttention (torch SDPA's CPU paths add
+    an additive -inf mask, which turns such a NaN into the row's output)."""
+    lq, lk = q.shape[1], k.shape[1]
+    g = q.shape[0] // k.shape[0]
+    k = k.float().repeat_interleave(g, 0)
+    v = v.float().repeat_interleave(g, 0)
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    cols = torch.arange(lk, device=q.device)
+    for r0 in range(0, lq, MASKED_ROWS):
+        r1 = min(lq, r0 + MASKED_ROWS)
+        s = torch.matmul(q[:, r0:r1].float(), k.transpose(1, 2)) * scale
+        seen = cols[None, :] <= (lk - lq + torch.arange(r0, r1, device=q.device))[:, None]
+        p = torch.softmax(torch.where(seen, s, float("-inf")), dim=-1)
+        out[:, r0:r1] = torch.matmul(p, v)
+    return out.to(q.dtype)
 
 
 def prefill_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,

@@ -39,15 +39,15 @@ def _t(x):
     return torch.from_numpy(np.ascontiguousarray(x)).to(DEV)
 
 
-def _step(preset, seq_lens, q_lens, h=2, g=4, bs=16, seed=0, nan_token=None):
+def _step(preset, seq_lens, q_lens, h=2, g=4, bs=16, seed=0, nan_token=None, nan_in="key"):
     """A cache written by the reference, bf16 queries, the step's host plan."""
     fmt = tqf.LayerFormat(tqf.get_preset(preset), 128, layer=1)
     rng = np.random.default_rng(seed)
     nb, bt, slots = paged_layout(rng, seq_lens, bs, spare=2)
     key = round_to(rng.standard_normal((slots.size, h, 128)) * 1.3, "bfloat16")
-    if nan_token is not None:
-        key[nan_token, 0, 5] = np.nan
     value = round_to(rng.standard_normal((slots.size, h, 128)), "bfloat16")
+    if nan_token is not None:
+        (key if nan_in == "key" else value)[nan_token, 0, 5] = np.nan
     cache = ref.new_cache(fmt, nb, bs, h)
     ref.store(cache, key, value, slots, fmt)
     qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
@@ -87,11 +87,16 @@ def test_workspace_parts_give_the_same_rows(monkeypatch):
     assert rel_err(parts, want) <= tqf.ATTN_RTOL_HALF
 
 
-def test_nonfinite_key_poisons_only_rows_that_see_it_on_the_dense_path():
-    args, plan, want = _step("tq3", (40,), (40,), h=1, g=2, nan_token=25)
+@pytest.mark.parametrize("preset", ["tq3", "k4g4", "tq2.5"])
+@pytest.mark.parametrize("nan_in,q_len", [("key", 40), ("value", 40), ("key", 22), ("value", 22)])
+def test_nonfinite_token_poisons_only_rows_that_see_it_on_the_dense_path(preset, nan_in, q_len):
+    """A whole prompt and a chunk over a history (bottom-right mask), a non-finite key or value at
+    position 25: NaN in exactly the rows at or after it, like the reference."""
+    args, plan, want = _step(preset, (40,), (q_len,), h=1, g=2, nan_token=25, nan_in=nan_in)
     got = attention(*args, plan=plan).float().cpu().numpy()
-    assert np.isnan(want[25:]).all() and not np.isnan(want[:25]).any()
-    assert np.isnan(got[25:]).all() and not np.isnan(got[:25]).any()
+    first = 25 - (40 - q_len)  # the first query row that sees token 25
+    assert np.isnan(want[first:]).all() and not np.isnan(want[:first]).any()
+    assert np.isnan(got[first:]).all() and not np.isnan(got[:first]).any()
 
 
 def test_which_rows_take_the_dense_path():
