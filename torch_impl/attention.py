@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from turboquant.torch_checks import check_attention
+from turboquant.torch_checks import check_attention, check_query_rows, one_row_per_sequence
 from turboquant.torch_impl import bits
 from turboquant.torch_impl.params import TorchParams, check_params, f16_field, f32_field, stream
 
@@ -98,13 +98,9 @@ def _attend(qrot, slots: torch.Tensor, visible: torch.Tensor, valid: torch.Tenso
 
 def _check_values(query, cache, block_table, seq_lens, qsl) -> None:
     bs = cache.shape[2]
-    ql = qsl[1:] - qsl[:-1]
-    if int(qsl[0]) != 0 or int(qsl[-1]) != query.shape[0] or bool((ql < 0).any()):
-        raise ValueError(f"query_start_loc must be non-decreasing from 0 to num_tokens={query.shape[0]}")
     if bool((seq_lens < 0).any()) or bool(((seq_lens + bs - 1) // bs > block_table.shape[1]).any()):
         raise ValueError(f"seq_lens must lie in [0, max_blocks * block_size = {block_table.shape[1] * bs}]")
-    if bool((ql > seq_lens).any()):
-        raise ValueError("a sequence has more query tokens than seq_lens")
+    check_query_rows(query, qsl, seq_lens)
     nblk = (seq_lens + bs - 1) // bs
     used = torch.arange(block_table.shape[1], device=block_table.device)[None, :] < nblk[:, None]
     if bool((used & ((block_table < 0) | (block_table >= cache.shape[0]))).any()):
@@ -121,10 +117,7 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
     check_attention(query, cache, block_table, seq_lens, params, query_start_loc, out)
     nseq = block_table.shape[0]
     if query_start_loc is None:
-        if query.shape[0] != nseq:
-            raise ValueError(f"without query_start_loc, query needs one row per sequence ({nseq}), "
-                             f"got {query.shape[0]}")
-        query_start_loc = torch.arange(nseq + 1, device=query.device)
+        query_start_loc = one_row_per_sequence(query, nseq)
     qsl, sl = query_start_loc.to(torch.int64), seq_lens.to(torch.int64)
     _check_values(query, cache, block_table, sl, qsl)
     scale = params.fmt.head_size ** -0.5 if softmax_scale is None else float(softmax_scale)

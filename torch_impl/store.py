@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from turboquant import format as tqf
-from turboquant.torch_checks import check_cache, check_kv, check_slot_mapping
+from turboquant.torch_checks import check_store
 from turboquant.torch_impl import bits
 from turboquant.torch_impl.params import InstanceTensors, TorchParams, check_params
 
@@ -123,13 +123,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
     raise ValueError, as in the reference."""
     check_params(params)
     fmt = params.fmt
-    check_cache("cache", cache, fmt, params.device)
-    check_kv("key", key, fmt, params.device, ndim=3)
-    check_kv("value", value, fmt, params.device, ndim=3)
-    if key.shape != value.shape or key.shape[1] != cache.shape[1]:
-        raise ValueError(f"key and value must be [num_tokens, num_kv_heads={cache.shape[1]}, {fmt.head_size}], "
-                         f"got key {tuple(key.shape)}, value {tuple(value.shape)}")
-    check_slot_mapping(slot_mapping, key.shape[0], params.device)
+    check_store(key, value, cache, slot_mapping, fmt, params.device)
     nb, _, bs, _ = cache.shape
     keep = slot_mapping >= 0
     sm = slot_mapping[keep].to(torch.int64)

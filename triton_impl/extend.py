@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from turboquant.torch_checks import check_query_rows, one_row_per_sequence
 from turboquant.triton_impl.launch import AttnConfig, choose_splits, default_config, run_split_merge
 from turboquant.triton_impl.params import next_pow2
 from turboquant.triton_impl.query import rotate_query
@@ -27,16 +28,9 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
     check_attention(query, cache, block_table, seq_lens, params, query_start_loc, out)
     nseq = block_table.shape[0]
     if query_start_loc is None:
-        if query.shape[0] != nseq:
-            raise ValueError(f"without query_start_loc, query needs one row per sequence ({nseq}), "
-                             f"got {query.shape[0]}")
-        query_start_loc = torch.arange(nseq + 1, device=query.device, dtype=torch.int32)
+        query_start_loc = one_row_per_sequence(query, nseq)
     if query.device.type == "cpu":  # value checks where they cost no device sync
-        ql = query_start_loc[1:] - query_start_loc[:-1]
-        if int(query_start_loc[0]) != 0 or int(query_start_loc[-1]) != query.shape[0] or bool((ql < 0).any()):
-            raise ValueError(f"query_start_loc must be non-decreasing from 0 to num_tokens={query.shape[0]}")
-        if bool((ql > seq_lens).any()):
-            raise ValueError("a sequence has more query tokens than seq_lens")
+        check_query_rows(query, query_start_loc, seq_lens)
     cfg = config or default_config(cache.device)
     scale = params.fmt.head_size ** -0.5 if softmax_scale is None else float(softmax_scale)
     if out is None:

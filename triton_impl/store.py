@@ -9,9 +9,10 @@ import triton
 import triton.language as tl
 
 from turboquant import format as tqf
+from turboquant.torch_checks import check_store
 from turboquant.triton_impl.bits import pack_store_codes, store_u16, store_u32
 from turboquant.triton_impl.params import CENT_SLOTS, KernelParams
-from turboquant.triton_impl.validate import check_cache, check_kv, check_params, check_slot_mapping
+from turboquant.triton_impl.validate import check_params
 
 # int32 bit patterns of the canonical NaNs (format.py)
 NORM_NAN_BITS = tl.constexpr(tqf.NORM_NAN_BITS - (1 << 32) if tqf.NORM_NAN_BITS >= (1 << 31) else tqf.NORM_NAN_BITS)
@@ -274,13 +275,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
     tqf.check_choice("rotation", rotation, ROTATIONS)
     check_params(params)
     fmt = params.fmt
-    check_cache("cache", cache, fmt, params.device)
-    check_kv("key", key, fmt, params.device, ndim=3)
-    check_kv("value", value, fmt, params.device, ndim=3)
-    if key.shape != value.shape or key.shape[1] != cache.shape[1]:
-        raise ValueError(f"key and value must be [num_tokens, num_kv_heads={cache.shape[1]}, {fmt.head_size}], "
-                         f"got key {tuple(key.shape)}, value {tuple(value.shape)}")
-    check_slot_mapping(slot_mapping, key.shape[0], params.device)
+    check_store(key, value, cache, slot_mapping, fmt, params.device)
     n, h, d = key.shape
     if n == 0:
         return

@@ -81,3 +81,32 @@ def check_attention(query, cache, block_table, seq_lens, params, query_start_loc
             raise ValueError(f"out must have the query's shape {tuple(query.shape)}, got {tuple(out.shape)}")
         if out.stride(2) != 1:
             raise ValueError("out must be contiguous in its last dimension")
+
+
+def check_store(key, value, cache, slot_mapping, fmt: tqf.LayerFormat, device) -> None:
+    """The arguments of a store (``store_kv`` of every implementation)."""
+    check_cache("cache", cache, fmt, device)
+    check_kv("key", key, fmt, device, ndim=3)
+    check_kv("value", value, fmt, device, ndim=3)
+    if key.shape != value.shape or key.shape[1] != cache.shape[1]:
+        raise ValueError(f"key and value must be [num_tokens, num_kv_heads={cache.shape[1]}, {fmt.head_size}], "
+                         f"got key {tuple(key.shape)}, value {tuple(value.shape)}")
+    check_slot_mapping(slot_mapping, key.shape[0], device)
+
+
+def one_row_per_sequence(query, num_seqs: int) -> torch.Tensor:
+    """``query_start_loc`` when none is given: one query row per sequence (else a clear error)."""
+    if query.shape[0] != num_seqs:
+        raise ValueError(f"without query_start_loc, query needs one row per sequence ({num_seqs}), "
+                         f"got {query.shape[0]}")
+    return torch.arange(num_seqs + 1, device=query.device, dtype=torch.int32)
+
+
+def check_query_rows(query, query_start_loc, seq_lens) -> None:
+    """Values of ``query_start_loc`` (reads them: call where that costs no device sync)."""
+    ql = query_start_loc[1:] - query_start_loc[:-1]
+    if int(query_start_loc[0]) != 0 or int(query_start_loc[-1]) != query.shape[0] or bool((ql < 0).any()):
+        raise ValueError(f"query_start_loc must be non-decreasing from 0 to num_tokens={query.shape[0]}")
+    if bool((ql > seq_lens).any()):
+        raise ValueError("a sequence has more query tokens than seq_lens")
+
