@@ -4,10 +4,10 @@ Read in this order: codebook -> rng -> rotation -> quantizer (Alg. 1/2) -> qjl -
 values -> pack -> slot -> cache -> attention.
 """
 
-from turboquant.reference.attention import decode_attention, dense_attention, paged_attention
-from turboquant.reference.cache import new_cache, store
-from turboquant.reference.quantizer import layer_params
-from turboquant.reference.slot import decode_slots, encode_slots, encode_stages
+from .attention import decode_attention, dense_attention, paged_attention
+from .cache import new_cache, store
+from .quantizer import layer_params
+from .slot import decode_slots, encode_slots, encode_stages
 
 __all__ = [
     "decode_attention", "dense_attention", "paged_attention", "new_cache", "store",

@@ -18,10 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from turboquant import format as tqf
-from turboquant.reference.cache import check_cache, gather_tokens
-from turboquant.reference.quantizer import layer_params
-from turboquant.reference.slot import check_kv, fields_to_instances, unpack_fields
-from turboquant.reference.values import group_dequantize
+
+from .cache import check_cache, gather_tokens
+from .quantizer import layer_params
+from .slot import check_kv, fields_to_instances, unpack_fields
+from .values import group_dequantize
 
 
 def key_scores(q: np.ndarray, fields: dict, fmt: tqf.LayerFormat) -> np.ndarray:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from turboquant import format as tqf
-from turboquant.reference.slot import check_kv, encode_slots
+
+from .slot import check_kv, encode_slots
 
 
 def new_cache(fmt: tqf.LayerFormat, num_blocks: int, block_size: int, num_kv_heads: int) -> np.ndarray:

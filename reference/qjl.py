@@ -24,7 +24,8 @@ from functools import lru_cache
 import numpy as np
 
 from turboquant import format as tqf
-from turboquant.reference import rng
+
+from . import rng
 
 
 @lru_cache(maxsize=256)

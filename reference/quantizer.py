@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from turboquant import format as tqf
-from turboquant.reference import codebook as cbk
-from turboquant.reference.qjl import layer_qjl, qjl_signs
-from turboquant.reference.rotation import layer_rotation
+
+from . import codebook as cbk
+from .qjl import layer_qjl, qjl_signs
+from .rotation import layer_rotation
 
 
 @dataclass(frozen=True)

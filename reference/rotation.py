@@ -24,7 +24,8 @@ from functools import lru_cache
 import numpy as np
 
 from turboquant import format as tqf
-from turboquant.reference import rng
+
+from . import rng
 
 
 def sylvester_hadamard(d: int) -> np.ndarray:

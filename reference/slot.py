@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from turboquant import format as tqf
-from turboquant.reference.pack import pack_bits, unpack_bits
-from turboquant.reference.quantizer import decode_instances, encode_instances, layer_params, scatter_channels
-from turboquant.reference.values import group_dequantize, group_quantize
+
+from .pack import pack_bits, unpack_bits
+from .quantizer import decode_instances, encode_instances, layer_params, scatter_channels
+from .values import group_dequantize, group_quantize
 
 
 def check_kv(name: str, x: np.ndarray, fmt: tqf.LayerFormat) -> np.ndarray:

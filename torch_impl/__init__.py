@@ -10,8 +10,8 @@ Public API (torch tensors, the same contracts as ``turboquant.triton_impl``):
   decode / extend / mixed batches (attention.py); ``decode_attention``: one row per sequence.
 """
 
-from turboquant.torch_impl.attention import decode_attention, paged_attention
-from turboquant.torch_impl.params import TorchParams
-from turboquant.torch_impl.store import encode_slots, store_kv
+from .attention import decode_attention, paged_attention
+from .params import TorchParams
+from .store import encode_slots, store_kv
 
 __all__ = ["TorchParams", "decode_attention", "encode_slots", "paged_attention", "store_kv"]

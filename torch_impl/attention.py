@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 
 from turboquant.torch_checks import check_attention, check_query_rows, one_row_per_sequence
-from turboquant.torch_impl import bits
-from turboquant.torch_impl.params import TorchParams, check_params, f16_field, f32_field, stream
+
+from . import bits
+from .params import TorchParams, check_params, f16_field, f32_field, stream
 
 
 def rotate_query(query: torch.Tensor, params: TorchParams) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from turboquant.conformance.impls import Implementation, exact_dtype
-from turboquant.torch_impl import TorchParams, paged_attention, store_kv
-from turboquant.torch_impl.store import rotated_debug
+
+from . import TorchParams, paged_attention, store_kv
+from .store import rotated_debug
 
 
 def _t(x, dtype=None):

@@ -13,7 +13,8 @@ import torch
 
 from turboquant import format as tqf
 from turboquant.reference.quantizer import layer_params
-from turboquant.torch_impl import bits
+
+from . import bits
 
 
 @dataclass(frozen=True)

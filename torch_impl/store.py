@@ -7,8 +7,9 @@ import torch
 
 from turboquant import format as tqf
 from turboquant.torch_checks import check_store
-from turboquant.torch_impl import bits
-from turboquant.torch_impl.params import InstanceTensors, TorchParams, check_params
+
+from . import bits
+from .params import InstanceTensors, TorchParams, check_params
 
 
 def _nan_bits(dtype: torch.dtype, pattern: int) -> torch.Tensor:

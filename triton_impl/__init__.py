@@ -18,15 +18,15 @@ Public API (torch tensors):
   debugging (dequant.py).
 """
 
-from turboquant.triton_impl.decode import decode_attention
-from turboquant.triton_impl.dequant import dequantize, dequantize_slots
-from turboquant.triton_impl.dispatch import attention
-from turboquant.triton_impl.extend import paged_attention
-from turboquant.triton_impl.launch import AttnConfig, batch_invariant_config
-from turboquant.triton_impl.params import KernelParams
-from turboquant.triton_impl.plan import AttentionPlan, PrefillPlan, plan_attention
-from turboquant.triton_impl.prefill import dense_prefill_supported, prefill_attention
-from turboquant.triton_impl.store import store_kv
+from .decode import decode_attention
+from .dequant import dequantize, dequantize_slots
+from .dispatch import attention
+from .extend import paged_attention
+from .launch import AttnConfig, batch_invariant_config
+from .params import KernelParams
+from .plan import AttentionPlan, PrefillPlan, plan_attention
+from .prefill import dense_prefill_supported, prefill_attention
+from .store import store_kv
 
 __all__ = ["AttentionPlan", "AttnConfig", "KernelParams", "PrefillPlan", "attention",
            "batch_invariant_config", "decode_attention", "dense_prefill_supported", "dequantize", "dequantize_slots",

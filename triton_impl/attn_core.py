@@ -12,8 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from turboquant.triton_impl.bits import load_f16_array, load_f32, unpack_codes
-from turboquant.triton_impl.params import CENT_SLOTS, KC, POLY_SLOTS
+from .bits import load_f16_array, load_f32, unpack_codes
+from .params import CENT_SLOTS, KC, POLY_SLOTS
 
 
 @triton.jit

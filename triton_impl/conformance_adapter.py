@@ -27,9 +27,10 @@ def triton_implementation():
     if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return None
     from turboquant.conformance.impls import Implementation
-    from turboquant.triton_impl import KernelParams, plan_attention, store_kv
-    from turboquant.triton_impl import attention as step_attention
-    from turboquant.triton_impl.store import rotated_debug
+
+    from . import KernelParams, plan_attention, store_kv
+    from . import attention as step_attention
+    from .store import rotated_debug
 
     device = torch.device("cuda" if cuda else "cpu")
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from turboquant.triton_impl.extend import paged_attention
-from turboquant.triton_impl.launch import AttnConfig, choose_splits, default_config, run_split_merge
-from turboquant.triton_impl.params import KernelParams
-from turboquant.triton_impl.query import rotate_query
-from turboquant.triton_impl.validate import check_attention, check_params
+from .extend import paged_attention
+from .launch import AttnConfig, choose_splits, default_config, run_split_merge
+from .params import KernelParams
+from .query import rotate_query
+from .validate import check_attention, check_params
 
 
 def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,

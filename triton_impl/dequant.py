@@ -7,9 +7,9 @@ import torch
 import triton
 import triton.language as tl
 
-from turboquant.triton_impl.bits import load_f16_array, load_f32, unpack_codes
-from turboquant.triton_impl.params import CENT_SLOTS, KernelParams
-from turboquant.triton_impl.validate import INDEX_DTYPES, check_cache, check_params, check_tensor
+from .bits import load_f16_array, load_f32, unpack_codes
+from .params import CENT_SLOTS, KernelParams
+from .validate import INDEX_DTYPES, check_cache, check_params, check_tensor
 
 DEQUANT_BT = 16
 

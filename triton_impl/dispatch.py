@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from turboquant.triton_impl.decode import decode_attention
-from turboquant.triton_impl.extend import paged_attention
-from turboquant.triton_impl.launch import AttnConfig, default_config
-from turboquant.triton_impl.params import KernelParams
-from turboquant.triton_impl.plan import AttentionPlan, plan_attention
-from turboquant.triton_impl.prefill import dense_prefill_supported, prefill_attention
-from turboquant.triton_impl.validate import check_attention, check_params
+from .decode import decode_attention
+from .extend import paged_attention
+from .launch import AttnConfig, default_config
+from .params import KernelParams
+from .plan import AttentionPlan, plan_attention
+from .prefill import dense_prefill_supported, prefill_attention
+from .validate import check_attention, check_params
 
 
 def attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,

@@ -8,10 +8,11 @@ import torch
 import triton
 
 from turboquant.torch_checks import check_query_rows, one_row_per_sequence
-from turboquant.triton_impl.launch import AttnConfig, choose_splits, default_config, run_split_merge
-from turboquant.triton_impl.params import next_pow2
-from turboquant.triton_impl.query import rotate_query
-from turboquant.triton_impl.validate import check_attention, check_params
+
+from .launch import AttnConfig, choose_splits, default_config, run_split_merge
+from .params import next_pow2
+from .query import rotate_query
+from .validate import check_attention, check_params
 
 EXTEND_ROWS = 64  # query rows (tokens x heads) per program
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from turboquant.triton_impl.attn_core import _merge_kernel, _split_kernel, acc_width
-from turboquant.triton_impl.params import MIN_DOT, KernelParams, next_pow2
-from turboquant.triton_impl.query import query_layout
+from .attn_core import _merge_kernel, _split_kernel, acc_width
+from .params import MIN_DOT, KernelParams, next_pow2
+from .query import query_layout
 
 MERGE_BH = 16
 

@@ -36,12 +36,12 @@ import torch
 import triton
 import triton.language as tl
 
-from turboquant.triton_impl.attn_core import round_bf16
-from turboquant.triton_impl.bits import load_f32, unpack_codes
-from turboquant.triton_impl.dequant import group_values
-from turboquant.triton_impl.launch import AttnConfig
-from turboquant.triton_impl.params import CENT_SLOTS, KernelParams, next_pow2
-from turboquant.triton_impl.plan import PrefillPlan
+from .attn_core import round_bf16
+from .bits import load_f32, unpack_codes
+from .dequant import group_values
+from .launch import AttnConfig
+from .params import CENT_SLOTS, KernelParams, next_pow2
+from .plan import PrefillPlan
 
 DENSE_BT = 32  # slots per _dense_kv_kernel program
 ROTATE_BR = 64  # rows per _rotate_kernel program (H200, 2026-12-03: 64 rows, 3xTF32 took 254 us for 8k x 32 rows)

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from turboquant.triton_impl.params import KC, KernelParams
+from .params import KC, KernelParams
 
 QUERY_BR = 16
 

@@ -10,9 +10,10 @@ import triton.language as tl
 
 from turboquant import format as tqf
 from turboquant.torch_checks import check_store
-from turboquant.triton_impl.bits import pack_store_codes, store_u16, store_u32
-from turboquant.triton_impl.params import CENT_SLOTS, KernelParams
-from turboquant.triton_impl.validate import check_params
+
+from .bits import pack_store_codes, store_u16, store_u32
+from .params import CENT_SLOTS, KernelParams
+from .validate import check_params
 
 # int32 bit patterns of the canonical NaNs (format.py)
 NORM_NAN_BITS = tl.constexpr(tqf.NORM_NAN_BITS - (1 << 32) if tqf.NORM_NAN_BITS >= (1 << 31) else tqf.NORM_NAN_BITS)

@@ -16,7 +16,7 @@ from turboquant.torch_checks import (  # noqa: F401  (shared with torch_impl; re
 
 
 def check_params(params) -> None:
-    from turboquant.triton_impl.params import KernelParams
+    from .params import KernelParams
 
     if not isinstance(params, KernelParams):
         raise TypeError(f"params must be a KernelParams (KernelParams.build(fmt, device)), got {type(params).__name__}")

@@ -4,7 +4,7 @@ Importing this package does not import vLLM; the entry points live in
 ``turboquant.vllm_integration.plugin``.
 """
 
-from turboquant.vllm_integration.config import OPTION_DEFAULTS, TurboQuantOptions, parse_layer_index
+from .config import OPTION_DEFAULTS, TurboQuantOptions, parse_layer_index
 
 BACKEND_NAME = "CUSTOM"  # what to pass as attention_backend / --attention-backend
 

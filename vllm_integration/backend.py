@@ -25,9 +25,10 @@ import torch
 
 from turboquant import format as tqf
 from turboquant import torch_impl
-from turboquant.vllm_integration import compat, debug, layers
-from turboquant.vllm_integration import reference_path as refpath
-from turboquant.vllm_integration.compat import (
+
+from . import compat, debug, layers
+from . import reference_path as refpath
+from .compat import (
     AttentionBackend,
     AttentionCGSupport,
     AttentionImpl,
@@ -37,13 +38,13 @@ from turboquant.vllm_integration.compat import (
     CommonAttentionMetadata,
     MultipleOf,
 )
-from turboquant.vllm_integration.config import (
+from .config import (
     TurboQuantOptions,
     kv_cache_marker,
     parse_layer_index,
     unsupported_reasons,
 )
-from turboquant.vllm_integration.plugin import BACKEND_PATH  # noqa: F401  (re-exported)
+from .plugin import BACKEND_PATH  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("vllm.turboquant")  # under "vllm" so that vLLM's log handler prints it
 

@@ -123,7 +123,7 @@ def install_spec_hook() -> bool:
         packed = hook(spec)
         reason = hybrid_page_conflict(vllm_config, spec, packed)
         if reason:
-            from turboquant.vllm_integration.backend import format_error
+            from .backend import format_error
 
             raise ValueError(format_error([reason], getattr(self, "layer_name", None)))
         return packed

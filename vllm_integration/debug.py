@@ -1,6 +1,6 @@
 """Observe what the TurboQuant attention layers do, in-process (tests, debugging).
 
-    from turboquant.vllm_integration import debug
+    from . import debug
     with debug.recording(callback):
         llm.generate(...)
 

@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from turboquant.vllm_integration.engine_configs import (
+from .engine_configs import (
     bytes_per_token,
     check_config,
     config_kwargs,
@@ -126,7 +126,7 @@ def engine_kwargs(config: str, s: DemoSettings) -> dict:
 def run_config(config: str, s: DemoSettings, prompts: list[str]) -> DemoRow:
     from vllm import LLM, SamplingParams
 
-    from turboquant.vllm_integration.compat import shutdown_llm
+    from .compat import shutdown_llm
 
     t0 = time.perf_counter()
     llm = LLM(**engine_kwargs(config, s))

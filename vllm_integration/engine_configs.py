@@ -5,8 +5,9 @@ end-to-end benchmark and the tests pass to ``LLM(...)``; no vLLM import."""
 from __future__ import annotations
 
 from turboquant import format as tqf
-from turboquant.vllm_integration import BACKEND_NAME
-from turboquant.vllm_integration.config import CONFIG_KEY
+
+from . import BACKEND_NAME
+from .config import CONFIG_KEY
 
 BASELINES = ("bf16", "fp8")  # vLLM's own caches (fp8: kv_cache_dtype="fp8")
 VLLM_TQ = ("turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc", "turboquant_3bit_nc")

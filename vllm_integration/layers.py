@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from turboquant import format as tqf
-from turboquant.vllm_integration.config import TurboQuantOptions, _where, kv_cache_marker
+
+from .config import TurboQuantOptions, _where, kv_cache_marker
 
 
 def num_attention_layers(model_config: Any) -> int:

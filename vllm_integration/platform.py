@@ -16,8 +16,8 @@ from vllm.platforms.cpu import CpuPlatform
 # Only light imports here: this module is imported while vLLM resolves
 # ``current_platform``; the backend (which imports vLLM's attention stack) is
 # imported lazily.
-from turboquant.vllm_integration.config import CONFIG_KEY, TurboQuantOptions
-from turboquant.vllm_integration.plugin import BACKEND_PATH
+from .config import CONFIG_KEY, TurboQuantOptions
+from .plugin import BACKEND_PATH
 
 
 def _is_ours(selected) -> bool:
@@ -48,7 +48,7 @@ class TurboQuantCpuPlatform(CpuPlatform):
             # a "native" boundary layer (SPEC 7.1): vLLM's own CPU attention and cache for it
             return super().get_attn_backend_cls(None, attn_selector_config, num_heads)
         if _is_ours(selected_backend):
-            from turboquant.vllm_integration.backend import TurboQuantAttentionBackend
+            from .backend import TurboQuantAttentionBackend
 
             reasons = TurboQuantAttentionBackend.validate_configuration(
                 device_capability=cls.get_device_capability(), **attn_selector_config._asdict())
@@ -65,7 +65,7 @@ class TurboQuantCpuPlatform(CpuPlatform):
         extra = vllm_config.additional_config
         if _is_ours(selected):
             opts = TurboQuantOptions.from_vllm_config(vllm_config)  # bad options fail here, at engine start
-            from turboquant.vllm_integration import layers
+            from . import layers
 
             layers.configure(vllm_config, opts)  # boundary layers: vLLM's per-layer KV-cache dtype
         elif isinstance(extra, dict) and CONFIG_KEY in extra:
