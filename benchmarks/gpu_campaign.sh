@@ -63,7 +63,7 @@ case "$stage" in
     TQ_SITE=/tmp/tq-site bash tests/vllm/install_tq_site.sh
     export PYTHONPATH="/tmp/tq-site:$PYTHONPATH"
     # the committed calibrations of the model (turboquant calibrate), under the names e2e looks for
-    for f in benchmarks/results/calib-*-tiny-llama-*.json; do
+    for f in results/2026-12-03-calibration-tiny-llama/calib-*-tiny-llama-*.json; do
       b=$(basename "$f"); cp "$f" "$OUT/calib-tiny-llama-${b##*-tiny-llama-}"
     done
     python3 benchmarks/e2e_vllm.py --model models/tiny-llama --out "$OUT/e2e.jsonl" --eager --jobs 5 \

@@ -24,7 +24,7 @@ model; this isolates the KV cache and attention from vLLM's sampler.
 ``decode``: it asks for MAX_TOKENS, so the sampled token is the next step's
 input.  On an H200 with vLLM 0.26 the ``decode`` variant ends the engine with
 a device-side assert in that next step, and so does the same fault with vLLM's
-own attention (``test_faults_vllm_attention.py``; tests/vllm/results-gpu-2026-12-03b.md):
+own attention (``test_faults_vllm_attention.py``; results/2026-12-03-h200-vllm-tests/results-gpu-2026-12-03b.md):
 vLLM's handling of NaN logits, not the KV cache.  So on CUDA the ``decode``
 variant is an xfail that is not run
 (`pytest --runxfail` runs it, to check a newer vLLM).  Module-scoped parametrization runs every

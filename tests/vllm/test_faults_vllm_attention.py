@@ -2,7 +2,7 @@
 attention backend instead of TurboQuant: what vLLM itself does with a request whose logits are NaN,
 and with blocks that a NaN request leaves behind.
 
-Measured on an H200 with vLLM 0.26 (tests/vllm/results-gpu-2026-12-03b.md): ``prefill_only``
+Measured on an H200 with vLLM 0.26 (results/2026-12-03-h200-vllm-tests/results-gpu-2026-12-03b.md): ``prefill_only``
 passes; ``decode`` ends in the same device-side assert as test_faults.py's ``decode`` variant with
 TurboQuant, so that crash is vLLM's handling of NaN logits, not the KV-cache backend. On CUDA the
 ``decode`` variant is therefore an xfail that is not run

@@ -16,7 +16,7 @@ freshly allocated blocks).  Checked:
 Every check runs twice: with this backend, and as a control with vLLM's own
 attention (float32 KV cache) under the same load.  On an H200 one request of
 256 differs from its run alone with this backend's default mode, in eager and
-CUDA-graph modes, while the control gives 0 (tests/vllm/results-gpu-2026-12-03c.md);
+CUDA-graph modes, while the control gives 0 (results/2026-12-03-h200-vllm-tests/results-gpu-2026-12-03c.md);
 ``test_load_batch_invariant.py`` runs the same with VLLM_BATCH_INVARIANT=1 on a
 GPU, where both give 0.
 
@@ -69,7 +69,7 @@ def _sampling(max_tokens: int):
 # attention with vLLM's batch-dependent GEMMs (test_load_batch_invariant.py has the converse). Those
 # mixed settings promise nothing (SPEC §10); they tell apart where a mismatch comes from -- the
 # attention path or the quantization of slightly batch-dependent keys/values. Measured on an H200:
-# tests/vllm/results-gpu-2026-12-03d.md.
+# results/2026-12-03-h200-vllm-tests/results-gpu-2026-12-03d.md.
 DIAGNOSTICS = ON_CUDA and os.environ.get("TQ_LOAD_DIAGNOSTICS") == "1"
 # turboquant_boundary: per-layer precision (SPEC 7.1), layer 0 in vLLM's own cache and attention ("native"), layer 1
 # TurboQuant: two backends and two page sizes share every request's blocks through preemption and recomputation

@@ -11,7 +11,7 @@ differently depending on where it sits in the matrix (measured: 34 of 64 rows of
 128x32 float32 product change when the row is moved to row 0). The kernels' own arithmetic is what
 is under test here, so on the CPU the interpreter's dot is replaced by one product per row
 (``row_independent_dot``). On a GPU the tensor cores' row independence is what the test checks; it
-passed on an H200 (conformance/results/gpu-2026-12-03b.md; with the fixed-length splits and both
+passed on an H200 (results/2026-12-03-h200-conformance/gpu-2026-12-03b.md; with the fixed-length splits and both
 ways of combining them, gpu-2026-12-03d.md).
 """
 
@@ -167,9 +167,9 @@ def test_default_mode_fp32_rows_independent_of_their_chunk():
     chunk it is in -- the whole recomputed chunk, the chunk beside another sequence's, chunks cut
     elsewhere, one token per launch. The fp32 value dot takes no tile-wide scale: with one, a
     row's sums depended on how far its chunk reached (found while diagnosing the GPU load mismatch
-    of tests/vllm/results-gpu-2026-12-03c.md, which was gone in the next run). The decode kernel
+    of results/2026-12-03-h200-vllm-tests/results-gpu-2026-12-03c.md, which was gone in the next run). The decode kernel
     computes the same rows within SPEC §10's tolerance, not bit-identically: on an H200 the two
-    kernels' rows differ in the last bits (conformance/results/gpu-2026-12-03c.md; the kernels are
+    kernels' rows differ in the last bits (results/2026-12-03-h200-conformance/gpu-2026-12-03c.md; the kernels are
     compiled for different tile shapes, so their reductions need not take the same order).
     Batch-invariant mode sends decode rows through the extend kernel for that reason."""
     params, cache, bt, q = _setup("tq3", torch.float32)
