@@ -8,7 +8,8 @@ attention over the dequantized K/V, store-then-attend, as our backend). It also 
 presets on every layer, which checks this pipeline against the vLLM run (those rows should agree
 with the vLLM ΔPPL of the same presets), and prints vLLM's rows from the given e2e results.
 
-    python benchmarks/equal_layers.py --vllm-rows results/2026-12-03-h200-e2e-tiny-llama/e2e-h200-2026-12-03-tiny-llama-baselines.jsonl \\
+    python benchmarks/equal_layers.py \\
+        --vllm-rows results/2026-12-03-h200-e2e-tiny-llama/e2e-h200-2026-12-03-tiny-llama-baselines.jsonl \\
         [--presets tq3,k4v3,tq4] [--windows 16 --window 1024 --first-target 128] [--out equal_layers.json]
 
 The layers kept in bf16 are the ``skipped_layers`` of the vLLM rows (or --bf16-layers).
