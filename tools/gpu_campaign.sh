@@ -3,7 +3,7 @@
 # stays under the device tool's 10-minute limit).  Runs ON the GPU machine from the repository
 # root.  The stages that use vLLM run after the vLLM kit is installed (../shared/tools/gpu-vllm:
 # stash the parts, then `bash .gpu-vllm/bin/install_on_device.sh install .gpu-vllm/pNN && bash
-# benchmarks/gpu_campaign.sh vllm` in the same command; later stages in back-to-back calls while
+# tools/gpu_campaign.sh vllm` in the same command; later stages in back-to-back calls while
 # the machine is warm).  Everything worth keeping lands in $OUT.
 #
 #   conf   kernel smoke test + the GPU conformance suite (no vLLM needed; can ride along with a
@@ -25,7 +25,7 @@
 #          SERVING_ARGS the sizes (e.g. "--workloads M --m-requests 64 --measure ttft,throughput"),
 #          SERVING_SECONDS the --deadline (no new engine or measurement after it), TQ_GIT_COMMIT the
 #          commit to record (the device's copy has no .git).  Merge calls with --report a,b
-#   bench  benchmarks/gpu_run.sh bench step: the AttnConfig sweep (incl. the untimed LOOKUP=2
+#   bench  tools/gpu_run.sh bench step: the AttnConfig sweep (incl. the untimed LOOKUP=2
 #          variant), store, then decode over the 1k..128k x 1..64 grid with the sweep's best config,
 #          then k4v3 and tq3 in batch-invariant mode (fixed-length splits), then the vLLM baselines, same
 #          process (issues 3, 5)
@@ -50,7 +50,7 @@ export PYTHONPATH="${GPU_VLLM_SITE:-/tmp/site}${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$stage" in
   conf)
-    OUT="$OUT" STEPS=smoke,conformance CONF_SECONDS="${CONF_SECONDS:-180}" bash benchmarks/gpu_run.sh ;;
+    OUT="$OUT" STEPS=smoke,conformance CONF_SECONDS="${CONF_SECONDS:-180}" bash tools/gpu_run.sh ;;
   vllm)
     # the server's and Qwen3-Next's imports, which the shared kit leaves out (carry .gpu-vllm/extra)
     if [ -d .gpu-vllm/extra ]; then bash tests/vllm/extra_wheels.sh install; fi
@@ -86,6 +86,6 @@ case "$stage" in
     cat "$OUT/serving.md" ;;
   bench)
     OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --sweep --presets tq3,tq4,k4v3,tq2 --batch-invariant k4v3,tq3}" \
-        bash benchmarks/gpu_run.sh "${BENCH_SECONDS:-240}" ;;
+        bash tools/gpu_run.sh "${BENCH_SECONDS:-240}" ;;
   *) echo "unknown stage $stage (conf|vllm|tp2|e2e|serving|bench)" >&2; exit 2 ;;
 esac
