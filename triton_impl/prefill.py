@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attn_core import round_bf16
+from .attn_core import acc_width, round_bf16
 from .bits import load_f32, unpack_codes
 from .dequant import group_values
 from .launch import AttnConfig
@@ -210,16 +210,9 @@ def key_width(params: KernelParams) -> int:
     return m["K0_MP"] + (m["K1_MP"] if m["K_NI"] == 2 else 0)
 
 
-def value_width(params: KernelParams) -> int:
-    m = params.meta
-    if m["V_GROUP"]:
-        return m["DP"]
-    return m["V0_MP"] + (m["V1_MP"] if m["V_NI"] == 2 else 0)
-
-
 def dense_width(params: KernelParams) -> int:
     """W: the workspace's head size (q', K' and V' share it; a multiple of 16)."""
-    return max(key_width(params), value_width(params))
+    return max(key_width(params), acc_width(params))
 
 
 def dense_prefill_supported(params: KernelParams, query_dtype: torch.dtype, device: torch.device,
@@ -281,7 +274,7 @@ def dense_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Ten
     if plan.total_k == 0:
         return k, v
     words = cache.view(torch.int32)
-    kt, vt = _tail(key_width(params), w), _tail(value_width(params), w)
+    kt, vt = _tail(key_width(params), w), _tail(acc_width(params), w)
     grid = (plan.num_seqs, triton.cdiv(plan.max_k, DENSE_BT), h)
     _dense_kv_kernel[grid](
         words, block_table, block_table.stride(0), seq_lens, plan.cu_k, k, v, k.stride(0), k.stride(1),
