@@ -162,7 +162,8 @@ def bench_preset(preset: str, shapes, cfg: AttnConfig, gen, copy_bw: float, rows
         fns = [lambda bt=bt, o=o: decode_attention(q, cache, bt, sl, params, out=o, config=cfg)
                for bt, o in zip(bts, outs)]
         t = time_graph(fns)
-        splits = choose_splits(b * HKV, c, torch.device("cuda"), cfg)
+        splits = choose_splits(b * HKV, c, torch.device("cuda"), cfg,
+                               programs_per_sm=None if cfg.decode_kernel == "split" else cfg.mma_programs_per_sm)
         # the timed config against the default one on the same cache and query (a sweep config
         # that computes something else must not win on speed)
         ref = decode_attention(q, cache, bts[0], sl, params)
@@ -310,6 +311,9 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=1e9, help="stop starting new presets after this many seconds")
     ap.add_argument("--smoke", action="store_true", help="only check_preset for --presets; exit 1 on any error")
     ap.add_argument("--shapes", default="", help="explicit batch x context list, e.g. 32x32768,1x131072")
+    ap.add_argument("--kernels", default="auto",
+                    help="decode kernels to time (AttnConfig.decode_kernel: auto, mma, split; mma@N: with "
+                         "mma_programs_per_sm=N); rows of a kernel other than auto are named PRESET+KERNEL")
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",
                     help="also these presets in batch-invariant mode (fixed-length splits; rows named PRESET+bi)")
     args = ap.parse_args(argv)
@@ -380,9 +384,17 @@ def main(argv=None):
                 err = check_preset(p, gen)
                 result.setdefault("check_rel_err", {})[p] = err
                 log({"check": p, "decode_vs_fp64_dequant_rel_err": err})
-                bench_preset(p, shapes, cfg, gen, bw, rows, log)
             except Exception as e:
                 log({"error": p, "what": repr(e)[:500]})
+            for spec in [k for k in args.kernels.split(",") if k]:
+                kern, _, ppsm = spec.partition("@")  # mma@16: mma_programs_per_sm=16
+                kcfg = dataclasses.replace(cfg, decode_kernel=kern)
+                if ppsm:
+                    kcfg = dataclasses.replace(kcfg, mma_programs_per_sm=int(ppsm))
+                try:
+                    bench_preset(p, shapes, kcfg, gen, bw, rows, log, label=p if spec == "auto" else f"{p}+{spec}")
+                except Exception as e:
+                    log({"error": f"{p}+{kern}", "what": repr(e)[:500]})
             save()
     for p in [p for p in args.batch_invariant.split(",") if p]:
         bi = dataclasses.replace(cfg, batch_invariant=True)

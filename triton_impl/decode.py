@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .decode_mma import decode_attention_mma, mma_decode_unsupported
 from .extend import paged_attention
 from .launch import AttnConfig, choose_splits, default_config, run_split_merge
 from .params import KernelParams
@@ -37,8 +38,18 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
         return paged_attention(query, cache, block_table, seq_lens, None, params, scale, out,
                                num_splits=num_splits, config=cfg)
     hkv = cache.shape[1]
-    s = num_splits or choose_splits(b * hkv, block_table.shape[1] * cache.shape[2], cache.device, cfg)
+    max_kv = block_table.shape[1] * cache.shape[2]
+    why = "decode_kernel='split'" if cfg.decode_kernel == "split" else \
+        mma_decode_unsupported(params, query.dtype, cache.device, hq, hkv, cache.shape[2])
+    if cfg.decode_kernel == "mma" and why is not None:
+        raise ValueError(f"decode_kernel='mma' cannot serve this call: {why}; allowed: decode_kernel='auto' or "
+                         "'split'")
     qbuf = rotate_query(query, params)
+    if why is None:
+        s = num_splits or choose_splits(b * hkv, max_kv, cache.device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
+        return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq, sm_scale=scale,
+                                    num_splits=s)
+    s = num_splits or choose_splits(b * hkv, max_kv, cache.device, cfg)
     return run_split_merge(qbuf, cache, block_table, seq_lens, seq_lens, seq_lens, out, params,
                            num_tiles=b, decode=True, bq=1, num_q_heads=hq, sm_scale=scale,
                            f32dot=query.dtype == torch.float32, num_splits=s, cfg=cfg)

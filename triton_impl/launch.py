@@ -39,6 +39,11 @@ class AttnConfig:
     # prefill / extend rows on the dense path (prefill.py) where it applies; False: the packed-tile
     # kernel for every row (extend.py)
     dense_prefill: bool = True
+    # decode kernel: "mma" (decode_mma.py: codes decoded into mma.sync operand registers, one warp per
+    # program), "split" (attn_core._split_kernel), "auto": mma wherever decode_mma.mma_decode_unsupported
+    # finds nothing against it
+    decode_kernel: str = "auto"
+    mma_programs_per_sm: int = 32  # split target of the mma decode kernel (one-warp programs)
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -48,6 +53,9 @@ class AttnConfig:
         if not isinstance(self.bi_chunk, int) or self.bi_chunk <= 0 or self.bi_chunk % self.block_tokens:
             raise ValueError(f"bi_chunk={self.bi_chunk!r} is not supported; allowed values: positive multiples of "
                              f"block_tokens={self.block_tokens}")
+        if self.decode_kernel not in DECODE_KERNELS:
+            raise ValueError(f"decode_kernel={self.decode_kernel!r} is not supported; allowed values: "
+                             f"{list(DECODE_KERNELS)}")
         if not isinstance(self.dense_prefill, bool):
             raise ValueError(f"dense_prefill={self.dense_prefill!r} is not supported; allowed values: True, False")
         if isinstance(self.bi_parallel_bytes, bool) or not isinstance(self.bi_parallel_bytes, int) \
@@ -57,6 +65,7 @@ class AttnConfig:
 
 
 LOOKUPS = (0, 1, 2)
+DECODE_KERNELS = ("auto", "mma", "split")
 
 
 def lookup_variant(lookup: int, meta: dict, f32dot: bool) -> int:
@@ -94,13 +103,14 @@ def sm_count(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
-def choose_splits(programs: int, max_kv: int, device: torch.device, cfg: AttnConfig) -> int:
+def choose_splits(programs: int, max_kv: int, device: torch.device, cfg: AttnConfig,
+                  programs_per_sm: int | None = None) -> int:
     """Split count from shapes only: enough programs to fill the device, no
     split shorter than cfg.min_chunk tokens of the longest possible sequence.
     Batch-invariant mode: 1 here; batch_invariant_splits sets its fixed splits."""
     if cfg.batch_invariant:
         return 1
-    want = math.ceil(cfg.programs_per_sm * sm_count(device) / max(programs, 1))
+    want = math.ceil((programs_per_sm or cfg.programs_per_sm) * sm_count(device) / max(programs, 1))
     cap = max(1, math.ceil(max_kv / cfg.min_chunk))
     return int(max(1, min(want, cap, 256)))
 
@@ -153,10 +163,16 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         enable_fp_fusion=not cfg.batch_invariant,  # the split combine must round alike in both kernels
     )
-    grid2 = (n_tok, triton.cdiv(num_q_heads, MERGE_BH))
-    _merge_kernel[grid2](
+    return run_merge(part_acc, part_ml, out, params, num_q_heads=num_q_heads, num_splits=num_splits, cfg=cfg)
+
+
+def run_merge(part_acc, part_ml, out, params: KernelParams, *, num_q_heads: int, num_splits: int, cfg: AttnConfig):
+    """Merge the splits' partial states (part_ml [rows * S, 2] = (m, l), part_acc [rows * S, DACC]
+    rotated accumulators, rows = tokens x query heads), normalise, rotate back into ``out``."""
+    grid = (out.shape[0], triton.cdiv(num_q_heads, MERGE_BH))
+    _merge_kernel[grid](
         part_acc, part_ml, out, out.stride(0), out.stride(1), num_q_heads, params.v_rot, params.v_chan, num_splits,
-        BH=MERGE_BH, DACC=dacc, **params.constexprs("merge"), OUT_BF16=out.dtype == torch.bfloat16,
+        BH=MERGE_BH, DACC=acc_width(params), **params.constexprs("merge"), OUT_BF16=out.dtype == torch.bfloat16,
         ONLINE=cfg.batch_invariant, num_warps=4, enable_fp_fusion=not cfg.batch_invariant,
     )
     return out

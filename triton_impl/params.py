@@ -11,6 +11,8 @@ Tensor layout (``I`` = 2 instance slots per tensor, unused ones are zero):
   to a power of two (row r, column c = Pi[r, c]; y = u @ Pi^T).
 * ``{k,v}_qjl``  float32 [I, MPMAX, MPMAX]: S (prod keys only).
 * ``{k,v}_cent`` float32 [I, 16] / ``*_cent16`` float16 [I, 16]: centroids.
+* ``{k,v}_pair``  int32 [I, 256]: pair tables of instance i, entry a | b << bits = the fp16
+  centroids c[a] (low half) and c[b] (high half) as one word (decode_mma.py).
 * ``{k,v}_poly`` float32 [I, 8]: the centroid magnitudes as cubics in the
   magnitude index (``magnitude_polynomials``; attention LOOKUP=2).
 * ``{k,v}_bnd``  float32 [I, 16]: decision boundaries, +inf padded.
@@ -37,6 +39,7 @@ MIN_DOT = 16  # every tl.dot dimension must be >= 16
 MAX_INSTANCES = 2
 # table strides, also read by the kernels (Triton kernels read only tl.constexpr globals)
 CENT_SLOTS = tl.constexpr(16)  # 2^4 centroids at most (SUPPORTED_BITS <= 4)
+PAIR_SLOTS = 256  # (2^4)^2 entries of a pair table at most
 POLY_SLOTS = tl.constexpr(8)  # attn_core.centroid_values LOOKUP=2: two cubics in the magnitude index
 KC = tl.constexpr(16)  # K chunk of the kernels' fp32 FMA dots (tl.dot keeps whole K slices in registers)
 POLY_RTOL = 1e-6  # the polynomials must give every centroid to this relative error (float32 Horner)
@@ -97,12 +100,14 @@ class KernelParams:
     k_qjl: torch.Tensor
     k_cent: torch.Tensor
     k_cent16: torch.Tensor
+    k_pair: torch.Tensor
     k_poly: torch.Tensor
     k_bnd: torch.Tensor
     k_chan: torch.Tensor
     v_rot: torch.Tensor
     v_cent: torch.Tensor
     v_cent16: torch.Tensor
+    v_pair: torch.Tensor
     v_poly: torch.Tensor
     v_bnd: torch.Tensor
     v_chan: torch.Tensor
@@ -146,6 +151,7 @@ class KernelParams:
             rot = np.zeros((MAX_INSTANCES, mpmax, mpmax), np.float32)
             qjl = np.zeros((MAX_INSTANCES, mpmax, mpmax), np.float32)
             cent = np.zeros((MAX_INSTANCES, CENT_SLOTS), np.float32)
+            pair = np.zeros((MAX_INSTANCES, PAIR_SLOTS), np.int32)
             poly = np.zeros((MAX_INSTANCES, POLY_SLOTS), np.float32)
             bnd = np.full((MAX_INSTANCES, CENT_SLOTS), np.inf, np.float32)
             chan = np.zeros((MAX_INSTANCES, mpmax), np.int32)
@@ -163,6 +169,7 @@ class KernelParams:
                 if p.codebook is not None:
                     nc = p.codebook.centroids.size
                     cent[i, :nc] = p.codebook.centroids
+                    pair[i, : nc * nc] = pair_table(p.codebook.centroids)
                     poly[i], ok = magnitude_polynomials(p.codebook.centroids)
                     poly_ok = poly_ok and ok
                     bnd[i, : nc - 1] = p.codebook.boundaries
@@ -172,6 +179,7 @@ class KernelParams:
             tensors[f"{t}_rot"] = torch.from_numpy(rot).to(device)
             tensors[f"{t}_cent"] = torch.from_numpy(cent).to(device)
             tensors[f"{t}_cent16"] = torch.from_numpy(cent.astype(np.float16)).to(device)
+            tensors[f"{t}_pair"] = torch.from_numpy(pair).to(device)
             tensors[f"{t}_poly"] = torch.from_numpy(poly).to(device)
             tensors[f"{t}_bnd"] = torch.from_numpy(bnd).to(device)
             tensors[f"{t}_chan"] = torch.from_numpy(chan).to(device)
@@ -240,6 +248,15 @@ KERNEL_CONSTEXPRS = {
     "dequant": (("D", "DP", "K_NI", "K_MPMAX", "K_MAT_STRIDE", "V_GROUP", "V_NI", "V_MPMAX", "V_MAT_STRIDE")
                 + _GROUP_VALUES + ("V_CFAST",), _READ_KEY + ("IDCH",), _READ_MSE + ("IDCH",)),
 }
+
+
+def pair_table(centroids: np.ndarray) -> np.ndarray:
+    """int32 [n*n]: entry a | b << bits holds fp16 c[a] in its low and fp16 c[b] in its high 16 bits
+    (n = 2^bits centroids), i.e. two decoded codes as one register of an fp16 mma operand."""
+    h = np.asarray(centroids, np.float16).view(np.uint16).astype(np.uint32)
+    n = h.size
+    idx = np.arange(n * n)
+    return (h[idx % n] | (h[idx // n] << 16)).view(np.int32)
 
 
 def magnitude_polynomials(centroids: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -1,0 +1,357 @@
+"""decode_mma: decode attention over the packed cache with the codes decoded straight into
+``mma.sync`` operand registers (Gluon, sm_80+; the fast path on Hopper).
+
+What one program computes
+-------------------------
+One (sequence b, KV head h, split sp): the G query heads of the GQA group against the tokens
+[sp*chunk, (sp+1)*chunk) of the sequence, streamed in tiles of 16 tokens (one warp, no shared
+memory).  It writes the same partial state as ``attn_core._split_kernel`` (m, l, unnormalised
+rotated value accumulator), and ``attn_core._merge_kernel`` merges the splits and rotates back.
+Grid: (num_seqs, num_kv_heads, num_splits), one warp per program.
+
+The two products are transposed so that the GQA group is the MMA's N = 8 columns:
+
+* scores   S^T [16 tokens, 8 heads]  = K'  [16 tokens, d]  @ Q'^T [d, 8]      (mma m16n8k16)
+* values   O^T [d, 8 heads]         += V'^T [d, 16 tokens] @ P^T  [16 tokens, 8]
+
+K' and V'^T are the centroids c[idx] of the tile (norms apply to scores and to P), built in
+registers in the mma A-operand layout.  Which rotated coordinate sits in which operand register is
+free: a permutation of the coordinates applied to Q' (query side) and undone when the accumulator
+is stored (value side) leaves both products unchanged.  The kernel picks it so that every lane's
+operand elements are one contiguous run of codes of a slot (no stored byte changes):
+
+* key A operand: lane (g, r) = (lane // 4, lane % 4) holds tokens g and g + 8 and, of each, the MMA
+  columns k = 16 kt + 8 hf + 2 r + e (kt < d/16, hf, e < 2).  Slot key code 32 r + (4 kt + 2 hf + e)
+  goes to column k: each lane reads d/4 consecutive codes of its two tokens (12 bytes at 3 bits).
+* value A operand: lane (g, r) holds coordinates n = 8 j + g (j < 16) of tokens 2 r + e + 8 hf.
+  Slot value code 16 g + j goes to row n: each lane reads 16 consecutive codes (48 bits at 3 bits).
+
+An mma operand register holds two consecutive K-dimension elements (``k_width`` 2).  For keys
+these are two consecutive codes of one slot, for values the same code of two consecutive tokens;
+either way one lookup in a *pair table* (``pair[a | b << bits]`` = the two fp16 centroids c[a],
+c[b] as one 32-bit word, 2^(2 bits) entries, L1-resident) gives the register, so decoding costs a
+shift, a mask and a load per two elements.
+
+Numerics: as the split kernel's fp16 path.  q' is scaled by 1/max|q'| per head; scores are
+fp32 = qsc * ||k|| * <q'16, c16>; softmax in fp32 (base 2); P^T is multiplied by ||v|| / s, s the
+running maximum of the finite value norms seen, so that it stays in fp16 range, and the fp32
+accumulator is rescaled when s grows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+from .attn_core import acc_width
+from .merge import merge_splits
+from .params import KernelParams
+from .query import query_layout
+
+TILE_TOKENS = 16  # tokens per MMA tile (the m16 of the key product, the k16 of the value product)
+TILE = gl.constexpr(TILE_TOKENS)
+LOG2E = gl.constexpr(1.4426950408889634)
+
+
+@triton.constexpr_function
+def _key_words3(d):
+    """KW3: the key word layout KW [16 t, 4 r] plus the lane's d/8 pair indices in registers."""
+    return gl.DistributedLinearLayout(
+        reg_bases=[[8, 0, 0]] + [[0, 0, 1 << i] for i in range(int(math.log2(d // 8)))],
+        lane_bases=[[0, 1, 0], [0, 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]], warp_bases=[], block_bases=[],
+        shape=[16, 4, d // 8])
+
+
+@gluon.jit
+def _sel_word(w0, w1, w2, w3, wi):
+    """Word wi (per-register constant) of a lane's segment."""
+    return gl.where(wi == 0, w0, gl.where(wi == 1, w1, gl.where(wi == 2, w2, w3)))
+
+
+@gluon.jit
+def _expand_pairs(pair):
+    """int32 words holding two fp16 values (low half first) -> fp16 [..., 2]."""
+    lo = pair.to(gl.int16).to(gl.float16, bitcast=True)
+    hi = (pair >> 16).to(gl.int16).to(gl.float16, bitcast=True)
+    return gl.join(lo, hi)
+
+
+@gluon.jit
+def _lookup(table_ptr, idx):
+    """The int32 words of a pair table at indices ``idx`` (uint32 tensor): one mad.wide and one
+    read-only load each."""
+    base = table_ptr.to(gl.int64, bitcast=True)
+    return gl.inline_asm_elementwise(
+        "{ .reg .b64 a; mad.wide.u32 a, $1, 4, $2; ld.global.nc.b32 $0, [a]; }",
+        "=r,r,l", [idx, gl.full(idx.shape, 0, gl.int64, idx.type.layout) + base], dtype=gl.int32, is_pure=True,
+        pack=1)
+
+
+@triton.constexpr_function
+def _run_mask(pb, n):
+    """The low half-field mask of n fields of pb bits: (2^(pb/2) - 1) repeated every pb bits."""
+    return sum(((1 << (pb // 2)) - 1) << (pb * k) for k in range(n))
+
+
+@gluon.jit
+def _load_key_words(tile_ptr, stride_cs, n_ok, K_CODES: gl.constexpr, KB: gl.constexpr, D: gl.constexpr,
+                    KW3: gl.constexpr):
+    """The key code words of a tile [16 t, 4 r] (lane (g, r): tokens g, g + 8, words of segment r);
+    tokens >= n_ok read as 0."""
+    KW: gl.constexpr = gl.SliceLayout(2, KW3)
+    SEGW: gl.constexpr = KB * D // 128  # words per lane segment
+    t = gl.arange(0, TILE, layout=gl.SliceLayout(1, KW))
+    r = gl.arange(0, 4, layout=gl.SliceLayout(0, KW))
+    wp = tile_ptr + t[:, None] * stride_cs + (K_CODES // 4) + r[None, :] * SEGW
+    m2 = (t < n_ok)[:, None] & (r[None, :] >= 0)
+    w0 = gl.load(wp, mask=m2, other=0)
+    w1 = gl.load(wp + 1, mask=m2, other=0)
+    w2 = gl.load(wp + 2, mask=m2, other=0)
+    if SEGW > 3:
+        w3 = gl.load(wp + 3, mask=m2, other=0)
+    else:
+        w3 = gl.zeros_like(w0)
+    return w0, w1, w2, w3
+
+
+@gluon.jit
+def _u64(w):
+    return w.to(gl.uint32, bitcast=True).to(gl.uint64)
+
+
+@gluon.jit
+def _key_operand(w0, w1, w2, w3, kpair_ptr, KB: gl.constexpr, D: gl.constexpr, OPA: gl.constexpr,
+                 KW3: gl.constexpr):
+    """The tile's key centroids as the A operand [16 tokens, D] from its words (module docstring)."""
+    NP: gl.constexpr = D // 8  # pairs per lane and token (d/4 codes)
+    PB: gl.constexpr = 2 * KB
+    ip = gl.arange(0, NP, layout=gl.SliceLayout(0, gl.SliceLayout(0, KW3)))
+    bit = ip * PB
+    wi = gl.expand_dims(gl.expand_dims(bit // 32, 0), 0)
+    sh = gl.expand_dims(gl.expand_dims((bit % 32).to(gl.uint64), 0), 0)
+    x0 = _u64(w0)[:, :, None]
+    x1 = _u64(w1)[:, :, None]
+    x2 = _u64(w2)[:, :, None]
+    x3 = _u64(w3)[:, :, None]
+    lo = _sel_word(x0, x1, x2, x3, wi)
+    hi = _sel_word(x0, x1, x2, x3, wi + 1)
+    v = lo | (hi << 32)
+    idx = ((v >> sh) & ((1 << PB) - 1)).to(gl.uint32)
+    pair = _lookup(kpair_ptr, idx)  # [16, 4, NP] int32
+    x = _expand_pairs(pair)  # [16 t, 4 r, NP (kt, hf), 2 e]
+    x = gl.reshape(x, [TILE, 4, D // 16, 2, 2])  # t, r, kt, hf, e
+    x = gl.permute(x, [0, 2, 3, 1, 4])  # t, kt, hf, r, e
+    x = gl.reshape(x, [TILE, D])
+    return gl.convert_layout(x, OPA, assert_trivial=True)
+
+
+@gluon.jit
+def _load_value_words(tile_ptr, stride_cs, n_ok, V_CODES: gl.constexpr, VB: gl.constexpr, VP3: gl.constexpr):
+    """The value code words of a tile: for token pairs tp (tokens 2 tp, 2 tp + 1) and runs g, the two
+    words holding codes 16 g .. 16 g + 15 of each token, [8 tp, 8 g] x 4; tokens >= n_ok read as 0."""
+    VP: gl.constexpr = gl.SliceLayout(2, VP3)
+    tp = gl.arange(0, TILE // 2, layout=gl.SliceLayout(1, VP))
+    g = gl.arange(0, 8, layout=gl.SliceLayout(0, VP))
+    wofs = ((V_CODES * 8 + g * (16 * VB)) // 32)[None, :]
+    pe = tile_ptr + (2 * tp)[:, None] * stride_cs + wofs
+    po = pe + stride_cs
+    m_e = (2 * tp < n_ok)[:, None] & (g[None, :] >= 0)
+    m_o = (2 * tp + 1 < n_ok)[:, None] & (g[None, :] >= 0)
+    return (gl.load(pe, mask=m_e, other=0), gl.load(pe + 1, mask=m_e, other=0),
+            gl.load(po, mask=m_o, other=0), gl.load(po + 1, mask=m_o, other=0))
+
+
+@gluon.jit
+def _value_operand(a0, a1, b0, b1, vpair_ptr, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr,
+                   OPA: gl.constexpr, VP3: gl.constexpr):
+    """The tile's value centroids as the A operand [D, 16 tokens] from its words (module docstring)."""
+    VP: gl.constexpr = gl.SliceLayout(2, VP3)
+    g = gl.arange(0, 8, layout=gl.SliceLayout(0, VP))
+    sh = ((V_CODES * 8 + g * (16 * VB)) % 32).to(gl.uint64)[None, :]
+    a = (_u64(a0) | (_u64(a1) << 32)) >> sh
+    b = (_u64(b0) | (_u64(b1) << 32)) >> sh
+    # Pair index of code j = a_j | b_j << VB: even j from E, odd j from O, field k at bit 2 VB k
+    # (a bit-select per word instead of shifts and masks per pair).
+    HALF: gl.constexpr = _run_mask(2 * VB, 8)
+    bs = b << VB
+    e = (a & HALF) | (bs ^ (bs & HALF))
+    o = ((a >> VB) & HALF) | (b ^ (b & HALF))
+    j = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(0, VP3)))
+    sel = gl.expand_dims(gl.expand_dims(j % 2, 0), 0)
+    s = gl.expand_dims(gl.expand_dims((j // 2 * (2 * VB)).to(gl.uint64), 0), 0)
+    eo = gl.where(sel == 0, e[:, :, None], o[:, :, None])
+    idx = ((eo >> s) & ((1 << (2 * VB)) - 1)).to(gl.uint32)
+    pair = _lookup(vpair_ptr, idx)  # [8 tp, 8 g, 16 j]
+    x = _expand_pairs(pair)  # tp, g, j, e
+    x = gl.permute(x, [2, 1, 0, 3])  # j, g, tp, e
+    x = gl.reshape(x, [D, TILE])
+    return gl.convert_layout(x, OPA, assert_trivial=True)
+
+
+@gluon.jit(do_not_specialize=["num_q_heads", "num_splits"])
+def _decode_mma_kernel(
+    qbuf_ptr, cache_ptr, bt_ptr, stride_bt, seq_lens_ptr, part_acc_ptr, part_ml_ptr,
+    stride_cb, stride_ch, stride_cs, kpair_ptr, vpair_ptr, sm_scale_log2, block_size, num_q_heads, num_splits,
+    G: gl.constexpr, DQ: gl.constexpr, DACC: gl.constexpr, D: gl.constexpr,
+    KB: gl.constexpr, K_NORM: gl.constexpr, K_CODES: gl.constexpr,
+    VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
+):
+    # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
+    # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
+    # holds token pairs r, r + 4 of run g.  KW3/VP3 add the per-lane pair index in registers.
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    OPA: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    OPB: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    KW3: gl.constexpr = _key_words3(D)
+    VP3: gl.constexpr = gl.DistributedLinearLayout(
+        reg_bases=[[4, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 4], [0, 0, 8]],
+        lane_bases=[[1, 0, 0], [2, 0, 0], [0, 1, 0], [0, 2, 0], [0, 4, 0]], warp_bases=[], block_bases=[],
+        shape=[8, 8, 16])
+    QL: gl.constexpr = gl.BlockedLayout([1, 1], [4, 8], [1, 1], [1, 0])
+    ROW: gl.constexpr = gl.SliceLayout(1, MMA)  # per token of a tile
+    COL: gl.constexpr = gl.SliceLayout(0, MMA)  # per query head
+
+    b = gl.program_id(0)
+    h = gl.program_id(1)
+    sp = gl.program_id(2)
+    seq_len = gl.load(seq_lens_ptr + b)
+    chunk = gl.cdiv(gl.cdiv(seq_len, num_splits), TILE) * TILE
+    start = sp * chunk
+    end = gl.minimum(start + chunk, seq_len)
+    qrow0 = (b * num_q_heads + h * G).to(gl.int64)
+
+    # Q'^T [D, 8] as the B operand, coordinates permuted (module docstring), scaled per head.
+    k = gl.arange(0, D, layout=gl.SliceLayout(1, QL))
+    col = gl.arange(0, 8, layout=gl.SliceLayout(0, QL))
+    c = 32 * ((k >> 1) & 3) + 4 * (k >> 4) + 2 * ((k >> 3) & 1) + (k & 1)
+    q = gl.load(qbuf_ptr + (qrow0 + col[None, :]) * DQ + c[:, None], mask=(col < G)[None, :], other=0.0)
+    qm = gl.max(gl.abs(q), axis=0)
+    qsc = gl.where(qm > 0, qm, 1.0)
+    q_op = gl.convert_layout((q * (1.0 / qsc)[None, :]).to(gl.float16), OPB)
+    qsc = gl.convert_layout(qsc, COL)
+
+    m_i = gl.full([8], float("-inf"), gl.float32, COL)
+    l_i = gl.zeros([8], gl.float32, COL)
+    vs = 0.0  # running value scale s (largest finite value norm seen)
+    acc = gl.zeros([D, 8], gl.float32, MMA)
+    t_row = gl.arange(0, TILE, layout=ROW)
+    head_base = cache_ptr + h.to(gl.int64) * stride_ch
+    bt_row = bt_ptr + b.to(gl.int64) * stride_bt
+
+    # Software pipeline: the words and norms of tile i + 1 are loaded while tile i is computed, and
+    # the block-table entry of tile i + 2 before that (every load of a tile depends on its page).
+    page = gl.load(bt_row + start // block_size, mask=start < end, other=0).to(gl.int64)
+    page_next = gl.load(bt_row + (start + TILE) // block_size, mask=start + TILE < end, other=0).to(gl.int64)
+    tile_ptr = head_base + page * stride_cb + (start % block_size) * stride_cs
+    n_ok = end - start
+    kw0, kw1, kw2, kw3 = _load_key_words(tile_ptr, stride_cs, n_ok, K_CODES, KB, D, KW3)
+    va0, va1, vb0, vb1 = _load_value_words(tile_ptr, stride_cs, n_ok, V_CODES, VB, VP3)
+    kn = gl.load(tile_ptr + t_row * stride_cs + K_NORM // 4, mask=t_row < n_ok, other=0)
+    vn = gl.load(tile_ptr + t_row * stride_cs + V_NORM // 4, mask=t_row < n_ok, other=0)
+    for t0 in range(start, end, TILE):
+        # issue the loads of tile i + 1 (all masked off past the split's end)
+        t1 = t0 + TILE
+        page_after = gl.load(bt_row + (t1 + TILE) // block_size, mask=t1 + TILE < end, other=0).to(gl.int64)
+        ptr1 = head_base + page_next * stride_cb + (t1 % block_size) * stride_cs
+        n1 = end - t1
+        nkw0, nkw1, nkw2, nkw3 = _load_key_words(ptr1, stride_cs, n1, K_CODES, KB, D, KW3)
+        nva0, nva1, nvb0, nvb1 = _load_value_words(ptr1, stride_cs, n1, V_CODES, VB, VP3)
+        nkn = gl.load(ptr1 + t_row * stride_cs + K_NORM // 4, mask=t_row < n1, other=0)
+        nvn = gl.load(ptr1 + t_row * stride_cs + V_NORM // 4, mask=t_row < n1, other=0)
+
+        # tile i
+        ok = t_row < end - t0
+        a_k = _key_operand(kw0, kw1, kw2, kw3, kpair_ptr, KB, D, OPA, KW3)
+        s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
+        s = s * (kn.to(gl.float32, bitcast=True) * sm_scale_log2)[:, None] * qsc[None, :]
+        s = gl.where(ok[:, None], s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=0))
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = gl.exp2(m_i - m_use)
+        p = gl.exp2(s - m_use[None, :])
+        l_i = l_i * alpha + gl.sum(p, axis=0)
+        m_i = m_new
+
+        vnf = vn.to(gl.float32, bitcast=True)
+        vabs = gl.abs(vnf)
+        vs_new = gl.maximum(vs, gl.max(gl.where(ok & (vabs < float("inf")), vabs, 0.0), axis=0))
+        vs_use = gl.where(vs_new > 0, vs_new, 1.0)
+        w = gl.where(ok[:, None], p * (vnf / vs_use)[:, None], 0.0)
+        p_op = gl.convert_layout(w.to(gl.float16), OPB)
+        a_v = _value_operand(va0, va1, vb0, vb1, vpair_ptr, V_CODES, VB, D, OPA, VP3)
+        acc = mma_v2(a_v, p_op, acc * (alpha * (gl.where(vs > 0, vs, 1.0) / vs_use))[None, :])
+        vs = vs_new
+
+        kw0, kw1, kw2, kw3 = nkw0, nkw1, nkw2, nkw3
+        va0, va1, vb0, vb1 = nva0, nva1, nvb0, nvb1
+        kn, vn = nkn, nvn
+        page_next = page_after
+
+    # partial state -> part_ml [rows, S, 2] (m in natural-log units), part_acc [rows, S, DACC]
+    # (accumulator row n is slot value coordinate 16 (n % 8) + n // 8)
+    cols = gl.arange(0, 8, layout=COL)
+    prow = (qrow0 + cols) * num_splits + sp
+    hm = cols < G
+    gl.store(part_ml_ptr + prow * 2, m_i * (1.0 / LOG2E), mask=hm)
+    gl.store(part_ml_ptr + prow * 2 + 1, l_i, mask=hm)
+    n = gl.arange(0, D, layout=gl.SliceLayout(1, MMA))
+    pos = 16 * (n % 8) + n // 8
+    gl.store(part_acc_ptr + prow[None, :] * DACC + pos[:, None], acc * gl.where(vs > 0, vs, 1.0), mask=hm[None, :])
+
+
+MMA_BITS = (3, 4)  # key / value code widths the operand builders cover
+MMA_HEAD_SIZE = 128
+MMA_MAX_GROUP = 8  # query heads per KV head: the MMA's N
+
+
+def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, device: torch.device, num_q_heads: int,
+                           num_kv_heads: int, block_size: int) -> str | None:
+    """Why decode_attention_mma cannot serve this launch, or None when it can."""
+    m = params.meta
+    if query_dtype not in (torch.float16, torch.bfloat16):
+        return f"query dtype {query_dtype} (fp16/bf16 only; fp32 queries take the split kernel's fp32 dots)"
+    if m["K_NI"] != 1 or m["V_NI"] != 1 or m["V_GROUP"] or m["K0_QJL"]:
+        return "one mse key instance and one mse value instance only (no outlier split, QJL or group values)"
+    if m["D"] != MMA_HEAD_SIZE or m["K0_M"] != MMA_HEAD_SIZE or m["V0_M"] != MMA_HEAD_SIZE:
+        return f"head size {m['D']} (only {MMA_HEAD_SIZE})"
+    if m["K0_BITS"] not in MMA_BITS or m["V0_BITS"] not in MMA_BITS:
+        return f"key/value bits {m['K0_BITS']}/{m['V0_BITS']} (only {MMA_BITS})"
+    if num_q_heads // num_kv_heads > MMA_MAX_GROUP:
+        return f"GQA group of {num_q_heads // num_kv_heads} query heads (at most {MMA_MAX_GROUP})"
+    if block_size % TILE_TOKENS:
+        return f"block_size {block_size} (a multiple of {TILE_TOKENS} only)"
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return "needs a CUDA device (Gluon kernels do not run in the interpreter)"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "needs mma.sync (compute capability 8.0 or newer)"
+    return None
+
+
+def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
+                         out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
+                         num_splits: int) -> torch.Tensor:
+    """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
+    out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  No host synchronisation."""
+    m = params.meta
+    b = block_table.shape[0]
+    hkv = cache.shape[1]
+    dacc = acc_width(params)
+    part_acc = torch.empty((b * num_q_heads * num_splits, dacc), dtype=torch.float32, device=cache.device)
+    part_ml = torch.empty((b * num_q_heads * num_splits, 2), dtype=torch.float32, device=cache.device)
+    words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
+    _decode_mma_kernel[(b, hkv, num_splits)](
+        qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
+        words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,
+        float(sm_scale) * LOG2E.value, cache.shape[2], num_q_heads, num_splits,
+        G=num_q_heads // hkv, DQ=query_layout(params)["DQ"], DACC=dacc, D=m["D"],
+        KB=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
+        VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
+        num_warps=1,
+    )
+    return merge_splits(part_acc, part_ml, out, params, num_q_heads=num_q_heads, num_splits=num_splits)

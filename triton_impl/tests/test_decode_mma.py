@@ -1,0 +1,198 @@
+"""The mma decode kernel (decode_mma.py) against the split kernel (attn_core, the second oracle)
+and the reference.  The kernel is Gluon and needs a CUDA GPU; on the CPU only its host side is
+tested (which launches it serves, the pair tables, argument errors)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from turboquant import format as tqf
+from turboquant import reference as ref
+from turboquant.conformance.cases import paged_layout, round_to
+from turboquant.conformance.compare import rel_err
+from turboquant.triton_impl import AttnConfig, KernelParams, decode_attention
+from turboquant.triton_impl.attn_core import acc_width
+from turboquant.triton_impl.decode_mma import mma_decode_unsupported
+from turboquant.triton_impl.launch import default_config, run_merge
+from turboquant.triton_impl.merge import merge_splits
+from turboquant.triton_impl.params import pair_table
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+GPU = pytest.mark.skipif(DEV.type != "cuda", reason="the mma decode kernel is Gluon: CUDA only")
+MMA_PRESETS = ["tq3", "k4v3", "tq4", "tq3_hadamard"]
+
+
+def _params(preset, d=128):
+    return KernelParams.build(tqf.LayerFormat(tqf.get_preset(preset), d, layer=1), DEV)
+
+
+def _t(x):
+    return torch.from_numpy(np.ascontiguousarray(x)).to(DEV)
+
+
+def _decode_case(preset, seq_lens, h=2, g=4, bs=16, seed=0, key_scale=1.3, value_scale=1.0, nan_token=None,
+                 zero_tokens=()):
+    """A cache written by the reference, one bf16 query row per sequence, the reference's output."""
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), 128, layer=1)
+    rng = np.random.default_rng(seed)
+    nb, bt, slots = paged_layout(rng, seq_lens, bs, spare=2)
+    key = round_to(rng.standard_normal((slots.size, h, 128)) * key_scale, "bfloat16")
+    value = round_to(rng.standard_normal((slots.size, h, 128)) * value_scale, "bfloat16")
+    for t in zero_tokens:
+        key[t] = 0.0
+        value[t] = 0.0
+    if nan_token is not None:
+        key[nan_token, 0, 3] = np.nan
+    cache = ref.new_cache(fmt, nb, bs, h)
+    ref.store(cache, key, value, slots, fmt)
+    q = round_to(rng.standard_normal((len(seq_lens), h * g, 128)) * 1.5, "bfloat16")
+    sl = np.asarray(seq_lens, np.int32)
+    qsl = np.arange(len(seq_lens) + 1, dtype=np.int32)
+    want = ref.paged_attention(q, cache, bt, sl, fmt, qsl) if nan_token is None else None
+    args = (_t(q).to(torch.bfloat16), _t(cache), _t(bt), _t(sl), KernelParams.build(fmt, DEV))
+    return args, want
+
+
+def _run(args, kernel, **kw):
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel=kernel)
+    return decode_attention(*args, config=cfg, **kw).float().cpu().numpy()
+
+
+# --- host side (every machine) ---------------------------------------------------------------------
+
+def test_pair_table_holds_two_fp16_centroids():
+    c = np.linspace(-0.3, 0.3, 8)
+    t = pair_table(c).view(np.uint32)
+    h = c.astype(np.float16)
+    for a, b in [(0, 0), (3, 5), (7, 1), (6, 7)]:
+        w = t[a | b << 3]
+        assert np.uint16(w & 0xFFFF).view(np.float16) == h[a]
+        assert np.uint16(w >> 16).view(np.float16) == h[b]
+
+
+def test_decode_kernel_option_is_checked():
+    with pytest.raises(ValueError, match="decode_kernel='fast'.*allowed values"):
+        AttnConfig(decode_kernel="fast")
+
+
+@pytest.mark.parametrize("preset,d,dtype,hq,hkv,bs,why", [
+    ("tq3_qjl", 128, torch.bfloat16, 32, 8, 16, "one mse key instance"),
+    ("tq3.5", 128, torch.bfloat16, 32, 8, 16, "one mse key instance"),
+    ("k4g4", 128, torch.bfloat16, 32, 8, 16, "one mse key instance"),
+    ("tq3", 64, torch.bfloat16, 32, 8, 16, "head size 64"),
+    ("tq2", 128, torch.bfloat16, 32, 8, 16, "key/value bits 2/2"),
+    ("tq3", 128, torch.float32, 32, 8, 16, "query dtype"),
+    ("tq3", 128, torch.bfloat16, 64, 4, 16, "GQA group of 16"),
+    ("tq3", 128, torch.bfloat16, 32, 8, 8, "block_size 8"),
+])
+def test_unsupported_launches_name_the_reason(preset, d, dtype, hq, hkv, bs, why):
+    assert why in mma_decode_unsupported(_params(preset, d), dtype, DEV, hq, hkv, bs)
+
+
+def test_supported_launch_on_this_machine():
+    why = mma_decode_unsupported(_params("tq3"), torch.bfloat16, DEV, 32, 8, 16)
+    if DEV.type == "cuda" and torch.cuda.get_device_capability() >= (8, 0):
+        assert why is None
+    else:
+        assert "CUDA" in why
+
+
+@pytest.mark.parametrize("preset,num_splits", [("tq3", 1), ("tq3", 37), ("tq3.5", 5), ("k4g4", 20)])
+def test_parallel_merge_matches_the_split_kernels_merge(preset, num_splits):
+    """merge.merge_splits (the mma path's merge) against attn_core._merge_kernel on the same partial
+    states, with empty splits (m = -inf) and a row that saw nothing (all weights 0: output 0)."""
+    params = _params(preset)
+    t, hq = 3, 8
+    dacc = acc_width(params)
+    gen = torch.Generator().manual_seed(num_splits)
+    rows = t * hq * num_splits
+    acc = torch.randn((rows, dacc), generator=gen).to(DEV)
+    ml = torch.stack([torch.randn(rows, generator=gen) * 3, torch.rand(rows, generator=gen) + 0.5], 1).to(DEV)
+    empty = torch.rand(rows, generator=gen) < 0.3
+    empty[: num_splits] = True  # row 0 saw nothing
+    ml[empty.to(DEV), 0] = float("-inf")
+    ml[empty.to(DEV), 1] = 0.0
+    acc[empty.to(DEV)] = 0.0
+    want = run_merge(acc, ml, torch.empty((t, hq, 128), device=DEV), params, num_q_heads=hq,
+                     num_splits=num_splits, cfg=default_config(DEV))
+    got = merge_splits(acc, ml, torch.empty((t, hq, 128), device=DEV), params, num_q_heads=hq,
+                       num_splits=num_splits)
+    assert (got[0, 0] == 0).all()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(DEV.type == "cuda", reason="on a GPU the mma kernel serves this call")
+def test_asking_for_the_mma_kernel_where_it_cannot_run_is_an_error():
+    args, _ = _decode_case("tq3", (20, 5))
+    with pytest.raises(ValueError, match="decode_kernel='mma' cannot serve this call"):
+        _run(args, "mma")
+
+
+# --- the kernel (GPU) ------------------------------------------------------------------------------
+
+SHAPES = [  # (seq_lens, KV heads, GQA group, block size)
+    ((1, 17, 100, 333), 2, 4, 16),
+    ((48, 1000), 2, 8, 32),
+    ((16, 31, 250), 3, 1, 16),
+    ((2049, 700), 1, 5, 64),
+]
+
+
+@GPU
+@pytest.mark.parametrize("preset", MMA_PRESETS)
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_matches_split_kernel_and_reference(preset, shape):
+    seq_lens, h, g, bs = SHAPES[shape]
+    args, want = _decode_case(preset, seq_lens, h=h, g=g, bs=bs, seed=shape)
+    got = _run(args, "mma")
+    split = _run(args, "split")
+    assert rel_err(got, want) <= tqf.ATTN_RTOL_HALF
+    assert rel_err(got, split) <= tqf.ATTN_RTOL_HALF
+    # the split count only regroups the same sums
+    assert rel_err(_run(args, "mma", num_splits=7), got) <= tqf.ATTN_RTOL_HALF
+
+
+@GPU
+def test_auto_picks_the_mma_kernel():
+    args, _ = _decode_case("tq3", (40, 90))
+    np.testing.assert_array_equal(_run(args, "auto"), _run(args, "mma"))
+
+
+@GPU
+def test_huge_value_norms_and_zero_vectors():
+    # value norms far beyond fp16's range: P * ||v|| is kept in range by the running value scale
+    args, want = _decode_case("tq3", (70, 300), value_scale=1e6, zero_tokens=(0, 5, 6))
+    got = _run(args, "mma")
+    assert np.isfinite(got).all()
+    assert rel_err(got, want) <= tqf.ATTN_RTOL_HALF
+
+
+@GPU
+def test_non_finite_key_poisons_exactly_its_sequence():
+    args, _ = _decode_case("k4v3", (30, 64, 64), nan_token=3)  # a token of sequence 0 (paged_layout order)
+    got = _run(args, "mma")
+    split = _run(args, "split")
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(split))
+    assert np.isnan(got[0, :4]).all()  # the query heads of KV head 0
+    assert np.isfinite(got[0, 4:]).all() and np.isfinite(got[1:]).all()
+
+
+@GPU
+def test_cuda_graph_replay():
+    args, _ = _decode_case("tq3", (100, 257, 1))
+    q, cache, bt, sl, params = args
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma")
+    out = torch.empty_like(q)
+    decode_attention(q, cache, bt, sl, params, out=out, config=cfg)  # compile outside the capture
+    want = out.clone()
+    out.zero_()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode_attention(q, cache, bt, sl, params, out=out, config=cfg)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
