@@ -313,7 +313,8 @@ def main(argv=None):
     ap.add_argument("--shapes", default="", help="explicit batch x context list, e.g. 32x32768,1x131072")
     ap.add_argument("--kernels", default="auto",
                     help="decode kernels to time (AttnConfig.decode_kernel: auto, mma, split; mma@N: with "
-                         "mma_programs_per_sm=N); rows of a kernel other than auto are named PRESET+KERNEL")
+                         "mma_programs_per_sm=N; mma@NrR: and mma_maxnreg=R); rows of a kernel other than auto "
+                         "are named PRESET+KERNEL")
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",
                     help="also these presets in batch-invariant mode (fixed-length splits; rows named PRESET+bi)")
     args = ap.parse_args(argv)
@@ -387,10 +388,13 @@ def main(argv=None):
             except Exception as e:
                 log({"error": p, "what": repr(e)[:500]})
             for spec in [k for k in args.kernels.split(",") if k]:
-                kern, _, ppsm = spec.partition("@")  # mma@16: mma_programs_per_sm=16
+                kern, _, opts = spec.partition("@")  # mma@16: mma_programs_per_sm=16; mma@32r128: and maxnreg 128
                 kcfg = dataclasses.replace(cfg, decode_kernel=kern)
+                ppsm, _, nreg = opts.partition("r")
                 if ppsm:
                     kcfg = dataclasses.replace(kcfg, mma_programs_per_sm=int(ppsm))
+                if nreg:
+                    kcfg = dataclasses.replace(kcfg, mma_maxnreg=int(nreg))
                 try:
                     bench_preset(p, shapes, kcfg, gen, bw, rows, log, label=p if spec == "auto" else f"{p}+{spec}")
                 except Exception as e:

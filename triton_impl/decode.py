@@ -48,7 +48,7 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
     if why is None:
         s = num_splits or choose_splits(b * hkv, max_kv, cache.device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
         return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq, sm_scale=scale,
-                                    num_splits=s)
+                                    num_splits=s, maxnreg=cfg.mma_maxnreg)
     s = num_splits or choose_splits(b * hkv, max_kv, cache.device, cfg)
     return run_split_merge(qbuf, cache, block_table, seq_lens, seq_lens, seq_lens, out, params,
                            num_tiles=b, decode=True, bq=1, num_q_heads=hq, sm_scale=scale,

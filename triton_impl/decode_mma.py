@@ -57,6 +57,8 @@ from .query import query_layout
 TILE_TOKENS = 16  # tokens per MMA tile (the m16 of the key product, the k16 of the value product)
 TILE = gl.constexpr(TILE_TOKENS)
 LOG2E = gl.constexpr(1.4426950408889634)
+TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
+TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # the kernel's whole shared memory: key and value tables
 
 
 @triton.constexpr_function
@@ -83,14 +85,13 @@ def _expand_pairs(pair):
 
 
 @gluon.jit
-def _lookup(table_ptr, idx):
-    """The int32 words of a pair table at indices ``idx`` (uint32 tensor): one mad.wide and one
-    read-only load each."""
-    base = table_ptr.to(gl.int64, bitcast=True)
+def _lookup(addr):
+    """The int32 words at byte addresses ``addr`` (uint32 tensor) of the kernel's shared memory,
+    which holds the two pair tables (the kernel's only allocation, so at the start of Triton's
+    ``global_smem``; decode_attention_mma checks the compiled kernel's shared size)."""
     return gl.inline_asm_elementwise(
-        "{ .reg .b64 a; mad.wide.u32 a, $1, 4, $2; ld.global.nc.b32 $0, [a]; }",
-        "=r,r,l", [idx, gl.full(idx.shape, 0, gl.int64, idx.type.layout) + base], dtype=gl.int32, is_pure=True,
-        pack=1)
+        "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b32 $0, [a]; }",
+        "=r,r", [addr], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @triton.constexpr_function
@@ -126,11 +127,15 @@ def _u64(w):
 
 
 @gluon.jit
-def _key_operand(w0, w1, w2, w3, kpair_ptr, KB: gl.constexpr, D: gl.constexpr, OPA: gl.constexpr,
-                 KW3: gl.constexpr):
+def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, OPA: gl.constexpr, KW3: gl.constexpr):
     """The tile's key centroids as the A operand [16 tokens, D] from its words (module docstring)."""
     NP: gl.constexpr = D // 8  # pairs per lane and token (d/4 codes)
     PB: gl.constexpr = 2 * KB
+    COPIES: gl.constexpr = TABLE_WORDS // (1 << PB)
+    # lane (g, r) = 4 (t % 8) + r reads copy lane % COPIES of the table (bank-conflict spreading)
+    t = gl.arange(0, TILE, layout=gl.SliceLayout(1, gl.SliceLayout(2, KW3)))
+    r = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, KW3)))
+    copy4 = ((((4 * (t % 8))[:, None] + r[None, :]) % COPIES) * 4).to(gl.uint32)[:, :, None]
     ip = gl.arange(0, NP, layout=gl.SliceLayout(0, gl.SliceLayout(0, KW3)))
     bit = ip * PB
     wi = gl.expand_dims(gl.expand_dims(bit // 32, 0), 0)
@@ -143,7 +148,7 @@ def _key_operand(w0, w1, w2, w3, kpair_ptr, KB: gl.constexpr, D: gl.constexpr, O
     hi = _sel_word(x0, x1, x2, x3, wi + 1)
     v = lo | (hi << 32)
     idx = ((v >> sh) & ((1 << PB) - 1)).to(gl.uint32)
-    pair = _lookup(kpair_ptr, idx)  # [16, 4, NP] int32
+    pair = _lookup((idx * (COPIES * 4)) | copy4)  # [16, 4, NP] int32, key table at byte 0
     x = _expand_pairs(pair)  # [16 t, 4 r, NP (kt, hf), 2 e]
     x = gl.reshape(x, [TILE, 4, D // 16, 2, 2])  # t, r, kt, hf, e
     x = gl.permute(x, [0, 2, 3, 1, 4])  # t, kt, hf, r, e
@@ -168,11 +173,15 @@ def _load_value_words(tile_ptr, stride_cs, n_ok, V_CODES: gl.constexpr, VB: gl.c
 
 
 @gluon.jit
-def _value_operand(a0, a1, b0, b1, vpair_ptr, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr,
-                   OPA: gl.constexpr, VP3: gl.constexpr):
+def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, OPA: gl.constexpr,
+                   VP3: gl.constexpr):
     """The tile's value centroids as the A operand [D, 16 tokens] from its words (module docstring)."""
     VP: gl.constexpr = gl.SliceLayout(2, VP3)
+    COPIES: gl.constexpr = TABLE_WORDS // (1 << (2 * VB))
+    tp = gl.arange(0, TILE // 2, layout=gl.SliceLayout(1, VP))
     g = gl.arange(0, 8, layout=gl.SliceLayout(0, VP))
+    # lane % COPIES, in bytes, plus the value table's offset
+    copy4 = ((((tp % 4)[:, None] + 4 * g[None, :]) % COPIES) * 4 + TABLE_WORDS * 4).to(gl.uint32)[:, :, None]
     sh = ((V_CODES * 8 + g * (16 * VB)) % 32).to(gl.uint64)[None, :]
     a = (_u64(a0) | (_u64(a1) << 32)) >> sh
     b = (_u64(b0) | (_u64(b1) << 32)) >> sh
@@ -187,7 +196,7 @@ def _value_operand(a0, a1, b0, b1, vpair_ptr, V_CODES: gl.constexpr, VB: gl.cons
     s = gl.expand_dims(gl.expand_dims((j // 2 * (2 * VB)).to(gl.uint64), 0), 0)
     eo = gl.where(sel == 0, e[:, :, None], o[:, :, None])
     idx = ((eo >> s) & ((1 << (2 * VB)) - 1)).to(gl.uint32)
-    pair = _lookup(vpair_ptr, idx)  # [8 tp, 8 g, 16 j]
+    pair = _lookup((idx * (COPIES * 4)) | copy4)  # [8 tp, 8 g, 16 j], value table after the key table
     x = _expand_pairs(pair)  # tp, g, j, e
     x = gl.permute(x, [2, 1, 0, 3])  # j, g, tp, e
     x = gl.reshape(x, [D, TILE])
@@ -213,7 +222,6 @@ def _decode_mma_kernel(
         reg_bases=[[4, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 4], [0, 0, 8]],
         lane_bases=[[1, 0, 0], [2, 0, 0], [0, 1, 0], [0, 2, 0], [0, 4, 0]], warp_bases=[], block_bases=[],
         shape=[8, 8, 16])
-    QL: gl.constexpr = gl.BlockedLayout([1, 1], [4, 8], [1, 1], [1, 0])
     ROW: gl.constexpr = gl.SliceLayout(1, MMA)  # per token of a tile
     COL: gl.constexpr = gl.SliceLayout(0, MMA)  # per query head
 
@@ -227,14 +235,28 @@ def _decode_mma_kernel(
     qrow0 = (b * num_q_heads + h * G).to(gl.int64)
 
     # Q'^T [D, 8] as the B operand, coordinates permuted (module docstring), scaled per head.
-    k = gl.arange(0, D, layout=gl.SliceLayout(1, QL))
-    col = gl.arange(0, 8, layout=gl.SliceLayout(0, QL))
-    c = 32 * ((k >> 1) & 3) + 4 * (k >> 4) + 2 * ((k >> 3) & 1) + (k & 1)
-    q = gl.load(qbuf_ptr + (qrow0 + col[None, :]) * DQ + c[:, None], mask=(col < G)[None, :], other=0.0)
-    qm = gl.max(gl.abs(q), axis=0)
+    # (loaded straight in the operand layout, and once more in the accumulator layout for the
+    # per-head scale: no layout conversion, so the kernel's only shared memory is the tables)
+    kq = gl.arange(0, D, layout=gl.SliceLayout(1, OPB))
+    colq = gl.arange(0, 8, layout=gl.SliceLayout(0, OPB))
+    cq = 32 * ((kq >> 1) & 3) + 4 * (kq >> 4) + 2 * ((kq >> 3) & 1) + (kq & 1)
+    q = gl.load(qbuf_ptr + (qrow0 + colq[None, :]) * DQ + cq[:, None], mask=(colq < G)[None, :], other=0.0)
+    kc = gl.arange(0, D, layout=gl.SliceLayout(1, MMA))
+    cols = gl.arange(0, 8, layout=COL)
+    qa = gl.load(qbuf_ptr + (qrow0 + cols[None, :]) * DQ + kc[:, None], mask=(cols < G)[None, :], other=0.0)
+    qm = gl.max(gl.abs(qa), axis=0)
     qsc = gl.where(qm > 0, qm, 1.0)
-    q_op = gl.convert_layout((q * (1.0 / qsc)[None, :]).to(gl.float16), OPB)
-    qsc = gl.convert_layout(qsc, COL)
+    q_op = (q * (1.0 / gl.where(gl.max(gl.abs(q), axis=0) > 0, gl.max(gl.abs(q), axis=0), 1.0))[None, :]
+            ).to(gl.float16)
+
+    # The pair tables in shared memory, TABLE_WORDS words each (key table, then value table), every
+    # entry repeated TABLE_WORDS / entries times so that lanes spread over the banks.
+    FL: gl.constexpr = gl.BlockedLayout([TABLE_WORDS // 32], [32], [1], [0])
+    e = gl.arange(0, TABLE_WORDS, layout=FL)
+    tables = gl.allocate_shared_memory(gl.int32, [2 * TABLE_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    tables.slice(0, TABLE_WORDS).store(gl.load(kpair_ptr + e // (TABLE_WORDS >> (2 * KB))))
+    tables.slice(TABLE_WORDS, TABLE_WORDS).store(gl.load(vpair_ptr + e // (TABLE_WORDS >> (2 * VB))))
+    gl.thread_barrier()
 
     m_i = gl.full([8], float("-inf"), gl.float32, COL)
     l_i = gl.zeros([8], gl.float32, COL)
@@ -267,7 +289,7 @@ def _decode_mma_kernel(
 
         # tile i
         ok = t_row < end - t0
-        a_k = _key_operand(kw0, kw1, kw2, kw3, kpair_ptr, KB, D, OPA, KW3)
+        a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, OPA, KW3)
         s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
         s = s * (kn.to(gl.float32, bitcast=True) * sm_scale_log2)[:, None] * qsc[None, :]
         s = gl.where(ok[:, None], s, float("-inf"))
@@ -284,8 +306,13 @@ def _decode_mma_kernel(
         vs_use = gl.where(vs_new > 0, vs_new, 1.0)
         w = gl.where(ok[:, None], p * (vnf / vs_use)[:, None], 0.0)
         p_op = gl.convert_layout(w.to(gl.float16), OPB)
-        a_v = _value_operand(va0, va1, vb0, vb1, vpair_ptr, V_CODES, VB, D, OPA, VP3)
-        acc = mma_v2(a_v, p_op, acc * (alpha * (gl.where(vs > 0, vs, 1.0) / vs_use))[None, :])
+        a_v = _value_operand(va0, va1, vb0, vb1, V_CODES, VB, D, OPA, VP3)
+        # rescale the accumulator only when the running max or the value scale moved (rare after the
+        # first tiles); the factor is <= 1 (or NaN, which must reach the accumulator)
+        factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)
+        if gl.max(gl.where(factor == 1.0, 0, 1), axis=0) > 0:
+            acc = acc * factor[None, :]
+        acc = mma_v2(a_v, p_op, acc)
         vs = vs_new
 
         kw0, kw1, kw2, kw3 = nkw0, nkw1, nkw2, nkw3
@@ -295,7 +322,6 @@ def _decode_mma_kernel(
 
     # partial state -> part_ml [rows, S, 2] (m in natural-log units), part_acc [rows, S, DACC]
     # (accumulator row n is slot value coordinate 16 (n % 8) + n // 8)
-    cols = gl.arange(0, 8, layout=COL)
     prow = (qrow0 + cols) * num_splits + sp
     hm = cols < G
     gl.store(part_ml_ptr + prow * 2, m_i * (1.0 / LOG2E), mask=hm)
@@ -335,9 +361,11 @@ def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, devic
 
 def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
-                         num_splits: int) -> torch.Tensor:
+                         num_splits: int, maxnreg: int = 0) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
-    out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  No host synchronisation."""
+    out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
+    thread (0: the compiler's choice; 128 lets 16 one-warp programs share an SM).  No host
+    synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -345,13 +373,18 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     part_acc = torch.empty((b * num_q_heads * num_splits, dacc), dtype=torch.float32, device=cache.device)
     part_ml = torch.empty((b * num_q_heads * num_splits, 2), dtype=torch.float32, device=cache.device)
     words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
-    _decode_mma_kernel[(b, hkv, num_splits)](
+    kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,
         float(sm_scale) * LOG2E.value, cache.shape[2], num_q_heads, num_splits,
         G=num_q_heads // hkv, DQ=query_layout(params)["DQ"], DACC=dacc, D=m["D"],
         KB=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
-        num_warps=1,
+        num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
+    # _lookup addresses the tables from the start of the kernel's shared memory: they must be its only
+    # allocation (a layout conversion that needed scratch space would break that)
+    if kernel is not None and kernel.metadata.shared != TABLE_BYTES:
+        raise RuntimeError(f"decode_mma kernel uses {kernel.metadata.shared} bytes of shared memory, expected "
+                           f"exactly its pair tables ({TABLE_BYTES})")
     return merge_splits(part_acc, part_ml, out, params, num_q_heads=num_q_heads, num_splits=num_splits)

@@ -44,6 +44,7 @@ class AttnConfig:
     # finds nothing against it
     decode_kernel: str = "auto"
     mma_programs_per_sm: int = 32  # split target of the mma decode kernel (one-warp programs)
+    mma_maxnreg: int = 0  # register cap of the mma decode kernel (0: the compiler's choice)
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
