@@ -47,18 +47,19 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from .attn_core import acc_width
 from .merge import merge_splits
-from .params import KernelParams
+from .params import KernelParams, next_pow2
 from .query import query_layout
 
 TILE_TOKENS = 16  # tokens per MMA tile (the m16 of the key product, the k16 of the value product)
 TILE = gl.constexpr(TILE_TOKENS)
 LOG2E = gl.constexpr(1.4426950408889634)
 TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
-TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # the kernel's whole shared memory: key and value tables
+TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
+RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up to 4 KB (tq4)
 
 
 @triton.constexpr_function
@@ -86,9 +87,9 @@ def _expand_pairs(pair):
 
 @gluon.jit
 def _lookup(addr):
-    """The int32 words at byte addresses ``addr`` (uint32 tensor) of the kernel's shared memory,
-    which holds the two pair tables (the kernel's only allocation, so at the start of Triton's
-    ``global_smem``; decode_attention_mma checks the compiled kernel's shared size)."""
+    """The int32 words at byte addresses ``addr`` (uint32 tensor) of the kernel's shared memory
+    (its one allocation, so it starts at Triton's ``global_smem``; decode_attention_mma checks the
+    compiled kernel's shared size against it)."""
     return gl.inline_asm_elementwise(
         "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b32 $0, [a]; }",
         "=r,r", [addr], dtype=gl.int32, is_pure=False, pack=1)
@@ -101,24 +102,45 @@ def _run_mask(pb, n):
 
 
 @gluon.jit
-def _load_key_words(tile_ptr, stride_cs, n_ok, K_CODES: gl.constexpr, KB: gl.constexpr, D: gl.constexpr,
-                    KW3: gl.constexpr):
-    """The key code words of a tile [16 t, 4 r] (lane (g, r): tokens g, g + 8, words of segment r);
-    tokens >= n_ok read as 0."""
+def _key_word_offsets(SW: gl.constexpr, K_CODES: gl.constexpr, KB: gl.constexpr, D: gl.constexpr,
+                      KW3: gl.constexpr):
+    """Byte offsets, inside a ring stage, of word 0 of each lane's key segment [16 t, 4 r]
+    (lane (g, r): tokens g, g + 8, segment r)."""
     KW: gl.constexpr = gl.SliceLayout(2, KW3)
-    SEGW: gl.constexpr = KB * D // 128  # words per lane segment
     t = gl.arange(0, TILE, layout=gl.SliceLayout(1, KW))
     r = gl.arange(0, 4, layout=gl.SliceLayout(0, KW))
-    wp = tile_ptr + t[:, None] * stride_cs + (K_CODES // 4) + r[None, :] * SEGW
-    m2 = (t < n_ok)[:, None] & (r[None, :] >= 0)
-    w0 = gl.load(wp, mask=m2, other=0)
-    w1 = gl.load(wp + 1, mask=m2, other=0)
-    w2 = gl.load(wp + 2, mask=m2, other=0)
-    if SEGW > 3:
-        w3 = gl.load(wp + 3, mask=m2, other=0)
+    return (t[:, None] * (SW * 4) + K_CODES + r[None, :] * (KB * D // 32)).to(gl.uint32)
+
+
+@gluon.jit
+def _key_words(ofs, KB: gl.constexpr, D: gl.constexpr):
+    """The key code words at ring offsets ``ofs`` (the stage's byte address added)."""
+    w0 = _lookup(ofs)
+    w1 = _lookup(ofs + 4)
+    w2 = _lookup(ofs + 8)
+    if KB * D // 128 > 3:
+        w3 = _lookup(ofs + 12)
     else:
         w3 = gl.zeros_like(w0)
     return w0, w1, w2, w3
+
+
+@gluon.jit
+def _value_word_offsets(SW: gl.constexpr, V_CODES: gl.constexpr, VB: gl.constexpr, VP3: gl.constexpr):
+    """Byte offsets, inside a ring stage, of the first of the two words holding codes 16 g .. 16 g + 15
+    of the even token of pair tp, [8 tp, 8 g] (the odd token's are SW * 4 further)."""
+    VP: gl.constexpr = gl.SliceLayout(2, VP3)
+    tp = gl.arange(0, TILE // 2, layout=gl.SliceLayout(1, VP))
+    g = gl.arange(0, 8, layout=gl.SliceLayout(0, VP))
+    return ((2 * tp)[:, None] * (SW * 4) + ((V_CODES * 8 + g * (16 * VB)) // 32 * 4)[None, :]).to(gl.uint32)
+
+
+@gluon.jit
+def _copy_words(n_tokens, SW: gl.constexpr):
+    """Words of a tile to copy for its first n_tokens tokens, rounded up to whole 16-byte vectors
+    (which stay inside the tile's TILE slots, a multiple of 16 bytes)."""
+    n = gl.minimum(gl.maximum(n_tokens, 0), TILE) * SW
+    return gl.multiple_of((n + 3) // 4 * 4, 4)
 
 
 @gluon.jit
@@ -210,6 +232,7 @@ def _decode_mma_kernel(
     G: gl.constexpr, DQ: gl.constexpr, DACC: gl.constexpr, D: gl.constexpr,
     KB: gl.constexpr, K_NORM: gl.constexpr, K_CODES: gl.constexpr,
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
+    SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -249,14 +272,16 @@ def _decode_mma_kernel(
     q_op = (q * (1.0 / gl.where(gl.max(gl.abs(q), axis=0) > 0, gl.max(gl.abs(q), axis=0), 1.0))[None, :]
             ).to(gl.float16)
 
-    # The pair tables in shared memory, TABLE_WORDS words each (key table, then value table), every
-    # entry repeated TABLE_WORDS / entries times so that lanes spread over the banks.
+    # Shared memory, one allocation (int32 words): the key pair table, the value pair table
+    # (TABLE_WORDS each, every entry repeated so that lanes spread over the banks), then a ring of
+    # STAGES tiles (TILE slots = TILE * SW words each, STAGE_WORDS apart) filled by cp.async.
     FL: gl.constexpr = gl.BlockedLayout([TABLE_WORDS // 32], [32], [1], [0])
     e = gl.arange(0, TABLE_WORDS, layout=FL)
-    tables = gl.allocate_shared_memory(gl.int32, [2 * TABLE_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    tables.slice(0, TABLE_WORDS).store(gl.load(kpair_ptr + e // (TABLE_WORDS >> (2 * KB))))
-    tables.slice(TABLE_WORDS, TABLE_WORDS).store(gl.load(vpair_ptr + e // (TABLE_WORDS >> (2 * VB))))
-    gl.thread_barrier()
+    smem = gl.allocate_shared_memory(gl.int32, [2 * TABLE_WORDS + STAGES * STAGE_WORDS],
+                                     gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    smem.slice(0, TABLE_WORDS).store(gl.load(kpair_ptr + e // (TABLE_WORDS >> (2 * KB))))
+    smem.slice(TABLE_WORDS, TABLE_WORDS).store(gl.load(vpair_ptr + e // (TABLE_WORDS >> (2 * VB))))
+    RING0: gl.constexpr = 2 * TABLE_WORDS * 4  # byte address of stage 0
 
     m_i = gl.full([8], float("-inf"), gl.float32, COL)
     l_i = gl.zeros([8], gl.float32, COL)
@@ -265,33 +290,49 @@ def _decode_mma_kernel(
     t_row = gl.arange(0, TILE, layout=ROW)
     head_base = cache_ptr + h.to(gl.int64) * stride_ch
     bt_row = bt_ptr + b.to(gl.int64) * stride_bt
+    CL: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
+    w_copy = gl.arange(0, STAGE_WORDS, layout=CL)
+    koff = _key_word_offsets(SW, K_CODES, KB, D, KW3)
+    voff = _value_word_offsets(SW, V_CODES, VB, VP3)
+    kn_off = (t_row * (SW * 4) + K_NORM).to(gl.uint32)
+    vn_off = (t_row * (SW * 4) + V_NORM).to(gl.uint32)
 
-    # Software pipeline: the words and norms of tile i + 1 are loaded while tile i is computed, and
-    # the block-table entry of tile i + 2 before that (every load of a tile depends on its page).
-    page = gl.load(bt_row + start // block_size, mask=start < end, other=0).to(gl.int64)
-    page_next = gl.load(bt_row + (start + TILE) // block_size, mask=start + TILE < end, other=0).to(gl.int64)
-    tile_ptr = head_base + page * stride_cb + (start % block_size) * stride_cs
-    n_ok = end - start
-    kw0, kw1, kw2, kw3 = _load_key_words(tile_ptr, stride_cs, n_ok, K_CODES, KB, D, KW3)
-    va0, va1, vb0, vb1 = _load_value_words(tile_ptr, stride_cs, n_ok, V_CODES, VB, VP3)
-    kn = gl.load(tile_ptr + t_row * stride_cs + K_NORM // 4, mask=t_row < n_ok, other=0)
-    vn = gl.load(tile_ptr + t_row * stride_cs + V_NORM // 4, mask=t_row < n_ok, other=0)
+    # Pipeline: tile i is copied (cp.async, 16 B per lane and vector, coalesced) into stage i % STAGES
+    # STAGES - 1 tiles ahead of its use; masked words (tokens past the split) are zero-filled.
+    for k in gl.static_range(STAGES - 1):
+        tk = start + k * TILE
+        pg = gl.load(bt_row + tk // block_size, mask=tk < end, other=0).to(gl.int64)
+        src = head_base + pg * stride_cb + ((tk % block_size) // TILE) * (TILE * stride_cs)
+        async_copy.async_copy_global_to_shared(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS),
+                                               src + w_copy, mask=w_copy < _copy_words(end - tk, SW))
+        async_copy.commit_group()
+    i = 0
     for t0 in range(start, end, TILE):
-        # issue the loads of tile i + 1 (all masked off past the split's end)
-        t1 = t0 + TILE
-        page_after = gl.load(bt_row + (t1 + TILE) // block_size, mask=t1 + TILE < end, other=0).to(gl.int64)
-        ptr1 = head_base + page_next * stride_cb + (t1 % block_size) * stride_cs
-        n1 = end - t1
-        nkw0, nkw1, nkw2, nkw3 = _load_key_words(ptr1, stride_cs, n1, K_CODES, KB, D, KW3)
-        nva0, nva1, nvb0, nvb1 = _load_value_words(ptr1, stride_cs, n1, V_CODES, VB, VP3)
-        nkn = gl.load(ptr1 + t_row * stride_cs + K_NORM // 4, mask=t_row < n1, other=0)
-        nvn = gl.load(ptr1 + t_row * stride_cs + V_NORM // 4, mask=t_row < n1, other=0)
+        async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
+        gl.thread_barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
+        tn = t0 + (STAGES - 1) * TILE
+        pg = gl.load(bt_row + tn // block_size, mask=tn < end, other=0).to(gl.int64)
+        src = head_base + pg * stride_cb + ((tn % block_size) // TILE) * (TILE * stride_cs)
+        st = (i + STAGES - 1) % STAGES
+        for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
+            if st == k:
+                async_copy.async_copy_global_to_shared(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS),
+                                                       src + w_copy, mask=w_copy < _copy_words(end - tn, SW))
+        async_copy.commit_group()
 
-        # tile i
+        sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
+        kw0, kw1, kw2, kw3 = _key_words(koff + sb, KB, D)
+        kn = _lookup(kn_off + sb).to(gl.float32, bitcast=True)
+        vn = _lookup(vn_off + sb).to(gl.float32, bitcast=True)
+        va0 = _lookup(voff + sb)
+        va1 = _lookup(voff + sb + 4)
+        vb0 = _lookup(voff + sb + SW * 4)
+        vb1 = _lookup(voff + sb + (SW * 4 + 4))
+
         ok = t_row < end - t0
         a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, OPA, KW3)
         s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
-        s = s * (kn.to(gl.float32, bitcast=True) * sm_scale_log2)[:, None] * qsc[None, :]
+        s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
         s = gl.where(ok[:, None], s, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, axis=0))
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
@@ -300,11 +341,10 @@ def _decode_mma_kernel(
         l_i = l_i * alpha + gl.sum(p, axis=0)
         m_i = m_new
 
-        vnf = vn.to(gl.float32, bitcast=True)
-        vabs = gl.abs(vnf)
+        vabs = gl.abs(vn)
         vs_new = gl.maximum(vs, gl.max(gl.where(ok & (vabs < float("inf")), vabs, 0.0), axis=0))
         vs_use = gl.where(vs_new > 0, vs_new, 1.0)
-        w = gl.where(ok[:, None], p * (vnf / vs_use)[:, None], 0.0)
+        w = gl.where(ok[:, None], p * (vn / vs_use)[:, None], 0.0)
         p_op = gl.convert_layout(w.to(gl.float16), OPB)
         a_v = _value_operand(va0, va1, vb0, vb1, V_CODES, VB, D, OPA, VP3)
         # rescale the accumulator only when the running max or the value scale moved (rare after the
@@ -314,11 +354,8 @@ def _decode_mma_kernel(
             acc = acc * factor[None, :]
         acc = mma_v2(a_v, p_op, acc)
         vs = vs_new
-
-        kw0, kw1, kw2, kw3 = nkw0, nkw1, nkw2, nkw3
-        va0, va1, vb0, vb1 = nva0, nva1, nvb0, nvb1
-        kn, vn = nkn, nvn
-        page_next = page_after
+        i += 1
+    async_copy.wait_group(0)
 
     # partial state -> part_ml [rows, S, 2] (m in natural-log units), part_acc [rows, S, DACC]
     # (accumulator row n is slot value coordinate 16 (n % 8) + n // 8)
@@ -373,6 +410,9 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     part_acc = torch.empty((b * num_q_heads * num_splits, dacc), dtype=torch.float32, device=cache.device)
     part_ml = torch.empty((b * num_q_heads * num_splits, 2), dtype=torch.float32, device=cache.device)
     words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
+    sw = params.slot_bytes // 4
+    stage_words = next_pow2(TILE_TOKENS * sw)
+    stages = RING_BYTES // (4 * stage_words)
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,
@@ -380,11 +420,13 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         G=num_q_heads // hkv, DQ=query_layout(params)["DQ"], DACC=dacc, D=m["D"],
         KB=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
+        SW=sw, STAGES=stages, STAGE_WORDS=stage_words,
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     # _lookup addresses the tables from the start of the kernel's shared memory: they must be its only
     # allocation (a layout conversion that needed scratch space would break that)
-    if kernel is not None and kernel.metadata.shared != TABLE_BYTES:
+    shared = TABLE_BYTES + 4 * stages * stage_words
+    if kernel is not None and kernel.metadata.shared != shared:
         raise RuntimeError(f"decode_mma kernel uses {kernel.metadata.shared} bytes of shared memory, expected "
-                           f"exactly its pair tables ({TABLE_BYTES})")
+                           f"exactly its tables and tile ring ({shared})")
     return merge_splits(part_acc, part_ml, out, params, num_q_heads=num_q_heads, num_splits=num_splits)
