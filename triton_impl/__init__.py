@@ -9,7 +9,8 @@ Public API (torch tensors):
 * ``paged_attention(query, cache, block_table, seq_lens, query_start_loc, params)``:
   causal extend / mixed batches (extend.py).
 * ``decode_attention(query, cache, block_table, seq_lens, params)``: the fast
-  one-token-per-sequence path (decode.py).
+  one-token-per-sequence path (decode.py): on GPUs with mma.sync the codes are decoded straight into
+  tensor-core operand registers (decode_mma.py, Gluon), elsewhere the split kernel (attn_core.py).
 * ``attention(query, cache, block_table, seq_lens, query_start_loc, params, plan=...)``: a whole
   step, decodes to the decode kernel, prefill rows to ``prefill_attention`` (prefill.py: packed
   tiles decoded once into a dense workspace, FlashAttention over it) or ``paged_attention``;

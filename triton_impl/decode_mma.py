@@ -4,10 +4,15 @@
 What one program computes
 -------------------------
 One (sequence b, KV head h, split sp): the G query heads of the GQA group against the tokens
-[sp*chunk, (sp+1)*chunk) of the sequence, streamed in tiles of 16 tokens (one warp, no shared
-memory).  It writes the same partial state as ``attn_core._split_kernel`` (m, l, unnormalised
-rotated value accumulator), and ``attn_core._merge_kernel`` merges the splits and rotates back.
+[sp*chunk, (sp+1)*chunk) of the sequence, streamed in tiles of 16 tokens by one warp.  It writes the
+same partial state as ``attn_core._split_kernel`` (m, l, unnormalised rotated value accumulator);
+``merge.merge_splits`` merges the splits and rotates back.
 Grid: (num_seqs, num_kv_heads, num_splits), one warp per program.
+
+Shared memory (one allocation): the key and value pair tables (below), then a ring of STAGES tiles.
+A tile's TILE slots of one KV head are one contiguous, 16-byte aligned run of the cache; cp.async
+copies it, coalesced, STAGES - 1 tiles ahead, and the lanes read their words from the ring with
+ld.shared in the operand pattern below (one barrier per tile).
 
 The two products are transposed so that the GQA group is the MMA's N = 8 columns:
 
