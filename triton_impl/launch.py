@@ -11,6 +11,7 @@ import torch
 import triton
 
 from .attn_core import _merge_kernel, _split_kernel, acc_width
+from .merge import merge_splits
 from .params import MIN_DOT, KernelParams, next_pow2
 from .query import query_layout
 
@@ -164,7 +165,9 @@ def run_split_merge(qbuf, cache, block_table, seq_lens, qsl, cu_tiles, out, para
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         enable_fp_fusion=not cfg.batch_invariant,  # the split combine must round alike in both kernels
     )
-    return run_merge(part_acc, part_ml, out, params, num_q_heads=num_q_heads, num_splits=num_splits, cfg=cfg)
+    if cfg.batch_invariant:  # the split-order combine (_merge_kernel ONLINE), which the one-program path mirrors
+        return run_merge(part_acc, part_ml, out, params, num_q_heads=num_q_heads, num_splits=num_splits, cfg=cfg)
+    return merge_splits(part_acc, part_ml, out, params, num_q_heads=num_q_heads, num_splits=num_splits)
 
 
 def run_merge(part_acc, part_ml, out, params: KernelParams, *, num_q_heads: int, num_splits: int, cfg: AttnConfig):

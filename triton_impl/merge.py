@@ -3,7 +3,7 @@
 ``attn_core._merge_kernel`` merges and rotates in one program per (token, 16 heads) and walks the
 splits one at a time for every 16-column chunk: with a few rows and hundreds of splits (one long
 sequence) it is a long serial chain.  Here the merge is spread over rows x column chunks and reads
-the splits in blocks, and the rotation back runs as its own launch (prefill.rotate_rows).
+the splits in blocks, and the rotation back runs as its own launch (rotate.rotate_rows).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import triton.language as tl
 
 from .attn_core import acc_width
 from .params import KernelParams
-from .prefill import rotate_rows
+from .rotate import rotate_rows
 
 MERGE_ROWS = 16  # rows (token, query head) per program
 MERGE_SPLITS = 16  # splits read per step

@@ -217,7 +217,7 @@ class KernelParams:
         return out
 
     def rotation_constexprs(self, tensor: str) -> dict:
-        """prefill._rotate_kernel's constexprs for the instances of ``tensor`` ("key" or "value")."""
+        """rotate._rotate_kernel's constexprs for the instances of ``tensor`` ("key" or "value")."""
         tqf.check_choice("tensor", tensor, ("key", "value"))
         m = self.meta
         p = "K" if tensor == "key" else "V"

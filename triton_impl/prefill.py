@@ -36,84 +36,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .attn_core import acc_width, round_bf16
+from .attn_core import acc_width
 from .bits import load_f32, unpack_codes
 from .dequant import group_values
 from .launch import AttnConfig
-from .params import CENT_SLOTS, KernelParams, next_pow2
+from .params import CENT_SLOTS, KernelParams
 from .plan import PrefillPlan
+from .rotate import _tail, key_width, rotate_rows
 
 DENSE_BT = 32  # slots per _dense_kv_kernel program
-ROTATE_BR = 64  # rows per _rotate_kernel program (H200, 2026-12-03: 64 rows, 3xTF32 took 254 us for 8k x 32 rows)
 MAX_DENSE_WIDTH = 256  # FlashAttention's largest head size
 # K' + V' of one part of a step at most (a longer single sequence is a part of its own)
 MAX_WORKSPACE_BYTES = 2 << 30
 
 
 # ------------------------------------------------------------------ kernels
-@triton.jit
-def _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, SEG: tl.constexpr, MPMAX: tl.constexpr, M: tl.constexpr,
-                     MP: tl.constexpr, IDCH: tl.constexpr, INVERSE: tl.constexpr, PREC: tl.constexpr,
-                     OUT_BF16: tl.constexpr):
-    """Forward: y[SEG + j] = sum_c x[chan[c]] Pi[j, c] (q' = Pi q).  INVERSE: y[chan[j]] =
-    sum_c x[SEG + c] Pi[c, j] (out = Pi^T o').  Rows xrow/yrow are [BR] pointers.  PREC "bf16x2"
-    (x exact in bf16: bf16 queries, the dense kernel's bf16 output): Pi = Pi_hi + Pi_lo, both bf16,
-    two bf16 MMAs into fp32 (Pi to ~2^-17); else tl.dot's input_precision."""
-    j = tl.arange(0, MP)
-    jm = j < M
-    if IDCH:
-        ch = j
-    else:
-        ch = tl.load(chan_ptr + j)
-    if INVERSE:
-        x = tl.load(xrow[:, None] + SEG + j[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
-        a = tl.load(rot_ptr + j[:, None] * MPMAX + j[None, :])  # Pi[c, j]
-    else:
-        x = tl.load(xrow[:, None] + ch[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
-        a = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])  # Pi^T[c, j] = Pi[j, c]
-    if PREC == "bf16x2":  # x is bf16-exact: x a_hi + x a_lo on bf16 tensor cores, fp32 accumulation
-        a_hi = a.to(tl.bfloat16)
-        a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
-        xb = x.to(tl.bfloat16)
-        y = tl.dot(xb, a_lo, tl.dot(xb, a_hi))
-    else:
-        y = tl.dot(x, a, input_precision=PREC)
-    if OUT_BF16:
-        y = round_bf16(y)
-    if INVERSE:
-        tl.store(yrow[:, None] + ch[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None] & jm[None, :])
-    else:  # columns M..MP are exactly 0 (Pi is zero padded)
-        tl.store(yrow[:, None] + SEG + j[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None])
-
-
-@triton.jit
-def _rotate_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, chan_ptr,
-                   BR: tl.constexpr, MPMAX: tl.constexpr, MAT_STRIDE: tl.constexpr, NI: tl.constexpr,
-                   M0: tl.constexpr, MP0: tl.constexpr, IDCH0: tl.constexpr,
-                   M1: tl.constexpr, MP1: tl.constexpr, IDCH1: tl.constexpr,
-                   TAIL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.constexpr,
-                   INVERSE: tl.constexpr, PREC: tl.constexpr, OUT_BF16: tl.constexpr):
-    # Rows r = t * heads + h of x [T, heads, *] (strides sx0, sx1, unit last) times each instance's
-    # rotation into y [T, heads, *] (strides sy0, sy1).  Forward (q -> q'): channels gathered,
-    # instance i written to columns [SEG_i, SEG_i + MP_i) (SEG_1 = MP0), columns
-    # [TAIL0, TAIL0 + TAIL) zeroed.  INVERSE (o' -> out): columns read from the segments,
-    # channels scattered.  Grid (cdiv(n_rows, BR),).
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    rm = rows < n_rows
-    t = (rows // heads).to(tl.int64)
-    hh = (rows % heads).to(tl.int64)
-    xrow = x_ptr + t * sx0 + hh * sx1
-    yrow = y_ptr + t * sy0 + hh * sy1
-    _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, 0, MPMAX, M0, MP0, IDCH0, INVERSE, PREC, OUT_BF16)
-    if NI == 2:
-        _rotate_instance(xrow, yrow, rm, rot_ptr + MAT_STRIDE, chan_ptr + MPMAX, MP0, MPMAX, M1, MP1, IDCH1,
-                         INVERSE, PREC, OUT_BF16)
-    if TAIL > 0:
-        jt = tl.arange(0, TAILP)
-        tl.store(yrow[:, None] + TAIL0 + jt[None, :], tl.zeros((BR, TAILP), yrow.dtype.element_ty),
-                 mask=rm[:, None] & (jt < TAIL)[None, :])
-
-
 @triton.jit
 def _zero_tail(rows, tm, COL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.constexpr, BT: tl.constexpr):
     if TAIL > 0:
@@ -205,11 +142,6 @@ def _dense_kv_kernel(
 
 
 # ------------------------------------------------------------------ host side
-def key_width(params: KernelParams) -> int:
-    m = params.meta
-    return m["K0_MP"] + (m["K1_MP"] if m["K_NI"] == 2 else 0)
-
-
 def dense_width(params: KernelParams) -> int:
     """W: the workspace's head size (q', K' and V' share it; a multiple of 16)."""
     return max(key_width(params), acc_width(params))
@@ -228,39 +160,8 @@ def dense_prefill_supported(params: KernelParams, query_dtype: torch.dtype, devi
     return True
 
 
-def _tail(used: int, width: int) -> dict:
-    t = width - used
-    return {"TAIL0": used, "TAIL": t, "TAILP": max(1, next_pow2(t))}
-
-
 def _dense_dtype(query: torch.Tensor) -> torch.dtype:
     return query.dtype if query.device.type == "cuda" else torch.float32
-
-
-def _precision(x: torch.Tensor) -> str:
-    """bf16 inputs on a GPU: the bf16 hi/lo split; other GPU inputs: 3xTF32; CPU: fp32."""
-    if x.device.type != "cuda":
-        return "ieee"
-    return "bf16x2" if x.dtype == torch.bfloat16 else "tf32x3"
-
-
-def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inverse: bool) -> torch.Tensor:
-    """Forward: x = query [T, Hq, D] -> y = q' [T, Hq, W].  inverse: x = o' [T, Hq, W] -> y = out
-    [T, Hq, D] (value instances; not for group values, whose o' is already the output)."""
-    t, heads = x.shape[0], x.shape[1]
-    n = t * heads
-    if n == 0:
-        return y
-    rot, chan = (params.v_rot, params.v_chan) if inverse else (params.k_rot, params.k_chan)
-    used = key_width(params)
-    tail = _tail(used, y.shape[2]) if not inverse else {"TAIL0": 0, "TAIL": 0, "TAILP": 1}
-    grid = (triton.cdiv(n, ROTATE_BR),)
-    _rotate_kernel[grid](
-        x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1), n, heads, rot, chan,
-        BR=ROTATE_BR, **params.rotation_constexprs("value" if inverse else "key"), **tail,
-        INVERSE=inverse, PREC=_precision(x), OUT_BF16=y.dtype == torch.bfloat16, num_warps=4,
-    )
-    return y
 
 
 def dense_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor, params: KernelParams,

@@ -214,7 +214,7 @@ def _kernels():
 def test_constexpr_table_matches_the_kernels(preset):
     """Every layer constexpr a kernel declares comes from KernelParams.constexprs, and nothing else."""
     from turboquant.triton_impl.params import KERNEL_CONSTEXPRS
-    from turboquant.triton_impl.prefill import _rotate_kernel
+    from turboquant.triton_impl.rotate import _rotate_kernel
 
     p = KernelParams.build(_fmt(preset), DEV)
     kernels = _kernels()

@@ -27,7 +27,9 @@ from turboquant.triton_impl import (
     store_kv,
 )
 from turboquant.triton_impl import prefill as prefill_mod
+from turboquant.triton_impl import rotate as rotate_mod
 from turboquant.triton_impl.launch import default_config
+from turboquant.triton_impl.rotate import rotate_rows
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DENSE = [p for p in tqf.PRESETS if not tqf.get_preset(p).name.endswith("_qjl")]
@@ -164,14 +166,14 @@ def test_row_rotations_are_fp32_accurate(prec, monkeypatch):
     if DEV.type == "cpu":
         if prec == "bf16x2":
             pytest.skip("the Triton interpreter has no bf16 dot (it multiplies the raw 16-bit patterns)")
-        monkeypatch.setattr(prefill_mod, "_precision", lambda x: prec)
+        monkeypatch.setattr(rotate_mod, "_precision", lambda x: prec)
     fmt = tqf.LayerFormat(tqf.get_preset("tq2.5"), 128, layer=2)  # two instances, gathered channels
     p = KernelParams.build(fmt, DEV)
     rng = np.random.default_rng(12)
     q = _t(round_to(rng.standard_normal((70, 4, 128)), "bfloat16")).to(torch.bfloat16)
     w = prefill_mod.dense_width(p)
-    qd = prefill_mod.rotate_rows(q, p, torch.empty((70, 4, w), dtype=torch.float32, device=DEV), inverse=False)
-    back = prefill_mod.rotate_rows(qd.to(torch.bfloat16), p, torch.empty((70, 4, 128), dtype=torch.float32,
+    qd = rotate_rows(q, p, torch.empty((70, 4, w), dtype=torch.float32, device=DEV), inverse=False)
+    back = rotate_rows(qd.to(torch.bfloat16), p, torch.empty((70, 4, 128), dtype=torch.float32,
                                                                           device=DEV), inverse=True)
     from turboquant.reference.quantizer import layer_params
 
