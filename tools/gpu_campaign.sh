@@ -13,13 +13,13 @@
 #          TQ_LOAD_DIAGNOSTICS=1 adds its diagnostic variants). A fresh machine's first hybrid-model
 #          start compiles the GDN kernels: give test_hybrid.py alone VLLM_SECONDS >= 300
 #   tp2    tests/vllm/test_tp.py on a 2-GPU machine (kind nvidia-h200-x2; issue 4)
-#   e2e    benchmarks/e2e_vllm.py: bf16, FP8, vLLM's TurboQuant presets and ours, one run
+#   e2e    benchmarks/e2e/e2e_vllm.py: bf16, FP8, vLLM's TurboQuant presets and ours, one run
 #          (all 13 configs do not fit one call: vLLM's TurboQuant engines take ~150 s each to start;
 #          on 2026-12-03 7 configs finished in 420 s. Split with E2E_CONFIGS, merge with --report a,b),
 #          engines started 5 at a time, measured one at a time; then the markdown table and the
-#          quality-vs-bytes PNG, then benchmarks/equal_layers.py (ours with vLLM's bf16 layers, same
+#          quality-vs-bytes PNG, then benchmarks/e2e/equal_layers.py (ours with vLLM's bf16 layers, same
 #          held-out text) (issues 4, 6)
-#   serving benchmarks/serving.py (issue 17): a Llama-3-8B-sized dummy model, one engine per config in
+#   serving benchmarks/e2e/serving.py (issue 17): a Llama-3-8B-sized dummy model, one engine per config in
 #          its own subprocess (vLLM's defaults: CUDA graphs, chunked prefill), capacity, M/L/G
 #          throughput, TTFT, TPOT; then the table and the PNG.  SERVING_CONFIGS picks the configs,
 #          SERVING_ARGS the sizes (e.g. "--workloads M --m-requests 64 --measure ttft,throughput"),
@@ -66,23 +66,23 @@ case "$stage" in
     for f in results/2026-12-03-calibration-tiny-llama/calib-*-tiny-llama-*.json; do
       b=$(basename "$f"); cp "$f" "$OUT/calib-tiny-llama-${b##*-tiny-llama-}"
     done
-    python3 benchmarks/e2e_vllm.py --model models/tiny-llama --out "$OUT/e2e.jsonl" --eager --jobs 5 \
+    python3 -m benchmarks.e2e.e2e_vllm --model models/tiny-llama --out "$OUT/e2e.jsonl" --eager --jobs 5 \
         --deadline "${E2E_SECONDS:-480}" \
         --configs "${E2E_CONFIGS:-bf16,fp8,turboquant_4bit_nc,turboquant_k3v4_nc,turboquant_3bit_nc,tq4,k4g4,k4v3,tq3,tq3_qjl,tq2,tq3.5+cal,tq2.5+cal}" \
         ${E2E_ARGS:-} || echo "e2e rc $?"
-    python3 benchmarks/e2e_vllm.py --report "$OUT/e2e.jsonl" --plot "$OUT/e2e.png" > "$OUT/e2e.md" || true
+    python3 -m benchmarks.e2e.e2e_vllm --report "$OUT/e2e.jsonl" --plot "$OUT/e2e.png" > "$OUT/e2e.md" || true
     cat "$OUT/e2e.md"
     # ours with vLLM's bf16 layers, on this machine's held-out text (its Python's stdlib), CPU work
-    timeout "${EQUAL_SECONDS:-240}" python3 benchmarks/equal_layers.py --vllm-rows "$OUT/e2e.jsonl" --threads 16 \
+    timeout "${EQUAL_SECONDS:-240}" python3 -m benchmarks.e2e.equal_layers --vllm-rows "$OUT/e2e.jsonl" --threads 16 \
         --out "$OUT/equal_layers.json" > "$OUT/equal_layers.md" || echo "equal_layers rc $?"
     grep -E "^\||comparable" "$OUT/equal_layers.md" || true ;;
   serving)
     TQ_SITE=/tmp/tq-site bash tests/vllm/install_tq_site.sh
     export PYTHONPATH="/tmp/tq-site:$PYTHONPATH"
-    python3 benchmarks/serving.py --out "$OUT/serving.jsonl" --deadline "${SERVING_SECONDS:-480}" \
+    python3 -m benchmarks.e2e.serving --out "$OUT/serving.jsonl" --deadline "${SERVING_SECONDS:-480}" \
         --configs "${SERVING_CONFIGS:-bf16,fp8,turboquant_4bit_nc,turboquant_3bit_nc,tq4,k4v3,tq3}" \
         ${SERVING_ARGS:-} || echo "serving rc $?"
-    python3 benchmarks/serving.py --report "$OUT/serving.jsonl" --plot "$OUT/serving.png" > "$OUT/serving.md" || true
+    python3 -m benchmarks.e2e.serving --report "$OUT/serving.jsonl" --plot "$OUT/serving.png" > "$OUT/serving.md" || true
     cat "$OUT/serving.md" ;;
   bench)
     OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --sweep --presets tq3,tq4,k4v3,tq2 --batch-invariant k4v3,tq3}" \

@@ -25,7 +25,7 @@ STEPS=${STEPS:-smoke,conformance,bench}
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
 if step smoke; then
 echo "== smoke $(( $(date +%s) - T0 ))s"
-timeout 90 python3 benchmarks/bench_decode.py --smoke --presets ${SMOKE_PRESETS:-tq3,tq4_qjl,k4g4,tq2.5} 2>&1 | tee "$OUT/smoke.log"
+timeout 90 python3 -m benchmarks.micro.bench_decode --smoke --presets ${SMOKE_PRESETS:-tq3,tq4_qjl,k4g4,tq2.5} 2>&1 | tee "$OUT/smoke.log"
 SMOKE=${PIPESTATUS[0]}
 fi
 if step conformance; then
@@ -33,14 +33,14 @@ echo "== conformance $(( $(date +%s) - T0 ))s (smoke rc ${SMOKE:-not run})"
 timeout ${CONF_SECONDS:-180} python3 -P -m pytest conformance triton_impl/tests -rA -p no:cacheprovider -n ${CONF_WORKERS:-16} -q -W ignore > "$OUT/conformance.log" 2>&1
 echo "conformance rc $?"; grep -E "passed|failed" "$OUT/conformance.log" | tail -2
 grep -E "^FAILED" "$OUT/conformance.log" | head -20
-python3 benchmarks/conformance_summary.py "$OUT/conformance.log" > "$OUT/gpu-conformance.md"
+python3 -m benchmarks.plots.conformance_summary "$OUT/conformance.log" > "$OUT/gpu-conformance.md"
 fi
 if step bench; then
 echo "== bench $(( $(date +%s) - T0 ))s"
-timeout $((BUDGET + ${BENCH_TAIL:-240})) python3 benchmarks/bench_decode.py $BENCH_ARGS --out "$OUT/bench.json" --budget "$BUDGET" > "$OUT/bench.log" 2>&1
+timeout $((BUDGET + ${BENCH_TAIL:-240})) python3 -m benchmarks.micro.bench_decode $BENCH_ARGS --out "$OUT/bench.json" --budget "$BUDGET" > "$OUT/bench.log" 2>&1
 echo "bench rc $?"
 grep -v '^{' "$OUT/bench.log" | tail -200
 grep -E '"sweep"|error' "$OUT/bench.log" | head -40
-python3 benchmarks/plot_decode.py "$OUT/bench.json" --png "$OUT/bench.png" --md "$OUT/bench.md" > /dev/null || echo "plot failed"
+python3 -m benchmarks.plots.plot_decode "$OUT/bench.json" --png "$OUT/bench.png" --md "$OUT/bench.md" > /dev/null || echo "plot failed"
 fi
 echo "== done $(( $(date +%s) - T0 ))s"

@@ -31,7 +31,7 @@ _FORCE_RELOAD = os.environ.get("TQ_STORE_FORCE_RELOAD") == "1"
 DEFAULT_ROTATION = "fma" if _FORCE_RELOAD else "tc"
 # Tokens per program: under the interpreter many (its cost is per op, not per element); on a GPU
 # bounded by the registers of the fp32 tiles.
-# (H200, 2026-12-03, benchmarks/bench_prefill.py: 32 tokens x 8 warps the best "tc" tile at 8k
+# (H200, 2026-12-03, benchmarks/micro/bench_prefill.py: 32 tokens x 8 warps the best "tc" tile at 8k
 # tokens, within 5 % of the best at 2k and 32k)
 STORE_BT = {"tc": 64 if INTERPRET else 32, "fma": 64 if INTERPRET else 16}
 STORE_WARPS = {"tc": 8, "fma": 4}

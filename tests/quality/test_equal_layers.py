@@ -1,5 +1,5 @@
 """LayerSplitCodec (some layers in bf16, the rest through another codec) and
-benchmarks/equal_layers.py at toy sizes on the shipped tiny model."""
+benchmarks/e2e/equal_layers.py at toy sizes on the shipped tiny model."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_equal_layers_script(tmp_path, capsys, bench_script):
     out = tmp_path / "eq.json"
     args = ["--model", MODEL, "--vllm-rows", str(rows), "--presets", "tq3", "--windows", "2", "--window", "96",
             "--first-target", "32", "--out", str(out)]
-    assert bench_script("equal_layers").main(args) == 0
+    assert bench_script("e2e.equal_layers").main(args) == 0
     res = json.loads(out.read_text())
     assert res["bf16_layers"] == [0, 5]
     got = {r["config"]: r for r in res["rows"]}
@@ -74,11 +74,11 @@ def test_equal_layers_boundary_rows(tmp_path, bench_script):
     out = tmp_path / "boundary.json"
     args = ["--model", MODEL, "--presets", "tq3", "--boundary", "1,2", "--boundary-presets", "tq4,bf16",
             "--windows", "2", "--window", "96", "--first-target", "32", "--out", str(out)]
-    assert bench_script("equal_layers").main(args) == 0
+    assert bench_script("e2e.equal_layers").main(args) == 0
     got = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(got) == {"bf16", "tq3", "tq3 + tq4 layers 0,5", "tq3 + bf16 layers 0,5", "tq3 + tq4 layers 0,1,4,5",
                         "tq3 + bf16 layers 0,1,4,5"}
     assert got["tq3 + tq4 layers 0,1,4,5"]["bytes_per_token_per_kv_head"] == (4 * 136 + 2 * 104) / 6
     assert got["tq3 + bf16 layers 0,5"]["bytes_per_token_per_kv_head"] == (2 * 512 + 4 * 104) / 6
     with pytest.raises(SystemExit):
-        bench_script("equal_layers").main(["--model", MODEL, "--presets", "tq3"])  # neither vLLM rows nor boundary
+        bench_script("e2e.equal_layers").main(["--model", MODEL, "--presets", "tq3"])  # neither vLLM rows nor boundary

@@ -32,8 +32,8 @@ def test_harness_and_plot(smoke_checkpoint, tmp_path, capsys):
     assert rep["results"][1]["delta_vs_bf16"]["delta_ppl"] == 0
     assert len(rep["calibration"]["tq2.5"]["0"]["key"]) == 16 and len(rep["model_sha256"]) == 64
     png = tmp_path / "q.png"
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "plot_quality.py"), str(out),
-                           "--out", str(png)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.plots.plot_quality", str(out), "--out", str(png)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:4] == b"\x89PNG"
 

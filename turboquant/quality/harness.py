@@ -16,7 +16,7 @@ Steps (all on CPU, float32 model):
 Codecs: fp32 (the model's own K/V), bf16, fp8_e4m3 (per-tensor scale), every
 TurboQuant preset (uncalibrated outlier channels for tq2.5/tq3.5) and
 tq2.5+cal / tq3.5+cal (calibrated).  Results go to a JSON file that
-``benchmarks/plot_quality.py`` plots.
+``benchmarks/plots/plot_quality.py`` plots.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ with the same settings and measured on the same held-out data:
 * needle retrieval accuracy by context length and depth (greedy answers, held-out tasks);
 * decode throughput: output tokens per second for NSEQ greedy sequences.
 
-    python benchmarks/e2e_vllm.py --model models/tiny-llama --out e2e.json
+    python -m benchmarks.e2e.e2e_vllm --model models/tiny-llama --out e2e.json
         [--configs bf16,fp8,turboquant_4bit_nc,turboquant_3bit_nc,tq4,tq3,tq3_qjl,tq3+k4v3@2]
 
 MAIN+BOUNDARY@N is MAIN with the first N and last N layers in BOUNDARY (SPEC 7.1; the option
@@ -304,6 +304,7 @@ def run_jobs(args, argv: list[str]) -> int:
         if os.path.exists(part):
             os.remove(part)
         parts.append(part)
+        # the worker runs this file by path: it imports no sibling module, so needs no package context
         cmd = [sys.executable, os.path.abspath(__file__), *argv, "--jobs", "1", "--lock", lock, "--out", part,
                "--configs", ",".join(configs[k::jobs])]
         procs.append(subprocess.Popen(cmd))

@@ -2,7 +2,7 @@
 markdown: card, versions, counts, worst errors, code-mismatch rates.
 
     python -m pytest conformance -rA -p no:cacheprovider > log.txt
-    python benchmarks/conformance_summary.py log.txt > results/<date>-h200-conformance/gpu-<date>.md
+    python -m benchmarks.plots.conformance_summary log.txt > results/<date>-h200-conformance/gpu-<date>.md
 """
 
 from __future__ import annotations

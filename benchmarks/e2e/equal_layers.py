@@ -3,12 +3,12 @@
 vLLM's TurboQuant presets keep some layers in bf16 (on the 6-layer tiny model: 0, 1, 4, 5), so
 against them our presets compress three times as many layers. This script measures our presets
 with the same layers kept in bf16, on the same held-out windows and scored positions as
-``benchmarks/e2e_vllm.py``, through the NumPy reference on the CPU (turboquant.quality: exact
+``benchmarks/e2e/e2e_vllm.py``, through the NumPy reference on the CPU (turboquant.quality: exact
 attention over the dequantized K/V, store-then-attend, as our backend). It also measures our
 presets on every layer, which checks this pipeline against the vLLM run (those rows should agree
 with the vLLM ΔPPL of the same presets), and prints vLLM's rows from the given e2e results.
 
-    python benchmarks/equal_layers.py \\
+    python -m benchmarks.e2e.equal_layers \\
         --vllm-rows results/2026-12-03-h200-e2e-tiny-llama/e2e-h200-2026-12-03-tiny-llama-baselines.jsonl \\
         [--presets tq3,k4v3,tq4] [--windows 16 --window 1024 --first-target 128] [--out equal_layers.json]
 
@@ -19,7 +19,7 @@ Boundary rows (SPEC 7.1, the serving option ``boundary_layers`` / ``boundary_pre
 "native" cache of a bf16 model), a row with the first n and last n layers in that format and the rest
 in ``--main``; ``--vllm-rows`` is then optional:
 
-    python benchmarks/equal_layers.py --presets tq3,k4v3,tq4 --boundary 1,2 --windows 24 --out boundary.json
+    python -m benchmarks.e2e.equal_layers --presets tq3,k4v3,tq4 --boundary 1,2 --windows 24 --out boundary.json
 
 ``--needle-context 2048`` adds needle retrieval (turboquant.quality.retrieval, held-out filler, 5 depths x
 ``--needle-trials``) for every config; ``--only`` keeps the named configs; ``--windows 0`` skips perplexity.
@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 
 
 def vllm_rows(path: str) -> tuple[dict, list[dict]]:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from e2e_vllm import load_results
+    from .e2e_vllm import load_results
 
     return load_results(path)
 

@@ -1,7 +1,7 @@
 """Plot (and print) bench_decode.py's JSON: decode latency vs context per batch
 for every preset and torch SDPA bf16, plus achieved fraction of copy bandwidth.
 
-    python benchmarks/plot_decode.py results.json [--png decode.png] [--md table.md]
+    python -m benchmarks.plots.plot_decode results.json [--png decode.png] [--md table.md]
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def report_markdown(envs: list[dict], rows: list[dict], paths: str) -> str:
     runs = "; ".join(f"`{e.get('run_id')}`: {e.get('date', '?')}, {e.get('device', '?')}, vLLM {e.get('vllm', '?')}, "
                      f"torch {e.get('torch', '?')}, Triton {e.get('triton', '?')}, commit "
                      f"{str(e.get('git_commit', '?'))[:12]}, geometry {e.get('geometry', '?')}" for e in envs)
-    out = ["### Serving through vLLM (benchmarks/serving.py)", "",
+    out = ["### Serving through vLLM (benchmarks/e2e/serving.py)", "",
            f"Weights are random (vLLM `load_format=\"dummy\"`): only speed and capacity mean anything here. "
            f"Runs: {runs or '(no environment rows)'}; raw rows: `{paths}`.", "",
            *capacity_table(rows, ix), ""]

@@ -16,8 +16,8 @@ Rows are JSON lines in the decode benchmark's schema (``kind``, ``preset``, ``ba
 ``context``, ``seconds``, ``copy_fraction``) plus ``query_tokens`` and ``impl``; ``--report``
 turns them into a markdown table and ``--plot`` into a PNG.
 
-    python benchmarks/bench_prefill.py --out prefill.jsonl
-    python benchmarks/bench_prefill.py --report prefill.jsonl --plot prefill.png > prefill.md
+    python -m benchmarks.micro.bench_prefill --out prefill.jsonl
+    python -m benchmarks.micro.bench_prefill --report prefill.jsonl --plot prefill.png > prefill.md
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 under the interpreter (TRITON_INTERPRET=1, set here), the NumPy reference path, and the torch path
 (what store_impl / attention_impl "auto" picks on a CPU).  Prints one table of median wall times.
 
-    python benchmarks/cpu_paths.py [--preset tq3] [--head-size 64] [--context 100] [--repeats 5]
+    python -m benchmarks.micro.cpu_paths [--preset tq3] [--head-size 64] [--context 100] [--repeats 5]
 
 Shape: 2 sequences, 2 KV heads x 2 query heads each, block size 32; store of 4 tokens (a decode
 step) and of 2 x context tokens (a prefill); decode attention over ``context`` tokens.

@@ -3,14 +3,11 @@
 Decode at Llama-3-8B geometry (32 query heads, 8 KV heads, d = 128) for tq3 / tq4 against torch
 SDPA bf16 and, when vLLM is importable, vLLM's FA3 bf16 paged decode; plus the store kernel.
 Each round synchronises the device, so the host timer measures whole calls (launch included);
-benchmarks/bench_decode.py measures with CUDA-graph replays and is the source of BENCHMARKS.md.
+benchmarks/micro/bench_decode.py measures with CUDA-graph replays and is the source of BENCHMARKS.md.
 Skipped on a machine without CUDA (there `nox -s bench` times the reference).
 """
 
 from __future__ import annotations
-
-import pathlib
-import sys
 
 import pytest
 
@@ -18,11 +15,10 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("kernel benchmarks need a CUDA device", allow_module_level=True)
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import bench_decode as bd  # noqa: E402
-
 from turboquant import format as tqf  # noqa: E402
 from turboquant.triton_impl import KernelParams, decode_attention, store_kv  # noqa: E402
+
+from . import bench_decode as bd  # noqa: E402
 
 SHAPES = [(8, 32768), (1, 131072)]
 

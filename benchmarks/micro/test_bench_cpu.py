@@ -8,7 +8,7 @@ Shapes: the demo's tiny Llama layer (2 KV heads, 4 query heads, head size 128, b
 decode: 8 sequences of 1,024 cached tokens, one query row each; store: one decode step (8 tokens)
 and a 2,048-token prefill batch.
 
-    python -m pytest benchmarks/test_bench_cpu.py --benchmark-only --benchmark-columns=min,median,max,rounds
+    python -m pytest benchmarks/micro/test_bench_cpu.py --benchmark-only --benchmark-columns=min,median,max,rounds
 """
 
 from __future__ import annotations

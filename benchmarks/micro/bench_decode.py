@@ -8,11 +8,11 @@ and that as a fraction of the device-to-device copy bandwidth measured in the
 same run (bytes read + written).  torch SDPA bf16 on a dense cache is measured
 in the same run.  Small problems rotate over several disjoint caches so that
 the working set exceeds L2 (else the timing measures L2, not HBM).  Writes JSON (``--out``); plot it with
-benchmarks/plot_decode.py.
+benchmarks/plots/plot_decode.py.
 
-    python benchmarks/bench_decode.py --out results.json            # full table
-    python benchmarks/bench_decode.py --sweep --presets tq3         # tune the split kernel
-    python benchmarks/bench_decode.py --vllm                        # + vLLM baseline rows (hook)
+    python -m benchmarks.micro.bench_decode --out results.json            # full table
+    python -m benchmarks.micro.bench_decode --sweep --presets tq3         # tune the split kernel
+    python -m benchmarks.micro.bench_decode --vllm                        # + vLLM baseline rows (hook)
 """
 
 from __future__ import annotations
@@ -220,12 +220,8 @@ def bench_store(preset: str, gen, copy_bw: float, rows: list, log, n_tokens: int
 def vllm_baseline_rows(shapes, gen, copy_bw: float) -> list[dict]:
     """vLLM baselines (FA3 bf16 / FP8 paged decode, vLLM's TurboQuant 4bit_nc /
     3bit_nc) with the same shapes, timer (time_graph), input rotation and copy
-    bandwidth: benchmarks/vllm_baselines.py.  Needs vLLM (tools/gpu-vllm)."""
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    from vllm_baselines import vllm_rows
+    bandwidth: benchmarks/micro/vllm_baselines.py.  Needs vLLM (tools/gpu-vllm)."""
+    from .vllm_baselines import vllm_rows
 
     return vllm_rows(shapes, gen, copy_bw, time_graph, n_rotate, hq=HQ, hkv=HKV, d=D)
 

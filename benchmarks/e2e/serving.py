@@ -20,9 +20,9 @@ The model is a ``config.json`` the script writes (``--geometry``), loaded with
 ``load_format="dummy"``; prompts are seeded random token ids.  The weights are random: only speed
 and capacity mean anything.  Every row is appended to ``--out`` (JSONL) as soon as it is measured.
 
-    python benchmarks/serving.py --out serving.jsonl [--configs bf16,fp8,tq3] [--workloads M,G]
+    python -m benchmarks.e2e.serving --out serving.jsonl [--configs bf16,fp8,tq3] [--workloads M,G]
         [--measure ttft,throughput,tpot,prefill_only] [--deadline 540] [--m-requests 64 ...]
-    python benchmarks/serving.py --report a.jsonl,b.jsonl [--plot serving.png] [--append BENCHMARKS.md]
+    python -m benchmarks.e2e.serving --report a.jsonl,b.jsonl [--plot serving.png] [--append BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -35,11 +35,9 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from turboquant.vllm_integration.engine_configs import check_config, config_kwargs, memory_kwargs
 
-from turboquant.vllm_integration.engine_configs import check_config, config_kwargs, memory_kwargs  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/e2e/ -> root
 DEFAULT_CONFIGS = ("bf16", "fp8", "turboquant_4bit_nc", "turboquant_3bit_nc", "tq4", "k4v3", "tq3")
 WORKLOADS = ("M", "L", "G")
 MEASURES = ("throughput", "prefill_only", "ttft", "tpot")
@@ -167,7 +165,7 @@ def validate(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="benchmarks/serving.py", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.e2e.serving", description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                     help=f"KV-cache configs, each in its own engine (default {','.join(DEFAULT_CONFIGS)})")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="throughput / prefill_only workloads: M,L,G")
@@ -278,6 +276,7 @@ def run_all(args, argv: list[str]) -> int:
             append_row(args.out, {**base, "measurement": "engine", "skipped": f"--deadline {args.deadline} s reached"})
             rc = 1
             continue
+        # the worker runs this file by path: it imports no sibling module, so needs no package context
         cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", config, "--run-id", args.run_id,
                "--model-dir", model_dir, "--out", os.path.abspath(args.out)]
         if t_end is not None:
@@ -523,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.report:
-        import serving_report
+        from . import serving_report
 
         try:
             return serving_report.main(args)

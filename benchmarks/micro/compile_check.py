@@ -5,7 +5,7 @@ Catches front-end and lowering errors before spending device time, and gives
 the resource numbers (registers, spills, shared memory) worth reading before any timing.  Needs Triton with its
 bundled ptxas; no CUDA driver.  Do NOT set TRITON_INTERPRET.
 
-    python benchmarks/compile_check.py [--presets tq3,tq4] [--arch 90]
+    python -m benchmarks.micro.compile_check [--presets tq3,tq4] [--arch 90]
 """
 
 from __future__ import annotations
@@ -126,8 +126,7 @@ def main(argv=None):
         paged_attention(q, cache, bt, sl, torch.arange(5, dtype=torch.int32), p, config=AttnConfig())
         dequantize_slots(cache, torch.arange(10), p)
     if args.configs:
-        sys.path.insert(0, os.path.dirname(__file__))
-        from bench_decode import SWEEP
+        from .bench_decode import SWEEP
 
         fmt = tqf.LayerFormat(tqf.get_preset("tq3"), 128)
         p = KernelParams.build(fmt, "cpu")

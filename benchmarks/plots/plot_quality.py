@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plot quality against KV-cache bytes per token from a quality-harness result file.
 
-    python benchmarks/plot_quality.py build/quality/results.json --out build/quality/quality.png
+    python -m benchmarks.plots.plot_quality build/quality/results.json --out build/quality/quality.png
 
 One point per codec (every TurboQuant preset, the bf16 and FP8 baselines, the
 fp32 reference): ΔPPL against the bf16 cache, the attention-output relative

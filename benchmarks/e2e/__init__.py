@@ -1,0 +1,1 @@
+"""End-to-end runs through vLLM (and the equal-layers comparison on the NumPy reference)."""

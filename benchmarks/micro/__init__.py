@@ -1,0 +1,1 @@
+"""Kernel micro-benchmarks and the pytest-benchmark files (``pytest benchmarks --benchmark-only``)."""

@@ -1,0 +1,1 @@
+"""Plots and markdown reports from recorded results."""
