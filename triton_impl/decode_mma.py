@@ -230,6 +230,48 @@ def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: g
     return gl.convert_layout(x, OPA, assert_trivial=True)
 
 
+@gluon.jit
+def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff, kn_off, vn_off,
+                 KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
+                 OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr):
+    """One tile of 16 tokens (ring stage at byte address sb; ok: which of its tokens are in the split)
+    folded into the running state: max m_i and sum l_i (base 2, per head), the rotated value
+    accumulator acc [D, 8] in units of the running value scale vs.  Returns (m_i, l_i, acc, vs)."""
+    kw0, kw1, kw2, kw3 = _key_words(koff + sb, KB, D)
+    kn = _lookup(kn_off + sb).to(gl.float32, bitcast=True)
+    vn = _lookup(vn_off + sb).to(gl.float32, bitcast=True)
+    va0 = _lookup(voff + sb)
+    va1 = _lookup(voff + sb + 4)
+    vb0 = _lookup(voff + sb + SW * 4)
+    vb1 = _lookup(voff + sb + (SW * 4 + 4))
+
+    # scores S^T [16 tokens, 8 heads] and the online softmax over the tile's tokens
+    a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, OPA, KW3)
+    s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
+    s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
+    s = gl.where(ok[:, None], s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, axis=0))
+    m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = gl.exp2(m_i - m_use)
+    p = gl.exp2(s - m_use[None, :])
+    l_i = l_i * alpha + gl.sum(p, axis=0)
+
+    # values: P^T scaled by ||v|| / s (fp16 range), O^T += V'^T P^T
+    vabs = gl.abs(vn)
+    vs_new = gl.maximum(vs, gl.max(gl.where(ok & (vabs < float("inf")), vabs, 0.0), axis=0))
+    vs_use = gl.where(vs_new > 0, vs_new, 1.0)
+    w = gl.where(ok[:, None], p * (vn / vs_use)[:, None], 0.0)
+    p_op = gl.convert_layout(w.to(gl.float16), OPB)
+    a_v = _value_operand(va0, va1, vb0, vb1, V_CODES, VB, D, OPA, VP3)
+    # rescale the accumulator only when the running max or the value scale moved (rare after the
+    # first tiles); the factor is <= 1 (or NaN, which must reach the accumulator)
+    factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)
+    if gl.max(gl.where(factor == 1.0, 0, 1), axis=0) > 0:
+        acc = acc * factor[None, :]
+    acc = mma_v2(a_v, p_op, acc)
+    return m_new, l_i, acc, vs_new
+
+
 @gluon.jit(do_not_specialize=["num_q_heads", "num_splits"])
 def _decode_mma_kernel(
     qbuf_ptr, cache_ptr, bt_ptr, stride_bt, seq_lens_ptr, part_acc_ptr, part_ml_ptr,
@@ -326,39 +368,8 @@ def _decode_mma_kernel(
         async_copy.commit_group()
 
         sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
-        kw0, kw1, kw2, kw3 = _key_words(koff + sb, KB, D)
-        kn = _lookup(kn_off + sb).to(gl.float32, bitcast=True)
-        vn = _lookup(vn_off + sb).to(gl.float32, bitcast=True)
-        va0 = _lookup(voff + sb)
-        va1 = _lookup(voff + sb + 4)
-        vb0 = _lookup(voff + sb + SW * 4)
-        vb1 = _lookup(voff + sb + (SW * 4 + 4))
-
-        ok = t_row < end - t0
-        a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, OPA, KW3)
-        s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
-        s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
-        s = gl.where(ok[:, None], s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, axis=0))
-        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = gl.exp2(m_i - m_use)
-        p = gl.exp2(s - m_use[None, :])
-        l_i = l_i * alpha + gl.sum(p, axis=0)
-        m_i = m_new
-
-        vabs = gl.abs(vn)
-        vs_new = gl.maximum(vs, gl.max(gl.where(ok & (vabs < float("inf")), vabs, 0.0), axis=0))
-        vs_use = gl.where(vs_new > 0, vs_new, 1.0)
-        w = gl.where(ok[:, None], p * (vn / vs_use)[:, None], 0.0)
-        p_op = gl.convert_layout(w.to(gl.float16), OPB)
-        a_v = _value_operand(va0, va1, vb0, vb1, V_CODES, VB, D, OPA, VP3)
-        # rescale the accumulator only when the running max or the value scale moved (rare after the
-        # first tiles); the factor is <= 1 (or NaN, which must reach the accumulator)
-        factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)
-        if gl.max(gl.where(factor == 1.0, 0, 1), axis=0) > 0:
-            acc = acc * factor[None, :]
-        acc = mma_v2(a_v, p_op, acc)
-        vs = vs_new
+        m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff,
+                                         voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, OPA, OPB, MMA, KW3, VP3)
         i += 1
     async_copy.wait_group(0)
 
