@@ -1,10 +1,16 @@
 """decode_attention: one query token per sequence over the packed paged cache
 (the fast path): rotate the queries once (query.py), split the KV length
-across programs (attn_core._split_kernel, DECODE), merge + inverse rotation."""
+across programs, merge + inverse rotation (merge.py).  The splits run the mma
+kernel (decode_mma.py) where it applies, else the split kernel
+(attn_core._split_kernel, DECODE)."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import triton
+from triton.compiler.errors import CompilationError
 
 from .decode_mma import decode_attention_mma, mma_decode_unsupported
 from .extend import paged_attention
@@ -12,6 +18,9 @@ from .launch import AttnConfig, choose_splits, default_config, run_split_merge
 from .params import KernelParams
 from .query import rotate_query
 from .validate import check_attention, check_params
+
+# the reason the mma kernel failed to compile in this process, once it has (decode_attention "auto")
+_MMA_COMPILE_ERROR: list[str] = []
 
 
 def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
@@ -45,10 +54,20 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
         raise ValueError(f"decode_kernel='mma' cannot serve this call: {why}; allowed: decode_kernel='auto' or "
                          "'split'")
     qbuf = rotate_query(query, params)
+    if why is None and _MMA_COMPILE_ERROR and cfg.decode_kernel == "auto":
+        why = _MMA_COMPILE_ERROR[0]
     if why is None:
         s = num_splits or choose_splits(b * hkv, max_kv, cache.device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
-        return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq, sm_scale=scale,
-                                    num_splits=s, maxnreg=cfg.mma_maxnreg)
+        try:
+            return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq,
+                                        sm_scale=scale, num_splits=s, maxnreg=cfg.mma_maxnreg)
+        except CompilationError as e:
+            # a Triton whose Gluon API the kernel does not know: "auto" keeps working on the split kernel
+            if cfg.decode_kernel == "mma":
+                raise
+            _MMA_COMPILE_ERROR.append(f"the mma kernel does not compile with Triton {triton.__version__}")
+            warnings.warn(f"TurboQuant: {_MMA_COMPILE_ERROR[0]} ({type(e).__name__}: {str(e).strip()[-300:]}); "
+                          "decode takes the split kernel", RuntimeWarning, stacklevel=2)
     s = num_splits or choose_splits(b * hkv, max_kv, cache.device, cfg)
     return run_split_merge(qbuf, cache, block_table, seq_lens, seq_lens, seq_lens, out, params,
                            num_tiles=b, decode=True, bq=1, num_q_heads=hq, sm_scale=scale,

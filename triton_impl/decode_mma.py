@@ -62,6 +62,11 @@ from .query import query_layout
 TILE_TOKENS = 16  # tokens per MMA tile (the m16 of the key product, the k16 of the value product)
 TILE = gl.constexpr(TILE_TOKENS)
 LOG2E = gl.constexpr(1.4426950408889634)
+# Triton 3.7 renamed async_copy_global_to_shared to async_load (same arguments); the kernel takes
+# whichever this Triton has
+ASYNC_LOAD = gl.constexpr(hasattr(async_copy, "async_load"))
+# and thread_barrier to barrier
+BARRIER = gl.constexpr(hasattr(gl, "barrier"))
 TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
 TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
 RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up to 4 KB (tq4)
@@ -138,6 +143,24 @@ def _value_word_offsets(SW: gl.constexpr, V_CODES: gl.constexpr, VB: gl.constexp
     tp = gl.arange(0, TILE // 2, layout=gl.SliceLayout(1, VP))
     g = gl.arange(0, 8, layout=gl.SliceLayout(0, VP))
     return ((2 * tp)[:, None] * (SW * 4) + ((V_CODES * 8 + g * (16 * VB)) // 32 * 4)[None, :]).to(gl.uint32)
+
+
+@gluon.jit
+def _barrier():
+    """All threads of the program (one warp) reach this point, their shared-memory writes visible."""
+    if BARRIER:
+        gl.barrier()
+    else:
+        gl.thread_barrier()
+
+
+@gluon.jit
+def _copy_tile(stage, ptrs, mask):
+    """cp.async of a tile's words into a ring stage (masked words are zero-filled)."""
+    if ASYNC_LOAD:
+        async_copy.async_load(stage, ptrs, mask=mask)
+    else:
+        async_copy.async_copy_global_to_shared(stage, ptrs, mask=mask)
 
 
 @gluon.jit
@@ -350,21 +373,21 @@ def _decode_mma_kernel(
         tk = start + k * TILE
         pg = gl.load(bt_row + tk // block_size, mask=tk < end, other=0).to(gl.int64)
         src = head_base + pg * stride_cb + ((tk % block_size) // TILE) * (TILE * stride_cs)
-        async_copy.async_copy_global_to_shared(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS),
-                                               src + w_copy, mask=w_copy < _copy_words(end - tk, SW))
+        _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
+                   w_copy < _copy_words(end - tk, SW))
         async_copy.commit_group()
     i = 0
     for t0 in range(start, end, TILE):
         async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
-        gl.thread_barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
+        _barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
         tn = t0 + (STAGES - 1) * TILE
         pg = gl.load(bt_row + tn // block_size, mask=tn < end, other=0).to(gl.int64)
         src = head_base + pg * stride_cb + ((tn % block_size) // TILE) * (TILE * stride_cs)
         st = (i + STAGES - 1) % STAGES
         for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
             if st == k:
-                async_copy.async_copy_global_to_shared(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS),
-                                                       src + w_copy, mask=w_copy < _copy_words(end - tn, SW))
+                _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
+                           w_copy < _copy_words(end - tn, SW))
         async_copy.commit_group()
 
         sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
@@ -387,6 +410,7 @@ def _decode_mma_kernel(
 MMA_BITS = (3, 4)  # key / value code widths the operand builders cover
 MMA_HEAD_SIZE = 128
 MMA_MAX_GROUP = 8  # query heads per KV head: the MMA's N
+NO_CUDA = "needs a CUDA device (Gluon kernels do not run in the interpreter)"
 
 
 def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, device: torch.device, num_q_heads: int,
@@ -406,7 +430,7 @@ def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, devic
     if block_size % TILE_TOKENS:
         return f"block_size {block_size} (a multiple of {TILE_TOKENS} only)"
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-        return "needs a CUDA device (Gluon kernels do not run in the interpreter)"
+        return NO_CUDA
     if torch.cuda.get_device_capability(device) < (8, 0):
         return "needs mma.sync (compute capability 8.0 or newer)"
     return None

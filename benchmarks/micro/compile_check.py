@@ -1,5 +1,6 @@
 """Compile every kernel launch of the public API for a GPU target without a GPU
-(sm_90 by default) and report registers / spills / shared memory from ptxas.
+(sm_90 by default) and report registers / spills / shared memory from ptxas, the SASS instruction
+count and the length of the longest loop (for the mma decode kernel: one 16-token tile).
 
 Catches front-end and lowering errors before spending device time, and gives
 the resource numbers (registers, spills, shared memory) worth reading before any timing.  Needs Triton with its
@@ -22,6 +23,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
 from triton.runtime.jit import JITFunction
 
 CALLS = []
@@ -34,7 +36,10 @@ def _record(self, *args, grid, warmup, **kwargs):
 
 
 def _sig(fn: JITFunction, args, kwargs):
-    sig, const = {}, {}
+    """(signature, constexprs, options, attrs) of one recorded launch; attrs mark the arguments the JIT
+    would specialize as divisible by 16 (tensor pointers, integers that are multiples of 16), so
+    that vectorization decisions match a real launch."""
+    sig, const, attrs = {}, {}, {}
     names = fn.arg_names
     vals = dict(zip(names, args))
     vals.update({k: v for k, v in kwargs.items() if k in names})
@@ -46,36 +51,58 @@ def _sig(fn: JITFunction, args, kwargs):
             const[name] = v
         elif isinstance(v, torch.Tensor):
             sig[name] = "*" + _TYPES[v.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(v, bool):
             sig[name] = "i1"
         elif isinstance(v, int):
             sig[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
+            if v % 16 == 0 and i not in _NOT_SPECIALIZED.get(fn.__name__, ()):
+                attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(v, float):
             sig[name] = "fp32"
         else:
             raise TypeError(f"{name}: {type(v)}")
-    opts = {k: v for k, v in kwargs.items() if k in ("num_warps", "num_stages")}
-    return sig, const, opts
+    opts = {k: v for k, v in kwargs.items() if k in ("num_warps", "num_stages", "maxnreg")}
+    return sig, const, opts, attrs
 
 
-def compile_calls(arch: int):
+_NOT_SPECIALIZED: dict = {}  # kernel name -> argument indices declared do_not_specialize (filled lazily)
+
+
+def _loop_length(sass: str) -> int:
+    """Instructions in the longest loop of a SASS listing (a backward branch and its target)."""
+    addr = [(int(m[1], 16), m[2]) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", sass)]
+    best = 0
+    for a, text in addr:
+        m = re.search(r"BRA\s+(?:`\(\S+\)\s*)?0x([0-9a-f]+)", text)
+        if m and int(m[1], 16) < a:
+            best = max(best, (a - int(m[1], 16)) // 16 + 1)
+    return best
+
+
+def compile_calls(arch: int, only: tuple[str, ...] = ()):
     target = GPUTarget("cuda", arch, 32)
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     seen, rows = set(), []
     for fn, args, kwargs in CALLS:
-        sig, const, opts = _sig(fn, args, kwargs)
+        if only and fn.__name__ not in only:
+            continue
+        _NOT_SPECIALIZED.setdefault(fn.__name__, {p.num for p in fn.params if p.do_not_specialize})
+        sig, const, opts, attrs = _sig(fn, args, kwargs)
         key = (fn.__name__, tuple(sorted(sig.items())), tuple(sorted((k, str(v)) for k, v in const.items())),
                tuple(sorted(opts.items())))
         if key in seen:
             continue
         seen.add(key)
         t0 = time.time()
-        k = triton.compile(ASTSource(fn, sig, const), target=target, options=opts)
+        src = (GluonASTSource if isinstance(fn, GluonJITFunction) else ASTSource)(fn, sig, const, attrs)
+        k = triton.compile(src, target=target, options=opts)
         dt = time.time() - t0
         cuobjdump = os.path.join(os.path.dirname(ptxas), "cuobjdump")
         with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
             f.write(k.asm["cubin"])
         r = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True)
+        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
         os.unlink(f.name)
         info = r.stdout + r.stderr
         if os.environ.get("SHOW_PTXAS"):
@@ -84,7 +111,8 @@ def compile_calls(arch: int):
         stack = re.search(r"STACK:(\d+)", info)
         spill = re.findall(r"LOCAL:(\d+)", info)
         rows.append((fn.__name__, const.get("BT", ""), opts, int(regs[1]) if regs else -1,
-                     sum(int(x) for x in spill), int(stack[1]) if stack else -1, k.metadata.shared, dt))
+                     sum(int(x) for x in spill), int(stack[1]) if stack else -1, k.metadata.shared,
+                     len(re.findall(r"/\*[0-9a-f]{4,}\*/", sass)), _loop_length(sass), dt))
     return rows
 
 
@@ -94,10 +122,10 @@ def main(argv=None):
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--configs", action="store_true", help="also the benchmark sweep configs (tq3)")
     ap.add_argument("--head-size", type=int, default=128)
+    ap.add_argument("--kernels", default="", help="compile only these kernels (comma-separated names)")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET")
-    import turboquant.triton_impl.store as st
     from turboquant import format as tqf
     from turboquant.triton_impl import (
         AttnConfig,
@@ -107,8 +135,9 @@ def main(argv=None):
         paged_attention,
         store_kv,
     )
+    from turboquant.triton_impl.decode_mma import NO_CUDA, decode_attention_mma, mma_decode_unsupported
+    from turboquant.triton_impl.query import rotate_query
 
-    st.STORE_BT = 16
 
     JITFunction.run = _record
     presets = [p for p in args.presets.split(",") if p] or list(tqf.PRESETS)
@@ -123,6 +152,10 @@ def main(argv=None):
         bt = torch.zeros((4, 16), dtype=torch.int32)
         sl = torch.full((4,), 200, dtype=torch.int32)
         decode_attention(q, cache, bt, sl, p, config=AttnConfig())
+        if mma_decode_unsupported(p, torch.bfloat16, torch.device("cpu"), 32, 8, 16) == NO_CUDA:
+            # the Gluon decode kernel, launched as decode_attention does on a GPU with mma.sync
+            decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=32,
+                                 sm_scale=d ** -0.5, num_splits=4)
         paged_attention(q, cache, bt, sl, torch.arange(5, dtype=torch.int32), p, config=AttnConfig())
         dequantize_slots(cache, torch.arange(10), p)
     if args.configs:
@@ -135,10 +168,14 @@ def main(argv=None):
             decode_attention(torch.zeros((4, 32, 128), dtype=torch.bfloat16), cache,
                              torch.zeros((4, 16), dtype=torch.int32), torch.full((4,), 200, dtype=torch.int32), p,
                              config=cfg)
-    rows = compile_calls(args.arch)
-    print(f"{'kernel':<24} {'BT':>4} {'opts':<34} {'regs':>5} {'spill B':>8} {'stack':>6} {'smem':>7} {'compile s':>9}")
+    rows = compile_calls(args.arch, tuple(k for k in args.kernels.split(",") if k))
+    print(f"{'kernel':<24} {'BT':>4} {'opts':<34} {'regs':>5} {'spill B':>8} {'stack':>6} {'smem':>7} {'SASS':>6} "
+          f"{'loop':>5} {'compile s':>9}")
     for r in rows:
-        print(f"{r[0]:<24} {str(r[1]):>4} {str(r[2]):<34} {r[3]:>5} {r[4]:>8} {r[5]:>6} {r[6]:>7} {r[7]:>9.1f}")
+        print(f"{r[0]:<24} {str(r[1]):>4} {str(r[2]):<34} {r[3]:>5} {r[4]:>8} {r[5]:>6} {r[6]:>7} {r[7]:>6} {r[8]:>5} "
+              f"{r[9]:>9.1f}")
+    print("SASS: instructions in the kernel; loop: instructions in its longest loop (for _decode_mma_kernel one "
+          "16-token tile of one KV head)")
 
 
 if __name__ == "__main__":

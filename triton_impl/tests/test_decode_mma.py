@@ -125,6 +125,34 @@ def test_parallel_merge_matches_the_split_kernels_merge(preset, num_splits):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_a_kernel_that_does_not_compile_falls_back_in_auto_mode(monkeypatch):
+    """A Triton whose Gluon API the kernel does not know: "auto" warns once and takes the split
+    kernel from then on; an explicit decode_kernel='mma' raises."""
+    import ast
+
+    from triton.compiler.errors import CompilationError
+
+    from turboquant.triton_impl import decode as decode_mod
+
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        raise CompilationError(None, ast.Name(), "no such Gluon function")
+
+    monkeypatch.setattr(decode_mod, "mma_decode_unsupported", lambda *a, **k: None)
+    monkeypatch.setattr(decode_mod, "decode_attention_mma", broken)
+    monkeypatch.setattr(decode_mod, "_MMA_COMPILE_ERROR", [])
+    args, _ = _decode_case("tq3", (20, 5))
+    with pytest.warns(RuntimeWarning, match="the mma kernel does not compile with Triton"):
+        got = _run(args, "auto")
+    np.testing.assert_array_equal(got, _run(args, "split"))
+    np.testing.assert_array_equal(_run(args, "auto"), got)  # no second try, no second warning
+    assert len(calls) == 1
+    with pytest.raises(CompilationError):
+        _run(args, "mma")
+
+
 @pytest.mark.skipif(DEV.type == "cuda", reason="on a GPU the mma kernel serves this call")
 def test_asking_for_the_mma_kernel_where_it_cannot_run_is_an_error():
     args, _ = _decode_case("tq3", (20, 5))

@@ -1,0 +1,37 @@
+"""The GPU kernels compiled for sm_90 on this machine, without a GPU (benchmarks/micro/compile_check.py
+in a subprocess: Gluon kernels cannot be compiled by a process running the Triton interpreter).
+
+For the mma decode kernel this is the check CI can make: it compiles with this Triton, every operand
+layout conversion in it is trivial (``convert_layout(..., assert_trivial=True)`` fails the compile
+otherwise), its shared memory is exactly its tables and tile ring (what decode_attention_mma checks at
+launch), and nothing spills."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ptxas = Path(__import__("triton").__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+
+
+@pytest.mark.skipif(not ptxas.exists(), reason="this Triton has no bundled ptxas")
+def test_mma_decode_kernel_compiles_for_sm90():
+    from turboquant.triton_impl.decode_mma import RING_BYTES, TABLE_BYTES
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
+                        "--kernels", "_decode_mma_kernel"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith("_decode_mma_kernel")]
+    assert len(rows) == 3, r.stdout
+    for row in rows:
+        regs, spill, stack, smem, loop = int(row[-7]), int(row[-6]), int(row[-5]), int(row[-4]), int(row[-2])
+        assert smem == TABLE_BYTES + RING_BYTES, row
+        assert spill == 0 and stack == 0, row
+        assert 0 < regs <= 255 and loop > 0, row
