@@ -25,10 +25,11 @@
 #          SERVING_ARGS the sizes (e.g. "--workloads M --m-requests 64 --measure ttft,throughput"),
 #          SERVING_SECONDS the --deadline (no new engine or measurement after it), TQ_GIT_COMMIT the
 #          commit to record (the device's copy has no .git).  Merge calls with --report a,b
-#   bench  tools/gpu_run.sh bench step: the AttnConfig sweep (incl. the untimed LOOKUP=2
-#          variant), store, then decode over the 1k..128k x 1..64 grid with the sweep's best config,
-#          then k4v3 and tq3 in batch-invariant mode (fixed-length splits), then the vLLM baselines, same
-#          process (issues 3, 5)
+#   bench  tools/gpu_run.sh bench step: store, then decode over the 1k..128k x 1..64 grid with the
+#          default decode path (the mma kernel where it applies) and the split kernel beside it
+#          (rows PRESET+split), then k4v3 and tq3 in batch-invariant mode (fixed-length splits), then
+#          the vLLM baselines, same process (issues 3, 5, 13).  BENCH_ARGS="--sweep ..." adds the split
+#          kernel's AttnConfig sweep (it does not touch the mma kernel)
 #
 # The device tool returns at most 8 files from $OUT, so the stage works in $OUT/$stage and, on
 # exit, packs that folder into $OUT/$stage.tgz (plus $OUT/$stage-summary.txt: the pytest summary
@@ -85,7 +86,7 @@ case "$stage" in
     python3 -m benchmarks.e2e.serving --report "$OUT/serving.jsonl" --plot "$OUT/serving.png" > "$OUT/serving.md" || true
     cat "$OUT/serving.md" ;;
   bench)
-    OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --sweep --presets tq3,tq4,k4v3,tq2 --batch-invariant k4v3,tq3}" \
+    OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --presets tq3,tq4,k4v3,tq2 --kernels auto,split --batch-invariant k4v3,tq3}" \
         bash tools/gpu_run.sh "${BENCH_SECONDS:-240}" ;;
   *) echo "unknown stage $stage (conf|vllm|tp2|e2e|serving|bench)" >&2; exit 2 ;;
 esac
