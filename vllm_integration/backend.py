@@ -44,11 +44,24 @@ from .config import (
     parse_layer_index,
     unsupported_reasons,
 )
-from .plugin import BACKEND_PATH  # noqa: F401  (re-exported)
+
+# The Triton kernels, by name.  Importing them needs no GPU; a broken Triton install matters only
+# when an option selects them (bind() raises then, naming the option).
+try:
+    from turboquant.triton_impl import (
+        KernelParams,
+        attention,
+        batch_invariant_config,
+        decode_attention,
+        plan_attention,
+        store_kv,
+    )
+except Exception as e:  # pragma: no cover - broken install
+    _TRITON_IMPORT_ERROR: Exception | None = e
+else:
+    _TRITON_IMPORT_ERROR = None
 
 logger = logging.getLogger("vllm.turboquant")  # under "vllm" so that vLLM's log handler prints it
-
-KERNEL_API = ("KernelParams", "store_kv", "attention", "plan_attention", "decode_attention", "batch_invariant_config")
 
 # vLLM 0.26 has no AttentionBackend.customize_spec: back-port it (compat.py).
 # This module is imported when a layer selects this backend, i.e. before vLLM
@@ -126,20 +139,6 @@ def format_error(reasons: list[str], layer_name: str | None = None) -> str:
             + ". Use another attention backend for this model.")
 
 
-def load_kernels(purpose: str):
-    """``turboquant.triton_impl`` with the kernel API, or a clear error."""
-    try:
-        from turboquant import triton_impl as tk
-    except Exception as e:  # pragma: no cover - broken install
-        raise RuntimeError(f"{purpose} needs turboquant.triton_impl, which failed to import: {e!r}; "
-                           "set it to 'reference' to use the NumPy reference instead") from e
-    missing = [n for n in KERNEL_API if not hasattr(tk, n)]
-    if missing:
-        raise RuntimeError(f"{purpose} needs turboquant.triton_impl.{missing}, which this installation lacks; "
-                           "set it to 'reference' to use the NumPy reference instead")
-    return tk
-
-
 # ------------------------------------------------------------------ metadata
 @dataclass
 class TurboQuantMetadata(AttentionMetadata):
@@ -182,7 +181,7 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
                 impl.bind(name, device)
                 bound.append(impl)
         if bound and bound[0].attention_impl == "triton" and bound[0].attn_config is None:
-            self._plan_attention = bound[0]._kernels.plan_attention
+            self._plan_attention = plan_attention
         if bound and (warning := self.options.batch_invariant_warning()):
             logger.warning(warning)
         if bound and bound[0].attention_impl != "triton" and self.options.batch_invariant_enabled():
@@ -394,7 +393,6 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         self.fmt: tqf.LayerFormat | None = None
         self.params = None
         self.torch_params = None  # turboquant.torch_impl.TorchParams when an option resolves to "torch"
-        self._kernels = None
         self.store_impl = self.attention_impl = None  # the options, "auto" resolved at bind()
         self.attn_config = None  # the kernels' AttnConfig: None = the device default; set at bind()
         _PROCESS_OPTIONS = self.options
@@ -419,7 +417,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
                            f"boundary_layers={self.options.boundary_layers_repr()} makes it {want!r}")
                     raise ValueError(format_error([why], layer_name))
         fmt = self.options.layer_format(self.head_size, index, preset=self.layer_preset)
-        params, kernels = None, None
+        params = None
         device = torch.device(device)
         impls = {k: self.options.impl(k, device.type) for k in ("store_impl", "attention_impl")}
         uses = [k for k, v in impls.items() if v == "triton"]
@@ -429,14 +427,16 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
                 raise RuntimeError(f"{purpose} on CPU needs the Triton interpreter: set TRITON_INTERPRET=1 in the "
                                    "environment before starting Python, or set these options to 'torch' (the CPU "
                                    "default) or 'reference'")
-            kernels = load_kernels(purpose)
-            params = kernels.KernelParams.build(fmt, device)
+            if _TRITON_IMPORT_ERROR is not None:
+                raise RuntimeError(f"{purpose} needs turboquant.triton_impl, which failed to import: "
+                                   f"{_TRITON_IMPORT_ERROR!r}; set it to 'torch' or 'reference' instead")
+            params = KernelParams.build(fmt, device)
         if "torch" in impls.values():
             self.torch_params = torch_impl.TorchParams.build(fmt, device)
-        self.layer_name, self.fmt, self.params, self._kernels = layer_name, fmt, params, kernels
+        self.layer_name, self.fmt, self.params = layer_name, fmt, params
         self.store_impl, self.attention_impl = impls["store_impl"], impls["attention_impl"]
         if self.attention_impl == "triton" and self.options.batch_invariant_enabled():
-            self.attn_config = kernels.batch_invariant_config(device)
+            self.attn_config = batch_invariant_config(device)
         logger.debug("TurboQuant layer %s: preset=%s head_size=%d slot_bytes=%d store=%s attention=%s "
                      "batch_invariant=%s", layer_name, fmt.preset.name, self.head_size, fmt.slot_bytes,
                      self.store_impl, self.attention_impl, self.attn_config is not None)
@@ -466,7 +466,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         if self.kv_sharing_target_layer_name is None and key is not None and value is not None:
             k, v, sm = key[:n], value[:n], attn_metadata.slot_mapping[:n]
             if self.store_impl == "triton":
-                self._kernels.store_kv(k, v, cache, sm, self.params)
+                store_kv(k, v, cache, sm, self.params)
             elif self.store_impl == "torch":
                 torch_impl.store_kv(k, v, cache, sm, self.torch_params)
             else:
@@ -479,11 +479,11 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         if self.attention_impl == "triton":
             if md.decode_only:  # one query row per request
                 r = md.num_reqs
-                self._kernels.decode_attention(q[:r], cache, md.block_table, md.seq_lens, self.params,
-                                               softmax_scale=self.scale, out=out[:r], config=self.attn_config)
+                decode_attention(q[:r], cache, md.block_table, md.seq_lens, self.params, softmax_scale=self.scale,
+                                 out=out[:r], config=self.attn_config)
             else:  # decodes to the decode kernel, prefill rows to the dense path (triton_impl.dispatch)
-                self._kernels.attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, self.params,
-                                        softmax_scale=self.scale, out=out, plan=md.plan, config=self.attn_config)
+                attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, self.params,
+                          softmax_scale=self.scale, out=out, plan=md.plan, config=self.attn_config)
         elif self.attention_impl == "torch":
             torch_impl.paged_attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, self.torch_params,
                                        softmax_scale=self.scale, out=out)
