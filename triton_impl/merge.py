@@ -64,8 +64,9 @@ def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tenso
     decode_mma write): merge (one fp32 workspace [T, Hq, DACC]), then the inverse rotation."""
     dacc = acc_width(params)
     n_rows = out.shape[0] * num_q_heads
-    cw = min(MERGE_COLS, dacc)
-    assert dacc % cw == 0, f"accumulator width {dacc} is not a multiple of {cw}"
+    cw = MERGE_COLS  # the widest power-of-two chunk that divides the width (a sum of powers of two >= 16)
+    while dacc % cw:
+        cw //= 2
     o = torch.empty((out.shape[0], num_q_heads, dacc), dtype=torch.float32, device=out.device)
     _merge_splits_kernel[(triton.cdiv(n_rows, MERGE_ROWS), dacc // cw)](
         part_acc, part_ml, o, n_rows, num_splits, BR=MERGE_ROWS, SC=MERGE_SPLITS, CW=cw, DACC=dacc, num_warps=4)

@@ -101,11 +101,12 @@ def test_supported_launch_on_this_machine():
         assert "CUDA" in why
 
 
-@pytest.mark.parametrize("preset,num_splits", [("tq3", 1), ("tq3", 37), ("tq3.5", 5), ("k4g4", 20)])
-def test_parallel_merge_matches_the_split_kernels_merge(preset, num_splits):
+@pytest.mark.parametrize("preset,d,num_splits", [("tq3", 128, 1), ("tq3", 128, 37), ("tq3.5", 128, 5),
+                                                  ("k4g4", 128, 20), ("tq2.5", 64, 3), ("tq3", 80, 2)])
+def test_parallel_merge_matches_the_split_kernels_merge(preset, d, num_splits):
     """merge.merge_splits (the mma path's merge) against attn_core._merge_kernel on the same partial
     states, with empty splits (m = -inf) and a row that saw nothing (all weights 0: output 0)."""
-    params = _params(preset)
+    params = _params(preset, d)  # accumulator widths 128, 128 (64 + 64), 128, 80 (16 + 64), 128 (80 padded)
     t, hq = 3, 8
     dacc = acc_width(params)
     gen = torch.Generator().manual_seed(num_splits)
@@ -117,9 +118,9 @@ def test_parallel_merge_matches_the_split_kernels_merge(preset, num_splits):
     ml[empty.to(DEV), 0] = float("-inf")
     ml[empty.to(DEV), 1] = 0.0
     acc[empty.to(DEV)] = 0.0
-    want = run_merge(acc, ml, torch.empty((t, hq, 128), device=DEV), params, num_q_heads=hq,
+    want = run_merge(acc, ml, torch.empty((t, hq, d), device=DEV), params, num_q_heads=hq,
                      num_splits=num_splits, cfg=default_config(DEV))
-    got = merge_splits(acc, ml, torch.empty((t, hq, 128), device=DEV), params, num_q_heads=hq,
+    got = merge_splits(acc, ml, torch.empty((t, hq, d), device=DEV), params, num_q_heads=hq,
                        num_splits=num_splits)
     assert (got[0, 0] == 0).all()
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
