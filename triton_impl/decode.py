@@ -61,8 +61,10 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
         try:
             return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq,
                                         sm_scale=scale, num_splits=s, maxnreg=cfg.mma_maxnreg)
-        except CompilationError as e:
-            # a Triton whose Gluon API the kernel does not know: "auto" keeps working on the split kernel
+        except (CompilationError, AttributeError, TypeError) as e:
+            # a Triton whose Gluon API the kernel does not know (a compile error, or a missing or changed
+            # function met while the JIT resolves the kernel's source): "auto" keeps working on the split
+            # kernel, and says why
             if cfg.decode_kernel == "mma":
                 raise
             _MMA_COMPILE_ERROR.append(f"the mma kernel does not compile with Triton {triton.__version__}")

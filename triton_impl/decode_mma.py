@@ -34,8 +34,9 @@ operand elements are one contiguous run of codes of a slot (no stored byte chang
 An mma operand register holds two consecutive K-dimension elements (``k_width`` 2).  For keys
 these are two consecutive codes of one slot, for values the same code of two consecutive tokens;
 either way one lookup in a *pair table* (``pair[a | b << bits]`` = the two fp16 centroids c[a],
-c[b] as one 32-bit word, 2^(2 bits) entries, L1-resident) gives the register, so decoding costs a
-shift, a mask and a load per two elements.
+c[b] as one 32-bit word, 2^(2 bits) entries, in shared memory, repeated so that lanes spread over the
+banks) gives the register, so decoding costs a shift, a mask-and-lane and an ld.shared per two
+elements.
 
 Numerics: as the split kernel's fp16 path.  q' is scaled by 1/max|q'| per head; scores are
 fp32 = qsc * ||k|| * <q'16, c16>; softmax in fp32 (base 2); P^T is multiplied by ||v|| / s, s the
@@ -62,11 +63,12 @@ from .query import query_layout
 TILE_TOKENS = 16  # tokens per MMA tile (the m16 of the key product, the k16 of the value product)
 TILE = gl.constexpr(TILE_TOKENS)
 LOG2E = gl.constexpr(1.4426950408889634)
-# Triton 3.7 renamed async_copy_global_to_shared to async_load (same arguments); the kernel takes
-# whichever this Triton has
-ASYNC_LOAD = gl.constexpr(hasattr(async_copy, "async_load"))
-# and thread_barrier to barrier
-BARRIER = gl.constexpr(hasattr(gl, "barrier"))
+# Triton 3.7 renamed async_copy_global_to_shared to async_load (same arguments) and thread_barrier to
+# barrier.  The kernel calls whichever this Triton has, picked here: its source must not name the
+# other one (the JIT resolves every attribute of a kernel's source for its cache key, even in an
+# untaken constexpr branch).
+_async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+_thread_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
 TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
 RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up to 4 KB (tq4)
@@ -148,19 +150,13 @@ def _value_word_offsets(SW: gl.constexpr, V_CODES: gl.constexpr, VB: gl.constexp
 @gluon.jit
 def _barrier():
     """All threads of the program (one warp) reach this point, their shared-memory writes visible."""
-    if BARRIER:
-        gl.barrier()
-    else:
-        gl.thread_barrier()
+    _thread_barrier()
 
 
 @gluon.jit
 def _copy_tile(stage, ptrs, mask):
     """cp.async of a tile's words into a ring stage (masked words are zero-filled)."""
-    if ASYNC_LOAD:
-        async_copy.async_load(stage, ptrs, mask=mask)
-    else:
-        async_copy.async_copy_global_to_shared(stage, ptrs, mask=mask)
+    _async_load(stage, ptrs, mask=mask)
 
 
 @gluon.jit
@@ -204,22 +200,6 @@ def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, OPA: gl.cons
     x = gl.permute(x, [0, 2, 3, 1, 4])  # t, kt, hf, r, e
     x = gl.reshape(x, [TILE, D])
     return gl.convert_layout(x, OPA, assert_trivial=True)
-
-
-@gluon.jit
-def _load_value_words(tile_ptr, stride_cs, n_ok, V_CODES: gl.constexpr, VB: gl.constexpr, VP3: gl.constexpr):
-    """The value code words of a tile: for token pairs tp (tokens 2 tp, 2 tp + 1) and runs g, the two
-    words holding codes 16 g .. 16 g + 15 of each token, [8 tp, 8 g] x 4; tokens >= n_ok read as 0."""
-    VP: gl.constexpr = gl.SliceLayout(2, VP3)
-    tp = gl.arange(0, TILE // 2, layout=gl.SliceLayout(1, VP))
-    g = gl.arange(0, 8, layout=gl.SliceLayout(0, VP))
-    wofs = ((V_CODES * 8 + g * (16 * VB)) // 32)[None, :]
-    pe = tile_ptr + (2 * tp)[:, None] * stride_cs + wofs
-    po = pe + stride_cs
-    m_e = (2 * tp < n_ok)[:, None] & (g[None, :] >= 0)
-    m_o = (2 * tp + 1 < n_ok)[:, None] & (g[None, :] >= 0)
-    return (gl.load(pe, mask=m_e, other=0), gl.load(pe + 1, mask=m_e, other=0),
-            gl.load(po, mask=m_o, other=0), gl.load(po + 1, mask=m_o, other=0))
 
 
 @gluon.jit
@@ -329,7 +309,7 @@ def _decode_mma_kernel(
 
     # Q'^T [D, 8] as the B operand, coordinates permuted (module docstring), scaled per head.
     # (loaded straight in the operand layout, and once more in the accumulator layout for the
-    # per-head scale: no layout conversion, so the kernel's only shared memory is the tables)
+    # per-head scale: no layout conversion, so the kernel's only shared memory is its own allocation)
     kq = gl.arange(0, D, layout=gl.SliceLayout(1, OPB))
     colq = gl.arange(0, 8, layout=gl.SliceLayout(0, OPB))
     cq = 32 * ((kq >> 1) & 3) + 4 * (kq >> 4) + 2 * ((kq >> 3) & 1) + (kq & 1)
@@ -339,8 +319,8 @@ def _decode_mma_kernel(
     qa = gl.load(qbuf_ptr + (qrow0 + cols[None, :]) * DQ + kc[:, None], mask=(cols < G)[None, :], other=0.0)
     qm = gl.max(gl.abs(qa), axis=0)
     qsc = gl.where(qm > 0, qm, 1.0)
-    q_op = (q * (1.0 / gl.where(gl.max(gl.abs(q), axis=0) > 0, gl.max(gl.abs(q), axis=0), 1.0))[None, :]
-            ).to(gl.float16)
+    qm_op = gl.max(gl.abs(q), axis=0)  # qm again, in the operand's column layout
+    q_op = (q * (1.0 / gl.where(qm_op > 0, qm_op, 1.0))[None, :]).to(gl.float16)
 
     # Shared memory, one allocation (int32 words): the key pair table, the value pair table
     # (TABLE_WORDS each, every entry repeated so that lanes spread over the banks), then a ring of

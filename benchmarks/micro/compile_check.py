@@ -56,7 +56,7 @@ def _sig(fn: JITFunction, args, kwargs):
             sig[name] = "i1"
         elif isinstance(v, int):
             sig[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
-            if v % 16 == 0 and i not in _NOT_SPECIALIZED.get(fn.__name__, ()):
+            if v % 16 == 0 and not p.do_not_specialize:
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(v, float):
             sig[name] = "fp32"
@@ -64,9 +64,6 @@ def _sig(fn: JITFunction, args, kwargs):
             raise TypeError(f"{name}: {type(v)}")
     opts = {k: v for k, v in kwargs.items() if k in ("num_warps", "num_stages", "maxnreg")}
     return sig, const, opts, attrs
-
-
-_NOT_SPECIALIZED: dict = {}  # kernel name -> argument indices declared do_not_specialize (filled lazily)
 
 
 def _loop_length(sass: str) -> int:
@@ -87,7 +84,6 @@ def compile_calls(arch: int, only: tuple[str, ...] = ()):
     for fn, args, kwargs in CALLS:
         if only and fn.__name__ not in only:
             continue
-        _NOT_SPECIALIZED.setdefault(fn.__name__, {p.num for p in fn.params if p.do_not_specialize})
         sig, const, opts, attrs = _sig(fn, args, kwargs)
         key = (fn.__name__, tuple(sorted(sig.items())), tuple(sorted((k, str(v)) for k, v in const.items())),
                tuple(sorted(opts.items())))
