@@ -42,6 +42,7 @@ CENT_SLOTS = tl.constexpr(16)  # 2^4 centroids at most (SUPPORTED_BITS <= 4)
 PAIR_SLOTS = 256  # (2^4)^2 entries of a pair table at most
 POLY_SLOTS = tl.constexpr(8)  # attn_core.centroid_values LOOKUP=2: two cubics in the magnitude index
 KC = tl.constexpr(16)  # K chunk of the kernels' fp32 FMA dots (tl.dot keeps whole K slices in registers)
+STORE_MSE_HEAD_SIZES = (64, 128)  # store_mse.py: Pi^T's three bf16 parts in shared memory
 POLY_RTOL = 1e-6  # the polynomials must give every centroid to this relative error (float32 Horner)
 
 
@@ -111,6 +112,8 @@ class KernelParams:
     v_poly: torch.Tensor
     v_bnd: torch.Tensor
     v_chan: torch.Tensor
+    k_rot_split: torch.Tensor | None = None
+    v_rot_split: torch.Tensor | None = None
 
     @property
     def head_size(self) -> int:
@@ -186,6 +189,13 @@ class KernelParams:
             if t == "k":
                 tensors["k_qjl"] = torch.from_numpy(qjl).to(device)
         meta["CB_POLY"] = poly_ok
+        # store_mse.py: keys and values one mse instance over the whole head, D a power of two <= 128
+        meta["STORE_MSE"] = (meta["K_NI"] == 1 and meta["V_NI"] == 1 and not meta["V_GROUP"]
+                             and not meta["K0_QJL"] and meta["K0_BITS"] > 0 and meta["V0_BITS"] > 0
+                             and meta["K0_IDCH"] and meta["V0_IDCH"] and d in STORE_MSE_HEAD_SIZES)
+        if meta["STORE_MSE"]:
+            tensors["k_rot_split"] = rotation_split(lp.keys[0].rotation).to(device)
+            tensors["v_rot_split"] = rotation_split(lp.values[0].rotation).to(device)
         if meta["V_GROUP"]:
             fm = fmt.field_map
             meta.update({
@@ -248,6 +258,17 @@ KERNEL_CONSTEXPRS = {
     "dequant": (("D", "DP", "K_NI", "K_MPMAX", "K_MAT_STRIDE", "V_GROUP", "V_NI", "V_MPMAX", "V_MAT_STRIDE")
                 + _GROUP_VALUES + ("V_CFAST",), _READ_KEY + ("IDCH",), _READ_MSE + ("IDCH",)),
 }
+
+
+def rotation_split(rotation: np.ndarray) -> torch.Tensor:
+    """bf16 [3, m, m]: Pi^T as three bf16 parts P0 + P1 + P2 (each the bf16 rounding of what the
+    previous parts leave), equal to float32 Pi^T within about 2^-24 of each entry (store_mse.py)."""
+    rest = torch.from_numpy(np.ascontiguousarray(np.asarray(rotation, np.float32).T))
+    parts = []
+    for _ in range(3):
+        parts.append(rest.to(torch.bfloat16))
+        rest = rest - parts[-1].to(torch.float32)
+    return torch.stack(parts).contiguous()
 
 
 def pair_table(centroids: np.ndarray) -> np.ndarray:

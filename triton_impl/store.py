@@ -13,6 +13,7 @@ from turboquant.torch_checks import check_store
 
 from .bits import pack_store_codes, store_u16, store_u32
 from .params import CENT_SLOTS, KernelParams
+from .store_mse import store_mse, store_mse_applies
 from .validate import check_params
 
 # int32 bit patterns of the canonical NaNs (format.py)
@@ -26,6 +27,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 #         (shared memory); exact fp32 under the interpreter;
 #   "fma" K chunks of KCH = 16 columns in fp32 FMA (IEEE), u recomputed per chunk (the v1 kernel).
 ROTATIONS = ("tc", "fma")
+STORE_KERNELS = ("auto", "mse", "generic")
 # Test hook: run the "fma" path under the interpreter by default too.
 _FORCE_RELOAD = os.environ.get("TQ_STORE_FORCE_RELOAD") == "1"
 DEFAULT_ROTATION = "fma" if _FORCE_RELOAD else "tc"
@@ -267,13 +269,16 @@ def _store_kernel(
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
              params: KernelParams, *, debug_rotated: torch.Tensor | None = None, block_tokens: int | None = None,
-             num_warps: int | None = None, rotation: str | None = None) -> None:
+             num_warps: int | None = None, rotation: str | None = None, kernel: str = "auto") -> None:
     """Encode key/value [num_tokens, num_kv_heads, head_size] into ``cache``
     (uint8 [num_blocks, num_kv_heads, block_size, slot_bytes]) in place at
     ``slot_mapping`` [num_tokens] (negative: padding, nothing written).
-    ``rotation``: "tc" (default) or "fma", see ROTATIONS."""
+    ``rotation``: "tc" (default) or "fma", see ROTATIONS.  ``kernel``: "auto" (store_mse.py where
+    store_mse_applies and the rotation is "tc", else this module's kernel), "mse" (store_mse.py;
+    block_tokens = its rows per tile) or "generic" (this module's kernel)."""
     rotation = DEFAULT_ROTATION if rotation is None else rotation
     tqf.check_choice("rotation", rotation, ROTATIONS)
+    tqf.check_choice("kernel", kernel, STORE_KERNELS)
     check_params(params)
     fmt = params.fmt
     check_store(key, value, cache, slot_mapping, fmt, params.device)
@@ -284,6 +289,10 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
         key, value = key.contiguous(), value.contiguous()
     if cache.stride(3) != 1:
         raise ValueError("cache must be contiguous in its last (slot byte) dimension")
+    if kernel == "mse" or (kernel == "auto" and rotation == "tc" and store_mse_applies(params)):
+        store_mse(key, value, cache, slot_mapping, params, debug_rotated, block_rows=block_tokens,
+                  num_warps=num_warps)
+        return
     block_tokens = block_tokens or STORE_BT[rotation]
     y = debug_rotated if debug_rotated is not None else torch.empty(1, device=params.device, dtype=torch.float32)
     m = params.meta

@@ -142,12 +142,14 @@ def run(args) -> None:
                 t = _events_median(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan, config=cfg), 3, 1)
                 emit({**base, "impl": f"{preset}-tiles", "preset": preset, "seconds": t, "copy_fraction": None,
                       "vs_sdpa": t / t_sdpa})
-            if preset == args.presets[0] and nq >= 2048:
+            if nq >= 2048:
                 kq, vq = k[-nq:], v[-nq:]
                 moved = nq * HKV * (2 * D * 2 + fmt.slot_bytes)
                 for rot, bts, warps in args.store_configs:
+                    kern = "mse" if rot == "mse" else "generic"
                     try:
-                        t = _events_median(lambda: store_kv(kq, vq, cache, slots[-nq:], params, rotation=rot,
+                        t = _events_median(lambda: store_kv(kq, vq, cache, slots[-nq:], params,
+                                                            rotation="tc" if rot == "mse" else rot, kernel=kern,
                                                             block_tokens=bts, num_warps=warps), 10)
                     except Exception as e:  # a tile that does not fit the SM: recorded, not fatal
                         emit({"kind": "store_error", "impl": f"store-{rot}-bt{bts}-w{warps}", "error": repr(e)[:300]})
@@ -263,12 +265,13 @@ def plot(paths, png: str) -> None:
 
 
 def parse_store_configs(text: str) -> list[tuple[str, int, int]]:
-    """"tc:32:4,fma:16:4" -> [("tc", 32, 4), ("fma", 16, 4)] (rotation:block_tokens:num_warps)."""
+    """"tc:32:4,fma:16:4,mse:64:4" -> [("tc", 32, 4), ("fma", 16, 4), ("mse", 64, 4)]
+    (rotation:block_tokens:num_warps of the generic kernel, or mse:block_rows:num_warps of store_mse.py)."""
     out = []
     for part in text.split(","):
         bits = part.split(":")
-        if len(bits) != 3 or bits[0] not in ("tc", "fma") or not bits[1].isdigit() or not bits[2].isdigit():
-            raise ValueError(f"store configs: {part!r} is not ROTATION:BLOCK_TOKENS:WARPS with ROTATION in tc, fma")
+        if len(bits) != 3 or bits[0] not in ("tc", "fma", "mse") or not bits[1].isdigit() or not bits[2].isdigit():
+            raise ValueError(f"store configs: {part!r} is not KIND:BLOCK:WARPS with KIND in tc, fma, mse")
         out.append((bits[0], int(bits[1]), int(bits[2])))
     return out
 
@@ -281,7 +284,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tiles", type=lambda s: s.split(",") if s else [], default=["tq3"],
                     help="presets also timed on the packed-tile kernel")
     ap.add_argument("--store-configs", type=parse_store_configs,
-                    default=parse_store_configs("fma:16:4,tc:16:4,tc:32:4,tc:32:8,tc:64:8"))
+                    default=parse_store_configs("tc:32:8,mse:64:4,mse:128:8,mse:128:4,mse:32:4"))
     ap.add_argument("--stages", action="store_true", help="also time the dense path's launches one by one")
     ap.add_argument("--report", help="comma-separated JSONL files: print the markdown table")
     ap.add_argument("--plot", help="with --report: write this PNG")

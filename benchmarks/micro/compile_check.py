@@ -106,7 +106,7 @@ def compile_calls(arch: int, only: tuple[str, ...] = ()):
         regs = re.search(r"REG:(\d+)", info)
         stack = re.search(r"STACK:(\d+)", info)
         spill = re.findall(r"LOCAL:(\d+)", info)
-        rows.append((fn.__name__, const.get("BT", ""), opts, int(regs[1]) if regs else -1,
+        rows.append((fn.__name__, const.get("BT", const.get("BR", "")), opts, int(regs[1]) if regs else -1,
                      sum(int(x) for x in spill), int(stack[1]) if stack else -1, k.metadata.shared,
                      len(re.findall(r"/\*[0-9a-f]{4,}\*/", sass)), _loop_length(sass), dt))
     return rows

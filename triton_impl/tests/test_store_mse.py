@@ -1,0 +1,116 @@
+"""store_mse.py (the store of the one-instance mse presets, rotation on tensor cores) against the
+reference under SPEC §10's contract, and the generic store kernel beside it on the same inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from turboquant import format as tqf
+from turboquant.conformance.compare import compare_slots
+from turboquant.triton_impl import KernelParams, store_kv
+from turboquant.triton_impl.store_mse import store_mse, store_mse_applies
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+MSE_PRESETS = ("tq3", "k4v3", "tq4", "tq3_hadamard", "tq2")
+
+
+def _inputs(n: int, h: int, d: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(n, h, d, generator=g) * 2.0
+    v = torch.randn(n, h, d, generator=g)
+    k[1, 0] = 0.0  # zero vector
+    k[2, 1, 5] = float("nan")  # non-finite key token
+    v[3, 0, 7] = float("inf")  # non-finite value token
+    v[4, 1] = 0.0
+    big = 3e38 if dtype != torch.float16 else 6e4
+    k[5, 0] = torch.randn(d, generator=g).sign() * big / 16  # norm near the top of the dtype's range
+    k[6, 1] = torch.randn(d, generator=g) * 1e-30 if dtype != torch.float16 else torch.randn(d, generator=g) * 1e-4
+    if dtype == torch.float32:
+        v[7, 0] = 3e38  # norm overflows float32: non-finite token (SPEC §4.1)
+    return k.to(dtype), v.to(dtype)
+
+
+def _token_slots(cache, slots):
+    """[tokens, heads, slot_bytes] of the written tokens (cache [blocks, heads, block_size, bytes])."""
+    nb, h, bs, sb = cache.shape
+    return cache.permute(0, 2, 1, 3).reshape(nb * bs, h, sb)[slots[slots >= 0].to(cache.device)].cpu().numpy()
+
+
+def _check(cache, slots, k, v, fmt):
+    keep = slots >= 0
+    rep = compare_slots(_token_slots(cache, slots), k[keep].float().numpy(), v[keep].float().numpy(), fmt)
+    assert rep.ok, rep
+
+
+def _slots(n, nb, bs, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randperm(nb * bs, generator=g)[:n].to(torch.int64)
+    s[0] = -1  # padding (vLLM's padded slot mapping): nothing written
+    return s
+
+
+@pytest.mark.parametrize("preset", MSE_PRESETS)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_store_mse_meets_the_contract(preset, d, dtype):
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), d)
+    p = KernelParams.build(fmt, DEV)
+    assert store_mse_applies(p)
+    n, h, nb, bs = 37, 3, 4, 16
+    k, v = _inputs(n, h, d, dtype)
+    slots = _slots(n, nb, bs)
+    cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
+    store_kv(k.to(DEV), v.to(DEV), cache, slots.to(DEV), p, kernel="mse")
+    # untouched: every slot the mapping does not name
+    written = torch.zeros(nb * bs, dtype=torch.bool)
+    written[slots[slots >= 0]] = True
+    flat = cache.permute(0, 2, 1, 3).reshape(nb * bs, h, -1).cpu()
+    assert bool((flat[~written] == 0xAB).all())
+    _check(cache, slots, k, v, fmt)
+
+
+@pytest.mark.parametrize("preset", ["tq3", "k4v3"])
+def test_store_mse_equals_generic_kernel_within_contract(preset):
+    """Both kernels on the same strided K/V (views of a fused qkv tensor, as vLLM passes them)."""
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), 128)
+    p = KernelParams.build(fmt, DEV)
+    n, h, nb, bs = 50, 2, 4, 32
+    qkv = torch.randn(n, 4 + 2 * h, 128, dtype=torch.bfloat16)
+    k, v = qkv[:, 4:4 + h], qkv[:, 4 + h:]
+    slots = _slots(n, nb, bs, seed=3)
+    a = torch.zeros(fmt.cache_shape(nb, bs, h), dtype=torch.uint8, device=DEV)
+    b = a.clone()
+    store_kv(k.to(DEV), v.to(DEV), a, slots.to(DEV), p, kernel="mse", block_tokens=32)
+    store_kv(k.to(DEV), v.to(DEV), b, slots.to(DEV), p, kernel="generic", rotation="fma")
+    fm = fmt.field_map
+    codes = [(f.offset, f.offset + f.nbytes) for name, f in fm.items() if "codes" in name]
+    ga, gb = _token_slots(a, slots), _token_slots(b, slots)
+    differing = sum(int(np.count_nonzero(ga[..., s:e] != gb[..., s:e])) for s, e in codes)
+    assert differing <= 2, differing  # only codes within CODE_MARGIN of a boundary may differ
+    _check(a, slots, k, v, fmt)
+
+
+@pytest.mark.parametrize("preset,d", [("tq3_qjl", 128), ("k4g4", 128), ("tq2.5", 128), ("tq3", 96),
+                                      ("tq3", 256)])
+def test_store_mse_refuses_other_formats(preset, d):
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), d)
+    p = KernelParams.build(fmt, DEV)
+    assert not store_mse_applies(p)
+    x = torch.zeros(2, 1, d, dtype=torch.bfloat16, device=DEV)
+    cache = torch.zeros(fmt.cache_shape(1, 16, 1), dtype=torch.uint8, device=DEV)
+    with pytest.raises(ValueError, match="store_mse does not cover"):
+        store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse")
+    store_kv(x, x, cache, torch.arange(2, device=DEV), p)  # "auto" takes the generic kernel
+
+
+def test_store_mse_argument_errors_name_the_parameter():
+    fmt = tqf.LayerFormat(tqf.get_preset("tq3"), 128)
+    p = KernelParams.build(fmt, DEV)
+    x = torch.zeros(2, 1, 128, dtype=torch.bfloat16, device=DEV)
+    cache = torch.zeros(fmt.cache_shape(1, 16, 1), dtype=torch.uint8, device=DEV)
+    with pytest.raises(ValueError, match="block_rows must be a power of two"):
+        store_mse(x, x, cache, torch.arange(2, device=DEV), p, block_rows=48)
+    with pytest.raises(ValueError, match="kernel"):
+        store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="fast")
