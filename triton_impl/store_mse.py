@@ -187,13 +187,14 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
     tiles = triton.cdiv(rows, br)
     grid = (max(1, min(tiles, sm_count(key.device) * PROGRAMS_PER_SM)),)
     y = debug_rotated if debug_rotated is not None else torch.empty(1, device=key.device, dtype=torch.float32)
+    vy = rows * (m["K0_MP"] + m["K1_MP"])  # rotated_debug's layout: key instances, then value instances
     for x, rot, bnd, pfx, yoff in ((key, params.k_rot_split, params.k_bnd, "K0", 0),
-                                   (value, params.v_rot_split, params.v_bnd, "V0", rows * (m["K0_MP"] + m["K1_MP"]))):
+                                   (value, params.v_rot_split, params.v_bnd, "V0", vy)):
         _store_mse_kernel[grid](
             x, cache, slot_mapping, rot, bnd, y[yoff:] if debug_rotated is not None else y,
             x.stride(0), x.stride(1), cache.stride(0), cache.stride(1), cache.stride(2),
             rows,
-            H=h, BLOCK_SIZE=cache.shape[2], D=d, BITS=m[f"{pfx}_BITS"], SYMMETRIC=m["CB_SYMMETRIC"], NORM=m[f"{pfx}_NORM"], CODES=m[f"{pfx}_CODES"],
-            BR=br, XSPLIT=XSPLIT[x.dtype], DEBUG_Y=debug_rotated is not None, F32_PARTS=INTERPRET,
+            H=h, BLOCK_SIZE=cache.shape[2], D=d, BITS=m[f"{pfx}_BITS"], SYMMETRIC=m["CB_SYMMETRIC"],
+            NORM=m[f"{pfx}_NORM"], CODES=m[f"{pfx}_CODES"], BR=br, XSPLIT=XSPLIT[x.dtype], DEBUG_Y=debug_rotated is not None, F32_PARTS=INTERPRET,
             num_warps=num_warps or STORE_MSE_WARPS,
         )
