@@ -97,7 +97,8 @@ def _store_mse_kernel(
     x_ptr, cache_ptr, slot_ptr, rot_ptr, bnd_ptr, y_ptr,
     stride_xt, stride_xh, stride_cb, stride_ch, stride_cs,
     num_rows,
-    H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr,
+    H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
+    NORM: tl.constexpr, CODES: tl.constexpr,
     BR: tl.constexpr, XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -195,6 +196,7 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
             x.stride(0), x.stride(1), cache.stride(0), cache.stride(1), cache.stride(2),
             rows,
             H=h, BLOCK_SIZE=cache.shape[2], D=d, BITS=m[f"{pfx}_BITS"], SYMMETRIC=m["CB_SYMMETRIC"],
-            NORM=m[f"{pfx}_NORM"], CODES=m[f"{pfx}_CODES"], BR=br, XSPLIT=XSPLIT[x.dtype], DEBUG_Y=debug_rotated is not None, F32_PARTS=INTERPRET,
+            NORM=m[f"{pfx}_NORM"], CODES=m[f"{pfx}_CODES"], BR=br, XSPLIT=XSPLIT[x.dtype],
+            DEBUG_Y=debug_rotated is not None, F32_PARTS=INTERPRET,
             num_warps=num_warps or STORE_MSE_WARPS,
         )
