@@ -79,7 +79,7 @@ def run(args) -> None:
     from turboquant.triton_impl import AttnConfig, KernelParams, attention, plan_attention, store_kv
     from turboquant.triton_impl.prefill import _flash_varlen
 
-    bench_decode = __import__("bench_decode")  # same folder: copy bandwidth, random data, filled caches
+    from . import bench_decode  # copy bandwidth, random data, filled caches
     gen = torch.Generator(device="cuda").manual_seed(0)
     out = open(args.out, "a") if args.out else None
 
