@@ -15,7 +15,8 @@ def test_shapes_and_store_configs_are_checked(bench_script):
     with pytest.raises(ValueError, match="needs 0 < query rows <= cached tokens"):
         bench.parse_shapes("512x1024")
     assert bench.parse_store_configs("tc:32:8") == [("tc", 32, 8)]
-    with pytest.raises(ValueError, match="ROTATION in tc, fma"):
+    assert bench.parse_store_configs("mse:32:4,tc:16:8") == [("mse", 32, 4), ("tc", 16, 8)]
+    with pytest.raises(ValueError, match="'bf16:32:8' is not KIND:BLOCK:WARPS with KIND in tc, fma, mse"):
         bench.parse_store_configs("bf16:32:8")
 
 

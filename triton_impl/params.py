@@ -42,7 +42,7 @@ CENT_SLOTS = tl.constexpr(16)  # 2^4 centroids at most (SUPPORTED_BITS <= 4)
 PAIR_SLOTS = 256  # (2^4)^2 entries of a pair table at most
 POLY_SLOTS = tl.constexpr(8)  # attn_core.centroid_values LOOKUP=2: two cubics in the magnitude index
 KC = tl.constexpr(16)  # K chunk of the kernels' fp32 FMA dots (tl.dot keeps whole K slices in registers)
-STORE_MSE_HEAD_SIZES = (64, 128)  # store_mse.py: Pi^T's three bf16 parts in shared memory
+STORE_MSE_HEAD_SIZES = (64, 128)  # store_mse.py: Pi^T's two fp16 parts in shared memory
 POLY_RTOL = 1e-6  # the polynomials must give every centroid to this relative error (float32 Horner)
 
 
@@ -261,14 +261,12 @@ KERNEL_CONSTEXPRS = {
 
 
 def rotation_split(rotation: np.ndarray) -> torch.Tensor:
-    """bf16 [3, m, m]: Pi^T as three bf16 parts P0 + P1 + P2 (each the bf16 rounding of what the
-    previous parts leave), equal to float32 Pi^T within about 2^-24 of each entry (store_mse.py)."""
-    rest = torch.from_numpy(np.ascontiguousarray(np.asarray(rotation, np.float32).T))
-    parts = []
-    for _ in range(3):
-        parts.append(rest.to(torch.bfloat16))
-        rest = rest - parts[-1].to(torch.float32)
-    return torch.stack(parts).contiguous()
+    """fp16 [2, m, m]: Pi^T as P0 = fp16(Pi^T) and P1 = fp16(Pi^T - P0) (store_mse.py): P0 + P1 equals
+    float32 Pi^T within 2^-25 absolute per entry (P1's entries are mostly fp16 subnormals)."""
+    pit = torch.from_numpy(np.ascontiguousarray(np.asarray(rotation, np.float32).T))
+    p0 = pit.to(torch.float16)
+    p1 = (pit - p0.to(torch.float32)).to(torch.float16)
+    return torch.stack([p0, p1]).contiguous()
 
 
 def pair_table(centroids: np.ndarray) -> np.ndarray:

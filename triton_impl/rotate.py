@@ -13,6 +13,7 @@ from .attn_core import round_bf16
 from .params import KernelParams, next_pow2
 
 ROTATE_BR = 64  # rows per _rotate_kernel program (H200, 2026-12-03: 64 rows, 3xTF32 took 254 us for 8k x 32 rows)
+ROTATE_BR_WIDE = 32  # rows per program where an instance is wider than 128 (shared memory)
 
 
 @triton.jit
@@ -25,29 +26,41 @@ def _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, SEG: tl.constexpr, MPMAX
     two bf16 MMAs into fp32 (Pi to ~2^-17); else tl.dot's input_precision."""
     j = tl.arange(0, MP)
     jm = j < M
-    if IDCH:
-        ch = j
-    else:
-        ch = tl.load(chan_ptr + j)
     if INVERSE:
         x = tl.load(xrow[:, None] + SEG + j[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
-        a = tl.load(rot_ptr + j[:, None] * MPMAX + j[None, :])  # Pi[c, j]
     else:
+        if IDCH:
+            ch = j
+        else:
+            ch = tl.load(chan_ptr + j)
         x = tl.load(xrow[:, None] + ch[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
-        a = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])  # Pi^T[c, j] = Pi[j, c]
-    if PREC == "bf16x2":  # x is bf16-exact: x a_hi + x a_lo on bf16 tensor cores, fp32 accumulation
-        a_hi = a.to(tl.bfloat16)
-        a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
+    if PREC == "bf16x2":
         xb = x.to(tl.bfloat16)
-        y = tl.dot(xb, a_lo, tl.dot(xb, a_hi))
-    else:
-        y = tl.dot(x, a, input_precision=PREC)
-    if OUT_BF16:
-        y = round_bf16(y)
-    if INVERSE:
-        tl.store(yrow[:, None] + ch[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None] & jm[None, :])
-    else:  # columns M..MP are exactly 0 (Pi is zero padded)
-        tl.store(yrow[:, None] + SEG + j[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None])
+    # output columns in chunks of NCH (instances wider than 128: the operands must fit shared memory)
+    NCH: tl.constexpr = MP if MP <= 128 else 32
+    for n0 in tl.static_range(0, MP, NCH):
+        jn = n0 + tl.arange(0, NCH)
+        if INVERSE:
+            a = tl.load(rot_ptr + j[:, None] * MPMAX + jn[None, :])  # Pi[c, jn]
+        else:
+            a = tl.load(rot_ptr + jn[None, :] * MPMAX + j[:, None])  # Pi^T[c, jn] = Pi[jn, c]
+        if PREC == "bf16x2":  # x is bf16-exact: x a_hi + x a_lo on bf16 tensor cores, fp32 accumulation
+            a_hi = a.to(tl.bfloat16)
+            a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
+            y = tl.dot(xb, a_lo, tl.dot(xb, a_hi))
+        else:
+            y = tl.dot(x, a, input_precision=PREC)
+        if OUT_BF16:
+            y = round_bf16(y)
+        if INVERSE:
+            if IDCH:
+                chn = jn
+            else:
+                chn = tl.load(chan_ptr + jn)
+            tl.store(yrow[:, None] + chn[None, :], y.to(yrow.dtype.element_ty),
+                     mask=rm[:, None] & (jn < M)[None, :])
+        else:  # columns M..MP are exactly 0 (Pi is zero padded)
+            tl.store(yrow[:, None] + SEG + jn[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None])
 
 
 @triton.jit
@@ -105,10 +118,11 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
     rot, chan = (params.v_rot, params.v_chan) if inverse else (params.k_rot, params.k_chan)
     used = key_width(params)
     tail = _tail(used, y.shape[2]) if not inverse else {"TAIL0": 0, "TAIL": 0, "TAILP": 1}
-    grid = (triton.cdiv(n, ROTATE_BR),)
+    br = ROTATE_BR if params.meta["K_MPMAX" if not inverse else "V_MPMAX"] <= 128 else ROTATE_BR_WIDE
+    grid = (triton.cdiv(n, br),)
     _rotate_kernel[grid](
         x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1), n, heads, rot, chan,
-        BR=ROTATE_BR, **params.rotation_constexprs("value" if inverse else "key"), **tail,
+        BR=br, **params.rotation_constexprs("value" if inverse else "key"), **tail,
         INVERSE=inverse, PREC=_precision(x), OUT_BF16=y.dtype == torch.bfloat16, num_warps=4,
     )
     return y

@@ -14,14 +14,15 @@ for every row r = token * H + head of x [num_tokens, H, D] whose slot_mapping[to
 x's bits, no partial sum can overflow, and no coordinate needs a division.  Rounding differs from
 the reference's (M sqrt(sum (x/M)^2), then u = x/(M n)) by a few float32 ulps: inside NORM_RTOL and
 CODE_MARGIN (SPEC §10).  The product runs
-on tensor cores: x 2^-e is split into XSPLIT bf16 parts (1 for bf16 input, which it represents
-exactly; 2 for fp16; 3 for float32) and Pi^T into three bf16 parts (params.rot_split: Pi^T =
-P0 + P1 + P2 to float32 precision); the products whose parts' orders add up to at most 2 are
-accumulated in float32, smallest first.  Error ~1e-7 of |y| (float32 accumulation), far inside
-SPEC §10's CODE_MARGIN (SPEC §4 allows any such method).
+on tensor cores in fp16 with float32 accumulation: Pi^T = P0 + P1, two fp16 parts (params.rot_split;
+P1 is the fp16 rounding of Pi^T - P0, so Pi^T is represented to 2^-25 absolute, P1 mostly
+subnormal), and x 2^-e in XSPLIT fp16 parts (1 for bf16 / fp16 input, 2 for float32): the products
+x0 P0 + x0 P1 (+ x1 P0).  An fp16 part of x 2^-e (elements below 2) is exact above 2^-14 and within
+2^-25 below, so |y - y_exact| <= sqrt(D) 2^-24 / n ~ 7e-7 at D = 128 (n >= 1), and typically
+~1e-8: far inside SPEC §10's CODE_MARGIN (3e-5; SPEC §4 allows any such method).
 
-Layouts: x rows [BR, D] (D = 64 or 128, the instance is the whole head); Pi^T parts [3, D, D] bf16
-loaded once per program; codes packed 8 at a time into BITS bytes, then into words.
+Layouts: x rows [BR, D] (D = 64 or 128, the instance is the whole head); Pi^T parts [2, D, D] fp16
+loaded once per program (shared memory); codes packed 8 at a time into BITS bytes, then into words.
 Grid: (programs,), persistent: program p takes row tiles p, p + programs, ... of BR rows.
 """
 
@@ -39,14 +40,14 @@ from .launch import sm_count
 from .params import KernelParams
 
 NORM_NAN_BITS = tl.constexpr(tqf.NORM_NAN_BITS - (1 << 32) if tqf.NORM_NAN_BITS >= (1 << 31) else tqf.NORM_NAN_BITS)
-# The CPU interpreter's tl.dot multiplies bf16 operands as raw bits: there the parts go in as float32
-# (bf16 x bf16 products are exact in float32 either way).
+# The CPU interpreter's tl.dot on 16-bit floats is not trustworthy (bf16 as raw bits): there the
+# parts go in as float32 (fp16 x fp16 products are exact in float32 either way).
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 STORE_MSE_BR = 64  # rows (token, head) per tile
 STORE_MSE_WARPS = 4
-PROGRAMS_PER_SM = 4
-# bf16 parts that represent an input element exactly (after the exact power-of-two scaling)
-XSPLIT = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
+PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once
+# fp16 parts of an input element x 2^-e (see above)
+XSPLIT = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 2}
 
 
 def store_mse_applies(params: KernelParams) -> bool:
@@ -56,14 +57,11 @@ def store_mse_applies(params: KernelParams) -> bool:
 
 
 @triton.jit
-def _split_bf16(x, PART: tl.constexpr):
-    """Part PART (0, 1, 2) of x's split into bf16 parts, x = sum of the parts (float32 x)."""
-    p = x.to(tl.bfloat16)
+def _split_fp16(x, PART: tl.constexpr):
+    """Part PART (0 or 1) of float32 x as fp16 parts: x0 = fp16(x), x1 = fp16(x - x0)."""
+    p = x.to(tl.float16)
     if PART > 0:
-        r = x - p.to(tl.float32)
-        p = r.to(tl.bfloat16)
-        if PART > 1:
-            p = (r - p.to(tl.float32)).to(tl.bfloat16)
+        p = (x - p.to(tl.float32)).to(tl.float16)
     return p
 
 
@@ -104,13 +102,12 @@ def _store_mse_kernel(
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     j = tl.arange(0, D)
-    # Pi^T = P0 + P1 + P2 (bf16 parts, [3, D, D], row c = input coordinate, column = output)
+    # Pi^T = P0 + P1 (fp16 parts, [2, D, D], row c = input coordinate, column = output)
     pt = rot_ptr + j[:, None] * D + j[None, :]
     p0 = tl.load(pt)
     p1 = tl.load(pt + D * D)
-    p2 = tl.load(pt + 2 * D * D)
     if F32_PARTS:
-        p0, p1, p2 = p0.to(tl.float32), p1.to(tl.float32), p2.to(tl.float32)
+        p0, p1 = p0.to(tl.float32), p1.to(tl.float32)
     num_tiles = tl.cdiv(num_rows, BR)
     for tile in range(pid, num_tiles, nprog):
         r = tile * BR + tl.arange(0, BR)
@@ -131,17 +128,17 @@ def _store_mse_kernel(
         n = tl.sqrt_rn(tl.sum(xs * xs, axis=1))  # ||x 2^-e||, in [1, 2 sqrt(D)) unless x = 0
         norm = n * (eb << 23).to(tl.float32, bitcast=True)  # exact unless it overflows
         bad = ~fin | ~(norm < float("inf"))
-        # y' = xs Pi^T on tensor cores, products of orders 2, 1, 0 (smallest first); y = y' / n
-        acc = tl.zeros((BR, D), tl.float32)
-        for a in tl.static_range(XSPLIT):
-            xa = _split_bf16(xs, a)
+        # y' = xs Pi^T on tensor cores: x0 P1 (+ x1 P0) + x0 P0, small terms first; y = y' / n
+        x0 = _split_fp16(xs, 0)
+        if F32_PARTS:
+            x0 = x0.to(tl.float32)
+        acc = tl.dot(x0, p1, tl.zeros((BR, D), tl.float32))
+        if XSPLIT > 1:
+            x1 = _split_fp16(xs, 1)
             if F32_PARTS:
-                xa = xa.to(tl.float32)
-            if a == 0:
-                acc = tl.dot(xa, p2, acc)
-            if a <= 1:
-                acc = tl.dot(xa, p1, acc)
-            acc = tl.dot(xa, p0, acc)
+                x1 = x1.to(tl.float32)
+            acc = tl.dot(x1, p0, acc)
+        acc = tl.dot(x0, p0, acc)
         den = tl.where(n > 0, n, 1.0)  # x = 0: y = 0
         if DEBUG_Y:
             y = tl.where(bad[:, None], 0.0, tl.math.div_rn(acc, den[:, None]))
