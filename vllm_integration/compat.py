@@ -10,18 +10,25 @@ feature detection, never by comparing version strings:
   ``state_content_bytes = LayerFormat.slot_bytes`` and ``dtype = uint8``, so
   ``page_size_bytes = block_size * num_kv_heads * slot_bytes`` and the block
   manager sizes the pool by it.  0.26 has no such hook: the Attention layer
-  builds a bf16 ``FullAttentionSpec`` itself.  There, and only when the hook
-  is missing, :func:`install_spec_hook` wraps ``Attention.get_kv_cache_spec``
-  so that it passes the spec through ``backend.customize_spec`` when the
-  layer's backend defines one (none of vLLM 0.26's own backends does), i.e. it
-  back-ports the 0.32 hook; ``customize_spec`` then returns vLLM 0.26's
-  ``TQFullAttentionSpec`` (page = block_size * num_kv_heads * tq_slot_size)
-  with ``tq_slot_size = slot_bytes``.  The wrapper also stops a hybrid model
+  builds a bf16 ``FullAttentionSpec`` itself; there ``customize_spec`` returns
+  vLLM 0.26's ``TQFullAttentionSpec`` (page = block_size * num_kv_heads *
+  tq_slot_size) with ``tq_slot_size = slot_bytes``.  The slot size depends on
+  the engine's options, and 0.32 calls ``customize_spec(spec)`` with the spec
+  alone and no current config (v1/worker/utils.py:481 from
+  v1/worker/gpu_worker.py:838).  So on every version
+  :func:`install_spec_hook` wraps ``Attention.get_kv_cache_spec(self,
+  vllm_config)``, which the runners call just before and which receives the
+  config: for a layer of our backend it returns
+  ``customize_spec(spec, vllm_config)``, i.e. the packed spec (on 0.26 it
+  back-ports the 0.32 hook; on 0.32 the runner's own call finds the spec packed
+  and returns it as it is).  On 0.26 the wrapper also stops a hybrid model
   whose packed page 0.26 could not share with its Mamba pages
   (:func:`hybrid_page_conflict`).  This is the one patch of vLLM internals
-  (tested with 0.26.0); the alternative extension point, a ``worker_cls``
-  subclass, would have to replace the model runner as well because 0.26's
-  profiling path calls ``model_runner.get_kv_cache_spec()`` directly.
+  (tested with 0.26.0 and 0.32.0); layers of other backends pass through it
+  unchanged.  The alternative extension point, a ``worker_cls`` subclass,
+  would have to replace the model runner as well because 0.26's profiling
+  path calls ``model_runner.get_kv_cache_spec()`` directly, and would not
+  exist on CUDA, where no platform of ours runs.
 * KV-cache tensor shape.  0.26 asks the backend (``get_kv_cache_shape``,
   abstract there); 0.32 derives it from the spec and a model-wide layout that
   backends constrain with ``supported_kv_cache_layouts``.  We give both, so

@@ -101,7 +101,8 @@ def _validate(**kw) -> list[str]:
     # every model dtype vLLM offers (float16, bfloat16, float32) is supported; anything else is named
     (dict(dtype="float64"), ["dtype not supported", "dtype=float64", "dtype in ['float16', 'bfloat16', 'float32']"]),
     (dict(head_size=48), ["head_size not supported", "head_size=48", "head_size in [64, 80, 96, 112, 128, 192, 256]"]),
-    (dict(kv_cache_dtype="fp8"), ["kv_cache_dtype not supported", "kv_cache_dtype='fp8'", "kv_cache_dtype in ['auto']"]),
+    (dict(kv_cache_dtype="fp8"),
+     ["kv_cache_dtype not supported", "kv_cache_dtype='fp8'", "kv_cache_dtype in ['auto']"]),
 ])
 def test_validate_configuration_names_option(kw, needles):
     """vLLM's reason as it words it, once, in one message with the layer's values and what is supported."""
