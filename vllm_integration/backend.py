@@ -295,9 +295,9 @@ class TurboQuantAttentionBackend(AttentionBackend):
     @classmethod
     def supports_combination(cls, head_size, dtype, kv_cache_dtype, block_size, use_mla, has_sink, use_sparse,
                              use_mm_prefix, device_capability) -> str | None:
-        """The layer's preset at this head size (the one check vLLM has no dedicated hook for).  The preset
-        comes from the current config; without one (vLLM always has one when it selects a backend) the
-        Impl, built with the config, makes the same check."""
+        """vLLM's hook for what no single-argument hook covers: the layer's preset at this head size (e.g.
+        hadamard presets need a power of two).  The preset comes from the current config; without one
+        (vLLM always has one when it selects a backend) the Impl, built with the config, checks it."""
         cfg = _current_config()
         if cfg is None or not cls.supports_head_size(head_size):  # vLLM reports the head size itself
             return None
