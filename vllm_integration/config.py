@@ -264,21 +264,26 @@ def parse_layer_index(layer_name: str) -> int:
     return ints[0]
 
 
+def preset_problem(preset: str | None, head_size: int) -> str | None:
+    """Why ``preset`` cannot store a layer of ``head_size`` (None: it can, or no TurboQuant preset)."""
+    if preset is None or preset == tqf.NATIVE:
+        return None
+    try:
+        tqf.LayerFormat(tqf.get_preset(preset), head_size)
+    except ValueError as e:
+        return f"preset={preset!r} with head_size={head_size}: {e}"
+    return None
+
+
 def unsupported_reasons(*, head_size: int | None = None, dtype_name: str | None = None,
                         supported_dtype_names: tuple[str, ...] = (), kv_cache_dtype: str | None = None,
-                        use_mla: bool = False, has_sliding_window: bool = False, attn_type: str = "decoder",
-                        has_sink: bool = False, use_sparse: bool = False, alibi: bool = False,
-                        logits_soft_cap: float | None = None, use_mm_prefix: bool = False,
-                        use_non_causal: bool = False, preset: str | None = None) -> list[str]:
-    """Human-readable reasons why a layer configuration is unsupported (empty: supported).
-
-    Each reason names the option, the value and what is supported."""
+                        has_sliding_window: bool = False, attn_type: str = "decoder", has_sink: bool = False,
+                        alibi: bool = False, logits_soft_cap: float | None = None,
+                        preset: str | None = None) -> list[str]:
+    """Human-readable reasons why the arguments vLLM builds an attention Impl with are unsupported (empty:
+    supported).  Each reason names the option, the value and what is supported.  (The backend's
+    ``validate_configuration`` reports vLLM's own reasons instead, through its ``supports_*`` hooks.)"""
     r = []
-    if use_mla:
-        r.append("use_mla=True (multi-head latent attention) is not supported; supported: standard "
-                 "multi-head / grouped-query attention")
-    if use_sparse:
-        r.append("sparse attention is not supported; supported: dense causal attention")
     if attn_type not in ("decoder", None):
         r.append(f"attn_type={attn_type!r} (encoder / cross attention) is not supported; supported: ['decoder']")
     if has_sliding_window:
@@ -289,17 +294,10 @@ def unsupported_reasons(*, head_size: int | None = None, dtype_name: str | None 
         r.append("alibi_slopes are not supported; supported: rotary / no positional bias")
     if logits_soft_cap not in (None, 0, 0.0):
         r.append(f"logits_soft_cap={logits_soft_cap} is not supported; supported: None")
-    if use_mm_prefix:
-        r.append("bidirectional multimodal prefix attention is not supported; supported: causal attention")
-    if use_non_causal:
-        r.append("non-causal attention is not supported; supported: causal attention")
     if head_size is not None and head_size not in tqf.SUPPORTED_HEAD_SIZES:
         r.append(f"head_size={head_size} is not supported; supported: {list(tqf.SUPPORTED_HEAD_SIZES)}")
-    elif head_size is not None and preset is not None:
-        try:
-            tqf.LayerFormat(tqf.get_preset(preset), head_size)
-        except ValueError as e:
-            r.append(f"preset={preset!r} with head_size={head_size}: {e}")
+    elif head_size is not None and (problem := preset_problem(preset, head_size)):
+        r.append(problem)
     if dtype_name is not None and supported_dtype_names and dtype_name not in supported_dtype_names:
         r.append(f"dtype={dtype_name} is not supported; supported: {list(supported_dtype_names)}")
     if kv_cache_dtype not in (None, "auto"):

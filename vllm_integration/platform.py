@@ -58,6 +58,19 @@ class TurboQuantCpuPlatform(CpuPlatform):
         return super().get_attn_backend_cls(selected_backend, attn_selector_config, num_heads)
 
     @classmethod
+    def update_block_size_for_backend(cls, vllm_config) -> None:
+        """CpuPlatform's, with ``vllm_config`` current when the backend is ours: for a hybrid model vLLM
+        0.32 sizes the attention page here through ``AttentionBackend.customize_spec``
+        (platforms/interface.py ``_align_hybrid_block_size``, called by the executor after the model is
+        loaded, outside any config context), and TurboQuant's page depends on the engine's options."""
+        if not _is_ours(getattr(getattr(vllm_config, "attention_config", None), "backend", None)):
+            return super().update_block_size_for_backend(vllm_config)
+        from vllm.config import set_current_vllm_config
+
+        with set_current_vllm_config(vllm_config):
+            return super().update_block_size_for_backend(vllm_config)
+
+    @classmethod
     def check_and_update_config(cls, vllm_config) -> None:
         super().check_and_update_config(vllm_config)
         attention_config = getattr(vllm_config, "attention_config", None)

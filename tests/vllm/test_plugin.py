@@ -47,7 +47,7 @@ def test_cpu_platform_is_ours_and_neutral(monkeypatch):
     plugin.register()
     assert TurboQuantCpuPlatform.get_attn_backend_cls(AttentionBackendEnum.CUSTOM, cfg) == plugin.BACKEND_PATH
     bad = cfg._replace(head_size=48)
-    with pytest.raises(ValueError, match=r"head_size=48 is not supported; supported: \[64"):
+    with pytest.raises(ValueError, match=r"head_size not supported; this layer: head_size=48.*head_size in \[64"):
         TurboQuantCpuPlatform.get_attn_backend_cls(AttentionBackendEnum.CUSTOM, bad)
 
     assert plugin.cpu_platform_plugin() == plugin.PLATFORM_PATH
