@@ -32,7 +32,7 @@ def test_report_and_plot_from_rows(bench_script, tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     md = bench.report([str(path)])
-    assert "TestGPU" in md
+    assert "TestGPU" in md and "timing: eager calls between events" in md
     assert "| 8,192 x 2,048 | 2.00 ms | 3.00 ms (1.50x) |" in md
     assert "| rotate q (tq3) | 8,192 x 2,048 | 100 us | 0.050 |" in md
     assert "| store-tc-bt32-w8 (tq3) | 2,048 | 200 us | 2.5% | 0.100 |" in md

@@ -12,6 +12,14 @@ are equal, else a chunk over a history -- the median time of:
 * ``store-<rotation>-bt<tokens>-w<warps>``: ``store_kv`` of the query rows' K/V, with its copy
   bandwidth fraction on bytes read (bf16 K, V) + written (slots).
 
+Timing (``--timing``): ``graph`` (default) captures GRAPH_CALLS calls of each timed function in a
+CUDA graph and times its replays with events, so host-side launch overhead (Python argument checks,
+Triton's launcher) stays out and the rows are GPU time, for SDPA and ours alike; a function that
+cannot be captured is timed eagerly and its row says ``"timing": "events"``.  ``events`` times eager
+calls between two events (GPU time plus whatever host time the call leaves the GPU idle: at 2k
+tokens this dominates the store).  Inputs are not rotated among copies: the store's K/V are the
+ones the projection just wrote in serving too, so an L2-resident input is the realistic case.
+
 Rows are JSON lines in the decode benchmark's schema (``kind``, ``preset``, ``batch``,
 ``context``, ``seconds``, ``copy_fraction``) plus ``query_tokens`` and ``impl``; ``--report``
 turns them into a markdown table and ``--plot`` into a PNG.
@@ -66,6 +74,47 @@ def _events_median(fn, reps: int, warmup: int = 2) -> float:
     return float(np.median(ts))
 
 
+GRAPH_CALLS = 5  # calls of the timed function per captured graph
+
+
+def _graph_median(fn, reps: int, warmup: int = 2) -> float:
+    """Median GPU time of one call of fn, from replays of a CUDA graph holding GRAPH_CALLS calls."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compilation, autotuning, allocations) off the capture
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(GRAPH_CALLS):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    t = _events_median(g.replay, reps, warmup=1) / GRAPH_CALLS
+    del g
+    return t
+
+
+def _timer(mode: str):
+    """time(fn, reps) -> (seconds, timing) with timing 'graph' or 'events' (capture failed / asked)."""
+
+    def time_it(fn, reps: int) -> tuple[float, str]:
+        if mode == "graph":
+            try:
+                return _graph_median(fn, reps), "graph"
+            except Exception as e:  # not capturable: eager timing, said in the row
+                print(f"# graph capture failed ({type(e).__name__}: {str(e)[:120]}): timing eagerly", flush=True)
+                import torch
+                torch.cuda.synchronize()
+        return _events_median(fn, reps), "events"
+
+    return time_it
+
+
 def _reps(seconds_guess: float) -> int:
     return int(min(20, max(3, 0.5 / max(seconds_guess, 1e-6))))
 
@@ -81,6 +130,7 @@ def run(args) -> None:
 
     from . import bench_decode  # copy bandwidth, random data, filled caches
     gen = torch.Generator(device="cuda").manual_seed(0)
+    time_it = _timer(args.timing)
     out = open(args.out, "a") if args.out else None
 
     def emit(row):
@@ -94,7 +144,7 @@ def run(args) -> None:
 
     emit({"env": True, "date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0),
           "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-          "flash": _flash_varlen() is not None})
+          "flash": _flash_varlen() is not None, "timing": args.timing})
     copy_bw = bench_decode.copy_bandwidth()
     emit({"copy_bandwidth_gbps": copy_bw / 1e9})
     fa = _flash_varlen()
@@ -110,15 +160,16 @@ def run(args) -> None:
                 return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
             return F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
 
-        t_sdpa = _events_median(sdpa, _reps(ctx * nq / 2e11))
-        emit({**base, "impl": "sdpa-bf16", "preset": "bf16", "seconds": t_sdpa, "copy_fraction": None})
+        t_sdpa, how = time_it(sdpa, _reps(ctx * nq / 2e11))
+        emit({**base, "impl": "sdpa-bf16", "preset": "bf16", "seconds": t_sdpa, "copy_fraction": None, "timing": how})
         if fa is not None:
             fn, ver = fa
             cq = torch.tensor([0, nq], dtype=torch.int32, device="cuda")
             ck = torch.tensor([0, ctx], dtype=torch.int32, device="cuda")
-            t = _events_median(lambda: fn(q=q, k=k, v=v, max_seqlen_q=nq, cu_seqlens_q=cq, max_seqlen_k=ctx,
-                                          cu_seqlens_k=ck, causal=True, fa_version=ver), _reps(t_sdpa))
-            emit({**base, "impl": f"flash-bf16 (FA{ver})", "preset": "bf16", "seconds": t, "copy_fraction": None})
+            t, how = time_it(lambda: fn(q=q, k=k, v=v, max_seqlen_q=nq, cu_seqlens_q=cq, max_seqlen_k=ctx,
+                                        cu_seqlens_k=ck, causal=True, fa_version=ver), _reps(t_sdpa))
+            emit({**base, "impl": f"flash-bf16 (FA{ver})", "preset": "bf16", "seconds": t, "copy_fraction": None,
+                  "timing": how})
         del ks, vs
         nb = ctx // BS + 2
         bt = torch.randperm(nb, generator=gen, device="cuda")[: ctx // BS].to(torch.int32)[None]
@@ -132,31 +183,31 @@ def run(args) -> None:
             params = KernelParams.build(fmt, "cuda")
             cache = torch.empty(fmt.cache_shape(nb, BS, HKV), dtype=torch.uint8, device="cuda")
             store_kv(k, v, cache, slots, params)
-            t = _events_median(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan), _reps(t_sdpa))
+            t, how = time_it(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan), _reps(t_sdpa))
             emit({**base, "impl": preset, "preset": preset, "seconds": t, "copy_fraction": None,
-                  "vs_sdpa": t / t_sdpa})
+                  "vs_sdpa": t / t_sdpa, "timing": how})
             if preset == args.presets[0] and args.stages:
-                emit_stages(base, q, cache, bt, sl, params, plan.prefill, D ** -0.5, t_sdpa, emit)
+                emit_stages(base, q, cache, bt, sl, params, plan.prefill, D ** -0.5, t_sdpa, emit, time_it)
             if preset in args.tiles:
                 cfg = dataclasses.replace(AttnConfig(), dense_prefill=False)
-                t = _events_median(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan, config=cfg), 3, 1)
+                t, how = time_it(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan, config=cfg), 3)
                 emit({**base, "impl": f"{preset}-tiles", "preset": preset, "seconds": t, "copy_fraction": None,
-                      "vs_sdpa": t / t_sdpa})
+                      "vs_sdpa": t / t_sdpa, "timing": how})
             if nq >= 2048:
                 kq, vq = k[-nq:], v[-nq:]
                 moved = nq * HKV * (2 * D * 2 + fmt.slot_bytes)
                 for rot, bts, warps in args.store_configs:
                     kern = "mse" if rot == "mse" else "generic"
                     try:
-                        t = _events_median(lambda: store_kv(kq, vq, cache, slots[-nq:], params,
-                                                            rotation="tc" if rot == "mse" else rot, kernel=kern,
-                                                            block_tokens=bts, num_warps=warps), 10)
+                        t, how = time_it(lambda: store_kv(kq, vq, cache, slots[-nq:], params,
+                                                          rotation="tc" if rot == "mse" else rot, kernel=kern,
+                                                          block_tokens=bts, num_warps=warps), 10)
                     except Exception as e:  # a tile that does not fit the SM: recorded, not fatal
                         emit({"kind": "store_error", "impl": f"store-{rot}-bt{bts}-w{warps}", "error": repr(e)[:300]})
                         continue
                     emit({"kind": "store", "impl": f"store-{rot}-bt{bts}-w{warps}", "preset": preset, "batch": 1,
                           "context": ctx, "query_tokens": nq, "seconds": t, "copy_fraction": moved / t / copy_bw,
-                          "vs_sdpa": t / t_sdpa})
+                          "vs_sdpa": t / t_sdpa, "timing": how})
             del cache
         del k, v, q
         torch.cuda.empty_cache()
@@ -164,7 +215,7 @@ def run(args) -> None:
         out.close()
 
 
-def emit_stages(base, q, cache, bt, sl, params, pp, scale, t_sdpa, emit) -> None:
+def emit_stages(base, q, cache, bt, sl, params, pp, scale, t_sdpa, emit, time_it) -> None:
     """The dense path's launches timed one by one (prefill.prefill_attention's steps)."""
     import torch
 
@@ -180,9 +231,9 @@ def emit_stages(base, q, cache, bt, sl, params, pp, scale, t_sdpa, emit) -> None
              "dense attention": lambda: pf.dense_attention(qd, kd, vd, pp, scale),
              "rotate back": lambda: pf.rotate_rows(od, params, o, inverse=True)}
     for name, fn in steps.items():
-        t = _events_median(fn, _reps(t_sdpa))
+        t, how = time_it(fn, _reps(t_sdpa))
         emit({**base, "kind": "prefill_stage", "impl": name, "preset": params.fmt.preset.name, "seconds": t,
-              "copy_fraction": None, "vs_sdpa": t / t_sdpa})
+              "copy_fraction": None, "vs_sdpa": t / t_sdpa, "timing": how})
 
 
 def load_rows(paths) -> tuple[list[dict], list[dict]]:
@@ -205,7 +256,13 @@ def report(paths) -> str:
     shapes = list(dict.fromkeys((r["context"], r["query_tokens"]) for r in att))
     lines = []
     for e in envs:
-        lines.append(f"{e.get('device')}, {e.get('date')}, torch {e.get('torch')}, Triton {e.get('triton')}")
+        timing = {"graph": "GPU time from CUDA graph replays", "events": "eager calls between events"}.get(
+            e.get("timing", "events"), e.get("timing"))
+        lines.append(f"{e.get('device')}, {e.get('date')}, torch {e.get('torch')}, Triton {e.get('triton')}; "
+                     f"timing: {timing}")
+    eager = [r["impl"] for r in rows if r.get("timing") == "events" and any(e.get("timing") == "graph" for e in envs)]
+    if eager:
+        lines.append(f"(not capturable, timed eagerly: {', '.join(dict.fromkeys(eager))})")
     lines += ["", "| cached tokens x query rows | " + " | ".join(impls) + " |",
               "|---|" + "--:|" * len(impls)]
     for ctx, nq in shapes:
@@ -285,6 +342,8 @@ def main(argv=None) -> None:
                     help="presets also timed on the packed-tile kernel")
     ap.add_argument("--store-configs", type=parse_store_configs,
                     default=parse_store_configs("tc:32:8,mse:64:4,mse:128:8,mse:128:4,mse:32:4"))
+    ap.add_argument("--timing", choices=("graph", "events"), default="graph",
+                    help="graph: GPU time from CUDA graph replays; events: eager calls between events")
     ap.add_argument("--stages", action="store_true", help="also time the dense path's launches one by one")
     ap.add_argument("--report", help="comma-separated JSONL files: print the markdown table")
     ap.add_argument("--plot", help="with --report: write this PNG")
