@@ -18,6 +18,9 @@ def test_shapes_and_store_configs_are_checked(bench_script):
     assert bench.parse_store_configs("mse:32:4,tc:16:8") == [("mse", 32, 4), ("tc", 16, 8)]
     with pytest.raises(ValueError, match="'bf16:32:8' is not KIND:BLOCK:WARPS with KIND in tc, fma, mse"):
         bench.parse_store_configs("bf16:32:8")
+    assert bench.parse_rotate_configs("32:4:2,16:4:3") == [(32, 4, 2), (16, 4, 3)]
+    with pytest.raises(ValueError, match="'32:4' is not BR:WARPS:PROGRAMS_PER_SM"):
+        bench.parse_rotate_configs("32:4")
 
 
 def test_report_and_plot_from_rows(bench_script, tmp_path):

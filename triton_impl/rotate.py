@@ -14,6 +14,8 @@ from .params import KernelParams, next_pow2
 
 ROTATE_BR = 64  # rows per _rotate_kernel program (H200, 2026-12-03: 64 rows, 3xTF32 took 254 us for 8k x 32 rows)
 ROTATE_BR_WIDE = 32  # rows per program where an instance is wider than 128 (shared memory)
+ROTATE_PROGRAMS_PER_SM = 2  # _rotate_persistent_kernel: each holds its rotation's operand(s) once
+ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS = 32, 4  # Triton 3.6 sm_90: 84 KB shared, 2 programs an SM
 
 
 @triton.jit
@@ -91,6 +93,59 @@ def _rotate_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, cha
                  mask=rm[:, None] & (jt < TAIL)[None, :])
 
 
+@triton.jit
+def _rotate_persistent_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, chan_ptr,
+                              BR: tl.constexpr, MPMAX: tl.constexpr, MAT_STRIDE: tl.constexpr, NI: tl.constexpr,
+                              M0: tl.constexpr, MP0: tl.constexpr, IDCH0: tl.constexpr,
+                              M1: tl.constexpr, MP1: tl.constexpr, IDCH1: tl.constexpr,
+                              TAIL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.constexpr,
+                              INVERSE: tl.constexpr, PREC: tl.constexpr, OUT_BF16: tl.constexpr):
+    # _rotate_kernel's rows and layouts for ONE instance of width MP0 <= 128 (NI == 1; the presets
+    # whose rotation covers the whole head), persistent: the rotation's MMA operand (Pi^T or Pi,
+    # split hi/lo for "bf16x2") is loaded and split once per program, then program p rotates row
+    # tiles p, p + programs, ...  Same products, same rounding as _rotate_instance.
+    # Grid (min(tiles, ROTATE_PROGRAMS_PER_SM x SMs),).
+    j = tl.arange(0, MP0)
+    jm = j < M0
+    if INVERSE:
+        a = tl.load(rot_ptr + j[:, None] * MPMAX + j[None, :])  # Pi[c, j]
+    else:
+        a = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])  # Pi^T[c, j] = Pi[j, c]
+    if PREC == "bf16x2":
+        a_hi = a.to(tl.bfloat16)
+        a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
+    if IDCH0:
+        ch = j
+    else:
+        ch = tl.load(chan_ptr + j)
+    for tile in range(tl.program_id(0), tl.cdiv(n_rows, BR), tl.num_programs(0)):
+        rows = tile * BR + tl.arange(0, BR)
+        rm = rows < n_rows
+        t = (rows // heads).to(tl.int64)
+        hh = (rows % heads).to(tl.int64)
+        xrow = x_ptr + t * sx0 + hh * sx1
+        yrow = y_ptr + t * sy0 + hh * sy1
+        if INVERSE:
+            x = tl.load(xrow[:, None] + j[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
+        else:
+            x = tl.load(xrow[:, None] + ch[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
+        if PREC == "bf16x2":
+            xb = x.to(tl.bfloat16)
+            y = tl.dot(xb, a_lo, tl.dot(xb, a_hi))
+        else:
+            y = tl.dot(x, a, input_precision=PREC)
+        if OUT_BF16:
+            y = round_bf16(y)
+        if INVERSE:
+            tl.store(yrow[:, None] + ch[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None] & jm[None, :])
+        else:  # columns M..MP are exactly 0 (Pi is zero padded)
+            tl.store(yrow[:, None] + j[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None])
+        if TAIL > 0:
+            jt = tl.arange(0, TAILP)
+            tl.store(yrow[:, None] + TAIL0 + jt[None, :], tl.zeros((BR, TAILP), yrow.dtype.element_ty),
+                     mask=rm[:, None] & (jt < TAIL)[None, :])
+
+
 def key_width(params: KernelParams) -> int:
     m = params.meta
     return m["K0_MP"] + (m["K1_MP"] if m["K_NI"] == 2 else 0)
@@ -108,9 +163,12 @@ def _precision(x: torch.Tensor) -> str:
     return "bf16x2" if x.dtype == torch.bfloat16 else "tf32x3"
 
 
-def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inverse: bool) -> torch.Tensor:
+def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inverse: bool,
+                persistent: bool = True) -> torch.Tensor:
     """Forward: x = query [T, Hq, D] -> y = q' [T, Hq, W].  inverse: x = o' [T, Hq, W] -> y = out
-    [T, Hq, D] (value instances; not for group values, whose o' is already the output)."""
+    [T, Hq, D] (value instances; not for group values, whose o' is already the output).  A rotation
+    of one instance no wider than 128 runs on _rotate_persistent_kernel unless persistent=False
+    (the one-tile-per-program _rotate_kernel: the tests' second implementation)."""
     t, heads = x.shape[0], x.shape[1]
     n = t * heads
     if n == 0:
@@ -118,11 +176,20 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
     rot, chan = (params.v_rot, params.v_chan) if inverse else (params.k_rot, params.k_chan)
     used = key_width(params)
     tail = _tail(used, y.shape[2]) if not inverse else {"TAIL0": 0, "TAIL": 0, "TAILP": 1}
-    br = ROTATE_BR if params.meta["K_MPMAX" if not inverse else "V_MPMAX"] <= 128 else ROTATE_BR_WIDE
-    grid = (triton.cdiv(n, br),)
-    _rotate_kernel[grid](
+    consts = params.rotation_constexprs("value" if inverse else "key")
+    mpmax = consts["MPMAX"]
+    br, warps = ROTATE_BR if mpmax <= 128 else ROTATE_BR_WIDE, 4
+    if consts["NI"] == 1 and mpmax <= 128 and persistent:
+        from .launch import sm_count  # launch imports merge, which imports this module
+
+        br, warps = ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS
+        programs = min(triton.cdiv(n, br), ROTATE_PROGRAMS_PER_SM * sm_count(x.device))
+        kernel, grid = _rotate_persistent_kernel, (programs,)
+    else:
+        kernel, grid = _rotate_kernel, (triton.cdiv(n, br),)
+    kernel[grid](
         x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1), n, heads, rot, chan,
-        BR=br, **params.rotation_constexprs("value" if inverse else "key"), **tail,
-        INVERSE=inverse, PREC=_precision(x), OUT_BF16=y.dtype == torch.bfloat16, num_warps=4,
+        BR=br, **consts, **tail,
+        INVERSE=inverse, PREC=_precision(x), OUT_BF16=y.dtype == torch.bfloat16, num_warps=warps,
     )
     return y

@@ -187,7 +187,8 @@ def run(args) -> None:
             emit({**base, "impl": preset, "preset": preset, "seconds": t, "copy_fraction": None,
                   "vs_sdpa": t / t_sdpa, "timing": how})
             if preset == args.presets[0] and args.stages:
-                emit_stages(base, q, cache, bt, sl, params, plan.prefill, D ** -0.5, t_sdpa, emit, time_it)
+                emit_stages(base, q, cache, bt, sl, params, plan.prefill, D ** -0.5, t_sdpa, emit, time_it,
+                            args.rotate_configs)
             if preset in args.tiles:
                 cfg = dataclasses.replace(AttnConfig(), dense_prefill=False)
                 t, how = time_it(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan, config=cfg), 3)
@@ -215,11 +216,14 @@ def run(args) -> None:
         out.close()
 
 
-def emit_stages(base, q, cache, bt, sl, params, pp, scale, t_sdpa, emit, time_it) -> None:
-    """The dense path's launches timed one by one (prefill.prefill_attention's steps)."""
+def emit_stages(base, q, cache, bt, sl, params, pp, scale, t_sdpa, emit, time_it, rotate_configs=()) -> None:
+    """The dense path's launches timed one by one (prefill.prefill_attention's steps); then the two
+    rotations on the one-tile-per-program kernel and on the persistent kernel at each of
+    rotate_configs (rows per tile, warps, programs per SM)."""
     import torch
 
     from turboquant.triton_impl import prefill as pf
+    from turboquant.triton_impl import rotate as rot
 
     w = pf.dense_width(params)
     qd = torch.empty((q.shape[0], q.shape[1], w), dtype=q.dtype, device=q.device)
@@ -234,6 +238,22 @@ def emit_stages(base, q, cache, bt, sl, params, pp, scale, t_sdpa, emit, time_it
         t, how = time_it(fn, _reps(t_sdpa))
         emit({**base, "kind": "prefill_stage", "impl": name, "preset": params.fmt.preset.name, "seconds": t,
               "copy_fraction": None, "vs_sdpa": t / t_sdpa, "timing": how})
+    if not rotate_configs:
+        return
+    saved = rot.ROTATE_PERSISTENT_BR, rot.ROTATE_PERSISTENT_WARPS, rot.ROTATE_PROGRAMS_PER_SM
+    variants = [("per-tile", None)] + [(f"persistent-{b}:{w}:{pps}", (b, w, pps)) for b, w, pps in rotate_configs]
+    for label, cfg in variants:
+        if cfg is not None:
+            rot.ROTATE_PERSISTENT_BR, rot.ROTATE_PERSISTENT_WARPS, rot.ROTATE_PROGRAMS_PER_SM = cfg
+        for name, fn in {"rotate q": lambda: rot.rotate_rows(q, params, qd, inverse=False, persistent=cfg is not None),
+                         "rotate back": lambda: rot.rotate_rows(od, params, o, inverse=True,
+                                                                persistent=cfg is not None)}.items():
+            t, how = time_it(fn, _reps(t_sdpa))
+            moved = 2 * q.numel() * q.element_size()
+            emit({**base, "kind": "prefill_stage", "impl": f"{name} [{label}]", "preset": params.fmt.preset.name,
+                  "seconds": t, "copy_fraction": None, "vs_sdpa": t / t_sdpa, "timing": how,
+                  "gbps": moved / t / 1e9})
+    rot.ROTATE_PERSISTENT_BR, rot.ROTATE_PERSISTENT_WARPS, rot.ROTATE_PROGRAMS_PER_SM = saved
 
 
 def load_rows(paths) -> tuple[list[dict], list[dict]]:
@@ -333,6 +353,17 @@ def parse_store_configs(text: str) -> list[tuple[str, int, int]]:
     return out
 
 
+def parse_rotate_configs(text: str) -> list[tuple[int, int, int]]:
+    """"32:4:2,16:4:3" -> [(32, 4, 2), (16, 4, 3)] (rows per tile, warps, programs per SM)."""
+    out = []
+    for part in text.split(",") if text else []:
+        bits = part.split(":")
+        if len(bits) != 3 or not all(b.isdigit() and int(b) > 0 for b in bits):
+            raise ValueError(f"rotate configs: {part!r} is not BR:WARPS:PROGRAMS_PER_SM (positive integers)")
+        out.append(tuple(int(b) for b in bits))
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="append JSON rows here")
@@ -344,6 +375,8 @@ def main(argv=None) -> None:
                     default=parse_store_configs("tc:32:8,mse:64:4,mse:128:8,mse:128:4,mse:32:4"))
     ap.add_argument("--timing", choices=("graph", "events"), default="graph",
                     help="graph: GPU time from CUDA graph replays; events: eager calls between events")
+    ap.add_argument("--rotate-configs", type=parse_rotate_configs, default=[],
+                    help="with --stages: BR:WARPS:PROGRAMS_PER_SM,... of the persistent rotation kernel")
     ap.add_argument("--stages", action="store_true", help="also time the dense path's launches one by one")
     ap.add_argument("--report", help="comma-separated JSONL files: print the markdown table")
     ap.add_argument("--plot", help="with --report: write this PNG")

@@ -214,7 +214,7 @@ def _kernels():
 def test_constexpr_table_matches_the_kernels(preset):
     """Every layer constexpr a kernel declares comes from KernelParams.constexprs, and nothing else."""
     from turboquant.triton_impl.params import KERNEL_CONSTEXPRS
-    from turboquant.triton_impl.rotate import _rotate_kernel
+    from turboquant.triton_impl.rotate import _rotate_kernel, _rotate_persistent_kernel
 
     p = KernelParams.build(_fmt(preset), DEV)
     kernels = _kernels()
@@ -225,6 +225,7 @@ def test_constexpr_table_matches_the_kernels(preset):
         assert set(given) <= declared, (name, set(given) - declared)
         assert declared & set(p.meta) <= set(given), (name, declared & set(p.meta) - set(given))
     rot = _constexpr_args(_rotate_kernel)
+    assert _constexpr_args(_rotate_persistent_kernel) == rot
     for tensor in ("key", "value"):  # the rest are chosen per launch
         assert rot - set(p.rotation_constexprs(tensor)) == {"BR", "TAIL0", "TAIL", "TAILP", "INVERSE", "PREC",
                                                             "OUT_BF16"}

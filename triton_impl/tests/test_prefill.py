@@ -159,22 +159,27 @@ def test_store_rotation_methods_meet_the_store_contract(rotation):
         store_kv(_t(key), _t(value), cache, slots, p, rotation="bf16")
 
 
+@pytest.mark.parametrize("persistent", [True, False])
+@pytest.mark.parametrize("preset", ["tq2.5", "tq3", "k4v3"])
 @pytest.mark.parametrize("prec", ["bf16x2", "ieee"])
-def test_row_rotations_are_fp32_accurate(prec, monkeypatch):
+def test_row_rotations_are_fp32_accurate(prec, preset, persistent, monkeypatch):
     """q' = Pi q and its inverse at each precision the kernels use (on a GPU: whatever
-    _precision picks for fp32 outputs and for bf16)."""
+    _precision picks for fp32 outputs and for bf16), on both kernels: tq2.5 has two instances over
+    gathered channels (always _rotate_kernel), tq3 / k4v3 one instance over the whole head
+    (_rotate_persistent_kernel unless persistent=False)."""
     if DEV.type == "cpu":
         if prec == "bf16x2":
             pytest.skip("the Triton interpreter has no bf16 dot (it multiplies the raw 16-bit patterns)")
         monkeypatch.setattr(rotate_mod, "_precision", lambda x: prec)
-    fmt = tqf.LayerFormat(tqf.get_preset("tq2.5"), 128, layer=2)  # two instances, gathered channels
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), 128, layer=2)
     p = KernelParams.build(fmt, DEV)
     rng = np.random.default_rng(12)
     q = _t(round_to(rng.standard_normal((70, 4, 128)), "bfloat16")).to(torch.bfloat16)
     w = prefill_mod.dense_width(p)
-    qd = rotate_rows(q, p, torch.empty((70, 4, w), dtype=torch.float32, device=DEV), inverse=False)
-    back = rotate_rows(qd.to(torch.bfloat16), p, torch.empty((70, 4, 128), dtype=torch.float32,
-                                                                          device=DEV), inverse=True)
+    qd = rotate_rows(q, p, torch.empty((70, 4, w), dtype=torch.float32, device=DEV), inverse=False,
+                     persistent=persistent)
+    back = rotate_rows(qd.to(torch.bfloat16), p, torch.empty((70, 4, 128), dtype=torch.float32, device=DEV),
+                       inverse=True, persistent=persistent)
     from turboquant.reference.quantizer import layer_params
 
     lp = layer_params(fmt)
