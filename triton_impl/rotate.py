@@ -66,6 +66,24 @@ def _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, SEG: tl.constexpr, MPMAX
 
 
 @triton.jit
+def _row_tile(tile, BR: tl.constexpr, n_rows, heads, x_ptr, sx0, sx1, y_ptr, sy0, sy1):
+    """Row pointers [BR] of tile ``tile`` (rows r = t * heads + h of x and y) and the valid-row mask."""
+    rows = tile * BR + tl.arange(0, BR)
+    t = (rows // heads).to(tl.int64)
+    hh = (rows % heads).to(tl.int64)
+    return x_ptr + t * sx0 + hh * sx1, y_ptr + t * sy0 + hh * sy1, rows < n_rows
+
+
+@triton.jit
+def _zero_tail(yrow, rm, BR: tl.constexpr, TAIL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.constexpr):
+    """Forward rotation: y's columns [TAIL0, TAIL0 + TAIL) past the instances are zero."""
+    if TAIL > 0:
+        jt = tl.arange(0, TAILP)
+        tl.store(yrow[:, None] + TAIL0 + jt[None, :], tl.zeros((BR, TAILP), yrow.dtype.element_ty),
+                 mask=rm[:, None] & (jt < TAIL)[None, :])
+
+
+@triton.jit
 def _rotate_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, chan_ptr,
                    BR: tl.constexpr, MPMAX: tl.constexpr, MAT_STRIDE: tl.constexpr, NI: tl.constexpr,
                    M0: tl.constexpr, MP0: tl.constexpr, IDCH0: tl.constexpr,
@@ -77,20 +95,12 @@ def _rotate_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, cha
     # instance i written to columns [SEG_i, SEG_i + MP_i) (SEG_1 = MP0), columns
     # [TAIL0, TAIL0 + TAIL) zeroed.  INVERSE (o' -> out): columns read from the segments,
     # channels scattered.  Grid (cdiv(n_rows, BR),).
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    rm = rows < n_rows
-    t = (rows // heads).to(tl.int64)
-    hh = (rows % heads).to(tl.int64)
-    xrow = x_ptr + t * sx0 + hh * sx1
-    yrow = y_ptr + t * sy0 + hh * sy1
+    xrow, yrow, rm = _row_tile(tl.program_id(0), BR, n_rows, heads, x_ptr, sx0, sx1, y_ptr, sy0, sy1)
     _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, 0, MPMAX, M0, MP0, IDCH0, INVERSE, PREC, OUT_BF16)
     if NI == 2:
         _rotate_instance(xrow, yrow, rm, rot_ptr + MAT_STRIDE, chan_ptr + MPMAX, MP0, MPMAX, M1, MP1, IDCH1,
                          INVERSE, PREC, OUT_BF16)
-    if TAIL > 0:
-        jt = tl.arange(0, TAILP)
-        tl.store(yrow[:, None] + TAIL0 + jt[None, :], tl.zeros((BR, TAILP), yrow.dtype.element_ty),
-                 mask=rm[:, None] & (jt < TAIL)[None, :])
+    _zero_tail(yrow, rm, BR, TAIL0, TAIL, TAILP)
 
 
 @triton.jit
@@ -119,12 +129,7 @@ def _rotate_persistent_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, r
     else:
         ch = tl.load(chan_ptr + j)
     for tile in range(tl.program_id(0), tl.cdiv(n_rows, BR), tl.num_programs(0)):
-        rows = tile * BR + tl.arange(0, BR)
-        rm = rows < n_rows
-        t = (rows // heads).to(tl.int64)
-        hh = (rows % heads).to(tl.int64)
-        xrow = x_ptr + t * sx0 + hh * sx1
-        yrow = y_ptr + t * sy0 + hh * sy1
+        xrow, yrow, rm = _row_tile(tile, BR, n_rows, heads, x_ptr, sx0, sx1, y_ptr, sy0, sy1)
         if INVERSE:
             x = tl.load(xrow[:, None] + j[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
         else:
@@ -140,10 +145,7 @@ def _rotate_persistent_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, r
             tl.store(yrow[:, None] + ch[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None] & jm[None, :])
         else:  # columns M..MP are exactly 0 (Pi is zero padded)
             tl.store(yrow[:, None] + j[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None])
-        if TAIL > 0:
-            jt = tl.arange(0, TAILP)
-            tl.store(yrow[:, None] + TAIL0 + jt[None, :], tl.zeros((BR, TAILP), yrow.dtype.element_ty),
-                     mask=rm[:, None] & (jt < TAIL)[None, :])
+        _zero_tail(yrow, rm, BR, TAIL0, TAIL, TAILP)
 
 
 def key_width(params: KernelParams) -> int:
