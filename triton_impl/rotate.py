@@ -19,6 +19,34 @@ ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS = 32, 4  # Triton 3.6 sm_90: 84 KB
 
 
 @triton.jit
+def _operand_parts(a, PREC: tl.constexpr):
+    """The rotation's float32 MMA operand as (hi, lo) bf16 parts for "bf16x2" (a = hi + lo to ~2^-17
+    relative), else (a, a) unchanged."""
+    if PREC == "bf16x2":
+        hi = a.to(tl.bfloat16)
+        lo = (a - hi.to(tl.float32)).to(tl.bfloat16)
+    else:
+        hi = a
+        lo = a
+    return hi, lo
+
+
+@triton.jit
+def _product(x, a_hi, a_lo, PREC: tl.constexpr, OUT_BF16: tl.constexpr):
+    """x [BR, K] float32 times the operand: "bf16x2" (x bf16-exact) x a_hi + x a_lo on bf16 tensor
+    cores with fp32 accumulation; else tl.dot(x, a) at input_precision PREC.  OUT_BF16: rounded to
+    bf16 values (round_bf16)."""
+    if PREC == "bf16x2":
+        xb = x.to(tl.bfloat16)
+        y = tl.dot(xb, a_lo, tl.dot(xb, a_hi))
+    else:
+        y = tl.dot(x, a_hi, input_precision=PREC)
+    if OUT_BF16:
+        y = round_bf16(y)
+    return y
+
+
+@triton.jit
 def _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, SEG: tl.constexpr, MPMAX: tl.constexpr, M: tl.constexpr,
                      MP: tl.constexpr, IDCH: tl.constexpr, INVERSE: tl.constexpr, PREC: tl.constexpr,
                      OUT_BF16: tl.constexpr):
@@ -36,8 +64,6 @@ def _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, SEG: tl.constexpr, MPMAX
         else:
             ch = tl.load(chan_ptr + j)
         x = tl.load(xrow[:, None] + ch[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
-    if PREC == "bf16x2":
-        xb = x.to(tl.bfloat16)
     # output columns in chunks of NCH (instances wider than 128: the operands must fit shared memory)
     NCH: tl.constexpr = MP if MP <= 128 else 32
     for n0 in tl.static_range(0, MP, NCH):
@@ -46,14 +72,8 @@ def _rotate_instance(xrow, yrow, rm, rot_ptr, chan_ptr, SEG: tl.constexpr, MPMAX
             a = tl.load(rot_ptr + j[:, None] * MPMAX + jn[None, :])  # Pi[c, jn]
         else:
             a = tl.load(rot_ptr + jn[None, :] * MPMAX + j[:, None])  # Pi^T[c, jn] = Pi[jn, c]
-        if PREC == "bf16x2":  # x is bf16-exact: x a_hi + x a_lo on bf16 tensor cores, fp32 accumulation
-            a_hi = a.to(tl.bfloat16)
-            a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
-            y = tl.dot(xb, a_lo, tl.dot(xb, a_hi))
-        else:
-            y = tl.dot(x, a, input_precision=PREC)
-        if OUT_BF16:
-            y = round_bf16(y)
+        a_hi, a_lo = _operand_parts(a, PREC)
+        y = _product(x, a_hi, a_lo, PREC, OUT_BF16)
         if INVERSE:
             if IDCH:
                 chn = jn
@@ -104,10 +124,8 @@ def _rotate_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, cha
 
 
 @triton.jit
-def _rotate_persistent_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, chan_ptr,
-                              BR: tl.constexpr, MPMAX: tl.constexpr, MAT_STRIDE: tl.constexpr, NI: tl.constexpr,
-                              M0: tl.constexpr, MP0: tl.constexpr, IDCH0: tl.constexpr,
-                              M1: tl.constexpr, MP1: tl.constexpr, IDCH1: tl.constexpr,
+def _rotate_persistent_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, chan_ptr, BR: tl.constexpr,
+                              MPMAX: tl.constexpr, M0: tl.constexpr, MP0: tl.constexpr, IDCH0: tl.constexpr,
                               TAIL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.constexpr,
                               INVERSE: tl.constexpr, PREC: tl.constexpr, OUT_BF16: tl.constexpr):
     # _rotate_kernel's rows and layouts for ONE instance of width MP0 <= 128 (NI == 1; the presets
@@ -121,9 +139,7 @@ def _rotate_persistent_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, r
         a = tl.load(rot_ptr + j[:, None] * MPMAX + j[None, :])  # Pi[c, j]
     else:
         a = tl.load(rot_ptr + j[None, :] * MPMAX + j[:, None])  # Pi^T[c, j] = Pi[j, c]
-    if PREC == "bf16x2":
-        a_hi = a.to(tl.bfloat16)
-        a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
+    a_hi, a_lo = _operand_parts(a, PREC)
     if IDCH0:
         ch = j
     else:
@@ -134,13 +150,7 @@ def _rotate_persistent_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, r
             x = tl.load(xrow[:, None] + j[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
         else:
             x = tl.load(xrow[:, None] + ch[None, :], mask=rm[:, None] & jm[None, :], other=0.0).to(tl.float32)
-        if PREC == "bf16x2":
-            xb = x.to(tl.bfloat16)
-            y = tl.dot(xb, a_lo, tl.dot(xb, a_hi))
-        else:
-            y = tl.dot(x, a, input_precision=PREC)
-        if OUT_BF16:
-            y = round_bf16(y)
+        y = _product(x, a_hi, a_lo, PREC, OUT_BF16)
         if INVERSE:
             tl.store(yrow[:, None] + ch[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None] & jm[None, :])
         else:  # columns M..MP are exactly 0 (Pi is zero padded)
@@ -187,6 +197,7 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
         br, warps = ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS
         programs = min(triton.cdiv(n, br), ROTATE_PROGRAMS_PER_SM * sm_count(x.device))
         kernel, grid = _rotate_persistent_kernel, (programs,)
+        consts = {k: consts[k] for k in ("MPMAX", "M0", "MP0", "IDCH0")}  # instance 0 only
     else:
         kernel, grid = _rotate_kernel, (triton.cdiv(n, br),)
     kernel[grid](
