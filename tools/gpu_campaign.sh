@@ -23,7 +23,9 @@
 #          its own subprocess (vLLM's defaults: CUDA graphs, chunked prefill), capacity, M/L/G
 #          throughput, TTFT, TPOT; then the table and the PNG.  SERVING_CONFIGS picks the configs,
 #          SERVING_ARGS the sizes (e.g. "--workloads M --m-requests 64 --measure ttft,throughput"),
-#          SERVING_SECONDS the --deadline (no new engine or measurement after it), TQ_GIT_COMMIT the
+#          SERVING_SECONDS the --deadline (no new engine or measurement after it), SERVING_KILL_SECONDS the
+#          --kill-after (default deadline + 60 s: a measurement still running then is killed and recorded,
+#          so the table is always written; keep it under the call's limit), TQ_GIT_COMMIT the
 #          commit to record (the device's copy has no .git).  Merge calls with --report a,b
 #   bench  tools/gpu_run.sh bench step: store, then decode over the 1k..128k x 1..64 grid with the
 #          default decode path (the mma kernel where it applies) and the split kernel beside it
@@ -81,6 +83,7 @@ case "$stage" in
     TQ_SITE=/tmp/tq-site bash tests/vllm/install_tq_site.sh
     export PYTHONPATH="/tmp/tq-site:$PYTHONPATH"
     python3 -m benchmarks.e2e.serving --out "$OUT/serving.jsonl" --deadline "${SERVING_SECONDS:-480}" \
+        --kill-after "${SERVING_KILL_SECONDS:-$(( ${SERVING_SECONDS:-480} + 60 ))}" \
         --configs "${SERVING_CONFIGS:-bf16,fp8,turboquant_4bit_nc,turboquant_3bit_nc,tq4,k4v3,tq3}" \
         ${SERVING_ARGS:-} || echo "serving rc $?"
     python3 -m benchmarks.e2e.serving --report "$OUT/serving.jsonl" --plot "$OUT/serving.png" > "$OUT/serving.md" || true

@@ -21,7 +21,7 @@ The model is a ``config.json`` the script writes (``--geometry``), loaded with
 and capacity mean anything.  Every row is appended to ``--out`` (JSONL) as soon as it is measured.
 
     python -m benchmarks.e2e.serving --out serving.jsonl [--configs bf16,fp8,tq3] [--workloads M,G]
-        [--measure ttft,throughput,tpot,prefill_only] [--deadline 540] [--m-requests 64 ...]
+        [--measure ttft,throughput,tpot,prefill_only] [--deadline 480] [--kill-after 540] [--m-requests 64 ...]
     python -m benchmarks.e2e.serving --report a.jsonl,b.jsonl [--plot serving.png] [--append BENCHMARKS.md]
 """
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -153,6 +154,8 @@ def validate(args) -> None:
         raise ValueError(f"--gpu-memory-utilization: {args.gpu_memory_utilization} must be in (0, 1]")
     if args.deadline is not None and args.deadline <= 0:
         raise ValueError(f"--deadline: {args.deadline} must be > 0 seconds")
+    if args.kill_after is not None and (args.kill_after <= 0 or (args.deadline and args.kill_after < args.deadline)):
+        raise ValueError(f"--kill-after: {args.kill_after} must be > 0 seconds and >= --deadline")
     limit = GEOMETRIES[args.geometry]["max_position_embeddings"]
     if args.max_model_len > limit:
         raise ValueError(f"--max-model-len: {args.max_model_len} exceeds the {args.geometry} geometry's "
@@ -177,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--run-id", default=None, help="names this run in the rows and the table (default: UTC time)")
     ap.add_argument("--deadline", type=float, default=None,
                     help="seconds from now after which no new engine or measurement starts")
+    ap.add_argument("--kill-after", type=float, default=None,
+                    help="seconds from now at which a still-running config's worker and its engine are killed "
+                         "(recorded as a row), so that the run ends and its table is written")
     ap.add_argument("--seed", type=int, default=0, help="prompt token ids are drawn from this seed")
     for w, what in (("m", "M"), ("l", "L"), ("g", "G")):
         ap.add_argument(f"--{w}-requests", type=int, default=None, help=f"{what}: number of requests")
@@ -205,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def git_commit() -> str:
+    """TQ_GIT_COMMIT when set (a copied tree's .git may name another commit), else git's HEAD."""
+    if os.environ.get("TQ_GIT_COMMIT"):
+        return os.environ["TQ_GIT_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
@@ -262,6 +271,7 @@ def run_all(args, argv: list[str]) -> int:
     """One subprocess per config, one after the other (each gets the whole card; GPU memory is
     returned when the process ends).  Rows go to --out as each measurement ends."""
     t_end = time.time() + args.deadline if args.deadline else None
+    t_kill = time.time() + args.kill_after if args.kill_after else None
     # the model is a local folder and nothing is downloaded: the workers and their engines inherit these
     for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS"):
         os.environ.setdefault(k, "1")
@@ -282,13 +292,29 @@ def run_all(args, argv: list[str]) -> int:
         if t_end is not None:
             cmd += ["--deadline-at", repr(t_end)]
         print(f"serving: {config}", flush=True)
-        code = subprocess.run(cmd).returncode
-        if code == RECORDED_ERRORS:  # its rows say what failed
+        code = _run_worker(cmd, t_kill)
+        if code is None:
+            append_row(args.out, {**base, "measurement": "worker",
+                                  "error": f"killed at --kill-after {args.kill_after} s"})
+            rc = 1
+        elif code == RECORDED_ERRORS:  # its rows say what failed
             rc = 1
         elif code != 0:
             append_row(args.out, {**base, "measurement": "worker", "error": f"worker exited with code {code}"})
             rc = 1
     return rc
+
+
+def _run_worker(cmd: list[str], t_kill: float | None) -> int | None:
+    """The worker's exit code, or None when it was still running at t_kill: then it and every process
+    it started (vLLM's engine core) are killed as one process group, which returns the GPU's memory."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return proc.wait(timeout=None if t_kill is None else max(0.0, t_kill - time.time()))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
 
 
 # ------------------------------------------------------------------------------------- worker

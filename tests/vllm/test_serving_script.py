@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -32,6 +33,8 @@ BAD = [
     (["--gpu-memory-utilization", "1.5"], ["--gpu-memory-utilization: 1.5 must be in (0, 1]"]),
     (["--deadline", "0"], ["--deadline: 0.0 must be > 0 seconds"]),
     (["--g-requests", "many"], ["--g-requests: invalid int value: 'many'"]),
+    (["--kill-after", "0"], ["--kill-after: 0.0 must be > 0 seconds and >= --deadline"]),
+    (["--deadline", "60", "--kill-after", "30"], ["--kill-after: 30.0 must be > 0 seconds and >= --deadline"]),
 ]
 
 
@@ -273,3 +276,18 @@ def test_prompts_are_seeded_distinct_token_ids(serving):
     assert a != serving.make_prompts(8, 64, 512, seed=1, salt=1)
     ids = [tuple(p["prompt_token_ids"]) for p in a]
     assert len(set(ids)) == 8 and all(len(x) == 64 and 0 <= min(x) and max(x) < 512 for x in ids)
+
+
+def test_kill_after_ends_a_running_worker_and_records_it(serving, tmp_path, monkeypatch):
+    """--kill-after: a config still running then is killed with the processes it started, a row says
+    so, the next config is not started, and the run ends (so the campaign's table gets written)."""
+    monkeypatch.setenv("TQ_GIT_COMMIT", "abc123")
+    out = tmp_path / "rows.jsonl"
+    t0 = time.time()
+    assert serving.main(["--geometry", "tiny", "--configs", "bf16,tq3", "--deadline", "1", "--kill-after", "1.5",
+                         "--out", str(out), "--run-id", "k"]) == 1
+    assert time.time() - t0 < 60
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["env"] and rows[0]["git_commit"] == "abc123"
+    assert [(r["config"], r["measurement"], r.get("error") or r.get("skipped")) for r in rows[1:]] == [
+        ("bf16", "worker", "killed at --kill-after 1.5 s"), ("tq3", "engine", "--deadline 1.0 s reached")]
