@@ -42,7 +42,7 @@ from .dequant import group_values
 from .launch import AttnConfig
 from .params import CENT_SLOTS, KernelParams
 from .plan import PrefillPlan
-from .rotate import _tail, key_width, rotate_rows
+from .rotate import _tail, key_width, rotate_rows, zero_tail
 
 DENSE_BT = 32  # slots per _dense_kv_kernel program
 MAX_DENSE_WIDTH = 256  # FlashAttention's largest head size
@@ -51,14 +51,6 @@ MAX_WORKSPACE_BYTES = 2 << 30
 
 
 # ------------------------------------------------------------------ kernels
-@triton.jit
-def _zero_tail(rows, tm, COL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.constexpr, BT: tl.constexpr):
-    if TAIL > 0:
-        jt = tl.arange(0, TAILP)
-        tl.store(rows[:, None] + COL0 + jt[None, :], tl.zeros((BT, TAILP), rows.dtype.element_ty),
-                 mask=tm[:, None] & (jt < TAIL)[None, :])
-
-
 @triton.jit
 def _dense_instance(ptrs, tm, cent_ptr, BT: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr,
                     NORM: tl.constexpr, CODES: tl.constexpr, CFAST: tl.constexpr):
@@ -137,8 +129,8 @@ def _dense_kv_kernel(
     if K_NI == 2:
         k1 = _dense_instance(ptrs, tm, k_cent + CENT_SLOTS, BT, K1_M, K1_MP, K1_BITS, K1_NORM, K1_CODES, K1_CFAST)
         _store_cols(krows, tm, tl.where(vbad[:, None], float("nan"), k1), K0_MP, K1_MP)
-    _zero_tail(krows, tm, KTAIL0, KTAIL, KTAILP, BT)
-    _zero_tail(vrows, tm, VTAIL0, VTAIL, VTAILP, BT)
+    zero_tail(krows, tm, BT, KTAIL0, KTAIL, KTAILP)
+    zero_tail(vrows, tm, BT, VTAIL0, VTAIL, VTAILP)
 
 
 # ------------------------------------------------------------------ host side

@@ -95,8 +95,9 @@ def _row_tile(tile, BR: tl.constexpr, n_rows, heads, x_ptr, sx0, sx1, y_ptr, sy0
 
 
 @triton.jit
-def _zero_tail(yrow, rm, BR: tl.constexpr, TAIL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.constexpr):
-    """Forward rotation: y's columns [TAIL0, TAIL0 + TAIL) past the instances are zero."""
+def zero_tail(yrow, rm, BR: tl.constexpr, TAIL0: tl.constexpr, TAIL: tl.constexpr, TAILP: tl.constexpr):
+    """Rows yrow [BR] (mask rm): columns [TAIL0, TAIL0 + TAIL) past the instances are set to zero
+    (the forward rotation's q', prefill's K' and V' workspace)."""
     if TAIL > 0:
         jt = tl.arange(0, TAILP)
         tl.store(yrow[:, None] + TAIL0 + jt[None, :], tl.zeros((BR, TAILP), yrow.dtype.element_ty),
@@ -120,7 +121,7 @@ def _rotate_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, cha
     if NI == 2:
         _rotate_instance(xrow, yrow, rm, rot_ptr + MAT_STRIDE, chan_ptr + MPMAX, MP0, MPMAX, M1, MP1, IDCH1,
                          INVERSE, PREC, OUT_BF16)
-    _zero_tail(yrow, rm, BR, TAIL0, TAIL, TAILP)
+    zero_tail(yrow, rm, BR, TAIL0, TAIL, TAILP)
 
 
 @triton.jit
@@ -155,7 +156,7 @@ def _rotate_persistent_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, r
             tl.store(yrow[:, None] + ch[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None] & jm[None, :])
         else:  # columns M..MP are exactly 0 (Pi is zero padded)
             tl.store(yrow[:, None] + j[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None])
-        _zero_tail(yrow, rm, BR, TAIL0, TAIL, TAILP)
+        zero_tail(yrow, rm, BR, TAIL0, TAIL, TAILP)
 
 
 def key_width(params: KernelParams) -> int:
