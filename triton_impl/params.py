@@ -26,6 +26,7 @@ Instance i of a table starts at ``i * CENT_SLOTS`` (centroids, boundaries), ``i 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,10 @@ CENT_SLOTS = tl.constexpr(16)  # 2^4 centroids at most (SUPPORTED_BITS <= 4)
 PAIR_SLOTS = 256  # (2^4)^2 entries of a pair table at most
 POLY_SLOTS = tl.constexpr(8)  # attn_core.centroid_values LOOKUP=2: two cubics in the magnitude index
 KC = tl.constexpr(16)  # K chunk of the kernels' fp32 FMA dots (tl.dot keeps whole K slices in registers)
+# int32 bit patterns of the canonical NaNs (format.py) as the store kernels write them
+NORM_NAN_BITS = tl.constexpr(tqf.NORM_NAN_BITS - (1 << 32) if tqf.NORM_NAN_BITS >= (1 << 31) else tqf.NORM_NAN_BITS)
+GROUP_NAN_BITS = tl.constexpr(tqf.GROUP_NAN_BITS)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # kernels run on the CPU interpreter
 STORE_MSE_HEAD_SIZES = (64, 128)  # store_mse.py: Pi^T's two fp16 parts in shared memory
 POLY_RTOL = 1e-6  # the polynomials must give every centroid to this relative error (float32 Horner)
 

@@ -12,14 +12,10 @@ from turboquant import format as tqf
 from turboquant.torch_checks import check_store
 
 from .bits import pack_store_codes, store_u16, store_u32
-from .params import CENT_SLOTS, KernelParams
+from .params import CENT_SLOTS, GROUP_NAN_BITS, INTERPRET, NORM_NAN_BITS, KernelParams
 from .store_mse import store_mse, store_mse_applies
 from .validate import check_params
 
-# int32 bit patterns of the canonical NaNs (format.py)
-NORM_NAN_BITS = tl.constexpr(tqf.NORM_NAN_BITS - (1 << 32) if tqf.NORM_NAN_BITS >= (1 << 31) else tqf.NORM_NAN_BITS)
-GROUP_NAN_BITS = tl.constexpr(tqf.GROUP_NAN_BITS)
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # The rotation y = u Pi^T (and the QJL projection S r):
 #   "tc"  on a GPU, tensor cores with the 3xTF32 split (each fp32 operand = a tf32 high part +
 #         a tf32 low part, three MMAs, fp32 accumulation: errors ~1e-6 of |y|, far inside SPEC
@@ -279,6 +275,9 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
     rotation = DEFAULT_ROTATION if rotation is None else rotation
     tqf.check_choice("rotation", rotation, ROTATIONS)
     tqf.check_choice("kernel", kernel, STORE_KERNELS)
+    if kernel == "mse" and rotation != "tc":
+        raise ValueError(f"rotation={rotation!r} applies to kernel='generic' only; kernel='mse' computes the "
+                         "rotation on tensor cores (SPEC §4)")
     check_params(params)
     fmt = params.fmt
     check_store(key, value, cache, slot_mapping, fmt, params.device)

@@ -14,12 +14,12 @@ for every row r = token * H + head of x [num_tokens, H, D] whose slot_mapping[to
 x's bits, no partial sum can overflow, and no coordinate needs a division.  Rounding differs from
 the reference's (M sqrt(sum (x/M)^2), then u = x/(M n)) by a few float32 ulps: inside NORM_RTOL and
 CODE_MARGIN (SPEC §10).  The product runs
-on tensor cores in fp16 with float32 accumulation: Pi^T = P0 + P1, two fp16 parts (params.rot_split;
+on tensor cores in fp16 with float32 accumulation: Pi^T = P0 + P1, two fp16 parts (params.rotation_split;
 P1 is the fp16 rounding of Pi^T - P0, so Pi^T is represented to 2^-25 absolute, P1 mostly
 subnormal), and x 2^-e in XSPLIT fp16 parts (1 for bf16 / fp16 input, 2 for float32): the products
 x0 P0 + x0 P1 (+ x1 P0).  An fp16 part of x 2^-e (elements below 2) is exact above 2^-14 and within
 2^-25 below, so |y - y_exact| <= sqrt(D) 2^-24 / n ~ 7e-7 at D = 128 (n >= 1), and typically
-~1e-8: far inside SPEC §10's CODE_MARGIN (3e-5; SPEC §4 allows any such method).
+~1e-8: far inside SPEC §10's CODE_MARGIN (SPEC §4 allows any such method).
 
 Layouts: x rows [BR, D] (D = 64 or 128, the instance is the whole head); Pi^T parts [2, D, D] fp16
 loaded once per program (shared memory); codes packed 8 at a time into BITS bytes, then into words.
@@ -28,21 +28,15 @@ Grid: (programs,), persistent: program p takes row tiles p, p + programs, ... of
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from turboquant import format as tqf
-
 from .launch import sm_count
-from .params import KernelParams
+from .params import INTERPRET, NORM_NAN_BITS, KernelParams
 
-NORM_NAN_BITS = tl.constexpr(tqf.NORM_NAN_BITS - (1 << 32) if tqf.NORM_NAN_BITS >= (1 << 31) else tqf.NORM_NAN_BITS)
 # The CPU interpreter's tl.dot on 16-bit floats is not trustworthy (bf16 as raw bits): there the
-# parts go in as float32 (fp16 x fp16 products are exact in float32 either way).
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# parts go in as float32 (fp16 x fp16 products are exact in float32 either way): F32_PARTS=INTERPRET.
 STORE_MSE_BR = 64  # rows (token, head) per tile
 STORE_MSE_WARPS = 4
 PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once

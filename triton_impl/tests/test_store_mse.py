@@ -114,3 +114,6 @@ def test_store_mse_argument_errors_name_the_parameter():
         store_mse(x, x, cache, torch.arange(2, device=DEV), p, block_rows=48)
     with pytest.raises(ValueError, match="kernel"):
         store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="fast")
+    with pytest.raises(ValueError, match="rotation='fma' applies to kernel='generic' only"):
+        store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", rotation="fma")
+    assert not cache.any()  # nothing written by a refused call
