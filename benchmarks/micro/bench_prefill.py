@@ -92,8 +92,6 @@ def _graph_median(fn, reps: int, warmup: int = 2) -> float:
     with torch.cuda.graph(g):
         for _ in range(GRAPH_CALLS):
             fn()
-    g.replay()
-    torch.cuda.synchronize()
     t = _events_median(g.replay, reps, warmup=1) / GRAPH_CALLS
     del g
     return t
@@ -148,6 +146,7 @@ def run(args) -> None:
     copy_bw = bench_decode.copy_bandwidth()
     emit({"copy_bandwidth_gbps": copy_bw / 1e9})
     fa = _flash_varlen()
+    stored = set()  # (preset, query rows) whose store is timed
     for ctx, nq in args.shapes:
         base = {"kind": "prefill", "batch": 1, "context": ctx, "query_tokens": nq}
         k, v = bench_decode.random_kv(ctx, gen)  # [ctx, HKV, D] bf16
@@ -194,7 +193,8 @@ def run(args) -> None:
                 t, how = time_it(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan, config=cfg), 3)
                 emit({**base, "impl": f"{preset}-tiles", "preset": preset, "seconds": t, "copy_fraction": None,
                       "vs_sdpa": t / t_sdpa, "timing": how})
-            if nq >= 2048:
+            if nq >= 2048 and (preset, nq) not in stored:  # the store depends on the rows, not the history
+                stored.add((preset, nq))
                 kq, vq = k[-nq:], v[-nq:]
                 moved = nq * HKV * (2 * D * 2 + fmt.slot_bytes)
                 for rot, bts, warps in args.store_configs:
@@ -242,18 +242,21 @@ def emit_stages(base, q, cache, bt, sl, params, pp, scale, t_sdpa, emit, time_it
         return
     saved = rot.ROTATE_PERSISTENT_BR, rot.ROTATE_PERSISTENT_WARPS, rot.ROTATE_PROGRAMS_PER_SM
     variants = [("per-tile", None)] + [(f"persistent-{b}:{w}:{pps}", (b, w, pps)) for b, w, pps in rotate_configs]
-    for label, cfg in variants:
-        if cfg is not None:
-            rot.ROTATE_PERSISTENT_BR, rot.ROTATE_PERSISTENT_WARPS, rot.ROTATE_PROGRAMS_PER_SM = cfg
-        for name, fn in {"rotate q": lambda: rot.rotate_rows(q, params, qd, inverse=False, persistent=cfg is not None),
-                         "rotate back": lambda: rot.rotate_rows(od, params, o, inverse=True,
-                                                                persistent=cfg is not None)}.items():
-            t, how = time_it(fn, _reps(t_sdpa))
-            moved = 2 * q.numel() * q.element_size()
-            emit({**base, "kind": "prefill_stage", "impl": f"{name} [{label}]", "preset": params.fmt.preset.name,
-                  "seconds": t, "copy_fraction": None, "vs_sdpa": t / t_sdpa, "timing": how,
-                  "gbps": moved / t / 1e9})
-    rot.ROTATE_PERSISTENT_BR, rot.ROTATE_PERSISTENT_WARPS, rot.ROTATE_PROGRAMS_PER_SM = saved
+    moved = 2 * q.numel() * q.element_size()  # each rotation reads and writes q's bytes
+    try:  # the persistent kernel's tiling is module state: set per variant, restored after
+        for label, cfg in variants:
+            if cfg is not None:
+                rot.ROTATE_PERSISTENT_BR, rot.ROTATE_PERSISTENT_WARPS, rot.ROTATE_PROGRAMS_PER_SM = cfg
+            persistent = cfg is not None
+            for name, fn in {"rotate q": lambda: rot.rotate_rows(q, params, qd, inverse=False, persistent=persistent),
+                             "rotate back": lambda: rot.rotate_rows(od, params, o, inverse=True,
+                                                                    persistent=persistent)}.items():
+                t, how = time_it(fn, _reps(t_sdpa))
+                emit({**base, "kind": "prefill_stage", "impl": f"{name} [{label}]",
+                      "preset": params.fmt.preset.name, "seconds": t, "copy_fraction": None, "vs_sdpa": t / t_sdpa,
+                      "timing": how, "gbps": moved / t / 1e9})
+    finally:
+        rot.ROTATE_PERSISTENT_BR, rot.ROTATE_PERSISTENT_WARPS, rot.ROTATE_PROGRAMS_PER_SM = saved
 
 
 def load_rows(paths) -> tuple[list[dict], list[dict]]:
