@@ -246,7 +246,10 @@ def plot(envs: list[dict], rows: list[dict], out: str) -> str:
     a3.set_xticklabels([f"{n:,} tokens" for n in lens], fontsize=8)
     a3.set_ylabel("seconds")
     a3.set_title("time to first token, one prompt (lower is better)")
-    where = "; ".join(f"{e.get('run_id')}: vLLM {e.get('vllm', '?')} on {e.get('device', '?')}" for e in envs)
+    runs: dict[str, list[str]] = {}  # one entry per (vLLM, card), naming its runs: the title stays one line
+    for e in envs:
+        runs.setdefault(f"vLLM {e.get('vllm', '?')} on {e.get('device', '?')}", []).append(str(e.get("run_id")))
+    where = "; ".join(f"{k}, runs {', '.join(v)}" for k, v in runs.items())
     fig.suptitle(f"serving through vLLM ({where}); random weights: only speed and capacity mean anything",
                  fontsize=9)
     fig.tight_layout()
