@@ -11,6 +11,7 @@ import torch
 import triton
 
 from .attn_core import _merge_kernel, _split_kernel, acc_width
+from .device import sm_count
 from .merge import merge_splits
 from .params import MIN_DOT, KernelParams, next_pow2
 from .query import query_layout
@@ -91,18 +92,6 @@ def default_config(device: torch.device) -> AttnConfig:
 def batch_invariant_config(device: torch.device) -> AttnConfig:
     """The device's default tiles in batch-invariant mode (AttnConfig.batch_invariant)."""
     return dataclasses.replace(default_config(device), batch_invariant=True)
-
-
-_SM_COUNT: dict = {}
-
-
-def sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
 
 
 def choose_splits(programs: int, max_kv: int, device: torch.device, cfg: AttnConfig,

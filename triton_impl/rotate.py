@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from .attn_core import round_bf16
+from .device import sm_count
 from .params import KernelParams, next_pow2
 
 ROTATE_BR = 64  # rows per _rotate_kernel program (H200, 2026-12-03: 64 rows, 3xTF32 took 254 us for 8k x 32 rows)
@@ -177,11 +178,12 @@ def _precision(x: torch.Tensor) -> str:
 
 
 def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inverse: bool,
-                persistent: bool = True) -> torch.Tensor:
+                persistent: bool = True, tiling: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Forward: x = query [T, Hq, D] -> y = q' [T, Hq, W].  inverse: x = o' [T, Hq, W] -> y = out
     [T, Hq, D] (value instances; not for group values, whose o' is already the output).  A rotation
     of one instance no wider than 128 runs on _rotate_persistent_kernel unless persistent=False
-    (the one-tile-per-program _rotate_kernel: the tests' second implementation)."""
+    (the one-tile-per-program _rotate_kernel: the tests' second implementation).  tiling = (rows per
+    tile, warps, programs per SM) of the persistent kernel (benchmarks); default the module's."""
     t, heads = x.shape[0], x.shape[1]
     n = t * heads
     if n == 0:
@@ -193,10 +195,11 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
     mpmax = consts["MPMAX"]
     br, warps = ROTATE_BR if mpmax <= 128 else ROTATE_BR_WIDE, 4
     if consts["NI"] == 1 and mpmax <= 128 and persistent:
-        from .launch import sm_count  # launch imports merge, which imports this module
-
-        br, warps = ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS
-        programs = min(triton.cdiv(n, br), ROTATE_PROGRAMS_PER_SM * sm_count(x.device))
+        br, warps, per_sm = tiling or (ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS, ROTATE_PROGRAMS_PER_SM)
+        if br < 16 or br & (br - 1) or warps not in (1, 2, 4, 8, 16) or per_sm < 1:
+            raise ValueError(f"tiling must be (rows: a power of two >= 16, warps: 1, 2, 4, 8 or 16, programs per "
+                             f"SM >= 1), got {tiling}")
+        programs = min(triton.cdiv(n, br), per_sm * sm_count(x.device))
         kernel, grid = _rotate_persistent_kernel, (programs,)
         consts = {k: consts[k] for k in ("MPMAX", "M0", "MP0", "IDCH0")}  # instance 0 only
     else:

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import sm_count
+from .device import sm_count
 from .params import INTERPRET, NORM_NAN_BITS, KernelParams
 
 # The CPU interpreter's tl.dot on 16-bit floats is not trustworthy (bf16 as raw bits): there the

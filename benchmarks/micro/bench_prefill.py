@@ -240,24 +240,16 @@ def emit_stages(base, q, cache, bt, sl, params, pp, scale, t_sdpa, emit, time_it
               "copy_fraction": None, "vs_sdpa": t / t_sdpa, "timing": how})
     if not rotate_configs:
         return
-    saved = rot.ROTATE_PERSISTENT_BR, rot.ROTATE_PERSISTENT_WARPS, rot.ROTATE_PROGRAMS_PER_SM
     variants = [("per-tile", None)] + [(f"persistent-{b}:{w}:{pps}", (b, w, pps)) for b, w, pps in rotate_configs]
     moved = 2 * q.numel() * q.element_size()  # each rotation reads and writes q's bytes
-    try:  # the persistent kernel's tiling is module state: set per variant, restored after
-        for label, cfg in variants:
-            if cfg is not None:
-                rot.ROTATE_PERSISTENT_BR, rot.ROTATE_PERSISTENT_WARPS, rot.ROTATE_PROGRAMS_PER_SM = cfg
-            persistent = cfg is not None
-            for name, fn in {"rotate q": lambda: rot.rotate_rows(q, params, qd, inverse=False, persistent=persistent),
-                             "rotate back": lambda: rot.rotate_rows(od, params, o, inverse=True,
-                                                                    persistent=persistent)}.items():
-                t, how = time_it(fn, _reps(t_sdpa))
-                emit({**base, "kind": "prefill_stage", "impl": f"{name} [{label}]",
-                      "preset": params.fmt.preset.name, "seconds": t, "copy_fraction": None, "vs_sdpa": t / t_sdpa,
-                      "timing": how, "gbps": moved / t / 1e9})
-    finally:
-        rot.ROTATE_PERSISTENT_BR, rot.ROTATE_PERSISTENT_WARPS, rot.ROTATE_PROGRAMS_PER_SM = saved
-
+    for label, cfg in variants:
+        kw = {"persistent": cfg is not None, "tiling": cfg}
+        for name, fn in {"rotate q": lambda: rot.rotate_rows(q, params, qd, inverse=False, **kw),
+                         "rotate back": lambda: rot.rotate_rows(od, params, o, inverse=True, **kw)}.items():
+            t, how = time_it(fn, _reps(t_sdpa))
+            emit({**base, "kind": "prefill_stage", "impl": f"{name} [{label}]",
+                  "preset": params.fmt.preset.name, "seconds": t, "copy_fraction": None, "vs_sdpa": t / t_sdpa,
+                  "timing": how, "gbps": moved / t / 1e9})
 
 def load_rows(paths) -> tuple[list[dict], list[dict]]:
     envs, rows = [], []

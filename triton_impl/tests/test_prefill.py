@@ -193,3 +193,24 @@ def test_row_rotations_are_fp32_accurate(prec, preset, persistent, monkeypatch):
         seg += p.meta[f"K{lp.keys.index(inst)}_MP"]
     # the inverse of the bf16-rounded q' is q within bf16 rounding of q'
     assert rel_err(back.cpu().numpy(), q.float().cpu().numpy()) <= 4e-3
+
+
+@pytest.mark.parametrize("tiling", [(16, 1, 3), (64, 4, 1)])
+def test_persistent_rotation_tiling_does_not_change_the_result(tiling):
+    """The persistent rotation's tiling (rows per tile, warps, programs per SM: the benchmark's
+    sweep) changes only the schedule: every row is rotated once, with the same products."""
+    p = KernelParams.build(tqf.LayerFormat(tqf.get_preset("tq3"), 128), DEV)
+    q = _t(np.random.default_rng(3).standard_normal((37, 4, 128))).to(torch.bfloat16)
+    w = prefill_mod.dense_width(p)
+    want = rotate_rows(q, p, torch.empty((37, 4, w), dtype=torch.float32, device=DEV), inverse=False)
+    got = rotate_rows(q, p, torch.full((37, 4, w), float("nan"), dtype=torch.float32, device=DEV), inverse=False,
+                      tiling=tiling)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("tiling", [(24, 4, 2), (32, 3, 2), (32, 4, 0)])
+def test_persistent_rotation_refuses_a_bad_tiling(tiling):
+    p = KernelParams.build(tqf.LayerFormat(tqf.get_preset("tq3"), 128), DEV)
+    q = torch.zeros((2, 4, 128), dtype=torch.bfloat16, device=DEV)
+    with pytest.raises(ValueError, match="tiling must be"):
+        rotate_rows(q, p, torch.empty((2, 4, prefill_mod.dense_width(p)), device=DEV), inverse=False, tiling=tiling)
