@@ -27,6 +27,11 @@
 #          --kill-after (default deadline + 60 s: a measurement still running then is killed and recorded,
 #          so the table is always written; keep it under the call's limit), TQ_GIT_COMMIT the
 #          commit to record (the device's copy has no .git).  Merge calls with --report a,b
+#   profile ncu (Nsight Compute) on one launch of each PROFILE_TARGETS entry (default: the tq3 decode at
+#          32 x 32k and the tq3 store of 32k tokens; benchmarks/micro/profile_kernels.py): speed of light,
+#          warp stall reasons, scheduler and instruction statistics, shared-memory bank conflicts, and
+#          per-SASS-instruction stall samples ($OUT/profile/<target>-{details.txt,sass.csv}). No vLLM
+#          needed. ncu runs with --clock-control none (device/METHOD.md: leave the clocks alone)
 #   bench  tools/gpu_run.sh bench step: store, then decode over the 1k..128k x 1..64 grid with the
 #          default decode path (the mma kernel where it applies) and the split kernel beside it
 #          (rows PRESET+split), then k4v3 and tq3 in batch-invariant mode (fixed-length splits), then
@@ -37,7 +42,7 @@
 # exit, packs that folder into $OUT/$stage.tgz (plus $OUT/$stage-summary.txt: the pytest summary
 # lines and markdown tables) and removes the folder.
 set -euo pipefail
-stage="${1:?usage: $0 conf|vllm|tp2|e2e|serving|bench}"
+stage="${1:?usage: $0 conf|vllm|tp2|e2e|serving|profile|bench}"
 cd "$(dirname "$0")/.."
 FINAL="${OUT:-/tmp/out}"
 OUT="$FINAL/$stage"
@@ -88,6 +93,27 @@ case "$stage" in
         ${SERVING_ARGS:-} || echo "serving rc $?"
     python3 -m benchmarks.e2e.serving --report "$OUT/serving.jsonl" --plot "$OUT/serving.png" > "$OUT/serving.md" || true
     cat "$OUT/serving.md" ;;
+  profile)
+    for t in ${PROFILE_TARGETS:-decode:tq3:32x32768 store:tq3:32768}; do
+      name=$(echo "$t" | tr ':' '-')
+      case "$t" in  # the kernel to profile; skip the warm-up call's launches of it
+        decode:*) kern="${PROFILE_DECODE_KERNEL:-_decode_mma_kernel}"; skip=1 ;;
+        store:*) kern="${PROFILE_STORE_KERNEL:-_store_mse_kernel}"; skip=2 ;;  # keys and values: two launches a call
+      esac
+      timeout "${PROFILE_SECONDS:-240}" ncu --clock-control none -k "regex:$kern" --launch-skip "$skip" --launch-count 1 \
+          --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+          --section SchedulerStats --section InstructionStats --section ComputeWorkloadAnalysis \
+          --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section SourceCounters \
+          -f -o "$OUT/$name" python3 -m benchmarks.micro.profile_kernels "$t" --launches 2 \
+          > "$OUT/$name-ncu.log" 2>&1 || echo "ncu $t rc $?" | tee -a "$OUT/$name-ncu.log"
+      tail -5 "$OUT/$name-ncu.log"
+      if [ -f "$OUT/$name.ncu-rep" ]; then
+        ncu --import "$OUT/$name.ncu-rep" --page details --print-units base > "$OUT/$name-details.txt" 2>&1 || true
+        ncu --import "$OUT/$name.ncu-rep" --page source --print-source sass --csv > "$OUT/$name-sass.csv" 2>&1 || true
+        grep -iE "Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Issued Ipc|No Eligible|Stall|Bank" \
+            "$OUT/$name-details.txt" | head -60
+      fi
+    done ;;
   bench)
     OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --presets tq3,tq4,k4v3,tq2 --kernels auto,split --batch-invariant k4v3,tq3}" \
         bash tools/gpu_run.sh "${BENCH_SECONDS:-240}" ;;

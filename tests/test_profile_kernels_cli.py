@@ -1,0 +1,34 @@
+"""The profiler target's argument handling (benchmarks/micro/profile_kernels.py); running it needs a GPU."""
+
+import pytest
+
+from benchmarks.micro.profile_kernels import main, parse_target
+
+
+def test_targets_parse():
+    assert parse_target("decode:tq3:32x32768") == ("decode", "tq3", (32, 32768))
+    assert parse_target("store:k4v3:4096") == ("store", "k4v3", (4096,))
+
+
+@pytest.mark.parametrize("text, match", [
+    ("prefill:tq3:8x8", "expected decode:PRESET"),
+    ("decode:tq3", "expected decode:PRESET"),
+    ("decode:tq3:32", "BATCHxCONTEXT"),
+    ("decode:tq3:32x100", "multiple of the block size"),
+    ("store:tq3:0", "each >= 1"),
+    ("store:tq3:1x2", "TOKENS"),
+    ("store:tq3:many", "must be integers"),
+    ("decode:tq9:1x16", "allowed values"),
+])
+def test_bad_targets_name_what_is_allowed(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_target(text)
+
+
+def test_cli_refuses_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["decode:tq3:1x16", "--launches", "0"])
+    assert "--launches must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["store:tq3:x"])
+    assert "must be integers" in capsys.readouterr().err
