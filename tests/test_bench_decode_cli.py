@@ -13,3 +13,33 @@ def test_vllm_baselines_need_vllm_up_front(bench_script, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     with pytest.raises(SystemExit, match=r"--vllm needs vLLM importable"):
         bench.main(["--vllm", "--presets", "tq3"])
+
+
+def test_kernel_specs_set_the_mma_knobs(bench_script):
+    bench = bench_script("micro.bench_decode")
+    from turboquant.triton_impl import AttnConfig
+
+    base = AttnConfig()
+    c = bench.kernel_config("mma@16r128b24576", base)
+    assert (c.decode_kernel, c.mma_programs_per_sm, c.mma_maxnreg, c.mma_ring_bytes) == ("mma", 16, 128, 24576)
+    c = bench.kernel_config("mma@b57344", base)
+    assert (c.mma_programs_per_sm, c.mma_maxnreg, c.mma_ring_bytes) == (base.mma_programs_per_sm, 0, 57344)
+    assert bench.kernel_config("split", base).decode_kernel == "split"
+    assert bench.kernel_config("auto", base) == base
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("fast", "allowed values: auto, split, mma"),
+    ("split@16", "allowed values: auto, split, mma"),
+    ("mma@", "after mma@"),
+    ("mma@b16384r128", "after mma@"),
+    ("mma@32x", "after mma@"),
+    ("mma@b16384", "mma_ring_bytes=16384 is not supported; allowed values: \\[8192, 24576, 57344\\]"),
+    ("mma@b131072", "mma_ring_bytes=131072 is not supported"),
+])
+def test_bad_kernel_specs_are_refused_before_gpu_work(bench_script, spec, match):
+    bench = bench_script("micro.bench_decode")
+    with pytest.raises(SystemExit):
+        bench.main(["--presets", "tq3", "--kernels", f"auto,{spec}"])
+    with pytest.raises(ValueError, match=match):
+        bench.kernel_config(spec, __import__("turboquant.triton_impl", fromlist=["AttnConfig"]).AttnConfig())

@@ -60,7 +60,8 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
         s = num_splits or choose_splits(b * hkv, max_kv, cache.device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
         try:
             return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq,
-                                        sm_scale=scale, num_splits=s, maxnreg=cfg.mma_maxnreg)
+                                        sm_scale=scale, num_splits=s, maxnreg=cfg.mma_maxnreg,
+                                        ring_bytes=cfg.mma_ring_bytes)
         except (CompilationError, AttributeError, TypeError) as e:
             # a Triton whose Gluon API the kernel does not know (a compile error, or a missing or changed
             # function met while the JIT resolves the kernel's source): "auto" keeps working on the split

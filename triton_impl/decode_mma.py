@@ -72,6 +72,9 @@ _thread_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
 TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
 RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up to 4 KB (tq4)
+# the kernel's one shared allocation (tables + ring) must be a power of two (a Triton layout rule:
+# another size aborts the compiler): the ring sizes that allow it, up to 64 KB in all
+MMA_RING_BYTES = tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
 
 
 @triton.constexpr_function
@@ -418,10 +421,11 @@ def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, devic
 
 def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
-                         num_splits: int, maxnreg: int = 0) -> torch.Tensor:
+                         num_splits: int, maxnreg: int = 0, ring_bytes: int = RING_BYTES) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
-    thread (0: the compiler's choice; 128 lets 16 one-warp programs share an SM).  No host
+    thread (0: the compiler's choice; 128 lets 16 one-warp programs share an SM).  ``ring_bytes``: the
+    cp.async tile ring (AttnConfig.mma_ring_bytes; at least two tiles of the preset).  No host
     synchronisation."""
     m = params.meta
     b = block_table.shape[0]
@@ -432,7 +436,11 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
     sw = params.slot_bytes // 4
     stage_words = next_pow2(TILE_TOKENS * sw)
-    stages = RING_BYTES // (4 * stage_words)
+    stages = ring_bytes // (4 * stage_words)
+    if ring_bytes not in MMA_RING_BYTES or stages < 2:
+        raise ValueError(f"mma_ring_bytes={ring_bytes} holds {stages} tile(s) of {4 * stage_words} bytes "
+                         f"({params.fmt.preset.name}); allowed values: "
+                         f"{[r for r in MMA_RING_BYTES if r >= 8 * stage_words]}")
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,

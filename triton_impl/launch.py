@@ -11,6 +11,7 @@ import torch
 import triton
 
 from .attn_core import _merge_kernel, _split_kernel, acc_width
+from .decode_mma import MMA_RING_BYTES, RING_BYTES, TABLE_BYTES
 from .device import sm_count
 from .merge import merge_splits
 from .params import MIN_DOT, KernelParams, next_pow2
@@ -47,6 +48,7 @@ class AttnConfig:
     decode_kernel: str = "auto"
     mma_programs_per_sm: int = 32  # split target of the mma decode kernel (one-warp programs)
     mma_maxnreg: int = 0  # register cap of the mma decode kernel (0: the compiler's choice)
+    mma_ring_bytes: int = RING_BYTES  # shared memory of the mma decode kernel's cp.async tile ring
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -61,6 +63,10 @@ class AttnConfig:
                              f"{list(DECODE_KERNELS)}")
         if not isinstance(self.dense_prefill, bool):
             raise ValueError(f"dense_prefill={self.dense_prefill!r} is not supported; allowed values: True, False")
+        if isinstance(self.mma_ring_bytes, bool) or self.mma_ring_bytes not in MMA_RING_BYTES:
+            raise ValueError(f"mma_ring_bytes={self.mma_ring_bytes!r} is not supported; allowed values: "
+                             f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
+                             "power-of-two shared allocation)")
         if isinstance(self.bi_parallel_bytes, bool) or not isinstance(self.bi_parallel_bytes, int) \
                 or self.bi_parallel_bytes < 0:
             raise ValueError(f"bi_parallel_bytes={self.bi_parallel_bytes!r} is not supported; allowed values: "

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import math
 import platform
+import re
 import sys
 import time
 
@@ -294,6 +295,27 @@ def table(rows, sdpa) -> str:
     return "\n".join(lines)
 
 
+def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
+    """--kernels entry -> the AttnConfig it times: 'auto', 'split', 'mma', or 'mma@' followed by any of
+    N (mma_programs_per_sm), rR (mma_maxnreg), bB (mma_ring_bytes) in that order: mma@32r128b24576."""
+    kern, at, opts = spec.partition("@")
+    if kern not in ("auto", "mma", "split") or (at and kern != "mma"):
+        raise ValueError(f"--kernels entry {spec!r}: allowed values: auto, split, mma, mma@[N][rR][bB]")
+    m = re.fullmatch(r"(\d+)?(?:r(\d+))?(?:b(\d+))?", opts)
+    if m is None or (at and not any(m.groups())):
+        raise ValueError(f"--kernels entry {spec!r}: after mma@ give N (programs per SM), rR (register cap) and/or "
+                         f"bB (ring bytes), e.g. mma@32r128b24576")
+    ppsm, nreg, ring = m.groups()
+    kcfg = dataclasses.replace(cfg, decode_kernel=kern)
+    if ppsm:
+        kcfg = dataclasses.replace(kcfg, mma_programs_per_sm=int(ppsm))
+    if nreg:
+        kcfg = dataclasses.replace(kcfg, mma_maxnreg=int(nreg))
+    if ring:
+        kcfg = dataclasses.replace(kcfg, mma_ring_bytes=int(ring))  # AttnConfig checks it
+    return kcfg
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default=",".join(tqf.PRESETS))
@@ -309,11 +331,17 @@ def main(argv=None):
     ap.add_argument("--shapes", default="", help="explicit batch x context list, e.g. 32x32768,1x131072")
     ap.add_argument("--kernels", default="auto",
                     help="decode kernels to time (AttnConfig.decode_kernel: auto, mma, split; mma@N: with "
-                         "mma_programs_per_sm=N; mma@NrR: and mma_maxnreg=R); rows of a kernel other than auto "
-                         "are named PRESET+KERNEL")
+                         "mma_programs_per_sm=N; mma@NrR: and mma_maxnreg=R; ...bB: and mma_ring_bytes=B, e.g. "
+                         "mma@32b24576); rows of a kernel other than auto are named PRESET+KERNEL")
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",
                     help="also these presets in batch-invariant mode (fixed-length splits; rows named PRESET+bi)")
     args = ap.parse_args(argv)
+    try:
+        kernel_specs = [k for k in args.kernels.split(",") if k]
+        for spec in kernel_specs:
+            kernel_config(spec, AttnConfig())
+    except ValueError as e:
+        ap.error(str(e))
     if args.smoke:
         gen = torch.Generator(device="cuda")
         gen.manual_seed(1)
@@ -383,14 +411,9 @@ def main(argv=None):
                 log({"check": p, "decode_vs_fp64_dequant_rel_err": err})
             except Exception as e:
                 log({"error": p, "what": repr(e)[:500]})
-            for spec in [k for k in args.kernels.split(",") if k]:
-                kern, _, opts = spec.partition("@")  # mma@16: mma_programs_per_sm=16; mma@32r128: and maxnreg 128
-                kcfg = dataclasses.replace(cfg, decode_kernel=kern)
-                ppsm, _, nreg = opts.partition("r")
-                if ppsm:
-                    kcfg = dataclasses.replace(kcfg, mma_programs_per_sm=int(ppsm))
-                if nreg:
-                    kcfg = dataclasses.replace(kcfg, mma_maxnreg=int(nreg))
+            for spec in kernel_specs:
+                kcfg = kernel_config(spec, cfg)
+                kern = kcfg.decode_kernel
                 try:
                     bench_preset(p, shapes, kcfg, gen, bw, rows, log, label=p if spec == "auto" else f"{p}+{spec}")
                 except Exception as e:

@@ -165,6 +165,23 @@ def test_asking_for_the_mma_kernel_where_it_cannot_run_is_an_error():
         _run(args, "mma")
 
 
+def test_a_ring_too_small_for_two_tiles_is_refused():
+    """mma_ring_bytes must hold two tiles of the preset (tq4: 16 slots x 136 B -> 4 KB stages)."""
+    from turboquant.triton_impl.decode_mma import decode_attention_mma
+    from turboquant.triton_impl.query import rotate_query
+
+    (q, cache, bt, sl, p), _ = _decode_case("tq4", (20, 5))
+    for ring, tiles in ((4096, 1), (16384, 4)):  # too small; not a power of two with the tables
+        with pytest.raises(ValueError, match=rf"mma_ring_bytes={ring} holds {tiles} tile\(s\) of 4096 bytes \(tq4\); "
+                                             r"allowed values: \[8192, 24576, 57344\]"):
+            decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=q.shape[1],
+                                 sm_scale=0.1, num_splits=1, ring_bytes=ring)
+    for bad in (1000, 4096, 16384, 1 << 17, True):
+        with pytest.raises(ValueError, match=rf"mma_ring_bytes={bad!r} is not supported; allowed values: "
+                                             r"\[8192, 24576, 57344\]"):
+            AttnConfig(mma_ring_bytes=bad)
+
+
 # --- the kernel (GPU) ------------------------------------------------------------------------------
 
 SHAPES = [  # (seq_lens, KV heads, GQA group, block size)
@@ -187,6 +204,16 @@ def test_matches_split_kernel_and_reference(preset, shape):
     assert rel_err(got, split) <= tqf.ATTN_RTOL_HALF
     # the split count only regroups the same sums
     assert rel_err(_run(args, "mma", num_splits=7), got) <= tqf.ATTN_RTOL_HALF
+
+
+@GPU
+@pytest.mark.parametrize("preset,ring_bytes", [("tq3", 24576), ("tq3", 57344), ("tq4", 24576)])
+def test_ring_depth_changes_only_the_schedule(preset, ring_bytes):
+    """A deeper or shallower cp.async ring copies the same tiles earlier or later; every tile is
+    computed in the same order with the same operations: the same bits."""
+    args, _ = _decode_case(preset, (1, 40, 700), seed=5)
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_ring_bytes=ring_bytes)
+    np.testing.assert_array_equal(decode_attention(*args, config=cfg).float().cpu().numpy(), _run(args, "mma"))
 
 
 @GPU
