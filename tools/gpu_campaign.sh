@@ -25,7 +25,8 @@
 #          SERVING_ARGS the sizes (e.g. "--workloads M --m-requests 64 --measure ttft,throughput"),
 #          SERVING_SECONDS the --deadline (no new engine or measurement after it), SERVING_KILL_SECONDS the
 #          --kill-after (default deadline + 60 s: a measurement still running then is killed and recorded,
-#          so the table is always written; keep it under the call's limit), TQ_GIT_COMMIT the
+#          so the table is always written; keep it under the call's limit), SERVING_CALL_LIMIT (+ CALL_T0,
+#          the call's start in epoch seconds) caps both by the device call's limit, TQ_GIT_COMMIT the
 #          commit to record (the device's copy has no .git).  Merge calls with --report a,b
 #   profile ncu (Nsight Compute) on one launch of each PROFILE_TARGETS entry (default: the tq3 decode at
 #          32 x 32k and the tq3 store of 32k tokens; benchmarks/micro/profile_kernels.py): speed of light,
@@ -87,8 +88,19 @@ case "$stage" in
   serving)
     TQ_SITE=/tmp/tq-site bash tests/vllm/install_tq_site.sh
     export PYTHONPATH="/tmp/tq-site:$PYTHONPATH"
-    python3 -m benchmarks.e2e.serving --out "$OUT/serving.jsonl" --deadline "${SERVING_SECONDS:-480}" \
-        --kill-after "${SERVING_KILL_SECONDS:-$(( ${SERVING_SECONDS:-480} + 60 ))}" \
+    deadline="${SERVING_SECONDS:-480}"
+    kill_after="${SERVING_KILL_SECONDS:-$(( deadline + 60 ))}"
+    if [ -n "${SERVING_CALL_LIMIT:-}" ]; then
+      # the device call's own limit, counted from CALL_T0 (epoch seconds; set it first thing in the
+      # command, before the kit's install): kill 25 s before that limit so that the rows and the table
+      # are written, and start nothing in the last 60 s before the kill
+      left=$(( SERVING_CALL_LIMIT - ($(date +%s) - ${CALL_T0:-$(date +%s)}) - 25 ))
+      [ "$kill_after" -gt "$left" ] && kill_after=$left
+      [ "$deadline" -gt $(( kill_after - 60 )) ] && deadline=$(( kill_after - 60 ))
+      echo "serving: deadline ${deadline} s, kill after ${kill_after} s (call limit ${SERVING_CALL_LIMIT} s)"
+    fi
+    python3 -m benchmarks.e2e.serving --out "$OUT/serving.jsonl" --deadline "$deadline" \
+        --kill-after "$kill_after" \
         --configs "${SERVING_CONFIGS:-bf16,fp8,turboquant_4bit_nc,turboquant_3bit_nc,tq4,k4v3,tq3}" \
         ${SERVING_ARGS:-} || echo "serving rc $?"
     python3 -m benchmarks.e2e.serving --report "$OUT/serving.jsonl" --plot "$OUT/serving.png" > "$OUT/serving.md" || true
