@@ -57,7 +57,7 @@ def attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tenso
     q, o = query[pp.first_token:], out[pp.first_token:]
     bt, sl = block_table[nd:], seq_lens[nd:]
     if dense_prefill_supported(params, query.dtype, query.device, cfg):
-        prefill_attention(q, cache, bt, sl, params, pp, scale, o)
+        prefill_attention(q, cache, bt, sl, params, pp, scale, o, rotation=cfg.dense_rotation)
     else:
         qsl = query_start_loc[nd:] - query_start_loc[nd]
         paged_attention(q, cache, bt, sl, qsl, params, scale, o, config=cfg)

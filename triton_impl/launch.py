@@ -42,6 +42,11 @@ class AttnConfig:
     # prefill / extend rows on the dense path (prefill.py) where it applies; False: the packed-tile
     # kernel for every row (extend.py)
     dense_prefill: bool = True
+    # where the dense path's rotations run: "query" (q' = Pi q for the query rows, out = Pi^T o'),
+    # "kv" (the decoded workspace rotated back, K = Pi^T K' and V = Pi^T V': plain q and no output
+    # rotation), "auto" (per step: "kv" where it rotates fewer rows, i.e. cached tokens x KV heads <
+    # query rows x query heads, as for a whole prompt under GQA)
+    dense_rotation: str = "auto"
     # decode kernel: "mma" (decode_mma.py: codes decoded into mma.sync operand registers, one warp per
     # program), "split" (attn_core._split_kernel), "auto": mma wherever decode_mma.mma_decode_unsupported
     # finds nothing against it
@@ -63,6 +68,9 @@ class AttnConfig:
                              f"{list(DECODE_KERNELS)}")
         if not isinstance(self.dense_prefill, bool):
             raise ValueError(f"dense_prefill={self.dense_prefill!r} is not supported; allowed values: True, False")
+        if self.dense_rotation not in DENSE_ROTATIONS:
+            raise ValueError(f"dense_rotation={self.dense_rotation!r} is not supported; allowed values: "
+                             f"{list(DENSE_ROTATIONS)}")
         if isinstance(self.mma_ring_bytes, bool) or self.mma_ring_bytes not in MMA_RING_BYTES:
             raise ValueError(f"mma_ring_bytes={self.mma_ring_bytes!r} is not supported; allowed values: "
                              f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
@@ -74,6 +82,7 @@ class AttnConfig:
 
 
 LOOKUPS = (0, 1, 2)
+DENSE_ROTATIONS = ("auto", "query", "kv")
 DECODE_KERNELS = ("auto", "mma", "split")
 
 

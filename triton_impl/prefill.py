@@ -13,7 +13,11 @@ attention (bottom-right aligned: a sequence's query rows are its last tokens):
     out[C_i] = (softmax(scale q' K'^T) V')[seg_i] Pi_i   (back from the rotated domain)
 
 which is SPEC §9's attention over the dequantized cache, up to the dense kernel's rounding of q',
-K', V' to the query dtype (SPEC §10: ATTN_RTOL_HALF).  Keys with a QJL sketch, fp16 / fp32 queries
+K', V' to the query dtype (SPEC §10: ATTN_RTOL_HALF).  Rotations are orthogonal, so the same
+attention can run in the original domain instead: K = Pi^T K' and V = Pi^T V' per instance, the query
+rows as they are and no rotation of the output.  That rotates cached tokens x KV heads rows instead
+of 2 x query rows x query heads: fewer for a whole prompt under GQA (AttnConfig.dense_rotation,
+"auto" picks per step).  Keys with a QJL sketch, fp16 / fp32 queries
 on a GPU and batch-invariant mode keep the packed-tile kernel (extend.py).
 
 Non-finite tokens give NaN exactly in the rows that see them (SPEC §8), as with the other kernels
@@ -23,7 +27,8 @@ Launches: _rotate_kernel (q -> q'; on a GPU tensor cores with Pi split into bf16
 ~fp32-accurate), _dense_kv_kernel (packed slots -> K', V'), the dense attention (vLLM's
 FlashAttention varlen when vLLM is importable, else torch SDPA per sequence on a GPU, a float32
 masked attention on a CPU), _rotate_kernel again (o' -> out, Pi per value instance, channels
-scattered).  Workspace: K', V' [sum of the sequences' cached tokens,
+scattered); rotating the workspace instead: _dense_kv_kernel, _rotate_kernel for K' and for V'
+(inverse, channels scattered), the dense attention.  Workspace: K', V' [sum of the sequences' cached tokens,
 num_kv_heads, W] in the query dtype (float32 on CPU), at most MAX_WORKSPACE_BYTES at a time (the
 plan's parts).  Host planning is PrefillPlan (plan.py), once per step.
 """
@@ -39,7 +44,7 @@ import triton.language as tl
 from .attn_core import acc_width
 from .bits import load_f32, unpack_codes
 from .dequant import group_values
-from .launch import AttnConfig
+from .launch import DENSE_ROTATIONS, AttnConfig
 from .params import CENT_SLOTS, KernelParams
 from .plan import PrefillPlan
 from .rotate import _tail, key_width, rotate_rows, zero_tail
@@ -255,16 +260,29 @@ def _masked_attention(q, k, v, scale):
     return out.to(q.dtype)
 
 
+def rotates_kv(rotation: str, query_rows: int, cached_tokens: int, num_q_heads: int, num_kv_heads: int) -> bool:
+    """Whether a step rotates its workspace back (K = Pi^T K', V = Pi^T V') instead of its
+    query rows and outputs (AttnConfig.dense_rotation): "auto" picks the side with fewer rows."""
+    if rotation not in DENSE_ROTATIONS:
+        raise ValueError(f"rotation={rotation!r} is not supported; allowed values: {list(DENSE_ROTATIONS)}")
+    if rotation == "auto":
+        return cached_tokens * num_kv_heads < query_rows * num_q_heads
+    return rotation == "kv"
+
+
 def prefill_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                       params: KernelParams, plan: PrefillPlan, softmax_scale: float, out: torch.Tensor, *,
-                      backend: str = "auto") -> torch.Tensor:
+                      backend: str = "auto", rotation: str = "auto") -> torch.Tensor:
     """query [plan rows, Hq, D] / out (same shape): the rows of the plan's sequences; block_table,
-    seq_lens: those sequences' rows.  Checked by the caller (dispatch.attention)."""
+    seq_lens: those sequences' rows.  Checked by the caller (dispatch.attention).  rotation: where
+    the rotations run (AttnConfig.dense_rotation; rotates_kv)."""
     m = params.meta
     dtype = _dense_dtype(query)
     w = dense_width(params)
-    hq = query.shape[1]
+    hq, hkv, d = query.shape[1], cache.shape[1], m["D"]
     row_bytes = cache.shape[1] * w * torch.finfo(dtype).bits // 8 * 2
+    # one side for the whole step, so that splitting it into workspace parts changes no row
+    kv_side = rotates_kv(rotation, sum(plan.q_lens), plan.total_k, hq, hkv)
     for part in plan.parts(max(1, MAX_WORKSPACE_BYTES // row_bytes)):
         s0 = part.first_seq - plan.first_seq
         t0 = part.first_token - plan.first_token
@@ -273,11 +291,23 @@ def prefill_attention(query: torch.Tensor, cache: torch.Tensor, block_table: tor
         o = out[t0:t0 + rows]
         bt = block_table[s0:s0 + part.num_seqs]
         sl = seq_lens[s0:s0 + part.num_seqs]
-        qd = rotate_rows(q, params, torch.empty((rows, hq, w), dtype=dtype, device=query.device), inverse=False)
         kd, vd = dense_kv(cache, bt, sl, params, part, dtype)
+        if kv_side:
+            # the workspace back in the original domain: attention of the plain query rows, no output rotation
+            n = kd.shape[0]
+            k = rotate_rows(kd, params, torch.empty((n, hkv, d), dtype=dtype, device=query.device), inverse=True,
+                            tensor="key")
+            if m["V_GROUP"]:
+                v = vd[:, :, :d].contiguous() if w != d else vd
+            else:
+                v = rotate_rows(vd, params, torch.empty((n, hkv, d), dtype=dtype, device=query.device),
+                                inverse=True)
+            o.copy_(dense_attention(q.to(dtype), k, v, part, softmax_scale, backend))
+            continue
+        qd = rotate_rows(q, params, torch.empty((rows, hq, w), dtype=dtype, device=query.device), inverse=False)
         od = dense_attention(qd, kd, vd, part, softmax_scale, backend)
         if m["V_GROUP"]:
-            o.copy_(od[:, :, : m["D"]])
+            o.copy_(od[:, :, :d])
         else:
             rotate_rows(od, params, o, inverse=True)
     return out

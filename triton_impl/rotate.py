@@ -178,20 +178,27 @@ def _precision(x: torch.Tensor) -> str:
 
 
 def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inverse: bool,
-                persistent: bool = True, tiling: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """Forward: x = query [T, Hq, D] -> y = q' [T, Hq, W].  inverse: x = o' [T, Hq, W] -> y = out
-    [T, Hq, D] (value instances; not for group values, whose o' is already the output).  A rotation
-    of one instance no wider than 128 runs on _rotate_persistent_kernel unless persistent=False
-    (the one-tile-per-program _rotate_kernel: the tests' second implementation).  tiling = (rows per
-    tile, warps, programs per SM) of the persistent kernel (benchmarks); default the module's."""
+                persistent: bool = True, tiling: tuple[int, int, int] | None = None,
+                tensor: str | None = None) -> torch.Tensor:
+    """Forward: x = query [T, Hq, D] -> y = q' [T, Hq, W] (the key instances' rotations).  inverse:
+    x = o' [T, Hq, W] -> y = out [T, Hq, D] (the value instances'; not for group values, whose o' is
+    already the output); with tensor="key", x = K' [T, Hkv, W] -> K [T, Hkv, D] (the prefill
+    workspace rotated back per key instance).  A rotation of one instance no wider than 128 runs on
+    _rotate_persistent_kernel unless persistent=False (the one-tile-per-program _rotate_kernel: the
+    tests' second implementation).  tiling = (rows per tile, warps, programs per SM) of the
+    persistent kernel (benchmarks); default the module's."""
+    tensor = tensor or ("value" if inverse else "key")
+    if tensor not in ("key", "value") or (tensor == "value" and not inverse):
+        raise ValueError(f"tensor={tensor!r} is not supported here; allowed values: 'key', and 'value' with "
+                         "inverse=True")
     t, heads = x.shape[0], x.shape[1]
     n = t * heads
     if n == 0:
         return y
-    rot, chan = (params.v_rot, params.v_chan) if inverse else (params.k_rot, params.k_chan)
+    rot, chan = (params.v_rot, params.v_chan) if tensor == "value" else (params.k_rot, params.k_chan)
     used = key_width(params)
     tail = _tail(used, y.shape[2]) if not inverse else {"TAIL0": 0, "TAIL": 0, "TAILP": 1}
-    consts = params.rotation_constexprs("value" if inverse else "key")
+    consts = params.rotation_constexprs(tensor)
     mpmax = consts["MPMAX"]
     br, warps = ROTATE_BR if mpmax <= 128 else ROTATE_BR_WIDE, 4
     if consts["NI"] == 1 and mpmax <= 128 and persistent:

@@ -185,6 +185,12 @@ def run(args) -> None:
             t, how = time_it(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan), _reps(t_sdpa))
             emit({**base, "impl": preset, "preset": preset, "seconds": t, "copy_fraction": None,
                   "vs_sdpa": t / t_sdpa, "timing": how})
+            for side in args.dense_rotations:  # the rotations on one side, whatever "auto" picks here
+                scfg = dataclasses.replace(AttnConfig(), dense_rotation=side)
+                t, how = time_it(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan, config=scfg),
+                                 _reps(t_sdpa))
+                emit({**base, "impl": f"{preset}[{side}]", "preset": preset, "seconds": t, "copy_fraction": None,
+                      "vs_sdpa": t / t_sdpa, "timing": how})
             if preset == args.presets[0] and args.stages:
                 emit_stages(base, q, cache, bt, sl, params, plan.prefill, D ** -0.5, t_sdpa, emit, time_it,
                             args.rotate_configs)
@@ -230,10 +236,15 @@ def emit_stages(base, q, cache, bt, sl, params, pp, scale, t_sdpa, emit, time_it
     kd, vd = pf.dense_kv(cache, bt, sl, params, pp, q.dtype)
     od = pf.dense_attention(qd, kd, vd, pp, scale)
     o = torch.empty_like(q)
+    n, hkv, d = kd.shape[0], kd.shape[1], q.shape[2]
+    k, v = (torch.empty((n, hkv, d), dtype=q.dtype, device=q.device) for _ in range(2))
     steps = {"rotate q": lambda: pf.rotate_rows(q, params, qd, inverse=False),
              "decode K, V": lambda: pf.dense_kv(cache, bt, sl, params, pp, q.dtype),
              "dense attention": lambda: pf.dense_attention(qd, kd, vd, pp, scale),
-             "rotate back": lambda: pf.rotate_rows(od, params, o, inverse=True)}
+             "rotate back": lambda: pf.rotate_rows(od, params, o, inverse=True),
+             # dense_rotation="kv": the workspace rotated back instead of q and the output
+             "rotate K', V' back": lambda: (pf.rotate_rows(kd, params, k, inverse=True, tensor="key"),
+                                            pf.rotate_rows(vd, params, v, inverse=True))}
     for name, fn in steps.items():
         t, how = time_it(fn, _reps(t_sdpa))
         emit({**base, "kind": "prefill_stage", "impl": name, "preset": params.fmt.preset.name, "seconds": t,
@@ -359,6 +370,15 @@ def parse_rotate_configs(text: str) -> list[tuple[int, int, int]]:
     return out
 
 
+def parse_dense_rotations(text: str) -> list[str]:
+    """"query,kv" -> ["query", "kv"] (AttnConfig.dense_rotation values other than auto)."""
+    sides = [x for x in text.split(",") if x]
+    bad = [x for x in sides if x not in ("query", "kv")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"--dense-rotations: {bad[0]!r} is not supported; allowed values: query, kv")
+    return sides
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="append JSON rows here")
@@ -373,6 +393,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rotate-configs", type=parse_rotate_configs, default=[],
                     help="with --stages: BR:WARPS:PROGRAMS_PER_SM,... of the persistent rotation kernel")
     ap.add_argument("--stages", action="store_true", help="also time the dense path's launches one by one")
+    ap.add_argument("--dense-rotations", type=parse_dense_rotations, default=["query", "kv"],
+                    help="also time each preset with the dense path's rotations forced to these sides "
+                         "(AttnConfig.dense_rotation: query, kv; rows PRESET[SIDE]); '' for none")
     ap.add_argument("--report", help="comma-separated JSONL files: print the markdown table")
     ap.add_argument("--plot", help="with --report: write this PNG")
     args = ap.parse_args(argv)

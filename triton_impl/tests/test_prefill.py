@@ -75,6 +75,26 @@ def test_step_matches_packed_tile_kernel_and_reference(preset, step):
     assert rel_err(got, tile) <= tqf.ATTN_RTOL_HALF
     # without a plan, attention makes one from the device tensors: same rows
     np.testing.assert_array_equal(attention(*args).float().cpu().numpy(), got)
+    # the rotations on either side (query rows or the decoded workspace): the same attention
+    for rotation in ("query", "kv"):
+        cfg = dataclasses.replace(default_config(DEV), dense_rotation=rotation)
+        side = attention(*args, plan=plan, config=cfg).float().cpu().numpy()
+        assert rel_err(side, want) <= tqf.ATTN_RTOL_HALF, rotation
+        assert rel_err(side, got) <= tqf.ATTN_RTOL_HALF, rotation
+
+
+def test_auto_rotates_the_side_with_fewer_rows():
+    """A whole prompt under GQA rotates its workspace (cached tokens x KV heads < 2 x rows x query
+    heads); a short chunk over a long history its query rows; MHA never the workspace."""
+    assert prefill_mod.rotates_kv("auto", query_rows=2048, cached_tokens=2048, num_q_heads=32, num_kv_heads=8)
+    assert not prefill_mod.rotates_kv("auto", query_rows=2048, cached_tokens=34816, num_q_heads=32, num_kv_heads=8)
+    assert not prefill_mod.rotates_kv("auto", query_rows=512, cached_tokens=512, num_q_heads=8, num_kv_heads=8)
+    assert prefill_mod.rotates_kv("kv", 1, 10**6, 8, 8) and not prefill_mod.rotates_kv("query", 10**6, 1, 32, 1)
+    with pytest.raises(ValueError, match=r"rotation='both' is not supported; allowed values: "
+                                         r"\['auto', 'query', 'kv'\]"):
+        prefill_mod.rotates_kv("both", 1, 1, 1, 1)
+    with pytest.raises(ValueError, match="dense_rotation='both' is not supported; allowed values"):
+        AttnConfig(dense_rotation="both")
 
 
 def test_workspace_parts_give_the_same_rows(monkeypatch):
@@ -89,13 +109,15 @@ def test_workspace_parts_give_the_same_rows(monkeypatch):
     assert rel_err(parts, want) <= tqf.ATTN_RTOL_HALF
 
 
+@pytest.mark.parametrize("rotation", ["query", "kv"])
 @pytest.mark.parametrize("preset", ["tq3", "k4g4", "tq2.5"])
 @pytest.mark.parametrize("nan_in,q_len", [("key", 40), ("value", 40), ("key", 22), ("value", 22)])
-def test_nonfinite_token_poisons_only_rows_that_see_it_on_the_dense_path(preset, nan_in, q_len):
+def test_nonfinite_token_poisons_only_rows_that_see_it_on_the_dense_path(preset, nan_in, q_len, rotation):
     """A whole prompt and a chunk over a history (bottom-right mask), a non-finite key or value at
-    position 25: NaN in exactly the rows at or after it, like the reference."""
+    position 25: NaN in exactly the rows at or after it, like the reference, whichever side is rotated."""
     args, plan, want = _step(preset, (40,), (q_len,), h=1, g=2, nan_token=25, nan_in=nan_in)
-    got = attention(*args, plan=plan).float().cpu().numpy()
+    cfg = dataclasses.replace(default_config(DEV), dense_rotation=rotation)
+    got = attention(*args, plan=plan, config=cfg).float().cpu().numpy()
     first = 25 - (40 - q_len)  # the first query row that sees token 25
     assert np.isnan(want[first:]).all() and not np.isnan(want[:first]).any()
     assert np.isnan(got[first:]).all() and not np.isnan(got[:first]).any()
