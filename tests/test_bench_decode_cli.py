@@ -24,6 +24,7 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert (c.decode_kernel, c.mma_programs_per_sm, c.mma_maxnreg, c.mma_ring_bytes) == ("mma", 16, 128, 24576)
     c = bench.kernel_config("mma@b57344", base)
     assert (c.mma_programs_per_sm, c.mma_maxnreg, c.mma_ring_bytes) == (base.mma_programs_per_sm, 0, 57344)
+    assert bench.kernel_config("mma@64s1024", base).max_splits == 1024
     assert bench.kernel_config("split", base).decode_kernel == "split"
     assert bench.kernel_config("auto", base) == base
 
@@ -33,6 +34,8 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     ("split@16", "allowed values: auto, split, mma"),
     ("mma@", "after mma@"),
     ("mma@b16384r128", "after mma@"),
+    ("mma@s512b24576", "after mma@"),
+    ("mma@s0", "max_splits=0 is not supported; allowed values: integers 1 to 4096"),
     ("mma@32x", "after mma@"),
     ("mma@b16384", "mma_ring_bytes=16384 is not supported; allowed values: \\[8192, 24576, 57344\\]"),
     ("mma@b131072", "mma_ring_bytes=131072 is not supported"),

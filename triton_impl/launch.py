@@ -29,6 +29,7 @@ class AttnConfig:
     num_stages: int = 2
     programs_per_sm: int = 4  # split target: num_seqs*H*S >= programs_per_sm * SMs
     min_chunk: int = 256  # fewest tokens per split
+    max_splits: int = 256  # most splits of one sequence's tokens (each adds a partial state to merge)
     lookup: int = 0  # centroid lookup: 0 gather loads, 1 select tree, 2 cubic (attn_core.centroid_values)
     # batch-invariant mode: splits of a fixed bi_chunk tokens whatever the batch, combined in split
     # order by one formula; decode rows take the extend kernel; per-row value scales: a row's output
@@ -68,6 +69,9 @@ class AttnConfig:
                              f"{list(DECODE_KERNELS)}")
         if not isinstance(self.dense_prefill, bool):
             raise ValueError(f"dense_prefill={self.dense_prefill!r} is not supported; allowed values: True, False")
+        ms = self.max_splits
+        if isinstance(ms, bool) or not isinstance(ms, int) or not 1 <= ms <= 4096:
+            raise ValueError(f"max_splits={self.max_splits!r} is not supported; allowed values: integers 1 to 4096")
         if self.dense_rotation not in DENSE_ROTATIONS:
             raise ValueError(f"dense_rotation={self.dense_rotation!r} is not supported; allowed values: "
                              f"{list(DENSE_ROTATIONS)}")
@@ -118,7 +122,7 @@ def choose_splits(programs: int, max_kv: int, device: torch.device, cfg: AttnCon
         return 1
     want = math.ceil((programs_per_sm or cfg.programs_per_sm) * sm_count(device) / max(programs, 1))
     cap = max(1, math.ceil(max_kv / cfg.min_chunk))
-    return int(max(1, min(want, cap, 256)))
+    return int(max(1, min(want, cap, cfg.max_splits)))
 
 
 def batch_invariant_splits(num_tokens: int, num_q_heads: int, max_kv: int, acc_width: int,

@@ -297,15 +297,16 @@ def table(rows, sdpa) -> str:
 
 def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
     """--kernels entry -> the AttnConfig it times: 'auto', 'split', 'mma', or 'mma@' followed by any of
-    N (mma_programs_per_sm), rR (mma_maxnreg), bB (mma_ring_bytes) in that order: mma@32r128b24576."""
+    N (mma_programs_per_sm), rR (mma_maxnreg), bB (mma_ring_bytes), sS (max_splits) in that order:
+    mma@32r128b24576s512."""
     kern, at, opts = spec.partition("@")
     if kern not in ("auto", "mma", "split") or (at and kern != "mma"):
-        raise ValueError(f"--kernels entry {spec!r}: allowed values: auto, split, mma, mma@[N][rR][bB]")
-    m = re.fullmatch(r"(\d+)?(?:r(\d+))?(?:b(\d+))?", opts)
+        raise ValueError(f"--kernels entry {spec!r}: allowed values: auto, split, mma, mma@[N][rR][bB][sS]")
+    m = re.fullmatch(r"(\d+)?(?:r(\d+))?(?:b(\d+))?(?:s(\d+))?", opts)
     if m is None or (at and not any(m.groups())):
-        raise ValueError(f"--kernels entry {spec!r}: after mma@ give N (programs per SM), rR (register cap) and/or "
-                         f"bB (ring bytes), e.g. mma@32r128b24576")
-    ppsm, nreg, ring = m.groups()
+        raise ValueError(f"--kernels entry {spec!r}: after mma@ give N (programs per SM), rR (register cap), "
+                         f"bB (ring bytes) and/or sS (most splits), e.g. mma@32r128b24576s512")
+    ppsm, nreg, ring, splits = m.groups()
     kcfg = dataclasses.replace(cfg, decode_kernel=kern)
     if ppsm:
         kcfg = dataclasses.replace(kcfg, mma_programs_per_sm=int(ppsm))
@@ -313,6 +314,8 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
         kcfg = dataclasses.replace(kcfg, mma_maxnreg=int(nreg))
     if ring:
         kcfg = dataclasses.replace(kcfg, mma_ring_bytes=int(ring))  # AttnConfig checks it
+    if splits:
+        kcfg = dataclasses.replace(kcfg, max_splits=int(splits))
     return kcfg
 
 
@@ -331,8 +334,9 @@ def main(argv=None):
     ap.add_argument("--shapes", default="", help="explicit batch x context list, e.g. 32x32768,1x131072")
     ap.add_argument("--kernels", default="auto",
                     help="decode kernels to time (AttnConfig.decode_kernel: auto, mma, split; mma@N: with "
-                         "mma_programs_per_sm=N; mma@NrR: and mma_maxnreg=R; ...bB: and mma_ring_bytes=B, e.g. "
-                         "mma@32b24576); rows of a kernel other than auto are named PRESET+KERNEL")
+                         "mma_programs_per_sm=N; mma@NrR: and mma_maxnreg=R; ...bB: and mma_ring_bytes=B; ...sS: and "
+                         "max_splits=S, e.g. mma@64b24576s512); rows of a kernel other than auto are named "
+                         "PRESET+KERNEL")
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",
                     help="also these presets in batch-invariant mode (fixed-length splits; rows named PRESET+bi)")
     args = ap.parse_args(argv)
