@@ -1,0 +1,555 @@
+// TurboQuant fused CPU kernels (SPEC.md), a torch C++ extension built at first use by
+// torch_impl/cpp/__init__.py.  The Python side (torch_impl/fused.py) does the rotations as torch
+// matmuls and passes every field offset and table; nothing of the format is derived here.
+//
+// tq_decode: attention of one query row per sequence (a decode step) over the packed paged cache
+//   cache uint8 [num_blocks, num_kv_heads, block_size, slot_bytes] (bytes of a slot contiguous),
+//   block_table int64 [num_seqs, max_blocks], seq_lens int64 [num_seqs] (the row sees tokens 0..len-1),
+//   q_rot float [num_seqs, num_q_heads, MK]: Pi_i q_{C_i} of each key instance i, concatenated,
+//   q_sgn float [num_seqs, num_q_heads, MS]: S_i Pi_i q_{C_i} of each QJL key instance (MS may be 0).
+//   Parallel split: one task per (sequence, KV head) (at::parallel_for, OpenMP).  A task streams its
+//   slots once, block by block: each token's codes are unpacked and mapped to centroid values times
+//   the token's norm (AVX2: 8 codes per table permute; elsewhere a scalar loop), scored against the
+//   G = num_q_heads / num_kv_heads rows of the GQA group, folded into an online softmax, and the value
+//   centroids times their norms are summed with the probabilities in the rotated domain.
+//   out float [num_seqs, num_q_heads, MV]: that sum over the softmax denominator (value mode mse; the
+//   caller applies Pi_i^T per row) or the output itself (value mode group, MV = head_size).
+//   A NaN norm, gamma or group scale/zero (a non-finite token, SPEC 8) makes exactly the rows that see
+//   the token NaN; a NaN or +Inf score (NaN query) makes its row NaN.
+//
+// tq_store_prep: norms and unit vectors (SPEC 4.1) of each instance of K (and V) rows; the caller
+//   rotates them (y = u Pi^T, one matmul per instance).
+// tq_store_encode: codes against the codebook boundaries, LSB-first packing, QJL signs and gamma,
+//   group-mode scale/zero/codes and NaN encodings, written as whole slots (padding bytes 0) at
+//   cache[slot // block_size, head, slot % block_size] for slot_mapping >= 0.
+//   Parallel split: rows (token, KV head).
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int LUT = 16;  // centroid / boundary tables are padded to 16 entries
+constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
+constexpr float POS_INF = std::numeric_limits<float>::infinity();
+
+struct KeyInst {
+  int m, bits, norm_off, codes_off, rnorm_off, signs_off, qoff, soff;
+  float qjl_scale;
+  const float* cent;
+};
+struct ValInst {
+  int m, bits, norm_off, codes_off, off;
+  const float* cent;
+};
+struct GroupVals {
+  int gs, bits, scale_off, zero_off, codes_off;
+};
+
+inline float ld_f32(const uint8_t* p) {
+  float f;
+  std::memcpy(&f, p, 4);
+  return f;
+}
+
+inline float ld_f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return c10::detail::fp16_ieee_to_fp32_value(h);
+}
+
+#if defined(__AVX2__)
+// 8 codes of BITS bits (exactly BITS bytes) -> their table values: lo = table[0..7], hi = table[8..15].
+template <int BITS>
+inline __m256 lut8(const uint8_t* p, __m256 lo, __m256 hi) {
+  uint32_t w = 0;
+  std::memcpy(&w, p, BITS);
+  const __m256i shifts = _mm256_setr_epi32(0, BITS, 2 * BITS, 3 * BITS, 4 * BITS, 5 * BITS, 6 * BITS, 7 * BITS);
+  __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(w)), shifts),
+                                 _mm256_set1_epi32((1 << BITS) - 1));
+  __m256 a = _mm256_permutevar8x32_ps(lo, idx);
+  if (BITS < 4) return a;
+  __m256 b = _mm256_permutevar8x32_ps(hi, idx);
+  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 -> sign bit
+}
+#endif
+
+// out[c] = table[code c] * mul for the m codes of a packed field (SPEC 5).
+template <int BITS>
+inline void lookup_codes(const uint8_t* p, int m, const float* table, float mul, float* out) {
+  constexpr uint32_t mask = (1u << BITS) - 1;
+  const int full = m / 8;
+  int g = 0;
+#if defined(__AVX2__)
+  const __m256 lo = _mm256_loadu_ps(table), hi = _mm256_loadu_ps(table + 8), vm = _mm256_set1_ps(mul);
+  for (; g < full; ++g) _mm256_storeu_ps(out + 8 * g, _mm256_mul_ps(lut8<BITS>(p + BITS * g, lo, hi), vm));
+#else
+  for (; g < full; ++g) {
+    uint32_t w = 0;
+    std::memcpy(&w, p + BITS * g, BITS);  // little-endian host (checked in Python)
+    for (int i = 0; i < 8; ++i) out[8 * g + i] = table[(w >> (BITS * i)) & mask] * mul;
+  }
+#endif
+  const int nbytes = (m * BITS + 7) / 8;
+  for (int c = full * 8; c < m; ++c) {
+    const int bit = c * BITS, byte = bit >> 3;
+    uint32_t v = p[byte];
+    if (byte + 1 < nbytes) v |= static_cast<uint32_t>(p[byte + 1]) << 8;
+    out[c] = table[(v >> (bit & 7)) & mask] * mul;
+  }
+}
+
+inline void lookup(const uint8_t* p, int bits, int m, const float* table, float mul, float* out) {
+  switch (bits) {
+    case 1: lookup_codes<1>(p, m, table, mul, out); break;
+    case 2: lookup_codes<2>(p, m, table, mul, out); break;
+    case 3: lookup_codes<3>(p, m, table, mul, out); break;
+    default: lookup_codes<4>(p, m, table, mul, out); break;
+  }
+}
+
+inline float dot(const float* a, const float* b, int n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+inline void axpy(float w, const float* x, float* y, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; ++i) y[i] += w * x[i];
+}
+
+struct DecodeArgs {
+  const uint8_t* cache;
+  int64_t s0, s1, s2, block_size;
+  const int64_t* block_table;
+  int64_t max_blocks;
+  const int64_t* seq_lens;
+  const float* q_rot;
+  const float* q_sgn;
+  int64_t hq, hkv, mk, ms, mv;
+  float scale;
+  std::vector<KeyInst> keys;
+  std::vector<ValInst> vals;
+  bool group;
+  GroupVals gv;
+  const float* ident;  // 0..15 (group codes)
+  float* out;
+};
+
+void decode_task(const DecodeArgs& a, int64_t b, int64_t h) {
+  const int64_t G = a.hq / a.hkv, len = a.seq_lens[b], bs = a.block_size;
+  const int mk = static_cast<int>(a.mk), ms = static_cast<int>(a.ms), mv = static_cast<int>(a.mv);
+  const float* q = a.q_rot + (b * a.hq + h * G) * a.mk;
+  const float* qs = a.ms ? a.q_sgn + (b * a.hq + h * G) * a.ms : nullptr;
+  std::vector<float> kbuf(mk + 8), sbuf(ms + 8), vbuf(mv + 8), acc(G * mv, 0.f), sc(G * bs);
+  std::vector<float> mrun(G, NEG_INF), lsum(G, 0.f);
+  std::vector<char> poison(G, 0);
+  const int64_t nblk = (len + bs - 1) / bs;
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const uint8_t* base = a.cache + a.block_table[b * a.max_blocks + blk] * a.s0 + h * a.s1;
+    const int64_t n = std::min(bs, len - blk * bs);
+    for (int64_t j = 0; j < n; ++j) {  // scores
+      const uint8_t* slot = base + j * a.s2;
+      for (const KeyInst& k : a.keys) {
+        const float norm = ld_f32(slot + k.norm_off);
+        if (k.codes_off >= 0) lookup(slot + k.codes_off, k.bits, k.m, k.cent, norm, kbuf.data() + k.qoff);
+        else std::fill(kbuf.begin() + k.qoff, kbuf.begin() + k.qoff + k.m, 0.f);
+        if (k.signs_off >= 0) {
+          static const float pm[LUT] = {-1.f, 1.f};
+          lookup(slot + k.signs_off, 1, k.m, pm, norm * k.qjl_scale * ld_f32(slot + k.rnorm_off), sbuf.data() + k.soff);
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        float s = dot(q + g * mk, kbuf.data(), mk);
+        if (ms) s += dot(qs + g * ms, sbuf.data(), ms);
+        s *= a.scale;
+        if (!(s < POS_INF)) {  // NaN (a non-finite key or query) or +Inf: the row is NaN
+          poison[g] = 1;
+          s = NEG_INF;
+        }
+        sc[g * bs + j] = s;
+      }
+    }
+    for (int64_t g = 0; g < G; ++g) {  // online softmax
+      float* sg = sc.data() + g * bs;
+      float mx = mrun[g];
+      for (int64_t j = 0; j < n; ++j) mx = std::max(mx, sg[j]);
+      if (mx == NEG_INF) {
+        for (int64_t j = 0; j < n; ++j) sg[j] = 0.f;
+        continue;
+      }
+      if (mx > mrun[g]) {
+        const float corr = std::exp(mrun[g] - mx);  // 0 at the first finite score
+        lsum[g] *= corr;
+        float* ag = acc.data() + g * mv;
+        for (int c = 0; c < mv; ++c) ag[c] *= corr;
+        mrun[g] = mx;
+      }
+      float l = 0.f;
+      for (int64_t j = 0; j < n; ++j) {
+        sg[j] = std::exp(sg[j] - mx);
+        l += sg[j];
+      }
+      lsum[g] += l;
+    }
+    for (int64_t j = 0; j < n; ++j) {  // values
+      const uint8_t* slot = base + j * a.s2;
+      if (a.group) {
+        const GroupVals& gv = a.gv;
+        lookup(slot + gv.codes_off, gv.bits, mv, a.ident, 1.f, vbuf.data());
+        for (int c0 = 0, k = 0; c0 < mv; c0 += gv.gs, ++k) {
+          const float z = ld_f16(slot + gv.zero_off + 2 * k), s = ld_f16(slot + gv.scale_off + 2 * k);
+          for (int c = c0; c < c0 + gv.gs; ++c) vbuf[c] = z + s * vbuf[c];
+        }
+      } else {
+        for (const ValInst& v : a.vals)
+          lookup(slot + v.codes_off, v.bits, v.m, v.cent, ld_f32(slot + v.norm_off), vbuf.data() + v.off);
+      }
+      for (int64_t g = 0; g < G; ++g) axpy(sc[g * bs + j], vbuf.data(), acc.data() + g * mv, mv);
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    float* o = a.out + (b * a.hq + h * G + g) * a.mv;
+    const float inv = 1.f / lsum[g];
+    const float* ag = acc.data() + g * mv;
+    if (poison[g]) {
+      for (int c = 0; c < mv; ++c) o[c] = std::numeric_limits<float>::quiet_NaN();
+    } else {
+      for (int c = 0; c < mv; ++c) o[c] = ag[c] * inv;
+    }
+  }
+}
+
+void check_cpu(const at::Tensor& t, const char* name, at::ScalarType dt) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == dt, name, " has dtype ", t.scalar_type(), ", expected ", dt);
+}
+
+void check_contig(const at::Tensor& t, const char* name, at::ScalarType dt) {
+  check_cpu(t, name, dt);
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// Instance descriptors (one row each, int64 [n, 8]): m, mse bits, norm_off, codes_off, rnorm_off,
+// signs_off, off (in q_rot / y / out), soff (in q_sgn); -1: no such field.
+// kqjl float [nk]: sqrt(pi/2)/m or 0; kcent float [nk, 16].  vdesc: the value instances' descriptors
+// (mse values); vcent float [nv, 16].  gdesc int64 [5]: group_size, bits, scale_off, zero_off, codes_off
+// (empty: value mode mse).
+void tq_decode(const at::Tensor& cache, const at::Tensor& block_table, const at::Tensor& seq_lens,
+               const at::Tensor& q_rot, const at::Tensor& q_sgn, const at::Tensor& kdesc, const at::Tensor& kqjl,
+               const at::Tensor& kcent, const at::Tensor& vdesc, const at::Tensor& vcent, const at::Tensor& gdesc,
+               double scale, at::Tensor out) {
+  check_cpu(cache, "cache", at::kByte);
+  TORCH_CHECK(cache.dim() == 4 && cache.stride(3) == 1, "cache must be [num_blocks, num_kv_heads, block_size, slot]");
+  check_contig(block_table, "block_table", at::kLong);
+  check_contig(seq_lens, "seq_lens", at::kLong);
+  check_contig(q_rot, "q_rot", at::kFloat);
+  check_contig(q_sgn, "q_sgn", at::kFloat);
+  check_contig(kdesc, "kdesc", at::kLong);
+  check_contig(kqjl, "kqjl", at::kFloat);
+  check_contig(kcent, "kcent", at::kFloat);
+  check_contig(vdesc, "vdesc", at::kLong);
+  check_contig(vcent, "vcent", at::kFloat);
+  check_contig(gdesc, "gdesc", at::kLong);
+  check_contig(out, "out", at::kFloat);
+  static const float ident[LUT] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  DecodeArgs a;
+  a.cache = cache.data_ptr<uint8_t>();
+  a.s0 = cache.stride(0);
+  a.s1 = cache.stride(1);
+  a.s2 = cache.stride(2);
+  a.block_size = cache.size(2);
+  a.block_table = block_table.data_ptr<int64_t>();
+  a.max_blocks = block_table.size(1);
+  a.seq_lens = seq_lens.data_ptr<int64_t>();
+  a.q_rot = q_rot.data_ptr<float>();
+  a.q_sgn = q_sgn.data_ptr<float>();
+  a.hq = q_rot.size(1);
+  a.hkv = cache.size(1);
+  a.mk = q_rot.size(2);
+  a.ms = q_sgn.numel() ? q_sgn.size(2) : 0;
+  a.mv = out.size(2);
+  a.scale = static_cast<float>(scale);
+  a.ident = ident;
+  a.out = out.data_ptr<float>();
+  const int64_t* kd = kdesc.data_ptr<int64_t>();
+  for (int64_t i = 0; i < kdesc.size(0); ++i, kd += 8)
+    a.keys.push_back({int(kd[0]), int(kd[1]), int(kd[2]), int(kd[3]), int(kd[4]), int(kd[5]), int(kd[6]), int(kd[7]),
+                      kqjl.data_ptr<float>()[i], kcent.data_ptr<float>() + LUT * i});
+  const int64_t* vd = vdesc.data_ptr<int64_t>();
+  for (int64_t i = 0; i < vdesc.size(0); ++i, vd += 8)
+    a.vals.push_back({int(vd[0]), int(vd[1]), int(vd[2]), int(vd[3]), int(vd[6]), vcent.data_ptr<float>() + LUT * i});
+  a.group = gdesc.numel() > 0;
+  if (a.group) {
+    const int64_t* g = gdesc.data_ptr<int64_t>();
+    a.gv = {int(g[0]), int(g[1]), int(g[2]), int(g[3]), int(g[4])};
+  }
+  const int64_t nseq = block_table.size(0), tasks = nseq * a.hkv;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) decode_task(a, t / a.hkv, t % a.hkv);
+  });
+}
+
+// ---------------------------------------------------------------- store
+
+template <typename T>
+void prep_rows(const T* x, int64_t rows, int64_t d, const int64_t* chan, const int64_t* ioff, int64_t ni,
+               float* u, float* norms, uint8_t* bad, int64_t mt) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* xr = x + r * d;
+      float* ur = u + r * mt;
+      bool nonfinite = false;
+      for (int64_t c = 0; c < d; ++c) nonfinite |= !std::isfinite(static_cast<float>(xr[c]));
+      for (int64_t i = 0; i < ni; ++i) {
+        const int64_t o = ioff[i], m = ioff[i + 1] - o;
+        float* ui = ur + o;
+        float mx = 0.f;
+        for (int64_t c = 0; c < m; ++c) {
+          ui[c] = static_cast<float>(xr[chan ? chan[o + c] : o + c]);
+          mx = std::max(mx, std::fabs(ui[c]));
+        }
+        const float div = mx > 0.f ? mx : 1.f;
+        float ss = 0.f;
+        for (int64_t c = 0; c < m; ++c) {
+          ui[c] = ui[c] / div;
+          ss += ui[c] * ui[c];
+        }
+        ss = std::sqrt(ss);
+        const float n = mx * ss, dn = ss > 0.f ? ss : 1.f;
+        for (int64_t c = 0; c < m; ++c) ui[c] = ui[c] / dn;
+        norms[r * ni + i] = n;
+        nonfinite |= !std::isfinite(n);
+      }
+      bad[r] = nonfinite;
+      if (nonfinite) std::fill(ur, ur + mt, 0.f);  // SPEC 8: u := 0
+    }
+  });
+}
+
+// x [rows, d] (float/half/bfloat16, contiguous); chan int64 [MT] (the instances' channels, concatenated)
+// or empty (one instance over all channels); ioff int64 [ni + 1].  Writes u [rows, MT], norms [rows, ni],
+// bad uint8 [rows].
+void tq_store_prep(const at::Tensor& x, const at::Tensor& chan, const at::Tensor& ioff, at::Tensor u,
+                   at::Tensor norms, at::Tensor bad) {
+  TORCH_CHECK(x.device().is_cpu() && x.is_contiguous() && x.dim() == 2, "x must be a contiguous CPU [rows, d]");
+  check_contig(chan, "chan", at::kLong);
+  check_contig(ioff, "ioff", at::kLong);
+  check_contig(u, "u", at::kFloat);
+  check_contig(norms, "norms", at::kFloat);
+  check_contig(bad, "bad", at::kByte);
+  const int64_t ni = ioff.numel() - 1;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tq_store_prep", [&] {
+    prep_rows<scalar_t>(x.data_ptr<scalar_t>(), x.size(0), x.size(1), chan.numel() ? chan.data_ptr<int64_t>() : nullptr,
+                        ioff.data_ptr<int64_t>(), ni, u.data_ptr<float>(), norms.data_ptr<float>(), bad.data_ptr<uint8_t>(),
+                        u.size(1));
+  });
+}
+
+inline void put_u32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+inline void put_f32(uint8_t* p, float v) { std::memcpy(p, &v, 4); }
+inline void put_u16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+
+// Codes (< 2^bits) -> LSB-first stream (SPEC 5).
+inline void pack(const uint8_t* codes, int m, int bits, uint8_t* out) {
+  uint64_t accb = 0;
+  int nb = 0;
+  for (int c = 0; c < m; ++c) {
+    accb |= static_cast<uint64_t>(codes[c]) << nb;
+    nb += bits;
+    while (nb >= 8) {
+      *out++ = static_cast<uint8_t>(accb & 255);
+      accb >>= 8;
+      nb -= 8;
+    }
+  }
+  if (nb) *out = static_cast<uint8_t>(accb & 255);
+}
+
+struct EncInst {
+  int m, bits, norm_off, codes_off, rnorm_off, signs_off, off;
+  float qjl_scale;
+  const float* bnd;   // 2^bits - 1 boundaries
+  const float* cent;  // 2^bits centroids
+  const float* s;     // S row-major [m, m] (QJL) or nullptr
+};
+
+uint32_t nan_bits(int64_t v) { return static_cast<uint32_t>(v); }
+
+void encode_inst(const EncInst& p, const float* y, float norm, bool bad, uint32_t nan32, uint8_t* slot,
+                 uint8_t* codes, float* r) {
+  if (bad) {  // SPEC 8: NaN norm and gamma, codes and signs 0 (already zero)
+    put_u32(slot + p.norm_off, nan32);
+    if (p.rnorm_off >= 0) put_u32(slot + p.rnorm_off, nan32);
+    return;
+  }
+  put_f32(slot + p.norm_off, norm);
+  const int nbnd = p.bits ? (1 << p.bits) - 1 : 0;
+  for (int c = 0; c < p.m; ++c) {
+    int k = 0;
+    for (int b = 0; b < nbnd; ++b) k += y[c] > p.bnd[b];  // a tie takes the lower code
+    codes[c] = static_cast<uint8_t>(k);
+  }
+  if (p.codes_off >= 0) pack(codes, p.m, p.bits, slot + p.codes_off);
+  if (p.signs_off < 0) return;
+  float g = 0.f;
+  for (int c = 0; c < p.m; ++c) {
+    r[c] = y[c] - (p.bits ? p.cent[codes[c]] : 0.f);
+    g += r[c] * r[c];
+  }
+  for (int j = 0; j < p.m; ++j) codes[j] = dot(p.s + static_cast<int64_t>(j) * p.m, r, p.m) >= 0.f;
+  pack(codes, p.m, 1, slot + p.signs_off);
+  put_f32(slot + p.rnorm_off, std::sqrt(g));
+}
+
+template <typename T>
+void encode_group(const GroupVals& gv, const T* v, int d, uint8_t* slot, uint16_t nan16, uint8_t* codes) {
+  const float levels = static_cast<float>((1 << gv.bits) - 1);
+  const int ng = d / gv.gs;
+  bool bad = false;
+  for (int c = 0; c < d; ++c) bad |= !std::isfinite(static_cast<float>(v[c]));
+  std::vector<uint16_t> z16(ng), s16(ng);
+  for (int k = 0; k < ng && !bad; ++k) {
+    float mn = static_cast<float>(v[k * gv.gs]), mx = mn;
+    for (int c = k * gv.gs; c < (k + 1) * gv.gs; ++c) {
+      mn = std::min(mn, static_cast<float>(v[c]));
+      mx = std::max(mx, static_cast<float>(v[c]));
+    }
+    z16[k] = c10::detail::fp16_ieee_from_fp32_value(mn);
+    s16[k] = c10::detail::fp16_ieee_from_fp32_value((mx - mn) / levels);
+    const float zf = c10::detail::fp16_ieee_to_fp32_value(z16[k]), sf = c10::detail::fp16_ieee_to_fp32_value(s16[k]);
+    const float mxf = c10::detail::fp16_ieee_to_fp32_value(c10::detail::fp16_ieee_from_fp32_value(mx));
+    bad |= !(std::isfinite(zf) && std::isfinite(sf) && std::isfinite(mxf));
+  }
+  if (bad) {
+    for (int k = 0; k < ng; ++k) {
+      put_u16(slot + gv.scale_off + 2 * k, nan16);
+      put_u16(slot + gv.zero_off + 2 * k, nan16);
+    }
+    return;  // codes 0
+  }
+  for (int k = 0; k < ng; ++k) {
+    put_u16(slot + gv.scale_off + 2 * k, s16[k]);
+    put_u16(slot + gv.zero_off + 2 * k, z16[k]);
+    const float zf = c10::detail::fp16_ieee_to_fp32_value(z16[k]), sf = c10::detail::fp16_ieee_to_fp32_value(s16[k]);
+    for (int c = k * gv.gs; c < (k + 1) * gv.gs; ++c) {
+      const float t = sf > 0.f ? (static_cast<float>(v[c]) - zf) / sf : 0.f;
+      codes[c] = static_cast<uint8_t>(std::min(std::max(std::floor(t + 0.5f), 0.f), levels));
+    }
+  }
+  pack(codes, d, gv.bits, slot + gv.codes_off);
+}
+
+std::vector<EncInst> enc_insts(const at::Tensor& desc, const at::Tensor& qjl_scale, const at::Tensor& bnd,
+                               const at::Tensor& cent, const at::Tensor& smat) {
+  std::vector<EncInst> out;
+  const int64_t* d = desc.data_ptr<int64_t>();
+  int64_t soff = 0;
+  for (int64_t i = 0; i < desc.size(0); ++i, d += 8) {
+    EncInst p{int(d[0]), int(d[1]), int(d[2]), int(d[3]), int(d[4]), int(d[5]), int(d[6]),
+              qjl_scale.data_ptr<float>()[i], bnd.data_ptr<float>() + LUT * i, cent.data_ptr<float>() + LUT * i,
+              nullptr};
+    if (p.signs_off >= 0) {
+      p.s = smat.data_ptr<float>() + soff;
+      soff += static_cast<int64_t>(p.m) * p.m;
+    }
+    out.push_back(p);
+  }
+  return out;
+}
+
+// y float [R (+ R), MT]: rotated keys of rows (token, head) = r, then (value mode mse) the values';
+// norms float [same rows, ni]; bad uint8 [same rows].  vraw: values [R, d] (value mode group) or empty.
+// kdesc/vdesc: instance descriptors as for tq_decode (off: in MT);
+// qjl float [n], bnd/cent float [n, 16], smat float: the S matrices of the QJL instances, row-major,
+// concatenated.  nan: {NORM_NAN_BITS, GROUP_NAN_BITS}.
+void tq_store_encode(const at::Tensor& y, const at::Tensor& norms, const at::Tensor& bad, const at::Tensor& vraw,
+                     const at::Tensor& slot_mapping, at::Tensor cache, int64_t num_heads, const at::Tensor& kdesc,
+                     const at::Tensor& kqjl, const at::Tensor& kbnd, const at::Tensor& kcent, const at::Tensor& ksmat,
+                     const at::Tensor& vdesc, const at::Tensor& vbnd, const at::Tensor& vcent, const at::Tensor& gdesc,
+                     int64_t norm_nan_bits, int64_t group_nan_bits) {
+  check_contig(y, "y", at::kFloat);
+  check_contig(norms, "norms", at::kFloat);
+  check_contig(bad, "bad", at::kByte);
+  check_contig(slot_mapping, "slot_mapping", at::kLong);
+  check_cpu(cache, "cache", at::kByte);
+  for (const at::Tensor* t : {&kdesc, &vdesc, &gdesc}) check_contig(*t, "desc", at::kLong);
+  for (const at::Tensor* t : {&kqjl, &kbnd, &kcent, &ksmat, &vbnd, &vcent}) check_contig(*t, "table", at::kFloat);
+  const std::vector<EncInst> keys = enc_insts(kdesc, kqjl, kbnd, kcent, ksmat);
+  const at::Tensor vq = at::zeros({vdesc.size(0)}, at::kFloat);
+  const std::vector<EncInst> vals = enc_insts(vdesc, vq, vbnd, vcent, ksmat);
+  const bool group = gdesc.numel() > 0;
+  GroupVals gv{};
+  if (group) {
+    const int64_t* g = gdesc.data_ptr<int64_t>();
+    gv = {int(g[0]), int(g[1]), int(g[2]), int(g[3]), int(g[4])};
+    TORCH_CHECK(vraw.device().is_cpu() && vraw.is_contiguous() && vraw.dim() == 2, "vraw must be [rows, d]");
+  }
+  const int64_t R = slot_mapping.numel() * num_heads, mt = y.size(1), ni = norms.size(1);
+  const int64_t slot_bytes = cache.size(3), bs = cache.size(2);
+  const int64_t s0 = cache.stride(0), s1 = cache.stride(1), s2 = cache.stride(2);
+  uint8_t* base = cache.data_ptr<uint8_t>();
+  const int64_t* sm = slot_mapping.data_ptr<int64_t>();
+  const float* yp = y.data_ptr<float>();
+  const float* np = norms.data_ptr<float>();
+  const uint8_t* bp = bad.data_ptr<uint8_t>();
+  const uint32_t nan32 = nan_bits(norm_nan_bits);
+  const uint16_t nan16 = static_cast<uint16_t>(group_nan_bits);
+  const int64_t d = group ? vraw.size(1) : 0;
+  at::parallel_for(0, R, 16, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> codes(std::max<int64_t>(mt, d) + 8);
+    std::vector<float> r(mt + 8);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t s = sm[row / num_heads], h = row % num_heads;
+      if (s < 0) continue;
+      uint8_t* slot = base + (s / bs) * s0 + h * s1 + (s % bs) * s2;
+      std::memset(slot, 0, slot_bytes);
+      for (size_t i = 0; i < keys.size(); ++i)
+        encode_inst(keys[i], yp + row * mt + keys[i].off, np[row * ni + i], bp[row], nan32, slot, codes.data(),
+                    r.data());
+      if (group) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, vraw.scalar_type(), "tq_store_group", [&] {
+          encode_group<scalar_t>(gv, vraw.data_ptr<scalar_t>() + row * d, static_cast<int>(d), slot, nan16,
+                                 codes.data());
+        });
+      } else {
+        const int64_t vr = R + row;
+        for (size_t i = 0; i < vals.size(); ++i)
+          encode_inst(vals[i], yp + vr * mt + vals[i].off, np[vr * ni + i], bp[vr], nan32, slot, codes.data(),
+                      r.data());
+      }
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(turboquant_cpu, m) {
+  m.def("decode(Tensor cache, Tensor block_table, Tensor seq_lens, Tensor q_rot, Tensor q_sgn, Tensor kdesc, "
+        "Tensor kqjl, Tensor kcent, Tensor vdesc, Tensor vcent, Tensor gdesc, float scale, Tensor(a!) out) -> ()");
+  m.def("store_prep(Tensor x, Tensor chan, Tensor ioff, Tensor(a!) u, Tensor(b!) norms, Tensor(c!) bad) -> ()");
+  m.def("store_encode(Tensor y, Tensor norms, Tensor bad, Tensor vraw, Tensor slot_mapping, Tensor(a!) cache, "
+        "int num_heads, Tensor kdesc, Tensor kqjl, Tensor kbnd, Tensor kcent, Tensor ksmat, Tensor vdesc, "
+        "Tensor vbnd, Tensor vcent, Tensor gdesc, int norm_nan_bits, int group_nan_bits) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(turboquant_cpu, CPU, m) {
+  m.impl("decode", &tq_decode);
+  m.impl("store_prep", &tq_store_prep);
+  m.impl("store_encode", &tq_store_encode);
+}
