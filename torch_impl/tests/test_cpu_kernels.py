@@ -1,0 +1,119 @@
+"""The fused CPU kernels (torch_impl/cpp, torch_impl/fused.py) beyond the shared conformance cases: they
+build wherever a C++ compiler is; head sizes whose instances end in a partial group of 8 codes (d = 80,
+112: m = 20, 28, 60, 84, 112) against the reference; decode over many blocks with a partial last
+block; and the fallback to the torch path, with one warning, when the build fails."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from turboquant import format as tqf
+from turboquant import reference as ref
+from turboquant.conformance.cases import paged_layout
+from turboquant.conformance.compare import compare_slots, rel_err
+from turboquant.torch_impl import TorchParams, attention, cpp, fused, store
+
+
+def test_kernels_build_where_a_compiler_is():
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on this machine: the fallback test below covers it")
+    fused.available()
+    assert cpp.ops() is not None, cpp.error()
+
+
+def _formats():
+    for name in tqf.PRESETS:
+        for d in (80, 112):
+            try:
+                yield tqf.LayerFormat(tqf.get_preset(name), d, layer=4)
+            except ValueError:  # hadamard needs a power of two
+                continue
+
+
+@pytest.mark.parametrize("fmt", list(_formats()), ids=lambda f: f"{f.preset.name}-d{f.head_size}")
+def test_partial_code_groups_against_reference(fmt):
+    if not fused.available():
+        pytest.skip("the fused CPU kernels do not build here")
+    d, h, bs = fmt.head_size, 2, 16
+    rng = np.random.default_rng(fmt.head_size)
+    lens = (70, 33, 16)
+    nb, bt, sm = paged_layout(rng, lens, bs, spare=1)
+    k = rng.standard_normal((sm.size, h, d)).astype(np.float32)
+    v = rng.standard_normal((sm.size, h, d)).astype(np.float32)
+    cache = torch.zeros(fmt.cache_shape(nb, bs, h), dtype=torch.uint8)
+    fused.store_kv(torch.from_numpy(k), torch.from_numpy(v), cache, torch.from_numpy(sm), TorchParams.build(fmt))
+    got = cache.numpy()[sm // bs, :, sm % bs]
+    rep = compare_slots(got, k, v, fmt)
+    assert rep.ok, rep
+    want_cache = ref.new_cache(fmt, nb, bs, h)
+    ref.store(want_cache, k, v, sm, fmt)
+    q = rng.standard_normal((len(lens), 4, d)).astype(np.float32)
+    sl = np.asarray(lens, np.int32)
+    want = ref.decode_attention(q, want_cache, bt, sl, fmt)
+    out = fused.decode_attention(torch.from_numpy(q), torch.from_numpy(want_cache), torch.from_numpy(bt),
+                                 torch.from_numpy(sl), TorchParams.build(fmt))
+    assert rel_err(out.numpy(), want) <= tqf.ATTN_RTOL_FP32
+
+
+@pytest.mark.parametrize("preset", ["tq3", "k4v3", "tq4", "tq3_qjl", "k4g4"])
+def test_long_decode_matches_torch_path(preset):
+    """1,000-token sequences (many blocks, a partial last one), 8 query heads per KV head."""
+    if not fused.available():
+        pytest.skip("the fused CPU kernels do not build here")
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), 128, layer=1)
+    p = TorchParams.build(fmt)
+    g = torch.Generator().manual_seed(3)
+    lens = torch.tensor([1000, 517, 1], dtype=torch.int32)
+    bs, nblk = 32, 32
+    bt = torch.randperm(3 * nblk, generator=g).view(3, nblk).to(torch.int32)
+    cache = torch.randint(0, 256, fmt.cache_shape(3 * nblk, bs, 1), dtype=torch.uint8, generator=g)
+    k = torch.randn(3 * nblk * bs, 1, 128, generator=g)
+    store.store_kv(k, torch.randn(k.shape, generator=g), cache, torch.arange(k.shape[0]), p)
+    q = torch.randn(3, 8, 128, generator=g)
+    want = attention.decode_attention(q, cache, bt, lens, p)
+    got = fused.decode_attention(q, cache, bt, lens, p)
+    assert rel_err(got.numpy(), want.numpy()) <= tqf.ATTN_RTOL_FP32
+
+
+def test_failed_build_falls_back_to_the_torch_path_with_one_warning(monkeypatch):
+    def broken():
+        raise RuntimeError("no compiler (forced by the test)")
+
+    fmt = tqf.LayerFormat(tqf.get_preset("tq3"), 64)
+    p = TorchParams.build(fmt)
+    k = torch.randn(5, 2, 64, generator=torch.Generator().manual_seed(0))
+    want = torch.zeros(fmt.cache_shape(2, 4, 2), dtype=torch.uint8)
+    store.store_kv(k, k, want, torch.arange(5), p)
+    monkeypatch.setattr(cpp, "_build", broken)
+    cpp.reset()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"fused CPU kernels are not available: building the C\+\+ "
+                                                r"extension failed \(no compiler \(forced by the test\)\)"):
+            assert not fused.available()
+        assert "forced by the test" in cpp.error()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once, not per call
+            got = torch.zeros_like(want)
+            fused.store_kv(k, k, got, torch.arange(5), p)
+            q = torch.randn(2, 4, 64)
+            bt, sl = torch.tensor([[0], [1]], dtype=torch.int32), torch.tensor([3, 2], dtype=torch.int32)
+            out = fused.decode_attention(q, got, bt, sl, p)
+        assert torch.equal(got, want)  # the torch path's bytes, exactly
+        assert torch.equal(out, attention.decode_attention(q, want, bt, sl, p))
+    finally:
+        cpp.reset()
+
+
+def test_environment_switch_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv(cpp.ENV_SWITCH, "0")
+    cpp.reset()
+    try:
+        with pytest.warns(RuntimeWarning, match=f"{cpp.ENV_SWITCH}=0 in the environment"):
+            assert cpp.ops() is None
+    finally:
+        cpp.reset()
