@@ -165,15 +165,16 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
 
 
 def extend_rows(query: torch.Tensor, qrot, cache: torch.Tensor, block_table: torch.Tensor, sl: torch.Tensor,
-                qsl: torch.Tensor, params: TorchParams, scale: float, out: torch.Tensor) -> None:
-    """The rows of every sequence with more than one query row (prefill / extend chunks): one batched
-    matmul per sequence over its KV heads with a causal mask; ``qrot`` = rotate_query(query, params),
-    sl / qsl int64.  Writes those rows of ``out``."""
+                qsl: torch.Tensor, params: TorchParams, scale: float, out: torch.Tensor,
+                seqs: list[int] | None = None) -> None:
+    """The rows of every sequence with more than one query row (prefill / extend chunks; or of ``seqs``):
+    one batched matmul per sequence over its KV heads with a causal mask; ``qrot`` = rotate_query(query,
+    params), sl / qsl int64.  Writes those rows of ``out``."""
     t, hq, d = query.shape
     hkv, bs = cache.shape[1], cache.shape[2]
     g = hq // hkv
     ql = qsl[1:] - qsl[:-1]
-    for b in torch.nonzero(ql > 1)[:, 0].tolist():
+    for b in torch.nonzero(ql > 1)[:, 0].tolist() if seqs is None else seqs:
         q0, n, length = int(qsl[b]), int(ql[b]), int(sl[b])
         slots = _gather(cache, block_table[b:b + 1, :(length + bs - 1) // bs].to(torch.int64))
         qpos = (length - n + torch.arange(n, device=query.device)).repeat_interleave(g)

@@ -9,8 +9,10 @@ kernel call for codes, packing, QJL signs and gamma, group values and the slot w
 Attention: decode rows (one query row per sequence) go to the fused decode kernel: the query rows are
 rotated by one matmul (q @ Wq = every key instance's Pi_i q_{C_i}, and q @ Ws = S_i Pi_i q_{C_i}), the
 kernel streams each (sequence, KV head)'s slots once, and one matmul per call maps the rotated-domain
-value sums back (Pi_i^T, Wv).  Rows of prefill / extend chunks (more than one query row per sequence)
-take the torch path's batched matmuls (attention.extend_rows).
+value sums back (Pi_i^T, Wv).  A sequence whose query rows are all its tokens (a prompt in one chunk)
+takes SPEC §9's dense prefill: the dense kernel writes K' and V' in the rotated domain, torch's causal
+scaled_dot_product_attention runs in the query dtype.  Other extend chunks (a chunk after cached
+tokens: the causal mask is not square) take the torch path's batched matmuls (attention.extend_rows).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class FusedTensors:
     ws: torch.Tensor | None  # float32 [d, MS]: S_i Pi_i q_{C_i} of every QJL key instance
     wv: torch.Tensor | None  # float32 [MV, d]: rotated-domain value sums -> output (mse values)
     mv: int
+    wqs: torch.Tensor  # [wq | ws]: the dense prefill's q' (SPEC §9) against the dense kernel's K'
 
 
 def _table(vals, n) -> np.ndarray:
@@ -114,7 +117,8 @@ def _build(params: TorchParams) -> FusedTensors:
                               fm["v_codes"].offset], dtype=torch.int64)
     return FusedTensors(kdesc=kdesc, kqjl=kqjl, kbnd=kbnd, kcent=kcent, ksmat=ksmat, vdesc=vdesc, vbnd=vbnd,
                         vcent=vcent, gdesc=gdesc, kchan=chans(ks), vchan=chans(vs) if vs else None,
-                        ioff=torch.from_numpy(offs), rot_t=tuple(p.rot_t for p in ks), wq=wq, ws=ws, wv=wv, mv=mv)
+                        ioff=torch.from_numpy(offs), rot_t=tuple(p.rot_t for p in ks), wq=wq, ws=ws, wv=wv, mv=mv,
+                        wqs=wq if ws is None else torch.cat([wq, ws], dim=1).contiguous())
 
 
 _FUSED: dict[int, tuple[TorchParams, FusedTensors]] = {}
@@ -219,10 +223,39 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
             out.copy_(o)
         else:
             out[qi] = o.to(out.dtype)
-    if not all_dec and bool((ql > 1).any()):
-        attention.extend_rows(query, attention.rotate_query(query, params), cache, block_table, sl, qsl, params,
-                              scale, out)
+    if not all_dec:
+        chunks = torch.nonzero(ql > 1)[:, 0].tolist()
+        whole = [b for b in chunks if int(ql[b]) == int(sl[b])]  # the prompt in one chunk: a square causal mask
+        for b in whole:
+            _dense_prefill(ops, query, cache, block_table, int(qsl[b]), int(sl[b]), b, params, scale, out)
+        rest = [b for b in chunks if int(ql[b]) != int(sl[b])]
+        if rest:
+            attention.extend_rows(query, attention.rotate_query(query, params), cache, block_table, sl, qsl, params,
+                                  scale, out, seqs=rest)
     return out
+
+
+def _dense_prefill(ops, query, cache, block_table, q0: int, n: int, b: int, params: TorchParams, scale: float,
+                   out: torch.Tensor) -> None:
+    """SPEC §9's dense prefill for sequence b whose n query rows are all its tokens: q' = query @ [Wq | Ws],
+    K' / V' from the dense kernel, torch's causal scaled_dot_product_attention in the query dtype (a
+    bf16 query rounds q', K', V' as a bf16 cache would: ATTN_RTOL_HALF), then Pi^T per row (Wv)."""
+    ft = fused_tensors(params)
+    hq, d = query.shape[1], query.shape[2]
+    hkv, bs = cache.shape[1], cache.shape[2]
+    kd = torch.empty(hkv, n, ft.wqs.shape[1], dtype=torch.float32)
+    # V' as wide as K' (zero columns after MV): torch's CPU flash kernel, which masks by filling -inf
+    # (so a NaN key poisons only the rows that see it), needs equal widths; others go to the math
+    # kernel, which adds the mask and spreads NaN into masked rows
+    vd = torch.zeros(hkv, n, kd.shape[2], dtype=torch.float32)
+    ops.dense(cache, block_table[b, :(n + bs - 1) // bs].to(torch.int64).contiguous(), n, ft.kdesc, ft.kqjl,
+              ft.kcent, ft.vdesc, ft.vcent, ft.gdesc, kd, vd)
+    dt = query.dtype
+    qr = (query[q0:q0 + n].reshape(n * hq, d).to(torch.float32) @ ft.wqs).view(n, hq, -1).transpose(0, 1)
+    o = torch.nn.functional.scaled_dot_product_attention(qr[None].to(dt), kd[None].to(dt), vd[None].to(dt),
+                                                         is_causal=True, scale=scale, enable_gqa=True)
+    o = o[0, :, :, :ft.mv].transpose(0, 1).to(torch.float32)  # [n, Hq, MV]
+    out[q0:q0 + n] = (o if ft.wv is None else o @ ft.wv).to(out.dtype)
 
 
 def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,

@@ -17,6 +17,7 @@
 //   A NaN norm, gamma or group scale/zero (a non-finite token, SPEC 8) makes exactly the rows that see
 //   the token NaN; a NaN or +Inf score (NaN query) makes its row NaN.
 //
+// tq_dense: the dense workspace (K', V') of SPEC 9's dense prefill for one sequence's tokens.
 // tq_store_prep: norms and unit vectors (SPEC 4.1) of each instance of K (and V) rows; the caller
 //   rotates them (y = u Pi^T, one matmul per instance).
 // tq_store_encode: codes against the codebook boundaries, LSB-first packing, QJL signs and gamma,
@@ -314,6 +315,90 @@ void tq_decode(const at::Tensor& cache, const at::Tensor& block_table, const at:
   });
 }
 
+// tq_dense: the dense workspace of SPEC 9's dense prefill for one sequence: for its first len tokens
+// (blocks block_row int64 [>= ceil(len / block_size)]) and every KV head, kout float [Hkv, len, MK + MS]
+// = each key instance's centroids times its norm, then (QJL) the signs times norm * qjl_scale * gamma,
+// and vout float [Hkv, len, MV] = the values' centroids times their norms (mse) or the dequantized
+// values (group); a token whose values are non-finite gets vout = 0 and NaN keys (it still poisons
+// exactly the rows that see it).  Parallel split: KV heads x blocks.
+void tq_dense(const at::Tensor& cache, const at::Tensor& block_row, int64_t len, const at::Tensor& kdesc,
+              const at::Tensor& kqjl, const at::Tensor& kcent, const at::Tensor& vdesc, const at::Tensor& vcent,
+              const at::Tensor& gdesc, at::Tensor kout, at::Tensor vout) {
+  check_cpu(cache, "cache", at::kByte);
+  TORCH_CHECK(cache.dim() == 4 && cache.stride(3) == 1, "cache must be [num_blocks, num_kv_heads, block_size, slot]");
+  check_contig(block_row, "block_row", at::kLong);
+  check_contig(kout, "kout", at::kFloat);
+  check_contig(vout, "vout", at::kFloat);
+  static const float ident[LUT] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  static const float pm[LUT] = {-1.f, 1.f};
+  std::vector<KeyInst> keys;
+  const int64_t* kd = kdesc.data_ptr<int64_t>();
+  const int64_t mk = kout.size(2), vstride = vout.size(2), hkv = cache.size(1), bs = cache.size(2);
+  int64_t ms_off = 0;
+  for (int64_t i = 0; i < kdesc.size(0); ++i, kd += 8) {
+    keys.push_back({int(kd[0]), int(kd[1]), int(kd[2]), int(kd[3]), int(kd[4]), int(kd[5]), int(kd[6]), int(kd[7]),
+                    kqjl.data_ptr<float>()[i], kcent.data_ptr<float>() + LUT * i});
+    ms_off += kd[0];  // the signs follow all key instances' codes
+  }
+  std::vector<ValInst> vals;
+  const int64_t* vd = vdesc.data_ptr<int64_t>();
+  for (int64_t i = 0; i < vdesc.size(0); ++i, vd += 8)
+    vals.push_back({int(vd[0]), int(vd[1]), int(vd[2]), int(vd[3]), int(vd[6]), vcent.data_ptr<float>() + LUT * i});
+  const bool group = gdesc.numel() > 0;
+  GroupVals gv{};
+  int64_t mv = 0;  // written value columns (vout may be wider: those columns are left as they are)
+  for (const ValInst& v : vals) mv += v.m;
+  if (group) {
+    const int64_t* g = gdesc.data_ptr<int64_t>();
+    gv = {int(g[0]), int(g[1]), int(g[2]), int(g[3]), int(g[4])};
+    mv = ms_off;  // group values: head_size, the key instances' total
+  }
+  TORCH_CHECK(mv <= vstride, "vout is narrower than the values");
+  const uint8_t* base = cache.data_ptr<uint8_t>();
+  const int64_t* br = block_row.data_ptr<int64_t>();
+  const int64_t nblk = (len + bs - 1) / bs;
+  float* kp = kout.data_ptr<float>();
+  float* vp = vout.data_ptr<float>();
+  at::parallel_for(0, hkv * nblk, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t h = task / nblk, blk = task % nblk;
+      const uint8_t* blk_base = base + br[blk] * cache.stride(0) + h * cache.stride(1);
+      for (int64_t j = 0; j < bs && blk * bs + j < len; ++j) {
+        const int64_t t = blk * bs + j;
+        const uint8_t* slot = blk_base + j * cache.stride(2);
+        float* kr = kp + (h * len + t) * mk;
+        float* vr = vp + (h * len + t) * vstride;
+        for (const KeyInst& k : keys) {
+          const float norm = ld_f32(slot + k.norm_off);
+          if (k.codes_off >= 0) lookup(slot + k.codes_off, k.bits, k.m, k.cent, norm, kr + k.qoff);
+          else std::fill(kr + k.qoff, kr + k.qoff + k.m, 0.f);
+          if (k.signs_off >= 0)
+            lookup(slot + k.signs_off, 1, k.m, pm, norm * k.qjl_scale * ld_f32(slot + k.rnorm_off), kr + ms_off + k.soff);
+        }
+        bool finite = true;
+        if (group) {
+          lookup(slot + gv.codes_off, gv.bits, static_cast<int>(mv), ident, 1.f, vr);
+          for (int c0 = 0, k = 0; c0 < mv; c0 += gv.gs, ++k) {
+            const float z = ld_f16(slot + gv.zero_off + 2 * k), sc = ld_f16(slot + gv.scale_off + 2 * k);
+            finite &= std::isfinite(z) && std::isfinite(sc);
+            for (int c = c0; c < c0 + gv.gs; ++c) vr[c] = z + sc * vr[c];
+          }
+        } else {
+          for (const ValInst& v : vals) {
+            const float norm = ld_f32(slot + v.norm_off);
+            finite &= std::isfinite(norm);
+            lookup(slot + v.codes_off, v.bits, v.m, v.cent, norm, vr + v.off);
+          }
+        }
+        if (!finite) {
+          std::fill(vr, vr + mv, 0.f);
+          std::fill(kr, kr + mk, std::numeric_limits<float>::quiet_NaN());
+        }
+      }
+    }
+  });
+}
+
 // ---------------------------------------------------------------- store
 
 template <typename T>
@@ -416,10 +501,17 @@ void encode_inst(const EncInst& p, const float* y, float norm, bool bad, uint32_
   }
   put_f32(slot + p.norm_off, norm);
   const int nbnd = p.bits ? (1 << p.bits) - 1 : 0;
-  for (int c = 0; c < p.m; ++c) codes[c] = 0;
-  for (int b = 0; b < nbnd; ++b) {  // code = #{k : y > beta_k}: a tie takes the lower code
-    const float beta = p.bnd[b];
-    for (int c = 0; c < p.m; ++c) codes[c] += y[c] > beta;
+  for (int c0 = 0; c0 < p.m; c0 += 32) {  // code = #{k : y > beta_k}: a tie takes the lower code
+    const int n = std::min(32, p.m - c0);
+    float yb[32] = {0.f};
+    int32_t k[32] = {0};
+    for (int c = 0; c < n; ++c) yb[c] = y[c0 + c];
+    for (int b = 0; b < nbnd; ++b) {
+      const float beta = p.bnd[b];
+#pragma omp simd
+      for (int c = 0; c < 32; ++c) k[c] += yb[c] > beta ? 1 : 0;
+    }
+    for (int c = 0; c < n; ++c) codes[c0 + c] = static_cast<uint8_t>(k[c]);
   }
   if (p.codes_off >= 0) pack(codes, p.m, p.bits, slot + p.codes_off);
   if (p.signs_off < 0) return;
@@ -555,6 +647,8 @@ void tq_store_encode(const at::Tensor& y, const at::Tensor& norms, const at::Ten
 TORCH_LIBRARY(turboquant_cpu, m) {
   m.def("decode(Tensor cache, Tensor block_table, Tensor seq_lens, Tensor q_rot, Tensor q_sgn, Tensor kdesc, "
         "Tensor kqjl, Tensor kcent, Tensor vdesc, Tensor vcent, Tensor gdesc, float scale, Tensor(a!) out) -> ()");
+  m.def("dense(Tensor cache, Tensor block_row, int len, Tensor kdesc, Tensor kqjl, Tensor kcent, Tensor vdesc, "
+        "Tensor vcent, Tensor gdesc, Tensor(a!) kout, Tensor(b!) vout) -> ()");
   m.def("store_prep(Tensor x, Tensor chan, Tensor ioff, Tensor(a!) u, Tensor(b!) norms, Tensor(c!) bad) -> ()");
   m.def("store_encode(Tensor y, Tensor norms, Tensor bad, Tensor vraw, Tensor slot_mapping, Tensor(a!) cache, "
         "int num_heads, Tensor kdesc, Tensor kqjl, Tensor kbnd, Tensor kcent, Tensor ksmat, Tensor vdesc, "
@@ -563,6 +657,7 @@ TORCH_LIBRARY(turboquant_cpu, m) {
 
 TORCH_LIBRARY_IMPL(turboquant_cpu, CPU, m) {
   m.impl("decode", &tq_decode);
+  m.impl("dense", &tq_dense);
   m.impl("store_prep", &tq_store_prep);
   m.impl("store_encode", &tq_store_encode);
 }

@@ -117,3 +117,35 @@ def test_environment_switch_turns_the_kernels_off(monkeypatch):
             assert cpp.ops() is None
     finally:
         cpp.reset()
+
+
+@pytest.mark.parametrize("preset,tensor", [("tq3", "key"), ("k4v3", "value"), ("k4g4", "value"),
+                                           ("tq3_qjl", "key")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_prefill_poisons_exactly_the_rows_that_see_it(preset, tensor, dtype):
+    """Whole prompts in one chunk (the dense prefill, SPEC §9) over several blocks, with non-finite
+    tokens in different blocks: NaN exactly in the reference's rows, the rest within SPEC §10."""
+    if not fused.available():
+        pytest.skip("the fused CPU kernels do not build here")
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), 64)
+    rng = np.random.default_rng(11)
+    lens, bs = (150, 70), 16
+    nb, bt, sm = paged_layout(rng, lens, bs, spare=1)
+    k = rng.standard_normal((sm.size, 2, 64)).astype(np.float32)
+    v = rng.standard_normal((sm.size, 2, 64)).astype(np.float32)
+    (k if tensor == "key" else v)[100, 1, 3] = np.nan  # sequence 0, position 100, KV head 1
+    (k if tensor == "key" else v)[150 + 40, 0, 0] = np.inf  # sequence 1, position 40, KV head 0
+    cache = ref.new_cache(fmt, nb, bs, 2)
+    ref.store(cache, k, v, sm, fmt)
+    qsl = np.array([0, 150, 220], np.int32)
+    q = rng.standard_normal((220, 4, 64)).astype(np.float32)
+    q = torch.from_numpy(q).to(dtype).float().numpy()
+    want = ref.paged_attention(q, cache, bt, np.asarray(lens, np.int32), fmt, query_start_loc=qsl)
+    got = fused.paged_attention(torch.from_numpy(q).to(dtype), torch.from_numpy(cache), torch.from_numpy(bt),
+                                torch.from_numpy(np.asarray(lens, np.int32)), torch.from_numpy(qsl),
+                                TorchParams.build(fmt)).float().numpy()
+    nan_rows = np.isnan(want).any(-1)
+    assert nan_rows.any() and not nan_rows.all()
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    tol = tqf.ATTN_RTOL_FP32 if dtype == torch.float32 else tqf.ATTN_RTOL_HALF
+    assert rel_err(got, want) <= tol
