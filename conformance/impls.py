@@ -10,7 +10,8 @@ Each implementation offers the stages the conformance cases compare:
   the implementation has no separate rotation stage to expose).
 
 ``available()`` lists the reference, the torch CPU path (``turboquant.torch_impl``), its fused
-C++ kernels (``turboquant.torch_impl.fused``, where they build) and, where they can run, the Triton kernels (CUDA, or the CPU interpreter).
+C++ kernels (``turboquant.torch_impl.fused``, where they build) and, where they can run, the
+Triton kernels (CUDA, or the CPU interpreter).
 """
 
 from __future__ import annotations

@@ -60,8 +60,9 @@ def _setup(preset, seq_lens, d=64, h=2, g=2, bs=8, seed=0, dtype=np.float16):
 
 
 def _attend(path, q, cache, bt, sl, qsl, fmt, **kw):
-    return path.paged_attention(torch.from_numpy(q), torch.from_numpy(cache), torch.from_numpy(bt), torch.from_numpy(sl),
-                           None if qsl is None else torch.from_numpy(qsl), TorchParams.build(fmt), **kw).numpy()
+    return path.paged_attention(torch.from_numpy(q), torch.from_numpy(cache), torch.from_numpy(bt),
+                                torch.from_numpy(sl), None if qsl is None else torch.from_numpy(qsl),
+                                TorchParams.build(fmt), **kw).numpy()
 
 
 @pytest.mark.parametrize("preset", ["tq3", "tq4_qjl", "k4g4", "tq2.5"])
@@ -85,8 +86,8 @@ def test_decode_attention_and_half_outputs(path):
     fmt, cache, bt, sl, _, rng = _setup("k4v3", (12, 33, 5))
     q = rng.standard_normal((3, 4, 64)).astype(np.float16)
     want = ref.decode_attention(q.astype(np.float32), cache, bt, sl, fmt)
-    got = path.decode_attention(torch.from_numpy(q), torch.from_numpy(cache), torch.from_numpy(bt), torch.from_numpy(sl),
-                           TorchParams.build(fmt))
+    got = path.decode_attention(torch.from_numpy(q), torch.from_numpy(cache), torch.from_numpy(bt),
+                                torch.from_numpy(sl), TorchParams.build(fmt))
     assert got.dtype == torch.float16 and rel_err(got.float().numpy(), want) <= tqf.ATTN_RTOL_HALF
     out = torch.zeros(3, 4, 64, dtype=torch.bfloat16)
     path.decode_attention(torch.from_numpy(q).to(torch.bfloat16), torch.from_numpy(cache), torch.from_numpy(bt),
