@@ -9,10 +9,11 @@ kernel call for codes, packing, QJL signs and gamma, group values and the slot w
 Attention: decode rows (one query row per sequence) go to the fused decode kernel: the query rows are
 rotated by one matmul (q @ Wq = every key instance's Pi_i q_{C_i}, and q @ Ws = S_i Pi_i q_{C_i}), the
 kernel streams each (sequence, KV head)'s slots once, and one matmul per call maps the rotated-domain
-value sums back (Pi_i^T, Wv).  A sequence whose query rows are all its tokens (a prompt in one chunk)
-takes SPEC §9's dense prefill: the dense kernel writes K' and V' in the rotated domain, torch's causal
-scaled_dot_product_attention runs in the query dtype.  Other extend chunks (a chunk after cached
-tokens: the causal mask is not square) take the torch path's batched matmuls (attention.extend_rows).
+value sums back (Pi_i^T, Wv).  The query rows of prefill / extend chunks take SPEC §9's dense
+prefill: the dense kernel writes K' and V' in the rotated domain, torch's causal flash attention runs
+in the query dtype; a chunk after cached tokens attends to the prefix and to
+itself separately, merged by log-sum-exp (where this torch lacks the op that returns it, such chunks
+take the torch path's batched matmuls, attention.extend_rows).
 """
 
 from __future__ import annotations
@@ -225,36 +226,54 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
             out[qi] = o.to(out.dtype)
     if not all_dec:
         chunks = torch.nonzero(ql > 1)[:, 0].tolist()
-        whole = [b for b in chunks if int(ql[b]) == int(sl[b])]  # the prompt in one chunk: a square causal mask
-        for b in whole:
-            _dense_prefill(ops, query, cache, block_table, int(qsl[b]), int(sl[b]), b, params, scale, out)
-        rest = [b for b in chunks if int(ql[b]) != int(sl[b])]
+        dense = [b for b in chunks if int(ql[b]) == int(sl[b]) or _FLASH_LSE is not None]
+        for b in dense:
+            _dense_prefill(ops, query, cache, block_table, int(qsl[b]), int(ql[b]), int(sl[b]), b, params, scale, out)
+        rest = [b for b in chunks if b not in dense]
         if rest:
             attention.extend_rows(query, attention.rotate_query(query, params), cache, block_table, sl, qsl, params,
                                   scale, out, seqs=rest)
     return out
 
 
-def _dense_prefill(ops, query, cache, block_table, q0: int, n: int, b: int, params: TorchParams, scale: float,
-                   out: torch.Tensor) -> None:
-    """SPEC §9's dense prefill for sequence b whose n query rows are all its tokens: q' = query @ [Wq | Ws],
-    K' / V' from the dense kernel, torch's causal scaled_dot_product_attention in the query dtype (a
-    bf16 query rounds q', K', V' as a bf16 cache would: ATTN_RTOL_HALF), then Pi^T per row (Wv)."""
+# torch's CPU flash attention with its log-sum-exp (an aten op; None where this torch lacks it): merges
+# the prefix and the chunk of a chunked prefill
+_FLASH_LSE = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _dense_prefill(ops, query, cache, block_table, q0: int, n: int, length: int, b: int, params: TorchParams,
+                   scale: float, out: torch.Tensor) -> None:
+    """SPEC §9's dense prefill for the n query rows of sequence b, the last of its ``length`` tokens:
+    q' = query @ [Wq | Ws], K' / V' from the dense kernel, torch's causal flash attention in the query
+    dtype (a bf16 query rounds q', K', V' as a bf16 cache would: ATTN_RTOL_HALF), then Pi^T per row
+    (Wv).  A chunk after cached tokens (n < length) attends to the cached prefix (no mask) and to its
+    own tokens (a square causal mask) separately; the two are merged by their log-sum-exps."""
     ft = fused_tensors(params)
     hq, d = query.shape[1], query.shape[2]
     hkv, bs = cache.shape[1], cache.shape[2]
-    kd = torch.empty(hkv, n, ft.wqs.shape[1], dtype=torch.float32)
+    kd = torch.empty(hkv, length, ft.wqs.shape[1], dtype=torch.float32)
     # V' as wide as K' (zero columns after MV): torch's CPU flash kernel, which masks by filling -inf
     # (so a NaN key poisons only the rows that see it), needs equal widths; others go to the math
     # kernel, which adds the mask and spreads NaN into masked rows
-    vd = torch.zeros(hkv, n, kd.shape[2], dtype=torch.float32)
-    ops.dense(cache, block_table[b, :(n + bs - 1) // bs].to(torch.int64).contiguous(), n, ft.kdesc, ft.kqjl,
-              ft.kcent, ft.vdesc, ft.vcent, ft.gdesc, kd, vd)
+    vd = torch.zeros(hkv, length, kd.shape[2], dtype=torch.float32)
+    ops.dense(cache, block_table[b, :(length + bs - 1) // bs].to(torch.int64).contiguous(), length, ft.kdesc,
+              ft.kqjl, ft.kcent, ft.vdesc, ft.vcent, ft.gdesc, kd, vd)
     dt = query.dtype
     qr = (query[q0:q0 + n].reshape(n * hq, d).to(torch.float32) @ ft.wqs).view(n, hq, -1).transpose(0, 1)
-    o = torch.nn.functional.scaled_dot_product_attention(qr[None].to(dt), kd[None].to(dt), vd[None].to(dt),
-                                                         is_causal=True, scale=scale, enable_gqa=True)
-    o = o[0, :, :, :ft.mv].transpose(0, 1).to(torch.float32)  # [n, Hq, MV]
+    qr, kd, vd = qr[None].to(dt), kd[None].to(dt), vd[None].to(dt)
+    if n == length:
+        o = torch.nn.functional.scaled_dot_product_attention(qr, kd, vd, is_causal=True, scale=scale,
+                                                             enable_gqa=True)[0].to(torch.float32)
+    else:
+        g = hq // hkv
+        kd, vd = kd.repeat_interleave(g, dim=1), vd.repeat_interleave(g, dim=1)  # GQA: one K'/V' per query head
+        p = length - n
+        o1, lse1 = _FLASH_LSE(qr, kd[:, :, :p], vd[:, :, :p], 0.0, False, scale=scale)
+        o2, lse2 = _FLASH_LSE(qr, kd[:, :, p:], vd[:, :, p:], 0.0, True, scale=scale)
+        m = torch.maximum(lse1, lse2)
+        w1, w2 = torch.exp(lse1 - m)[..., None], torch.exp(lse2 - m)[..., None]
+        o = ((o1.float() * w1 + o2.float() * w2) / (w1 + w2))[0]
+    o = o[:, :, :ft.mv].transpose(0, 1)  # [n, Hq, MV]
     out[q0:q0 + n] = (o if ft.wv is None else o @ ft.wv).to(out.dtype)
 
 

@@ -122,9 +122,11 @@ def test_environment_switch_turns_the_kernels_off(monkeypatch):
 @pytest.mark.parametrize("preset,tensor", [("tq3", "key"), ("k4v3", "value"), ("k4g4", "value"),
                                            ("tq3_qjl", "key")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dense_prefill_poisons_exactly_the_rows_that_see_it(preset, tensor, dtype):
-    """Whole prompts in one chunk (the dense prefill, SPEC §9) over several blocks, with non-finite
-    tokens in different blocks: NaN exactly in the reference's rows, the rest within SPEC §10."""
+@pytest.mark.parametrize("rows", [(150, 70), (60, 50)], ids=["whole", "chunk"])
+def test_dense_prefill_poisons_exactly_the_rows_that_see_it(preset, tensor, dtype, rows):
+    """The dense prefill (SPEC §9) over several blocks, whole prompts or the last chunk of each (a
+    cached prefix, merged by log-sum-exp), with non-finite tokens in the prefix of one sequence and
+    in the chunk of the other: NaN exactly in the reference's rows, the rest within SPEC §10."""
     if not fused.available():
         pytest.skip("the fused CPU kernels do not build here")
     fmt = tqf.LayerFormat(tqf.get_preset(preset), 64)
@@ -133,12 +135,12 @@ def test_dense_prefill_poisons_exactly_the_rows_that_see_it(preset, tensor, dtyp
     nb, bt, sm = paged_layout(rng, lens, bs, spare=1)
     k = rng.standard_normal((sm.size, 2, 64)).astype(np.float32)
     v = rng.standard_normal((sm.size, 2, 64)).astype(np.float32)
-    (k if tensor == "key" else v)[100, 1, 3] = np.nan  # sequence 0, position 100, KV head 1
-    (k if tensor == "key" else v)[150 + 40, 0, 0] = np.inf  # sequence 1, position 40, KV head 0
+    (k if tensor == "key" else v)[100, 1, 3] = np.nan  # sequence 0, position 100 (chunk), KV head 1
+    (k if tensor == "key" else v)[150 + 10, 0, 0] = np.inf  # sequence 1, position 10 (prefix), KV head 0
     cache = ref.new_cache(fmt, nb, bs, 2)
     ref.store(cache, k, v, sm, fmt)
-    qsl = np.array([0, 150, 220], np.int32)
-    q = rng.standard_normal((220, 4, 64)).astype(np.float32)
+    qsl = np.array([0, rows[0], rows[0] + rows[1]], np.int32)
+    q = rng.standard_normal((qsl[-1], 4, 64)).astype(np.float32)
     q = torch.from_numpy(q).to(dtype).float().numpy()
     want = ref.paged_attention(q, cache, bt, np.asarray(lens, np.int32), fmt, query_start_loc=qsl)
     got = fused.paged_attention(torch.from_numpy(q).to(dtype), torch.from_numpy(cache), torch.from_numpy(bt),
@@ -146,6 +148,7 @@ def test_dense_prefill_poisons_exactly_the_rows_that_see_it(preset, tensor, dtyp
                                 TorchParams.build(fmt)).float().numpy()
     nan_rows = np.isnan(want).any(-1)
     assert nan_rows.any() and not nan_rows.all()
+    assert not nan_rows[:rows[0] - 50].any() and nan_rows[rows[0] - 50:rows[0]].any()  # seq 0: rows before 100
     assert np.array_equal(np.isnan(got), np.isnan(want))
     tol = tqf.ATTN_RTOL_FP32 if dtype == torch.float32 else tqf.ATTN_RTOL_HALF
     assert rel_err(got, want) <= tol
