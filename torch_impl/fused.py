@@ -30,6 +30,7 @@ from . import attention, cpp, store
 from .params import TorchParams, check_params
 
 LUT = 16  # the kernels' table width (kernels.cpp)
+_NONE = torch.zeros(0)  # an absent tensor argument of the kernels
 
 
 @dataclass(frozen=True)
@@ -151,17 +152,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
     n, h, d = key.shape
     if n == 0:
         return
-    nb, _, bs, _ = cache.shape
-    sm = slot_mapping.to(torch.int64)
-    hi = int(sm.max())
-    if hi >= nb * bs:
-        raise ValueError(f"slot_mapping has slot {hi} >= num_blocks * block_size = {nb * bs}")
-    if hi < 0:
-        return
-    if n > 1:
-        kept = sm[sm >= 0]
-        if torch.unique(kept).numel() != kept.numel():
-            raise ValueError("slot_mapping has duplicate non-negative slots")
+    sm = slot_mapping.to(torch.int64)  # range and duplicates: checked by store_encode before it writes
     ft = fused_tensors(params)
     rows = n * h
     mse_values = fmt.preset.value_mode == "mse"
@@ -171,7 +162,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
     norms = torch.empty(nrows, ni, dtype=torch.float32)
     bad = torch.empty(nrows, dtype=torch.uint8)
     ops.store_prep(key.reshape(rows, d).contiguous(), ft.kchan, ft.ioff, u[:rows], norms[:rows], bad[:rows])
-    vraw = torch.zeros(0, 0)
+    vraw = _NONE
     if mse_values:
         ops.store_prep(value.reshape(rows, d).contiguous(), ft.vchan, ft.ioff, u[rows:], norms[rows:], bad[rows:])
     else:
@@ -214,7 +205,7 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
         q = (query if all_dec else query[qi]).reshape(-1, d).to(torch.float32)
         nd = q.shape[0] // hq
         q_rot = (q @ ft.wq).view(nd, hq, -1)
-        q_sgn = (q @ ft.ws).view(nd, hq, -1) if ft.ws is not None else torch.zeros(0)
+        q_sgn = (q @ ft.ws).view(nd, hq, -1) if ft.ws is not None else _NONE
         bt = (block_table if all_dec else block_table[dec]).to(torch.int64).contiguous()
         acc = torch.empty(nd, hq, ft.mv, dtype=torch.float32)
         ops.decode(cache, bt, (sl if all_dec else sl[dec]).contiguous(), q_rot, q_sgn, ft.kdesc, ft.kqjl, ft.kcent,

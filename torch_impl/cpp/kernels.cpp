@@ -9,7 +9,7 @@
 //   q_sgn float [num_seqs, num_q_heads, MS]: S_i Pi_i q_{C_i} of each QJL key instance (MS may be 0).
 //   Parallel split: one task per (sequence, KV head) (at::parallel_for, OpenMP).  A task streams its
 //   slots once, block by block: each token's codes are unpacked and mapped to centroid values times
-//   the token's norm (AVX2: 8 codes per table permute; elsewhere a scalar loop), scored against the
+//   the token's norm (AVX-512: 16 codes per table permute, AVX2: 8; elsewhere a scalar loop), scored against the
 //   G = num_q_heads / num_kv_heads rows of the GQA group, folded into an online softmax, and the value
 //   centroids times their norms are summed with the probabilities in the rotated domain.
 //   out float [num_seqs, num_q_heads, MV]: that sum over the softmax denominator (value mode mse; the
@@ -22,7 +22,8 @@
 //   rotates them (y = u Pi^T, one matmul per instance).
 // tq_store_encode: codes against the codebook boundaries, LSB-first packing, QJL signs and gamma,
 //   group-mode scale/zero/codes and NaN encodings, written as whole slots (padding bytes 0) at
-//   cache[slot // block_size, head, slot % block_size] for slot_mapping >= 0.
+//   cache[slot // block_size, head, slot % block_size] for slot_mapping >= 0; a slot out of range or
+//   repeated raises ValueError before anything is written.
 //   Parallel split: rows (token, KV head).
 
 #include <ATen/ATen.h>
@@ -31,6 +32,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -98,23 +100,58 @@ inline __m256 lut8(const uint8_t* p, __m256 lo, __m256 hi) {
 }
 #endif
 
-// out[c] = table[code c] * mul for the m codes of a packed field (SPEC 5).
+#if defined(__AVX512F__)
+// 16 codes of BITS bits (bits 0 .. 16*BITS-1 of w) -> their table values (16 entries).
+template <int BITS>
+inline __m512 lut16(uint64_t w, __m512 table) {
+  const __m512i shifts = _mm512_setr_epi32(0, BITS, 2 * BITS, 3 * BITS, 4 * BITS, 5 * BITS, 6 * BITS, 7 * BITS, 0,
+                                           BITS, 2 * BITS, 3 * BITS, 4 * BITS, 5 * BITS, 6 * BITS, 7 * BITS);
+  const __m256i lo = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(w)));
+  const __m256i hi = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(w >> (8 * BITS))));
+  const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  const __m512i idx = _mm512_and_si512(_mm512_srlv_epi32(v, shifts), _mm512_set1_epi32((1 << BITS) - 1));
+  return _mm512_permutexvar_ps(idx, table);
+}
+#endif
+
+// n <= 8 bytes at p as a little-endian word (byte loads: never reads past p + n).
+inline uint64_t load_exact(const uint8_t* p, int n) {
+  uint64_t w = 0;
+  for (int i = 0; i < n; ++i) w |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return w;
+}
+
+// out[c] = table[code c] * mul for the m codes of a packed field (SPEC 5).  Groups of 8 codes are
+// exactly BITS bytes; a word load may read past a group's bytes only while they stay inside the field.
 template <int BITS>
 inline void lookup_codes(const uint8_t* p, int m, const float* table, float mul, float* out) {
   constexpr uint32_t mask = (1u << BITS) - 1;
-  const int full = m / 8;
-  int g = 0;
-#if defined(__AVX2__)
-  const __m256 lo = _mm256_loadu_ps(table), hi = _mm256_loadu_ps(table + 8), vm = _mm256_set1_ps(mul);
-  for (; g < full; ++g) _mm256_storeu_ps(out + 8 * g, _mm256_mul_ps(lut8<BITS>(p + BITS * g, lo, hi), vm));
-#else
-  for (; g < full; ++g) {
-    const uint32_t w = load_word<BITS>(p + BITS * g);
-    for (int i = 0; i < 8; ++i) out[8 * g + i] = table[(w >> (BITS * i)) & mask] * mul;
+  const int nbytes = (m * BITS + 7) / 8;
+  int c = 0;
+#if defined(__AVX512F__)
+  {
+    const __m512 t = _mm512_mul_ps(_mm512_loadu_ps(table), _mm512_set1_ps(mul));
+    for (; c + 16 <= m; c += 16) {
+      const uint8_t* q = p + c / 8 * BITS;
+      uint64_t w;
+      if (q + 8 <= p + nbytes) std::memcpy(&w, q, 8);
+      else w = load_exact(q, 2 * BITS);
+      _mm512_storeu_ps(out + c, lut16<BITS>(w, t));
+    }
   }
 #endif
-  const int nbytes = (m * BITS + 7) / 8;
-  for (int c = full * 8; c < m; ++c) {
+#if defined(__AVX2__)
+  {
+    const __m256 vm = _mm256_set1_ps(mul);
+    const __m256 lo = _mm256_mul_ps(_mm256_loadu_ps(table), vm), hi = _mm256_mul_ps(_mm256_loadu_ps(table + 8), vm);
+    for (; c + 8 <= m; c += 8) _mm256_storeu_ps(out + c, lut8<BITS>(p + c / 8 * BITS, lo, hi));
+  }
+#endif
+  for (; c + 8 <= m; c += 8) {
+    const uint32_t w = load_word<BITS>(p + c / 8 * BITS);
+    for (int i = 0; i < 8; ++i) out[c + i] = table[(w >> (BITS * i)) & mask] * mul;
+  }
+  for (; c < m; ++c) {
     const int bit = c * BITS, byte = bit >> 3;
     uint32_t v = p[byte];
     if (byte + 1 < nbytes) v |= static_cast<uint32_t>(p[byte + 1]) << 8;
@@ -131,16 +168,65 @@ inline void lookup(const uint8_t* p, int bits, int m, const float* table, float 
   }
 }
 
+#if defined(__AVX512F__)
+inline float hsum(__m512 v) {  // a shuffle tree (GCC's _mm512_reduce_add_ps adds 16 scalars in a chain)
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  return _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)));
+}
+#endif
+
 inline float dot(const float* a, const float* b, int n) {
   float s = 0.f;
+  int i = 0;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  s = hsum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];  // a tail of < 16 (an OpenMP simd reduction's epilogue costs more)
+#else
 #pragma omp simd reduction(+ : s)
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  for (int j = 0; j < n; ++j) s += a[j] * b[j];
+#endif
   return s;
 }
 
-inline void axpy(float w, const float* x, float* y, int n) {
+// acc[r][:] += sum_j w[r * wstride + j] * v[j][:] for R rows (a block's probabilities times its
+// decoded values, v [n][mv]): with AVX-512 the R accumulators of 16 columns stay in registers over the
+// block's tokens.
+template <int R>
+inline void accumulate_rows(const float* w, int64_t wstride, const float* v, int n, int mv, float* acc) {
+  int c = 0;
+#if defined(__AVX512F__)
+  for (; c + 16 <= mv; c += 16) {
+    __m512 a[R];
+    for (int r = 0; r < R; ++r) a[r] = _mm512_loadu_ps(acc + r * mv + c);
+    for (int j = 0; j < n; ++j) {
+      const __m512 x = _mm512_loadu_ps(v + j * mv + c);
+      for (int r = 0; r < R; ++r) a[r] = _mm512_fmadd_ps(_mm512_set1_ps(w[r * wstride + j]), x, a[r]);
+    }
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + r * mv + c, a[r]);
+  }
+#endif
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < n; ++j) {
+      const float wj = w[r * wstride + j];
+      const float* x = v + j * mv;
+      float* ar = acc + r * mv;
 #pragma omp simd
-  for (int i = 0; i < n; ++i) y[i] += w * x[i];
+      for (int cc = c; cc < mv; ++cc) ar[cc] += wj * x[cc];
+    }
+}
+
+inline void accumulate(const float* w, int64_t wstride, int rows, const float* v, int n, int mv, float* acc) {
+  switch (rows) {
+    case 1: accumulate_rows<1>(w, wstride, v, n, mv, acc); break;
+    case 2: accumulate_rows<2>(w, wstride, v, n, mv, acc); break;
+    case 3: accumulate_rows<3>(w, wstride, v, n, mv, acc); break;
+    default: accumulate_rows<4>(w, wstride, v, n, mv, acc); break;
+  }
 }
 
 struct DecodeArgs {
@@ -166,7 +252,7 @@ void decode_task(const DecodeArgs& a, int64_t b, int64_t h) {
   const int mk = static_cast<int>(a.mk), ms = static_cast<int>(a.ms), mv = static_cast<int>(a.mv);
   const float* q = a.q_rot + (b * a.hq + h * G) * a.mk;
   const float* qs = a.ms ? a.q_sgn + (b * a.hq + h * G) * a.ms : nullptr;
-  std::vector<float> kbuf(mk + 8), sbuf(ms + 8), vbuf(mv + 8), acc(G * mv, 0.f), sc(G * bs);
+  std::vector<float> kbuf(mk + 8), sbuf(ms + 8), vbuf(bs * mv + 8), acc(G * mv, 0.f), sc(G * bs);
   std::vector<float> mrun(G, NEG_INF), lsum(G, 0.f);
   std::vector<char> poison(G, 0);
   const int64_t nblk = (len + bs - 1) / bs;
@@ -217,21 +303,24 @@ void decode_task(const DecodeArgs& a, int64_t b, int64_t h) {
       }
       lsum[g] += l;
     }
-    for (int64_t j = 0; j < n; ++j) {  // values
+    for (int64_t j = 0; j < n; ++j) {  // values of the block, decoded into vbuf[j]
       const uint8_t* slot = base + j * a.s2;
+      float* vj = vbuf.data() + j * mv;
       if (a.group) {
         const GroupVals& gv = a.gv;
-        lookup(slot + gv.codes_off, gv.bits, mv, a.ident, 1.f, vbuf.data());
+        lookup(slot + gv.codes_off, gv.bits, mv, a.ident, 1.f, vj);
         for (int c0 = 0, k = 0; c0 < mv; c0 += gv.gs, ++k) {
           const float z = ld_f16(slot + gv.zero_off + 2 * k), s = ld_f16(slot + gv.scale_off + 2 * k);
-          for (int c = c0; c < c0 + gv.gs; ++c) vbuf[c] = z + s * vbuf[c];
+          for (int c = c0; c < c0 + gv.gs; ++c) vj[c] = z + s * vj[c];
         }
       } else {
         for (const ValInst& v : a.vals)
-          lookup(slot + v.codes_off, v.bits, v.m, v.cent, ld_f32(slot + v.norm_off), vbuf.data() + v.off);
+          lookup(slot + v.codes_off, v.bits, v.m, v.cent, ld_f32(slot + v.norm_off), vj + v.off);
       }
-      for (int64_t g = 0; g < G; ++g) axpy(sc[g * bs + j], vbuf.data(), acc.data() + g * mv, mv);
     }
+    for (int64_t g0 = 0; g0 < G; g0 += 4)  // acc[g] += sum_j p[g][j] vbuf[j], up to 4 rows per pass
+      accumulate(sc.data() + g0 * bs, bs, static_cast<int>(std::min<int64_t>(4, G - g0)), vbuf.data(),
+                 static_cast<int>(n), mv, acc.data() + g0 * mv);
   }
   for (int64_t g = 0; g < G; ++g) {
     float* o = a.out + (b * a.hq + h * G + g) * a.mv;
@@ -560,14 +649,14 @@ void encode_group(const GroupVals& gv, const T* v, int d, uint8_t* slot, uint16_
   pack(codes, d, gv.bits, slot + gv.codes_off);
 }
 
-std::vector<EncInst> enc_insts(const at::Tensor& desc, const at::Tensor& qjl_scale, const at::Tensor& bnd,
+std::vector<EncInst> enc_insts(const at::Tensor& desc, const float* qjl_scale, const at::Tensor& bnd,
                                const at::Tensor& cent, const at::Tensor& smat) {
   std::vector<EncInst> out;
   const int64_t* d = desc.data_ptr<int64_t>();
   int64_t soff = 0;
   for (int64_t i = 0; i < desc.size(0); ++i, d += 8) {
     EncInst p{int(d[0]), int(d[1]), int(d[2]), int(d[3]), int(d[4]), int(d[5]), int(d[6]),
-              qjl_scale.data_ptr<float>()[i], bnd.data_ptr<float>() + LUT * i, cent.data_ptr<float>() + LUT * i,
+              qjl_scale[i], bnd.data_ptr<float>() + LUT * i, cent.data_ptr<float>() + LUT * i,
               nullptr};
     if (p.signs_off >= 0) {
       p.s = smat.data_ptr<float>() + soff;
@@ -595,9 +684,20 @@ void tq_store_encode(const at::Tensor& y, const at::Tensor& norms, const at::Ten
   check_cpu(cache, "cache", at::kByte);
   for (const at::Tensor* t : {&kdesc, &vdesc, &gdesc}) check_contig(*t, "desc", at::kLong);
   for (const at::Tensor* t : {&kqjl, &kbnd, &kcent, &ksmat, &vbnd, &vcent}) check_contig(*t, "table", at::kFloat);
-  const std::vector<EncInst> keys = enc_insts(kdesc, kqjl, kbnd, kcent, ksmat);
-  const at::Tensor vq = at::zeros({vdesc.size(0)}, at::kFloat);
-  const std::vector<EncInst> vals = enc_insts(vdesc, vq, vbnd, vcent, ksmat);
+  const int64_t ntok = slot_mapping.numel(), capacity = cache.size(0) * cache.size(2);
+  const int64_t* smp = slot_mapping.data_ptr<int64_t>();
+  std::vector<int64_t> kept;  // SPEC 7: slots < 0 are padding; the rest must be in range and distinct
+  for (int64_t t = 0; t < ntok; ++t)
+    if (smp[t] >= 0) kept.push_back(smp[t]);
+  if (kept.empty()) return;
+  std::sort(kept.begin(), kept.end());
+  TORCH_CHECK_VALUE(kept.back() < capacity, "slot_mapping has slot ", kept.back(),
+                    " >= num_blocks * block_size = ", capacity);
+  TORCH_CHECK_VALUE(std::adjacent_find(kept.begin(), kept.end()) == kept.end(),
+                    "slot_mapping has duplicate non-negative slots");
+  const std::vector<EncInst> keys = enc_insts(kdesc, kqjl.data_ptr<float>(), kbnd, kcent, ksmat);
+  const std::vector<float> vq(vdesc.size(0), 0.f);
+  const std::vector<EncInst> vals = enc_insts(vdesc, vq.data(), vbnd, vcent, ksmat);
   const bool group = gdesc.numel() > 0;
   GroupVals gv{};
   if (group) {
