@@ -23,6 +23,7 @@ import warnings
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cpp")
 ENV_SWITCH = "TURBOQUANT_CPU_KERNELS"  # "0": never build, use the torch path
+ARCH_FLAGS = (["-march=native"], [])  # tried in order; [] builds the portable (baseline ISA) code
 _LOCK = threading.Lock()
 _STATE: dict = {}  # "ops": the loaded ops or None, "error": why not
 
@@ -50,7 +51,7 @@ def _build():
     with open(SOURCE, "rb") as f:
         src = f.read()
     errors = []
-    for arch in (["-march=native"], []):
+    for arch in ARCH_FLAGS:
         cflags = ["-O3", "-fopenmp", "-std=c++17", *arch]
         tag = hashlib.sha256(src + " ".join(cflags).encode() + _cpu_id().encode() + torch.__version__.encode())
         name = f"turboquant_cpu_{tag.hexdigest()[:16]}"

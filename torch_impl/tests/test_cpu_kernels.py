@@ -152,3 +152,21 @@ def test_dense_prefill_poisons_exactly_the_rows_that_see_it(preset, tensor, dtyp
     assert np.array_equal(np.isnan(got), np.isnan(want))
     tol = tqf.ATTN_RTOL_FP32 if dtype == torch.float32 else tqf.ATTN_RTOL_HALF
     assert rel_err(got, want) <= tol
+
+
+def test_portable_build_passes_the_same_checks():
+    """The code without -march=native (baseline ISA: no AVX2 / AVX-512 paths, as on other CPUs) in a
+    fresh process (one process cannot load two builds of the same op namespace)."""
+    import os
+    import subprocess
+    import sys
+
+    if not fused.available():
+        pytest.skip("the fused CPU kernels do not build here")
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = ("import sys, pytest\nfrom turboquant.torch_impl import cpp\ncpp.ARCH_FLAGS = ([],)\n"
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', {os.path.join(here, 'test_cpu_kernels.py')!r}, "
+            "'-k', 'partial_code_groups or long_decode or dense_prefill']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]
