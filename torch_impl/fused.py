@@ -30,7 +30,7 @@ from . import attention, cpp, store
 from .params import TorchParams, check_params
 
 LUT = 16  # the kernels' table width (kernels.cpp)
-_NONE = torch.zeros(0)  # an absent tensor argument of the kernels
+_NONE = torch.zeros(0, dtype=torch.float32)  # an absent tensor argument (float32 whatever the default dtype)
 
 
 @dataclass(frozen=True)

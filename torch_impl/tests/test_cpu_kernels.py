@@ -15,7 +15,7 @@ import torch
 from turboquant import format as tqf
 from turboquant import reference as ref
 from turboquant.conformance.cases import paged_layout
-from turboquant.conformance.compare import compare_slots, rel_err
+from turboquant.conformance.compare import compare_slots, float_field_mask, rel_err
 from turboquant.torch_impl import TorchParams, attention, cpp, fused, store
 
 
@@ -170,3 +170,32 @@ def test_portable_build_passes_the_same_checks():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]
+
+
+def test_import_and_calls_under_a_bfloat16_default_dtype():
+    """vLLM sets the model's dtype as torch's default before the plugin is imported: no tensor the
+    kernels read may follow it (an absent argument once came out bfloat16 and was refused)."""
+    import importlib
+
+    if not fused.available():
+        pytest.skip("the fused CPU kernels do not build here")
+    fmt = tqf.LayerFormat(tqf.get_preset("tq3"), 64, layer=6)
+    g = torch.Generator().manual_seed(2)
+    k, v = torch.randn(40, 2, 64, generator=g), torch.randn(40, 2, 64, generator=g)
+    q = torch.randn(2, 4, 64, generator=g).to(torch.bfloat16)
+    bt, sl = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32), torch.tensor([20, 17], dtype=torch.int32)
+    want = torch.zeros(fmt.cache_shape(4, 10, 2), dtype=torch.uint8)
+    store.store_kv(k, v, want, torch.arange(40), TorchParams.build(fmt))
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        mod = importlib.reload(fused)
+        got = torch.zeros_like(want)
+        mod.store_kv(k, v, got, torch.arange(40), TorchParams.build(fmt))
+        out = mod.decode_attention(q, got, bt, sl, TorchParams.build(fmt))
+    finally:
+        torch.set_default_dtype(torch.float32)
+        importlib.reload(fused)
+    codes = ~torch.from_numpy(float_field_mask(fmt))  # norms may differ by an ulp (SPEC §10)
+    assert torch.equal(got[..., codes], want[..., codes])
+    ref_out = attention.decode_attention(q, want, bt, sl, TorchParams.build(fmt))
+    assert rel_err(out.float().numpy(), ref_out.float().numpy()) <= tqf.ATTN_RTOL_HALF
