@@ -9,8 +9,9 @@ Each implementation offers the stages the conformance cases compare:
 * ``rotated(x, fmt, tensor) -> list of y per instance`` (optional; None when
   the implementation has no separate rotation stage to expose).
 
-``available()`` lists the reference, the torch CPU path (``turboquant.torch_impl``)
-and, where they can run, the Triton kernels (CUDA, or the CPU interpreter).
+``available()`` lists the reference, the torch CPU path (``turboquant.torch_impl``), its fused
+C++ kernels (``turboquant.torch_impl.fused``, where they build) and, where they can run, the
+Triton kernels (CUDA, or the CPU interpreter).
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def available() -> list[Implementation]:
     except ImportError:  # no torch
         return impls
     impls.append(torch_implementation())
+    fused = torch_implementation(fused_kernels=True)  # the C++ kernels, where they build
+    if fused is not None:
+        impls.append(fused)
     try:
         from turboquant.triton_impl.conformance_adapter import triton_implementation
     except ImportError:

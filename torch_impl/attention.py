@@ -97,7 +97,7 @@ def _attend(qrot, slots: torch.Tensor, visible: torch.Tensor, valid: torch.Tenso
     return out
 
 
-def _check_values(query, cache, block_table, seq_lens, qsl) -> None:
+def check_values(query, cache, block_table, seq_lens, qsl) -> None:
     bs = cache.shape[2]
     if bool((seq_lens < 0).any()) or bool(((seq_lens + bs - 1) // bs > block_table.shape[1]).any()):
         raise ValueError(f"seq_lens must lie in [0, max_blocks * block_size = {block_table.shape[1] * bs}]")
@@ -120,7 +120,7 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
     if query_start_loc is None:
         query_start_loc = one_row_per_sequence(query, nseq)
     qsl, sl = query_start_loc.to(torch.int64), seq_lens.to(torch.int64)
-    _check_values(query, cache, block_table, sl, qsl)
+    check_values(query, cache, block_table, sl, qsl)
     scale = params.fmt.head_size ** -0.5 if softmax_scale is None else float(softmax_scale)
     if out is None:
         out = torch.empty_like(query)
@@ -132,10 +132,6 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
     qrot = rotate_query(query, params)
     ql = qsl[1:] - qsl[:-1]
     nblk = (sl + bs - 1) // bs
-
-    def rows(x, idx, n_rows):  # [T, Hq, m] rows idx -> [Hkv, B, n_rows*G, m]
-        y = x[idx].view(idx.shape[0], n_rows, hkv, g, -1)
-        return y.permute(2, 0, 1, 3, 4).reshape(hkv, idx.shape[0], n_rows * g, -1)
 
     if t == nseq and bool((ql == 1).all()):  # pure decode (one row per sequence): no row selection
         dec, qi = None, None
@@ -157,25 +153,44 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
         if all_dec:
             pick = lambda x: x.view(t, hkv, g, -1).transpose(0, 1)  # [Hkv, B, G, m], no copy
         else:
-            pick = lambda x: rows(x, qi[:, None], 1)
+            pick = lambda x: _rows(x, qi[:, None], 1, hkv, g)
         qrot_d = [tuple(None if x is None else pick(x) for x in pair) for pair in qrot]
         o = _attend(qrot_d, slots, visible, valid, params, scale).transpose(0, 1).reshape(-1, hq, d)  # [B, Hq, d]
         if all_dec:
             out.copy_(o)
         else:
             out[qi] = o.to(out.dtype)
-    for b in torch.nonzero(ql > 1)[:, 0].tolist():
+    extend_rows(query, qrot, cache, block_table, sl, qsl, params, scale, out)
+    return out
+
+
+def extend_rows(query: torch.Tensor, qrot, cache: torch.Tensor, block_table: torch.Tensor, sl: torch.Tensor,
+                qsl: torch.Tensor, params: TorchParams, scale: float, out: torch.Tensor,
+                seqs: list[int] | None = None) -> None:
+    """The rows of every sequence with more than one query row (prefill / extend chunks; or of ``seqs``):
+    one batched matmul per sequence over its KV heads with a causal mask; ``qrot`` = rotate_query(query,
+    params), sl / qsl int64.  Writes those rows of ``out``."""
+    t, hq, d = query.shape
+    hkv, bs = cache.shape[1], cache.shape[2]
+    g = hq // hkv
+    ql = qsl[1:] - qsl[:-1]
+    for b in torch.nonzero(ql > 1)[:, 0].tolist() if seqs is None else seqs:
         q0, n, length = int(qsl[b]), int(ql[b]), int(sl[b])
-        slots = _gather(cache, block_table[b:b + 1, :int(nblk[b])].to(torch.int64))
+        slots = _gather(cache, block_table[b:b + 1, :(length + bs - 1) // bs].to(torch.int64))
         qpos = (length - n + torch.arange(n, device=query.device)).repeat_interleave(g)
         pos = torch.arange(slots.shape[2], device=query.device)
         visible = (pos[None, :] <= qpos[:, None])[None]
         valid = (pos < length)[None]
         idx = torch.arange(q0, q0 + n, device=query.device)[None]
-        o = _attend([tuple(None if x is None else rows(x, idx, n) for x in pair) for pair in qrot],
+        o = _attend([tuple(None if x is None else _rows(x, idx, n, hkv, g) for x in pair) for pair in qrot],
                     slots, visible, valid, params, scale)  # [Hkv, 1, n*G, d]
         out[q0:q0 + n] = o[:, 0].view(hkv, n, g, d).permute(1, 0, 2, 3).reshape(n, hq, d).to(out.dtype)
-    return out
+
+
+def _rows(x: torch.Tensor, idx: torch.Tensor, n_rows: int, hkv: int, g: int) -> torch.Tensor:
+    """[T, Hq, m] rows idx -> [Hkv, B, n_rows*G, m]."""
+    y = x[idx].view(idx.shape[0], n_rows, hkv, g, -1)
+    return y.permute(2, 0, 1, 3, 4).reshape(hkv, idx.shape[0], n_rows * g, -1)
 
 
 def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,

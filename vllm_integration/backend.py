@@ -2,8 +2,8 @@
 
 The Impl does no math itself: it stores with ``turboquant.triton_impl.store_kv``
 and attends with ``paged_attention`` / ``decode_attention`` (on a CPU with the same
-functions of ``turboquant.torch_impl``; when asked, with the NumPy reference in
-``reference_path``).  Semantics are SPEC's
+functions of ``turboquant.torch_impl.fused``, the fused C++ kernels, or of ``turboquant.torch_impl``;
+when asked, with the NumPy reference in ``reference_path``).  Semantics are SPEC's
 store-then-attend: every token of the step is written packed first, then every
 query row attends causally over the packed cache, prefill rows included.
 
@@ -57,6 +57,7 @@ import torch
 
 from turboquant import format as tqf
 from turboquant import torch_impl
+from turboquant.torch_impl import fused
 
 from . import compat, debug, layers
 from . import reference_path as refpath
@@ -424,7 +425,7 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         self.layer_name: str | None = None
         self.fmt: tqf.LayerFormat | None = None
         self.params = None
-        self.torch_params = None  # turboquant.torch_impl.TorchParams when an option resolves to "torch"
+        self.torch_params = None  # turboquant.torch_impl.TorchParams when an option resolves to "torch" or "cpp"
         self.store_impl = self.attention_impl = None  # the options, "auto" resolved at bind()
         self.attn_config = None  # the kernels' AttnConfig: None = the device default; set at bind()
 
@@ -461,8 +462,13 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
                 raise RuntimeError(f"{purpose} needs turboquant.triton_impl, which failed to import: "
                                    f"{_TRITON_IMPORT_ERROR!r}; set it to 'torch' or 'reference' instead")
             params = KernelParams.build(fmt, device)
-        if "torch" in impls.values():
+        if {"torch", "cpp"} & set(impls.values()):
             self.torch_params = torch_impl.TorchParams.build(fmt, device)
+        if "cpp" in impls.values():
+            if device.type != "cpu":
+                raise RuntimeError("additional_config['turboquant'] 'cpp' (the fused CPU kernels) needs a CPU device, "
+                                   f"got {device}; use 'triton' (the GPU default) or 'torch'")
+            fused.available()  # build (or load) the kernels at engine start; warns once and uses 'torch' if not
         self.layer_name, self.fmt, self.params = layer_name, fmt, params
         self.store_impl, self.attention_impl = impls["store_impl"], impls["attention_impl"]
         if self.attention_impl == "triton" and self.options.batch_invariant_enabled():
@@ -497,6 +503,8 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             k, v, sm = key[:n], value[:n], attn_metadata.slot_mapping[:n]
             if self.store_impl == "triton":
                 store_kv(k, v, cache, sm, self.params)
+            elif self.store_impl == "cpp":
+                fused.store_kv(k, v, cache, sm, self.torch_params)
             elif self.store_impl == "torch":
                 torch_impl.store_kv(k, v, cache, sm, self.torch_params)
             else:
@@ -514,6 +522,9 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             else:  # decodes to the decode kernel, prefill rows to the dense path (triton_impl.dispatch)
                 attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, self.params,
                           softmax_scale=self.scale, out=out, plan=md.plan, config=self.attn_config)
+        elif self.attention_impl == "cpp":
+            fused.paged_attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, self.torch_params,
+                                  softmax_scale=self.scale, out=out)
         elif self.attention_impl == "torch":
             torch_impl.paged_attention(q, cache, md.block_table, md.seq_lens, md.query_start_loc, self.torch_params,
                                        softmax_scale=self.scale, out=out)

@@ -19,7 +19,7 @@ from typing import Any
 from turboquant import format as tqf
 
 CONFIG_KEY = "turboquant"
-IMPLS = ("auto", "triton", "torch", "reference")
+IMPLS = ("auto", "triton", "cpp", "torch", "reference")
 
 OPTION_DEFAULTS: dict[str, Any] = {
     # name of a preset in turboquant.format.PRESETS
@@ -27,8 +27,10 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "preset": "k4v3",
     # base seed of the per-layer rotation / QJL matrices (SPEC: derive_seed)
     "base_seed": tqf.DEFAULT_BASE_SEED,
-    # who writes the packed cache: the Triton kernels, the float32 torch path (turboquant.torch_impl), the
-    # NumPy reference, or "auto": Triton on a GPU, torch on a CPU (where Triton only has its interpreter)
+    # who writes the packed cache: the Triton kernels, the fused C++ CPU kernels ("cpp",
+    # turboquant.torch_impl.fused; the torch path where they cannot be built), the float32 torch path
+    # (turboquant.torch_impl), the NumPy reference, or "auto": Triton on a GPU, "cpp" on a CPU (where
+    # Triton only has its interpreter)
     "store_impl": "auto",
     # who computes attention over the packed cache (same choices)
     "attention_impl": "auto",
@@ -179,7 +181,7 @@ class TurboQuantOptions:
         """``store_impl`` / ``attention_impl`` with "auto" resolved for a device type."""
         val = getattr(self, key)
         if val == "auto":
-            return "triton" if device_type == "cuda" else "torch"
+            return "triton" if device_type == "cuda" else "cpp"
         return val
 
     @property

@@ -27,7 +27,7 @@ def test_defaults_and_roundtrip():
     ({"turboquant": {"base_seed": -1}}, "['base_seed']=-1 is not supported; allowed values: integers >= 0"),
     ({"turboquant": {"base_seed": True}}, "['base_seed']=True"),
     ({"turboquant": {"store_impl": "cuda"}},
-     "['store_impl']='cuda' is not supported; allowed values: ['auto', 'triton', 'torch', 'reference']"),
+     "['store_impl']='cuda' is not supported; allowed values: ['auto', 'triton', 'cpp', 'torch', 'reference']"),
     ({"turboquant": {"attention_impl": None}}, "['attention_impl']=None"),
     ({"turboquant": {"bits": 3}}, "unknown option(s) ['bits']; allowed options: ['preset', 'base_seed'"),
     ({"turboquant": "tq3"}, "must be a dict with keys"),
@@ -63,7 +63,7 @@ def test_auto_impl_resolves_by_device():
     opts = TurboQuantOptions()
     assert (opts.store_impl, opts.attention_impl) == ("auto", "auto")
     assert opts.impl("store_impl", "cuda") == "triton" and opts.impl("attention_impl", "cuda") == "triton"
-    assert opts.impl("store_impl", "cpu") == "torch" and opts.impl("attention_impl", "cpu") == "torch"
+    assert opts.impl("store_impl", "cpu") == "cpp" and opts.impl("attention_impl", "cpu") == "cpp"
     pinned = TurboQuantOptions(store_impl="triton", attention_impl="reference")
     assert pinned.impl("store_impl", "cpu") == "triton" and pinned.impl("attention_impl", "cuda") == "reference"
     pinned = TurboQuantOptions(store_impl="torch", attention_impl="torch")

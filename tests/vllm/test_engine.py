@@ -120,7 +120,21 @@ def torch_run(tiny_model, engines):
     return _captured_run(tiny_model, engines, "float32", MAX_TOKENS, impl="torch")
 
 
-RUNS = ["bf16_run", "fp32_run"]  # torch_run: test_torch_path, last (one engine alive at a time)
+@pytest.fixture(scope="module")
+def cpp_run(tiny_model, engines):
+    """The fused C++ CPU kernels (turboquant.torch_impl.fused, the CPU default) for store and attention."""
+    if torch_fused_unavailable():
+        pytest.skip(f"the fused CPU kernels do not build here: {torch_fused_unavailable()}")
+    return _captured_run(tiny_model, engines, "float32", MAX_TOKENS, impl="cpp")
+
+
+def torch_fused_unavailable() -> str | None:
+    from turboquant.torch_impl import cpp, fused
+
+    return None if fused.available() else cpp.error()
+
+
+RUNS = ["bf16_run", "fp32_run"]  # torch_run, cpp_run: test_torch_path, last (one engine alive at a time)
 RTOL = {"bfloat16": tqf.ATTN_RTOL_HALF, "float32": tqf.ATTN_RTOL_FP32}
 
 
@@ -252,18 +266,23 @@ def test_greedy_matches_reference_attention(fp32_run, tiny_model, engines):
     assert _tokens(_generate(llm, PROMPTS, MAX_TOKENS)) == fp32_run["tokens"]
 
 
-@pytest.mark.parametrize("check", [test_backend_is_in_use, test_stored_bytes_match_reference,
-                                   test_attention_reads_what_was_stored, test_attention_matches_reference,
-                                   test_chunked_prefill_happened], ids=lambda f: f.__name__.removeprefix("test_"))
-def test_torch_path(check, request):
-    """Checks (1)-(3) and the chunked prefill for the torch path, after the Triton runs' tests
-    (the engine pool keeps one engine alive: interleaving would rebuild them)."""
-    check("torch_run", request)
+TORCH_CHECKS = [test_backend_is_in_use, test_stored_bytes_match_reference, test_attention_reads_what_was_stored,
+                test_attention_matches_reference, test_chunked_prefill_happened]
 
 
-def test_torch_greedy_matches_reference_attention(torch_run, tiny_model, engines):
-    """(4) for the torch path: the NumPy reference's attention over the same
-    (torch-stored) packed cache generates the same MAX_TOKENS tokens."""
-    llm = engines.get(**llm_kwargs(tiny_model, store="torch", attention="reference", dtype="float32"))
+@pytest.mark.parametrize("run,check", [(r, c) for r in ("torch_run", "cpp_run") for c in TORCH_CHECKS],
+                         ids=lambda x: x.__name__.removeprefix("test_") if callable(x) else x)
+def test_torch_path(run, check, request):
+    """Checks (1)-(3) and the chunked prefill for the torch path and the fused C++ kernels, after the
+    Triton runs' tests (the engine pool keeps one engine alive: interleaving would rebuild them)."""
+    check(run, request)
+
+
+@pytest.mark.parametrize("impl", ["torch", "cpp"])
+def test_torch_greedy_matches_reference_attention(impl, tiny_model, engines, request):
+    """(4) for the torch path and the fused kernels: the NumPy reference's attention over the same
+    (torch- / C++-stored) packed cache generates the same MAX_TOKENS tokens."""
+    run = request.getfixturevalue(f"{impl}_run")
+    llm = engines.get(**llm_kwargs(tiny_model, store=impl, attention="reference", dtype="float32"))
     llm.reset_prefix_cache()
-    assert _tokens(_generate(llm, PROMPTS, MAX_TOKENS)) == torch_run["tokens"]
+    assert _tokens(_generate(llm, PROMPTS, MAX_TOKENS)) == run["tokens"]

@@ -44,7 +44,7 @@ def test_bad_impl_value(tiny_model, engines):
     kw = llm_kwargs(tiny_model, store="cuda", attention="reference")
     msg = _start_fails(engines, **kw)
     assert "additional_config['turboquant']['store_impl']='cuda' is not supported" in msg
-    assert "['auto', 'triton', 'torch', 'reference']" in msg
+    assert "['auto', 'triton', 'cpp', 'torch', 'reference']" in msg
 
 
 def test_unsupported_head_size(tmp_path, engines):

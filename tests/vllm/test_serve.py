@@ -98,7 +98,7 @@ def test_server_uses_turboquant(server):
     text = log.read_text()
     import torch
 
-    want = "triton" if torch.cuda.is_available() else "torch"  # the default ("auto") per device
+    want = "triton" if torch.cuda.is_available() else "cpp"  # the default ("auto") per device
     if "boundary_layers" in options:
         assert "TurboQuant KV cache, per-layer formats: tq4 (136 B per token per KV head): layers [0, 5]" in text, \
             text[-3000:]
