@@ -15,10 +15,21 @@ def test_shapes_and_store_configs_are_checked(bench_script):
         bench.parse_shapes("8k")
     with pytest.raises(ValueError, match="needs 0 < query rows <= cached tokens"):
         bench.parse_shapes("512x1024")
-    assert bench.parse_store_configs("tc:32:8") == [("tc", 32, 8)]
-    assert bench.parse_store_configs("mse:32:4,tc:16:8") == [("mse", 32, 4), ("tc", 16, 8)]
-    with pytest.raises(ValueError, match="'bf16:32:8' is not KIND:BLOCK:WARPS with KIND in tc, fma, mse"):
+    assert bench.parse_store_configs("tc:32:8") == [("tc", 32, 8, ())]
+    assert bench.parse_store_configs("mse:32:4,tc:16:8") == [("mse", 32, 4, ()), ("tc", 16, 8, ())]
+    with pytest.raises(ValueError, match=r"'bf16:32:8' is not KIND:BLOCK:WARPS\[:OPTIONS\] with KIND in tc, fma, mse"):
         bench.parse_store_configs("bf16:32:8")
+    # store_mse.py's options: '+'-joined variants and pN (programs an SM)
+    assert bench.parse_store_configs("mse:64:4:prefetch+lean+p3,mse:128:8:halves") == [
+        ("mse", 64, 4, ("prefetch", "lean", "p3")), ("mse", 128, 8, ("halves",))]
+    assert bench.store_options(("prefetch", "lean", "p3")) == {"variant": ("prefetch", "lean"), "programs_per_sm": 3}
+    assert bench.store_options(()) == {"variant": (), "programs_per_sm": None}
+    with pytest.raises(ValueError, match="option 'fast' is not one of prefetch, lean, halves or pN"):
+        bench.parse_store_configs("mse:64:4:prefetch+fast")
+    with pytest.raises(ValueError, match="option 'p0' is not one of"):
+        bench.parse_store_configs("mse:64:4:p0")
+    with pytest.raises(ValueError, match="'tc:32:8:lean': OPTIONS apply to KIND mse only"):
+        bench.parse_store_configs("tc:32:8:lean")
     assert bench.parse_rotate_configs("32:4:2,16:4:3") == [(32, 4, 2), (16, 4, 3)]
     with pytest.raises(ValueError, match="'32:4' is not BR:WARPS:PROGRAMS_PER_SM"):
         bench.parse_rotate_configs("32:4")

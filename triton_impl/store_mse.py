@@ -23,7 +23,18 @@ x0 P0 + x0 P1 (+ x1 P0).  An fp16 part of x 2^-e (elements below 2) is exact abo
 
 Layouts: x rows [BR, D] (D = 64 or 128, the instance is the whole head); Pi^T parts [2, D, D] fp16
 loaded once per program (shared memory); codes packed 8 at a time into BITS bytes, then into words.
-Grid: (programs,), persistent: program p takes row tiles p, p + programs, ... of BR rows.
+Grid: (programs,), persistent: program p takes row tiles p, p + programs, ... of BR rows
+(PROGRAMS_PER_SM programs an SM unless programs_per_sm says otherwise).
+
+Options (VARIANTS, off by default, for benchmarks; each stores the default's bytes, checked under the
+interpreter by test_store_mse.py): "prefetch": tile i + programs's slots and x loaded into
+registers before tile i is encoded (by hand; Triton 3.6's own pipeliner issues them only after tile
+i's stores, then waits at once); "lean": no separate finiteness pass (a non-finite x makes the norm
+non-finite), and Pi^T's columns permuted (_perm_col) so that each lane of the accumulator holds D/4
+consecutive coordinates and packs whole words from its own registers (no shuffles, no shared-memory
+round trip; the same products land in other columns, so y' is bit-identical); "halves": "lean" with
+the product in two column blocks of D/2.  The permuted pack applies where BR >= 16 warps and a lane
+group's D/4 codes fill whole words; elsewhere only the finiteness fold.
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from turboquant import format as tqf
 
 from .device import sm_count
 from .params import INTERPRET, NORM_NAN_BITS, KernelParams
@@ -40,6 +53,10 @@ from .params import INTERPRET, NORM_NAN_BITS, KernelParams
 STORE_MSE_BR = 64  # rows (token, head) per tile
 STORE_MSE_WARPS = 4
 PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once
+# Options of the kernel not on by default (benchmarks; each stores the default's bytes), see the
+# module docstring: "prefetch" (next tile loaded before this one is encoded), "lean" (no separate
+# finiteness pass; accumulator columns permuted so that each lane packs whole words)
+VARIANTS = ("prefetch", "lean", "halves")
 # fp16 parts of an input element x 2^-e (see above)
 XSPLIT = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 2}
 
@@ -85,6 +102,174 @@ def _pack_words(codes, BR: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, wp
 
 
 @triton.jit
+def _perm_col(c, D: tl.constexpr, NH: tl.constexpr, HH: tl.constexpr):
+    """Coordinate held by column c (< D / NH) of the HH-th of NH column blocks of the product under
+    PERM: c = 8g + 2q + t holds q G + HH G / NH + 2g + t (G = D / 4).  In the tensor-core
+    accumulator layout a lane holds the columns 8g + 2q + t of its rows for one q and every g, t, so
+    it holds G / NH consecutive coordinates of each of its rows (_field_word)."""
+    return ((c // 2) % 4) * (D // 4) + HH * (D // 4 // NH) + 2 * (c // 8) + c % 2
+
+
+@triton.jit
+def _field_word(c4, W: tl.constexpr, BITS: tl.constexpr, OFF: tl.constexpr):
+    """Bits [32 W, 32 W + 32) of each lane group's code field (q's G codes, LSB-first) contributed
+    by c4 [BR, g, 4 (q), 2 (t)] (uint32 codes of columns 8g + 2q + t, the column block starting at
+    code OFF of the field): [BR, 4].  The shifts are compile-time constants per register."""
+    gi = tl.arange(0, c4.shape[1])[None, :, None, None]
+    ti = tl.arange(0, 2)[None, None, None, :]
+    s = (OFF + 2 * gi + ti) * BITS - 32 * W
+    lo = tl.where((s >= 0) & (s < 32), c4 << tl.minimum(tl.maximum(s, 0), 31).to(tl.uint32), 0)
+    hi = tl.where((s < 0) & (s > -BITS), c4 >> tl.minimum(tl.maximum(-s, 0), 31).to(tl.uint32), 0)
+    return tl.sum(tl.sum(lo | hi, axis=3), axis=1)  # disjoint bits
+
+
+@triton.jit
+def _codes(acc, den, bnd_ptr, BR: tl.constexpr, N: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr):
+    """idx_j = #{k : y_j > beta_k}, as y'_j > beta_k n (no division per coordinate); acc [BR, N]."""
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    if SYMMETRIC:
+        # beta_{HALF-1} = 0 and beta_{HALF-1+i} = -beta_{HALF-1-i}: count the positive boundaries
+        # below |y| and mirror (an exact tie y = -beta takes the upper code: inside CODE_MARGIN)
+        a = tl.abs(acc)
+        cnt = tl.zeros((BR, N), tl.int32)
+        for k in tl.static_range(HALF, 2 * HALF - 1):
+            cnt += (a > (tl.load(bnd_ptr + k) * den)[:, None]).to(tl.int32)
+        codes = tl.where(acc > 0, HALF + cnt, HALF - 1 - cnt)
+    else:
+        codes = tl.zeros((BR, N), tl.int32)
+        for k in tl.static_range(2 * HALF - 1):
+            codes += (acc > (tl.load(bnd_ptr + k) * den)[:, None]).to(tl.int32)
+    return codes
+
+
+@triton.jit
+def _rotate(xs, p0, p1, BR: tl.constexpr, N: tl.constexpr, XSPLIT: tl.constexpr, F32_PARTS: tl.constexpr):
+    """y' = xs Pi^T [BR, N] on tensor cores: x0 P1 (+ x1 P0) + x0 P0, small terms first."""
+    x0 = _split_fp16(xs, 0)
+    if F32_PARTS:
+        x0 = x0.to(tl.float32)
+    acc = tl.dot(x0, p1, tl.zeros((BR, N), tl.float32))
+    if XSPLIT > 1:
+        x1 = _split_fp16(xs, 1)
+        if F32_PARTS:
+            x1 = x1.to(tl.float32)
+        acc = tl.dot(x1, p0, acc)
+    return tl.dot(x0, p0, acc)
+
+
+@triton.jit
+def _load_tile(x_ptr, slot_ptr, tile, stride_xt, stride_xh, num_rows, H: tl.constexpr, D: tl.constexpr,
+               BR: tl.constexpr, XMASK_SLOT: tl.constexpr):
+    """(slot [BR] int32, x [BR, D] in x's dtype) of row tile `tile` (rows past num_rows: slot -1).
+    XMASK_SLOT: x rows whose slot < 0 are not read (0); else every existing row is read, so that the
+    load does not wait for the slots (a padding row's x is read and discarded)."""
+    j = tl.arange(0, D)
+    r = tile * BR + tl.arange(0, BR)
+    tok = r // H
+    h = r % H
+    # int32 slots: a layer's cache would need > 2^31 * 64 bytes for more
+    slot = tl.load(slot_ptr + tok, mask=r < num_rows, other=-1).to(tl.int32)
+    if XMASK_SLOT:
+        xm = slot >= 0
+    else:
+        xm = r < num_rows
+    x = tl.load(x_ptr + tok.to(tl.int64)[:, None] * stride_xt + h[:, None] * stride_xh + j[None, :],
+                mask=xm[:, None], other=0.0)
+    return slot, x
+
+
+@triton.jit
+def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, stride_cb, stride_ch, stride_cs,
+                 H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr,
+                 SYMMETRIC: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr, BR: tl.constexpr,
+                 XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr, FOLD_FIN: tl.constexpr,
+                 PERM: tl.constexpr):
+    """Encode one row tile (slot [BR], x [BR, D]) into the cache (see the module docstring).
+    p0, p1: Pi^T's parts (PERM = 2: their first column block; q0, q1 the second)."""
+    j = tl.arange(0, D)
+    r = tile * BR + tl.arange(0, BR)
+    h = r % H
+    tm = slot >= 0
+    x = x.to(tl.float32)
+    # SPEC §4.1 with an exact power-of-two scale 2^-e (mx 2^-e in [1, 2); biased exponent of mx
+    # clamped to 1..253): ||x|| = 2^e sqrt(sum (x 2^-e)^2), within NORM_RTOL of M sqrt(sum (x/M)^2)
+    if FOLD_FIN:
+        mx = tl.max(tl.abs(x), axis=1)
+    else:
+        fin = tl.sum(((tl.abs(x) == float("inf")) | (x != x)).to(tl.int32), axis=1) == 0
+        mx = tl.max(tl.abs(x), axis=1)
+    eb = tl.minimum(tl.maximum((mx.to(tl.int32, bitcast=True) >> 23) & 0xFF, 1), 253)
+    scale = ((254 - eb) << 23).to(tl.float32, bitcast=True)  # 2^-e
+    if FOLD_FIN:
+        # no finiteness pass: a non-finite x makes x 2^-e, its sum of squares, n and the norm
+        # non-finite (2^-e > 0; a finite row's |x 2^-e| < 4 cannot overflow the sum), so "norm not
+        # finite" is the whole test; such a row's products are discarded (codes 0)
+        xs = x * scale[:, None]
+    else:
+        xs = tl.where(fin[:, None], x * scale[:, None], 0.0)  # exact
+    n = tl.sqrt_rn(tl.sum(xs * xs, axis=1))  # ||x 2^-e||, in [1, 2 sqrt(D)) unless x = 0
+    norm = n * (eb << 23).to(tl.float32, bitcast=True)  # exact unless it overflows
+    if FOLD_FIN:
+        bad = ~(norm < float("inf"))
+    else:
+        bad = ~fin | ~(norm < float("inf"))
+    if PERM == 0:  # the default: the statements in the order of the tuned kernel (same SASS)
+        acc = _rotate(xs, p0, p1, BR, D, XSPLIT, F32_PARTS)
+        den = tl.where(n > 0, n, 1.0)  # x = 0: y = 0
+        if DEBUG_Y:
+            y = tl.where(bad[:, None], 0.0, tl.math.div_rn(acc, den[:, None]))
+            tl.store(y_ptr + r.to(tl.int64)[:, None] * D + j[None, :], y, mask=tm[:, None])
+        codes = tl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BR, D, BITS, SYMMETRIC))
+        blk = tl.where(tm, slot // BLOCK_SIZE, 0).to(tl.int64)
+        off = tl.where(tm, slot % BLOCK_SIZE, 0)
+        base = (cache_ptr + blk * stride_cb + h * stride_ch + off * stride_cs).to(tl.pointer_type(tl.int32))
+        nbits = tl.where(bad, NORM_NAN_BITS, norm.to(tl.int32, bitcast=True))
+        tl.store(base + NORM // 4, nbits, mask=tm)
+        _pack_words(codes, BR, D, BITS, base + CODES // 4, tm)
+    else:
+        # columns permuted (_perm_col) in NH blocks: each lane packs whole words of its rows' codes
+        den = tl.where(n > 0, n, 1.0)  # x = 0: y = 0
+        blk = tl.where(tm, slot // BLOCK_SIZE, 0).to(tl.int64)
+        off = tl.where(tm, slot % BLOCK_SIZE, 0)
+        base = (cache_ptr + blk * stride_cb + h * stride_ch + off * stride_cs).to(tl.pointer_type(tl.int32))
+        nbits = tl.where(bad, NORM_NAN_BITS, norm.to(tl.int32, bitcast=True))
+        tl.store(base + NORM // 4, nbits, mask=tm)
+        NH: tl.constexpr = PERM
+        N: tl.constexpr = D // NH
+        WPG: tl.constexpr = D // 4 * BITS // 32  # words of one lane group's field
+        w0 = tl.zeros((BR, 4), tl.uint32)
+        w1 = tl.zeros((BR, 4), tl.uint32)
+        w2 = tl.zeros((BR, 4), tl.uint32)
+        w3 = tl.zeros((BR, 4), tl.uint32)
+        for hh in tl.static_range(NH):
+            if hh == 0:
+                acc = _rotate(xs, p0, p1, BR, N, XSPLIT, F32_PARTS)
+            else:
+                acc = _rotate(xs, q0, q1, BR, N, XSPLIT, F32_PARTS)
+            if DEBUG_Y:
+                y = tl.where(bad[:, None], 0.0, tl.math.div_rn(acc, den[:, None]))
+                ycol = _perm_col(tl.arange(0, N), D, NH, hh)
+                tl.store(y_ptr + r.to(tl.int64)[:, None] * D + ycol[None, :], y, mask=tm[:, None])
+            codes = tl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BR, N, BITS, SYMMETRIC))
+            c4 = tl.reshape(codes.to(tl.uint32), (BR, N // 8, 4, 2))  # [BR, g, q, t]
+            w0 |= _field_word(c4, 0, BITS, hh * (D // 4 // NH))
+            if WPG > 1:
+                w1 |= _field_word(c4, 1, BITS, hh * (D // 4 // NH))
+            if WPG > 2:
+                w2 |= _field_word(c4, 2, BITS, hh * (D // 4 // NH))
+            if WPG > 3:
+                w3 |= _field_word(c4, 3, BITS, hh * (D // 4 // NH))
+        wp = base[:, None] + CODES // 4 + tl.arange(0, 4)[None, :] * WPG  # first word of each lane group
+        tl.store(wp, w0.to(tl.int32, bitcast=True), mask=tm[:, None])
+        if WPG > 1:
+            tl.store(wp + 1, w1.to(tl.int32, bitcast=True), mask=tm[:, None])
+        if WPG > 2:
+            tl.store(wp + 2, w2.to(tl.int32, bitcast=True), mask=tm[:, None])
+        if WPG > 3:
+            tl.store(wp + 3, w3.to(tl.int32, bitcast=True), mask=tm[:, None])
+
+
+@triton.jit
 def _store_mse_kernel(
     x_ptr, cache_ptr, slot_ptr, rot_ptr, bnd_ptr, y_ptr,
     stride_xt, stride_xh, stride_cb, stride_ch, stride_cs,
@@ -92,80 +277,70 @@ def _store_mse_kernel(
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
     NORM: tl.constexpr, CODES: tl.constexpr,
     BR: tl.constexpr, XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr,
+    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, PERM: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     j = tl.arange(0, D)
-    # Pi^T = P0 + P1 (fp16 parts, [2, D, D], row c = input coordinate, column = output)
-    pt = rot_ptr + j[:, None] * D + j[None, :]
-    p0 = tl.load(pt)
-    p1 = tl.load(pt + D * D)
-    if F32_PARTS:
-        p0, p1 = p0.to(tl.float32), p1.to(tl.float32)
-    num_tiles = tl.cdiv(num_rows, BR)
-    for tile in range(pid, num_tiles, nprog):
-        r = tile * BR + tl.arange(0, BR)
-        tok = r // H
-        h = r % H
-        # int32 slots: a layer's cache would need > 2^31 * 64 bytes for more
-        slot = tl.load(slot_ptr + tok, mask=r < num_rows, other=-1).to(tl.int32)
-        tm = slot >= 0
-        x = tl.load(x_ptr + tok.to(tl.int64)[:, None] * stride_xt + h[:, None] * stride_xh + j[None, :],
-                    mask=tm[:, None], other=0.0).to(tl.float32)
-        # SPEC §4.1 with an exact power-of-two scale 2^-e (mx 2^-e in [1, 2); biased exponent of mx
-        # clamped to 1..253): ||x|| = 2^e sqrt(sum (x 2^-e)^2), within NORM_RTOL of M sqrt(sum (x/M)^2)
-        fin = tl.sum(((tl.abs(x) == float("inf")) | (x != x)).to(tl.int32), axis=1) == 0
-        mx = tl.max(tl.abs(x), axis=1)
-        eb = tl.minimum(tl.maximum((mx.to(tl.int32, bitcast=True) >> 23) & 0xFF, 1), 253)
-        scale = ((254 - eb) << 23).to(tl.float32, bitcast=True)  # 2^-e
-        xs = tl.where(fin[:, None], x * scale[:, None], 0.0)  # exact
-        n = tl.sqrt_rn(tl.sum(xs * xs, axis=1))  # ||x 2^-e||, in [1, 2 sqrt(D)) unless x = 0
-        norm = n * (eb << 23).to(tl.float32, bitcast=True)  # exact unless it overflows
-        bad = ~fin | ~(norm < float("inf"))
-        # y' = xs Pi^T on tensor cores: x0 P1 (+ x1 P0) + x0 P0, small terms first; y = y' / n
-        x0 = _split_fp16(xs, 0)
-        if F32_PARTS:
-            x0 = x0.to(tl.float32)
-        acc = tl.dot(x0, p1, tl.zeros((BR, D), tl.float32))
-        if XSPLIT > 1:
-            x1 = _split_fp16(xs, 1)
-            if F32_PARTS:
-                x1 = x1.to(tl.float32)
-            acc = tl.dot(x1, p0, acc)
-        acc = tl.dot(x0, p0, acc)
-        den = tl.where(n > 0, n, 1.0)  # x = 0: y = 0
-        if DEBUG_Y:
-            y = tl.where(bad[:, None], 0.0, tl.math.div_rn(acc, den[:, None]))
-            tl.store(y_ptr + r.to(tl.int64)[:, None] * D + j[None, :], y, mask=tm[:, None])
-        # idx_j = #{k : y_j > beta_k}, as y'_j > beta_k n (no division per coordinate)
-        HALF: tl.constexpr = 1 << (BITS - 1)
-        if SYMMETRIC:
-            # beta_{HALF-1} = 0 and beta_{HALF-1+i} = -beta_{HALF-1-i}: count the positive boundaries
-            # below |y| and mirror (an exact tie y = -beta takes the upper code: inside CODE_MARGIN)
-            a = tl.abs(acc)
-            cnt = tl.zeros((BR, D), tl.int32)
-            for k in tl.static_range(HALF, 2 * HALF - 1):
-                cnt += (a > (tl.load(bnd_ptr + k) * den)[:, None]).to(tl.int32)
-            codes = tl.where(acc > 0, HALF + cnt, HALF - 1 - cnt)
+    # Pi^T = P0 + P1 (fp16 parts, [2, D, D], row c = input coordinate, column = output; under PERM
+    # the columns permuted by _perm_col, in PERM blocks: the same products, outputs in other columns)
+    if PERM == 0:
+        pt = rot_ptr + j[:, None] * D + j[None, :]
+        p0 = tl.load(pt)
+        p1 = tl.load(pt + D * D)
+        q0, q1 = p0, p1  # unused
+    else:
+        c = tl.arange(0, D // PERM)
+        pt = rot_ptr + j[:, None] * D + _perm_col(c, D, PERM, 0)[None, :]
+        p0 = tl.load(pt)
+        p1 = tl.load(pt + D * D)
+        if PERM == 2:
+            qt = rot_ptr + j[:, None] * D + _perm_col(c, D, PERM, 1)[None, :]
+            q0 = tl.load(qt)
+            q1 = tl.load(qt + D * D)
         else:
-            codes = tl.zeros((BR, D), tl.int32)
-            for k in tl.static_range(2 * HALF - 1):
-                codes += (acc > (tl.load(bnd_ptr + k) * den)[:, None]).to(tl.int32)
-        codes = tl.where(bad[:, None], 0, codes)
-        blk = tl.where(tm, slot // BLOCK_SIZE, 0).to(tl.int64)
-        off = tl.where(tm, slot % BLOCK_SIZE, 0)
-        base = (cache_ptr + blk * stride_cb + h * stride_ch + off * stride_cs).to(tl.pointer_type(tl.int32))
-        nbits = tl.where(bad, NORM_NAN_BITS, norm.to(tl.int32, bitcast=True))
-        tl.store(base + NORM // 4, nbits, mask=tm)
-        _pack_words(codes, BR, D, BITS, base + CODES // 4, tm)
+            q0, q1 = p0, p1  # unused
+    if F32_PARTS:
+        p0, p1, q0, q1 = p0.to(tl.float32), p1.to(tl.float32), q0.to(tl.float32), q1.to(tl.float32)
+    num_tiles = tl.cdiv(num_rows, BR)
+    if PREFETCH:
+        # software pipelining by hand: tile i + nprog's slots and x are loaded into registers before
+        # tile i is encoded, so their latency hides behind tile i's work (x read whatever the slot)
+        slot_n, x_n = _load_tile(x_ptr, slot_ptr, pid, stride_xt, stride_xh, num_rows, H, D, BR, False)
+        for tile in range(pid, num_tiles, nprog):
+            slot, x = slot_n, x_n
+            slot_n, x_n = _load_tile(x_ptr, slot_ptr, tile + nprog, stride_xt, stride_xh, num_rows, H, D, BR,
+                                     False)
+            _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, stride_cb, stride_ch, stride_cs,
+                         H, BLOCK_SIZE, D, BITS, SYMMETRIC, NORM, CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, FOLD_FIN,
+                         PERM)
+    else:
+        for tile in range(pid, num_tiles, nprog):
+            slot, x = _load_tile(x_ptr, slot_ptr, tile, stride_xt, stride_xh, num_rows, H, D, BR, True)
+            _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, stride_cb, stride_ch, stride_cs,
+                         H, BLOCK_SIZE, D, BITS, SYMMETRIC, NORM, CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, FOLD_FIN,
+                         PERM)
+
+
+def _perm(variant: tuple[str, ...], d: int, bits: int, br: int, warps: int) -> int:
+    """PERM of the kernel: column blocks of the permuted product (0: columns not permuted).  Only
+    where each lane group's field is whole words (d / 4 * bits a multiple of 32) and each warp's
+    accumulator spans whole rows (br >= 16 warps; with fewer rows a warp holds part of the columns
+    and the permuted pack would cross lanes)."""
+    if not {"lean", "halves"} & set(variant) or (d // 4 * bits) % 32 or br < 16 * warps:
+        return 0
+    return 2 if "halves" in variant else 1
 
 
 def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
               params: KernelParams, debug_rotated: torch.Tensor | None = None, *, block_rows: int | None = None,
-              num_warps: int | None = None) -> None:
+              num_warps: int | None = None, variant: tuple[str, ...] = (), programs_per_sm: int | None = None) -> None:
     """store_kv for the formats store_mse_applies() covers; arguments checked by store_kv.
-    block_rows (rows of (token, head) per tile, a power of two >= 16) and num_warps override the
-    defaults (benchmarks)."""
+    block_rows (rows of (token, head) per tile, a power of two >= 16), num_warps and programs_per_sm
+    (the persistent grid) override the defaults; variant: names from VARIANTS (benchmarks; each
+    stores the default's bytes)."""
+    for v in variant:
+        tqf.check_choice("variant", v, VARIANTS)
     if not store_mse_applies(params):
         raise ValueError(f"store_mse does not cover preset {params.fmt.preset.name!r} at head_size="
                          f"{params.fmt.head_size}: it needs one mse instance for keys and for values, head size "
@@ -176,8 +351,12 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
     br = block_rows or STORE_MSE_BR
     if br < 16 or br & (br - 1):
         raise ValueError(f"block_rows must be a power of two >= 16, got {br}")
+    pps = PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
+    if not isinstance(pps, int) or pps < 1:
+        raise ValueError(f"programs_per_sm must be a positive integer, got {pps!r}")
+    warps = num_warps or STORE_MSE_WARPS
     tiles = triton.cdiv(rows, br)
-    grid = (max(1, min(tiles, sm_count(key.device) * PROGRAMS_PER_SM)),)
+    grid = (max(1, min(tiles, sm_count(key.device) * pps)),)
     y = debug_rotated if debug_rotated is not None else torch.empty(1, device=key.device, dtype=torch.float32)
     vy = rows * (m["K0_MP"] + m["K1_MP"])  # rotated_debug's layout: key instances, then value instances
     for x, rot, bnd, pfx, yoff in ((key, params.k_rot_split, params.k_bnd, "K0", 0),
@@ -189,5 +368,7 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
             H=h, BLOCK_SIZE=cache.shape[2], D=d, BITS=m[f"{pfx}_BITS"], SYMMETRIC=m["CB_SYMMETRIC"],
             NORM=m[f"{pfx}_NORM"], CODES=m[f"{pfx}_CODES"], BR=br, XSPLIT=XSPLIT[x.dtype],
             DEBUG_Y=debug_rotated is not None, F32_PARTS=INTERPRET,
-            num_warps=num_warps or STORE_MSE_WARPS,
+            PREFETCH="prefetch" in variant, FOLD_FIN=bool({"lean", "halves"} & set(variant)),
+            PERM=_perm(variant, d, m[f"{pfx}_BITS"], br, warps),
+            num_warps=warps,
         )

@@ -203,16 +203,29 @@ def run(args) -> None:
                 stored.add((preset, nq))
                 kq, vq = k[-nq:], v[-nq:]
                 moved = nq * HKV * (2 * D * 2 + fmt.slot_bytes)
-                for rot, bts, warps in args.store_configs:
+                ref = None  # the first mse config's bytes: every other mse config must store the same
+                for rot, bts, warps, opts in args.store_configs:
                     kern = "mse" if rot == "mse" else "generic"
+                    label = f"store-{rot}-bt{bts}-w{warps}" + (f"-{'+'.join(opts)}" if opts else "")
+                    kw = {"rotation": "tc" if rot == "mse" else rot, "kernel": kern, "block_tokens": bts,
+                          "num_warps": warps, **store_options(opts)}
                     try:
-                        t, how = time_it(lambda: store_kv(kq, vq, cache, slots[-nq:], params,
-                                                          rotation="tc" if rot == "mse" else rot, kernel=kern,
-                                                          block_tokens=bts, num_warps=warps), 10)
+                        def fn(kw=kw):
+                            store_kv(kq, vq, cache, slots[-nq:], params, **kw)
+
+                        if rot == "mse":  # the bytes, once, untimed: every mse config must store the first's
+                            cache.zero_()
+                            fn()
+                            if ref is None:
+                                ref = (label, cache.clone())
+                            elif not torch.equal(cache, ref[1]):
+                                emit({"kind": "store_error", "impl": label, "preset": preset,
+                                      "error": f"stored bytes differ from {ref[0]}'s"})
+                        t, how = time_it(fn, 10)
                     except Exception as e:  # a tile that does not fit the SM: recorded, not fatal
-                        emit({"kind": "store_error", "impl": f"store-{rot}-bt{bts}-w{warps}", "error": repr(e)[:300]})
+                        emit({"kind": "store_error", "impl": label, "error": repr(e)[:300]})
                         continue
-                    emit({"kind": "store", "impl": f"store-{rot}-bt{bts}-w{warps}", "preset": preset, "batch": 1,
+                    emit({"kind": "store", "impl": label, "preset": preset, "batch": 1,
                           "context": ctx, "query_tokens": nq, "seconds": t, "copy_fraction": moved / t / copy_bw,
                           "vs_sdpa": t / t_sdpa, "timing": how})
             del cache
@@ -347,16 +360,35 @@ def plot(paths, png: str) -> None:
     fig.savefig(png, dpi=110)
 
 
-def parse_store_configs(text: str) -> list[tuple[str, int, int]]:
-    """"tc:32:4,fma:16:4,mse:64:4" -> [("tc", 32, 4), ("fma", 16, 4), ("mse", 64, 4)]
-    (rotation:block_tokens:num_warps of the generic kernel, or mse:block_rows:num_warps of store_mse.py)."""
+def parse_store_configs(text: str) -> list[tuple[str, int, int, tuple[str, ...]]]:
+    """"tc:32:4,fma:16:4,mse:64:4,mse:64:4:prefetch+lean+p3" -> [("tc", 32, 4, ()), ..., ("mse", 64, 4,
+    ("prefetch", "lean", "p3"))]: rotation:block_tokens:num_warps of the generic kernel, or
+    mse:block_rows:num_warps[:OPTIONS] of store_mse.py, OPTIONS '+'-joined names of its VARIANTS or
+    pN (N programs an SM in its persistent grid)."""
+    from turboquant.triton_impl.store_mse import VARIANTS
+
     out = []
     for part in text.split(","):
         bits = part.split(":")
-        if len(bits) != 3 or bits[0] not in ("tc", "fma", "mse") or not bits[1].isdigit() or not bits[2].isdigit():
-            raise ValueError(f"store configs: {part!r} is not KIND:BLOCK:WARPS with KIND in tc, fma, mse")
-        out.append((bits[0], int(bits[1]), int(bits[2])))
+        if not (3 <= len(bits) <= 4) or bits[0] not in ("tc", "fma", "mse") or not bits[1].isdigit() \
+                or not bits[2].isdigit():
+            raise ValueError(f"store configs: {part!r} is not KIND:BLOCK:WARPS[:OPTIONS] with KIND in tc, fma, mse")
+        opts = tuple(bits[3].split("+")) if len(bits) == 4 else ()
+        if opts and bits[0] != "mse":
+            raise ValueError(f"store configs: {part!r}: OPTIONS apply to KIND mse only")
+        for o in opts:
+            if o not in VARIANTS and not (o[:1] == "p" and o[1:].isdigit() and int(o[1:]) > 0):
+                raise ValueError(f"store configs: {part!r}: option {o!r} is not one of {', '.join(VARIANTS)} "
+                                 "or pN (programs an SM, N > 0)")
+        out.append((bits[0], int(bits[1]), int(bits[2]), opts))
     return out
+
+
+def store_options(opts: tuple[str, ...]) -> dict:
+    """parse_store_configs' OPTIONS as store_kv keywords (variant=..., programs_per_sm=...)."""
+    pps = [int(o[1:]) for o in opts if o[:1] == "p" and o[1:].isdigit()]
+    return {"variant": tuple(o for o in opts if not (o[:1] == "p" and o[1:].isdigit())),
+            "programs_per_sm": pps[-1] if pps else None}
 
 
 def parse_rotate_configs(text: str) -> list[tuple[int, int, int]]:

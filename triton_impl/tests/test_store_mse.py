@@ -117,3 +117,40 @@ def test_store_mse_argument_errors_name_the_parameter():
     with pytest.raises(ValueError, match="rotation='fma' applies to kernel='generic' only"):
         store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", rotation="fma")
     assert not cache.any()  # nothing written by a refused call
+
+
+@pytest.mark.parametrize("variant", [("prefetch",), ("lean",), ("halves",), ("prefetch", "lean")])
+@pytest.mark.parametrize("preset,d,dtype", [("tq3", 128, torch.bfloat16), ("k4v3", 128, torch.float32),
+                                            ("tq2", 64, torch.float16), ("tq3", 64, torch.bfloat16)])
+def test_store_mse_variants_store_the_default_bytes(variant, preset, d, dtype):
+    """Each kernel option (store_mse.VARIANTS) stores the default kernel's bytes, bit for bit (the
+    same arithmetic), on tiles of 16 rows x 1 warp, where the lean
+    variants' column permutation applies (tq3 at d = 64: the words do not split by lane group, so
+    only the finiteness fold applies), and two programs over 7 tiles (prefetch past the last)."""
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), d)
+    p = KernelParams.build(fmt, DEV)
+    n, h, nb, bs = 37, 3, 4, 16
+    k, v = _inputs(n, h, d, dtype)
+    k, v = k.to(DEV), v.to(DEV)
+    slots = _slots(n, nb, bs).to(DEV)
+    out = []
+    for var in ((), variant):
+        cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
+        store_mse(k, v, cache, slots, p, block_rows=16, num_warps=1, variant=var, programs_per_sm=2)
+        out.append(cache.cpu())
+    assert torch.equal(out[0], out[1])
+    _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
+
+
+def test_store_mse_variant_errors_name_the_parameter():
+    fmt = tqf.LayerFormat(tqf.get_preset("tq3"), 128)
+    p = KernelParams.build(fmt, DEV)
+    x = torch.zeros(2, 1, 128, dtype=torch.bfloat16, device=DEV)
+    cache = torch.zeros(fmt.cache_shape(1, 16, 1), dtype=torch.uint8, device=DEV)
+    with pytest.raises(ValueError, match=r"variant='fast' is not supported; allowed values: \['prefetch', 'lean'"):
+        store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", variant=("fast",))
+    with pytest.raises(ValueError, match="programs_per_sm must be a positive integer, got 0"):
+        store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", programs_per_sm=0)
+    with pytest.raises(ValueError, match="apply to store_mse.py only"):
+        store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="generic", variant=("lean",))
+    assert not cache.any()  # nothing written by a refused call
