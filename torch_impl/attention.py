@@ -108,6 +108,18 @@ def check_values(query, cache, block_table, seq_lens, qsl) -> None:
         raise ValueError(f"block_table references a block outside [0, num_blocks={cache.shape[0]})")
 
 
+def prologue(query, cache, block_table, seq_lens, query_start_loc, params: TorchParams, softmax_scale, out):
+    """The checks and defaults of a paged_attention call (this module's and torch_impl.fused's):
+    (int64 query_start_loc, int64 seq_lens, softmax scale, out) after every argument is checked."""
+    check_attention(query, cache, block_table, seq_lens, params, query_start_loc, out)
+    if query_start_loc is None:
+        query_start_loc = one_row_per_sequence(query, block_table.shape[0])
+    qsl, sl = query_start_loc.to(torch.int64), seq_lens.to(torch.int64)
+    check_values(query, cache, block_table, sl, qsl)
+    scale = params.fmt.head_size ** -0.5 if softmax_scale is None else float(softmax_scale)
+    return qsl, sl, scale, torch.empty_like(query) if out is None else out
+
+
 def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                     query_start_loc: torch.Tensor | None, params: TorchParams, softmax_scale: float | None = None,
                     out: torch.Tensor | None = None) -> torch.Tensor:
@@ -115,15 +127,8 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
     (None: one row per sequence), the last tokens of its seq_lens[b] cached tokens.  Returns the
     attention output in the query dtype (or writes ``out``)."""
     check_params(params)
-    check_attention(query, cache, block_table, seq_lens, params, query_start_loc, out)
+    qsl, sl, scale, out = prologue(query, cache, block_table, seq_lens, query_start_loc, params, softmax_scale, out)
     nseq = block_table.shape[0]
-    if query_start_loc is None:
-        query_start_loc = one_row_per_sequence(query, nseq)
-    qsl, sl = query_start_loc.to(torch.int64), seq_lens.to(torch.int64)
-    check_values(query, cache, block_table, sl, qsl)
-    scale = params.fmt.head_size ** -0.5 if softmax_scale is None else float(softmax_scale)
-    if out is None:
-        out = torch.empty_like(query)
     t, hq, d = query.shape
     if t == 0 or nseq == 0:
         return out

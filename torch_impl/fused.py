@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from turboquant import format as tqf
-from turboquant.torch_checks import check_attention, check_store, one_row_per_sequence
+from turboquant.torch_checks import check_store
 
 from . import attention, cpp, store
 from .params import TorchParams, check_params
@@ -184,15 +184,9 @@ def paged_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch
     if ops is None or params.device.type != "cpu":
         return attention.paged_attention(query, cache, block_table, seq_lens, query_start_loc, params, softmax_scale,
                                          out)
-    check_attention(query, cache, block_table, seq_lens, params, query_start_loc, out)
+    qsl, sl, scale, out = attention.prologue(query, cache, block_table, seq_lens, query_start_loc, params,
+                                             softmax_scale, out)
     nseq = block_table.shape[0]
-    if query_start_loc is None:
-        query_start_loc = one_row_per_sequence(query, nseq)
-    qsl, sl = query_start_loc.to(torch.int64), seq_lens.to(torch.int64)
-    attention.check_values(query, cache, block_table, sl, qsl)
-    scale = params.fmt.head_size ** -0.5 if softmax_scale is None else float(softmax_scale)
-    if out is None:
-        out = torch.empty_like(query)
     t, hq, d = query.shape
     if t == 0 or nseq == 0:
         return out
