@@ -291,6 +291,14 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
         key, value = key.contiguous(), value.contiguous()
     if cache.stride(3) != 1:
         raise ValueError("cache must be contiguous in its last (slot byte) dimension")
+    if debug_rotated is not None:
+        m = params.meta
+        need = n * h * (m["K0_MP"] + m["K1_MP"] + m["V0_MP"] + m["V1_MP"])  # rotated_debug's layout
+        if debug_rotated.dtype != torch.float32 or debug_rotated.device != key.device \
+                or not debug_rotated.is_contiguous() or debug_rotated.numel() < need:
+            raise ValueError(f"debug_rotated must be a contiguous float32 tensor on {key.device} with at least {need} "
+                             f"elements (tokens x heads x the key and value instances' padded widths), got "
+                             f"{debug_rotated.dtype} {tuple(debug_rotated.shape)} on {debug_rotated.device}")
     if kernel == "mse" or (kernel == "auto" and rotation == "tc" and store_mse_applies(params)):
         store_mse(key, value, cache, slot_mapping, params, debug_rotated, block_rows=block_tokens,
                   num_warps=num_warps, variant=tuple(variant), programs_per_sm=programs_per_sm)

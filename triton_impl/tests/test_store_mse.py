@@ -92,6 +92,33 @@ def test_store_mse_equals_generic_kernel_within_contract(preset):
     _check(a, slots, k, v, fmt)
 
 
+@pytest.mark.parametrize("block_rows", [16, 64])
+def test_debug_rotated_coordinates_match_the_generic_kernel(block_rows):
+    """The conformance hook (debug_rotated: y = Pi u per row) of store_mse beside the generic kernel's,
+    special rows included; a buffer too small for its layout is refused (the kernels would write past
+    it: heap corruption under the interpreter, silent corruption on a GPU)."""
+    fmt = tqf.LayerFormat(tqf.get_preset("tq3"), 128)
+    p = KernelParams.build(fmt, DEV)
+    m = p.meta
+    need = 9 * 2 * (m["K0_MP"] + m["K1_MP"] + m["V0_MP"] + m["V1_MP"])
+    k, v = _inputs(9, 2, 128, torch.bfloat16)
+    k, v = k.to(DEV), v.to(DEV)
+    ys = []
+    for kernel, kw in (("mse", {"block_tokens": block_rows}), ("generic", {})):
+        cache = torch.zeros(fmt.cache_shape(9, 1, 2), dtype=torch.uint8, device=DEV)
+        y = torch.zeros(need, dtype=torch.float32, device=DEV)
+        store_kv(k, v, cache, torch.arange(9, device=DEV), p, debug_rotated=y, kernel=kernel, **kw)
+        ys.append(y.cpu().numpy())
+        for bad in (torch.zeros(need - 1, device=DEV), torch.zeros(need, dtype=torch.float64, device=DEV),
+                    torch.zeros(2 * need, device=DEV)[::2]):
+            with pytest.raises(ValueError, match=f"debug_rotated must be a contiguous float32 tensor .* "
+                                                 f"at least {need}"):
+                store_kv(k, v, cache, torch.arange(9, device=DEV), p, debug_rotated=bad, kernel=kernel, **kw)
+    # both write 0 for non-finite rows; elsewhere the same y up to the rotation's rounding (SPEC §4)
+    np.testing.assert_allclose(ys[0], ys[1], rtol=0, atol=2e-6)
+    assert np.abs(ys[0]).max() > 0.1
+
+
 @pytest.mark.parametrize("preset,d", [("tq3_qjl", 128), ("k4g4", 128), ("tq2.5", 128), ("tq3", 96),
                                       ("tq3", 256)])
 def test_store_mse_refuses_other_formats(preset, d):
