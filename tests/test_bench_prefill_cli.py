@@ -33,10 +33,10 @@ def test_shapes_and_store_configs_are_checked(bench_script):
     assert bench.parse_rotate_configs("32:4:2,16:4:3") == [(32, 4, 2), (16, 4, 3)]
     with pytest.raises(ValueError, match="'32:4' is not BR:WARPS:PROGRAMS_PER_SM"):
         bench.parse_rotate_configs("32:4")
-    assert bench.parse_dense_rotations("query,kv") == ["query", "kv"] and bench.parse_dense_rotations("") == []
-    with pytest.raises(argparse.ArgumentTypeError, match="--dense-rotations: 'auto' is not supported; allowed "
-                                                         "values: query, kv"):
-        bench.parse_dense_rotations("kv,auto")
+    assert bench.parse_dense_rotations("kv,auto") == ["kv", "auto"] and bench.parse_dense_rotations("") == []
+    with pytest.raises(argparse.ArgumentTypeError, match="--dense-rotations: 'both' is not supported; allowed "
+                                                         "values: query, kv, auto"):
+        bench.parse_dense_rotations("kv,both")
 
 
 def test_report_and_plot_from_rows(bench_script, tmp_path):

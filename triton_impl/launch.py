@@ -46,8 +46,9 @@ class AttnConfig:
     # where the dense path's rotations run: "query" (q' = Pi q for the query rows, out = Pi^T o'),
     # "kv" (the decoded workspace rotated back, K = Pi^T K' and V = Pi^T V': plain q and no output
     # rotation), "auto" (per step: "kv" where it rotates fewer rows, i.e. cached tokens x KV heads <
-    # query rows x query heads, as for a whole prompt under GQA)
-    dense_rotation: str = "auto"
+    # query rows x query heads, as for a whole prompt under GQA).  The default stays "query" until
+    # "kv" and "auto" are measured and tested on a GPU (docs/kernel-notes.md, ninth session)
+    dense_rotation: str = "query"
     # decode kernel: "mma" (decode_mma.py: codes decoded into mma.sync operand registers, one warp per
     # program), "split" (attn_core._split_kernel), "auto": mma wherever decode_mma.mma_decode_unsupported
     # finds nothing against it

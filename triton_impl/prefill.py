@@ -17,7 +17,7 @@ K', V' to the query dtype (SPEC §10: ATTN_RTOL_HALF).  Rotations are orthogonal
 attention can run in the original domain instead: K = Pi^T K' and V = Pi^T V' per instance, the query
 rows as they are and no rotation of the output.  That rotates cached tokens x KV heads rows instead
 of 2 x query rows x query heads: fewer for a whole prompt under GQA (AttnConfig.dense_rotation,
-"auto" picks per step).  Keys with a QJL sketch, fp16 / fp32 queries
+"auto" picks per step; the default is still "query").  Keys with a QJL sketch, fp16 / fp32 queries
 on a GPU and batch-invariant mode keep the packed-tile kernel (extend.py).
 
 Non-finite tokens give NaN exactly in the rows that see them (SPEC §8), as with the other kernels
@@ -272,7 +272,7 @@ def rotates_kv(rotation: str, query_rows: int, cached_tokens: int, num_q_heads: 
 
 def prefill_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                       params: KernelParams, plan: PrefillPlan, softmax_scale: float, out: torch.Tensor, *,
-                      backend: str = "auto", rotation: str = "auto") -> torch.Tensor:
+                      backend: str = "auto", rotation: str = "query") -> torch.Tensor:
     """query [plan rows, Hq, D] / out (same shape): the rows of the plan's sequences; block_table,
     seq_lens: those sequences' rows.  Checked by the caller (dispatch.attention).  rotation: where
     the rotations run (AttnConfig.dense_rotation; rotates_kv)."""

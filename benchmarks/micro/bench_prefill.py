@@ -185,7 +185,7 @@ def run(args) -> None:
             t, how = time_it(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan), _reps(t_sdpa))
             emit({**base, "impl": preset, "preset": preset, "seconds": t, "copy_fraction": None,
                   "vs_sdpa": t / t_sdpa, "timing": how})
-            for side in args.dense_rotations:  # the rotations on one side, whatever "auto" picks here
+            for side in args.dense_rotations:  # the dense path's rotations on the side asked for
                 scfg = dataclasses.replace(AttnConfig(), dense_rotation=side)
                 t, how = time_it(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan, config=scfg),
                                  _reps(t_sdpa))
@@ -403,11 +403,12 @@ def parse_rotate_configs(text: str) -> list[tuple[int, int, int]]:
 
 
 def parse_dense_rotations(text: str) -> list[str]:
-    """"query,kv" -> ["query", "kv"] (AttnConfig.dense_rotation values other than auto)."""
+    """"kv,auto" -> ["kv", "auto"] (AttnConfig.dense_rotation values)."""
     sides = [x for x in text.split(",") if x]
-    bad = [x for x in sides if x not in ("query", "kv")]
+    bad = [x for x in sides if x not in ("query", "kv", "auto")]
     if bad:
-        raise argparse.ArgumentTypeError(f"--dense-rotations: {bad[0]!r} is not supported; allowed values: query, kv")
+        raise argparse.ArgumentTypeError(f"--dense-rotations: {bad[0]!r} is not supported; allowed values: query, kv, "
+                                         "auto")
     return sides
 
 
@@ -425,9 +426,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rotate-configs", type=parse_rotate_configs, default=[],
                     help="with --stages: BR:WARPS:PROGRAMS_PER_SM,... of the persistent rotation kernel")
     ap.add_argument("--stages", action="store_true", help="also time the dense path's launches one by one")
-    ap.add_argument("--dense-rotations", type=parse_dense_rotations, default=["query", "kv"],
-                    help="also time each preset with the dense path's rotations forced to these sides "
-                         "(AttnConfig.dense_rotation: query, kv; rows PRESET[SIDE]); '' for none")
+    ap.add_argument("--dense-rotations", type=parse_dense_rotations, default=["kv", "auto"],
+                    help="also time each preset with AttnConfig.dense_rotation set to these (query, kv, auto; "
+                         "rows PRESET[SIDE] beside PRESET, the default config); '' for none")
     ap.add_argument("--report", help="comma-separated JSONL files: print the markdown table")
     ap.add_argument("--plot", help="with --report: write this PNG")
     args = ap.parse_args(argv)

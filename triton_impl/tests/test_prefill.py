@@ -75,8 +75,9 @@ def test_step_matches_packed_tile_kernel_and_reference(preset, step):
     assert rel_err(got, tile) <= tqf.ATTN_RTOL_HALF
     # without a plan, attention makes one from the device tensors: same rows
     np.testing.assert_array_equal(attention(*args).float().cpu().numpy(), got)
-    # the rotations on either side (query rows or the decoded workspace): the same attention
-    for rotation in ("query", "kv"):
+    # the rotations on the other side (the decoded workspace), or on the side with fewer rows (auto;
+    # the default rotates the query rows): the same attention
+    for rotation in ("kv", "auto"):
         cfg = dataclasses.replace(default_config(DEV), dense_rotation=rotation)
         side = attention(*args, plan=plan, config=cfg).float().cpu().numpy()
         assert rel_err(side, want) <= tqf.ATTN_RTOL_HALF, rotation
