@@ -34,9 +34,13 @@ operand elements are one contiguous run of codes of a slot (no stored byte chang
 An mma operand register holds two consecutive K-dimension elements (``k_width`` 2).  For keys
 these are two consecutive codes of one slot, for values the same code of two consecutive tokens;
 either way one lookup in a *pair table* (``pair[a | b << bits]`` = the two fp16 centroids c[a],
-c[b] as one 32-bit word, 2^(2 bits) entries, in shared memory, repeated so that lanes spread over the
-banks) gives the register, so decoding costs a shift, a mask-and-lane and an ld.shared per two
-elements.
+c[b] as one 32-bit word, 2^(2 bits) entries, in shared memory) gives the register, so decoding costs a
+shift, a mask-and-lane and an ld.shared per two elements.  Entry e's copies are words
+e * COPIES .. e * COPIES + COPIES - 1 and lane l reads copy l % COPIES, so lanes spread over the banks.
+Where keys and values share one codebook (tq3, tq4: SHARED_TABLE) one table of 2 TABLE_WORDS words
+serves both, with twice the copies: at 3 bits 32, every lane its own bank, no conflict whatever the
+codes (with 16 copies two lanes share a copy and collide when their entries differ in parity: the
+profile showed every lookup at exactly two wavefronts).
 
 Numerics: as the split kernel's fp16 path.  q' is scaled by 1/max|q'| per head; scores are
 fp32 = qsc * ||k|| * <q'16, c16>; softmax in fp32 (base 2); P^T is multiplied by ||v|| / s, s the
@@ -176,11 +180,12 @@ def _u64(w):
 
 
 @gluon.jit
-def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, OPA: gl.constexpr, KW3: gl.constexpr):
-    """The tile's key centroids as the A operand [16 tokens, D] from its words (module docstring)."""
+def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.constexpr, OPA: gl.constexpr,
+                 KW3: gl.constexpr):
+    """The tile's key centroids as the A operand [16 tokens, D] from its words (module docstring);
+    the key table at byte 0 of shared memory, COPIES copies of each entry."""
     NP: gl.constexpr = D // 8  # pairs per lane and token (d/4 codes)
     PB: gl.constexpr = 2 * KB
-    COPIES: gl.constexpr = TABLE_WORDS // (1 << PB)
     # lane (g, r) = 4 (t % 8) + r reads copy lane % COPIES of the table (bank-conflict spreading)
     t = gl.arange(0, TILE, layout=gl.SliceLayout(1, gl.SliceLayout(2, KW3)))
     r = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, KW3)))
@@ -206,15 +211,15 @@ def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, OPA: gl.cons
 
 
 @gluon.jit
-def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, OPA: gl.constexpr,
-                   VP3: gl.constexpr):
-    """The tile's value centroids as the A operand [D, 16 tokens] from its words (module docstring)."""
+def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, COPIES: gl.constexpr,
+                   V_TABLE: gl.constexpr, OPA: gl.constexpr, VP3: gl.constexpr):
+    """The tile's value centroids as the A operand [D, 16 tokens] from its words (module docstring);
+    the value table at byte V_TABLE of shared memory, COPIES copies of each entry."""
     VP: gl.constexpr = gl.SliceLayout(2, VP3)
-    COPIES: gl.constexpr = TABLE_WORDS // (1 << (2 * VB))
     tp = gl.arange(0, TILE // 2, layout=gl.SliceLayout(1, VP))
     g = gl.arange(0, 8, layout=gl.SliceLayout(0, VP))
     # lane % COPIES, in bytes, plus the value table's offset
-    copy4 = ((((tp % 4)[:, None] + 4 * g[None, :]) % COPIES) * 4 + TABLE_WORDS * 4).to(gl.uint32)[:, :, None]
+    copy4 = ((((tp % 4)[:, None] + 4 * g[None, :]) % COPIES) * 4 + V_TABLE).to(gl.uint32)[:, :, None]
     sh = ((V_CODES * 8 + g * (16 * VB)) % 32).to(gl.uint64)[None, :]
     a = (_u64(a0) | (_u64(a1) << 32)) >> sh
     b = (_u64(b0) | (_u64(b1) << 32)) >> sh
@@ -229,7 +234,7 @@ def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: g
     s = gl.expand_dims(gl.expand_dims((j // 2 * (2 * VB)).to(gl.uint64), 0), 0)
     eo = gl.where(sel == 0, e[:, :, None], o[:, :, None])
     idx = ((eo >> s) & ((1 << (2 * VB)) - 1)).to(gl.uint32)
-    pair = _lookup((idx * (COPIES * 4)) | copy4)  # [8 tp, 8 g, 16 j], value table after the key table
+    pair = _lookup((idx * (COPIES * 4)) | copy4)  # [8 tp, 8 g, 16 j]
     x = _expand_pairs(pair)  # tp, g, j, e
     x = gl.permute(x, [2, 1, 0, 3])  # j, g, tp, e
     x = gl.reshape(x, [D, TILE])
@@ -239,6 +244,7 @@ def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: g
 @gluon.jit
 def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff, kn_off, vn_off,
                  KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
+                 K_COPIES: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
                  OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr):
     """One tile of 16 tokens (ring stage at byte address sb; ok: which of its tokens are in the split)
     folded into the running state: max m_i and sum l_i (base 2, per head), the rotated value
@@ -252,7 +258,7 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff
     vb1 = _lookup(voff + sb + (SW * 4 + 4))
 
     # scores S^T [16 tokens, 8 heads] and the online softmax over the tile's tokens
-    a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, OPA, KW3)
+    a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, K_COPIES, OPA, KW3)
     s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
     s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
     s = gl.where(ok[:, None], s, float("-inf"))
@@ -268,7 +274,7 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff
     vs_use = gl.where(vs_new > 0, vs_new, 1.0)
     w = gl.where(ok[:, None], p * (vn / vs_use)[:, None], 0.0)
     p_op = gl.convert_layout(w.to(gl.float16), OPB)
-    a_v = _value_operand(va0, va1, vb0, vb1, V_CODES, VB, D, OPA, VP3)
+    a_v = _value_operand(va0, va1, vb0, vb1, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
     # rescale the accumulator only when the running max or the value scale moved (rare after the
     # first tiles); the factor is <= 1 (or NaN, which must reach the accumulator)
     factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)
@@ -285,7 +291,7 @@ def _decode_mma_kernel(
     G: gl.constexpr, DQ: gl.constexpr, DACC: gl.constexpr, D: gl.constexpr,
     KB: gl.constexpr, K_NORM: gl.constexpr, K_CODES: gl.constexpr,
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
-    SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr,
+    SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, SHARED_TABLE: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -325,15 +331,27 @@ def _decode_mma_kernel(
     qm_op = gl.max(gl.abs(q), axis=0)  # qm again, in the operand's column layout
     q_op = (q * (1.0 / gl.where(qm_op > 0, qm_op, 1.0))[None, :]).to(gl.float16)
 
-    # Shared memory, one allocation (int32 words): the key pair table, the value pair table
-    # (TABLE_WORDS each, every entry repeated so that lanes spread over the banks), then a ring of
-    # STAGES tiles (TILE slots = TILE * SW words each, STAGE_WORDS apart) filled by cp.async.
-    FL: gl.constexpr = gl.BlockedLayout([TABLE_WORDS // 32], [32], [1], [0])
-    e = gl.arange(0, TABLE_WORDS, layout=FL)
+    # Shared memory, one allocation (int32 words): the pair tables (2 TABLE_WORDS words: the key
+    # table then the value table, TABLE_WORDS each, or with SHARED_TABLE one table for both; every
+    # entry repeated so that lanes spread over the banks), then a ring of STAGES tiles (TILE slots =
+    # TILE * SW words each, STAGE_WORDS apart) filled by cp.async.  The tables are written a word a
+    # lane, consecutive words by consecutive lanes (no bank conflict).
+    FL: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     smem = gl.allocate_shared_memory(gl.int32, [2 * TABLE_WORDS + STAGES * STAGE_WORDS],
                                      gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    smem.slice(0, TABLE_WORDS).store(gl.load(kpair_ptr + e // (TABLE_WORDS >> (2 * KB))))
-    smem.slice(TABLE_WORDS, TABLE_WORDS).store(gl.load(vpair_ptr + e // (TABLE_WORDS >> (2 * VB))))
+    if SHARED_TABLE:
+        K_COPIES: gl.constexpr = 2 * TABLE_WORDS // (1 << (2 * KB))
+        V_COPIES: gl.constexpr = K_COPIES
+        V_TABLE: gl.constexpr = 0  # byte address of the value table
+        e2 = gl.arange(0, 2 * TABLE_WORDS, layout=FL)
+        smem.slice(0, 2 * TABLE_WORDS).store(gl.load(kpair_ptr + e2 // K_COPIES))
+    else:
+        K_COPIES: gl.constexpr = TABLE_WORDS // (1 << (2 * KB))
+        V_COPIES: gl.constexpr = TABLE_WORDS // (1 << (2 * VB))
+        V_TABLE: gl.constexpr = TABLE_WORDS * 4
+        e = gl.arange(0, TABLE_WORDS, layout=FL)
+        smem.slice(0, TABLE_WORDS).store(gl.load(kpair_ptr + e // K_COPIES))
+        smem.slice(TABLE_WORDS, TABLE_WORDS).store(gl.load(vpair_ptr + e // V_COPIES))
     RING0: gl.constexpr = 2 * TABLE_WORDS * 4  # byte address of stage 0
 
     m_i = gl.full([8], float("-inf"), gl.float32, COL)
@@ -375,7 +393,8 @@ def _decode_mma_kernel(
 
         sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
         m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff,
-                                         voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, OPA, OPB, MMA, KW3, VP3)
+                                         voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES, V_TABLE,
+                                         OPA, OPB, MMA, KW3, VP3)
         i += 1
     async_copy.wait_group(0)
 
@@ -421,12 +440,14 @@ def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, devic
 
 def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
-                         num_splits: int, maxnreg: int = 0, ring_bytes: int = RING_BYTES) -> torch.Tensor:
+                         num_splits: int, maxnreg: int = 0, ring_bytes: int = RING_BYTES,
+                         shared_table: bool = True) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
     thread (0: the compiler's choice; 128 lets 16 one-warp programs share an SM).  ``ring_bytes``: the
-    cp.async tile ring (AttnConfig.mma_ring_bytes; at least two tiles of the preset).  No host
-    synchronisation."""
+    cp.async tile ring (AttnConfig.mma_ring_bytes; at least two tiles of the preset).  ``shared_table``:
+    one pair table for keys and values where their codebooks coincide (AttnConfig.mma_shared_table;
+    False: a table each, half the copies).  No host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -448,7 +469,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         G=num_q_heads // hkv, DQ=query_layout(params)["DQ"], DACC=dacc, D=m["D"],
         KB=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
-        SW=sw, STAGES=stages, STAGE_WORDS=stage_words,
+        SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=bool(shared_table and m["KV_PAIR_SAME"]),
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     # _lookup addresses the tables from the start of the kernel's shared memory: they must be its only

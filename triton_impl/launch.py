@@ -46,9 +46,9 @@ class AttnConfig:
     # where the dense path's rotations run: "query" (q' = Pi q for the query rows, out = Pi^T o'),
     # "kv" (the decoded workspace rotated back, K = Pi^T K' and V = Pi^T V': plain q and no output
     # rotation), "auto" (per step: "kv" where it rotates fewer rows, i.e. cached tokens x KV heads <
-    # query rows x query heads, as for a whole prompt under GQA).  The default stays "query" until
-    # "kv" and "auto" are measured and tested on a GPU (docs/kernel-notes.md, ninth session)
-    dense_rotation: str = "query"
+    # query rows x query heads, as for a whole prompt under GQA).  "auto" is the default since the H200
+    # measured it at or below "query" on every row (results/2026-12-04-h200-knobs-s10)
+    dense_rotation: str = "auto"
     # decode kernel: "mma" (decode_mma.py: codes decoded into mma.sync operand registers, one warp per
     # program), "split" (attn_core._split_kernel), "auto": mma wherever decode_mma.mma_decode_unsupported
     # finds nothing against it
@@ -56,6 +56,9 @@ class AttnConfig:
     mma_programs_per_sm: int = 32  # split target of the mma decode kernel (one-warp programs)
     mma_maxnreg: int = 0  # register cap of the mma decode kernel (0: the compiler's choice)
     mma_ring_bytes: int = RING_BYTES  # shared memory of the mma decode kernel's cp.async tile ring
+    # one pair table for keys and values where their codebooks coincide (tq3, tq4), twice the copies
+    # (decode_mma.py; False: a table each, the layout before the eleventh session)
+    mma_shared_table: bool = True
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -80,6 +83,9 @@ class AttnConfig:
             raise ValueError(f"mma_ring_bytes={self.mma_ring_bytes!r} is not supported; allowed values: "
                              f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
                              "power-of-two shared allocation)")
+        if not isinstance(self.mma_shared_table, bool):
+            raise ValueError(f"mma_shared_table={self.mma_shared_table!r} is not supported; allowed values: True, "
+                             "False")
         if isinstance(self.bi_parallel_bytes, bool) or not isinstance(self.bi_parallel_bytes, int) \
                 or self.bi_parallel_bytes < 0:
             raise ValueError(f"bi_parallel_bytes={self.bi_parallel_bytes!r} is not supported; allowed values: "

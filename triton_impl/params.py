@@ -153,6 +153,7 @@ class KernelParams:
         }
         poly_ok = meta["CB_SYMMETRIC"]  # attn_core.centroid_values LOOKUP=2 (set below)
         tensors = {}
+        pairs = {}
         for t, insts in (("k", lp.keys), ("v", lp.values)):
             tensor = "key" if t == "k" else "value"
             mpmax = max([MIN_DOT] + [max(MIN_DOT, next_pow2(p.instance.dim)) for p in insts])
@@ -188,12 +189,15 @@ class KernelParams:
             tensors[f"{t}_cent"] = torch.from_numpy(cent).to(device)
             tensors[f"{t}_cent16"] = torch.from_numpy(cent.astype(np.float16)).to(device)
             tensors[f"{t}_pair"] = torch.from_numpy(pair).to(device)
+            pairs[t] = pair
             tensors[f"{t}_poly"] = torch.from_numpy(poly).to(device)
             tensors[f"{t}_bnd"] = torch.from_numpy(bnd).to(device)
             tensors[f"{t}_chan"] = torch.from_numpy(chan).to(device)
             if t == "k":
                 tensors["k_qjl"] = torch.from_numpy(qjl).to(device)
         meta["CB_POLY"] = poly_ok
+        # decode_mma.py: one pair table serves keys and values (instance 0 of each has the same codebook)
+        meta["KV_PAIR_SAME"] = bool(pairs["k"][0].any() and np.array_equal(pairs["k"][0], pairs["v"][0]))
         # store_mse.py: keys and values one mse instance over the whole head, D a power of two <= 128
         meta["STORE_MSE"] = (meta["K_NI"] == 1 and meta["V_NI"] == 1 and not meta["V_GROUP"]
                              and not meta["K0_QJL"] and meta["K0_BITS"] > 0 and meta["V0_BITS"] > 0

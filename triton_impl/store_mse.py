@@ -26,8 +26,9 @@ loaded once per program (shared memory); codes packed 8 at a time into BITS byte
 Grid: (programs,), persistent: program p takes row tiles p, p + programs, ... of BR rows
 (PROGRAMS_PER_SM programs an SM unless programs_per_sm says otherwise).
 
-Options (VARIANTS, off by default, for benchmarks; each stores the default's bytes, checked under the
-interpreter by test_store_mse.py): "prefetch": tile i + programs's slots and x loaded into
+Options (VARIANTS; DEFAULT_VARIANT = prefetch + lean, which the H200 measured 1.2-1.5x faster than
+none at 2k and 8k tokens, results/2026-12-04-h200-knobs-s10; every combination stores the same bytes,
+checked under the interpreter by test_store_mse.py): "prefetch": tile i + programs's slots and x loaded into
 registers before tile i is encoded (by hand; Triton 3.6's own pipeliner issues them only after tile
 i's stores, then waits at once); "lean": no separate finiteness pass (a non-finite x makes the norm
 non-finite), and Pi^T's columns permuted (_perm_col) so that each lane of the accumulator holds D/4
@@ -53,10 +54,11 @@ from .params import INTERPRET, NORM_NAN_BITS, KernelParams
 STORE_MSE_BR = 64  # rows (token, head) per tile
 STORE_MSE_WARPS = 4
 PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once
-# Options of the kernel not on by default (benchmarks; each stores the default's bytes), see the
-# module docstring: "prefetch" (next tile loaded before this one is encoded), "lean" (no separate
-# finiteness pass; accumulator columns permuted so that each lane packs whole words)
+# Options of the kernel (each stores the same bytes), see the module docstring: "prefetch" (next tile
+# loaded before this one is encoded), "lean" (no separate finiteness pass; accumulator columns permuted
+# so that each lane packs whole words), "halves" (lean, the product in two column blocks)
 VARIANTS = ("prefetch", "lean", "halves")
+DEFAULT_VARIANT = ("prefetch", "lean")
 # fp16 parts of an input element x 2^-e (see above)
 XSPLIT = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 2}
 
@@ -334,11 +336,13 @@ def _perm(variant: tuple[str, ...], d: int, bits: int, br: int, warps: int) -> i
 
 def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
               params: KernelParams, debug_rotated: torch.Tensor | None = None, *, block_rows: int | None = None,
-              num_warps: int | None = None, variant: tuple[str, ...] = (), programs_per_sm: int | None = None) -> None:
+              num_warps: int | None = None, variant: tuple[str, ...] | None = None,
+              programs_per_sm: int | None = None) -> None:
     """store_kv for the formats store_mse_applies() covers; arguments checked by store_kv.
     block_rows (rows of (token, head) per tile, a power of two >= 16), num_warps and programs_per_sm
-    (the persistent grid) override the defaults; variant: names from VARIANTS (benchmarks; each
-    stores the default's bytes)."""
+    (the persistent grid) override the defaults; variant: names from VARIANTS (None: DEFAULT_VARIANT,
+    (): none; every choice stores the same bytes)."""
+    variant = DEFAULT_VARIANT if variant is None else tuple(variant)
     for v in variant:
         tqf.check_choice("variant", v, VARIANTS)
     if not store_mse_applies(params):

@@ -420,13 +420,13 @@ def main(argv=None) -> None:
     ap.add_argument("--tiles", type=lambda s: s.split(",") if s else [], default=["tq3"],
                     help="presets also timed on the packed-tile kernel")
     ap.add_argument("--store-configs", type=parse_store_configs,
-                    default=parse_store_configs("tc:32:8,mse:64:4,mse:128:8,mse:128:4,mse:32:4"))
+                    default=parse_store_configs("tc:32:8,mse:64:4,mse:64:4:prefetch+lean,mse:128:8,mse:32:4"))
     ap.add_argument("--timing", choices=("graph", "events"), default="graph",
                     help="graph: GPU time from CUDA graph replays; events: eager calls between events")
     ap.add_argument("--rotate-configs", type=parse_rotate_configs, default=[],
                     help="with --stages: BR:WARPS:PROGRAMS_PER_SM,... of the persistent rotation kernel")
     ap.add_argument("--stages", action="store_true", help="also time the dense path's launches one by one")
-    ap.add_argument("--dense-rotations", type=parse_dense_rotations, default=["kv", "auto"],
+    ap.add_argument("--dense-rotations", type=parse_dense_rotations, default=["query", "kv"],
                     help="also time each preset with AttnConfig.dense_rotation set to these (query, kv, auto; "
                          "rows PRESET[SIDE] beside PRESET, the default config); '' for none")
     ap.add_argument("--report", help="comma-separated JSONL files: print the markdown table")

@@ -182,6 +182,19 @@ def test_a_ring_too_small_for_two_tiles_is_refused():
             AttnConfig(mma_ring_bytes=bad)
 
 
+@pytest.mark.parametrize("preset,same", [("tq3", True), ("tq4", True), ("k4v3", False)])
+def test_one_pair_table_serves_keys_and_values_where_their_codebooks_coincide(preset, same):
+    p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(preset), 128), "cpu")
+    assert p.meta["KV_PAIR_SAME"] is same
+    assert torch.equal(p.k_pair[0], p.v_pair[0]) is same
+
+
+@pytest.mark.parametrize("bad", [0, 1, "yes", None])
+def test_mma_shared_table_must_be_a_bool(bad):
+    with pytest.raises(ValueError, match=rf"mma_shared_table={bad!r} is not supported; allowed values: True, False"):
+        AttnConfig(mma_shared_table=bad)
+
+
 # --- the kernel (GPU) ------------------------------------------------------------------------------
 
 SHAPES = [  # (seq_lens, KV heads, GQA group, block size)
@@ -213,6 +226,16 @@ def test_ring_depth_changes_only_the_schedule(preset, ring_bytes):
     computed in the same order with the same operations: the same bits."""
     args, _ = _decode_case(preset, (1, 40, 700), seed=5)
     cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_ring_bytes=ring_bytes)
+    np.testing.assert_array_equal(decode_attention(*args, config=cfg).float().cpu().numpy(), _run(args, "mma"))
+
+
+@GPU
+@pytest.mark.parametrize("preset", ["tq3", "tq4", "k4v3"])
+def test_shared_pair_table_changes_only_where_the_words_live(preset):
+    """One table for keys and values (more copies of each entry) or a table each: the same fp16 words
+    reach the same operand registers, so the same bits (k4v3 has no shared table: both runs equal)."""
+    args, _ = _decode_case(preset, (1, 40, 700), seed=6)
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_shared_table=False)
     np.testing.assert_array_equal(decode_attention(*args, config=cfg).float().cpu().numpy(), _run(args, "mma"))
 
 
