@@ -23,7 +23,8 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     c = bench.kernel_config("mma@16r128b24576", base)
     assert (c.decode_kernel, c.mma_programs_per_sm, c.mma_maxnreg, c.mma_ring_bytes) == ("mma", 16, 128, 24576)
     c = bench.kernel_config("mma@b57344", base)
-    assert (c.mma_programs_per_sm, c.mma_maxnreg, c.mma_ring_bytes) == (base.mma_programs_per_sm, base.mma_maxnreg, 57344)
+    assert (c.mma_programs_per_sm, c.mma_maxnreg, c.mma_ring_bytes) == (base.mma_programs_per_sm, base.mma_maxnreg,
+                                                                        57344)
     assert bench.kernel_config("mma@r0", base).mma_maxnreg == 0
     assert bench.kernel_config("mma@t0", base).mma_shared_table is False
     assert bench.kernel_config("mma@64s1024", base).max_splits == 1024
