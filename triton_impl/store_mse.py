@@ -26,9 +26,9 @@ loaded once per program (shared memory); codes packed 8 at a time into BITS byte
 Grid: (programs,), persistent: program p takes row tiles p, p + programs, ... of BR rows
 (PROGRAMS_PER_SM programs an SM unless programs_per_sm says otherwise).
 
-Options (VARIANTS; DEFAULT_VARIANT = prefetch + lean, which the H200 measured 1.2-1.5x faster than
-none at 2k and 8k tokens, results/2026-12-04-h200-knobs-s10; every combination stores the same bytes,
-checked under the interpreter by test_store_mse.py): "prefetch": tile i + programs's slots and x loaded into
+Options (VARIANTS; DEFAULT_VARIANT = prefetch + lean, which the H200 measured faster than neither at
+2k-32k tokens, tq3 1.2-1.7x, tq4 1.0-1.3x, results/2026-12-04-h200-knobs-s10; every combination
+stores the same bytes, checked under the interpreter by test_store_mse.py): "prefetch": tile i + programs's slots and x loaded into
 registers before tile i is encoded (by hand; Triton 3.6's own pipeliner issues them only after tile
 i's stores, then waits at once); "lean": no separate finiteness pass (a non-finite x makes the norm
 non-finite), and Pi^T's columns permuted (_perm_col) so that each lane of the accumulator holds D/4
