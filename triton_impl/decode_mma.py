@@ -79,6 +79,7 @@ RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up 
 # the kernel's one shared allocation (tables + ring) must be a power of two (a Triton layout rule:
 # another size aborts the compiler): the ring sizes that allow it, up to 64 KB in all
 MMA_RING_BYTES = tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
+STEP_TILES = (1, 2)  # tiles per online-softmax step (AttnConfig.mma_step_tiles)
 
 
 @triton.constexpr_function
@@ -284,6 +285,114 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff
     return m_new, l_i, acc, vs_new
 
 
+@gluon.jit
+def _tile_scores(sb, ok, q_op, qsc, sm_scale_log2, koff, kn_off, KB: gl.constexpr, D: gl.constexpr,
+                 K_COPIES: gl.constexpr, OPA: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr):
+    """The scores S^T [16 tokens, 8 heads] of the tile in ring stage sb (base 2, scaled; tokens not
+    in the split: -inf)."""
+    kw0, kw1, kw2, kw3 = _key_words(koff + sb, KB, D)
+    kn = _lookup(kn_off + sb).to(gl.float32, bitcast=True)
+    a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, K_COPIES, OPA, KW3)
+    s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
+    s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
+    return gl.where(ok[:, None], s, float("-inf"))
+
+
+@gluon.jit
+def _tile_value_operand(sb, voff, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr,
+                        V_COPIES: gl.constexpr, V_TABLE: gl.constexpr, OPA: gl.constexpr, VP3: gl.constexpr):
+    """The value A operand [D, 16 tokens] of the tile in ring stage sb."""
+    va0 = _lookup(voff + sb)
+    va1 = _lookup(voff + sb + 4)
+    vb0 = _lookup(voff + sb + SW * 4)
+    vb1 = _lookup(voff + sb + (SW * 4 + 4))
+    return _value_operand(va0, va1, vb0, vb1, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
+
+
+@gluon.jit
+def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, koff, voff, kn_off, vn_off,
+                 KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
+                 K_COPIES: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
+                 OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr):
+    """Two tiles of 16 tokens (ring stages sb0, sb1) folded into the running state with one
+    online-softmax update (STEP_TILES = 2): the cross-lane reductions (score max, value-norm max, the
+    rescale test) run once per 32 tokens, the value scale's reciprocal once, and the softmax
+    denominator stays per lane, l_t [16, 8] in the scores' layout (summed over tokens after the
+    loop).  The same sums as two _attend_tile steps, rounded differently."""
+    s0 = _tile_scores(sb0, ok0, q_op, qsc, sm_scale_log2, koff, kn_off, KB, D, K_COPIES, OPA, MMA, KW3)
+    s1 = _tile_scores(sb1, ok1, q_op, qsc, sm_scale_log2, koff, kn_off, KB, D, K_COPIES, OPA, MMA, KW3)
+    vn0 = _lookup(vn_off + sb0).to(gl.float32, bitcast=True)
+    vn1 = _lookup(vn_off + sb1).to(gl.float32, bitcast=True)
+    m_new = gl.maximum(m_i, gl.max(gl.maximum(s0, s1), axis=0))
+    m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = gl.exp2(m_i - m_use)
+    p0 = gl.exp2(s0 - m_use[None, :])
+    p1 = gl.exp2(s1 - m_use[None, :])
+    l_t = l_t * alpha[None, :] + (p0 + p1)
+
+    # values: P^T scaled by ||v|| / s (fp16 range), O^T += V'^T P^T, both tiles
+    f0 = gl.where(ok0 & (gl.abs(vn0) < float("inf")), gl.abs(vn0), 0.0)
+    f1 = gl.where(ok1 & (gl.abs(vn1) < float("inf")), gl.abs(vn1), 0.0)
+    vs_new = gl.maximum(vs, gl.max(gl.maximum(f0, f1), axis=0))
+    vs_use = gl.where(vs_new > 0, vs_new, 1.0)
+    inv = 1.0 / vs_use
+    w0 = gl.where(ok0[:, None], p0 * (vn0 * inv)[:, None], 0.0)
+    w1 = gl.where(ok1[:, None], p1 * (vn1 * inv)[:, None], 0.0)
+    factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)  # exactly 1 where nothing moved
+    if gl.max(gl.where(factor == 1.0, 0, 1), axis=0) > 0:
+        acc = acc * factor[None, :]
+    a_v = _tile_value_operand(sb0, voff, V_CODES, VB, D, SW, V_COPIES, V_TABLE, OPA, VP3)
+    acc = mma_v2(a_v, gl.convert_layout(w0.to(gl.float16), OPB), acc)
+    a_v = _tile_value_operand(sb1, voff, V_CODES, VB, D, SW, V_COPIES, V_TABLE, OPA, VP3)
+    acc = mma_v2(a_v, gl.convert_layout(w1.to(gl.float16), OPB), acc)
+    return m_new, l_t, acc, vs_new
+
+
+@gluon.jit
+def _tiles_in_pairs(smem, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff, voff, kn_off, vn_off,
+                    bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
+                    KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
+                    K_COPIES: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr, STAGES: gl.constexpr,
+                    STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr,
+                    KW3: gl.constexpr, VP3: gl.constexpr):
+    """The split's tiles [start, end) two at a time, one online-softmax step a pair (STEP_TILES = 2;
+    STAGES >= 4 and even).  Pair (i, i + 1) sits in stages i % STAGES and (i + 1) % STAGES; tiles
+    i + STAGES - 2 and i + STAGES - 1 are copied into the previous pair's stages once every lane is
+    past it, so STAGES - 2 tiles are in flight while a pair is computed.  A pair's second tile past
+    ``end`` is all masked (zero-filled words, scores -inf)."""
+    RING0: gl.constexpr = 2 * TABLE_WORDS * 4  # byte address of stage 0
+    for k in gl.static_range(STAGES - 2):
+        tk = start + k * TILE
+        pg = gl.load(bt_row + tk // block_size, mask=tk < end, other=0).to(gl.int64)
+        src = head_base + pg * stride_cb + ((tk % block_size) // TILE) * (TILE * stride_cs)
+        _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
+                   w_copy < _copy_words(end - tk, SW))
+        async_copy.commit_group()
+    l_t = gl.zeros([TILE, 8], gl.float32, MMA)
+    i = 0
+    for t0 in range(start, end, 2 * TILE):
+        async_copy.wait_group(STAGES - 4)  # tiles i, i + 1 have landed (this lane's copies) ...
+        _barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
+        for n in gl.static_range(2):
+            tn = t0 + (STAGES - 2 + n) * TILE
+            pg = gl.load(bt_row + tn // block_size, mask=tn < end, other=0).to(gl.int64)
+            src = head_base + pg * stride_cb + ((tn % block_size) // TILE) * (TILE * stride_cs)
+            st = (i + STAGES - 2 + n) % STAGES
+            for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
+                if st == k:
+                    _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
+                               w_copy < _copy_words(end - tn, SW))
+            async_copy.commit_group()
+        sb0 = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
+        sb1 = (RING0 + ((i + 1) % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
+        m_i, l_t, acc, vs = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
+                                         sm_scale_log2, m_i, l_t, acc, vs, koff, voff, kn_off, vn_off, KB, VB, D, SW,
+                                         V_CODES, K_COPIES, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
+        i += 2
+    async_copy.wait_group(0)
+    return m_i, gl.sum(l_t, axis=0), acc, vs
+
+
 @gluon.jit(do_not_specialize=["num_q_heads", "num_splits"])
 def _decode_mma_kernel(
     qbuf_ptr, cache_ptr, bt_ptr, stride_bt, seq_lens_ptr, part_acc_ptr, part_ml_ptr,
@@ -292,6 +401,7 @@ def _decode_mma_kernel(
     KB: gl.constexpr, K_NORM: gl.constexpr, K_CODES: gl.constexpr,
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
     SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, SHARED_TABLE: gl.constexpr,
+    STEP_TILES: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -368,35 +478,41 @@ def _decode_mma_kernel(
     kn_off = (t_row * (SW * 4) + K_NORM).to(gl.uint32)
     vn_off = (t_row * (SW * 4) + V_NORM).to(gl.uint32)
 
-    # Pipeline: tile i is copied (cp.async, 16 B per lane and vector, coalesced) into stage i % STAGES
-    # STAGES - 1 tiles ahead of its use; masked words (tokens past the split) are zero-filled.
-    for k in gl.static_range(STAGES - 1):
-        tk = start + k * TILE
-        pg = gl.load(bt_row + tk // block_size, mask=tk < end, other=0).to(gl.int64)
-        src = head_base + pg * stride_cb + ((tk % block_size) // TILE) * (TILE * stride_cs)
-        _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
-                   w_copy < _copy_words(end - tk, SW))
-        async_copy.commit_group()
-    i = 0
-    for t0 in range(start, end, TILE):
-        async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
-        _barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
-        tn = t0 + (STAGES - 1) * TILE
-        pg = gl.load(bt_row + tn // block_size, mask=tn < end, other=0).to(gl.int64)
-        src = head_base + pg * stride_cb + ((tn % block_size) // TILE) * (TILE * stride_cs)
-        st = (i + STAGES - 1) % STAGES
-        for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
-            if st == k:
-                _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
-                           w_copy < _copy_words(end - tn, SW))
-        async_copy.commit_group()
+    if STEP_TILES == 1:  # one online-softmax step a tile
+        # Pipeline: tile i is copied (cp.async, 16 B per lane and vector, coalesced) into stage i % STAGES
+        # STAGES - 1 tiles ahead of its use; masked words (tokens past the split) are zero-filled.
+        for k in gl.static_range(STAGES - 1):
+            tk = start + k * TILE
+            pg = gl.load(bt_row + tk // block_size, mask=tk < end, other=0).to(gl.int64)
+            src = head_base + pg * stride_cb + ((tk % block_size) // TILE) * (TILE * stride_cs)
+            _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
+                       w_copy < _copy_words(end - tk, SW))
+            async_copy.commit_group()
+        i = 0
+        for t0 in range(start, end, TILE):
+            async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
+            _barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
+            tn = t0 + (STAGES - 1) * TILE
+            pg = gl.load(bt_row + tn // block_size, mask=tn < end, other=0).to(gl.int64)
+            src = head_base + pg * stride_cb + ((tn % block_size) // TILE) * (TILE * stride_cs)
+            st = (i + STAGES - 1) % STAGES
+            for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
+                if st == k:
+                    _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
+                               w_copy < _copy_words(end - tn, SW))
+            async_copy.commit_group()
 
-        sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
-        m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff,
-                                         voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES, V_TABLE,
-                                         OPA, OPB, MMA, KW3, VP3)
-        i += 1
-    async_copy.wait_group(0)
+            sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
+            m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs,
+                                             koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES,
+                                             V_TABLE, OPA, OPB, MMA, KW3, VP3)
+            i += 1
+        async_copy.wait_group(0)
+    else:  # two tiles a step
+        m_i, l_i, acc, vs = _tiles_in_pairs(smem, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff,
+                                            voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb,
+                                            stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES,
+                                            V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3)
 
     # partial state -> part_ml [rows, S, 2] (m in natural-log units), part_acc [rows, S, DACC]
     # (accumulator row n is slot value coordinate 16 (n % 8) + n // 8)
@@ -441,13 +557,15 @@ def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, devic
 def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
                          num_splits: int, maxnreg: int = 0, ring_bytes: int = RING_BYTES,
-                         shared_table: bool = True) -> torch.Tensor:
+                         shared_table: bool = True, step_tiles: int = 1) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
     thread (0: the compiler's choice; 128 lets 16 one-warp programs share an SM).  ``ring_bytes``: the
     cp.async tile ring (AttnConfig.mma_ring_bytes; at least two tiles of the preset).  ``shared_table``:
     one pair table for keys and values where their codebooks coincide (AttnConfig.mma_shared_table;
-    False: a table each, half the copies).  No host synchronisation."""
+    False: a table each, half the copies).  ``step_tiles``: tiles of 16 tokens per online-softmax step
+    (AttnConfig.mma_step_tiles: 1, or 2 where the ring holds an even number >= 4 of the preset's
+    tiles).  No host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -462,6 +580,10 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         raise ValueError(f"mma_ring_bytes={ring_bytes} holds {stages} tile(s) of {4 * stage_words} bytes "
                          f"({params.fmt.preset.name}); allowed values: "
                          f"{[r for r in MMA_RING_BYTES if r >= 8 * stage_words]}")
+    if type(step_tiles) is not int or step_tiles not in STEP_TILES or (step_tiles == 2 and (stages < 4 or stages % 2)):
+        raise ValueError(f"mma_step_tiles={step_tiles!r} is not supported with mma_ring_bytes={ring_bytes} "
+                         f"({stages} tiles of {params.fmt.preset.name}); allowed values: "
+                         f"{[t for t in STEP_TILES if t == 1 or (stages >= 4 and stages % 2 == 0)]}")
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,
@@ -470,6 +592,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         KB=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
         SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=bool(shared_table and m["KV_PAIR_SAME"]),
+        STEP_TILES=step_tiles,
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     # _lookup addresses the tables from the start of the kernel's shared memory: they must be its only

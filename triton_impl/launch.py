@@ -12,6 +12,7 @@ import triton
 
 from .attn_core import _merge_kernel, _split_kernel, acc_width
 from .decode_mma import MMA_RING_BYTES, RING_BYTES, TABLE_BYTES
+from .decode_mma import STEP_TILES as MMA_STEP_TILES
 from .device import sm_count
 from .merge import merge_splits
 from .params import MIN_DOT, KernelParams, next_pow2
@@ -62,6 +63,10 @@ class AttnConfig:
     # one pair table for keys and values where their codebooks coincide (tq3, tq4), twice the copies
     # (decode_mma.py; False: a table each, the layout before the eleventh session)
     mma_shared_table: bool = True
+    # tiles of 16 tokens per online-softmax step of the mma decode kernel: 2 halves the cross-lane
+    # reductions per token (needs a ring of an even number >= 4 of the preset's tiles: tq3 / k4v3 at
+    # the default ring, tq4 with mma_ring_bytes=24576).  Off until timed on a GPU (tenth session)
+    mma_step_tiles: int = 1
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -89,6 +94,9 @@ class AttnConfig:
         if not isinstance(self.mma_shared_table, bool):
             raise ValueError(f"mma_shared_table={self.mma_shared_table!r} is not supported; allowed values: True, "
                              "False")
+        if type(self.mma_step_tiles) is not int or self.mma_step_tiles not in MMA_STEP_TILES:
+            raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
+                             f"{list(MMA_STEP_TILES)}")
         if isinstance(self.bi_parallel_bytes, bool) or not isinstance(self.bi_parallel_bytes, int) \
                 or self.bi_parallel_bytes < 0:
             raise ValueError(f"bi_parallel_bytes={self.bi_parallel_bytes!r} is not supported; allowed values: "

@@ -28,14 +28,15 @@ Grid: (programs,), persistent: program p takes row tiles p, p + programs, ... of
 
 Options (VARIANTS; DEFAULT_VARIANT = prefetch + lean, which the H200 measured faster than neither at
 2k-32k tokens, tq3 1.2-1.7x, tq4 1.0-1.3x, results/2026-12-04-h200-knobs-s10; every combination
-stores the same bytes, checked under the interpreter by test_store_mse.py): "prefetch": tile i + programs's slots and x loaded into
-registers before tile i is encoded (by hand; Triton 3.6's own pipeliner issues them only after tile
-i's stores, then waits at once); "lean": no separate finiteness pass (a non-finite x makes the norm
-non-finite), and Pi^T's columns permuted (_perm_col) so that each lane of the accumulator holds D/4
-consecutive coordinates and packs whole words from its own registers (no shuffles, no shared-memory
-round trip; the same products land in other columns, so y' is bit-identical); "halves": "lean" with
-the product in two column blocks of D/2.  The permuted pack applies where BR >= 16 warps and a lane
-group's D/4 codes fill whole words; elsewhere only the finiteness fold.
+stores the same bytes, checked under the interpreter by test_store_mse.py): "prefetch": tile i +
+programs's slots and x loaded into registers before tile i is encoded (by hand; Triton 3.6's own
+pipeliner issues them only after tile i's stores, then waits at once); "lean": no separate
+finiteness pass (a non-finite x makes the norm non-finite), and Pi^T's columns permuted (_perm_col)
+so that each lane of the accumulator holds D/4 consecutive coordinates and packs whole words from
+its own registers (no shuffles, no shared-memory round trip; the same products land in other
+columns, so y' is bit-identical); "halves": "lean" with the product in two column blocks of D/2. The
+permuted pack applies where BR >= 16 warps and a lane group's D/4 codes fill whole words; elsewhere
+only the finiteness fold.
 """
 
 from __future__ import annotations

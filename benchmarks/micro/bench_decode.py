@@ -298,16 +298,17 @@ def table(rows, sdpa) -> str:
 def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
     """--kernels entry -> the AttnConfig it times: 'auto', 'split', 'mma', or 'mma@' followed by any of
     N (mma_programs_per_sm), rR (mma_maxnreg), bB (mma_ring_bytes), sS (max_splits), t0 / t1
-    (mma_shared_table) in that order: mma@32r128b24576s512t0."""
+    (mma_shared_table), p1 / p2 (mma_step_tiles) in that order: mma@32r128b24576s512t0p2."""
     kern, at, opts = spec.partition("@")
     if kern not in ("auto", "mma", "split") or (at and kern != "mma"):
-        raise ValueError(f"--kernels entry {spec!r}: allowed values: auto, split, mma, mma@[N][rR][bB][sS][t0|t1]")
-    m = re.fullmatch(r"(\d+)?(?:r(\d+))?(?:b(\d+))?(?:s(\d+))?(?:t([01]))?", opts)
+        raise ValueError(f"--kernels entry {spec!r}: allowed values: auto, split, mma, "
+                         "mma@[N][rR][bB][sS][t0|t1][p1|p2]")
+    m = re.fullmatch(r"(\d+)?(?:r(\d+))?(?:b(\d+))?(?:s(\d+))?(?:t([01]))?(?:p(\d+))?", opts)
     if m is None or (at and not any(m.groups())):
         raise ValueError(f"--kernels entry {spec!r}: after mma@ give N (programs per SM), rR (register cap), "
-                         f"bB (ring bytes), sS (most splits) and/or t0|t1 (one pair table for keys and values), "
-                         f"e.g. mma@32r128b24576s512t0")
-    ppsm, nreg, ring, splits, table = m.groups()
+                         f"bB (ring bytes), sS (most splits), t0|t1 (one pair table for keys and values) and/or "
+                         f"p1|p2 (tiles per softmax step), e.g. mma@32r128b24576s512t0p2")
+    ppsm, nreg, ring, splits, table, step = m.groups()
     kcfg = dataclasses.replace(cfg, decode_kernel=kern)
     if ppsm:
         kcfg = dataclasses.replace(kcfg, mma_programs_per_sm=int(ppsm))
@@ -319,6 +320,8 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
         kcfg = dataclasses.replace(kcfg, max_splits=int(splits))
     if table:
         kcfg = dataclasses.replace(kcfg, mma_shared_table=table == "1")
+    if step:
+        kcfg = dataclasses.replace(kcfg, mma_step_tiles=int(step))  # AttnConfig checks it
     return kcfg
 
 
@@ -338,9 +341,8 @@ def main(argv=None):
     ap.add_argument("--kernels", default="auto",
                     help="decode kernels to time (AttnConfig.decode_kernel: auto, mma, split; mma@N: with "
                          "mma_programs_per_sm=N; mma@NrR: and mma_maxnreg=R; ...bB: and mma_ring_bytes=B; ...sS: and "
-                         "max_splits=S; ...t0: mma_shared_table=False, e.g. mma@64b24576s512t0); rows of a kernel "
-                         "other than auto are named "
-                         "PRESET+KERNEL")
+                         "max_splits=S; ...t0: mma_shared_table=False; ...p2: mma_step_tiles=2, e.g. "
+                         "mma@64b24576s512t0p2); rows of a kernel other than auto are named PRESET+KERNEL")
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",
                     help="also these presets in batch-invariant mode (fixed-length splits; rows named PRESET+bi)")
     args = ap.parse_args(argv)

@@ -189,6 +189,24 @@ def test_one_pair_table_serves_keys_and_values_where_their_codebooks_coincide(pr
     assert torch.equal(p.k_pair[0], p.v_pair[0]) is same
 
 
+@pytest.mark.parametrize("bad", [0, 3, True, 2.0, "2"])
+def test_mma_step_tiles_must_be_one_or_two(bad):
+    with pytest.raises(ValueError, match=rf"mma_step_tiles={bad!r} is not supported; allowed values: \[1, 2\]"):
+        AttnConfig(mma_step_tiles=bad)
+
+
+def test_two_tiles_a_step_need_an_even_ring_of_four_tiles():
+    """tq4's 4 KB tiles: the default 8 KB ring holds two (one tile a step only); 24 KB holds six."""
+    from turboquant.triton_impl.decode_mma import decode_attention_mma
+    from turboquant.triton_impl.query import rotate_query
+
+    (q, cache, bt, sl, p), _ = _decode_case("tq4", (20, 5))
+    with pytest.raises(ValueError, match=r"mma_step_tiles=2 is not supported with mma_ring_bytes=8192 \(2 tiles of "
+                                         r"tq4\); allowed values: \[1\]"):
+        decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=q.shape[1],
+                             sm_scale=0.1, num_splits=1, step_tiles=2)
+
+
 @pytest.mark.parametrize("bad", [0, 1, "yes", None])
 def test_mma_shared_table_must_be_a_bool(bad):
     with pytest.raises(ValueError, match=rf"mma_shared_table={bad!r} is not supported; allowed values: True, False"):
@@ -237,6 +255,33 @@ def test_shared_pair_table_changes_only_where_the_words_live(preset):
     args, _ = _decode_case(preset, (1, 40, 700), seed=6)
     cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_shared_table=False)
     np.testing.assert_array_equal(decode_attention(*args, config=cfg).float().cpu().numpy(), _run(args, "mma"))
+
+
+@GPU
+@pytest.mark.parametrize("preset,ring_bytes", [("tq3", 8192), ("k4v3", 8192), ("tq4", 24576), ("tq3", 24576)])
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_two_tiles_a_step_match_the_reference(preset, ring_bytes, shape):
+    """mma_step_tiles=2: one softmax update per 32 tokens, per-lane denominators; the same sums as one
+    tile a step (odd tile counts, splits ending mid-pair, sequences shorter than a tile)."""
+    seq_lens, h, g, bs = SHAPES[shape]
+    args, want = _decode_case(preset, seq_lens, h=h, g=g, bs=bs, seed=shape)
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_ring_bytes=ring_bytes, mma_step_tiles=2)
+    got = decode_attention(*args, config=cfg).float().cpu().numpy()
+    assert rel_err(got, want) <= tqf.ATTN_RTOL_HALF
+    assert rel_err(got, _run(args, "mma")) <= tqf.ATTN_RTOL_HALF
+    got7 = decode_attention(*args, num_splits=7, config=cfg).float().cpu().numpy()
+    assert rel_err(got7, got) <= tqf.ATTN_RTOL_HALF
+
+
+@GPU
+def test_two_tiles_a_step_keep_nan_and_huge_norm_semantics():
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=2)
+    args, want = _decode_case("tq3", (70, 300), value_scale=1e6, zero_tokens=(0, 5, 6))
+    got = decode_attention(*args, config=cfg).float().cpu().numpy()
+    assert np.isfinite(got).all() and rel_err(got, want) <= tqf.ATTN_RTOL_HALF
+    args, _ = _decode_case("k4v3", (30, 64, 64), nan_token=3)
+    got = decode_attention(*args, config=cfg).float().cpu().numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(_run(args, "split")))
 
 
 @GPU
