@@ -4,9 +4,11 @@
 What one program computes
 -------------------------
 One (sequence b, KV head h, split sp): the G query heads of the GQA group against the tokens
-[sp*chunk, (sp+1)*chunk) of the sequence, streamed in tiles of 16 tokens by one warp.  It writes the
-same partial state as ``attn_core._split_kernel`` (m, l, unnormalised rotated value accumulator);
-``merge.merge_splits`` merges the splits and rotates back.
+[sp*chunk, (sp+1)*chunk) of the sequence, streamed in tiles of 16 tokens by one warp, one
+online-softmax step a tile (_attend_tile) or, with STEP_TILES = 2 (AttnConfig.mma_step_tiles), a
+step per two tiles (_attend_pair: one cross-lane reduction per 32 tokens, per-lane denominators).
+It writes the same partial state as ``attn_core._split_kernel`` (m, l, unnormalised rotated value
+accumulator); ``merge.merge_splits`` merges the splits and rotates back.
 Grid: (num_seqs, num_kv_heads, num_splits), one warp per program.
 
 Shared memory (one allocation): the key and value pair tables (below), then a ring of STAGES tiles.
