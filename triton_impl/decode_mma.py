@@ -170,11 +170,44 @@ def _copy_tile(stage, ptrs, mask):
 
 
 @gluon.jit
+def _tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs):
+    """Address of the first cache word of the tile of tokens [tn, tn + 16) of this sequence and KV head
+    (its page from the block table; page 0 for a tile at or past ``end``, whose words are masked)."""
+    pg = gl.load(bt_row + tn // block_size, mask=tn < end, other=0).to(gl.int64)
+    return head_base + pg * stride_cb + ((tn % block_size) // TILE) * (TILE * stride_cs)
+
+
+@gluon.jit
 def _copy_words(n_tokens, SW: gl.constexpr):
     """Words of a tile to copy for its first n_tokens tokens, rounded up to whole 16-byte vectors
     (which stay inside the tile's TILE slots, a multiple of 16 bytes)."""
     n = gl.minimum(gl.maximum(n_tokens, 0), TILE) * SW
     return gl.multiple_of((n + 3) // 4 * 4, 4)
+
+
+@gluon.jit
+def _copy_first_tiles(smem, N: gl.constexpr, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
+                      SW: gl.constexpr, STAGE_WORDS: gl.constexpr):
+    """cp.async of the split's first N tiles into ring stages 0 .. N - 1, a commit group each."""
+    for k in gl.static_range(N):
+        tk = start + k * TILE
+        src = _tile_source(tk, end, bt_row, head_base, block_size, stride_cb, stride_cs)
+        _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
+                   w_copy < _copy_words(end - tk, SW))
+        async_copy.commit_group()
+
+
+@gluon.jit
+def _copy_tile_to_stage(smem, st, tn, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
+                        SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr):
+    """cp.async of the tile of tokens [tn, tn + 16) into ring stage st (< STAGES, a runtime value),
+    then its commit group."""
+    src = _tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs)
+    for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
+        if st == k:
+            _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
+                       w_copy < _copy_words(end - tn, SW))
+    async_copy.commit_group()
 
 
 @gluon.jit
@@ -363,28 +396,16 @@ def _tiles_in_pairs(smem, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, ko
     past it, so STAGES - 2 tiles are in flight while a pair is computed.  A pair's second tile past
     ``end`` is all masked (zero-filled words, scores -inf)."""
     RING0: gl.constexpr = 2 * TABLE_WORDS * 4  # byte address of stage 0
-    for k in gl.static_range(STAGES - 2):
-        tk = start + k * TILE
-        pg = gl.load(bt_row + tk // block_size, mask=tk < end, other=0).to(gl.int64)
-        src = head_base + pg * stride_cb + ((tk % block_size) // TILE) * (TILE * stride_cs)
-        _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
-                   w_copy < _copy_words(end - tk, SW))
-        async_copy.commit_group()
+    _copy_first_tiles(smem, STAGES - 2, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, SW,
+                      STAGE_WORDS)
     l_t = gl.zeros([TILE, 8], gl.float32, MMA)
     i = 0
     for t0 in range(start, end, 2 * TILE):
         async_copy.wait_group(STAGES - 4)  # tiles i, i + 1 have landed (this lane's copies) ...
         _barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
         for n in gl.static_range(2):
-            tn = t0 + (STAGES - 2 + n) * TILE
-            pg = gl.load(bt_row + tn // block_size, mask=tn < end, other=0).to(gl.int64)
-            src = head_base + pg * stride_cb + ((tn % block_size) // TILE) * (TILE * stride_cs)
-            st = (i + STAGES - 2 + n) % STAGES
-            for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
-                if st == k:
-                    _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
-                               w_copy < _copy_words(end - tn, SW))
-            async_copy.commit_group()
+            _copy_tile_to_stage(smem, (i + STAGES - 2 + n) % STAGES, t0 + (STAGES - 2 + n) * TILE, end, bt_row,
+                                head_base, block_size, stride_cb, stride_cs, w_copy, SW, STAGES, STAGE_WORDS)
         sb0 = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         sb1 = (RING0 + ((i + 1) % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         m_i, l_t, acc, vs = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
@@ -483,27 +504,14 @@ def _decode_mma_kernel(
     if STEP_TILES == 1:  # one online-softmax step a tile
         # Pipeline: tile i is copied (cp.async, 16 B per lane and vector, coalesced) into stage i % STAGES
         # STAGES - 1 tiles ahead of its use; masked words (tokens past the split) are zero-filled.
-        for k in gl.static_range(STAGES - 1):
-            tk = start + k * TILE
-            pg = gl.load(bt_row + tk // block_size, mask=tk < end, other=0).to(gl.int64)
-            src = head_base + pg * stride_cb + ((tk % block_size) // TILE) * (TILE * stride_cs)
-            _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
-                       w_copy < _copy_words(end - tk, SW))
-            async_copy.commit_group()
+        _copy_first_tiles(smem, STAGES - 1, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
+                          SW, STAGE_WORDS)
         i = 0
         for t0 in range(start, end, TILE):
             async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
             _barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
-            tn = t0 + (STAGES - 1) * TILE
-            pg = gl.load(bt_row + tn // block_size, mask=tn < end, other=0).to(gl.int64)
-            src = head_base + pg * stride_cb + ((tn % block_size) // TILE) * (TILE * stride_cs)
-            st = (i + STAGES - 1) % STAGES
-            for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
-                if st == k:
-                    _copy_tile(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src + w_copy,
-                               w_copy < _copy_words(end - tn, SW))
-            async_copy.commit_group()
-
+            _copy_tile_to_stage(smem, (i + STAGES - 1) % STAGES, t0 + (STAGES - 1) * TILE, end, bt_row, head_base,
+                                block_size, stride_cb, stride_cs, w_copy, SW, STAGES, STAGE_WORDS)
             sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
             m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs,
                                              koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES,
