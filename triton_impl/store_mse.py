@@ -36,7 +36,8 @@ so that each lane of the accumulator holds D/4 consecutive coordinates and packs
 its own registers (no shuffles, no shared-memory round trip; the same products land in other
 columns, so y' is bit-identical); "halves": "lean" with the product in two column blocks of D/2. The
 permuted pack applies where BR >= 16 warps and a lane group's D/4 codes fill whole words; elsewhere
-only the finiteness fold.
+only the finiteness fold. "search" (not in the default; prepared in the tenth session, untimed):
+the codes of a symmetric 3- or 4-bit codebook by binary search over the positive boundaries (_codes).
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ STORE_MSE_WARPS = 4
 PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once
 # Options of the kernel (each stores the same bytes), see the module docstring: "prefetch" (next tile
 # loaded before this one is encoded), "lean" (no separate finiteness pass; accumulator columns permuted
-# so that each lane packs whole words), "halves" (lean, the product in two column blocks)
-VARIANTS = ("prefetch", "lean", "halves")
+# so that each lane packs whole words), "halves" (lean, the product in two column blocks), "search"
+# (codes of symmetric 3/4-bit codebooks by binary search over the boundaries)
+VARIANTS = ("prefetch", "lean", "halves", "search")
 DEFAULT_VARIANT = ("prefetch", "lean")
 # fp16 parts of an input element x 2^-e (see above)
 XSPLIT = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 2}
@@ -127,10 +129,34 @@ def _field_word(c4, W: tl.constexpr, BITS: tl.constexpr, OFF: tl.constexpr):
 
 
 @triton.jit
-def _codes(acc, den, bnd_ptr, BR: tl.constexpr, N: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr):
-    """idx_j = #{k : y_j > beta_k}, as y'_j > beta_k n (no division per coordinate); acc [BR, N]."""
+def _codes(acc, den, bnd_ptr, BR: tl.constexpr, N: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
+           SEARCH: tl.constexpr):
+    """idx_j = #{k : y_j > beta_k}, as y'_j > beta_k n (no division per coordinate); acc [BR, N].
+    SEARCH (symmetric 3- and 4-bit codebooks): the count of positive boundaries below |y| by binary
+    search over them (2 or 3 comparisons and 1 or 4 selects a coordinate instead of 3 or 7
+    comparisons and adds): the same comparisons of the same numbers, so the same count."""
     HALF: tl.constexpr = 1 << (BITS - 1)
-    if SYMMETRIC:
+    if SYMMETRIC and SEARCH and (BITS == 3 or BITS == 4):
+        a = tl.abs(acc)
+        # t_k = beta_{HALF + k} n, k < HALF - 1, ascending
+        t0 = (tl.load(bnd_ptr + HALF) * den)[:, None]
+        t1 = (tl.load(bnd_ptr + HALF + 1) * den)[:, None]
+        t2 = (tl.load(bnd_ptr + HALF + 2) * den)[:, None]
+        if BITS == 3:
+            c1 = a > t1
+            c0 = a > tl.where(c1, t2, t0)
+            cnt = c1.to(tl.int32) * 2 + c0.to(tl.int32)
+        else:
+            t3 = (tl.load(bnd_ptr + HALF + 3) * den)[:, None]
+            t4 = (tl.load(bnd_ptr + HALF + 4) * den)[:, None]
+            t5 = (tl.load(bnd_ptr + HALF + 5) * den)[:, None]
+            t6 = (tl.load(bnd_ptr + HALF + 6) * den)[:, None]
+            c2 = a > t3
+            c1 = a > tl.where(c2, t5, t1)
+            c0 = a > tl.where(c2, tl.where(c1, t6, t4), tl.where(c1, t2, t0))
+            cnt = c2.to(tl.int32) * 4 + c1.to(tl.int32) * 2 + c0.to(tl.int32)
+        codes = tl.where(acc > 0, HALF + cnt, HALF - 1 - cnt)
+    elif SYMMETRIC:
         # beta_{HALF-1} = 0 and beta_{HALF-1+i} = -beta_{HALF-1-i}: count the positive boundaries
         # below |y| and mirror (an exact tie y = -beta takes the upper code: inside CODE_MARGIN)
         a = tl.abs(acc)
@@ -186,7 +212,7 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
                  H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr,
                  SYMMETRIC: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr, BR: tl.constexpr,
                  XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr, FOLD_FIN: tl.constexpr,
-                 PERM: tl.constexpr):
+                 PERM: tl.constexpr, SEARCH: tl.constexpr):
     """Encode one row tile (slot [BR], x [BR, D]) into the cache (see the module docstring).
     p0, p1: Pi^T's parts (PERM = 2: their first column block; q0, q1 the second)."""
     j = tl.arange(0, D)
@@ -222,7 +248,7 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
         if DEBUG_Y:
             y = tl.where(bad[:, None], 0.0, tl.math.div_rn(acc, den[:, None]))
             tl.store(y_ptr + r.to(tl.int64)[:, None] * D + j[None, :], y, mask=tm[:, None])
-        codes = tl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BR, D, BITS, SYMMETRIC))
+        codes = tl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BR, D, BITS, SYMMETRIC, SEARCH))
         blk = tl.where(tm, slot // BLOCK_SIZE, 0).to(tl.int64)
         off = tl.where(tm, slot % BLOCK_SIZE, 0)
         base = (cache_ptr + blk * stride_cb + h * stride_ch + off * stride_cs).to(tl.pointer_type(tl.int32))
@@ -253,7 +279,7 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
                 y = tl.where(bad[:, None], 0.0, tl.math.div_rn(acc, den[:, None]))
                 ycol = _perm_col(tl.arange(0, N), D, NH, hh)
                 tl.store(y_ptr + r.to(tl.int64)[:, None] * D + ycol[None, :], y, mask=tm[:, None])
-            codes = tl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BR, N, BITS, SYMMETRIC))
+            codes = tl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BR, N, BITS, SYMMETRIC, SEARCH))
             c4 = tl.reshape(codes.to(tl.uint32), (BR, N // 8, 4, 2))  # [BR, g, q, t]
             w0 |= _field_word(c4, 0, BITS, hh * (D // 4 // NH))
             if WPG > 1:
@@ -280,7 +306,7 @@ def _store_mse_kernel(
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
     NORM: tl.constexpr, CODES: tl.constexpr,
     BR: tl.constexpr, XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr,
-    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, PERM: tl.constexpr,
+    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, PERM: tl.constexpr, SEARCH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -316,13 +342,13 @@ def _store_mse_kernel(
                                      False)
             _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, stride_cb, stride_ch, stride_cs,
                          H, BLOCK_SIZE, D, BITS, SYMMETRIC, NORM, CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, FOLD_FIN,
-                         PERM)
+                         PERM, SEARCH)
     else:
         for tile in range(pid, num_tiles, nprog):
             slot, x = _load_tile(x_ptr, slot_ptr, tile, stride_xt, stride_xh, num_rows, H, D, BR, True)
             _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, stride_cb, stride_ch, stride_cs,
                          H, BLOCK_SIZE, D, BITS, SYMMETRIC, NORM, CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, FOLD_FIN,
-                         PERM)
+                         PERM, SEARCH)
 
 
 def _perm(variant: tuple[str, ...], d: int, bits: int, br: int, warps: int) -> int:
@@ -374,6 +400,7 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
             NORM=m[f"{pfx}_NORM"], CODES=m[f"{pfx}_CODES"], BR=br, XSPLIT=XSPLIT[x.dtype],
             DEBUG_Y=debug_rotated is not None, F32_PARTS=INTERPRET,
             PREFETCH="prefetch" in variant, FOLD_FIN=bool({"lean", "halves"} & set(variant)),
+            SEARCH="search" in variant,
             PERM=_perm(variant, d, m[f"{pfx}_BITS"], br, warps),
             num_warps=warps,
         )

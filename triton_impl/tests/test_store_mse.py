@@ -146,7 +146,8 @@ def test_store_mse_argument_errors_name_the_parameter():
     assert not cache.any()  # nothing written by a refused call
 
 
-@pytest.mark.parametrize("variant", [("prefetch",), ("lean",), ("halves",), ("prefetch", "lean")])
+@pytest.mark.parametrize("variant", [("prefetch",), ("lean",), ("halves",), ("prefetch", "lean"), ("search",),
+                                     ("prefetch", "lean", "search")])
 @pytest.mark.parametrize("preset,d,dtype", [("tq3", 128, torch.bfloat16), ("k4v3", 128, torch.float32),
                                             ("tq2", 64, torch.float16), ("tq3", 64, torch.bfloat16)])
 def test_store_mse_variants_store_the_default_bytes(variant, preset, d, dtype):
