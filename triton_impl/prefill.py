@@ -17,7 +17,7 @@ K', V' to the query dtype (SPEC §10: ATTN_RTOL_HALF).  Rotations are orthogonal
 attention can run in the original domain instead: K = Pi^T K' and V = Pi^T V' per instance, the query
 rows as they are and no rotation of the output.  That rotates cached tokens x KV heads rows instead
 of 2 x query rows x query heads: fewer for a whole prompt under GQA (AttnConfig.dense_rotation,
-"auto" picks per step; the default is still "query").  Keys with a QJL sketch, fp16 / fp32 queries
+"auto", the default, picks per step).  Keys with a QJL sketch, fp16 / fp32 queries
 on a GPU and batch-invariant mode keep the packed-tile kernel (extend.py).
 
 Non-finite tokens give NaN exactly in the rows that see them (SPEC §8), as with the other kernels
