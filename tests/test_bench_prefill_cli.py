@@ -24,7 +24,7 @@ def test_shapes_and_store_configs_are_checked(bench_script):
         ("mse", 64, 4, ("prefetch", "lean", "p3")), ("mse", 128, 8, ("halves",))]
     assert bench.store_options(("prefetch", "lean", "p3")) == {"variant": ("prefetch", "lean"), "programs_per_sm": 3}
     assert bench.store_options(()) == {"variant": (), "programs_per_sm": None}
-    with pytest.raises(ValueError, match="option 'fast' is not one of prefetch, lean, halves or pN"):
+    with pytest.raises(ValueError, match="option 'fast' is not one of prefetch, lean, halves, search or pN"):
         bench.parse_store_configs("mse:64:4:prefetch+fast")
     with pytest.raises(ValueError, match="option 'p0' is not one of"):
         bench.parse_store_configs("mse:64:4:p0")
