@@ -176,11 +176,19 @@ def latency_table(rows: list[dict], ix: Index) -> list[str]:
     return lines
 
 
+def short_commit(commit) -> str:
+    """A row's git_commit for the table: 12 hex digits, keeping a '+dirty' mark (the tree that ran was
+    not that commit: a copied tree whose .git is older, unless TQ_GIT_COMMIT named the commit)."""
+    text = str(commit if commit is not None else "?")
+    head, plus, rest = text.partition("+")
+    return head[:12] + plus + rest
+
+
 def report_markdown(envs: list[dict], rows: list[dict], paths: str) -> str:
     ix = Index(rows)
     runs = "; ".join(f"`{e.get('run_id')}`: {e.get('date', '?')}, {e.get('device', '?')}, vLLM {e.get('vllm', '?')}, "
                      f"torch {e.get('torch', '?')}, Triton {e.get('triton', '?')}, commit "
-                     f"{str(e.get('git_commit', '?'))[:12]}, geometry {e.get('geometry', '?')}" for e in envs)
+                     f"{short_commit(e.get('git_commit'))}, geometry {e.get('geometry', '?')}" for e in envs)
     out = ["### Serving through vLLM (benchmarks/e2e/serving.py)", "",
            f"Weights are random (vLLM `load_format=\"dummy\"`): only speed and capacity mean anything here. "
            f"Runs: {runs or '(no environment rows)'}; raw rows: `{paths}`.", "",

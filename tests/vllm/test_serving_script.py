@@ -129,8 +129,10 @@ def test_report_table_ratios_bound_and_plot(serving, tmp_path, capsys):
               {"run_id": "B", "config": "tq4", "geometry": "llama3-8b", "measurement": "engine", "error": "OOM | x"},
               {"run_id": "B", "config": "k4v3", "geometry": "llama3-8b", "measurement": "worker",
                "error": "worker exited with code -9"}]
-    a.write_text("\n".join(json.dumps(r) for r in [{**env, "run_id": "A"}, *rows_a]) + "\n")
-    b.write_text("\n".join(json.dumps(r) for r in [{**env, "run_id": "B"}, *rows_b]) + "\n")
+    a.write_text("\n".join(json.dumps(r) for r in [{**env, "run_id": "A", "git_commit": "5f2a4b36adf3467092a6801b25"
+                                                                                       "2c8d09f7c520c3+dirty"},
+                                                 *rows_a]) + "\n")
+    b.write_text("\n".join(json.dumps(r) for r in [{**env, "run_id": "B", "git_commit": "abc123"}, *rows_b]) + "\n")
     md, png = tmp_path / "B.md", tmp_path / "serving.png"
     md.write_text("# bench\n")
     assert serving.main(["--report", f"{a},{b}", "--plot", str(png), "--append", str(md)]) == 0
@@ -138,6 +140,8 @@ def test_report_table_ratios_bound_and_plot(serving, tmp_path, capsys):
     assert md.read_text() == "# bench\n\n" + text
     assert "Weights are random" in text and "`B`:" in text
     assert "`A`: 2026-12-03 23:00 UTC, NVIDIA H200, vLLM 0.26.0" in text
+    # the commit shortened to 12 digits, its '+dirty' mark kept (the tree that ran was not that commit)
+    assert "commit 5f2a4b36adf3+dirty, geometry" in text and "commit abc123, geometry" in text
     lines = text.splitlines()
 
     def row(*parts):
