@@ -82,6 +82,9 @@ RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up 
 # another size aborts the compiler): the ring sizes that allow it, up to 64 KB in all
 MMA_RING_BYTES = tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
 STEP_TILES = (1, 2)  # tiles per online-softmax step (AttnConfig.mma_step_tiles)
+# register cap per thread (AttnConfig.mma_maxnreg's default): 128 fits without spills with the shared
+# pair table and lets 16 one-warp programs share an SM (0: the compiler's choice, ~155)
+MAXNREG = 128
 
 
 @triton.constexpr_function
@@ -566,11 +569,11 @@ def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, devic
 
 def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
-                         num_splits: int, maxnreg: int = 0, ring_bytes: int = RING_BYTES,
+                         num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
                          shared_table: bool = True, step_tiles: int = 1) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
-    thread (0: the compiler's choice; 128 lets 16 one-warp programs share an SM).  ``ring_bytes``: the
+    thread (AttnConfig.mma_maxnreg; 0: the compiler's choice).  ``ring_bytes``: the
     cp.async tile ring (AttnConfig.mma_ring_bytes; at least two tiles of the preset).  ``shared_table``:
     one pair table for keys and values where their codebooks coincide (AttnConfig.mma_shared_table;
     False: a table each, half the copies).  ``step_tiles``: tiles of 16 tokens per online-softmax step

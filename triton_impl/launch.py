@@ -11,7 +11,7 @@ import torch
 import triton
 
 from .attn_core import _merge_kernel, _split_kernel, acc_width
-from .decode_mma import MMA_RING_BYTES, RING_BYTES, TABLE_BYTES
+from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES
 from .decode_mma import STEP_TILES as MMA_STEP_TILES
 from .device import sm_count
 from .merge import merge_splits
@@ -58,10 +58,10 @@ class AttnConfig:
     # register cap of the mma decode kernel (0: the compiler's choice, 154-156 with the shared table:
     # 12 one-warp programs an SM).  128 fits without spills since the shared pair table and lets 16
     # share an SM: 4-6 % faster at 32 x 32k, within 3 % elsewhere (results/2026-12-04-h200-knobs-s10)
-    mma_maxnreg: int = 128
+    mma_maxnreg: int = MAXNREG
     mma_ring_bytes: int = RING_BYTES  # shared memory of the mma decode kernel's cp.async tile ring
     # one pair table for keys and values where their codebooks coincide (tq3, tq4), twice the copies
-    # (decode_mma.py; False: a table each, the layout before the eleventh session)
+    # (decode_mma.py; False: a table each, the layout before the tenth session)
     mma_shared_table: bool = True
     # tiles of 16 tokens per online-softmax step of the mma decode kernel: 2 halves the cross-lane
     # reductions per token (needs a ring of an even number >= 4 of the preset's tiles: tq3 / k4v3 at

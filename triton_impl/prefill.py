@@ -272,7 +272,7 @@ def rotates_kv(rotation: str, query_rows: int, cached_tokens: int, num_q_heads: 
 
 def prefill_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                       params: KernelParams, plan: PrefillPlan, softmax_scale: float, out: torch.Tensor, *,
-                      backend: str = "auto", rotation: str = "query") -> torch.Tensor:
+                      rotation: str, backend: str = "auto") -> torch.Tensor:
     """query [plan rows, Hq, D] / out (same shape): the rows of the plan's sequences; block_table,
     seq_lens: those sequences' rows.  Checked by the caller (dispatch.attention).  rotation: where
     the rotations run (AttnConfig.dense_rotation; rotates_kv)."""

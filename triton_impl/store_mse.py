@@ -242,7 +242,8 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
         bad = ~(norm < float("inf"))
     else:
         bad = ~fin | ~(norm < float("inf"))
-    if PERM == 0:  # the default: the statements in the order of the tuned kernel (same SASS)
+    if PERM == 0:  # columns in order (no "lean", or where its pack does not apply): the statements in the
+        # order of the kernel before the options (same SASS as it)
         acc = _rotate(xs, p0, p1, BR, D, XSPLIT, F32_PARTS)
         den = tl.where(n > 0, n, 1.0)  # x = 0: y = 0
         if DEBUG_Y:

@@ -275,6 +275,7 @@ def emit_stages(base, q, cache, bt, sl, params, pp, scale, t_sdpa, emit, time_it
                   "preset": params.fmt.preset.name, "seconds": t, "copy_fraction": None, "vs_sdpa": t / t_sdpa,
                   "timing": how, "gbps": moved / t / 1e9})
 
+
 def load_rows(paths) -> tuple[list[dict], list[dict]]:
     envs, rows = [], []
     for p in paths:
