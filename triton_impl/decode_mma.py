@@ -81,7 +81,7 @@ RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up 
 # the kernel's one shared allocation (tables + ring) must be a power of two (a Triton layout rule:
 # another size aborts the compiler): the ring sizes that allow it, up to 64 KB in all
 MMA_RING_BYTES = tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
-STEP_TILES = (1, 2)  # tiles per online-softmax step (AttnConfig.mma_step_tiles)
+STEP_TILES = (0, 1, 2)  # tiles per online-softmax step (AttnConfig.mma_step_tiles; 0: 2 where the ring allows)
 # register cap per thread (AttnConfig.mma_maxnreg's default): 128 fits without spills with the shared
 # pair table and lets 16 one-warp programs share an SM (0: the compiler's choice, ~155)
 MAXNREG = 128
@@ -570,7 +570,7 @@ def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, devic
 def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
-                         shared_table: bool = True, step_tiles: int = 1) -> torch.Tensor:
+                         shared_table: bool = True, step_tiles: int = 0) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
     thread (AttnConfig.mma_maxnreg; 0: the compiler's choice).  ``ring_bytes``: the
@@ -578,7 +578,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     one pair table for keys and values where their codebooks coincide (AttnConfig.mma_shared_table;
     False: a table each, half the copies).  ``step_tiles``: tiles of 16 tokens per online-softmax step
     (AttnConfig.mma_step_tiles: 1, or 2 where the ring holds an even number >= 4 of the preset's
-    tiles).  No host synchronisation."""
+    tiles; 0: 2 where it does, else 1).  No host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -593,10 +593,13 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         raise ValueError(f"mma_ring_bytes={ring_bytes} holds {stages} tile(s) of {4 * stage_words} bytes "
                          f"({params.fmt.preset.name}); allowed values: "
                          f"{[r for r in MMA_RING_BYTES if r >= 8 * stage_words]}")
-    if type(step_tiles) is not int or step_tiles not in STEP_TILES or (step_tiles == 2 and (stages < 4 or stages % 2)):
+    pairs_fit = stages >= 4 and stages % 2 == 0
+    if type(step_tiles) is not int or step_tiles not in STEP_TILES or (step_tiles == 2 and not pairs_fit):
         raise ValueError(f"mma_step_tiles={step_tiles!r} is not supported with mma_ring_bytes={ring_bytes} "
                          f"({stages} tiles of {params.fmt.preset.name}); allowed values: "
-                         f"{[t for t in STEP_TILES if t == 1 or (stages >= 4 and stages % 2 == 0)]}")
+                         f"{[t for t in STEP_TILES if t != 2 or pairs_fit]}")
+    if step_tiles == 0:
+        step_tiles = 2 if pairs_fit else 1
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,

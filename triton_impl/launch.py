@@ -65,8 +65,10 @@ class AttnConfig:
     mma_shared_table: bool = True
     # tiles of 16 tokens per online-softmax step of the mma decode kernel: 2 halves the cross-lane
     # reductions per token (needs a ring of an even number >= 4 of the preset's tiles: tq3 / k4v3 at
-    # the default ring, tq4 with mma_ring_bytes=24576).  Off until timed on a GPU (tenth session)
-    mma_step_tiles: int = 1
+    # the default ring, tq4 with mma_ring_bytes=24576); 0 (default): 2 where the ring allows it, else 1.
+    # The H200 measured 2 5-6 % faster for tq3 at 8-32 x 32k and 1 x 128k, k4v3 -2 % to +1 %, tq4 at
+    # 24 KB slower than 1 at 8 KB (results/2026-12-04-h200-s11/call1-p2-search)
+    mma_step_tiles: int = 0
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:

@@ -26,8 +26,10 @@ loaded once per program (shared memory); codes packed 8 at a time into BITS byte
 Grid: (programs,), persistent: program p takes row tiles p, p + programs, ... of BR rows
 (PROGRAMS_PER_SM programs an SM unless programs_per_sm says otherwise).
 
-Options (VARIANTS; DEFAULT_VARIANT = prefetch + lean, which the H200 measured faster than neither at
-2k-32k tokens, tq3 1.2-1.7x, tq4 1.0-1.3x, results/2026-12-04-h200-knobs-s10; every combination
+Options (VARIANTS; DEFAULT_VARIANT = prefetch + lean + search: the H200 measured prefetch + lean faster
+than neither at 2k-32k tokens, tq3 1.2-1.7x, tq4 1.0-1.3x, results/2026-12-04-h200-knobs-s10, and
+search on top of them faster again, tq4 1.36-1.40x, k4v3 1.13-1.21x, tq3 1.02-1.09x at 8k and 32k tokens,
+results/2026-12-04-h200-s11/call1-p2-search; every combination
 stores the same bytes, checked under the interpreter by test_store_mse.py): "prefetch": tile i +
 programs's slots and x loaded into registers before tile i is encoded (by hand; Triton 3.6's own
 pipeliner issues them only after tile i's stores, then waits at once); "lean": no separate
@@ -36,8 +38,8 @@ so that each lane of the accumulator holds D/4 consecutive coordinates and packs
 its own registers (no shuffles, no shared-memory round trip; the same products land in other
 columns, so y' is bit-identical); "halves": "lean" with the product in two column blocks of D/2. The
 permuted pack applies where BR >= 16 warps and a lane group's D/4 codes fill whole words; elsewhere
-only the finiteness fold. "search" (not in the default; prepared in the tenth session, untimed):
-the codes of a symmetric 3- or 4-bit codebook by binary search over the positive boundaries (_codes).
+only the finiteness fold. "search": the codes of a symmetric 3- or 4-bit codebook by binary search
+over the positive boundaries (_codes; other codebooks keep the linear count).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once
 # so that each lane packs whole words), "halves" (lean, the product in two column blocks), "search"
 # (codes of symmetric 3/4-bit codebooks by binary search over the boundaries)
 VARIANTS = ("prefetch", "lean", "halves", "search")
-DEFAULT_VARIANT = ("prefetch", "lean")
+DEFAULT_VARIANT = ("prefetch", "lean", "search")
 # fp16 parts of an input element x 2^-e (see above)
 XSPLIT = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 2}
 

@@ -298,16 +298,16 @@ def table(rows, sdpa) -> str:
 def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
     """--kernels entry -> the AttnConfig it times: 'auto', 'split', 'mma', or 'mma@' followed by any of
     N (mma_programs_per_sm), rR (mma_maxnreg), bB (mma_ring_bytes), sS (max_splits), t0 / t1
-    (mma_shared_table), p1 / p2 (mma_step_tiles) in that order: mma@32r128b24576s512t0p2."""
+    (mma_shared_table), p0 / p1 / p2 (mma_step_tiles) in that order: mma@32r128b24576s512t0p2."""
     kern, at, opts = spec.partition("@")
     if kern not in ("auto", "mma", "split") or (at and kern != "mma"):
         raise ValueError(f"--kernels entry {spec!r}: allowed values: auto, split, mma, "
-                         "mma@[N][rR][bB][sS][t0|t1][p1|p2]")
+                         "mma@[N][rR][bB][sS][t0|t1][p0|p1|p2]")
     m = re.fullmatch(r"(\d+)?(?:r(\d+))?(?:b(\d+))?(?:s(\d+))?(?:t([01]))?(?:p(\d+))?", opts)
     if m is None or (at and not any(m.groups())):
         raise ValueError(f"--kernels entry {spec!r}: after mma@ give N (programs per SM), rR (register cap), "
                          f"bB (ring bytes), sS (most splits), t0|t1 (one pair table for keys and values) and/or "
-                         f"p1|p2 (tiles per softmax step), e.g. mma@32r128b24576s512t0p2")
+                         f"p0|p1|p2 (tiles per softmax step), e.g. mma@32r128b24576s512t0p2")
     ppsm, nreg, ring, splits, table, step = m.groups()
     kcfg = dataclasses.replace(cfg, decode_kernel=kern)
     if ppsm:

@@ -189,9 +189,9 @@ def test_one_pair_table_serves_keys_and_values_where_their_codebooks_coincide(pr
     assert torch.equal(p.k_pair[0], p.v_pair[0]) is same
 
 
-@pytest.mark.parametrize("bad", [0, 3, True, 2.0, "2"])
-def test_mma_step_tiles_must_be_one_or_two(bad):
-    with pytest.raises(ValueError, match=rf"mma_step_tiles={bad!r} is not supported; allowed values: \[1, 2\]"):
+@pytest.mark.parametrize("bad", [-1, 3, True, 2.0, "2"])
+def test_mma_step_tiles_must_be_auto_one_or_two(bad):
+    with pytest.raises(ValueError, match=rf"mma_step_tiles={bad!r} is not supported; allowed values: \[0, 1, 2\]"):
         AttnConfig(mma_step_tiles=bad)
 
 
@@ -202,7 +202,7 @@ def test_two_tiles_a_step_need_an_even_ring_of_four_tiles():
 
     (q, cache, bt, sl, p), _ = _decode_case("tq4", (20, 5))
     with pytest.raises(ValueError, match=r"mma_step_tiles=2 is not supported with mma_ring_bytes=8192 \(2 tiles of "
-                                         r"tq4\); allowed values: \[1\]"):
+                                         r"tq4\); allowed values: \[0, 1\]"):
         decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=q.shape[1],
                              sm_scale=0.1, num_splits=1, step_tiles=2)
 
@@ -271,6 +271,17 @@ def test_two_tiles_a_step_match_the_reference(preset, ring_bytes, shape):
     assert rel_err(got, _run(args, "mma")) <= tqf.ATTN_RTOL_HALF
     got7 = decode_attention(*args, num_splits=7, config=cfg).float().cpu().numpy()
     assert rel_err(got7, got) <= tqf.ATTN_RTOL_HALF
+
+
+@GPU
+@pytest.mark.parametrize("preset,step_tiles", [("tq3", 2), ("k4v3", 2), ("tq4", 1)])
+def test_default_step_tiles_are_two_where_the_ring_holds_pairs(preset, step_tiles):
+    """mma_step_tiles=0 (the default): two tiles a step where the default 8 KB ring holds an even
+    number >= 4 of the preset's tiles (tq3, k4v3), one where it holds two (tq4)."""
+    args, _ = _decode_case(preset, (1, 40, 700), seed=8)
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=step_tiles)
+    assert default_config(DEV).mma_step_tiles == 0
+    np.testing.assert_array_equal(decode_attention(*args, config=cfg).float().cpu().numpy(), _run(args, "mma"))
 
 
 @GPU
