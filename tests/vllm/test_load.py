@@ -14,11 +14,12 @@ freshly allocated blocks).  Checked:
   initial value, and the prefix cache can be reset (no block still referenced).
 
 Every check runs twice: with this backend, and as a control with vLLM's own
-attention (float32 KV cache) under the same load.  On an H200 one request of
-256 differs from its run alone with this backend's default mode, in eager and
-CUDA-graph modes, while the control gives 0 (results/2026-12-03-h200-vllm-tests/results-gpu-2026-12-03c.md);
-``test_load_batch_invariant.py`` runs the same with VLLM_BATCH_INVARIANT=1 on a
-GPU, where both give 0.
+attention (float32 KV cache) under the same load.  This backend's default mode
+promises SPEC §10's tolerance across batch compositions, not bit-identity: on an
+H200 1-2 requests of 256 differ from their run alone (eager, CUDA graphs), so a
+difference is allowed there only at a near-tie of the run alone (TIE_NATS);
+the control must match exactly, and ``test_load_batch_invariant.py`` runs the
+same with VLLM_BATCH_INVARIANT=1 on a GPU, where both must match exactly.
 
 Sizes: ``TQ_LOAD_REQUESTS`` (default 256 on a GPU, 64 on CPU) and ``TQ_LOAD_MAX_SEQS`` (64 / 8).
 The float32 model makes token equality a test of the cache, not of bf16 ties
@@ -57,10 +58,13 @@ def _requests(n: int, seed: int = 7):
     return prompts, max_tokens
 
 
+TOP_LOGPROBS = 5  # log-probabilities returned per step (test_outputs_equal_running_alone compares them)
+
+
 def _sampling(max_tokens: int):
     from vllm import SamplingParams
 
-    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=TOP_LOGPROBS)
 
 
 # turboquant: this backend as users get it; vllm_attention: the same load with vLLM's own attention and
@@ -140,19 +144,63 @@ def test_no_leaked_blocks(load_run):
     assert free_blocks(llm) == load_run["initial_free"]
 
 
+# The default mode promises SPEC §10's tolerance across batch compositions, not bit-identity
+# (docs/reliability.md): under load a request's rows take other paths (decode kernel beside prefills,
+# recomputation after preemption) that differ in the last bits. So for this backend's default mode the
+# check is on log-probabilities: at every step up to and including the first difference, the run alone's
+# token has the same log-probability in both runs within LOGPROB_ATOL, and a greedy token may differ
+# only where the run alone's two candidates are within 2 x LOGPROB_ATOL (a tie that those differences
+# can flip). vLLM's attention (the control) and the batch-invariant mode (test_load_batch_invariant.py)
+# must give the same tokens.
+LOGPROB_ATOL = 2e-3
+
+
+def _near_tie_allowed(backend: str) -> bool:
+    """This backend's default mode; under VLLM_BATCH_INVARIANT=1 (test_load_batch_invariant.py) it runs
+    in its batch-invariant mode, which promises bit-identical rows."""
+    return backend == "turboquant" and os.environ.get("VLLM_BATCH_INVARIANT", "0") != "1"
+
+
+def _first_difference(a: list, b: list) -> int | None:
+    return next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
+
+
+def _logprob(step: dict, token: int) -> float:
+    return step[token].logprob if token in step else float("-inf")
+
+
 def test_outputs_equal_running_alone(load_run):
-    llm = load_run["llm"]
-    mismatches = []
+    """Each request's greedy tokens equal its run alone (empty prefix cache, nothing else in the batch);
+    for this backend's default mode, log-probabilities within LOGPROB_ATOL and a different token only
+    at a tie within 2 x LOGPROB_ATOL."""
+    llm, backend = load_run["llm"], load_run["backend"]
+    mismatches, ties, deltas = [], [], []
     for i, (p, m, o) in enumerate(zip(load_run["prompts"], load_run["max_tokens"], load_run["outs"])):
         llm.reset_prefix_cache()
-        alone = llm.generate([{"prompt_token_ids": p}], _sampling(m), use_tqdm=False)[0]
-        a, b = list(alone.outputs[0].token_ids), list(o.outputs[0].token_ids)
-        if a != b:
-            first = next(j for j, (x, y) in enumerate(zip(a, b)) if x != y)
-            mismatches.append(f"request {i} (prompt {len(p)}, {m} tokens): first differs at token {first}")
-    print(f"\nload [{load_run['backend']}]: {N_REQUESTS} requests, max_num_seqs={MAX_SEQS}, "
+        alone = llm.generate([{"prompt_token_ids": p}], _sampling(m), use_tqdm=False)[0].outputs[0]
+        batched = o.outputs[0]
+        a, b = list(alone.token_ids), list(batched.token_ids)
+        first = _first_difference(a, b)
+        same_context = len(a) if first is None else first + 1
+        d = max(abs(_logprob(sa, t) - _logprob(sb, t))
+                for sa, sb, t in zip(alone.logprobs[:same_context], batched.logprobs, a))
+        deltas.append(d)
+        what = f"request {i} (prompt {len(p)}, {m} tokens): log-probabilities differ by up to {d:.2e}"
+        if first is not None:
+            gap = _logprob(alone.logprobs[first], a[first]) - _logprob(alone.logprobs[first], b[first])
+            what += f"; first token differs at {first}, the run alone's two candidates {gap:.2e} apart"
+        if not _near_tie_allowed(backend):
+            if first is not None:
+                mismatches.append(what)
+        elif d > LOGPROB_ATOL or (first is not None and gap > 2 * LOGPROB_ATOL):
+            mismatches.append(what)
+        elif first is not None:
+            ties.append(what)
+    print(f"\nload [{backend}]: {N_REQUESTS} requests, max_num_seqs={MAX_SEQS}, "
           f"{load_run['num_blocks']} blocks of "
           f"{BLOCK_SIZE} tokens, {int(load_run['preemptions'])} preemptions, "
-          f"{sum(load_run['max_tokens'])} generated tokens, mismatches against alone: {len(mismatches)}")
+          f"{sum(load_run['max_tokens'])} generated tokens, mismatches against alone: {len(mismatches) + len(ties)} "
+          f"({len(ties)} at ties within 2 x {LOGPROB_ATOL}: {ties}); log-probability differences: max "
+          f"{max(deltas):.2e}, median {float(np.median(deltas)):.2e}")
     assert not mismatches, f"differ from their run alone: {mismatches}"
     assert free_blocks(llm) == load_run["initial_free"]
