@@ -53,3 +53,27 @@ def test_bad_kernel_specs_are_refused_before_gpu_work(bench_script, spec, match)
         bench.main(["--presets", "tq3", "--kernels", f"auto,{spec}"])
     with pytest.raises(ValueError, match=match):
         bench.kernel_config(spec, __import__("turboquant.triton_impl", fromlist=["AttnConfig"]).AttnConfig())
+
+
+def _row(preset, batch, context, seconds, kind="turboquant"):
+    return {"kind": kind, "preset": preset, "slot_bytes": 104, "batch": batch, "context": context,
+            "seconds": seconds, "gbps": 1.0, "copy_fraction": 0.5}
+
+
+def test_plot_speedups_are_against_fa3_bf16_where_the_run_has_it(bench_script, tmp_path):
+    """plot_decode: speedups against vLLM's FA3 bf16 when the run has it, else torch SDPA; a --shapes run
+    (one context per batch) is drawn as grouped bars."""
+    plot = bench_script("plots.plot_decode")
+    rows = [_row("torch-sdpa-bf16", 32, 32768, 0.9e-3, "sdpa_bf16"), _row("tq3", 32, 32768, 0.45e-3),
+            _row("tq3", 1, 131072, 0.1e-3), _row("torch-sdpa-bf16", 1, 131072, 0.15e-3, "sdpa_bf16")]
+    assert plot.baseline(rows) == "torch-sdpa-bf16"
+    assert plot.speedups(rows)[("tq3", 32, 32768)] == pytest.approx(2.0)
+    rows += [_row("vllm-fa3-bf16", 32, 32768, 1.0e-3, "vllm")]
+    assert plot.baseline(rows) == "vllm-fa3-bf16"
+    sp = plot.speedups(rows)
+    assert sp[("tq3", 32, 32768)] == pytest.approx(1.0 / 0.45)
+    assert ("tq3", 1, 131072) not in sp  # no FA3 row for that shape
+    res = {"device": "test", "triton": "x", "rows": rows}
+    png = tmp_path / "decode.png"
+    plot.plot(res, str(png))
+    assert png.stat().st_size > 10_000

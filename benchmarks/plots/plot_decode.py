@@ -38,13 +38,65 @@ def table_md(res: dict, ref_gbps: float | None = None) -> str:
     return "\n".join(out)
 
 
-def plot(res: dict, path: str) -> None:
+def baseline(rows: list) -> str:
+    """The bf16 attention the speedups are taken against: vLLM's FA3 bf16 where the run has it, else torch SDPA."""
+    kinds = {r["preset"] for r in rows}
+    return "vllm-fa3-bf16" if "vllm-fa3-bf16" in kinds else "torch-sdpa-bf16"
+
+
+def speedups(rows: list) -> dict:
+    """{(preset, batch, context): baseline seconds / preset seconds} for the shapes the baseline has."""
+    ref = baseline(rows)
+    base = {(r["batch"], r["context"]): r["seconds"] for r in rows if r["preset"] == ref}
+    return {(r["preset"], r["batch"], r["context"]): base[(r["batch"], r["context"])] / r["seconds"]
+            for r in rows if (r["batch"], r["context"]) in base}
+
+
+def plot_shapes(res: dict, path: str) -> None:
+    """A --shapes run (one context per batch): grouped bars per batch x context, speed against bf16
+    attention (above) and fraction of copy bandwidth on the stored bytes (below)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in res["rows"] if r["kind"] != "store"]
+    shapes = list(dict.fromkeys((r["batch"], r["context"]) for r in rows))
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    sp, ref = speedups(rows), baseline(rows)
+    by = {(r["preset"], r["batch"], r["context"]): r for r in rows}
+    width = 0.8 / len(presets)
+    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 2.6 * len(shapes)), 7.5), squeeze=False)
+    for k, p in enumerate(presets):
+        xs = [i + (k - (len(presets) - 1) / 2) * width for i in range(len(shapes))]
+        axes[0][0].bar(xs, [sp.get((p, *sh), 0.0) for sh in shapes], width, label=p)
+        axes[1][0].bar(xs, [100 * by[(p, *sh)]["copy_fraction"] if (p, *sh) in by else 0.0 for sh in shapes],
+                       width, label=p)
+    for ax in axes[:, 0]:
+        ax.set_xticks(range(len(shapes)), [f"{b} x {c:,}" for b, c in shapes])
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].axhline(1.0, color="k", lw=1)
+    axes[0][0].set_ylabel(f"speed vs {ref} (x, higher is faster)")
+    axes[1][0].set_ylabel("% of copy bandwidth (stored bytes)")
+    axes[1][0].set_xlabel("batch x context (tokens)")
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"Decode attention, Llama-3-8B geometry, {res['device']} (Triton {res['triton']}), one process")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot(res: dict, path: str) -> None:
+    rows = [r for r in res["rows"] if r["kind"] != "store"]
+    contexts = defaultdict(set)
+    for r in rows:
+        contexts[r["batch"]].add(r["context"])
+    if all(len(c) == 1 for c in contexts.values()):
+        return plot_shapes(res, path)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     batches = sorted({r["batch"] for r in rows})
     fig, axes = plt.subplots(2, len(batches), figsize=(4.2 * len(batches), 7.5), squeeze=False)
     series = defaultdict(list)
