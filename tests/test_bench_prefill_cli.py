@@ -19,15 +19,20 @@ def test_shapes_and_store_configs_are_checked(bench_script):
     assert bench.parse_store_configs("mse:32:4,tc:16:8") == [("mse", 32, 4, ()), ("tc", 16, 8, ())]
     with pytest.raises(ValueError, match=r"'bf16:32:8' is not KIND:BLOCK:WARPS\[:OPTIONS\] with KIND in tc, fma, mse"):
         bench.parse_store_configs("bf16:32:8")
-    # store_mse.py's options: '+'-joined variants and pN (programs an SM)
-    assert bench.parse_store_configs("mse:64:4:prefetch+lean+p3,mse:128:8:halves") == [
-        ("mse", 64, 4, ("prefetch", "lean", "p3")), ("mse", 128, 8, ("halves",))]
-    assert bench.store_options(("prefetch", "lean", "p3")) == {"variant": ("prefetch", "lean"), "programs_per_sm": 3}
-    assert bench.store_options(()) == {"variant": (), "programs_per_sm": None}
-    with pytest.raises(ValueError, match="option 'fast' is not one of prefetch, lean, halves, search or pN"):
+    # store_mse.py's options: '+'-joined variants, pN (programs an SM) and rN (register cap)
+    assert bench.parse_store_configs("mse:64:4:prefetch+lean+p3,mse:128:8:halves+r128") == [
+        ("mse", 64, 4, ("prefetch", "lean", "p3")), ("mse", 128, 8, ("halves", "r128"))]
+    assert bench.store_options(("prefetch", "lean", "p3")) == {"variant": ("prefetch", "lean"), "programs_per_sm": 3,
+                                                               "maxnreg": None}
+    assert bench.store_options(("search", "r128")) == {"variant": ("search",), "programs_per_sm": None,
+                                                       "maxnreg": 128}
+    assert bench.store_options(()) == {"variant": (), "programs_per_sm": None, "maxnreg": None}
+    with pytest.raises(ValueError, match="option 'fast' is not one of prefetch, lean, halves, search, pN"):
         bench.parse_store_configs("mse:64:4:prefetch+fast")
     with pytest.raises(ValueError, match="option 'p0' is not one of"):
         bench.parse_store_configs("mse:64:4:p0")
+    with pytest.raises(ValueError, match="option 'r' is not one of"):
+        bench.parse_store_configs("mse:64:4:r")
     with pytest.raises(ValueError, match="'tc:32:8:lean': OPTIONS apply to KIND mse only"):
         bench.parse_store_configs("tc:32:8:lean")
     assert bench.parse_rotate_configs("32:4:2,16:4:3") == [(32, 4, 2), (16, 4, 3)]

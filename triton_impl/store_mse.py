@@ -367,11 +367,12 @@ def _perm(variant: tuple[str, ...], d: int, bits: int, br: int, warps: int) -> i
 def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
               params: KernelParams, debug_rotated: torch.Tensor | None = None, *, block_rows: int | None = None,
               num_warps: int | None = None, variant: tuple[str, ...] | None = None,
-              programs_per_sm: int | None = None) -> None:
+              programs_per_sm: int | None = None, maxnreg: int | None = None) -> None:
     """store_kv for the formats store_mse_applies() covers; arguments checked by store_kv.
     block_rows (rows of (token, head) per tile, a power of two >= 16), num_warps and programs_per_sm
     (the persistent grid) override the defaults; variant: names from VARIANTS (None: DEFAULT_VARIANT,
-    (): none; every choice stores the same bytes)."""
+    (): none); maxnreg: a register cap per thread (None: the compiler's choice; e.g. 128 lets two
+    programs of 8 warps share an SM, at some spilling). Every choice stores the same bytes."""
     variant = DEFAULT_VARIANT if variant is None else tuple(variant)
     for v in variant:
         tqf.check_choice("variant", v, VARIANTS)
@@ -388,6 +389,8 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
     pps = PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
     if not isinstance(pps, int) or pps < 1:
         raise ValueError(f"programs_per_sm must be a positive integer, got {pps!r}")
+    if maxnreg is not None and (type(maxnreg) is not int or not 24 <= maxnreg <= 255):
+        raise ValueError(f"maxnreg must be None or an integer 24 to 255, got {maxnreg!r}")
     warps = num_warps or STORE_MSE_WARPS
     tiles = triton.cdiv(rows, br)
     grid = (max(1, min(tiles, sm_count(key.device) * pps)),)
@@ -405,5 +408,5 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
             PREFETCH="prefetch" in variant, FOLD_FIN=bool({"lean", "halves"} & set(variant)),
             SEARCH="search" in variant,
             PERM=_perm(variant, d, m[f"{pfx}_BITS"], br, warps),
-            num_warps=warps,
+            num_warps=warps, **({"maxnreg": maxnreg} if maxnreg else {}),
         )

@@ -364,8 +364,8 @@ def plot(paths, png: str) -> None:
 def parse_store_configs(text: str) -> list[tuple[str, int, int, tuple[str, ...]]]:
     """"tc:32:4,fma:16:4,mse:64:4,mse:64:4:prefetch+lean+p3" -> [("tc", 32, 4, ()), ..., ("mse", 64, 4,
     ("prefetch", "lean", "p3"))]: rotation:block_tokens:num_warps of the generic kernel, or
-    mse:block_rows:num_warps[:OPTIONS] of store_mse.py, OPTIONS '+'-joined names of its VARIANTS or
-    pN (N programs an SM in its persistent grid)."""
+    mse:block_rows:num_warps[:OPTIONS] of store_mse.py, OPTIONS '+'-joined names of its VARIANTS,
+    pN (N programs an SM in its persistent grid) or rN (a register cap of N per thread)."""
     from turboquant.triton_impl.store_mse import VARIANTS
 
     out = []
@@ -378,18 +378,21 @@ def parse_store_configs(text: str) -> list[tuple[str, int, int, tuple[str, ...]]
         if opts and bits[0] != "mse":
             raise ValueError(f"store configs: {part!r}: OPTIONS apply to KIND mse only")
         for o in opts:
-            if o not in VARIANTS and not (o[:1] == "p" and o[1:].isdigit() and int(o[1:]) > 0):
-                raise ValueError(f"store configs: {part!r}: option {o!r} is not one of {', '.join(VARIANTS)} "
-                                 "or pN (programs an SM, N > 0)")
+            if o not in VARIANTS and not (o[:1] in "pr" and o[1:].isdigit() and int(o[1:]) > 0):
+                raise ValueError(f"store configs: {part!r}: option {o!r} is not one of {', '.join(VARIANTS)}, "
+                                 "pN (programs an SM, N > 0) or rN (register cap, 24 <= N <= 255)")
         out.append((bits[0], int(bits[1]), int(bits[2]), opts))
     return out
 
 
 def store_options(opts: tuple[str, ...]) -> dict:
-    """parse_store_configs' OPTIONS as store_kv keywords (variant=..., programs_per_sm=...)."""
-    pps = [int(o[1:]) for o in opts if o[:1] == "p" and o[1:].isdigit()]
-    return {"variant": tuple(o for o in opts if not (o[:1] == "p" and o[1:].isdigit())),
-            "programs_per_sm": pps[-1] if pps else None}
+    """parse_store_configs' OPTIONS as store_kv keywords (variant=..., programs_per_sm=..., maxnreg=...)."""
+    def numbered(c):
+        return [int(o[1:]) for o in opts if o[:1] == c and o[1:].isdigit()]
+
+    pps, nreg = numbered("p"), numbered("r")
+    return {"variant": tuple(o for o in opts if not (o[:1] in "pr" and o[1:].isdigit())),
+            "programs_per_sm": pps[-1] if pps else None, "maxnreg": nreg[-1] if nreg else None}
 
 
 def parse_rotate_configs(text: str) -> list[tuple[int, int, int]]:

@@ -170,6 +170,25 @@ def test_store_mse_variants_store_the_default_bytes(variant, preset, d, dtype):
     _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
 
 
+@pytest.mark.parametrize("preset", ["tq3", "k4v3"])
+def test_store_mse_register_cap_stores_the_default_bytes(preset):
+    """maxnreg (a register cap; on the GPU 128 at 128 rows x 8 warps spills to the stack so that two
+    programs share an SM) changes where values live, not the arithmetic: the default's bytes."""
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), 128)
+    p = KernelParams.build(fmt, DEV)
+    n, h, nb, bs = 37, 5, 4, 16
+    k, v = _inputs(n, h, 128, torch.bfloat16)
+    k, v = k.to(DEV), v.to(DEV)
+    slots = _slots(n, nb, bs).to(DEV)
+    out = []
+    for kw in ({}, {"block_rows": 128, "num_warps": 8, "maxnreg": 128}):
+        cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
+        store_mse(k, v, cache, slots, p, **kw)
+        out.append(cache.cpu())
+    assert torch.equal(out[0], out[1])
+    _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
+
+
 def test_store_mse_variant_errors_name_the_parameter():
     fmt = tqf.LayerFormat(tqf.get_preset("tq3"), 128)
     p = KernelParams.build(fmt, DEV)
@@ -179,6 +198,11 @@ def test_store_mse_variant_errors_name_the_parameter():
         store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", variant=("fast",))
     with pytest.raises(ValueError, match="programs_per_sm must be a positive integer, got 0"):
         store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", programs_per_sm=0)
+    for bad in (0, 16, 256, 128.0, True):
+        with pytest.raises(ValueError, match=rf"maxnreg must be None or an integer 24 to 255, got {bad!r}"):
+            store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", maxnreg=bad)
+    with pytest.raises(ValueError, match=r"maxnreg=128 apply to store_mse.py only"):
+        store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="generic", maxnreg=128)
     with pytest.raises(ValueError, match="apply to store_mse.py only"):
         store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="generic", variant=("lean",))
     assert not cache.any()  # nothing written by a refused call
