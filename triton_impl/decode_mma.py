@@ -42,7 +42,11 @@ e * COPIES .. e * COPIES + COPIES - 1 and lane l reads copy l % COPIES, so lanes
 Where keys and values share one codebook (tq3, tq4: SHARED_TABLE) one table of 2 TABLE_WORDS words
 serves both, with twice the copies: at 3 bits 32, every lane its own bank, no conflict whatever the
 codes (with 16 copies two lanes share a copy and collide when their entries differ in parity: the
-profile showed every lookup at exactly two wavefronts).
+profile showed every lookup at exactly two wavefronts).  4-bit keys with a table of their own (k4v3)
+have 4 copies of 256 entries: 8 lanes share a copy and collide whenever their entries differ in the
+low 3 bits.  KEY_SINGLE (AttnConfig.mma_key_table = "single") gives them a single-code table instead,
+16 entries x 32 copies (word 32 e + lane = c[e] in both halves): two conflict-free lookups a pair,
+joined into the same word (low half of one, high half of the other), so the same bits.
 
 Numerics: as the split kernel's fp16 path.  q' is scaled by 1/max|q'| per head; scores are
 fp32 = qsc * ||k|| * <q'16, c16>; softmax in fp32 (base 2); P^T is multiplied by ||v|| / s, s the
@@ -81,6 +85,7 @@ RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up 
 # the kernel's one shared allocation (tables + ring) must be a power of two (a Triton layout rule:
 # another size aborts the compiler): the ring sizes that allow it, up to 64 KB in all
 MMA_RING_BYTES = tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
+KEY_TABLES = ("pair", "single")  # the key table's kind (AttnConfig.mma_key_table)
 STEP_TILES = (0, 1, 2)  # tiles per online-softmax step (AttnConfig.mma_step_tiles; 0: 2 where the ring allows)
 # register cap per thread (AttnConfig.mma_maxnreg's default): 128 fits without spills with the shared
 # pair table and lets 16 one-warp programs share an SM (0: the compiler's choice, ~155)
@@ -118,6 +123,21 @@ def _lookup(addr):
     return gl.inline_asm_elementwise(
         "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b32 $0, [a]; }",
         "=r,r", [addr], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _opaque(x):
+    """x (uint32), through a register move the compiler cannot see into: a lane's table-copy offset stays
+    one register, so (code field & mask) | offset is one LOP3 (otherwise the compiler re-applies the
+    offset's own mask in every address: a second LOP3 a lookup)."""
+    return gl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=gl.uint32, is_pure=True, pack=1)
+
+
+@triton.constexpr_function
+def _single_code_table(kb, copies):
+    """Whether the key table is the single-code table (AttnConfig.mma_key_table = "single"): 4-bit keys
+    with 32 copies, which a 256-entry pair table cannot have in TABLE_WORDS words."""
+    return kb == 4 and copies == 32
 
 
 @triton.constexpr_function
@@ -228,7 +248,7 @@ def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.c
     # lane (g, r) = 4 (t % 8) + r reads copy lane % COPIES of the table (bank-conflict spreading)
     t = gl.arange(0, TILE, layout=gl.SliceLayout(1, gl.SliceLayout(2, KW3)))
     r = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, KW3)))
-    copy4 = ((((4 * (t % 8))[:, None] + r[None, :]) % COPIES) * 4).to(gl.uint32)[:, :, None]
+    copy4 = _opaque(((((4 * (t % 8))[:, None] + r[None, :]) % COPIES) * 4).to(gl.uint32))[:, :, None]
     ip = gl.arange(0, NP, layout=gl.SliceLayout(0, gl.SliceLayout(0, KW3)))
     bit = ip * PB
     wi = gl.expand_dims(gl.expand_dims(bit // 32, 0), 0)
@@ -240,8 +260,19 @@ def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.c
     lo = _sel_word(x0, x1, x2, x3, wi)
     hi = _sel_word(x0, x1, x2, x3, wi + 1)
     v = lo | (hi << 32)
-    idx = ((v >> sh) & ((1 << PB) - 1)).to(gl.uint32)
-    pair = _lookup((idx * (COPIES * 4)) | copy4)  # [16, 4, NP] int32, key table at byte 0
+    if _single_code_table(KB, COPIES):
+        # 16 entries x 32 copies, each word c[e] in both halves: the pair word is the low half of
+        # code a's word and the high half of code b's (the same word as pair[a | b << 4])
+        # byte address 128 idx + copy4: code a (bits sh..sh+3) and code b (sh+4..sh+7) shifted to bit 7
+        # (per-register constant shifts, so one funnel shift and one LOP3 an address)
+        sa = (v >> gl.maximum(sh, 7) - 7) << 7 - gl.minimum(sh, 7)
+        sb = (v >> gl.maximum(sh, 3) - 3) << 3 - gl.minimum(sh, 3)
+        wa = _lookup((sa.to(gl.uint32) & 0x780) | copy4)
+        wb = _lookup((sb.to(gl.uint32) & 0x780) | copy4)
+        pair = (wa & 0xFFFF) | (wb & -65536)
+    else:
+        idx = ((v >> sh) & ((1 << PB) - 1)).to(gl.uint32)
+        pair = _lookup((idx * (COPIES * 4)) | copy4)  # [16, 4, NP] int32, key table at byte 0
     x = _expand_pairs(pair)  # [16 t, 4 r, NP (kt, hf), 2 e]
     x = gl.reshape(x, [TILE, 4, D // 16, 2, 2])  # t, r, kt, hf, e
     x = gl.permute(x, [0, 2, 3, 1, 4])  # t, kt, hf, r, e
@@ -427,7 +458,7 @@ def _decode_mma_kernel(
     KB: gl.constexpr, K_NORM: gl.constexpr, K_CODES: gl.constexpr,
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
     SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, SHARED_TABLE: gl.constexpr,
-    STEP_TILES: gl.constexpr,
+    STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -481,6 +512,15 @@ def _decode_mma_kernel(
         V_TABLE: gl.constexpr = 0  # byte address of the value table
         e2 = gl.arange(0, 2 * TABLE_WORDS, layout=FL)
         smem.slice(0, 2 * TABLE_WORDS).store(gl.load(kpair_ptr + e2 // K_COPIES))
+    elif KEY_SINGLE:
+        # 4-bit keys, single-code table: word 32 e + lane = c[e] | c[e] << 16 = pair[e | e << 4]
+        # (words 512..1023 repeat it, unread)
+        K_COPIES: gl.constexpr = 32
+        V_COPIES: gl.constexpr = TABLE_WORDS // (1 << (2 * VB))
+        V_TABLE: gl.constexpr = TABLE_WORDS * 4
+        e = gl.arange(0, TABLE_WORDS, layout=FL)
+        smem.slice(0, TABLE_WORDS).store(gl.load(kpair_ptr + 17 * ((e // 32) % 16)))
+        smem.slice(TABLE_WORDS, TABLE_WORDS).store(gl.load(vpair_ptr + e // V_COPIES))
     else:
         K_COPIES: gl.constexpr = TABLE_WORDS // (1 << (2 * KB))
         V_COPIES: gl.constexpr = TABLE_WORDS // (1 << (2 * VB))
@@ -570,7 +610,7 @@ def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, devic
 def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
-                         shared_table: bool = True, step_tiles: int = 0) -> torch.Tensor:
+                         shared_table: bool = True, step_tiles: int = 0, key_table: str = "pair") -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
     thread (AttnConfig.mma_maxnreg; 0: the compiler's choice).  ``ring_bytes``: the
@@ -578,7 +618,10 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     one pair table for keys and values where their codebooks coincide (AttnConfig.mma_shared_table;
     False: a table each, half the copies).  ``step_tiles``: tiles of 16 tokens per online-softmax step
     (AttnConfig.mma_step_tiles: 1, or 2 where the ring holds an even number >= 4 of the preset's
-    tiles; 0: 2 where it does, else 1).  No host synchronisation."""
+    tiles; 0: 2 where it does, else 1).  ``key_table``: "pair" (a pair table of the key codebook) or
+    "single" (4-bit keys without a table shared with the values: 16 entries x 32 copies, two
+    conflict-free lookups a pair instead of one conflicting one; AttnConfig.mma_key_table).  No host
+    synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -600,6 +643,12 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          f"{[t for t in STEP_TILES if t != 2 or pairs_fit]}")
     if step_tiles == 0:
         step_tiles = 2 if pairs_fit else 1
+    table_shared = bool(shared_table and m["KV_PAIR_SAME"])
+    if key_table not in KEY_TABLES or (key_table == "single" and (m["K0_BITS"] != 4 or table_shared)):
+        raise ValueError(f"mma_key_table={key_table!r} is not supported for {params.fmt.preset.name} with "
+                         f"mma_shared_table={shared_table}; allowed values: "
+                         f"{[t for t in KEY_TABLES if t == 'pair' or (m['K0_BITS'] == 4 and not table_shared)]} "
+                         "('single' needs 4-bit keys and no table shared with the values)")
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,
@@ -607,8 +656,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         G=num_q_heads // hkv, DQ=query_layout(params)["DQ"], DACC=dacc, D=m["D"],
         KB=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
-        SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=bool(shared_table and m["KV_PAIR_SAME"]),
-        STEP_TILES=step_tiles,
+        SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=table_shared,
+        STEP_TILES=step_tiles, KEY_SINGLE=key_table == "single",
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     # _lookup addresses the tables from the start of the kernel's shared memory: they must be its only

@@ -11,6 +11,7 @@ import torch
 import triton
 
 from .attn_core import _merge_kernel, _split_kernel, acc_width
+from .decode_mma import KEY_TABLES as MMA_KEY_TABLES
 from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES
 from .decode_mma import STEP_TILES as MMA_STEP_TILES
 from .device import sm_count
@@ -69,6 +70,11 @@ class AttnConfig:
     # The H200 measured 2 5-6 % faster for tq3 at 8-32 x 32k and 1 x 128k, k4v3 -2 % to +1 %, tq4 at
     # 24 KB slower than 1 at 8 KB (results/2026-12-04-h200-s11/call1-p2-search)
     mma_step_tiles: int = 0
+    # the mma decode kernel's key table: "pair" (two codes -> one fp16 pair word: one lookup a pair) or
+    # "single" (4-bit keys with their own table, k4v3 / tq4 with mma_shared_table=False: 16 entries x 32
+    # copies, two conflict-free lookups a pair instead of one that 8 lanes share a copy for; the same
+    # words, so the same bits). Prepared in the eleventh session, not timed: "pair" until the H200 says
+    mma_key_table: str = "pair"
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -99,6 +105,9 @@ class AttnConfig:
         if type(self.mma_step_tiles) is not int or self.mma_step_tiles not in MMA_STEP_TILES:
             raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
                              f"{list(MMA_STEP_TILES)}")
+        if self.mma_key_table not in MMA_KEY_TABLES:
+            raise ValueError(f"mma_key_table={self.mma_key_table!r} is not supported; allowed values: "
+                             f"{list(MMA_KEY_TABLES)}")
         if isinstance(self.bi_parallel_bytes, bool) or not isinstance(self.bi_parallel_bytes, int) \
                 or self.bi_parallel_bytes < 0:
             raise ValueError(f"bi_parallel_bytes={self.bi_parallel_bytes!r} is not supported; allowed values: "

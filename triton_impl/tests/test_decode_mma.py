@@ -5,6 +5,7 @@ tested (which launches it serves, the pair tables, argument errors)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -207,6 +208,28 @@ def test_two_tiles_a_step_need_an_even_ring_of_four_tiles():
                              sm_scale=0.1, num_splits=1, step_tiles=2)
 
 
+@pytest.mark.parametrize("bad", ["pairs", "", None, 1])
+def test_mma_key_table_must_be_pair_or_single(bad):
+    with pytest.raises(ValueError, match=rf"mma_key_table={bad!r} is not supported; allowed values: "
+                                         r"\['pair', 'single'\]"):
+        AttnConfig(mma_key_table=bad)
+
+
+@pytest.mark.parametrize("preset,shared,allowed", [("tq3", True, "['pair']"), ("tq4", True, "['pair']"),
+                                                   ("tq3", False, "['pair']")])
+def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, allowed):
+    """mma_key_table='single': 4-bit keys whose table is not shared with the values (k4v3; tq4 with
+    mma_shared_table=False); refused with the allowed values otherwise, before any launch."""
+    from turboquant.triton_impl.decode_mma import decode_attention_mma
+    from turboquant.triton_impl.query import rotate_query
+
+    (q, cache, bt, sl, p), _ = _decode_case(preset, (20, 5))
+    with pytest.raises(ValueError, match=rf"mma_key_table='single' is not supported for {preset} with "
+                                         rf"mma_shared_table={shared}; allowed values: {re.escape(allowed)}"):
+        decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=q.shape[1],
+                             sm_scale=0.1, num_splits=1, shared_table=shared, key_table="single")
+
+
 @pytest.mark.parametrize("bad", [0, 1, "yes", None])
 def test_mma_shared_table_must_be_a_bool(bad):
     with pytest.raises(ValueError, match=rf"mma_shared_table={bad!r} is not supported; allowed values: True, False"):
@@ -282,6 +305,24 @@ def test_default_step_tiles_are_two_where_the_ring_holds_pairs(preset, step_tile
     cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=step_tiles)
     assert default_config(DEV).mma_step_tiles == 0
     np.testing.assert_array_equal(decode_attention(*args, config=cfg).float().cpu().numpy(), _run(args, "mma"))
+
+
+@GPU
+@pytest.mark.parametrize("preset,shared_table", [("k4v3", True), ("tq4", False)])
+@pytest.mark.parametrize("step_tiles", [1, 2])
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_single_code_key_table_gives_the_pair_tables_bits(preset, shared_table, step_tiles, shape):
+    """mma_key_table='single' (16 entries x 32 copies, two lookups a pair joined into one word): the
+    same fp16 words reach the same operand registers as with the pair table, so the same bits."""
+    seq_lens, h, g, bs = SHAPES[shape]
+    args, want = _decode_case(preset, seq_lens, h=h, g=g, bs=bs, seed=shape)
+    ring = 24576 if preset == "tq4" and step_tiles == 2 else 8192
+    base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_shared_table=shared_table,
+                               mma_step_tiles=step_tiles, mma_ring_bytes=ring)
+    pair = decode_attention(*args, config=base).float().cpu().numpy()
+    single = decode_attention(*args, config=dataclasses.replace(base, mma_key_table="single")).float().cpu().numpy()
+    np.testing.assert_array_equal(single, pair)
+    assert rel_err(single, want) <= tqf.ATTN_RTOL_HALF
 
 
 @GPU
