@@ -211,7 +211,8 @@ def report_markdown(envs: list[dict], rows: list[dict], paths: str) -> str:
 
 
 def plot(envs: list[dict], rows: list[dict], out: str) -> str:
-    """Output tok/s per workload and KV capacity, per config (the last measured row of each)."""
+    """Output tok/s per workload, KV capacity, time to first token and time per output token, per
+    config (the last measured row of each)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,8 +226,10 @@ def plot(envs: list[dict], rows: list[dict], out: str) -> str:
             tp[(f"{r['workload']}: {r['requests']}x({r['prompt_len']}+{r['output_len']})", r["config"])] = r
     cap = {r["config"]: r for r in rows if r["measurement"] == "engine" and measured(r)}
     ttft = {(r["prompt_len"], r["config"]): r for r in rows if r["measurement"] == "ttft" and measured(r)}
+    tpot = {(f"{r['batch']} x {r['context']:,}", r["config"]): r for r in rows
+            if r["measurement"] == "tpot" and measured(r)}
     workloads = sorted({w for w, _ in tp}, key=lambda w: (WORKLOAD_ORDER.get(w[0], 9), w))
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [2, 1, 1.2]})
+    fig, (a1, a2, a3, a4) = plt.subplots(1, 4, figsize=(19, 4.8), gridspec_kw={"width_ratios": [2, 1, 1.2, 1]})
 
     def grouped(ax, groups, table, value):
         """Bars per group, one per config that has a row there (skipped configs leave no empty bar)."""
@@ -254,6 +257,14 @@ def plot(envs: list[dict], rows: list[dict], out: str) -> str:
     a3.set_xticklabels([f"{n:,} tokens" for n in lens], fontsize=8)
     a3.set_ylabel("seconds")
     a3.set_title("time to first token, one prompt (lower is better)")
+    shapes = sorted({g for g, _ in tpot})
+    if grouped(a4, shapes, tpot, lambda r: 1e3 * r["seconds_per_token"]):
+        a4.legend(fontsize=7)
+        for bars in a4.containers:  # values on the bars: vLLM's TurboQuant is ~10x the others
+            a4.bar_label(bars, fmt="%.1f", fontsize=7)
+    a4.set_xticklabels([f"batch x context {g}" for g in shapes], fontsize=8)
+    a4.set_ylabel("ms per output token")
+    a4.set_title("time per output token (lower is better)")
     runs: dict[str, list[str]] = {}  # one entry per (vLLM, card), naming its runs: the title stays one line
     for e in envs:
         runs.setdefault(f"vLLM {e.get('vllm', '?')} on {e.get('device', '?')}", []).append(str(e.get("run_id")))
