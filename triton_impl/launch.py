@@ -75,6 +75,10 @@ class AttnConfig:
     # copies, two conflict-free lookups a pair instead of one that 8 lanes share a copy for; the same
     # words, so the same bits). Prepared in the eleventh session, not timed: "pair" until the H200 says
     mma_key_table: str = "pair"
+    # the mma decode kernel's ring slots padded (decode_mma.RING_PAD: tq3 26 -> 28 words, tq4 34 -> 36) so
+    # that the lanes' ring reads spread over the banks, the tiles copied in 8-byte pieces; the same words
+    # read, so the same bits. Prepared in the eleventh session, not timed
+    mma_ring_pad: bool = False
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -105,6 +109,8 @@ class AttnConfig:
         if type(self.mma_step_tiles) is not int or self.mma_step_tiles not in MMA_STEP_TILES:
             raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
                              f"{list(MMA_STEP_TILES)}")
+        if not isinstance(self.mma_ring_pad, bool):
+            raise ValueError(f"mma_ring_pad={self.mma_ring_pad!r} is not supported; allowed values: True, False")
         if self.mma_key_table not in MMA_KEY_TABLES:
             raise ValueError(f"mma_key_table={self.mma_key_table!r} is not supported; allowed values: "
                              f"{list(MMA_KEY_TABLES)}")

@@ -231,6 +231,22 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, all
 
 
 @pytest.mark.parametrize("bad", [0, 1, "yes", None])
+def test_mma_ring_pad_must_be_a_bool(bad):
+    with pytest.raises(ValueError, match=rf"mma_ring_pad={bad!r} is not supported; allowed values: True, False"):
+        AttnConfig(mma_ring_pad=bad)
+
+
+def test_ring_pad_keeps_even_strides_and_the_stage_size():
+    """RING_PAD: even strides (8-byte copies), and a padded tile still fits the unpadded stage."""
+    from turboquant.triton_impl.decode_mma import RING_PAD, TILE_TOKENS
+    from turboquant.triton_impl.params import next_pow2
+
+    for sw, rsw in RING_PAD.items():
+        assert rsw > sw and rsw % 2 == 0
+        assert next_pow2(TILE_TOKENS * rsw) == next_pow2(TILE_TOKENS * sw)
+
+
+@pytest.mark.parametrize("bad", [0, 1, "yes", None])
 def test_mma_shared_table_must_be_a_bool(bad):
     with pytest.raises(ValueError, match=rf"mma_shared_table={bad!r} is not supported; allowed values: True, False"):
         AttnConfig(mma_shared_table=bad)
@@ -323,6 +339,24 @@ def test_single_code_key_table_gives_the_pair_tables_bits(preset, shared_table, 
     single = decode_attention(*args, config=dataclasses.replace(base, mma_key_table="single")).float().cpu().numpy()
     np.testing.assert_array_equal(single, pair)
     assert rel_err(single, want) <= tqf.ATTN_RTOL_HALF
+
+
+@GPU
+@pytest.mark.parametrize("preset,ring_bytes", [("tq3", 8192), ("tq4", 8192), ("tq4", 24576), ("k4v3", 8192)])
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_padded_ring_slots_give_the_same_bits(preset, ring_bytes, shape):
+    """mma_ring_pad: the same words, copied into padded slots and read from there: the same bits (one
+    and two tiles a step; short splits, where the last tile's missing slots are zero-filled)."""
+    seq_lens, h, g, bs = SHAPES[shape]
+    args, _ = _decode_case(preset, seq_lens, h=h, g=g, bs=bs, seed=shape)
+    base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_ring_bytes=ring_bytes)
+    for step in (1, 0):
+        cfg = dataclasses.replace(base, mma_step_tiles=step)
+        padded = dataclasses.replace(cfg, mma_ring_pad=True)
+        for splits in (None, 7):
+            want = decode_attention(*args, num_splits=splits, config=cfg).float().cpu().numpy()
+            got = decode_attention(*args, num_splits=splits, config=padded).float().cpu().numpy()
+            np.testing.assert_array_equal(got, want)
 
 
 @GPU
