@@ -7,6 +7,13 @@ the resource numbers (registers, spills, shared memory) worth reading before any
 bundled ptxas; no CUDA driver.  Do NOT set TRITON_INTERPRET.
 
     python -m benchmarks.micro.compile_check [--presets tq3,tq4] [--arch 90]
+    python -m benchmarks.micro.compile_check --presets k4v3 --kernels _decode_mma_kernel --mma k1,w1
+    python -m benchmarks.micro.compile_check --presets tq3 --kernels _store_mse_kernel \
+        --store mse:128:8:prefetch+lean+search+r128
+
+``--mma``: also the mma decode kernel with these AttnConfig variants (bench_decode's ``mma@`` specs
+without the prefix); ``--store``: also store_mse with these configs (bench_prefill's --store-configs).
+Each row names its variant (PRESET alone: the launches of the public API's defaults).
 """
 
 from __future__ import annotations
@@ -27,12 +34,13 @@ from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
 from triton.runtime.jit import JITFunction
 
 CALLS = []
+LABEL = ["-"]  # the variant the recorded launches belong to: PRESET (its defaults) or PRESET:SPEC
 _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8",
           torch.int32: "i32", torch.int64: "i64", torch.int16: "i16"}
 
 
 def _record(self, *args, grid, warmup, **kwargs):
-    CALLS.append((self, args, kwargs))
+    CALLS.append((self, args, kwargs, LABEL[0]))
 
 
 def _sig(fn: JITFunction, args, kwargs):
@@ -81,11 +89,11 @@ def compile_calls(arch: int, only: tuple[str, ...] = ()):
     target = GPUTarget("cuda", arch, 32)
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     seen, rows = set(), []
-    for fn, args, kwargs in CALLS:
+    for fn, args, kwargs, label in CALLS:
         if only and fn.__name__ not in only:
             continue
         sig, const, opts, attrs = _sig(fn, args, kwargs)
-        key = (fn.__name__, tuple(sorted(sig.items())), tuple(sorted((k, str(v)) for k, v in const.items())),
+        key = (fn.__name__, label, tuple(sorted(sig.items())), tuple(sorted((k, str(v)) for k, v in const.items())),
                tuple(sorted(opts.items())))
         if key in seen:
             continue
@@ -108,7 +116,7 @@ def compile_calls(arch: int, only: tuple[str, ...] = ()):
         spill = re.findall(r"LOCAL:(\d+)", info)
         rows.append((fn.__name__, const.get("BT", const.get("BR", "")), opts, int(regs[1]) if regs else -1,
                      sum(int(x) for x in spill), int(stack[1]) if stack else -1, k.metadata.shared,
-                     len(re.findall(r"/\*[0-9a-f]{4,}\*/", sass)), _loop_length(sass), dt))
+                     len(re.findall(r"/\*[0-9a-f]{4,}\*/", sass)), _loop_length(sass), dt, label))
     return rows
 
 
@@ -119,6 +127,11 @@ def main(argv=None):
     ap.add_argument("--configs", action="store_true", help="also the benchmark sweep configs (tq3)")
     ap.add_argument("--head-size", type=int, default=128)
     ap.add_argument("--kernels", default="", help="compile only these kernels (comma-separated names)")
+    ap.add_argument("--mma", default="", metavar="SPECS",
+                    help="also the mma decode kernel with these variants: bench_decode's mma@ specs without the "
+                         "prefix, comma-separated (e.g. k1,w1,p1)")
+    ap.add_argument("--store", default="", metavar="CONFIGS",
+                    help="also store_mse with these configs (bench_prefill's --store-configs, mse ones)")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET")
@@ -134,11 +147,16 @@ def main(argv=None):
     from turboquant.triton_impl.decode_mma import NO_CUDA, decode_attention_mma, mma_decode_unsupported
     from turboquant.triton_impl.query import rotate_query
 
+    from .bench_decode import kernel_config
+    from .bench_prefill import parse_store_configs, store_options
+
 
     JITFunction.run = _record
     presets = [p for p in args.presets.split(",") if p] or list(tqf.PRESETS)
+    store_configs = [c for c in parse_store_configs(args.store) if c[0] == "mse"] if args.store else []
     for name in presets:
         d = args.head_size
+        LABEL[0] = name
         fmt = tqf.LayerFormat(tqf.get_preset(name), d)
         p = KernelParams.build(fmt, "cpu")
         cache = torch.zeros(fmt.cache_shape(64, 16, 8), dtype=torch.uint8)
@@ -152,11 +170,29 @@ def main(argv=None):
             # the Gluon decode kernel, launched as decode_attention does on a GPU with mma.sync
             decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=32,
                                  sm_scale=d ** -0.5, num_splits=4)
+            for spec in [x for x in args.mma.split(",") if x]:
+                cfg = kernel_config(f"mma@{spec}", AttnConfig())
+                LABEL[0] = f"{name}:{spec}"
+                try:
+                    decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=32,
+                                         sm_scale=d ** -0.5, num_splits=4, maxnreg=cfg.mma_maxnreg,
+                                         ring_bytes=cfg.mma_ring_bytes, shared_table=cfg.mma_shared_table,
+                                         step_tiles=cfg.mma_step_tiles, key_table=cfg.mma_key_table,
+                                         ring_pad=cfg.mma_ring_pad)
+                except ValueError as e:
+                    print(f"{name} mma@{spec}: not compiled: {e}")
+                LABEL[0] = name
+        for _, br, warps, opts in store_configs:
+            LABEL[0] = f"{name}:{br}:{warps}:{'+'.join(opts) or '-'}"
+            store_kv(kv, kv, cache, torch.arange(40), p, kernel="mse", block_tokens=br, num_warps=warps,
+                     **store_options(opts))
+            LABEL[0] = name
         paged_attention(q, cache, bt, sl, torch.arange(5, dtype=torch.int32), p, config=AttnConfig())
         dequantize_slots(cache, torch.arange(10), p)
     if args.configs:
         from .bench_decode import SWEEP
 
+        LABEL[0] = "tq3:sweep"
         fmt = tqf.LayerFormat(tqf.get_preset("tq3"), 128)
         p = KernelParams.build(fmt, "cpu")
         cache = torch.zeros(fmt.cache_shape(64, 16, 8), dtype=torch.uint8)
@@ -165,11 +201,11 @@ def main(argv=None):
                              torch.zeros((4, 16), dtype=torch.int32), torch.full((4,), 200, dtype=torch.int32), p,
                              config=cfg)
     rows = compile_calls(args.arch, tuple(k for k in args.kernels.split(",") if k))
-    print(f"{'kernel':<24} {'BT':>4} {'opts':<34} {'regs':>5} {'spill B':>8} {'stack':>6} {'smem':>7} {'SASS':>6} "
-          f"{'loop':>5} {'compile s':>9}")
+    print(f"{'kernel':<24} {'BT':>4} {'opts':<34} {'variant':<34} {'regs':>5} {'spill B':>8} {'stack':>6} {'smem':>7} "
+          f"{'SASS':>6} {'loop':>5} {'compile s':>9}")
     for r in rows:
-        print(f"{r[0]:<24} {str(r[1]):>4} {str(r[2]):<34} {r[3]:>5} {r[4]:>8} {r[5]:>6} {r[6]:>7} {r[7]:>6} {r[8]:>5} "
-              f"{r[9]:>9.1f}")
+        print(f"{r[0]:<24} {str(r[1]):>4} {str(r[2]).replace(' ', ''):<34} {r[10]:<34} {r[3]:>5} {r[4]:>8} {r[5]:>6} "
+              f"{r[6]:>7} {r[7]:>6} {r[8]:>5} {r[9]:>9.1f}")
     print("SASS: instructions in the kernel; loop: instructions in its longest loop (for _decode_mma_kernel one "
           "16-token tile of one KV head)")
 
