@@ -190,12 +190,6 @@ def test_one_pair_table_serves_keys_and_values_where_their_codebooks_coincide(pr
     assert torch.equal(p.k_pair[0], p.v_pair[0]) is same
 
 
-@pytest.mark.parametrize("bad", [-1, 3, True, 2.0, "2"])
-def test_mma_step_tiles_must_be_auto_one_or_two(bad):
-    with pytest.raises(ValueError, match=rf"mma_step_tiles={bad!r} is not supported; allowed values: \[0, 1, 2\]"):
-        AttnConfig(mma_step_tiles=bad)
-
-
 def test_two_tiles_a_step_need_an_even_ring_of_four_tiles():
     """tq4's 4 KB tiles: the default 8 KB ring holds two (one tile a step only); 24 KB holds six."""
     from turboquant.triton_impl.decode_mma import decode_attention_mma
@@ -206,13 +200,6 @@ def test_two_tiles_a_step_need_an_even_ring_of_four_tiles():
                                          r"tq4\); allowed values: \[0, 1\]"):
         decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=q.shape[1],
                              sm_scale=0.1, num_splits=1, step_tiles=2)
-
-
-@pytest.mark.parametrize("bad", ["pairs", "", None, 1])
-def test_mma_key_table_must_be_pair_or_single(bad):
-    with pytest.raises(ValueError, match=rf"mma_key_table={bad!r} is not supported; allowed values: "
-                                         r"\['pair', 'single'\]"):
-        AttnConfig(mma_key_table=bad)
 
 
 @pytest.mark.parametrize("preset,shared,allowed", [("tq3", True, "['pair']"), ("tq4", True, "['pair']"),
@@ -230,12 +217,6 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, all
                              sm_scale=0.1, num_splits=1, shared_table=shared, key_table="single")
 
 
-@pytest.mark.parametrize("bad", [0, 1, "yes", None])
-def test_mma_ring_pad_must_be_a_bool(bad):
-    with pytest.raises(ValueError, match=rf"mma_ring_pad={bad!r} is not supported; allowed values: True, False"):
-        AttnConfig(mma_ring_pad=bad)
-
-
 def test_ring_pad_keeps_even_strides_and_the_stage_size():
     """RING_PAD: even strides (8-byte copies), and a padded tile still fits the unpadded stage."""
     from turboquant.triton_impl.decode_mma import RING_PAD, TILE_TOKENS
@@ -246,10 +227,15 @@ def test_ring_pad_keeps_even_strides_and_the_stage_size():
         assert next_pow2(TILE_TOKENS * rsw) == next_pow2(TILE_TOKENS * sw)
 
 
-@pytest.mark.parametrize("bad", [0, 1, "yes", None])
-def test_mma_shared_table_must_be_a_bool(bad):
-    with pytest.raises(ValueError, match=rf"mma_shared_table={bad!r} is not supported; allowed values: True, False"):
-        AttnConfig(mma_shared_table=bad)
+@pytest.mark.parametrize("option,bad,allowed", [
+    *[("mma_step_tiles", bad, r"\[0, 1, 2\]") for bad in (-1, 3, True, 2.0, "2")],
+    *[("mma_key_table", bad, r"\['pair', 'single'\]") for bad in ("pairs", "", None, 1)],
+    *[(option, bad, "True, False") for option in ("mma_shared_table", "mma_ring_pad") for bad in (0, 1, "yes", None)],
+])
+def test_mma_options_are_checked(option, bad, allowed):
+    with pytest.raises(ValueError, match=rf"{option}={re.escape(repr(bad))} is not supported; allowed values: "
+                                         rf"{allowed}"):
+        AttnConfig(**{option: bad})
 
 
 # --- the kernel (GPU) ------------------------------------------------------------------------------
@@ -277,26 +263,6 @@ def test_matches_split_kernel_and_reference(preset, shape):
 
 
 @GPU
-@pytest.mark.parametrize("preset,ring_bytes", [("tq3", 24576), ("tq3", 57344), ("tq4", 24576)])
-def test_ring_depth_changes_only_the_schedule(preset, ring_bytes):
-    """A deeper or shallower cp.async ring copies the same tiles earlier or later; every tile is
-    computed in the same order with the same operations: the same bits."""
-    args, _ = _decode_case(preset, (1, 40, 700), seed=5)
-    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_ring_bytes=ring_bytes)
-    np.testing.assert_array_equal(decode_attention(*args, config=cfg).float().cpu().numpy(), _run(args, "mma"))
-
-
-@GPU
-@pytest.mark.parametrize("preset", ["tq3", "tq4", "k4v3"])
-def test_shared_pair_table_changes_only_where_the_words_live(preset):
-    """One table for keys and values (more copies of each entry) or a table each: the same fp16 words
-    reach the same operand registers, so the same bits (k4v3 has no shared table: both runs equal)."""
-    args, _ = _decode_case(preset, (1, 40, 700), seed=6)
-    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_shared_table=False)
-    np.testing.assert_array_equal(decode_attention(*args, config=cfg).float().cpu().numpy(), _run(args, "mma"))
-
-
-@GPU
 @pytest.mark.parametrize("preset,ring_bytes", [("tq3", 8192), ("k4v3", 8192), ("tq4", 24576), ("tq3", 24576)])
 @pytest.mark.parametrize("shape", range(len(SHAPES)))
 def test_two_tiles_a_step_match_the_reference(preset, ring_bytes, shape):
@@ -312,51 +278,45 @@ def test_two_tiles_a_step_match_the_reference(preset, ring_bytes, shape):
     assert rel_err(got7, got) <= tqf.ATTN_RTOL_HALF
 
 
-@GPU
-@pytest.mark.parametrize("preset,step_tiles", [("tq3", 2), ("k4v3", 2), ("tq4", 1)])
-def test_default_step_tiles_are_two_where_the_ring_holds_pairs(preset, step_tiles):
-    """mma_step_tiles=0 (the default): two tiles a step where the default 8 KB ring holds an even
-    number >= 4 of the preset's tiles (tq3, k4v3), one where it holds two (tq4)."""
-    args, _ = _decode_case(preset, (1, 40, 700), seed=8)
-    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=step_tiles)
-    assert default_config(DEV).mma_step_tiles == 0
-    np.testing.assert_array_equal(decode_attention(*args, config=cfg).float().cpu().numpy(), _run(args, "mma"))
+# Options that change where words live or when they are copied, not the arithmetic: each variant must
+# give its base's bits. (preset, base AttnConfig fields, the variant's fields on top of them)
+SAME_BITS = [
+    # ring depth: the same tiles copied earlier or later (one tile a step for tq4 on both sides: its
+    # 8 KB ring cannot hold pairs)
+    ("tq3", {}, {"mma_ring_bytes": 24576}),
+    ("tq3", {}, {"mma_ring_bytes": 57344}),
+    ("tq4", {"mma_step_tiles": 1}, {"mma_ring_bytes": 24576}),
+    # one pair table for keys and values or a table each (k4v3 has no shared table: both runs equal)
+    *[(p, {}, {"mma_shared_table": False}) for p in ("tq3", "tq4", "k4v3")],
+    # mma_step_tiles=0 (the default): two tiles a step where the 8 KB ring holds an even number >= 4
+    # of the preset's tiles (tq3, k4v3), one where it holds two (tq4)
+    ("tq3", {"mma_step_tiles": 2}, {"mma_step_tiles": 0}),
+    ("k4v3", {"mma_step_tiles": 2}, {"mma_step_tiles": 0}),
+    ("tq4", {"mma_step_tiles": 1}, {"mma_step_tiles": 0}),
+    # the single-code key table: two lookups a pair joined into the pair table's word
+    *[("k4v3", {"mma_step_tiles": st}, {"mma_key_table": "single"}) for st in (1, 2)],
+    ("tq4", {"mma_shared_table": False, "mma_step_tiles": 1}, {"mma_key_table": "single"}),
+    ("tq4", {"mma_shared_table": False, "mma_step_tiles": 2, "mma_ring_bytes": 24576}, {"mma_key_table": "single"}),
+    # padded ring slots: the same words, copied slot by slot into padded slots (the last tile's missing
+    # slots zero-filled either way); k4v3 has no padding (the same kernel)
+    *[(p, {"mma_step_tiles": st}, {"mma_ring_pad": True}) for p in ("tq3", "k4v3") for st in (1, 2)],
+    ("tq4", {"mma_step_tiles": 1}, {"mma_ring_pad": True}),
+    ("tq4", {"mma_step_tiles": 2, "mma_ring_bytes": 24576}, {"mma_ring_pad": True}),
+]
 
 
 @GPU
-@pytest.mark.parametrize("preset,shared_table", [("k4v3", True), ("tq4", False)])
-@pytest.mark.parametrize("step_tiles", [1, 2])
+@pytest.mark.parametrize("preset,base,variant", SAME_BITS, ids=lambda x: str(x))
 @pytest.mark.parametrize("shape", range(len(SHAPES)))
-def test_single_code_key_table_gives_the_pair_tables_bits(preset, shared_table, step_tiles, shape):
-    """mma_key_table='single' (16 entries x 32 copies, two lookups a pair joined into one word): the
-    same fp16 words reach the same operand registers as with the pair table, so the same bits."""
+def test_layout_and_schedule_options_give_the_same_bits(preset, base, variant, shape):
     seq_lens, h, g, bs = SHAPES[shape]
     args, want = _decode_case(preset, seq_lens, h=h, g=g, bs=bs, seed=shape)
-    ring = 24576 if preset == "tq4" and step_tiles == 2 else 8192
-    base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_shared_table=shared_table,
-                               mma_step_tiles=step_tiles, mma_ring_bytes=ring)
-    pair = decode_attention(*args, config=base).float().cpu().numpy()
-    single = decode_attention(*args, config=dataclasses.replace(base, mma_key_table="single")).float().cpu().numpy()
-    np.testing.assert_array_equal(single, pair)
-    assert rel_err(single, want) <= tqf.ATTN_RTOL_HALF
-
-
-@GPU
-@pytest.mark.parametrize("preset,ring_bytes", [("tq3", 8192), ("tq4", 8192), ("tq4", 24576), ("k4v3", 8192)])
-@pytest.mark.parametrize("shape", range(len(SHAPES)))
-def test_padded_ring_slots_give_the_same_bits(preset, ring_bytes, shape):
-    """mma_ring_pad: the same words, copied into padded slots and read from there: the same bits (one
-    and two tiles a step; short splits, where the last tile's missing slots are zero-filled)."""
-    seq_lens, h, g, bs = SHAPES[shape]
-    args, _ = _decode_case(preset, seq_lens, h=h, g=g, bs=bs, seed=shape)
-    base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_ring_bytes=ring_bytes)
-    for step in (1, 0):
-        cfg = dataclasses.replace(base, mma_step_tiles=step)
-        padded = dataclasses.replace(cfg, mma_ring_pad=True)
-        for splits in (None, 7):
-            want = decode_attention(*args, num_splits=splits, config=cfg).float().cpu().numpy()
-            got = decode_attention(*args, num_splits=splits, config=padded).float().cpu().numpy()
-            np.testing.assert_array_equal(got, want)
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", **base)
+    other = dataclasses.replace(cfg, **variant)
+    for splits in (None, 7):
+        got = decode_attention(*args, num_splits=splits, config=other).float().cpu().numpy()
+        np.testing.assert_array_equal(got, decode_attention(*args, num_splits=splits, config=cfg).float().cpu().numpy())
+    assert rel_err(got, want) <= tqf.ATTN_RTOL_HALF
 
 
 @GPU
