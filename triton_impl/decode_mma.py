@@ -269,7 +269,10 @@ def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.c
     # lane (g, r) = 4 (t % 8) + r reads copy lane % COPIES of the table (bank-conflict spreading)
     t = gl.arange(0, TILE, layout=gl.SliceLayout(1, gl.SliceLayout(2, KW3)))
     r = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, KW3)))
-    copy4 = _opaque(((((4 * (t % 8))[:, None] + r[None, :]) % COPIES) * 4).to(gl.uint32))[:, :, None]
+    copy4 = ((((4 * (t % 8))[:, None] + r[None, :]) % COPIES) * 4).to(gl.uint32)
+    if _single_code_table(KB, COPIES):
+        copy4 = _opaque(copy4)  # two lookups a pair: keep the offset one register (one LOP3 an address)
+    copy4 = copy4[:, :, None]
     ip = gl.arange(0, NP, layout=gl.SliceLayout(0, gl.SliceLayout(0, KW3)))
     bit = ip * PB
     wi = gl.expand_dims(gl.expand_dims(bit // 32, 0), 0)
