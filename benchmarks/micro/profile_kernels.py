@@ -12,6 +12,10 @@ L2 from the previous one only if the cache is larger than L2 (it is, at the defa
 Targets: ``decode:PRESET:BATCHxCONTEXT`` (``decode_attention``: query rotation, the mma or split
 kernel, the merge) and ``store:PRESET:TOKENS`` (``store_kv`` of that many tokens x 8 KV heads at
 random slots).  Prints one line per target with the kernel names it launched (for ``ncu -k``).
+
+``--trace`` runs the calls under ``torch.profiler`` instead (no ``ncu``) and prints, per target, each
+kernel's mean device time and the span of one call (first launch's start to last launch's end),
+so the fixed costs around the main kernel (query rotation, merge, gaps) are visible.
 """
 
 from __future__ import annotations
@@ -43,7 +47,45 @@ def parse_target(text: str) -> tuple[str, str, tuple[int, ...]]:
     return kind, preset, dims
 
 
-def run(kind: str, preset: str, dims: tuple[int, ...], launches: int) -> None:
+def summarize(launches: list[list[tuple[str, float, float]]]) -> tuple[list[tuple[str, int, float]], float]:
+    """Per-call kernel records [(name, start_us, duration_us), ...] -> ([(name, launches a call, mean
+    device us a call)], mean span of a call in us).  Kernels keep their order of first appearance."""
+    if not launches or any(not call for call in launches):
+        raise ValueError("summarize needs at least one call, each with at least one kernel")
+    names: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
+    spans = []
+    for call in launches:
+        per: dict[str, float] = {}
+        for name, _, dur in call:
+            per[name] = per.get(name, 0.0) + dur
+            counts[name] = counts.get(name, 0) + 1
+        for name in per:
+            names.setdefault(name, []).append(per[name])
+        spans.append(max(s + d for _, s, d in call) - min(s for _, s, _ in call))
+    n = len(launches)
+    rows = [(name, round(counts[name] / n), sum(v) / n) for name, v in names.items()]
+    return rows, sum(spans) / n
+
+
+def trace(call, launches: int) -> list[list[tuple[str, float, float]]]:
+    """Each call's CUDA kernels as (name, start_us, duration_us), from torch.profiler."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    per_call = []
+    for _ in range(launches):
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            call()
+            torch.cuda.synchronize()
+        kernels = [(e.name, float(e.time_range.start), float(e.time_range.end - e.time_range.start))
+                   for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        per_call.append(kernels)
+    return per_call
+
+
+def run(kind: str, preset: str, dims: tuple[int, ...], launches: int, traced: bool = False) -> None:
     import torch
 
     from turboquant import format as tqf
@@ -76,16 +118,26 @@ def run(kind: str, preset: str, dims: tuple[int, ...], launches: int) -> None:
             store_kv(k, v, cache, slots, params)
     call()  # compile
     torch.cuda.synchronize()
+    name = f"{kind}:{preset}:{'x'.join(map(str, dims))}"
+    if traced:
+        rows, span = summarize(trace(call, launches))
+        print(f"profile_kernels: {name}, {launches} traced calls: span of a call {span:.1f} us, "
+              f"kernel time {sum(r[2] for r in rows):.1f} us", flush=True)
+        for kname, count, us in rows:
+            print(f"  {us:9.1f} us  x{count}  {kname[:110]}", flush=True)
+        return
     for _ in range(launches):
         call()
         torch.cuda.synchronize()
-    print(f"profile_kernels: {kind}:{preset}:{'x'.join(map(str, dims))} ran {launches} + 1 times", flush=True)
+    print(f"profile_kernels: {name} ran {launches} + 1 times", flush=True)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("targets", nargs="+", help="decode:PRESET:BATCHxCONTEXT or store:PRESET:TOKENS")
     ap.add_argument("--launches", type=int, default=3, help="timed-free calls after the warm-up (>= 1)")
+    ap.add_argument("--trace", action="store_true",
+                    help="time each launch with torch.profiler and print a table (no ncu needed)")
     args = ap.parse_args(argv)
     if args.launches < 1:
         ap.error(f"--launches must be >= 1, got {args.launches}")
@@ -98,7 +150,7 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         sys.exit("profile_kernels needs a CUDA GPU (it is a profiler target)")
     for t in targets:
-        run(*t, args.launches)
+        run(*t, args.launches, args.trace)
 
 
 if __name__ == "__main__":
