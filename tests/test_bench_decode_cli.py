@@ -29,7 +29,7 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert bench.kernel_config("mma@t0", base).mma_shared_table is False
     assert bench.kernel_config("mma@t1p2", base).mma_step_tiles == 2
     assert bench.kernel_config("mma@p1", base).mma_step_tiles == 1 and base.mma_step_tiles == 0
-    assert bench.kernel_config("mma@t0k1", base).mma_key_table == "single" and base.mma_key_table == "pair"
+    assert bench.kernel_config("mma@t0k1", base).mma_key_table == "single" and base.mma_key_table == "auto"
     assert bench.kernel_config("mma@p2k0", base).mma_key_table == "pair"
     assert bench.kernel_config("mma@k1w1", base).mma_ring_pad is True and base.mma_ring_pad is False
     assert bench.kernel_config("mma@64s1024", base).max_splits == 1024

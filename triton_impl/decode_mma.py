@@ -87,7 +87,10 @@ RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up 
 # the kernel's one shared allocation (tables + ring) must be a power of two (a Triton layout rule:
 # another size aborts the compiler): the ring sizes that allow it, up to 64 KB in all
 MMA_RING_BYTES = tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
-KEY_TABLES = ("pair", "single")  # the key table's kind (AttnConfig.mma_key_table)
+# the key table's kind (AttnConfig.mma_key_table); "auto": "single" for 4-bit keys (then the values keep a
+# table of their own), else "pair" -- the H200 timed "single" 1.5-3 % faster for k4v3 and tq4 at every
+# shape (results/2026-12-04-h200-s12/call1-kernels)
+KEY_TABLES = ("auto", "pair", "single")
 # AttnConfig.mma_ring_pad: slot words -> their stride in the ring. A warp's ring reads (a key word of
 # 8 tokens x 4 segments, a value word of 8 token pairs x 8 runs) fall on 2-4 lanes a bank at the
 # slots' own stride; by the bank arithmetic of those reads, 28 words instead of tq3's 26 make its key
@@ -638,7 +641,7 @@ def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, devic
 def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
-                         shared_table: bool = True, step_tiles: int = 0, key_table: str = "pair",
+                         shared_table: bool = True, step_tiles: int = 0, key_table: str = "auto",
                          ring_pad: bool = False) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
@@ -647,9 +650,10 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     one pair table for keys and values where their codebooks coincide (AttnConfig.mma_shared_table;
     False: a table each, half the copies).  ``step_tiles``: tiles of 16 tokens per online-softmax step
     (AttnConfig.mma_step_tiles: 1, or 2 where the ring holds an even number >= 4 of the preset's
-    tiles; 0: 2 where it does, else 1).  ``key_table``: "pair" (a pair table of the key codebook) or
+    tiles; 0: 2 where it does, else 1).  ``key_table``: "pair" (a pair table of the key codebook),
     "single" (4-bit keys without a table shared with the values: 16 entries x 32 copies, two
-    conflict-free lookups a pair instead of one conflicting one; AttnConfig.mma_key_table).  ``ring_pad``:
+    conflict-free lookups a pair instead of one conflicting one) or "auto" ("single" for 4-bit keys,
+    overriding shared_table; else "pair"; AttnConfig.mma_key_table).  ``ring_pad``:
     slots RING_PAD[slot words] words apart in the ring instead of back to back, copied in 8-byte pieces
     (AttnConfig.mma_ring_pad).  No host synchronisation."""
     m = params.meta
@@ -676,11 +680,14 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          f"{[t for t in STEP_TILES if t != 2 or pairs_fit]}")
     if step_tiles == 0:
         step_tiles = 2 if pairs_fit else 1
+    if key_table == "auto":  # the single-code table for 4-bit keys, whose values then keep a table of their own
+        key_table = "single" if m["K0_BITS"] == 4 else "pair"
+        shared_table = shared_table and key_table == "pair"
     table_shared = bool(shared_table and m["KV_PAIR_SAME"])
     if key_table not in KEY_TABLES or (key_table == "single" and (m["K0_BITS"] != 4 or table_shared)):
         raise ValueError(f"mma_key_table={key_table!r} is not supported for {params.fmt.preset.name} with "
                          f"mma_shared_table={shared_table}; allowed values: "
-                         f"{[t for t in KEY_TABLES if t == 'pair' or (m['K0_BITS'] == 4 and not table_shared)]} "
+                         f"{[t for t in KEY_TABLES if t != 'single' or (m['K0_BITS'] == 4 and not table_shared)]} "
                          "('single' needs 4-bit keys and no table shared with the values)")
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,

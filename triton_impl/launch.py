@@ -70,11 +70,13 @@ class AttnConfig:
     # The H200 measured 2 5-6 % faster for tq3 at 8-32 x 32k and 1 x 128k, k4v3 -2 % to +1 %, tq4 at
     # 24 KB slower than 1 at 8 KB (results/2026-12-04-h200-s11/call1-p2-search)
     mma_step_tiles: int = 0
-    # the mma decode kernel's key table: "pair" (two codes -> one fp16 pair word: one lookup a pair) or
+    # the mma decode kernel's key table: "pair" (two codes -> one fp16 pair word: one lookup a pair),
     # "single" (4-bit keys with their own table, k4v3 / tq4 with mma_shared_table=False: 16 entries x 32
     # copies, two conflict-free lookups a pair instead of one that 8 lanes share a copy for; the same
-    # words, so the same bits). Prepared in the eleventh session, not timed: "pair" until the H200 says
-    mma_key_table: str = "pair"
+    # words, so the same bits) or "auto" (default): "single" for 4-bit keys (tq4's values then get a table
+    # of their own whatever mma_shared_table says), else "pair". The H200 timed "single" 1.5-3 % faster
+    # for k4v3 and tq4 at 32 x 32k, 8 x 32k, 1 x 128k and 64 x 1k (results/2026-12-04-h200-s12/call1-kernels)
+    mma_key_table: str = "auto"
     # the mma decode kernel's ring slots padded (decode_mma.RING_PAD: tq3 26 -> 28 words, tq4 34 -> 36) so
     # that the lanes' ring reads spread over the banks, the tiles copied in 8-byte pieces; the same words
     # read, so the same bits. Prepared in the eleventh session, not timed

@@ -202,8 +202,9 @@ def test_two_tiles_a_step_need_an_even_ring_of_four_tiles():
                              sm_scale=0.1, num_splits=1, step_tiles=2)
 
 
-@pytest.mark.parametrize("preset,shared,allowed", [("tq3", True, "['pair']"), ("tq4", True, "['pair']"),
-                                                   ("tq3", False, "['pair']")])
+@pytest.mark.parametrize("preset,shared,allowed", [("tq3", True, "['auto', 'pair']"),
+                                                   ("tq4", True, "['auto', 'pair']"),
+                                                   ("tq3", False, "['auto', 'pair']")])
 def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, allowed):
     """mma_key_table='single': 4-bit keys whose table is not shared with the values (k4v3; tq4 with
     mma_shared_table=False); refused with the allowed values otherwise, before any launch."""
@@ -229,7 +230,7 @@ def test_ring_pad_keeps_even_strides_and_the_stage_size():
 
 @pytest.mark.parametrize("option,bad,allowed", [
     *[("mma_step_tiles", bad, r"\[0, 1, 2\]") for bad in (-1, 3, True, 2.0, "2")],
-    *[("mma_key_table", bad, r"\['pair', 'single'\]") for bad in ("pairs", "", None, 1)],
+    *[("mma_key_table", bad, r"\['auto', 'pair', 'single'\]") for bad in ("pairs", "", None, 1)],
     *[(option, bad, "True, False") for option in ("mma_shared_table", "mma_ring_pad") for bad in (0, 1, "yes", None)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
@@ -287,16 +288,21 @@ SAME_BITS = [
     ("tq3", {}, {"mma_ring_bytes": 57344}),
     ("tq4", {"mma_step_tiles": 1}, {"mma_ring_bytes": 24576}),
     # one pair table for keys and values or a table each (k4v3 has no shared table: both runs equal)
-    *[(p, {}, {"mma_shared_table": False}) for p in ("tq3", "tq4", "k4v3")],
+    *[(p, {"mma_key_table": "pair"}, {"mma_shared_table": False}) for p in ("tq3", "tq4", "k4v3")],
     # mma_step_tiles=0 (the default): two tiles a step where the 8 KB ring holds an even number >= 4
     # of the preset's tiles (tq3, k4v3), one where it holds two (tq4)
     ("tq3", {"mma_step_tiles": 2}, {"mma_step_tiles": 0}),
     ("k4v3", {"mma_step_tiles": 2}, {"mma_step_tiles": 0}),
     ("tq4", {"mma_step_tiles": 1}, {"mma_step_tiles": 0}),
-    # the single-code key table: two lookups a pair joined into the pair table's word
-    *[("k4v3", {"mma_step_tiles": st}, {"mma_key_table": "single"}) for st in (1, 2)],
-    ("tq4", {"mma_shared_table": False, "mma_step_tiles": 1}, {"mma_key_table": "single"}),
-    ("tq4", {"mma_shared_table": False, "mma_step_tiles": 2, "mma_ring_bytes": 24576}, {"mma_key_table": "single"}),
+    # the single-code key table: two lookups a pair joined into the pair table's word; "auto" (the
+    # default) takes it for 4-bit keys, whatever mma_shared_table says
+    *[("k4v3", {"mma_step_tiles": st, "mma_key_table": "pair"}, {"mma_key_table": "single"}) for st in (1, 2)],
+    ("tq4", {"mma_shared_table": False, "mma_step_tiles": 1, "mma_key_table": "pair"}, {"mma_key_table": "single"}),
+    ("tq4", {"mma_shared_table": False, "mma_step_tiles": 2, "mma_ring_bytes": 24576, "mma_key_table": "pair"},
+     {"mma_key_table": "single"}),
+    *[(p, {"mma_key_table": "pair", "mma_shared_table": False}, {"mma_key_table": "auto", "mma_shared_table": t})
+      for p in ("k4v3", "tq4") for t in (True, False)],
+    ("tq3", {"mma_key_table": "pair"}, {"mma_key_table": "auto"}),
     # padded ring slots: the same words, copied slot by slot into padded slots (the last tile's missing
     # slots zero-filled either way); k4v3 has no padding (the same kernel)
     *[(p, {"mma_step_tiles": st}, {"mma_ring_pad": True}) for p in ("tq3", "k4v3") for st in (1, 2)],
