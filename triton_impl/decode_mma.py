@@ -14,9 +14,7 @@ Grid: (num_seqs, num_kv_heads, num_splits), one warp per program.
 Shared memory (one allocation): the key and value pair tables (below), then a ring of STAGES tiles.
 A tile's TILE slots of one KV head are one contiguous, 16-byte aligned run of the cache; cp.async
 copies it, coalesced, STAGES - 1 tiles ahead, and the lanes read their words from the ring with
-ld.shared in the operand pattern below (one barrier per tile).  With RSW != SW
-(AttnConfig.mma_ring_pad) the slots sit RSW words apart in a stage, copied slot by slot in 8-byte
-pieces, so that the lanes' reads spread over the banks (RING_PAD).
+ld.shared in the operand pattern below (one barrier per tile).
 
 The two products are transposed so that the GQA group is the MMA's N = 8 columns:
 
@@ -91,12 +89,6 @@ MMA_RING_BYTES = tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
 # table of their own), else "pair" -- the H200 timed "single" 1.5-3 % faster for k4v3 and tq4 at every
 # shape (results/2026-12-04-h200-s12/call1-kernels)
 KEY_TABLES = ("auto", "pair", "single")
-# AttnConfig.mma_ring_pad: slot words -> their stride in the ring. A warp's ring reads (a key word of
-# 8 tokens x 4 segments, a value word of 8 token pairs x 8 runs) fall on 2-4 lanes a bank at the
-# slots' own stride; by the bank arithmetic of those reads, 28 words instead of tq3's 26 make its key
-# reads conflict-free (28 -> 22 wavefronts a tile), 36 instead of tq4's 34 take it from 64 to 48.
-# k4v3's 30 has no better even stride up to 36 (8-byte copies need an even one).
-RING_PAD = {26: 28, 34: 36}
 STEP_TILES = (0, 1, 2)  # tiles per online-softmax step (AttnConfig.mma_step_tiles; 0: 2 where the ring allows)
 # register cap per thread (AttnConfig.mma_maxnreg's default): 128 fits without spills with the shared
 # pair table and lets 16 one-warp programs share an SM (0: the compiler's choice, ~155)
@@ -220,40 +212,32 @@ def _copy_words(n_tokens, SW: gl.constexpr):
 
 
 @gluon.jit
-def _copy_tile_words(stage, src, w_copy, n_tokens, SW: gl.constexpr, RSW: gl.constexpr):
-    """cp.async of a tile's first n_tokens slots (SW words each, contiguous at src) into a ring stage
-    whose slots are RSW words apart: as one run of 16-byte vectors where RSW == SW, else slot by slot
-    in 8-byte vectors (w_copy: the stage's word indices; pad words and slots past n_tokens zero-filled)."""
-    if RSW == SW:
-        _copy_tile(stage, src + w_copy, w_copy < _copy_words(n_tokens, SW))
-    else:
-        slot = w_copy // RSW
-        within = w_copy % RSW
-        last = gl.where(within < SW, slot, TILE)  # pad words: never copied
-        _copy_tile(stage, src + (slot * SW + within), last < gl.minimum(gl.maximum(n_tokens, 0), TILE))
+def _copy_tile_words(stage, src, w_copy, n_tokens, SW: gl.constexpr):
+    """cp.async of a tile's first n_tokens slots (SW words each, contiguous at src) into a ring stage,
+    as one run of 16-byte vectors (w_copy: the stage's word indices; words past n_tokens zero-filled)."""
+    _copy_tile(stage, src + w_copy, w_copy < _copy_words(n_tokens, SW))
 
 
 @gluon.jit
 def _copy_first_tiles(smem, N: gl.constexpr, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
-                      SW: gl.constexpr, RSW: gl.constexpr, STAGE_WORDS: gl.constexpr):
+                      SW: gl.constexpr, STAGE_WORDS: gl.constexpr):
     """cp.async of the split's first N tiles into ring stages 0 .. N - 1, a commit group each."""
     for k in gl.static_range(N):
         tk = start + k * TILE
         src = _tile_source(tk, end, bt_row, head_base, block_size, stride_cb, stride_cs)
-        _copy_tile_words(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tk, SW, RSW)
+        _copy_tile_words(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tk, SW)
         async_copy.commit_group()
 
 
 @gluon.jit
 def _copy_tile_to_stage(smem, st, tn, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
-                        SW: gl.constexpr, RSW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr):
+                        SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr):
     """cp.async of the tile of tokens [tn, tn + 16) into ring stage st (< STAGES, a runtime value),
     then its commit group."""
     src = _tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs)
     for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
         if st == k:
-            _copy_tile_words(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tn, SW,
-                             RSW)
+            _copy_tile_words(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tn, SW)
     async_copy.commit_group()
 
 
@@ -447,7 +431,7 @@ def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs
 @gluon.jit
 def _tiles_in_pairs(smem, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff, voff, kn_off, vn_off,
                     bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
-                    KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, RSW: gl.constexpr,
+                    KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr,
                     V_CODES: gl.constexpr, K_COPIES: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
                     STAGES: gl.constexpr,
                     STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr,
@@ -459,7 +443,7 @@ def _tiles_in_pairs(smem, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, ko
     ``end`` is all masked (zero-filled words, scores -inf)."""
     RING0: gl.constexpr = 2 * TABLE_WORDS * 4  # byte address of stage 0
     _copy_first_tiles(smem, STAGES - 2, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, SW,
-                      RSW, STAGE_WORDS)
+                      STAGE_WORDS)
     l_t = gl.zeros([TILE, 8], gl.float32, MMA)
     i = 0
     for t0 in range(start, end, 2 * TILE):
@@ -467,11 +451,11 @@ def _tiles_in_pairs(smem, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, ko
         _barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
         for n in gl.static_range(2):
             _copy_tile_to_stage(smem, (i + STAGES - 2 + n) % STAGES, t0 + (STAGES - 2 + n) * TILE, end, bt_row,
-                                head_base, block_size, stride_cb, stride_cs, w_copy, SW, RSW, STAGES, STAGE_WORDS)
+                                head_base, block_size, stride_cb, stride_cs, w_copy, SW, STAGES, STAGE_WORDS)
         sb0 = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         sb1 = (RING0 + ((i + 1) % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         m_i, l_t, acc, vs = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
-                                         sm_scale_log2, m_i, l_t, acc, vs, koff, voff, kn_off, vn_off, KB, VB, D, RSW,
+                                         sm_scale_log2, m_i, l_t, acc, vs, koff, voff, kn_off, vn_off, KB, VB, D, SW,
                                          V_CODES, K_COPIES, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
         i += 2
     async_copy.wait_group(0)
@@ -486,7 +470,7 @@ def _decode_mma_kernel(
     KB: gl.constexpr, K_NORM: gl.constexpr, K_CODES: gl.constexpr,
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
     SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, SHARED_TABLE: gl.constexpr,
-    STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr, RSW: gl.constexpr,
+    STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -565,37 +549,36 @@ def _decode_mma_kernel(
     t_row = gl.arange(0, TILE, layout=ROW)
     head_base = cache_ptr + h.to(gl.int64) * stride_ch
     bt_row = bt_ptr + b.to(gl.int64) * stride_bt
-    # cp.async vectors: 16 bytes (a tile's contiguous words) or, with padded slots, 8 bytes (RSW even)
-    CL: gl.constexpr = gl.BlockedLayout([4 if RSW == SW else 2], [32], [1], [0])
+    # cp.async vectors: 16 bytes (a tile's contiguous words)
+    CL: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
     w_copy = gl.arange(0, STAGE_WORDS, layout=CL)
-    # ring offsets: slots RSW words apart in a stage (RSW = SW, or SW padded so that the lanes' reads
-    # spread over the banks: AttnConfig.mma_ring_pad)
-    koff = _key_word_offsets(RSW, K_CODES, KB, D, KW3)
-    voff = _value_word_offsets(RSW, V_CODES, VB, VP3)
-    kn_off = (t_row * (RSW * 4) + K_NORM).to(gl.uint32)
-    vn_off = (t_row * (RSW * 4) + V_NORM).to(gl.uint32)
+    # ring offsets: slots SW words apart in a stage
+    koff = _key_word_offsets(SW, K_CODES, KB, D, KW3)
+    voff = _value_word_offsets(SW, V_CODES, VB, VP3)
+    kn_off = (t_row * (SW * 4) + K_NORM).to(gl.uint32)
+    vn_off = (t_row * (SW * 4) + V_NORM).to(gl.uint32)
 
     if STEP_TILES == 1:  # one online-softmax step a tile
         # Pipeline: tile i is copied (cp.async, 16 B per lane and vector, coalesced) into stage i % STAGES
         # STAGES - 1 tiles ahead of its use; masked words (tokens past the split) are zero-filled.
         _copy_first_tiles(smem, STAGES - 1, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
-                          SW, RSW, STAGE_WORDS)
+                          SW, STAGE_WORDS)
         i = 0
         for t0 in range(start, end, TILE):
             async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
             _barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
             _copy_tile_to_stage(smem, (i + STAGES - 1) % STAGES, t0 + (STAGES - 1) * TILE, end, bt_row, head_base,
-                                block_size, stride_cb, stride_cs, w_copy, SW, RSW, STAGES, STAGE_WORDS)
+                                block_size, stride_cb, stride_cs, w_copy, SW, STAGES, STAGE_WORDS)
             sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
             m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs,
-                                             koff, voff, kn_off, vn_off, KB, VB, D, RSW, V_CODES, K_COPIES, V_COPIES,
+                                             koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES,
                                              V_TABLE, OPA, OPB, MMA, KW3, VP3)
             i += 1
         async_copy.wait_group(0)
     else:  # two tiles a step
         m_i, l_i, acc, vs = _tiles_in_pairs(smem, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff,
                                             voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb,
-                                            stride_cs, w_copy, t_row, KB, VB, D, SW, RSW, V_CODES, K_COPIES, V_COPIES,
+                                            stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES,
                                             V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3)
 
     # partial state -> part_ml [rows, S, 2] (m in natural-log units), part_acc [rows, S, DACC]
@@ -641,8 +624,7 @@ def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, devic
 def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
-                         shared_table: bool = True, step_tiles: int = 0, key_table: str = "auto",
-                         ring_pad: bool = False) -> torch.Tensor:
+                         shared_table: bool = True, step_tiles: int = 0, key_table: str = "auto") -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
     thread (AttnConfig.mma_maxnreg; 0: the compiler's choice).  ``ring_bytes``: the
@@ -653,9 +635,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     tiles; 0: 2 where it does, else 1).  ``key_table``: "pair" (a pair table of the key codebook),
     "single" (4-bit keys without a table shared with the values: 16 entries x 32 copies, two
     conflict-free lookups a pair instead of one conflicting one) or "auto" ("single" for 4-bit keys,
-    overriding shared_table; else "pair"; AttnConfig.mma_key_table).  ``ring_pad``:
-    slots RING_PAD[slot words] words apart in the ring instead of back to back, copied in 8-byte pieces
-    (AttnConfig.mma_ring_pad).  No host synchronisation."""
+    overriding shared_table; else "pair"; AttnConfig.mma_key_table).  No host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -664,10 +644,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     part_ml = torch.empty((b * num_q_heads * num_splits, 2), dtype=torch.float32, device=cache.device)
     words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
     sw = params.slot_bytes // 4
-    if not isinstance(ring_pad, bool):
-        raise ValueError(f"mma_ring_pad={ring_pad!r} is not supported; allowed values: True, False")
-    rsw = RING_PAD.get(sw, sw) if ring_pad else sw
-    stage_words = next_pow2(TILE_TOKENS * rsw)
+    stage_words = next_pow2(TILE_TOKENS * sw)
     stages = ring_bytes // (4 * stage_words)
     if ring_bytes not in MMA_RING_BYTES or stages < 2:
         raise ValueError(f"mma_ring_bytes={ring_bytes} holds {stages} tile(s) of {4 * stage_words} bytes "
@@ -697,7 +674,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         KB=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
         SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=table_shared,
-        STEP_TILES=step_tiles, KEY_SINGLE=key_table == "single", RSW=rsw,
+        STEP_TILES=step_tiles, KEY_SINGLE=key_table == "single",
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     # _lookup addresses the tables from the start of the kernel's shared memory: they must be its only

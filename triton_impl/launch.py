@@ -77,10 +77,6 @@ class AttnConfig:
     # of their own whatever mma_shared_table says), else "pair". The H200 timed "single" 1.5-3 % faster
     # for k4v3 and tq4 at 32 x 32k, 8 x 32k, 1 x 128k and 64 x 1k (results/2026-12-04-h200-s12/call1-kernels)
     mma_key_table: str = "auto"
-    # the mma decode kernel's ring slots padded (decode_mma.RING_PAD: tq3 26 -> 28 words, tq4 34 -> 36) so
-    # that the lanes' ring reads spread over the banks, the tiles copied in 8-byte pieces; the same words
-    # read, so the same bits. Prepared in the eleventh session, not timed
-    mma_ring_pad: bool = False
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -111,8 +107,6 @@ class AttnConfig:
         if type(self.mma_step_tiles) is not int or self.mma_step_tiles not in MMA_STEP_TILES:
             raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
                              f"{list(MMA_STEP_TILES)}")
-        if not isinstance(self.mma_ring_pad, bool):
-            raise ValueError(f"mma_ring_pad={self.mma_ring_pad!r} is not supported; allowed values: True, False")
         if self.mma_key_table not in MMA_KEY_TABLES:
             raise ValueError(f"mma_key_table={self.mma_key_table!r} is not supported; allowed values: "
                              f"{list(MMA_KEY_TABLES)}")

@@ -7,7 +7,7 @@ the resource numbers (registers, spills, shared memory) worth reading before any
 bundled ptxas; no CUDA driver.  Do NOT set TRITON_INTERPRET.
 
     python -m benchmarks.micro.compile_check [--presets tq3,tq4] [--arch 90]
-    python -m benchmarks.micro.compile_check --presets k4v3 --kernels _decode_mma_kernel --mma k1,w1
+    python -m benchmarks.micro.compile_check --presets k4v3 --kernels _decode_mma_kernel --mma k1,t0k1
     python -m benchmarks.micro.compile_check --presets tq3 --kernels _store_mse_kernel \
         --store mse:128:8:prefetch+lean+search+r128
 
@@ -129,7 +129,7 @@ def main(argv=None):
     ap.add_argument("--kernels", default="", help="compile only these kernels (comma-separated names)")
     ap.add_argument("--mma", default="", metavar="SPECS",
                     help="also the mma decode kernel with these variants: bench_decode's mma@ specs without the "
-                         "prefix, comma-separated (e.g. k1,w1,p1)")
+                         "prefix, comma-separated (e.g. k1,t0,p1)")
     ap.add_argument("--store", default="", metavar="CONFIGS",
                     help="also store_mse with these configs (bench_prefill's --store-configs, mse ones)")
     args = ap.parse_args(argv)
@@ -177,8 +177,7 @@ def main(argv=None):
                     decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=32,
                                          sm_scale=d ** -0.5, num_splits=4, maxnreg=cfg.mma_maxnreg,
                                          ring_bytes=cfg.mma_ring_bytes, shared_table=cfg.mma_shared_table,
-                                         step_tiles=cfg.mma_step_tiles, key_table=cfg.mma_key_table,
-                                         ring_pad=cfg.mma_ring_pad)
+                                         step_tiles=cfg.mma_step_tiles, key_table=cfg.mma_key_table)
                 except ValueError as e:
                     print(f"{name} mma@{spec}: not compiled: {e}")
                 LABEL[0] = name

@@ -218,20 +218,10 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, all
                              sm_scale=0.1, num_splits=1, shared_table=shared, key_table="single")
 
 
-def test_ring_pad_keeps_even_strides_and_the_stage_size():
-    """RING_PAD: even strides (8-byte copies), and a padded tile still fits the unpadded stage."""
-    from turboquant.triton_impl.decode_mma import RING_PAD, TILE_TOKENS
-    from turboquant.triton_impl.params import next_pow2
-
-    for sw, rsw in RING_PAD.items():
-        assert rsw > sw and rsw % 2 == 0
-        assert next_pow2(TILE_TOKENS * rsw) == next_pow2(TILE_TOKENS * sw)
-
-
 @pytest.mark.parametrize("option,bad,allowed", [
     *[("mma_step_tiles", bad, r"\[0, 1, 2\]") for bad in (-1, 3, True, 2.0, "2")],
     *[("mma_key_table", bad, r"\['auto', 'pair', 'single'\]") for bad in ("pairs", "", None, 1)],
-    *[(option, bad, "True, False") for option in ("mma_shared_table", "mma_ring_pad") for bad in (0, 1, "yes", None)],
+    *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
     with pytest.raises(ValueError, match=rf"{option}={re.escape(repr(bad))} is not supported; allowed values: "
@@ -303,11 +293,6 @@ SAME_BITS = [
     *[(p, {"mma_key_table": "pair", "mma_shared_table": False}, {"mma_key_table": "auto", "mma_shared_table": t})
       for p in ("k4v3", "tq4") for t in (True, False)],
     ("tq3", {"mma_key_table": "pair"}, {"mma_key_table": "auto"}),
-    # padded ring slots: the same words, copied slot by slot into padded slots (the last tile's missing
-    # slots zero-filled either way); k4v3 has no padding (the same kernel)
-    *[(p, {"mma_step_tiles": st}, {"mma_ring_pad": True}) for p in ("tq3", "k4v3") for st in (1, 2)],
-    ("tq4", {"mma_step_tiles": 1}, {"mma_ring_pad": True}),
-    ("tq4", {"mma_step_tiles": 2, "mma_ring_bytes": 24576}, {"mma_ring_pad": True}),
 ]
 
 
