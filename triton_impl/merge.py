@@ -3,7 +3,15 @@
 ``attn_core._merge_kernel`` merges and rotates in one program per (token, 16 heads) and walks the
 splits one at a time for every 16-column chunk: with a few rows and hundreds of splits (one long
 sequence) it is a long serial chain.  Here the merge is spread over rows x column chunks and reads
-the splits in blocks, and the rotation back runs as its own launch (rotate.rotate_rows).
+the splits in blocks, and the rotation back runs as its own launch (rotate.rotate_rows; for the few
+rows of a decode step its columns kernel).
+
+The shape of a launch follows the rows and splits (plan_merge): few rows (one long sequence) get
+fewer rows a program, so that the grid still covers the card, and many splits get wider blocks of
+splits, so that a program's chain of dependent loads stays short (the H200 took 20 us for 1 x 128k's
+32 rows x 256 splits with 16 rows x 16 splits a step: 8 programs, 32 steps in a row).  The block of
+splits sets the order of the sums, so the bits of a row depend on the launch's split count (the
+default mode's SPEC section 10 tolerance; the batch-invariant mode has its own merge, launch.run_merge).
 """
 
 from __future__ import annotations
@@ -13,12 +21,34 @@ import triton
 import triton.language as tl
 
 from .attn_core import acc_width
+from .device import sm_count
 from .params import KernelParams
-from .rotate import rotate_rows
+from .rotate import ROTATE_COLUMNS_ROWS, rotate_rows
 
-MERGE_ROWS = 16  # rows (token, query head) per program
-MERGE_SPLITS = 16  # splits read per step
+MERGE_ROWS = 16  # most rows (token, query head) per program
+MERGE_SPLITS = (16, 64, 256)  # splits read per step: the smallest that holds the launch's, capped by MERGE_ELEMS
 MERGE_COLS = 32  # accumulator columns per program
+MERGE_ELEMS = 8192  # rows x splits x columns of one step's accumulator block (registers of 4 warps)
+MERGE_WAVES = 1  # fewer rows a program until the grid has this many programs an SM (or one row a program)
+
+
+def plan_merge(n_rows: int, num_splits: int, col_chunks: int, sms: int,
+               rows_per_program: int | None = None) -> tuple[int, int]:
+    """(rows a program BR, splits a step SC) of a merge launch: BR halves from MERGE_ROWS while the
+    grid has fewer than MERGE_WAVES programs an SM; SC the smallest of MERGE_SPLITS that holds every
+    split, within MERGE_ELEMS (rows_per_program: a fixed BR, a power of two <= MERGE_ROWS, for tests)."""
+    if rows_per_program is None:
+        br = MERGE_ROWS
+        while br > 1 and triton.cdiv(n_rows, br) * col_chunks < MERGE_WAVES * sms:
+            br //= 2
+    else:
+        br = rows_per_program
+        if br < 1 or br > MERGE_ROWS or br & (br - 1):
+            raise ValueError(f"rows_per_program={rows_per_program!r} is not supported; allowed values: powers of "
+                             f"two 1 to {MERGE_ROWS}")
+    fits = [sc for sc in MERGE_SPLITS if br * sc * MERGE_COLS <= MERGE_ELEMS] or [MERGE_SPLITS[0]]
+    sc = next((sc for sc in fits if sc >= num_splits), fits[-1])
+    return br, sc
 
 
 @triton.jit(do_not_specialize=["n_rows", "num_splits"])
@@ -59,18 +89,20 @@ def _merge_splits_kernel(part_acc_ptr, part_ml_ptr, o_ptr, n_rows, num_splits,
 
 
 def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tensor, params: KernelParams, *,
-                 num_q_heads: int, num_splits: int) -> torch.Tensor:
+                 num_q_heads: int, num_splits: int, rows_per_program: int | None = None) -> torch.Tensor:
     """out [T, Hq, D] from the splits' partial states of T * Hq rows (the layout _split_kernel and
-    decode_mma write): merge (one fp32 workspace [T, Hq, DACC]), then the inverse rotation."""
+    decode_mma write): merge (one fp32 workspace [T, Hq, DACC]), then the inverse rotation.
+    rows_per_program: plan_merge's BR fixed (tests); default from the rows and the device."""
     dacc = acc_width(params)
     n_rows = out.shape[0] * num_q_heads
     cw = MERGE_COLS  # the widest power-of-two chunk that divides the width (a sum of powers of two >= 16)
     while dacc % cw:
         cw //= 2
     o = torch.empty((out.shape[0], num_q_heads, dacc), dtype=torch.float32, device=out.device)
-    _merge_splits_kernel[(triton.cdiv(n_rows, MERGE_ROWS), dacc // cw)](
-        part_acc, part_ml, o, n_rows, num_splits, BR=MERGE_ROWS, SC=MERGE_SPLITS, CW=cw, DACC=dacc, num_warps=4)
+    br, sc = plan_merge(n_rows, num_splits, dacc // cw, sm_count(out.device), rows_per_program)
+    _merge_splits_kernel[(triton.cdiv(n_rows, br), dacc // cw)](
+        part_acc, part_ml, o, n_rows, num_splits, BR=br, SC=sc, CW=cw, DACC=dacc, num_warps=4)
     if params.meta["V_GROUP"]:  # group values: the accumulator is the output
         out.copy_(o[:, :, : params.head_size])
         return out
-    return rotate_rows(o, params, out, inverse=True)
+    return rotate_rows(o, params, out, inverse=True, few_rows=n_rows <= ROTATE_COLUMNS_ROWS)

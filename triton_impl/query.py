@@ -8,9 +8,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import sm_count
 from .params import KC, KernelParams
 
 QUERY_BR = 16
+QUERY_JC = 32  # output columns a program (query_columns)
 
 
 def query_layout(params: KernelParams) -> dict:
@@ -32,9 +34,10 @@ def query_layout(params: KernelParams) -> dict:
 @triton.jit
 def _rotate_one(base, rows, rm, qbuf_ptr, rot_ptr, qjl_ptr, chan_ptr,
                 DQ: tl.constexpr, QO: tl.constexpr, QOS: tl.constexpr, MPMAX: tl.constexpr,
-                M: tl.constexpr, MP: tl.constexpr, QJL: tl.constexpr, IDCH: tl.constexpr):
-    j = tl.arange(0, MP)
-    y = tl.zeros((rows.shape[0], MP), tl.float32)
+                M: tl.constexpr, MP: tl.constexpr, QJL: tl.constexpr, IDCH: tl.constexpr, JC: tl.constexpr):
+    # output columns [program_id(1) * JC, + JC) of this instance (JC = MP with QJL: S reads all of y)
+    j = tl.program_id(1) * JC + tl.arange(0, JC)
+    y = tl.zeros((rows.shape[0], JC), tl.float32)
     for k0 in range(0, MP, KC):
         kk = k0 + tl.arange(0, KC)
         if IDCH:
@@ -48,7 +51,7 @@ def _rotate_one(base, rows, rm, qbuf_ptr, rot_ptr, qjl_ptr, chan_ptr,
     tl.store(out + QO, y, mask=rm[:, None])
     if QJL:
         tl.debug_barrier()  # the K chunks of y are read back from qbuf
-        z = tl.zeros((rows.shape[0], MP), tl.float32)
+        z = tl.zeros((rows.shape[0], JC), tl.float32)
         for k0 in range(0, MP, KC):
             kk = k0 + tl.arange(0, KC)
             yc = tl.load(qbuf_ptr + rows[:, None].to(tl.int64) * DQ + QO + kk[None, :], mask=rm[:, None], other=0.0)
@@ -63,25 +66,41 @@ def _rotate_query_kernel(
     BR: tl.constexpr, DQ: tl.constexpr, QO_K1: tl.constexpr, QO_S0: tl.constexpr, QO_S1: tl.constexpr,
     K_NI: tl.constexpr, K_MPMAX: tl.constexpr, K_MAT_STRIDE: tl.constexpr,
     K0_M: tl.constexpr, K0_MP: tl.constexpr, K0_QJL: tl.constexpr, K0_IDCH: tl.constexpr,
-    K1_M: tl.constexpr, K1_MP: tl.constexpr, K1_QJL: tl.constexpr, K1_IDCH: tl.constexpr,
+    K1_M: tl.constexpr, K1_MP: tl.constexpr, K1_QJL: tl.constexpr, K1_IDCH: tl.constexpr, JC: tl.constexpr,
 ):
     # q [T, Hq, D] (fp16/bf16/fp32) -> qbuf [T*Hq, DQ] fp32: per key instance
     # y = q[C_i] @ Pi_i^T (fp32 IEEE) and, for QJL, y @ S_i^T.  Padded
-    # columns come out exactly 0.  Grid: (cdiv(T*Hq, BR),), BR rows each.
+    # columns come out exactly 0.  Grid: (cdiv(T*Hq, BR), K0_MP // JC), BR rows x JC output columns
+    # each (JC < K0_MP only for one instance without QJL: query_columns).
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rm = rows < n_rows
     t = (rows // num_q_heads).to(tl.int64)
     hh = (rows % num_q_heads).to(tl.int64)
     base = q_ptr + t * stride_qt + hh * stride_qh
     _rotate_one(base, rows, rm, qbuf_ptr, k_rot, k_qjl, k_chan, DQ, 0, QO_S0, K_MPMAX,
-                K0_M, K0_MP, K0_QJL, K0_IDCH)
+                K0_M, K0_MP, K0_QJL, K0_IDCH, JC)
     if K_NI == 2:
         _rotate_one(base, rows, rm, qbuf_ptr, k_rot + K_MAT_STRIDE, k_qjl + K_MAT_STRIDE,
-                    k_chan + K_MPMAX, DQ, QO_K1, QO_S1, K_MPMAX, K1_M, K1_MP, K1_QJL, K1_IDCH)
+                    k_chan + K_MPMAX, DQ, QO_K1, QO_S1, K_MPMAX, K1_M, K1_MP, K1_QJL, K1_IDCH, K1_MP)
 
 
-def rotate_query(query: torch.Tensor, params: KernelParams) -> torch.Tensor:
-    """query [T, Hq, D] -> float32 [T*Hq, DQ] (see query_layout)."""
+def query_columns(params: KernelParams, n_rows: int, sms: int) -> int:
+    """Output columns a _rotate_query_kernel program computes: QUERY_JC where one key instance without
+    QJL is wider than that and its row programs alone would not fill one wave of the card (the few
+    rows of a decode step: the H200 took 11.5 us for 1 x 128k's 32 rows in two programs of all 128
+    columns, 6.6 us in eight of 32; but 21.9 us, against 12.1, for 64 x 1k's 2,048 rows in 512
+    programs), else the whole instance.  Each output is the same sum in the same order either way."""
+    m = params.meta
+    if m["K_NI"] == 1 and not m["K0_QJL"] and m["K0_MP"] > QUERY_JC \
+            and triton.cdiv(n_rows, QUERY_BR) * (m["K0_MP"] // QUERY_JC) <= sms:
+        return QUERY_JC
+    return m["K0_MP"]
+
+
+def rotate_query(query: torch.Tensor, params: KernelParams, *, few_rows: bool = False) -> torch.Tensor:
+    """query [T, Hq, D] -> float32 [T*Hq, DQ] (see query_layout).  few_rows: a decode step's default
+    mode may spread the output columns over programs (query_columns); the other callers keep one
+    program per row block, so the batch-invariant launches never depend on the row count."""
     lay = query_layout(params)
     t, hq, _ = query.shape
     n = t * hq
@@ -90,9 +109,10 @@ def rotate_query(query: torch.Tensor, params: KernelParams) -> torch.Tensor:
         return qbuf
     if query.stride(2) != 1:
         query = query.contiguous()
-    grid = (triton.cdiv(n, QUERY_BR),)
+    jc = query_columns(params, n, sm_count(query.device)) if few_rows else params.meta["K0_MP"]
+    grid = (triton.cdiv(n, QUERY_BR), params.meta["K0_MP"] // jc)
     _rotate_query_kernel[grid](
         query, query.stride(0), query.stride(1), qbuf, n, hq, params.k_rot, params.k_qjl, params.k_chan,
-        BR=QUERY_BR, **lay, **params.constexprs("query"), num_warps=4,
+        BR=QUERY_BR, **lay, **params.constexprs("query"), JC=jc, num_warps=4,
     )
     return qbuf

@@ -11,12 +11,17 @@ import triton.language as tl
 
 from .attn_core import round_bf16
 from .device import sm_count
-from .params import KernelParams, next_pow2
+from .params import KC, KernelParams, next_pow2
 
 ROTATE_BR = 64  # rows per _rotate_kernel program (H200, 2026-12-03: 64 rows, 3xTF32 took 254 us for 8k x 32 rows)
 ROTATE_BR_WIDE = 32  # rows per program where an instance is wider than 128 (shared memory)
 ROTATE_PROGRAMS_PER_SM = 2  # _rotate_persistent_kernel: each holds its rotation's operand(s) once
 ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS = 32, 4  # Triton 3.6 sm_90: 84 KB shared, 2 programs an SM
+# rotate_rows(inverse=True, few_rows=True) (merge.merge_splits of at most ROTATE_COLUMNS_ROWS rows: a decode
+# step) takes _rotate_columns_kernel: ROTATE_COLUMNS_BR rows x ROTATE_COLUMNS_JC output columns a program, no
+# operand held per program (the persistent kernel spent 7-8 us on the H200 for the 32 to 2,048 rows of a
+# decode step, mostly loading and splitting its operand)
+ROTATE_COLUMNS_ROWS, ROTATE_COLUMNS_BR, ROTATE_COLUMNS_JC = 8192, 16, 32
 
 
 @triton.jit
@@ -160,6 +165,30 @@ def _rotate_persistent_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, r
         zero_tail(yrow, rm, BR, TAIL0, TAIL, TAILP)
 
 
+@triton.jit
+def _rotate_columns_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, chan_ptr, BR: tl.constexpr,
+                           MPMAX: tl.constexpr, M0: tl.constexpr, MP0: tl.constexpr, IDCH0: tl.constexpr,
+                           JC: tl.constexpr, OUT_BF16: tl.constexpr):
+    # The inverse rotation of ONE instance (NI == 1, MP0 <= 128), out = Pi^T o', for few rows:
+    # y[r, chan[j]] = sum_c x[r, c] Pi[c, j] for the JC output columns j of program_id(1), in fp32 FMA
+    # (IEEE) over K chunks of KC; rows and layouts as _rotate_kernel's.  Grid (cdiv(n_rows, BR), MP0 // JC).
+    xrow, yrow, rm = _row_tile(tl.program_id(0), BR, n_rows, heads, x_ptr, sx0, sx1, y_ptr, sy0, sy1)
+    j = tl.program_id(1) * JC + tl.arange(0, JC)
+    y = tl.zeros((BR, JC), tl.float32)
+    for k0 in range(0, MP0, KC):
+        kk = k0 + tl.arange(0, KC)
+        x = tl.load(xrow[:, None] + kk[None, :], mask=rm[:, None] & (kk < M0)[None, :], other=0.0).to(tl.float32)
+        a = tl.load(rot_ptr + kk[:, None] * MPMAX + j[None, :])  # Pi[kk, j]
+        y = tl.dot(x, a, y, input_precision="ieee")
+    if OUT_BF16:
+        y = round_bf16(y)
+    if IDCH0:
+        ch = j
+    else:
+        ch = tl.load(chan_ptr + j)
+    tl.store(yrow[:, None] + ch[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None] & (j < M0)[None, :])
+
+
 def key_width(params: KernelParams) -> int:
     m = params.meta
     return m["K0_MP"] + (m["K1_MP"] if m["K_NI"] == 2 else 0)
@@ -179,14 +208,16 @@ def _precision(x: torch.Tensor) -> str:
 
 def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inverse: bool,
                 persistent: bool = True, tiling: tuple[int, int, int] | None = None,
-                tensor: str | None = None) -> torch.Tensor:
+                tensor: str | None = None, few_rows: bool = False) -> torch.Tensor:
     """Forward: x = query [T, Hq, D] -> y = q' [T, Hq, W] (the key instances' rotations).  inverse:
     x = o' [T, Hq, W] -> y = out [T, Hq, D] (the value instances'; not for group values, whose o' is
     already the output); with tensor="key", x = K' [T, Hkv, W] -> K [T, Hkv, D] (the prefill
     workspace rotated back per key instance).  A rotation of one instance no wider than 128 runs on
     _rotate_persistent_kernel unless persistent=False (the one-tile-per-program _rotate_kernel: the
-    tests' second implementation).  tiling = (rows per tile, warps, programs per SM) of the
-    persistent kernel (benchmarks); default the module's."""
+    tests' second implementation); with few_rows=True an inverse one on _rotate_columns_kernel (fp32 FMA,
+    output columns spread over programs: the few rows of a decode step; the caller decides, so that a
+    launch's kernel never depends on its row count where that must not change a row's bits).  tiling =
+    (rows per tile, warps, programs per SM) of the persistent kernel (benchmarks); default the module's."""
     tensor = tensor or ("value" if inverse else "key")
     if tensor not in ("key", "value") or (tensor == "value" and not inverse):
         raise ValueError(f"tensor={tensor!r} is not supported here; allowed values: 'key', and 'value' with "
@@ -201,6 +232,13 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
     consts = params.rotation_constexprs(tensor)
     mpmax = consts["MPMAX"]
     br, warps = ROTATE_BR if mpmax <= 128 else ROTATE_BR_WIDE, 4
+    if few_rows and consts["NI"] == 1 and mpmax <= 128 and inverse:
+        jc = min(ROTATE_COLUMNS_JC, consts["MP0"])
+        _rotate_columns_kernel[(triton.cdiv(n, ROTATE_COLUMNS_BR), consts["MP0"] // jc)](
+            x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1), n, heads, rot, chan, BR=ROTATE_COLUMNS_BR,
+            **{k: consts[k] for k in ("MPMAX", "M0", "MP0", "IDCH0")}, JC=jc,
+            OUT_BF16=y.dtype == torch.bfloat16, num_warps=4)
+        return y
     if consts["NI"] == 1 and mpmax <= 128 and persistent:
         br, warps, per_sm = tiling or (ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS, ROTATE_PROGRAMS_PER_SM)
         if br < 16 or br & (br - 1) or warps not in (1, 2, 4, 8, 16) or per_sm < 1:

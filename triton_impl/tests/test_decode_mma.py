@@ -102,11 +102,15 @@ def test_supported_launch_on_this_machine():
         assert "CUDA" in why
 
 
-@pytest.mark.parametrize("preset,d,num_splits", [("tq3", 128, 1), ("tq3", 128, 37), ("tq3.5", 128, 5),
-                                                  ("k4g4", 128, 20), ("tq2.5", 64, 3), ("tq3", 80, 2)])
-def test_parallel_merge_matches_the_split_kernels_merge(preset, d, num_splits):
+@pytest.mark.parametrize("preset,d,num_splits,rows_per_program", [
+    ("tq3", 128, 1, None), ("tq3", 128, 37, None), ("tq3.5", 128, 5, None), ("k4g4", 128, 20, None),
+    ("tq2.5", 64, 3, None), ("tq3", 80, 2, None),
+    # the launch shapes of few rows and many splits (one long sequence): 1 row x 256 splits a step, ...
+    ("tq3", 128, 300, 1), ("tq3", 128, 37, 2), ("k4g4", 128, 70, 4), ("tq3", 80, 5, 8)])
+def test_parallel_merge_matches_the_split_kernels_merge(preset, d, num_splits, rows_per_program):
     """merge.merge_splits (the mma path's merge) against attn_core._merge_kernel on the same partial
-    states, with empty splits (m = -inf) and a row that saw nothing (all weights 0: output 0)."""
+    states, with empty splits (m = -inf) and a row that saw nothing (all weights 0: output 0), for
+    each launch shape plan_merge can choose."""
     params = _params(preset, d)  # accumulator widths 128, 128 (64 + 64), 128, 80 (16 + 64), 128 (80 padded)
     t, hq = 3, 8
     dacc = acc_width(params)
@@ -122,9 +126,28 @@ def test_parallel_merge_matches_the_split_kernels_merge(preset, d, num_splits):
     want = run_merge(acc, ml, torch.empty((t, hq, d), device=DEV), params, num_q_heads=hq,
                      num_splits=num_splits, cfg=default_config(DEV))
     got = merge_splits(acc, ml, torch.empty((t, hq, d), device=DEV), params, num_q_heads=hq,
-                       num_splits=num_splits)
+                       num_splits=num_splits, rows_per_program=rows_per_program)
     assert (got[0, 0] == 0).all()
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_merge_plan_fills_the_card_and_shortens_the_chain():
+    from turboquant.triton_impl.merge import MERGE_ROWS, plan_merge
+
+    # 1 x 128k on 132 SMs: 32 rows x 256 splits -> one row a program (128 programs), every split in one step
+    assert plan_merge(32, 256, 4, 132) == (1, 256)
+    # 32 x 32k: 1,024 rows x 17 splits -> 16 rows a program already fill a wave (256 programs)
+    assert plan_merge(1024, 17, 4, 132) == (16, 16)
+    # 8 x 32k: 256 rows x 66 splits -> 4 rows a program (256 programs), 64 splits a step (the widest for 4 rows)
+    assert plan_merge(256, 66, 4, 132) == (4, 64)
+    # plenty of rows: the widest program; few splits: the smallest step
+    assert plan_merge(1 << 16, 4, 4, 132) == (MERGE_ROWS, 16)
+    assert plan_merge(64, 1000, 4, 1) == (MERGE_ROWS, 16)  # the CPU interpreter: one "SM"
+    assert plan_merge(40, 50, 4, 132, rows_per_program=2) == (2, 64)
+    for bad in (0, 3, 32, -1):
+        with pytest.raises(ValueError, match=rf"rows_per_program={bad} is not supported; allowed values: powers of "
+                                             r"two 1 to 16"):
+            plan_merge(8, 8, 4, 132, rows_per_program=bad)
 
 
 @pytest.mark.parametrize("error", ["compile", "attribute"])
@@ -361,3 +384,23 @@ def test_cuda_graph_replay():
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+def test_query_rotation_spreads_columns_only_for_few_rows_of_a_decode_step(monkeypatch):
+    """rotate_query(few_rows=True) (decode's default mode) spreads an instance's output columns over
+    programs only while its row programs would not fill one wave, and only for one instance without
+    QJL; the result is the same rotation."""
+    from turboquant.triton_impl import query as query_mod
+
+    p = _params("tq3", 128)
+    assert query_mod.query_columns(p, 32, 132) == query_mod.QUERY_JC  # 1 x 128k: 2 row programs
+    assert query_mod.query_columns(p, 1024, 132) == 128  # 32 x 32k: 64 row programs x 4 > 132
+    assert query_mod.query_columns(p, 2048, 132) == 128  # 64 x 1k
+    assert query_mod.query_columns(_params("tq3.5", 128), 32, 132) == _params("tq3.5", 128).meta["K0_MP"]
+    qjl = next(n for n in tqf.PRESETS if _params(n, 128).meta["K0_QJL"] and _params(n, 128).meta["K_NI"] == 1)
+    assert query_mod.query_columns(_params(qjl, 128), 32, 132) == _params(qjl, 128).meta["K0_MP"]
+    monkeypatch.setattr(query_mod, "sm_count", lambda device: 132)  # the CPU interpreter counts one "SM"
+    q = torch.randn((3, 10, 128), generator=torch.Generator().manual_seed(4)).to(torch.bfloat16).to(DEV)
+    want = query_mod.rotate_query(q, p)
+    got = query_mod.rotate_query(q, p, few_rows=True)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
