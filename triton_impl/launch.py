@@ -57,8 +57,9 @@ class AttnConfig:
     decode_kernel: str = "auto"
     mma_programs_per_sm: int = 32  # split target of the mma decode kernel (one-warp programs)
     # register cap of the mma decode kernel (0: the compiler's choice, 154-156 with the shared table:
-    # 12 one-warp programs an SM).  128 fits without spills since the shared pair table and lets 16
-    # share an SM: 4-6 % faster at 32 x 32k, within 3 % elsewhere (results/2026-12-04-h200-knobs-s10)
+    # 12 one-warp programs an SM).  128 fits without spills since the shared pair table and lifts the
+    # register limit to 16 (shared memory, 16 KB a program, then holds it at 13): 4-6 % faster at
+    # 32 x 32k, within 3 % elsewhere (results/2026-12-04-h200-knobs-s10)
     mma_maxnreg: int = MAXNREG
     mma_ring_bytes: int = RING_BYTES  # shared memory of the mma decode kernel's cp.async tile ring
     # one pair table for keys and values where their codebooks coincide (tq3, tq4), twice the copies
