@@ -53,7 +53,8 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
     if cfg.decode_kernel == "mma" and why is not None:
         raise ValueError(f"decode_kernel='mma' cannot serve this call: {why}; allowed: decode_kernel='auto' or "
                          "'split'")
-    qbuf = rotate_query(query, params, few_rows=True)  # the default mode only: batch-invariant returned above
+    # the default mode only (batch-invariant returned above)
+    qbuf = rotate_query(query, params, few_rows=True, rotation=cfg.mma_query_rotation)
     if why is None and _MMA_COMPILE_ERROR and cfg.decode_kernel == "auto":
         why = _MMA_COMPILE_ERROR[0]
     if why is None:

@@ -10,9 +10,11 @@ import triton.language as tl
 
 from .device import sm_count
 from .params import KC, KernelParams
+from .rotate import _operand_parts, _product
 
 QUERY_BR = 16
-QUERY_JC = 32  # output columns a program (query_columns)
+QUERY_JC = 32  # output columns a program (query_columns; every program of _rotate_query_tc_kernel)
+QUERY_ROTATIONS = ("fma", "bf16x2")  # AttnConfig.mma_query_rotation
 
 
 def query_layout(params: KernelParams) -> dict:
@@ -84,6 +86,41 @@ def _rotate_query_kernel(
                     k_chan + K_MPMAX, DQ, QO_K1, QO_S1, K_MPMAX, K1_M, K1_MP, K1_QJL, K1_IDCH, K1_MP)
 
 
+@triton.jit
+def _rotate_query_tc_kernel(q_ptr, stride_qt, stride_qh, qbuf_ptr, n_rows, num_q_heads, k_rot, k_chan,
+                            BR: tl.constexpr, DQ: tl.constexpr, K_MPMAX: tl.constexpr, K0_M: tl.constexpr,
+                            K0_MP: tl.constexpr, K0_IDCH: tl.constexpr, JC: tl.constexpr):
+    # bf16 q [T, Hq, D] -> qbuf [T*Hq, DQ] fp32 for ONE key instance without QJL (DQ = K0_MP): columns
+    # [program_id(1) * JC, + JC) of y = q[C] @ Pi^T as one tensor-core product of bf16 parts (rotate._product
+    # "bf16x2": q exact in bf16, Pi^T = hi + lo to ~2^-17 relative, fp32 accumulation) instead of
+    # _rotate_query_kernel's chain of K-chunked fp32 FMA dots.  Grid (cdiv(T*Hq, BR), K0_MP // JC).
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    rm = rows < n_rows
+    base = q_ptr + (rows // num_q_heads).to(tl.int64) * stride_qt + (rows % num_q_heads).to(tl.int64) * stride_qh
+    k = tl.arange(0, K0_MP)
+    if K0_IDCH:
+        ch = k
+    else:
+        ch = tl.load(k_chan + k)
+    x = tl.load(base[:, None] + ch[None, :], mask=rm[:, None] & (k < K0_M)[None, :], other=0.0).to(tl.float32)
+    j = tl.program_id(1) * JC + tl.arange(0, JC)
+    a = tl.load(k_rot + j[None, :] * K_MPMAX + k[:, None])  # Pi^T[k, j]
+    a_hi, a_lo = _operand_parts(a, "bf16x2")
+    y = _product(x, a_hi, a_lo, "bf16x2", False)
+    tl.store(qbuf_ptr + rows[:, None].to(tl.int64) * DQ + j[None, :], y, mask=rm[:, None])
+
+
+def query_tc_unsupported(params: KernelParams, dtype: torch.dtype) -> str | None:
+    """Why _rotate_query_tc_kernel cannot rotate these queries (AttnConfig.mma_query_rotation =
+    "bf16x2"), or None."""
+    m = params.meta
+    if dtype != torch.bfloat16:
+        return f"query dtype {dtype} (bf16 only: its parts are exact bf16 operands)"
+    if m["K_NI"] != 1 or m["K0_QJL"] or m["K0_MP"] > 128:
+        return "one key instance without QJL, at most 128 wide, only"
+    return None
+
+
 def query_columns(params: KernelParams, n_rows: int, sms: int) -> int:
     """Output columns a _rotate_query_kernel program computes: QUERY_JC where one key instance without
     QJL is wider than that and its row programs alone would not fill one wave of the card (the few
@@ -97,10 +134,18 @@ def query_columns(params: KernelParams, n_rows: int, sms: int) -> int:
     return m["K0_MP"]
 
 
-def rotate_query(query: torch.Tensor, params: KernelParams, *, few_rows: bool = False) -> torch.Tensor:
+def rotate_query(query: torch.Tensor, params: KernelParams, *, few_rows: bool = False,
+                 rotation: str = "fma") -> torch.Tensor:
     """query [T, Hq, D] -> float32 [T*Hq, DQ] (see query_layout).  few_rows: a decode step's default
     mode may spread the output columns over programs (query_columns); the other callers keep one
-    program per row block, so the batch-invariant launches never depend on the row count."""
+    program per row block, so the batch-invariant launches never depend on the row count.
+    rotation: "fma" (fp32 FMA dots) or "bf16x2" (one tensor-core product a program, bf16 queries of
+    one-instance presets without QJL: query_tc_unsupported; AttnConfig.mma_query_rotation)."""
+    if rotation not in QUERY_ROTATIONS:
+        raise ValueError(f"mma_query_rotation={rotation!r} is not supported; allowed values: {list(QUERY_ROTATIONS)}")
+    why = query_tc_unsupported(params, query.dtype) if rotation == "bf16x2" else None
+    if why is not None:
+        raise ValueError(f"mma_query_rotation='bf16x2' cannot rotate these queries: {why}; allowed values: 'fma'")
     lay = query_layout(params)
     t, hq, _ = query.shape
     n = t * hq
@@ -109,6 +154,14 @@ def rotate_query(query: torch.Tensor, params: KernelParams, *, few_rows: bool = 
         return qbuf
     if query.stride(2) != 1:
         query = query.contiguous()
+    if rotation == "bf16x2":
+        m = params.meta
+        jc = min(QUERY_JC, m["K0_MP"])
+        _rotate_query_tc_kernel[(triton.cdiv(n, QUERY_BR), m["K0_MP"] // jc)](
+            query, query.stride(0), query.stride(1), qbuf, n, hq, params.k_rot, params.k_chan, BR=QUERY_BR,
+            DQ=lay["DQ"], K_MPMAX=m["K_MPMAX"], K0_M=m["K0_M"], K0_MP=m["K0_MP"], K0_IDCH=m["K0_IDCH"], JC=jc,
+            num_warps=4)
+        return qbuf
     jc = query_columns(params, n, sm_count(query.device)) if few_rows else params.meta["K0_MP"]
     grid = (triton.cdiv(n, QUERY_BR), params.meta["K0_MP"] // jc)
     _rotate_query_kernel[grid](

@@ -174,7 +174,8 @@ def main(argv=None):
                 cfg = kernel_config(f"mma@{spec}", AttnConfig())
                 LABEL[0] = f"{name}:{spec}"
                 try:
-                    decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=32,
+                    qbuf = rotate_query(q, p, few_rows=True, rotation=cfg.mma_query_rotation)
+                    decode_attention_mma(qbuf, cache, bt, sl, torch.empty_like(q), p, num_q_heads=32,
                                          sm_scale=d ** -0.5, num_splits=4, maxnreg=cfg.mma_maxnreg,
                                          ring_bytes=cfg.mma_ring_bytes, shared_table=cfg.mma_shared_table,
                                          step_tiles=cfg.mma_step_tiles, key_table=cfg.mma_key_table)

@@ -244,6 +244,7 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, all
 @pytest.mark.parametrize("option,bad,allowed", [
     *[("mma_step_tiles", bad, r"\[0, 1, 2\]") for bad in (-1, 3, True, 2.0, "2")],
     *[("mma_key_table", bad, r"\['auto', 'pair', 'single'\]") for bad in ("pairs", "", None, 1)],
+    *[("mma_query_rotation", bad, r"\['fma', 'bf16x2'\]") for bad in ("bf16", "", None, 1)],
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
@@ -404,3 +405,39 @@ def test_query_rotation_spreads_columns_only_for_few_rows_of_a_decode_step(monke
     want = query_mod.rotate_query(q, p)
     got = query_mod.rotate_query(q, p, few_rows=True)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset,dtype,why", [("tq3", torch.float16, "bf16 only"), ("tq3", torch.float32, "bf16 only"),
+                                              ("tq3.5", torch.bfloat16, "one key instance"),
+                                              ("tq3_qjl", torch.bfloat16, "one key instance")])
+def test_tensor_core_query_rotation_names_what_it_cannot_rotate(preset, dtype, why):
+    """mma_query_rotation='bf16x2': bf16 queries of one-instance presets without QJL; anything else is
+    refused with the reason and the allowed value, before any launch."""
+    from turboquant.triton_impl import query as query_mod
+
+    q = torch.zeros((2, 8, 128), dtype=dtype, device=DEV)
+    with pytest.raises(ValueError, match=rf"mma_query_rotation='bf16x2' cannot rotate these queries: .*{why}.*"
+                                         r"allowed values: 'fma'"):
+        query_mod.rotate_query(q, _params(preset, 128), rotation="bf16x2")
+    with pytest.raises(ValueError, match=r"mma_query_rotation='tf32' is not supported; allowed values: \['fma', "
+                                         r"'bf16x2'\]"):
+        query_mod.rotate_query(q, _params("tq3", 128), rotation="tf32")
+
+
+@GPU
+@pytest.mark.parametrize("preset", ["tq3", "k4v3", "tq4", "tq3_hadamard"])
+@pytest.mark.parametrize("rows", [3, 40, 1000])
+def test_tensor_core_query_rotation_matches_the_fma_one(preset, rows):
+    """The bf16x2 tensor-core query rotation against the fp32 FMA one: the same q' to ~2^-16 of its
+    largest coordinate (Pi split in two bf16 parts, q exact in bf16), and decode with it within the
+    half-precision attention tolerance of the reference."""
+    from turboquant.triton_impl import query as query_mod
+
+    p = _params(preset, 128)
+    q = torch.randn((rows, 8, 128), generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16).to(DEV)
+    want = query_mod.rotate_query(q, p)
+    got = query_mod.rotate_query(q, p, few_rows=True, rotation="bf16x2")
+    assert (got - want).abs().max() <= 2 ** -16 * want.abs().max()
+    args, ref_out = _decode_case(preset, (20, 300, 77))
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_query_rotation="bf16x2")
+    assert rel_err(decode_attention(*args, config=cfg).float().cpu().numpy(), ref_out) <= tqf.ATTN_RTOL_HALF
