@@ -86,8 +86,8 @@ RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up 
 # another size aborts the compiler): the ring sizes that allow it, up to 64 KB in all
 MMA_RING_BYTES = tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
 # the key table's kind (AttnConfig.mma_key_table); "auto": "single" for 4-bit keys (then the values keep a
-# table of their own), else "pair" -- the H200 timed "single" 1.5-3 % faster for k4v3 and tq4 at every
-# shape (results/2026-12-04-h200-s12/call1-kernels)
+# table of their own), else "pair" -- the H200 timed "single" 1.4-3.7 % faster for k4v3 and 0.5-3.0 % for
+# tq4 at every shape (results/2026-12-04-h200-s12/call1-kernels)
 KEY_TABLES = ("auto", "pair", "single")
 STEP_TILES = (0, 1, 2)  # tiles per online-softmax step (AttnConfig.mma_step_tiles; 0: 2 where the ring allows)
 # register cap per thread (AttnConfig.mma_maxnreg's default): 128 fits without spills with the shared

@@ -75,8 +75,9 @@ class AttnConfig:
     # "single" (4-bit keys with their own table, k4v3 / tq4 with mma_shared_table=False: 16 entries x 32
     # copies, two conflict-free lookups a pair instead of one that 8 lanes share a copy for; the same
     # words, so the same bits) or "auto" (default): "single" for 4-bit keys (tq4's values then get a table
-    # of their own whatever mma_shared_table says), else "pair". The H200 timed "single" 1.5-3 % faster
-    # for k4v3 and tq4 at 32 x 32k, 8 x 32k, 1 x 128k and 64 x 1k (results/2026-12-04-h200-s12/call1-kernels)
+    # of their own whatever mma_shared_table says), else "pair". The H200 timed "single" 1.4-3.7 % faster
+    # for k4v3 and 0.5-3.0 % for tq4 at 32 x 32k, 8 x 32k, 1 x 128k and 64 x 1k
+    # (results/2026-12-04-h200-s12/call1-kernels)
     mma_key_table: str = "auto"
     # the decode step's query rotation (default mode): "fma" (fp32 FMA dots in K chunks, the oracle's
     # arithmetic) or "bf16x2" (one tensor-core product of bf16 parts a program, bf16 queries of
