@@ -466,7 +466,9 @@ def _tiles_in_pairs(smem, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, ko
 @gluon.jit(do_not_specialize=["num_q_heads", "num_splits"])
 def _decode_mma_kernel(
     qbuf_ptr, cache_ptr, bt_ptr, stride_bt, seq_lens_ptr, part_acc_ptr, part_ml_ptr,
-    stride_cb, stride_ch, stride_cs, kpair_ptr, vpair_ptr, sm_scale_log2, block_size, num_q_heads, num_splits,
+    stride_cb, stride_ch, stride_cs, kpair_ptr, vpair_ptr, sm_scale_log2,
+    block_size: gl.constexpr,  # a constexpr: each tile's page and offset by shifts, not a division (-4 % a loop)
+    num_q_heads, num_splits,
     G: gl.constexpr, DQ: gl.constexpr, DACC: gl.constexpr, D: gl.constexpr,
     KB: gl.constexpr, K_NORM: gl.constexpr, K_CODES: gl.constexpr,
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,

@@ -11,6 +11,7 @@ bundled ptxas; no CUDA driver.  Do NOT set TRITON_INTERPRET.
     python -m benchmarks.micro.compile_check --presets tq3 --kernels _store_mse_kernel \
         --store mse:128:8:prefetch+lean+search+r128
 
+``SASS_DIR=dir`` writes each launch's SASS listing there (KERNEL-VARIANT.sass).
 ``--mma``: also the mma decode kernel with these AttnConfig variants (bench_decode's ``mma@`` specs
 without the prefix); ``--store``: also store_mse with these configs (bench_prefill's --store-configs).
 Each row names its variant (PRESET alone: the launches of the public API's defaults).
@@ -111,6 +112,9 @@ def compile_calls(arch: int, only: tuple[str, ...] = ()):
         info = r.stdout + r.stderr
         if os.environ.get("SHOW_PTXAS"):
             print(info)
+        if os.environ.get("SASS_DIR"):  # the listing of each compiled launch, for reading the loop
+            with open(os.path.join(os.environ["SASS_DIR"], f"{fn.__name__}-{label}.sass"), "w") as out:
+                out.write(sass)
         regs = re.search(r"REG:(\d+)", info)
         stack = re.search(r"STACK:(\d+)", info)
         spill = re.findall(r"LOCAL:(\d+)", info)
