@@ -416,13 +416,21 @@ def _merge_instance(part_acc_ptr, part_ml_ptr, prow, hm, mtot, inv_l, num_splits
                              ONLINE)
         pc = tl.load(rot_ptr + kk[:, None] * MPMAX + j[None, :])  # Pi[kk, j]
         x = tl.dot(oc, pc, x, input_precision="ieee")
+    store_channels(out_base, x, j, hm, chan_ptr, M, IDCH, OUT_BF16)
+
+
+@triton.jit
+def store_channels(out_rows, x, j, rows_ok, chan_ptr, M: tl.constexpr, IDCH: tl.constexpr, OUT_BF16: tl.constexpr):
+    """Columns j of an inverse rotation's output x [rows, len(j)] stored at the channels chan[j] (j < M)
+    of the rows out_rows (pointers; rows_ok: which exist), rounded to bf16 values first where OUT_BF16
+    (round_bf16: the interpreter's casts truncate)."""
     if OUT_BF16:
         x = round_bf16(x)
     if IDCH:
         ch = j
     else:
         ch = tl.load(chan_ptr + j)
-    tl.store(out_base[:, None] + ch[None, :], x, mask=hm[:, None] & (j < M)[None, :])
+    tl.store(out_rows[:, None] + ch[None, :], x.to(out_rows.dtype.element_ty), mask=rows_ok[:, None] & (j < M)[None, :])
 
 
 @triton.jit(do_not_specialize=["num_q_heads", "num_splits"])

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attn_core import round_bf16
+from .attn_core import round_bf16, store_channels
 from .device import sm_count
 from .params import KC, KernelParams, next_pow2
 
@@ -180,13 +180,7 @@ def _rotate_columns_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_
         x = tl.load(xrow[:, None] + kk[None, :], mask=rm[:, None] & (kk < M0)[None, :], other=0.0).to(tl.float32)
         a = tl.load(rot_ptr + kk[:, None] * MPMAX + j[None, :])  # Pi[kk, j]
         y = tl.dot(x, a, y, input_precision="ieee")
-    if OUT_BF16:
-        y = round_bf16(y)
-    if IDCH0:
-        ch = j
-    else:
-        ch = tl.load(chan_ptr + j)
-    tl.store(yrow[:, None] + ch[None, :], y.to(yrow.dtype.element_ty), mask=rm[:, None] & (j < M0)[None, :])
+    store_channels(yrow, y, j, rm, chan_ptr, M0, IDCH0, OUT_BF16)
 
 
 def key_width(params: KernelParams) -> int:
