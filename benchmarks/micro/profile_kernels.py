@@ -14,8 +14,9 @@ kernel, the merge) and ``store:PRESET:TOKENS`` (``store_kv`` of that many tokens
 random slots).  Prints one line per target with the kernel names it launched (for ``ncu -k``).
 
 ``--trace`` runs the calls under ``torch.profiler`` instead (no ``ncu``) and prints, per target, each
-kernel's mean device time and the span of one call (first launch's start to last launch's end),
-so the fixed costs around the main kernel (query rotation, merge, gaps) are visible.
+kernel's mean device time, so the fixed costs around the main kernel (query rotation, merge, inverse
+rotation) are visible, and the span of one call (first launch's start to last launch's end).  The
+calls are eager: the span includes the host's launch gaps, which a CUDA-graph replay does not have.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def run(kind: str, preset: str, dims: tuple[int, ...], launches: int, traced: bo
     name = f"{kind}:{preset}:{'x'.join(map(str, dims))}"
     if traced:
         rows, span = summarize(trace(call, launches))
-        print(f"profile_kernels: {name}, {launches} traced calls: span of a call {span:.1f} us, "
+        print(f"profile_kernels: {name}, {launches} traced calls: eager span of a call {span:.1f} us, "
               f"kernel time {sum(r[2] for r in rows):.1f} us", flush=True)
         for kname, count, us in rows:
             print(f"  {us:9.1f} us  x{count}  {kname[:110]}", flush=True)
