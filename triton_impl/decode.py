@@ -16,7 +16,7 @@ from .decode_mma import decode_attention_mma, mma_decode_unsupported
 from .extend import paged_attention
 from .launch import AttnConfig, choose_splits, default_config, run_split_merge
 from .params import KernelParams
-from .query import rotate_query
+from .query import mma_query_rotation, rotate_query
 from .validate import check_attention, check_params
 
 # the reason the mma kernel failed to compile in this process, once it has (decode_attention "auto")
@@ -54,10 +54,11 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
         raise ValueError(f"decode_kernel='mma' cannot serve this call: {why}; allowed: decode_kernel='auto' or "
                          "'split'")
     # the default mode only (batch-invariant returned above)
-    qbuf = rotate_query(query, params, few_rows=True, rotation=cfg.mma_query_rotation)
     if why is None and _MMA_COMPILE_ERROR and cfg.decode_kernel == "auto":
         why = _MMA_COMPILE_ERROR[0]
     if why is None:
+        qbuf = rotate_query(query, params, few_rows=True,
+                            rotation=mma_query_rotation(cfg.mma_query_rotation, params, query.dtype))
         s = num_splits or choose_splits(b * hkv, max_kv, cache.device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
         try:
             return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq,
@@ -73,6 +74,7 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
             _MMA_COMPILE_ERROR.append(f"the mma kernel does not compile with Triton {triton.__version__}")
             warnings.warn(f"TurboQuant: {_MMA_COMPILE_ERROR[0]} ({type(e).__name__}: {str(e).strip()[-300:]}); "
                           "decode takes the split kernel", RuntimeWarning, stacklevel=2)
+    qbuf = rotate_query(query, params, few_rows=True)  # the split kernel: the oracle's fp32 FMA rotation
     s = num_splits or choose_splits(b * hkv, max_kv, cache.device, cfg)
     return run_split_merge(qbuf, cache, block_table, seq_lens, seq_lens, seq_lens, out, params,
                            num_tiles=b, decode=True, bq=1, num_q_heads=hq, sm_scale=scale,

@@ -17,7 +17,7 @@ from .decode_mma import STEP_TILES as MMA_STEP_TILES
 from .device import sm_count
 from .merge import merge_splits
 from .params import MIN_DOT, KernelParams, next_pow2
-from .query import QUERY_ROTATIONS, query_layout
+from .query import MMA_QUERY_ROTATIONS, query_layout
 
 MERGE_BH = 16
 
@@ -79,12 +79,13 @@ class AttnConfig:
     # for k4v3 and 0.5-3.0 % for tq4 at 32 x 32k, 8 x 32k, 1 x 128k and 64 x 1k
     # (results/2026-12-04-h200-s12/call1-kernels)
     mma_key_table: str = "auto"
-    # the decode step's query rotation (default mode): "fma" (fp32 FMA dots in K chunks, the oracle's
-    # arithmetic) or "bf16x2" (one tensor-core product of bf16 parts a program, bf16 queries of
-    # one-instance presets without QJL; the mma kernel rounds q' to fp16 anyway). Prepared in the
-    # twelfth session, not timed: "fma" until the H200 says (the FMA kernel took ~12 us at 32 x 32k
-    # and 64 x 1k, a chain of 8 dependent K-chunks a program)
-    mma_query_rotation: str = "fma"
+    # the decode step's query rotation where the mma kernel serves it (default mode): "fma" (fp32 FMA dots
+    # in K chunks, the oracle's arithmetic), "bf16x2" (one tensor-core product of bf16 parts a program,
+    # bf16 queries of one-instance presets without QJL; the mma kernel rounds q' to fp16 anyway) or
+    # "auto" (default): "bf16x2" where it applies, else "fma". The split kernel always gets "fma". The
+    # H200 timed "bf16x2" faster at every shape and preset, one process beside vLLM's kernels: tq3
+    # -3.6 % at 32 x 32k, -6.7 % at 1 x 128k, -14 % at 64 x 1k (results/2026-12-04-h200-s13/call12-kernels)
+    mma_query_rotation: str = "auto"
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -115,9 +116,9 @@ class AttnConfig:
         if type(self.mma_step_tiles) is not int or self.mma_step_tiles not in MMA_STEP_TILES:
             raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
                              f"{list(MMA_STEP_TILES)}")
-        if self.mma_query_rotation not in QUERY_ROTATIONS:
+        if self.mma_query_rotation not in MMA_QUERY_ROTATIONS:
             raise ValueError(f"mma_query_rotation={self.mma_query_rotation!r} is not supported; allowed values: "
-                             f"{list(QUERY_ROTATIONS)}")
+                             f"{list(MMA_QUERY_ROTATIONS)}")
         if self.mma_key_table not in MMA_KEY_TABLES:
             raise ValueError(f"mma_key_table={self.mma_key_table!r} is not supported; allowed values: "
                              f"{list(MMA_KEY_TABLES)}")

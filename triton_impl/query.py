@@ -14,7 +14,8 @@ from .rotate import _operand_parts, _product
 
 QUERY_BR = 16
 QUERY_JC = 32  # output columns a program (query_columns; every program of _rotate_query_tc_kernel)
-QUERY_ROTATIONS = ("fma", "bf16x2")  # AttnConfig.mma_query_rotation
+QUERY_ROTATIONS = ("fma", "bf16x2")  # rotate_query(rotation=...)
+MMA_QUERY_ROTATIONS = ("auto",) + QUERY_ROTATIONS  # AttnConfig.mma_query_rotation
 
 
 def query_layout(params: KernelParams) -> dict:
@@ -119,6 +120,16 @@ def query_tc_unsupported(params: KernelParams, dtype: torch.dtype) -> str | None
     if m["K_NI"] != 1 or m["K0_QJL"] or m["K0_MP"] > 128:
         return "one key instance without QJL, at most 128 wide, only"
     return None
+
+
+def mma_query_rotation(choice: str, params: KernelParams, dtype: torch.dtype) -> str:
+    """rotate_query's rotation for a decode step the mma kernel serves, from AttnConfig.mma_query_rotation:
+    "auto" is "bf16x2" where _rotate_query_tc_kernel can rotate these queries, else "fma"."""
+    if choice not in MMA_QUERY_ROTATIONS:
+        raise ValueError(f"mma_query_rotation={choice!r} is not supported; allowed values: {list(MMA_QUERY_ROTATIONS)}")
+    if choice == "auto":
+        return "fma" if query_tc_unsupported(params, dtype) is not None else "bf16x2"
+    return choice
 
 
 def query_columns(params: KernelParams, n_rows: int, sms: int) -> int:

@@ -299,7 +299,7 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
     """--kernels entry -> the AttnConfig it times: 'auto', 'split', 'mma', or 'mma@' followed by any of
     N (mma_programs_per_sm), rR (mma_maxnreg), bB (mma_ring_bytes), sS (max_splits), t0 / t1
     (mma_shared_table), p0 / p1 / p2 (mma_step_tiles), k1 (mma_key_table "single"; k0: "pair"; neither: "auto"),
-    q1 (mma_query_rotation "bf16x2"; q0: "fma") in that order: mma@32r128b24576s512t0p2k1q1."""
+    q1 (mma_query_rotation "bf16x2"; q0: "fma"; neither: "auto") in that order: mma@32r128b24576s512t0p2k1q1."""
     kern, at, opts = spec.partition("@")
     if kern not in ("auto", "mma", "split") or (at and kern != "mma"):
         raise ValueError(f"--kernels entry {spec!r}: allowed values: auto, split, mma, "

@@ -149,7 +149,7 @@ def main(argv=None):
         store_kv,
     )
     from turboquant.triton_impl.decode_mma import NO_CUDA, decode_attention_mma, mma_decode_unsupported
-    from turboquant.triton_impl.query import rotate_query
+    from turboquant.triton_impl.query import mma_query_rotation, rotate_query
 
     from .bench_decode import kernel_config
     from .bench_prefill import parse_store_configs, store_options
@@ -178,7 +178,8 @@ def main(argv=None):
                 cfg = kernel_config(f"mma@{spec}", AttnConfig())
                 LABEL[0] = f"{name}:{spec}"
                 try:
-                    qbuf = rotate_query(q, p, few_rows=True, rotation=cfg.mma_query_rotation)
+                    qbuf = rotate_query(q, p, few_rows=True,
+                                        rotation=mma_query_rotation(cfg.mma_query_rotation, p, q.dtype))
                     decode_attention_mma(qbuf, cache, bt, sl, torch.empty_like(q), p, num_q_heads=32,
                                          sm_scale=d ** -0.5, num_splits=4, maxnreg=cfg.mma_maxnreg,
                                          ring_bytes=cfg.mma_ring_bytes, shared_table=cfg.mma_shared_table,

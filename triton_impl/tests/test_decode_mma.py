@@ -244,7 +244,7 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, all
 @pytest.mark.parametrize("option,bad,allowed", [
     *[("mma_step_tiles", bad, r"\[0, 1, 2\]") for bad in (-1, 3, True, 2.0, "2")],
     *[("mma_key_table", bad, r"\['auto', 'pair', 'single'\]") for bad in ("pairs", "", None, 1)],
-    *[("mma_query_rotation", bad, r"\['fma', 'bf16x2'\]") for bad in ("bf16", "", None, 1)],
+    *[("mma_query_rotation", bad, r"\['auto', 'fma', 'bf16x2'\]") for bad in ("bf16", "", None, 1)],
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
@@ -422,6 +422,38 @@ def test_tensor_core_query_rotation_names_what_it_cannot_rotate(preset, dtype, w
     with pytest.raises(ValueError, match=r"mma_query_rotation='tf32' is not supported; allowed values: \['fma', "
                                          r"'bf16x2'\]"):
         query_mod.rotate_query(q, _params("tq3", 128), rotation="tf32")
+
+
+@pytest.mark.parametrize("choice,preset,dtype,want", [
+    ("auto", "tq3", torch.bfloat16, "bf16x2"), ("auto", "k4v3", torch.bfloat16, "bf16x2"),
+    ("auto", "tq3", torch.float16, "fma"), ("auto", "tq3", torch.float32, "fma"),
+    ("auto", "tq3.5", torch.bfloat16, "fma"), ("auto", "tq3_qjl", torch.bfloat16, "fma"),
+    ("fma", "tq3", torch.bfloat16, "fma"), ("bf16x2", "tq3", torch.bfloat16, "bf16x2"),
+    ("bf16x2", "tq3", torch.float16, "bf16x2"),  # refused by rotate_query, with the reason
+])
+def test_mma_query_rotation_auto_picks_tensor_cores_where_they_apply(choice, preset, dtype, want):
+    """AttnConfig.mma_query_rotation="auto" (default): the bf16x2 tensor-core rotation for bf16 queries of
+    one-instance presets without QJL, the fp32 FMA one otherwise; an explicit choice is kept."""
+    from turboquant.triton_impl import query as query_mod
+
+    assert AttnConfig().mma_query_rotation == "auto"
+    assert query_mod.mma_query_rotation(choice, _params(preset, 128), dtype) == want
+    with pytest.raises(ValueError, match=r"mma_query_rotation='tf32' is not supported; allowed values: \['auto', "
+                                         r"'fma', 'bf16x2'\]"):
+        query_mod.mma_query_rotation("tf32", _params(preset, 128), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_split_kernel_keeps_the_fma_query_rotation(dtype):
+    """The split kernel (what decode takes where the mma kernel cannot serve the call: decode_kernel="split",
+    the CPU interpreter, GPUs without mma.sync) rotates its queries in fp32 FMA whatever mma_query_rotation
+    says: the same bits as "fma", and an fp16 query is not refused by "bf16x2"."""
+    args, _ = _decode_case("tq3", (20, 77))
+    q = args[0].to(dtype)
+    outs = [decode_attention(q, *args[1:], config=dataclasses.replace(default_config(DEV), decode_kernel="split",
+                                                                      mma_query_rotation=r))
+            for r in ("fma", "bf16x2", "auto")]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
 @GPU
