@@ -1,7 +1,8 @@
 """Tables and plot of ``serving.py`` rows: several runs (JSONL files) merged into one report.
 
 Ratios compare rows of the same sizes: against bf16 / fp8 of the same run where that run measured
-them, else of another run (marked ``*``).  Throughput ratios are config / baseline (higher is
+them, else of the latest other run that did (the last in the order the files are given: list them
+oldest first; marked ``*``).  Throughput ratios are config / baseline (higher is
 better); TTFT, TPOT ratios are config / baseline time (lower is better); capacity is tokens /
 baseline tokens.
 
@@ -60,7 +61,7 @@ VALUE = {"engine": "kv_tokens", "throughput": "output_tok_s", "prefill_only": "s
 
 
 class Index:
-    """Baseline lookup: the same run first, else the first run that has it."""
+    """Baseline lookup: the same run first, else the latest run that has it (the last in file order)."""
 
     def __init__(self, rows: list[dict]):
         self.by = {}
@@ -76,7 +77,7 @@ class Index:
         same = [c for c in cands if c["run_id"] == row["run_id"]]
         if same:
             return same[-1], True
-        return (cands[0], False) if cands else (None, False)
+        return (cands[-1], False) if cands else (None, False)
 
     def ratio(self, config: str, row: dict) -> str:
         if not measured(row):

@@ -116,6 +116,20 @@ def _rows(run: str, config: str, kv: int, tok_s: float, seconds: float, ttft: fl
     return rows
 
 
+def test_report_takes_the_latest_other_run_as_baseline(serving, tmp_path, capsys):
+    """A config measured without bf16 in its own run is compared with the latest run that has bf16 (files
+    listed oldest first), not the first: an old baseline must not stand in for a newer one."""
+    paths = []
+    for run, rows in (("old", _rows("old", "bf16", 800_000, 1000.0, 50.0, 1.0, 0.020)),
+                      ("new", _rows("new", "bf16", 800_000, 1250.0, 40.0, 1.0, 0.020)),
+                      ("ours", _rows("ours", "tq3", 3_936_000, 1500.0, 30.0, 0.9, 0.010))):
+        paths.append(tmp_path / f"{run}.jsonl")
+        paths[-1].write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert serving.main(["--report", ",".join(map(str, paths))]) == 0
+    hits = [ln for ln in capsys.readouterr().out.splitlines() if "M: 128 x (8,192 + 512)" in ln and "`tq3`" in ln]
+    assert len(hits) == 1 and [c.strip() for c in hits[0].split("|")][7] == "1.20x*"  # 1500 / 1250, not / 1000
+
+
 def test_report_table_ratios_bound_and_plot(serving, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
