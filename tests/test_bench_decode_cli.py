@@ -33,6 +33,8 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert bench.kernel_config("mma@p2k0", base).mma_key_table == "pair"
     assert bench.kernel_config("mma@q1", base).mma_query_rotation == "bf16x2" and base.mma_query_rotation == "auto"
     assert bench.kernel_config("mma@k1q0", base).mma_query_rotation == "fma"
+    assert bench.kernel_config("mma@q1w1", base).mma_split_rule == "waves" and base.mma_split_rule == "fill"
+    assert bench.kernel_config("mma@w0", base).mma_split_rule == "fill"
     assert bench.kernel_config("mma@64s1024", base).max_splits == 1024
     assert bench.kernel_config("split", base).decode_kernel == "split"
     assert bench.kernel_config("auto", base) == base

@@ -6,13 +6,15 @@ kernel (decode_mma.py) where it applies, else the split kernel
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 import triton
 from triton.compiler.errors import CompilationError
 
-from .decode_mma import decode_attention_mma, mma_decode_unsupported
+from .decode_mma import decode_attention_mma, mma_decode_unsupported, mma_shared_bytes, whole_wave_splits
+from .device import resident_blocks, sm_count
 from .extend import paged_attention
 from .launch import AttnConfig, choose_splits, default_config, run_split_merge
 from .params import KernelParams
@@ -59,7 +61,7 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
     if why is None:
         qbuf = rotate_query(query, params, few_rows=True,
                             rotation=mma_query_rotation(cfg.mma_query_rotation, params, query.dtype))
-        s = num_splits or choose_splits(b * hkv, max_kv, cache.device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
+        s = num_splits or decode_splits(params, cfg, b * hkv, max_kv, cache.device, mma=True)
         try:
             return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq,
                                         sm_scale=scale, num_splits=s, maxnreg=cfg.mma_maxnreg,
@@ -75,7 +77,21 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
             warnings.warn(f"TurboQuant: {_MMA_COMPILE_ERROR[0]} ({type(e).__name__}: {str(e).strip()[-300:]}); "
                           "decode takes the split kernel", RuntimeWarning, stacklevel=2)
     qbuf = rotate_query(query, params, few_rows=True)  # the split kernel: the oracle's fp32 FMA rotation
-    s = num_splits or choose_splits(b * hkv, max_kv, cache.device, cfg)
+    s = num_splits or decode_splits(params, cfg, b * hkv, max_kv, cache.device, mma=False)
     return run_split_merge(qbuf, cache, block_table, seq_lens, seq_lens, seq_lens, out, params,
                            num_tiles=b, decode=True, bq=1, num_q_heads=hq, sm_scale=scale,
                            f32dot=query.dtype == torch.float32, num_splits=s, cfg=cfg)
+
+
+def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int, device: torch.device, *,
+                  mma: bool) -> int:
+    """The split count decode_attention launches for rows = sequences x KV heads over at most max_kv tokens,
+    on the mma kernel (mma=True: cfg.mma_programs_per_sm, then cfg.mma_split_rule) or the split kernel."""
+    if not mma:
+        return choose_splits(rows, max_kv, device, cfg)
+    s = choose_splits(rows, max_kv, device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
+    if cfg.mma_split_rule == "waves" and not cfg.batch_invariant:
+        per_sm = resident_blocks(device, mma_shared_bytes(params, cfg.mma_ring_bytes), 1, cfg.mma_maxnreg)
+        s = whole_wave_splits(s, rows, per_sm, sm_count(device),
+                              cap=min(cfg.max_splits, max(1, math.ceil(max_kv / cfg.min_chunk))))
+    return s

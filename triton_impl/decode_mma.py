@@ -601,6 +601,33 @@ MMA_MAX_GROUP = 8  # query heads per KV head: the MMA's N
 NO_CUDA = "needs a CUDA device (Gluon kernels do not run in the interpreter)"
 
 
+SPLIT_RULES = ("fill", "waves")  # AttnConfig.mma_split_rule
+
+
+def mma_shared_bytes(params: KernelParams, ring_bytes: int) -> int:
+    """The mma kernel's one shared allocation: its tables and its tile ring (decode_attention_mma checks the
+    compiled kernel against it)."""
+    stage_words = next_pow2(TILE_TOKENS * (params.slot_bytes // 4))
+    return TABLE_BYTES + 4 * (ring_bytes // (4 * stage_words)) * stage_words
+
+
+def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -> int:
+    """AttnConfig.mma_split_rule="waves": the split count whose rows x splits one-warp programs fill the
+    nearest whole number of waves (per_sm programs an SM at once, sms SMs) instead of ``splits``'s
+    rows x splits, which can leave a last, partial wave of short programs (the H200 at 1 x 128k: 8 rows x
+    256 splits = 2,048 programs for 13 x 132 = 1,716 slots). At most ``cap`` splits (then the whole waves
+    below); at least one; unchanged while the programs fit one wave."""
+    wave = per_sm * sms
+    programs = rows * splits
+    if programs <= wave or rows <= 0:
+        return splits
+    w = max(1, round(programs / wave))
+    s = (w * wave) // rows
+    if s > cap:
+        s = (max(1, programs // wave) * wave) // rows
+    return max(1, min(s, cap))
+
+
 def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, device: torch.device, num_q_heads: int,
                            num_kv_heads: int, block_size: int) -> str | None:
     """Why decode_attention_mma cannot serve this launch, or None when it can."""
@@ -682,7 +709,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     )
     # _lookup addresses the tables from the start of the kernel's shared memory: they must be its only
     # allocation (a layout conversion that needed scratch space would break that)
-    shared = TABLE_BYTES + 4 * stages * stage_words
+    shared = mma_shared_bytes(params, ring_bytes)
     if kernel is not None and kernel.metadata.shared != shared:
         raise RuntimeError(f"decode_mma kernel uses {kernel.metadata.shared} bytes of shared memory, expected "
                            f"exactly its tables and tile ring ({shared})")

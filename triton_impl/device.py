@@ -17,3 +17,30 @@ def sm_count(device: torch.device) -> int:
     if idx not in _SM_COUNT:
         _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _SM_COUNT[idx]
+
+
+# What bounds how many blocks of one kernel an SM holds at once (CUDA occupancy), for launch rules that
+# size grids in whole waves.  The driver reserves 1 KB of shared memory per resident block on sm_80+
+# (cudaDevAttrReservedSharedMemoryPerBlock); every CUDA GPU from sm_50 to sm_90 has 64 K 32-bit
+# registers an SM and holds at most 32 blocks an SM (16-24 on sm_86 / sm_89: their warp slots bound first
+# for the one-warp programs that use this).
+RESERVED_SMEM_PER_BLOCK = 1024
+REGS_PER_SM = 65536
+MAX_BLOCKS_PER_SM = 32
+_SMEM_PER_SM: dict = {}
+
+
+def resident_blocks(device: torch.device, shared_bytes: int, warps: int, regs_per_thread: int) -> int:
+    """Blocks of a kernel with this shared memory (bytes), warps a block and registers a thread (0: not
+    capped, counted as 255) one SM holds at once, by shared memory, registers and warp slots; 1 off CUDA.
+    The H200: 233,472 bytes of shared memory an SM, so 13 blocks of 16 KB (+ 1 KB reserved each)."""
+    if device.type != "cuda":
+        return 1
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SMEM_PER_SM:
+        p = torch.cuda.get_device_properties(idx)
+        _SMEM_PER_SM[idx] = (p.shared_memory_per_multiprocessor, p.max_threads_per_multi_processor // p.warp_size)
+    smem, warp_slots = _SMEM_PER_SM[idx]
+    by_smem = smem // (shared_bytes + RESERVED_SMEM_PER_BLOCK)
+    by_regs = REGS_PER_SM // (32 * warps * (regs_per_thread or 255))
+    return max(1, min(by_smem, by_regs, warp_slots // warps, MAX_BLOCKS_PER_SM))

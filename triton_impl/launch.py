@@ -13,6 +13,7 @@ import triton
 from .attn_core import _merge_kernel, _split_kernel, acc_width
 from .decode_mma import KEY_TABLES as MMA_KEY_TABLES
 from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES
+from .decode_mma import SPLIT_RULES as MMA_SPLIT_RULES
 from .decode_mma import STEP_TILES as MMA_STEP_TILES
 from .device import sm_count
 from .merge import merge_splits
@@ -86,6 +87,11 @@ class AttnConfig:
     # H200 timed "bf16x2" faster at every shape and preset, one process beside vLLM's kernels: tq3
     # -3.6 % at 32 x 32k, -6.7 % at 1 x 128k, -14 % at 64 x 1k (results/2026-12-04-h200-s13/call12-kernels)
     mma_query_rotation: str = "auto"
+    # the mma decode kernel's split count: "fill" (default: mma_programs_per_sm programs an SM, as
+    # choose_splits) or "waves" (that count moved to the nearest whole number of waves of the programs an
+    # SM holds at once, from the kernel's shared memory and register cap: decode_mma.whole_wave_splits).
+    # Prepared in the thirteenth session without a GPU, not timed
+    mma_split_rule: str = "fill"
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -119,6 +125,9 @@ class AttnConfig:
         if self.mma_query_rotation not in MMA_QUERY_ROTATIONS:
             raise ValueError(f"mma_query_rotation={self.mma_query_rotation!r} is not supported; allowed values: "
                              f"{list(MMA_QUERY_ROTATIONS)}")
+        if self.mma_split_rule not in MMA_SPLIT_RULES:
+            raise ValueError(f"mma_split_rule={self.mma_split_rule!r} is not supported; allowed values: "
+                             f"{list(MMA_SPLIT_RULES)}")
         if self.mma_key_table not in MMA_KEY_TABLES:
             raise ValueError(f"mma_key_table={self.mma_key_table!r} is not supported; allowed values: "
                              f"{list(MMA_KEY_TABLES)}")

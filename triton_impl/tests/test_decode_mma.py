@@ -245,12 +245,64 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, all
     *[("mma_step_tiles", bad, r"\[0, 1, 2\]") for bad in (-1, 3, True, 2.0, "2")],
     *[("mma_key_table", bad, r"\['auto', 'pair', 'single'\]") for bad in ("pairs", "", None, 1)],
     *[("mma_query_rotation", bad, r"\['auto', 'fma', 'bf16x2'\]") for bad in ("bf16", "", None, 1)],
+    *[("mma_split_rule", bad, r"\['fill', 'waves'\]") for bad in ("wave", "", None, 1)],
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
     with pytest.raises(ValueError, match=rf"{option}={re.escape(repr(bad))} is not supported; allowed values: "
                                          rf"{allowed}"):
         AttnConfig(**{option: bad})
+
+
+@pytest.mark.parametrize("splits,rows,cap,want", [
+    (256, 8, 256, 214),  # 1 x 128k on an H200: 2,048 programs for 1,716 slots -> one whole wave
+    (66, 64, 128, 53),  # 8 x 32k: 2.46 waves -> 2
+    (17, 256, 128, 20),  # 32 x 32k: 2.54 waves -> 3
+    (4, 512, 4, 3),  # 64 x 1k: 1.19 waves -> 1
+    (32, 8, 32, 32),  # 256 programs: inside one wave, unchanged
+    (17, 256, 18, 13),  # 3 waves would need 20 splits, more than the cap: the whole waves below
+    (2, 1000, 2, 1),  # two splits of 1,000 rows: 1.17 waves -> one wave, one split
+])
+def test_whole_wave_splits(splits, rows, cap, want):
+    """mma_split_rule="waves": the split count moves to the nearest whole number of waves of resident
+    programs (13 an SM x 132 SMs here, the H200's tq3 / k4v3 / tq4 occupancy), within the cap, at least 1."""
+    from turboquant.triton_impl.decode_mma import whole_wave_splits
+
+    assert whole_wave_splits(splits, rows, 13, 132, cap) == want
+
+
+def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
+    """Occupancy from shared memory, registers and warp slots (the H200's figures: 233,472 bytes and 64
+    warps an SM), and the mma kernel's allocation (tables + ring) that sets it: 13 one-warp programs of
+    16 KB at the 128-register cap, 16 by registers alone."""
+    from types import SimpleNamespace
+
+    from turboquant.triton_impl import decode_mma, device
+    from turboquant.triton_impl.decode import decode_splits
+
+    for preset in ("tq3", "k4v3", "tq4"):
+        assert decode_mma.mma_shared_bytes(_params(preset, 128), decode_mma.RING_BYTES) == 16384
+    assert decode_mma.mma_shared_bytes(_params("tq4", 128), 24576) == 32768
+    props = SimpleNamespace(shared_memory_per_multiprocessor=233472, max_threads_per_multi_processor=2048,
+                            warp_size=32)
+    monkeypatch.setattr(device.torch.cuda, "get_device_properties", lambda idx: props)
+    monkeypatch.setattr(device, "_SMEM_PER_SM", {})
+    cuda = torch.device("cuda", 0)
+    assert device.resident_blocks(cuda, 16384, 1, 128) == 13
+    assert device.resident_blocks(cuda, 4096, 1, 128) == 16  # registers: 65,536 / (32 x 128)
+    assert device.resident_blocks(cuda, 0, 1, 32) == 32  # the block limit
+    assert device.resident_blocks(cuda, 0, 4, 0) == 2  # uncapped counts as 255 registers
+    assert device.resident_blocks(cuda, 300_000, 1, 128) == 1
+    assert device.resident_blocks(torch.device("cpu"), 16384, 1, 128) == 1
+    # decode_splits: the fill rule, then the waves rule from that occupancy (132 SMs)
+    monkeypatch.setattr("turboquant.triton_impl.decode.sm_count", lambda d: 132)
+    monkeypatch.setattr("turboquant.triton_impl.launch.sm_count", lambda d: 132)
+    p = _params("tq3", 128)
+    fill = default_config(torch.device("cpu"))
+    waves = dataclasses.replace(fill, mma_split_rule="waves")
+    assert decode_splits(p, fill, 8, 131072, cuda, mma=True) == 256
+    assert decode_splits(p, waves, 8, 131072, cuda, mma=True) == 214
+    assert decode_splits(p, waves, 8, 131072, cuda, mma=False) == decode_splits(p, fill, 8, 131072, cuda, mma=False)
 
 
 # --- the kernel (GPU) ------------------------------------------------------------------------------
@@ -454,6 +506,22 @@ def test_split_kernel_keeps_the_fma_query_rotation(dtype):
                                                                       mma_query_rotation=r))
             for r in ("fma", "bf16x2", "auto")]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+@GPU
+@pytest.mark.parametrize("preset", ["tq3", "tq4"])
+def test_whole_wave_split_rule_matches_the_reference(preset):
+    """mma_split_rule="waves" changes only how many splits share a row: the same attention within the
+    half-precision tolerance, on a batch whose fill-rule programs spill into a second wave (min_chunk 16:
+    8 rows x 256 splits, more than one wave on any GPU with fewer than 2,048 one-warp slots)."""
+    from turboquant.triton_impl.decode import decode_splits
+
+    args, want = _decode_case(preset, (3000, 2500, 4100, 1777), h=2, g=4)
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_split_rule="waves", min_chunk=16)
+    max_kv = args[2].shape[1] * args[1].shape[2]
+    assert decode_splits(args[4], cfg, 8, max_kv, DEV, mma=True) < \
+        decode_splits(args[4], dataclasses.replace(cfg, mma_split_rule="fill"), 8, max_kv, DEV, mma=True)
+    assert rel_err(decode_attention(*args, config=cfg).float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
 
 
 @GPU
