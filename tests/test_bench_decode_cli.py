@@ -48,7 +48,7 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     ("mma@s512b24576", "after mma@"),
     ("mma@s0", "max_splits=0 is not supported; allowed values: integers 1 to 4096"),
     ("mma@32x", "after mma@"),
-    ("mma@b16384", "mma_ring_bytes=16384 is not supported; allowed values: \\[8192, 24576, 57344\\]"),
+    ("mma@b16384", "mma_ring_bytes=16384 is not supported; allowed values: \\[4096, 8192, 24576, 57344\\]"),
     ("mma@b131072", "mma_ring_bytes=131072 is not supported"),
     ("mma@p3", "mma_step_tiles=3 is not supported; allowed values: \\[0, 1, 2\\]"),
     ("mma@p2t0", "after mma@"),

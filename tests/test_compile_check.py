@@ -40,31 +40,35 @@ def test_mma_decode_kernel_compiles_for_sm90():
 @pytest.mark.skipif(not ptxas.exists(), reason="this Triton has no bundled ptxas")
 def test_prepared_kernel_variants_compile_for_sm90():
     """The variants prepared for a GPU A/B (docs/kernel-notes.md): the single-code key table (k1), the
-    tensor-core query rotation (q1) and the store's register cap (r128) compile with this Triton, with the
+    tensor-core query rotation (q1), the 4 KB ring in a second allocation under a 120-register cap
+    (r120b4096: 17 programs an SM) and the store's register cap (r128) compile with this Triton, with the
     shared memory their launchers expect and no spills to local memory."""
     from turboquant.triton_impl.decode_mma import RING_BYTES, TABLE_BYTES
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
                         "--kernels", "_decode_mma_kernel,_store_mse_kernel,_rotate_query_tc_kernel",
-                        "--mma", "k1,t0k1,q1",
+                        "--mma", "k1,t0k1,q1,r120b4096",
                         "--store", "mse:128:8:prefetch+lean+search+r128"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     rows = {line.split()[-8]: line.split() for line in r.stdout.splitlines()
             if line.startswith(("_decode_mma_kernel", "_store_mse_kernel"))}
-    want = {"k4v3:k1", "k4v3:t0k1", "tq4:t0k1", "tq3:q1",
+    want = {"k4v3:k1", "k4v3:t0k1", "tq4:t0k1", "tq3:q1", "tq3:r120b4096", "k4v3:r120b4096",
             "tq3:128:8:prefetch+lean+search+r128", "k4v3:128:8:prefetch+lean+search+r128"}
     assert want <= set(rows), r.stdout
     tc = [line.split() for line in r.stdout.splitlines() if line.startswith("_rotate_query_tc_kernel")]
-    assert {row[-8] for row in tc} == {"tq3:q1", "k4v3:q1", "tq4:q1"}, r.stdout
+    assert {row[-8] for row in tc} >= {"tq3:q1", "k4v3:q1", "tq4:q1"}, r.stdout  # (and where q1 is the default)
     assert all(int(row[-6]) == 0 for row in tc), tc
     assert "tq3 mma@k1: not compiled: mma_key_table='single' is not supported" in r.stdout
+    assert "tq4 mma@r120b4096: not compiled: mma_ring_bytes=4096 holds 1 tile(s)" in r.stdout
     for label in want:
         row = rows[label]
         regs, spill, smem = int(row[-7]), int(row[-6]), int(row[-4])
         assert spill == 0 and 0 < regs <= 128, row
         if ":128:8:" in label:
             assert smem > 0, row
+        elif label.endswith("b4096"):
+            assert smem == TABLE_BYTES + 4096 and regs <= 120, row
         else:
             assert smem == TABLE_BYTES + RING_BYTES, row

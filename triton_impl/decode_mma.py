@@ -11,7 +11,7 @@ It writes the same partial state as ``attn_core._split_kernel`` (m, l, unnormali
 accumulator); ``merge.merge_splits`` merges the splits and rotates back.
 Grid: (num_seqs, num_kv_heads, num_splits), one warp per program.
 
-Shared memory (one allocation): the key and value pair tables (below), then a ring of STAGES tiles.
+Shared memory: the key and value pair tables (below), then a ring of STAGES tiles (MMA_RING_BYTES).
 A tile's TILE slots of one KV head are one contiguous, 16-byte aligned run of the cache; cp.async
 copies it, coalesced, STAGES - 1 tiles ahead, and the lanes read their words from the ring with
 ld.shared in the operand pattern below (one barrier per tile).
@@ -82,9 +82,14 @@ _thread_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
 TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
 RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up to 4 KB (tq4)
-# the kernel's one shared allocation (tables + ring) must be a power of two (a Triton layout rule:
-# another size aborts the compiler): the ring sizes that allow it, up to 64 KB in all
-MMA_RING_BYTES = tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
+# Shared memory is one allocation (tables + ring) whose size must be a power of two (a Triton layout
+# rule: another size aborts the compiler), or, for a ring smaller than the tables, two (the tables,
+# then the ring), each a power of two: Triton 3.6's allocator places the larger first (ties in program
+# order), so the tables still start at byte 0 and the ring at TABLE_BYTES, where the raw ld.shared
+# addressing expects them (the GPU tests compare every ring size against the reference). 4 KB holds two
+# 2 KB tiles (tq3, k4v3): 12 KB a program, 17 an SM by shared memory instead of 13 (16 at the
+# 128-register cap), for one tile a softmax step and one tile in flight. The ring sizes allowed:
+MMA_RING_BYTES = (4096,) + tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
 # the key table's kind (AttnConfig.mma_key_table); "auto": "single" for 4-bit keys (then the values keep a
 # table of their own), else "pair" -- the H200 timed "single" 1.4-3.7 % faster for k4v3 and 0.5-3.0 % for
 # tq4 at every shape (results/2026-12-04-h200-s12/call1-kernels)
@@ -122,8 +127,8 @@ def _expand_pairs(pair):
 @gluon.jit
 def _lookup(addr):
     """The int32 words at byte addresses ``addr`` (uint32 tensor) of the kernel's shared memory
-    (its one allocation, so it starts at Triton's ``global_smem``; decode_attention_mma checks the
-    compiled kernel's shared size against it)."""
+    (its tables start at Triton's ``global_smem``, the ring at RING0: MMA_RING_BYTES; decode_attention_mma
+    checks the compiled kernel's shared size against it)."""
     return gl.inline_asm_elementwise(
         "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b32 $0, [a]; }",
         "=r,r", [addr], dtype=gl.int32, is_pure=False, pack=1)
@@ -220,25 +225,26 @@ def _copy_tile_words(stage, src, w_copy, n_tokens, SW: gl.constexpr):
 
 
 @gluon.jit
-def _copy_first_tiles(smem, N: gl.constexpr, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
-                      SW: gl.constexpr, STAGE_WORDS: gl.constexpr):
-    """cp.async of the split's first N tiles into ring stages 0 .. N - 1, a commit group each."""
+def _copy_first_tiles(ring, RW0: gl.constexpr, N: gl.constexpr, start, end, bt_row, head_base, block_size, stride_cb,
+                      stride_cs, w_copy, SW: gl.constexpr, STAGE_WORDS: gl.constexpr):
+    """cp.async of the split's first N tiles into ring stages 0 .. N - 1 (stage 0 at word RW0 of ``ring``),
+    a commit group each."""
     for k in gl.static_range(N):
         tk = start + k * TILE
         src = _tile_source(tk, end, bt_row, head_base, block_size, stride_cb, stride_cs)
-        _copy_tile_words(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tk, SW)
+        _copy_tile_words(ring.slice(RW0 + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tk, SW)
         async_copy.commit_group()
 
 
 @gluon.jit
-def _copy_tile_to_stage(smem, st, tn, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
-                        SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr):
+def _copy_tile_to_stage(ring, RW0: gl.constexpr, st, tn, end, bt_row, head_base, block_size, stride_cb, stride_cs,
+                        w_copy, SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr):
     """cp.async of the tile of tokens [tn, tn + 16) into ring stage st (< STAGES, a runtime value),
     then its commit group."""
     src = _tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs)
     for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
         if st == k:
-            _copy_tile_words(smem.slice(2 * TABLE_WORDS + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tn, SW)
+            _copy_tile_words(ring.slice(RW0 + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tn, SW)
     async_copy.commit_group()
 
 
@@ -430,8 +436,8 @@ def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs
 
 
 @gluon.jit
-def _tiles_in_pairs(smem, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff, voff, kn_off, vn_off,
-                    bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
+def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff, voff, kn_off,
+                    vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
                     KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr,
                     V_CODES: gl.constexpr, K_COPIES: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
                     STAGES: gl.constexpr,
@@ -443,16 +449,16 @@ def _tiles_in_pairs(smem, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, ko
     past it, so STAGES - 2 tiles are in flight while a pair is computed.  A pair's second tile past
     ``end`` is all masked (zero-filled words, scores -inf)."""
     RING0: gl.constexpr = 2 * TABLE_WORDS * 4  # byte address of stage 0
-    _copy_first_tiles(smem, STAGES - 2, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, SW,
-                      STAGE_WORDS)
+    _copy_first_tiles(ring, RW0, STAGES - 2, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
+                      SW, STAGE_WORDS)
     l_t = gl.zeros([TILE, 8], gl.float32, MMA)
     i = 0
     for t0 in range(start, end, 2 * TILE):
         async_copy.wait_group(STAGES - 4)  # tiles i, i + 1 have landed (this lane's copies) ...
         _barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
         for n in gl.static_range(2):
-            _copy_tile_to_stage(smem, (i + STAGES - 2 + n) % STAGES, t0 + (STAGES - 2 + n) * TILE, end, bt_row,
-                                head_base, block_size, stride_cb, stride_cs, w_copy, SW, STAGES, STAGE_WORDS)
+            _copy_tile_to_stage(ring, RW0, (i + STAGES - 2 + n) % STAGES, t0 + (STAGES - 2 + n) * TILE, end,
+                                bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, SW, STAGES, STAGE_WORDS)
         sb0 = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         sb1 = (RING0 + ((i + 1) % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         m_i, l_t, acc, vs = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
@@ -513,14 +519,22 @@ def _decode_mma_kernel(
     qm_op = gl.max(gl.abs(q), axis=0)  # qm again, in the operand's column layout
     q_op = (q * (1.0 / gl.where(qm_op > 0, qm_op, 1.0))[None, :]).to(gl.float16)
 
-    # Shared memory, one allocation (int32 words): the pair tables (2 TABLE_WORDS words: the key
-    # table then the value table, TABLE_WORDS each, or with SHARED_TABLE one table for both; every
-    # entry repeated so that lanes spread over the banks), then a ring of STAGES tiles (TILE slots =
-    # TILE * SW words each, STAGE_WORDS apart) filled by cp.async.  The tables are written a word a
-    # lane, consecutive words by consecutive lanes (no bank conflict).
+    # Shared memory (int32 words): the pair tables (2 TABLE_WORDS words: the key table then the value
+    # table, TABLE_WORDS each, or with SHARED_TABLE one table for both; every entry repeated so that
+    # lanes spread over the banks), then a ring of STAGES tiles (TILE slots = TILE * SW words each,
+    # STAGE_WORDS apart) filled by cp.async: one allocation, or two where the ring is smaller than the
+    # tables (MMA_RING_BYTES; the tables at byte 0 either way, the ring at byte RING0).  The tables are
+    # written a word a lane, consecutive words by consecutive lanes (no bank conflict).
     FL: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
-    smem = gl.allocate_shared_memory(gl.int32, [2 * TABLE_WORDS + STAGES * STAGE_WORDS],
-                                     gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    if STAGES * STAGE_WORDS < 2 * TABLE_WORDS:
+        smem = gl.allocate_shared_memory(gl.int32, [2 * TABLE_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        ring = gl.allocate_shared_memory(gl.int32, [STAGES * STAGE_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        RW0: gl.constexpr = 0  # stage 0's first word in ``ring``
+    else:
+        smem = gl.allocate_shared_memory(gl.int32, [2 * TABLE_WORDS + STAGES * STAGE_WORDS],
+                                         gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        ring = smem
+        RW0: gl.constexpr = 2 * TABLE_WORDS
     if SHARED_TABLE:
         K_COPIES: gl.constexpr = 2 * TABLE_WORDS // (1 << (2 * KB))
         V_COPIES: gl.constexpr = K_COPIES
@@ -564,14 +578,14 @@ def _decode_mma_kernel(
     if STEP_TILES == 1:  # one online-softmax step a tile
         # Pipeline: tile i is copied (cp.async, 16 B per lane and vector, coalesced) into stage i % STAGES
         # STAGES - 1 tiles ahead of its use; masked words (tokens past the split) are zero-filled.
-        _copy_first_tiles(smem, STAGES - 1, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
-                          SW, STAGE_WORDS)
+        _copy_first_tiles(ring, RW0, STAGES - 1, start, end, bt_row, head_base, block_size, stride_cb, stride_cs,
+                          w_copy, SW, STAGE_WORDS)
         i = 0
         for t0 in range(start, end, TILE):
             async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
             _barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
-            _copy_tile_to_stage(smem, (i + STAGES - 1) % STAGES, t0 + (STAGES - 1) * TILE, end, bt_row, head_base,
-                                block_size, stride_cb, stride_cs, w_copy, SW, STAGES, STAGE_WORDS)
+            _copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, t0 + (STAGES - 1) * TILE, end, bt_row,
+                                head_base, block_size, stride_cb, stride_cs, w_copy, SW, STAGES, STAGE_WORDS)
             sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
             m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs,
                                              koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES,
@@ -579,7 +593,7 @@ def _decode_mma_kernel(
             i += 1
         async_copy.wait_group(0)
     else:  # two tiles a step
-        m_i, l_i, acc, vs = _tiles_in_pairs(smem, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff,
+        m_i, l_i, acc, vs = _tiles_in_pairs(ring, RW0, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff,
                                             voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb,
                                             stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES,
                                             V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3)

@@ -115,7 +115,7 @@ class AttnConfig:
         if isinstance(self.mma_ring_bytes, bool) or self.mma_ring_bytes not in MMA_RING_BYTES:
             raise ValueError(f"mma_ring_bytes={self.mma_ring_bytes!r} is not supported; allowed values: "
                              f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
-                             "power-of-two shared allocation)")
+                             "power-of-two shared allocation, or a power-of-two ring smaller than the tables)")
         if not isinstance(self.mma_shared_table, bool):
             raise ValueError(f"mma_shared_table={self.mma_shared_table!r} is not supported; allowed values: True, "
                              "False")

@@ -200,10 +200,11 @@ def test_a_ring_too_small_for_two_tiles_is_refused():
                                              r"allowed values: \[8192, 24576, 57344\]"):
             decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=q.shape[1],
                                  sm_scale=0.1, num_splits=1, ring_bytes=ring)
-    for bad in (1000, 4096, 16384, 1 << 17, True):
+    for bad in (1000, 2048, 16384, 1 << 17, True):
         with pytest.raises(ValueError, match=rf"mma_ring_bytes={bad!r} is not supported; allowed values: "
-                                             r"\[8192, 24576, 57344\]"):
+                                             r"\[4096, 8192, 24576, 57344\]"):
             AttnConfig(mma_ring_bytes=bad)
+    assert AttnConfig(mma_ring_bytes=4096).mma_ring_bytes == 4096  # two tiles of tq3 / k4v3 (a second allocation)
 
 
 @pytest.mark.parametrize("preset,same", [("tq3", True), ("tq4", True), ("k4v3", False)])
