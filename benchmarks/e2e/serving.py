@@ -14,7 +14,9 @@ caching off, ``gpu_memory_utilization`` 0.9, ``max_num_seqs`` 1024, ``max_model_
 * ``ttft``: time to first token of a single 32k and a single 128k prompt (median of a few after a
   warm-up; 128k = max_model_len - 1 tokens, since vLLM refuses a prompt of max_model_len tokens);
 * ``tpot``: time per output token at a fixed batch of 32 sequences at 32k context, timed from the
-  step at which every sequence has its first token (one prefill pass serves the measurement).
+  step at which every sequence has its first token (one prefill pass serves the measurement);
+* ``step_profile`` (alone, not in the defaults): the same batch's decode steps under torch.profiler,
+  device time per kernel per step (``step_profile.py``; the engine then runs in-process).
 
 The model is a ``config.json`` the script writes (``--geometry``), loaded with
 ``load_format="dummy"``; prompts are seeded random token ids.  The weights are random: only speed
@@ -41,7 +43,7 @@ from turboquant.vllm_integration.engine_configs import check_config, config_kwar
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/e2e/ -> root
 DEFAULT_CONFIGS = ("bf16", "fp8", "turboquant_4bit_nc", "turboquant_3bit_nc", "tq4", "k4v3", "tq3")
 WORKLOADS = ("M", "L", "G")
-MEASURES = ("throughput", "prefill_only", "ttft", "tpot")
+MEASURES = ("throughput", "prefill_only", "ttft", "tpot", "step_profile")
 DEFAULT_MEASURES = ("ttft", "throughput", "tpot")
 WEIGHTS = "dummy (random)"
 RECORDED_ERRORS = 3  # a worker's exit code when some of its rows are errors
@@ -64,13 +66,13 @@ SIZE_DEFAULTS = {
                   "g_requests": 256, "g_prompt": 4096, "g_output": 4096,
                   "ttft_lens": "32768,131071", "ttft_repeats": 3,
                   "tpot_batch": 32, "tpot_context": 32768, "tpot_steps": 32, "tpot_warmup_steps": 4,
-                  "max_model_len": 131072},
+                  "profile_steps": 8, "max_model_len": 131072},
     "tiny": {"m_requests": 4, "m_prompt": 96, "m_output": 8,
              "l_requests": 2, "l_prompt": 256, "l_output": 8,
              "g_requests": 4, "g_prompt": 32, "g_output": 32,
              "ttft_lens": "128,511", "ttft_repeats": 2,
              "tpot_batch": 4, "tpot_context": 64, "tpot_steps": 4, "tpot_warmup_steps": 1,
-             "max_model_len": 512},
+             "profile_steps": 2, "max_model_len": 512},
 }
 
 
@@ -143,8 +145,12 @@ def validate(args) -> None:
             raise ValueError(f"--{e}") from None
     args.workload_list = _csv(args.workloads, "--workloads", WORKLOADS)
     args.measure_list = _csv(args.measure, "--measure", MEASURES)
+    if "step_profile" in args.measure_list and len(args.measure_list) > 1:
+        raise ValueError(f"--measure: step_profile runs vLLM's engine in the measuring process, which changes "
+                         f"the others' conditions; give it alone (got {','.join(args.measure_list)})")
     ints = ["max_model_len", "max_num_seqs", "ttft_repeats", "tpot_batch", "tpot_context", "tpot_steps",
-            "cpu_kv_mib"] + [f"{w.lower()}_{s}" for w in WORKLOADS for s in ("requests", "prompt", "output")]
+            "profile_steps", "cpu_kv_mib"] + [f"{w.lower()}_{s}" for w in WORKLOADS
+                                              for s in ("requests", "prompt", "output")]
     for k in ints:
         if getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')}: {getattr(args, k)} must be an integer >= 1")
@@ -194,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tpot-context", type=int, default=None, help="TPOT: prompt tokens per sequence (default 32768)")
     ap.add_argument("--tpot-steps", type=int, default=None, help="TPOT: timed decode steps (default 32)")
     ap.add_argument("--tpot-warmup-steps", type=int, default=None, help="TPOT: untimed decode steps first")
+    ap.add_argument("--profile-steps", type=int, default=None,
+                    help="step_profile: decode steps profiled (default 8), at the TPOT batch and context")
     ap.add_argument("--max-model-len", type=int, default=None, help="default 131072 (tiny geometry: 512)")
     ap.add_argument("--max-num-seqs", type=int, default=1024)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -370,6 +378,8 @@ class Worker:
     def start(self) -> None:
         from vllm import LLM
 
+        if self.args.measure_list == ["step_profile"]:  # the profiler must see the engine core's kernels
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         t0 = time.perf_counter()
         self.llm = LLM(**engine_kwargs(self.config, self.args.model_dir, self.args))
         start_s = time.perf_counter() - t0
@@ -406,6 +416,9 @@ class Worker:
                     "output_len": 1 if measurement == "prefill_only" else o}
         if measurement == "ttft":
             return {"measurement": measurement, "prompt_len": what, "repeats": a.ttft_repeats}
+        if measurement == "step_profile":
+            return {"measurement": measurement, "batch": a.tpot_batch, "context": a.tpot_context,
+                    "profile_steps": a.profile_steps, "warmup_steps": a.tpot_warmup_steps}
         return {"measurement": measurement, "batch": a.tpot_batch, "context": a.tpot_context, "steps": a.tpot_steps,
                 "warmup_steps": a.tpot_warmup_steps}
 
@@ -438,12 +451,13 @@ class Worker:
         return self.emit({**base, "seconds": round(statistics.median(samples), 4),
                           "samples": [round(s, 4) for s in samples]})
 
-    def tpot_tokens_per_sequence(self) -> int:
-        """KV tokens a TPOT sequence may reach: while the last prompt is still prefilling, the first
-        ones already decode (at most one token per engine step)."""
+    def tpot_tokens_per_sequence(self, steps: int | None = None) -> int:
+        """KV tokens a TPOT sequence may reach over ``steps`` decode steps (default --tpot-steps): while
+        the last prompt is still prefilling, the first ones already decode (at most one token per engine
+        step)."""
         a = self.args
         prefill_steps = blocks_for(a.tpot_batch * a.tpot_context, self.max_num_batched_tokens()) + a.tpot_batch
-        return a.tpot_context + prefill_steps + a.tpot_warmup_steps + a.tpot_steps + 1
+        return a.tpot_context + prefill_steps + a.tpot_warmup_steps + (a.tpot_steps if steps is None else steps) + 1
 
     def max_num_batched_tokens(self) -> int:
         return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens)
@@ -466,15 +480,7 @@ class Worker:
         reason = self.does_not_fit(a.tpot_batch, reach)
         if reason:
             return self.emit({**base, "skipped": reason})
-        engine = self.llm.llm_engine
-        # As long as max_model_len allows, so that no sequence ends before the timing does (KV blocks
-        # are allocated as tokens come, so this costs nothing); aborted after the timed steps.
-        max_tokens = a.max_model_len - a.tpot_context
-        prompts = make_prompts(a.tpot_batch, a.tpot_context, self.vocab, a.seed, 4)
-        self.warm_up()
-        ids = [f"tpot-{i}" for i in range(a.tpot_batch)]
-        for rid, prompt in zip(ids, prompts):
-            engine.add_request(rid, prompt, sampling(max_tokens))
+        engine, ids, max_tokens = self.add_decode_batch("tpot")
         counts: dict[str, int] = {}
         start_count, t_first, t_a, t_b, steps = 1 + a.tpot_warmup_steps, None, None, None, 0
         t0 = time.perf_counter()
@@ -491,15 +497,57 @@ class Worker:
                 t_a, ahead = now, max(counts.values())
             if t_a is not None and low >= start_count + a.tpot_steps:
                 t_b = now
-        engine.abort_request(ids, internal=False)
-        while engine.has_unfinished_requests():
-            engine.step()
+        self.end_decode_batch(engine, ids)
         if t_b is None or max(counts.values()) >= max_tokens:
             return self.emit({**base, "error": f"a sequence finished before the {a.tpot_steps} timed steps did "
                                                f"(max_tokens {max_tokens}, tokens {sorted(counts.values())})"})
         return self.emit({**base, "seconds_per_token": round((t_b - t_a) / a.tpot_steps, 6),
                           "first_token_s": round(t_first - t0, 3), "max_tokens_ahead": ahead - start_count,
                           "engine_steps": steps})
+
+    def add_decode_batch(self, prefix: str):
+        """(engine, request ids, max_tokens): the TPOT batch (--tpot-batch prompts of --tpot-context tokens)
+        added to the engine after a warm-up request, each allowed as many tokens as max_model_len allows, so
+        that none ends before the measurement does (KV blocks are allocated as tokens come, so this costs
+        nothing; end_decode_batch aborts them)."""
+        a = self.args
+        engine = self.llm.llm_engine
+        max_tokens = a.max_model_len - a.tpot_context
+        prompts = make_prompts(a.tpot_batch, a.tpot_context, self.vocab, a.seed, 4)
+        self.warm_up()
+        ids = [f"{prefix}-{i}" for i in range(a.tpot_batch)]
+        for rid, prompt in zip(ids, prompts):
+            engine.add_request(rid, prompt, sampling(max_tokens))
+        return engine, ids, max_tokens
+
+    @staticmethod
+    def end_decode_batch(engine, ids) -> None:
+        engine.abort_request(ids, internal=False)
+        while engine.has_unfinished_requests():
+            engine.step()
+
+    def step_profile(self) -> dict:
+        """The TPOT batch's decode steps under torch.profiler: once every sequence has its first token
+        and --tpot-warmup-steps more, --profile-steps steps, their kernels' time per step."""
+        a = self.args
+        base = self.label("step_profile", None)
+        reason = self.does_not_fit(a.tpot_batch, self.tpot_tokens_per_sequence(a.profile_steps))
+        if reason:
+            return self.emit({**base, "skipped": reason})
+        engine, ids, _ = self.add_decode_batch("profile")
+        counts: dict[str, int] = {}
+        while engine.has_unfinished_requests():
+            for o in engine.step():
+                counts[o.request_id] = len(o.outputs[0].token_ids)
+            if len(counts) == a.tpot_batch and min(counts.values()) >= 1 + a.tpot_warmup_steps:
+                break
+        before = dict(counts)
+        row = _step_profile_module().profile_steps(engine.step, a.profile_steps)
+        self.end_decode_batch(engine, ids)
+        if len(before) < a.tpot_batch:
+            return self.emit({**base, "error": f"only {len(before)} of {a.tpot_batch} sequences decoded before the "
+                                               "profile"})
+        return self.emit({**base, **row, "tokens_before": min(before.values())})
 
     def run(self) -> bool:
         """All measurements, in order; False when some row is an error."""
@@ -528,6 +576,8 @@ class Worker:
                         self.throughput(what, prefill_only=m == "prefill_only")
                     elif m == "ttft":
                         self.ttft(what)
+                    elif m == "step_profile":
+                        self.step_profile()
                     else:
                         self.tpot()
                 except Exception as e:  # the next measurement may still work; the row says what failed
@@ -538,6 +588,18 @@ class Worker:
 
             shutdown_llm(self.llm)
         return ok
+
+
+def _step_profile_module():
+    """step_profile.py, loaded by path: the worker runs this file as a script, outside the package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_tq_step_profile",
+                                                  os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                               "step_profile.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 # --------------------------------------------------------------------------------------- main

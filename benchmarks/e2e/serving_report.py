@@ -202,6 +202,10 @@ def report_markdown(envs: list[dict], rows: list[dict], paths: str) -> str:
                 "on that workload exceeds it.", ""]
     if any(r["measurement"] in ("ttft", "tpot") for r in rows):
         out += [*latency_table(rows, ix), "", "TTFT, TPOT: vs bf16 / fp8 = time ratio (lower is better)."]
+    if any(r["measurement"] == "step_profile" for r in rows):
+        from .step_profile import table as step_table
+
+        out += ["", *step_table(rows, label)]
     crashed = [r for r in rows if r["measurement"] == "worker"]
     if crashed:
         out += ["", "Workers that ended without finishing (their earlier rows are in the tables): "

