@@ -619,8 +619,8 @@ SPLIT_RULES = ("fill", "waves")  # AttnConfig.mma_split_rule
 
 
 def mma_shared_bytes(params: KernelParams, ring_bytes: int) -> int:
-    """The mma kernel's one shared allocation: its tables and its tile ring (decode_attention_mma checks the
-    compiled kernel against it)."""
+    """The mma kernel's shared memory in bytes: its tables and its tile ring, in one allocation or two
+    (MMA_RING_BYTES; decode_attention_mma checks the compiled kernel against it)."""
     stage_words = next_pow2(TILE_TOKENS * (params.slot_bytes // 4))
     return TABLE_BYTES + 4 * (ring_bytes // (4 * stage_words)) * stage_words
 
@@ -721,8 +721,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         STEP_TILES=step_tiles, KEY_SINGLE=key_table == "single",
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
-    # _lookup addresses the tables from the start of the kernel's shared memory: they must be its only
-    # allocation (a layout conversion that needed scratch space would break that)
+    # _lookup addresses the tables from the start of the kernel's shared memory and the ring right after
+    # them: they must be all of it (a layout conversion that needed scratch space would break that)
     shared = mma_shared_bytes(params, ring_bytes)
     if kernel is not None and kernel.metadata.shared != shared:
         raise RuntimeError(f"decode_mma kernel uses {kernel.metadata.shared} bytes of shared memory, expected "
