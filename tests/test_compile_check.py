@@ -41,14 +41,15 @@ def test_mma_decode_kernel_compiles_for_sm90():
 def test_prepared_kernel_variants_compile_for_sm90():
     """The variants prepared for a GPU A/B (docs/kernel-notes.md): the single-code key table (k1), the
     tensor-core query rotation (q1), the 4 KB ring in a second allocation under a 120-register cap
-    (r120b4096: 17 programs an SM) and the store's register cap (r128) compile with this Triton, with the
+    (r120b4096: 17 programs an SM), the output rotation on tensor cores (o1) and the store's register cap
+    (r128) compile with this Triton, with the
     shared memory their launchers expect and no spills to local memory."""
     from turboquant.triton_impl.decode_mma import RING_BYTES, TABLE_BYTES
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
-                        "--kernels", "_decode_mma_kernel,_store_mse_kernel,_rotate_query_tc_kernel",
-                        "--mma", "k1,t0k1,q1,r120b4096",
+                        "--kernels", "_decode_mma_kernel,_store_mse_kernel,_rotate_query_tc_kernel,"
+                        "_rotate_columns_kernel", "--mma", "k1,t0k1,q1,r120b4096,o1",
                         "--store", "mse:128:8:prefetch+lean+search+r128"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
@@ -60,6 +61,9 @@ def test_prepared_kernel_variants_compile_for_sm90():
     tc = [line.split() for line in r.stdout.splitlines() if line.startswith("_rotate_query_tc_kernel")]
     assert {row[-8] for row in tc} >= {"tq3:q1", "k4v3:q1", "tq4:q1"}, r.stdout  # (and where q1 is the default)
     assert all(int(row[-6]) == 0 for row in tc), tc
+    cols = [line.split() for line in r.stdout.splitlines() if line.startswith("_rotate_columns_kernel")]
+    assert {row[-8] for row in cols} >= {"tq3:o1", "k4v3:o1", "tq4:o1"}, r.stdout  # the bf16x3 output rotation
+    assert all(int(row[-6]) == 0 for row in cols), cols
     assert "tq3 mma@k1: not compiled: mma_key_table='single' is not supported" in r.stdout
     assert "tq4 mma@r120b4096: not compiled: mma_ring_bytes=4096 holds 1 tile(s)" in r.stdout
     for label in want:

@@ -66,7 +66,8 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
             return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq,
                                         sm_scale=scale, num_splits=s, maxnreg=cfg.mma_maxnreg,
                                         ring_bytes=cfg.mma_ring_bytes, shared_table=cfg.mma_shared_table,
-                                        step_tiles=cfg.mma_step_tiles, key_table=cfg.mma_key_table)
+                                        step_tiles=cfg.mma_step_tiles, key_table=cfg.mma_key_table,
+                                        output_rotation=cfg.mma_output_rotation)
         except (CompilationError, AttributeError, TypeError) as e:
             # a Triton whose Gluon API the kernel does not know (a compile error, or a missing or changed
             # function met while the JIT resolves the kernel's source): "auto" keeps working on the split

@@ -19,6 +19,7 @@ from .device import sm_count
 from .merge import merge_splits
 from .params import MIN_DOT, KernelParams, next_pow2
 from .query import MMA_QUERY_ROTATIONS, query_layout
+from .rotate import COLUMNS_PRECISIONS
 
 MERGE_BH = 16
 
@@ -92,6 +93,12 @@ class AttnConfig:
     # SM holds at once, from the kernel's shared memory and register cap: decode_mma.whole_wave_splits).
     # Prepared in the thirteenth session without a GPU, not timed
     mma_split_rule: str = "fill"
+    # the mma decode step's inverse rotation (merge.merge_splits -> rotate._rotate_columns_kernel): "fma" (fp32
+    # FMA dots over K chunks) or "bf16x3" (three bf16 tensor-core products: rotate.COLUMNS_PRECISIONS; its
+    # error ~2^-16 of the row, under the bf16 output's rounding). The FMA kernel took 3.7-6.1 us on the
+    # H200 (1 x 128k to 64 x 1k, results/2026-12-04-h200-s13/call12-kernels/trace.log). Prepared in the
+    # thirteenth session without a GPU, not timed
+    mma_output_rotation: str = "fma"
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -125,6 +132,9 @@ class AttnConfig:
         if self.mma_query_rotation not in MMA_QUERY_ROTATIONS:
             raise ValueError(f"mma_query_rotation={self.mma_query_rotation!r} is not supported; allowed values: "
                              f"{list(MMA_QUERY_ROTATIONS)}")
+        if self.mma_output_rotation not in COLUMNS_PRECISIONS:
+            raise ValueError(f"mma_output_rotation={self.mma_output_rotation!r} is not supported; allowed values: "
+                             f"{list(COLUMNS_PRECISIONS)}")
         if self.mma_split_rule not in MMA_SPLIT_RULES:
             raise ValueError(f"mma_split_rule={self.mma_split_rule!r} is not supported; allowed values: "
                              f"{list(MMA_SPLIT_RULES)}")

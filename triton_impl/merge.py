@@ -89,9 +89,11 @@ def _merge_splits_kernel(part_acc_ptr, part_ml_ptr, o_ptr, n_rows, num_splits,
 
 
 def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tensor, params: KernelParams, *,
-                 num_q_heads: int, num_splits: int, rows_per_program: int | None = None) -> torch.Tensor:
+                 num_q_heads: int, num_splits: int, rows_per_program: int | None = None,
+                 output_rotation: str = "fma") -> torch.Tensor:
     """out [T, Hq, D] from the splits' partial states of T * Hq rows (the layout _split_kernel and
-    decode_mma write): merge (one fp32 workspace [T, Hq, DACC]), then the inverse rotation.
+    decode_mma write): merge (one fp32 workspace [T, Hq, DACC]), then the inverse rotation
+    (output_rotation: its arithmetic for the few rows of a decode step, rotate.COLUMNS_PRECISIONS).
     rows_per_program: plan_merge's BR fixed (tests); default from the rows and the device."""
     dacc = acc_width(params)
     n_rows = out.shape[0] * num_q_heads
@@ -105,4 +107,5 @@ def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tenso
     if params.meta["V_GROUP"]:  # group values: the accumulator is the output
         out.copy_(o[:, :, : params.head_size])
         return out
-    return rotate_rows(o, params, out, inverse=True, few_rows=n_rows <= ROTATE_COLUMNS_ROWS)
+    return rotate_rows(o, params, out, inverse=True, few_rows=n_rows <= ROTATE_COLUMNS_ROWS,
+                       columns_precision=output_rotation)

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .attn_core import round_bf16, store_channels
 from .device import sm_count
-from .params import KC, KernelParams, next_pow2
+from .params import INTERPRET, KC, KernelParams, next_pow2
 
 ROTATE_BR = 64  # rows per _rotate_kernel program (H200, 2026-12-03: 64 rows, 3xTF32 took 254 us for 8k x 32 rows)
 ROTATE_BR_WIDE = 32  # rows per program where an instance is wider than 128 (shared memory)
@@ -22,6 +22,11 @@ ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS = 32, 4  # Triton 3.6 sm_90: 84 KB
 # operand held per program (the persistent kernel spent 7-8 us on the H200 for the 32 to 2,048 rows of a
 # decode step, mostly loading and splitting its operand)
 ROTATE_COLUMNS_ROWS, ROTATE_COLUMNS_BR, ROTATE_COLUMNS_JC = 8192, 16, 32
+# that kernel's arithmetic (AttnConfig.mma_output_rotation): "fma" (fp32 FMA dots over K chunks of KC) or
+# "bf16x3" (o' and Pi each split into bf16 hi + lo, o_hi Pi_hi + o_hi Pi_lo + o_lo Pi_hi on tensor cores
+# with fp32 accumulation: each part to ~2^-17 relative, the dropped o_lo Pi_lo ~2^-18, far below the bf16
+# output's rounding)
+COLUMNS_PRECISIONS = ("fma", "bf16x3")
 
 
 @triton.jit
@@ -50,6 +55,24 @@ def _product(x, a_hi, a_lo, PREC: tl.constexpr, OUT_BF16: tl.constexpr):
     if OUT_BF16:
         y = round_bf16(y)
     return y
+
+
+@triton.jit
+def _product_bf16x3(x, a, F32_PARTS: tl.constexpr):
+    """x [BR, K] @ a [K, N], both float32, as three bf16 tensor-core products (COLUMNS_PRECISIONS), small
+    terms first. F32_PARTS (the CPU interpreter, whose bf16 dots are not trustworthy): the same bf16 parts,
+    multiplied as float32 (their products are exact either way)."""
+    x_hi = x.to(tl.bfloat16)
+    x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
+    a_hi = a.to(tl.bfloat16)
+    a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
+    if F32_PARTS:
+        y = tl.dot(x_hi.to(tl.float32), a_lo.to(tl.float32), input_precision="ieee")
+        y = tl.dot(x_lo.to(tl.float32), a_hi.to(tl.float32), y, input_precision="ieee")
+        return tl.dot(x_hi.to(tl.float32), a_hi.to(tl.float32), y, input_precision="ieee")
+    y = tl.dot(x_hi, a_lo)
+    y = tl.dot(x_lo, a_hi, y)
+    return tl.dot(x_hi, a_hi, y)
 
 
 @triton.jit
@@ -168,18 +191,24 @@ def _rotate_persistent_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, r
 @triton.jit
 def _rotate_columns_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, chan_ptr, BR: tl.constexpr,
                            MPMAX: tl.constexpr, M0: tl.constexpr, MP0: tl.constexpr, IDCH0: tl.constexpr,
-                           JC: tl.constexpr, OUT_BF16: tl.constexpr):
+                           JC: tl.constexpr, OUT_BF16: tl.constexpr, PREC: tl.constexpr, F32_PARTS: tl.constexpr):
     # The inverse rotation of ONE instance (NI == 1, MP0 <= 128), out = Pi^T o', for few rows:
-    # y[r, chan[j]] = sum_c x[r, c] Pi[c, j] for the JC output columns j of program_id(1), in fp32 FMA
-    # (IEEE) over K chunks of KC; rows and layouts as _rotate_kernel's.  Grid (cdiv(n_rows, BR), MP0 // JC).
+    # y[r, chan[j]] = sum_c x[r, c] Pi[c, j] for the JC output columns j of program_id(1): PREC "fma", fp32
+    # FMA (IEEE) over K chunks of KC; "bf16x3", one three-part tensor-core product over all of K
+    # (_product_bf16x3).  Rows and layouts as _rotate_kernel's.  Grid (cdiv(n_rows, BR), MP0 // JC).
     xrow, yrow, rm = _row_tile(tl.program_id(0), BR, n_rows, heads, x_ptr, sx0, sx1, y_ptr, sy0, sy1)
     j = tl.program_id(1) * JC + tl.arange(0, JC)
-    y = tl.zeros((BR, JC), tl.float32)
-    for k0 in range(0, MP0, KC):
-        kk = k0 + tl.arange(0, KC)
-        x = tl.load(xrow[:, None] + kk[None, :], mask=rm[:, None] & (kk < M0)[None, :], other=0.0).to(tl.float32)
-        a = tl.load(rot_ptr + kk[:, None] * MPMAX + j[None, :])  # Pi[kk, j]
-        y = tl.dot(x, a, y, input_precision="ieee")
+    if PREC == "bf16x3":
+        k = tl.arange(0, MP0)
+        x = tl.load(xrow[:, None] + k[None, :], mask=rm[:, None] & (k < M0)[None, :], other=0.0).to(tl.float32)
+        y = _product_bf16x3(x, tl.load(rot_ptr + k[:, None] * MPMAX + j[None, :]), F32_PARTS)  # Pi[k, j]
+    else:
+        y = tl.zeros((BR, JC), tl.float32)
+        for k0 in range(0, MP0, KC):
+            kk = k0 + tl.arange(0, KC)
+            x = tl.load(xrow[:, None] + kk[None, :], mask=rm[:, None] & (kk < M0)[None, :], other=0.0).to(tl.float32)
+            a = tl.load(rot_ptr + kk[:, None] * MPMAX + j[None, :])  # Pi[kk, j]
+            y = tl.dot(x, a, y, input_precision="ieee")
     store_channels(yrow, y, j, rm, chan_ptr, M0, IDCH0, OUT_BF16)
 
 
@@ -202,7 +231,7 @@ def _precision(x: torch.Tensor) -> str:
 
 def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inverse: bool,
                 persistent: bool = True, tiling: tuple[int, int, int] | None = None,
-                tensor: str | None = None, few_rows: bool = False) -> torch.Tensor:
+                tensor: str | None = None, few_rows: bool = False, columns_precision: str = "fma") -> torch.Tensor:
     """Forward: x = query [T, Hq, D] -> y = q' [T, Hq, W] (the key instances' rotations).  inverse:
     x = o' [T, Hq, W] -> y = out [T, Hq, D] (the value instances'; not for group values, whose o' is
     already the output); with tensor="key", x = K' [T, Hkv, W] -> K [T, Hkv, D] (the prefill
@@ -210,9 +239,13 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
     _rotate_persistent_kernel unless persistent=False (the one-tile-per-program _rotate_kernel: the
     tests' second implementation); with few_rows=True an inverse one on _rotate_columns_kernel (fp32 FMA,
     output columns spread over programs: the few rows of a decode step; the caller decides, so that a
-    launch's kernel never depends on its row count where that must not change a row's bits).  tiling =
+    launch's kernel never depends on its row count where that must not change a row's bits;
+    columns_precision: its arithmetic, COLUMNS_PRECISIONS).  tiling =
     (rows per tile, warps, programs per SM) of the persistent kernel (benchmarks); default the module's."""
     tensor = tensor or ("value" if inverse else "key")
+    if columns_precision not in COLUMNS_PRECISIONS:
+        raise ValueError(f"mma_output_rotation={columns_precision!r} is not supported; allowed values: "
+                         f"{list(COLUMNS_PRECISIONS)}")
     if tensor not in ("key", "value") or (tensor == "value" and not inverse):
         raise ValueError(f"tensor={tensor!r} is not supported here; allowed values: 'key', and 'value' with "
                          "inverse=True")
@@ -231,7 +264,7 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
         _rotate_columns_kernel[(triton.cdiv(n, ROTATE_COLUMNS_BR), consts["MP0"] // jc)](
             x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1), n, heads, rot, chan, BR=ROTATE_COLUMNS_BR,
             **{k: consts[k] for k in ("MPMAX", "M0", "MP0", "IDCH0")}, JC=jc,
-            OUT_BF16=y.dtype == torch.bfloat16, num_warps=4)
+            OUT_BF16=y.dtype == torch.bfloat16, PREC=columns_precision, F32_PARTS=INTERPRET, num_warps=4)
         return y
     if consts["NI"] == 1 and mpmax <= 128 and persistent:
         br, warps, per_sm = tiling or (ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS, ROTATE_PROGRAMS_PER_SM)

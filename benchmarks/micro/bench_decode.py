@@ -298,21 +298,22 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
     """--kernels entry -> the AttnConfig it times: 'auto', 'split', 'mma', or 'mma@' followed by any of
     N (mma_programs_per_sm), rR (mma_maxnreg), bB (mma_ring_bytes), sS (max_splits), t0 / t1
     (mma_shared_table), p0 / p1 / p2 (mma_step_tiles), k1 (mma_key_table "single"; k0: "pair"; neither: "auto"),
-    q1 (mma_query_rotation "bf16x2"; q0: "fma"; neither: "auto"), w1 (mma_split_rule "waves"; w0: "fill") in that
-    order: mma@32r128b24576s512t0p2k1q1w1."""
+    q1 (mma_query_rotation "bf16x2"; q0: "fma"; neither: "auto"), w1 (mma_split_rule "waves"; w0: "fill"), o1
+    (mma_output_rotation "bf16x3"; o0: "fma") in that order: mma@32r128b24576s512t0p2k1q1w1o1."""
     kern, at, opts = spec.partition("@")
     if kern not in ("auto", "mma", "split") or (at and kern != "mma"):
         raise ValueError(f"--kernels entry {spec!r}: allowed values: auto, split, mma, "
-                         "mma@[N][rR][bB][sS][t0|t1][p0|p1|p2][k0|k1][q0|q1][w0|w1]")
+                         "mma@[N][rR][bB][sS][t0|t1][p0|p1|p2][k0|k1][q0|q1][w0|w1][o0|o1]")
     m = re.fullmatch(r"(\d+)?(?:r(\d+))?(?:b(\d+))?(?:s(\d+))?(?:t([01]))?(?:p(\d+))?(?:k([01]))?(?:q([01]))?"
-                     r"(?:w([01]))?", opts)
+                     r"(?:w([01]))?(?:o([01]))?", opts)
     if m is None or (at and not any(m.groups())):
         raise ValueError(f"--kernels entry {spec!r}: after mma@ give N (programs per SM), rR (register cap), "
                          f"bB (ring bytes), sS (most splits), t0|t1 (one pair table for keys and values) and/or "
                          f"p0|p1|p2 (tiles per softmax step), k0|k1 (pair or single-code key table), q0|q1 "
                          "(query rotation in fp32 FMA or bf16x2 tensor cores), w0|w1 (split count filling or in "
-                         "whole waves), e.g. mma@32r128b24576s512t0p2k1q1w1")
-    ppsm, nreg, ring, splits, table, step, key, qrot, waves = m.groups()
+                         "whole waves), o0|o1 (output rotation in fp32 FMA or bf16x3 tensor cores), e.g. "
+                         "mma@32r128b24576s512t0p2k1q1w1o1")
+    ppsm, nreg, ring, splits, table, step, key, qrot, waves, orot = m.groups()
     kcfg = dataclasses.replace(cfg, decode_kernel=kern)
     if ppsm:
         kcfg = dataclasses.replace(kcfg, mma_programs_per_sm=int(ppsm))
@@ -332,6 +333,8 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
         kcfg = dataclasses.replace(kcfg, mma_query_rotation="bf16x2" if qrot == "1" else "fma")
     if waves:
         kcfg = dataclasses.replace(kcfg, mma_split_rule="waves" if waves == "1" else "fill")
+    if orot:
+        kcfg = dataclasses.replace(kcfg, mma_output_rotation="bf16x3" if orot == "1" else "fma")
     return kcfg
 
 
@@ -352,7 +355,8 @@ def main(argv=None):
                     help="decode kernels to time (AttnConfig.decode_kernel: auto, mma, split; mma@N: with "
                          "mma_programs_per_sm=N; mma@NrR: and mma_maxnreg=R; ...bB: and mma_ring_bytes=B; ...sS: and "
                          "max_splits=S; ...t0: mma_shared_table=False; ...p2: mma_step_tiles=2; ...k1: mma_key_table="
-                         "'single'; ...q1: mma_query_rotation='bf16x2'; ...w1: mma_split_rule='waves', e.g. "
+                         "'single'; ...q1: mma_query_rotation='bf16x2'; ...w1: mma_split_rule='waves'; ...o1: "
+                         "mma_output_rotation='bf16x3', e.g. "
                          "mma@64b24576s512t0p2k1q1w1); rows of a "
                          "kernel other than auto are named PRESET+KERNEL")
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",

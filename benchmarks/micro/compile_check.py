@@ -183,7 +183,8 @@ def main(argv=None):
                     decode_attention_mma(qbuf, cache, bt, sl, torch.empty_like(q), p, num_q_heads=32,
                                          sm_scale=d ** -0.5, num_splits=4, maxnreg=cfg.mma_maxnreg,
                                          ring_bytes=cfg.mma_ring_bytes, shared_table=cfg.mma_shared_table,
-                                         step_tiles=cfg.mma_step_tiles, key_table=cfg.mma_key_table)
+                                         step_tiles=cfg.mma_step_tiles, key_table=cfg.mma_key_table,
+                                         output_rotation=cfg.mma_output_rotation)
                 except ValueError as e:
                     print(f"{name} mma@{spec}: not compiled: {e}")
                 LABEL[0] = name

@@ -510,6 +510,24 @@ def test_split_kernel_keeps_the_fma_query_rotation(dtype):
 
 
 @GPU
+@pytest.mark.parametrize("preset", ["tq3", "k4v3", "tq4"])
+@pytest.mark.parametrize("ring", [4096, 8192])
+def test_output_rotation_on_tensor_cores_and_the_4kb_ring_match_the_reference(preset, ring):
+    """mma_output_rotation="bf16x3" (the decode step's inverse rotation as three bf16 tensor-core products)
+    and mma_ring_bytes=4096 (the ring in a second allocation, where the tables must still start shared
+    memory: a wrong placement reads ring words as centroids) each within the half-precision tolerance of
+    the reference; tq4 has no 4 KB ring (one of its tiles is 4 KB) and says so."""
+    args, want = _decode_case(preset, (1, 17, 300, 2049), h=2, g=4)
+    base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_ring_bytes=ring)
+    if preset == "tq4" and ring == 4096:
+        with pytest.raises(ValueError, match=r"mma_ring_bytes=4096 holds 1 tile\(s\) of 4096 bytes"):
+            decode_attention(*args, config=base)
+        return
+    for cfg in (base, dataclasses.replace(base, mma_output_rotation="bf16x3", mma_maxnreg=120)):
+        assert rel_err(decode_attention(*args, config=cfg).float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
+
+
+@GPU
 @pytest.mark.parametrize("preset", ["tq3", "tq4"])
 def test_whole_wave_split_rule_matches_the_reference(preset):
     """mma_split_rule="waves" changes only how many splits share a row: the same attention within the

@@ -241,17 +241,35 @@ def test_persistent_rotation_refuses_a_bad_tiling(tiling):
 
 @pytest.mark.parametrize("preset", ["tq3", "k4v3", "tq2.5"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_few_rows_inverse_rotation_matches_the_tile_kernel(preset, dtype):
+@pytest.mark.parametrize("precision", ["fma", "bf16x3"])
+def test_few_rows_inverse_rotation_matches_the_tile_kernel(preset, dtype, precision):
     """rotate_rows(inverse=True, few_rows=True) (merge.merge_splits of a decode step: output columns
-    spread over programs, fp32 FMA) against the one-tile-per-program kernel: the same out = Pi^T o'
-    within fp32 rounding (3xTF32 or fp32 there), channels scattered alike, columns past the instance
-    ignored; tq2.5 (two instances) keeps the tile kernel."""
+    spread over programs, fp32 FMA or three bf16 tensor-core parts) against the one-tile-per-program
+    kernel: the same out = Pi^T o' within fp32 rounding (3xTF32 or fp32 there; bf16x3: ~2^-16 of the
+    row), channels scattered alike, columns past the instance ignored; tq2.5 (two instances) keeps the
+    tile kernel."""
     p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(preset), 128, layer=1), DEV)
     w = prefill_mod.dense_width(p)
     x = _t(np.random.default_rng(5).standard_normal((37, 4, w))).to(torch.float32)
     want = rotate_rows(x, p, torch.empty((37, 4, 128), dtype=dtype, device=DEV), inverse=True, persistent=False)
     got = rotate_rows(x, p, torch.full((37, 4, 128), float("nan"), dtype=dtype, device=DEV), inverse=True,
-                      few_rows=True)
+                      few_rows=True, columns_precision=precision)
     assert not got.isnan().any()
     tol = 1e-5 if dtype == torch.float32 else 8e-3  # bf16 outputs: one rounding step apart at most
+    if precision == "bf16x3" and dtype == torch.float32:
+        tol = 2.0 ** -15
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * float(want.abs().max()))
+    if precision == "bf16x3" and dtype == torch.float32 and preset == "tq3":  # not the FMA kernel's bits
+        fma = rotate_rows(x, p, torch.empty_like(got), inverse=True, few_rows=True)
+        assert not torch.equal(got, fma)
+
+
+def test_columns_precision_is_checked():
+    p = KernelParams.build(tqf.LayerFormat(tqf.get_preset("tq3"), 128, layer=1), DEV)
+    x = torch.zeros((2, 4, 128), dtype=torch.float32, device=DEV)
+    with pytest.raises(ValueError, match=r"mma_output_rotation='tf32' is not supported; allowed values: "
+                                         r"\['fma', 'bf16x3'\]"):
+        rotate_rows(x, p, torch.empty_like(x), inverse=True, few_rows=True, columns_precision="tf32")
+    with pytest.raises(ValueError, match=r"mma_output_rotation='bf16' is not supported; allowed values: "
+                                         r"\['fma', 'bf16x3'\]"):
+        AttnConfig(mma_output_rotation="bf16")
