@@ -86,7 +86,7 @@ RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up 
 # rule: another size aborts the compiler), or, for a ring smaller than the tables, two (the tables,
 # then the ring), each a power of two: Triton 3.6's allocator places the larger first (ties in program
 # order), so the tables still start at byte 0 and the ring at TABLE_BYTES, where the raw ld.shared
-# addressing expects them (the GPU tests compare every ring size against the reference). 4 KB holds two
+# addressing expects them (checked once per configuration before its first use: _verify_ring_placement). 4 KB holds two
 # 2 KB tiles (tq3, k4v3): 12 KB a program, 17 an SM by shared memory instead of 13 (16 at the
 # 128-register cap), for one tile a softmax step and one tile in flight. The ring sizes allowed:
 MMA_RING_BYTES = (4096,) + tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
@@ -642,6 +642,46 @@ def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -
     return max(1, min(s, cap))
 
 
+_RING_VERIFIED: set = set()
+
+
+def _verify_ring_placement(params: KernelParams, device: torch.device, maxnreg: int, ring_bytes: int,
+                           shared_table: bool, key_table: str) -> None:
+    """A ring in a second shared allocation (MMA_RING_BYTES) is read at raw addresses that assume Triton
+    placed the tables first.  Once per configuration and process, before its first use: a small decode
+    (one sequence of 3 tiles, 8 query heads, random codes) with this ring and with the one-allocation
+    RING_BYTES ring, one tile a softmax step each, must give the same bits, or this raises instead of
+    letting a misplaced ring be read as centroids."""
+    key = (params.fmt.preset.name, params.fmt.head_size, str(device), maxnreg, ring_bytes, shared_table, key_table)
+    if key in _RING_VERIFIED:
+        return
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(f"mma_ring_bytes={ring_bytes} is verified on its first call outside CUDA-graph capture "
+                           "(decode_mma._verify_ring_placement); run one decode step eagerly before capturing")
+    m = params.meta
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    cache = torch.randint(0, 256, (3, 1, TILE_TOKENS, params.slot_bytes), generator=gen, dtype=torch.uint8)
+    one = torch.tensor([1.0], dtype=torch.float32).view(torch.uint8)
+    cache[..., m["K0_NORM"]:m["K0_NORM"] + 4] = one  # finite norms: every output is a number
+    cache[..., m["V0_NORM"]:m["V0_NORM"] + 4] = one
+    cache = cache.to(device)
+    qbuf = torch.randn((8, query_layout(params)["DQ"]), generator=gen).to(device)
+    bt = torch.arange(3, dtype=torch.int32, device=device)[None, :]
+    sl = torch.tensor([3 * TILE_TOKENS], dtype=torch.int32, device=device)
+    outs = []
+    for ring in (ring_bytes, RING_BYTES):
+        out = torch.empty((1, 8, m["D"]), dtype=torch.bfloat16, device=device)
+        decode_attention_mma(qbuf, cache, bt, sl, out, params, num_q_heads=8, sm_scale=0.1, num_splits=1,
+                             maxnreg=maxnreg, ring_bytes=ring, shared_table=shared_table, step_tiles=1,
+                             key_table=key_table, verify_ring=False)
+        outs.append(out)
+    if not torch.equal(outs[0], outs[1]):
+        raise RuntimeError(f"mma_ring_bytes={ring_bytes}: the decode kernel's ring in a second shared allocation "
+                           f"does not read the tile words it wrote (this Triton {triton.__version__} did not place "
+                           f"the tables first); use mma_ring_bytes={RING_BYTES}")
+    _RING_VERIFIED.add(key)
+
+
 def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, device: torch.device, num_q_heads: int,
                            num_kv_heads: int, block_size: int) -> str | None:
     """Why decode_attention_mma cannot serve this launch, or None when it can."""
@@ -669,7 +709,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
                          shared_table: bool = True, step_tiles: int = 0, key_table: str = "auto",
-                         output_rotation: str = "fma") -> torch.Tensor:
+                         output_rotation: str = "fma", verify_ring: bool = True) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
     thread (AttnConfig.mma_maxnreg; 0: the compiler's choice).  ``ring_bytes``: the
@@ -711,6 +751,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          f"mma_shared_table={shared_table}; allowed values: "
                          f"{[t for t in KEY_TABLES if t != 'single' or (m['K0_BITS'] == 4 and not table_shared)]} "
                          "('single' needs 4-bit keys and no table shared with the values)")
+    if verify_ring and ring_bytes < TABLE_BYTES:
+        _verify_ring_placement(params, cache.device, maxnreg, ring_bytes, shared_table, key_table)
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,

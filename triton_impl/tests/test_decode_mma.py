@@ -255,6 +255,35 @@ def test_mma_options_are_checked(option, bad, allowed):
         AttnConfig(**{option: bad})
 
 
+def test_a_ring_in_a_second_allocation_is_verified_once_before_use(monkeypatch):
+    """mma_ring_bytes=4096 puts the ring in a second shared allocation, read at addresses that assume
+    Triton placed the tables first: before its first use the same small decode runs with it and with the
+    default ring, and different bits raise (naming the fallback) instead of returning numbers; the same bits
+    are remembered per configuration."""
+    from turboquant.triton_impl import decode_mma
+
+    calls = []
+
+    def fake(qbuf, cache, bt, sl, out, params, *, ring_bytes, verify_ring, step_tiles, **kw):
+        assert verify_ring is False and step_tiles == 1 and bt.shape == (1, 3) and out.shape == (1, 8, 128)
+        calls.append(ring_bytes)
+        out.fill_(1.0 if ring_bytes == decode_mma.RING_BYTES or same[0] else 2.0)
+        return out
+
+    monkeypatch.setattr(decode_mma, "decode_attention_mma", fake)
+    monkeypatch.setattr(decode_mma, "_RING_VERIFIED", set())
+    p = _params("tq3", 128)
+    same = [False]
+    with pytest.raises(RuntimeError, match=r"mma_ring_bytes=4096: the decode kernel's ring in a second shared "
+                                           r"allocation does not read .* use mma_ring_bytes=8192"):
+        decode_mma._verify_ring_placement(p, torch.device("cpu"), 120, 4096, True, "auto")
+    assert calls == [4096, 8192]
+    same[0] = True
+    for _ in range(2):
+        decode_mma._verify_ring_placement(p, torch.device("cpu"), 120, 4096, True, "auto")
+    assert calls == [4096, 8192, 4096, 8192]  # verified once, then remembered
+
+
 @pytest.mark.parametrize("splits,rows,cap,want", [
     (256, 8, 256, 214),  # 1 x 128k on an H200: 2,048 programs for 1,716 slots -> one whole wave
     (66, 64, 128, 53),  # 8 x 32k: 2.46 waves -> 2
