@@ -39,7 +39,8 @@ def test_mma_decode_kernel_compiles_for_sm90():
 
 @pytest.mark.skipif(not ptxas.exists(), reason="this Triton has no bundled ptxas")
 def test_prepared_kernel_variants_compile_for_sm90():
-    """The variants prepared for a GPU A/B (docs/kernel-notes.md): the single-code key table (k1), the
+    """The variants prepared for a GPU A/B (docs/kernel-notes.md): the store's one launch for keys and values
+    (kv), the single-code key table (k1), the
     tensor-core query rotation (q1), the 4 KB ring in a second allocation under a 120-register cap
     (r120b4096: 17 programs an SM), the output rotation on tensor cores (o1) and the store's register cap
     (r128) compile with this Triton, with the
@@ -49,9 +50,9 @@ def test_prepared_kernel_variants_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
                         "--kernels", "_decode_mma_kernel,_store_mse_kernel,_rotate_query_tc_kernel,"
-                        "_rotate_columns_kernel", "--mma", "k1,t0k1,q1,r120b4096,o1",
-                        "--store", "mse:128:8:prefetch+lean+search+r128"], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=900)
+                        "_rotate_columns_kernel,_store_mse_kv_kernel", "--mma", "k1,t0k1,q1,r120b4096,o1",
+                        "--store", "mse:128:8:prefetch+lean+search+r128,mse:64:4:prefetch+lean+search+kv"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     rows = {line.split()[-8]: line.split() for line in r.stdout.splitlines()
             if line.startswith(("_decode_mma_kernel", "_store_mse_kernel"))}
@@ -66,6 +67,12 @@ def test_prepared_kernel_variants_compile_for_sm90():
     assert all(int(row[-6]) == 0 for row in cols), cols
     assert "tq3 mma@k1: not compiled: mma_key_table='single' is not supported" in r.stdout
     assert "tq4 mma@r120b4096: not compiled: mma_ring_bytes=4096 holds 1 tile(s)" in r.stdout
+    # keys and values in one store launch ("kv"): no spills, and no more shared memory than one tensor's launch
+    kv = {line.split()[-8]: line.split() for line in r.stdout.splitlines() if line.startswith("_store_mse_kv_kernel")}
+    one = {line.split()[-8]: line.split() for line in r.stdout.splitlines() if line.startswith("_store_mse_kernel")}
+    assert set(kv) == {f"{p}:64:4:prefetch+lean+search+kv" for p in ("tq3", "k4v3", "tq4")}, r.stdout
+    for label, row in kv.items():
+        assert int(row[-6]) == 0 and int(row[-4]) == int(one[label.split(":")[0]][-4]), (row, one)
     for label in want:
         row = rows[label]
         regs, spill, smem = int(row[-7]), int(row[-6]), int(row[-4])

@@ -39,7 +39,10 @@ its own registers (no shuffles, no shared-memory round trip; the same products l
 columns, so y' is bit-identical); "halves": "lean" with the product in two column blocks of D/2. The
 permuted pack applies where BR >= 16 warps and a lane group's D/4 codes fill whole words; elsewhere
 only the finiteness fold. "search": the codes of a symmetric 3- or 4-bit codebook by binary search
-over the positive boundaries (_codes; other codebooks keep the linear count).
+over the positive boundaries (_codes; other codebooks keep the linear count). "kv": keys and values in
+one launch (_store_mse_kv_kernel: half the persistent programs each, the same rows' arithmetic), one
+launch a layer instead of two and the two halves side by side -- for a decode step's few rows, which
+leave most of the card idle in each launch; prepared in the thirteenth session, not timed.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once
 # Options of the kernel (each stores the same bytes), see the module docstring: "prefetch" (next tile
 # loaded before this one is encoded), "lean" (no separate finiteness pass; accumulator columns permuted
 # so that each lane packs whole words), "halves" (lean, the product in two column blocks), "search"
-# (codes of symmetric 3/4-bit codebooks by binary search over the boundaries)
-VARIANTS = ("prefetch", "lean", "halves", "search")
+# (codes of symmetric 3/4-bit codebooks by binary search over the boundaries), "kv" (keys and values in one
+# launch)
+VARIANTS = ("prefetch", "lean", "halves", "search", "kv")
 DEFAULT_VARIANT = ("prefetch", "lean", "search")
 # fp16 parts of an input element x 2^-e (see above)
 XSPLIT = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 2}
@@ -302,17 +306,16 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
 
 
 @triton.jit
-def _store_mse_kernel(
+def _store_rows(
     x_ptr, cache_ptr, slot_ptr, rot_ptr, bnd_ptr, y_ptr,
     stride_xt, stride_xh, stride_cb, stride_ch, stride_cs,
-    num_rows,
+    num_rows, pid, nprog,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
     NORM: tl.constexpr, CODES: tl.constexpr,
     BR: tl.constexpr, XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr,
     PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, PERM: tl.constexpr, SEARCH: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
+    """Program pid of nprog: the row tiles pid, pid + nprog, ... of one tensor (keys or values)."""
     j = tl.arange(0, D)
     # Pi^T = P0 + P1 (fp16 parts, [2, D, D], row c = input coordinate, column = output; under PERM
     # the columns permuted by _perm_col, in PERM blocks: the same products, outputs in other columns)
@@ -352,6 +355,49 @@ def _store_mse_kernel(
             _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, stride_cb, stride_ch, stride_cs,
                          H, BLOCK_SIZE, D, BITS, SYMMETRIC, NORM, CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, FOLD_FIN,
                          PERM, SEARCH)
+
+
+@triton.jit
+def _store_mse_kernel(
+    x_ptr, cache_ptr, slot_ptr, rot_ptr, bnd_ptr, y_ptr,
+    stride_xt, stride_xh, stride_cb, stride_ch, stride_cs,
+    num_rows,
+    H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
+    NORM: tl.constexpr, CODES: tl.constexpr,
+    BR: tl.constexpr, XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr,
+    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, PERM: tl.constexpr, SEARCH: tl.constexpr,
+):
+    # One launch per tensor (keys, then values).  Grid: (programs,), persistent over row tiles.
+    _store_rows(x_ptr, cache_ptr, slot_ptr, rot_ptr, bnd_ptr, y_ptr, stride_xt, stride_xh, stride_cb, stride_ch,
+                stride_cs, num_rows, tl.program_id(0), tl.num_programs(0), H, BLOCK_SIZE, D, BITS, SYMMETRIC, NORM,
+                CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH, FOLD_FIN, PERM, SEARCH)
+
+
+@triton.jit
+def _store_mse_kv_kernel(
+    k_ptr, v_ptr, cache_ptr, slot_ptr, k_rot_ptr, v_rot_ptr, k_bnd_ptr, v_bnd_ptr, k_y_ptr, v_y_ptr,
+    stride_kt, stride_kh, stride_vt, stride_vh, stride_cb, stride_ch, stride_cs,
+    num_rows, k_programs,
+    H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, SYMMETRIC: tl.constexpr,
+    K_BITS: tl.constexpr, K_NORM: tl.constexpr, K_CODES: tl.constexpr, K_PERM: tl.constexpr,
+    V_BITS: tl.constexpr, V_NORM: tl.constexpr, V_CODES: tl.constexpr, V_PERM: tl.constexpr,
+    BR: tl.constexpr, XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr,
+    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, SEARCH: tl.constexpr,
+):
+    # Variant "kv": keys and values in one launch -- programs [0, k_programs) store the keys' row tiles,
+    # the rest the values' (the same per-row arithmetic as two _store_mse_kernel launches: the same
+    # bytes).  One launch a layer instead of two, and the two halves run side by side (a decode step's
+    # few rows leave most of the card idle in each).  Grid: (k_programs + value programs,).
+    pid = tl.program_id(0)
+    if pid < k_programs:
+        _store_rows(k_ptr, cache_ptr, slot_ptr, k_rot_ptr, k_bnd_ptr, k_y_ptr, stride_kt, stride_kh, stride_cb,
+                    stride_ch, stride_cs, num_rows, pid, k_programs, H, BLOCK_SIZE, D, K_BITS, SYMMETRIC, K_NORM,
+                    K_CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH, FOLD_FIN, K_PERM, SEARCH)
+    else:
+        _store_rows(v_ptr, cache_ptr, slot_ptr, v_rot_ptr, v_bnd_ptr, v_y_ptr, stride_vt, stride_vh, stride_cb,
+                    stride_ch, stride_cs, num_rows, pid - k_programs, tl.num_programs(0) - k_programs, H,
+                    BLOCK_SIZE, D, V_BITS, SYMMETRIC, V_NORM, V_CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH,
+                    FOLD_FIN, V_PERM, SEARCH)
 
 
 def _perm(variant: tuple[str, ...], d: int, bits: int, br: int, warps: int) -> int:
@@ -396,6 +442,22 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
     grid = (max(1, min(tiles, sm_count(key.device) * pps)),)
     y = debug_rotated if debug_rotated is not None else torch.empty(1, device=key.device, dtype=torch.float32)
     vy = rows * (m["K0_MP"] + m["K1_MP"])  # rotated_debug's layout: key instances, then value instances
+    common = dict(H=h, BLOCK_SIZE=cache.shape[2], D=d, SYMMETRIC=m["CB_SYMMETRIC"], BR=br, XSPLIT=XSPLIT[key.dtype],
+                  DEBUG_Y=debug_rotated is not None, F32_PARTS=INTERPRET, PREFETCH="prefetch" in variant,
+                  FOLD_FIN=bool({"lean", "halves"} & set(variant)), SEARCH="search" in variant,
+                  num_warps=warps, **({"maxnreg": maxnreg} if maxnreg else {}))
+    if "kv" in variant:  # one launch: half the persistent programs for the keys, half for the values
+        half = max(1, min(tiles, sm_count(key.device) * pps // 2))
+        _store_mse_kv_kernel[(2 * half,)](
+            key, value, cache, slot_mapping, params.k_rot_split, params.v_rot_split, params.k_bnd, params.v_bnd,
+            y, y[vy:] if debug_rotated is not None else y,
+            key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+            cache.stride(0), cache.stride(1), cache.stride(2), rows, half,
+            K_BITS=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
+            K_PERM=_perm(variant, d, m["K0_BITS"], br, warps),
+            V_BITS=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
+            V_PERM=_perm(variant, d, m["V0_BITS"], br, warps), **common)
+        return
     for x, rot, bnd, pfx, yoff in ((key, params.k_rot_split, params.k_bnd, "K0", 0),
                                    (value, params.v_rot_split, params.v_bnd, "V0", vy)):
         _store_mse_kernel[grid](

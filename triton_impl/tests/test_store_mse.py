@@ -104,7 +104,8 @@ def test_debug_rotated_coordinates_match_the_generic_kernel(block_rows):
     k, v = _inputs(9, 2, 128, torch.bfloat16)
     k, v = k.to(DEV), v.to(DEV)
     ys = []
-    for kernel, kw in (("mse", {"block_tokens": block_rows}), ("generic", {})):
+    for kernel, kw in (("mse", {"block_tokens": block_rows}), ("generic", {}),
+                       ("mse", {"block_tokens": block_rows, "variant": ("prefetch", "lean", "search", "kv")})):
         cache = torch.zeros(fmt.cache_shape(9, 1, 2), dtype=torch.uint8, device=DEV)
         y = torch.zeros(need, dtype=torch.float32, device=DEV)
         store_kv(k, v, cache, torch.arange(9, device=DEV), p, debug_rotated=y, kernel=kernel, **kw)
@@ -116,6 +117,7 @@ def test_debug_rotated_coordinates_match_the_generic_kernel(block_rows):
                 store_kv(k, v, cache, torch.arange(9, device=DEV), p, debug_rotated=bad, kernel=kernel, **kw)
     # both write 0 for non-finite rows; elsewhere the same y up to the rotation's rounding (SPEC §4)
     np.testing.assert_allclose(ys[0], ys[1], rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(ys[2], ys[0])  # one launch for keys and values ("kv"): the same y
     assert np.abs(ys[0]).max() > 0.1
 
 
@@ -147,12 +149,12 @@ def test_store_mse_argument_errors_name_the_parameter():
 
 
 @pytest.mark.parametrize("variant", [("prefetch",), ("lean",), ("halves",), ("prefetch", "lean"), ("search",),
-                                     ("prefetch", "lean", "search")])
+                                     ("prefetch", "lean", "search"), ("kv",), ("prefetch", "lean", "search", "kv")])
 @pytest.mark.parametrize("preset,d,dtype", [("tq3", 128, torch.bfloat16), ("k4v3", 128, torch.float32),
                                             ("tq2", 64, torch.float16), ("tq3", 64, torch.bfloat16)])
 def test_store_mse_variants_store_the_default_bytes(variant, preset, d, dtype):
-    """Each kernel option (store_mse.VARIANTS) stores the default kernel's bytes, bit for bit (the
-    same arithmetic), on tiles of 16 rows x 1 warp, where the lean
+    """Each kernel option (store_mse.VARIANTS; "kv": keys and values in one launch) stores the default
+    kernel's bytes, bit for bit (the same arithmetic), on tiles of 16 rows x 1 warp, where the lean
     variants' column permutation applies (tq3 at d = 64: the words do not split by lane group, so
     only the finiteness fold applies), and two programs over 7 tiles (prefetch past the last)."""
     fmt = tqf.LayerFormat(tqf.get_preset(preset), d)
