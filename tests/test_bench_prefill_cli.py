@@ -27,7 +27,7 @@ def test_shapes_and_store_configs_are_checked(bench_script):
     assert bench.store_options(("search", "r128")) == {"variant": ("search",), "programs_per_sm": None,
                                                        "maxnreg": 128}
     assert bench.store_options(()) == {"variant": (), "programs_per_sm": None, "maxnreg": None}
-    with pytest.raises(ValueError, match="option 'fast' is not one of prefetch, lean, halves, search, pN"):
+    with pytest.raises(ValueError, match="option 'fast' is not one of prefetch, lean, halves, search, kv, pN"):
         bench.parse_store_configs("mse:64:4:prefetch+fast")
     with pytest.raises(ValueError, match="option 'p0' is not one of"):
         bench.parse_store_configs("mse:64:4:p0")
@@ -35,6 +35,12 @@ def test_shapes_and_store_configs_are_checked(bench_script):
         bench.parse_store_configs("mse:64:4:r")
     with pytest.raises(ValueError, match="'tc:32:8:lean': OPTIONS apply to KIND mse only"):
         bench.parse_store_configs("tc:32:8:lean")
+    assert bench.parse_store_configs("mse:64:4:prefetch+lean+search+kv") == [
+        ("mse", 64, 4, ("prefetch", "lean", "search", "kv"))]
+    assert bench.positive_int("32") == 32
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"{bad!r} is not an integer >= 1"):
+            bench.positive_int(bad)
     assert bench.parse_rotate_configs("32:4:2,16:4:3") == [(32, 4, 2), (16, 4, 3)]
     with pytest.raises(ValueError, match="'32:4' is not BR:WARPS:PROGRAMS_PER_SM"):
         bench.parse_rotate_configs("32:4")

@@ -199,7 +199,7 @@ def run(args) -> None:
                 t, how = time_it(lambda: attention(q, cache, bt, sl, qsl, params, plan=plan, config=cfg), 3)
                 emit({**base, "impl": f"{preset}-tiles", "preset": preset, "seconds": t, "copy_fraction": None,
                       "vs_sdpa": t / t_sdpa, "timing": how})
-            if nq >= 2048 and (preset, nq) not in stored:  # the store depends on the rows, not the history
+            if nq >= args.store_min_tokens and (preset, nq) not in stored:  # the rows matter, not the history
                 stored.add((preset, nq))
                 kq, vq = k[-nq:], v[-nq:]
                 moved = nq * HKV * (2 * D * 2 + fmt.slot_bytes)
@@ -416,6 +416,16 @@ def parse_dense_rotations(text: str) -> list[str]:
     return sides
 
 
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return n
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="append JSON rows here")
@@ -425,6 +435,9 @@ def main(argv=None) -> None:
                     help="presets also timed on the packed-tile kernel")
     ap.add_argument("--store-configs", type=parse_store_configs,
                     default=parse_store_configs("tc:32:8,mse:64:4,mse:64:4:prefetch+lean,mse:128:8,mse:32:4"))
+    ap.add_argument("--store-min-tokens", type=positive_int, default=2048,
+                    help="time the store configs at shapes of at least this many query rows (default 2048; "
+                         "32: a decode step's store of 32 sequences)")
     ap.add_argument("--timing", choices=("graph", "events"), default="graph",
                     help="graph: GPU time from CUDA graph replays; events: eager calls between events")
     ap.add_argument("--rotate-configs", type=parse_rotate_configs, default=[],
