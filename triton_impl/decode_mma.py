@@ -646,13 +646,15 @@ _RING_VERIFIED: set = set()
 
 
 def _verify_ring_placement(params: KernelParams, device: torch.device, maxnreg: int, ring_bytes: int,
-                           shared_table: bool, key_table: str) -> None:
+                           shared_table: bool, key_table: str, *, group: int, block_size: int) -> None:
     """A ring in a second shared allocation (MMA_RING_BYTES) is read at raw addresses that assume Triton
     placed the tables first.  Once per configuration and process, before its first use: a small decode
-    (one sequence of 3 tiles, 8 query heads, random codes) with this ring and with the one-allocation
+    (one sequence of 3 tiles over one KV head of ``group`` query heads, pages of ``block_size`` tokens:
+    the caller's compiled specialization; random codes) with this ring and with the one-allocation
     RING_BYTES ring, one tile a softmax step each, must give the same bits, or this raises instead of
     letting a misplaced ring be read as centroids."""
-    key = (params.fmt.preset.name, params.fmt.head_size, str(device), maxnreg, ring_bytes, shared_table, key_table)
+    key = (params.fmt.preset.name, params.fmt.head_size, str(device), maxnreg, ring_bytes, shared_table, key_table,
+           group, block_size)
     if key in _RING_VERIFIED:
         return
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -660,18 +662,19 @@ def _verify_ring_placement(params: KernelParams, device: torch.device, maxnreg: 
                            "(decode_mma._verify_ring_placement); run one decode step eagerly before capturing")
     m = params.meta
     gen = torch.Generator(device="cpu").manual_seed(0)
-    cache = torch.randint(0, 256, (3, 1, TILE_TOKENS, params.slot_bytes), generator=gen, dtype=torch.uint8)
+    nb = -(-3 * TILE_TOKENS // block_size)
+    cache = torch.randint(0, 256, (nb, 1, block_size, params.slot_bytes), generator=gen, dtype=torch.uint8)
     one = torch.tensor([1.0], dtype=torch.float32).view(torch.uint8)
     cache[..., m["K0_NORM"]:m["K0_NORM"] + 4] = one  # finite norms: every output is a number
     cache[..., m["V0_NORM"]:m["V0_NORM"] + 4] = one
     cache = cache.to(device)
-    qbuf = torch.randn((8, query_layout(params)["DQ"]), generator=gen).to(device)
-    bt = torch.arange(3, dtype=torch.int32, device=device)[None, :]
+    qbuf = torch.randn((group, query_layout(params)["DQ"]), generator=gen).to(device)
+    bt = torch.arange(nb, dtype=torch.int32, device=device)[None, :]
     sl = torch.tensor([3 * TILE_TOKENS], dtype=torch.int32, device=device)
     outs = []
     for ring in (ring_bytes, RING_BYTES):
-        out = torch.empty((1, 8, m["D"]), dtype=torch.bfloat16, device=device)
-        decode_attention_mma(qbuf, cache, bt, sl, out, params, num_q_heads=8, sm_scale=0.1, num_splits=1,
+        out = torch.empty((1, group, m["D"]), dtype=torch.bfloat16, device=device)
+        decode_attention_mma(qbuf, cache, bt, sl, out, params, num_q_heads=group, sm_scale=0.1, num_splits=1,
                              maxnreg=maxnreg, ring_bytes=ring, shared_table=shared_table, step_tiles=1,
                              key_table=key_table, verify_ring=False)
         outs.append(out)
@@ -752,7 +755,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          f"{[t for t in KEY_TABLES if t != 'single' or (m['K0_BITS'] == 4 and not table_shared)]} "
                          "('single' needs 4-bit keys and no table shared with the values)")
     if verify_ring and ring_bytes < TABLE_BYTES:
-        _verify_ring_placement(params, cache.device, maxnreg, ring_bytes, shared_table, key_table)
+        _verify_ring_placement(params, cache.device, maxnreg, ring_bytes, shared_table, key_table,
+                               group=num_q_heads // hkv, block_size=cache.shape[2])
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,

@@ -265,7 +265,8 @@ def test_a_ring_in_a_second_allocation_is_verified_once_before_use(monkeypatch):
     calls = []
 
     def fake(qbuf, cache, bt, sl, out, params, *, ring_bytes, verify_ring, step_tiles, **kw):
-        assert verify_ring is False and step_tiles == 1 and bt.shape == (1, 3) and out.shape == (1, 8, 128)
+        assert verify_ring is False and step_tiles == 1 and bt.shape == (1, 2) and out.shape == (1, 4, 128)
+        assert cache.shape[:3] == (2, 1, 32) and kw["num_q_heads"] == 4 and qbuf.shape[0] == 4
         calls.append(ring_bytes)
         out.fill_(1.0 if ring_bytes == decode_mma.RING_BYTES or same[0] else 2.0)
         return out
@@ -276,11 +277,11 @@ def test_a_ring_in_a_second_allocation_is_verified_once_before_use(monkeypatch):
     same = [False]
     with pytest.raises(RuntimeError, match=r"mma_ring_bytes=4096: the decode kernel's ring in a second shared "
                                            r"allocation does not read .* use mma_ring_bytes=8192"):
-        decode_mma._verify_ring_placement(p, torch.device("cpu"), 120, 4096, True, "auto")
+        decode_mma._verify_ring_placement(p, torch.device("cpu"), 120, 4096, True, "auto", group=4, block_size=32)
     assert calls == [4096, 8192]
     same[0] = True
     for _ in range(2):
-        decode_mma._verify_ring_placement(p, torch.device("cpu"), 120, 4096, True, "auto")
+        decode_mma._verify_ring_placement(p, torch.device("cpu"), 120, 4096, True, "auto", group=4, block_size=32)
     assert calls == [4096, 8192, 4096, 8192]  # verified once, then remembered
 
 
