@@ -6,7 +6,6 @@ kernel (decode_mma.py) where it applies, else the split kernel
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -16,7 +15,7 @@ from triton.compiler.errors import CompilationError
 from .decode_mma import decode_attention_mma, mma_decode_unsupported, mma_shared_bytes, whole_wave_splits
 from .device import resident_blocks, sm_count
 from .extend import paged_attention
-from .launch import AttnConfig, choose_splits, default_config, run_split_merge
+from .launch import AttnConfig, choose_splits, default_config, run_split_merge, split_cap
 from .params import KernelParams
 from .query import mma_query_rotation, rotate_query
 from .validate import check_attention, check_params
@@ -93,6 +92,5 @@ def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int,
     s = choose_splits(rows, max_kv, device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
     if cfg.mma_split_rule == "waves" and not cfg.batch_invariant:
         per_sm = resident_blocks(device, mma_shared_bytes(params, cfg.mma_ring_bytes), 1, cfg.mma_maxnreg)
-        s = whole_wave_splits(s, rows, per_sm, sm_count(device),
-                              cap=min(cfg.max_splits, max(1, math.ceil(max_kv / cfg.min_chunk))))
+        s = whole_wave_splits(s, rows, per_sm, sm_count(device), cap=split_cap(max_kv, cfg))
     return s

@@ -618,11 +618,18 @@ NO_CUDA = "needs a CUDA device (Gluon kernels do not run in the interpreter)"
 SPLIT_RULES = ("fill", "waves")  # AttnConfig.mma_split_rule
 
 
+def ring_stages(params: KernelParams, ring_bytes: int) -> tuple[int, int]:
+    """(words a ring stage, stages) of a ring of ring_bytes: a stage holds one tile of the preset's slots,
+    rounded up to a power of two of words (its cp.async vectors)."""
+    stage_words = next_pow2(TILE_TOKENS * (params.slot_bytes // 4))
+    return stage_words, ring_bytes // (4 * stage_words)
+
+
 def mma_shared_bytes(params: KernelParams, ring_bytes: int) -> int:
     """The mma kernel's shared memory in bytes: its tables and its tile ring, in one allocation or two
     (MMA_RING_BYTES; decode_attention_mma checks the compiled kernel against it)."""
-    stage_words = next_pow2(TILE_TOKENS * (params.slot_bytes // 4))
-    return TABLE_BYTES + 4 * (ring_bytes // (4 * stage_words)) * stage_words
+    stage_words, stages = ring_stages(params, ring_bytes)
+    return TABLE_BYTES + 4 * stages * stage_words
 
 
 def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -> int:
@@ -732,8 +739,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     part_ml = torch.empty((b * num_q_heads * num_splits, 2), dtype=torch.float32, device=cache.device)
     words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
     sw = params.slot_bytes // 4
-    stage_words = next_pow2(TILE_TOKENS * sw)
-    stages = ring_bytes // (4 * stage_words)
+    stage_words, stages = ring_stages(params, ring_bytes)
     if ring_bytes not in MMA_RING_BYTES or stages < 2:
         raise ValueError(f"mma_ring_bytes={ring_bytes} holds {stages} tile(s) of {4 * stage_words} bytes "
                          f"({params.fmt.preset.name}); allowed values: "

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from turboquant import format as tqf
+
 from .attn_core import _merge_kernel, _split_kernel, acc_width
 from .decode_mma import KEY_TABLES as MMA_KEY_TABLES
 from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES
@@ -108,17 +110,11 @@ class AttnConfig:
         if not isinstance(self.bi_chunk, int) or self.bi_chunk <= 0 or self.bi_chunk % self.block_tokens:
             raise ValueError(f"bi_chunk={self.bi_chunk!r} is not supported; allowed values: positive multiples of "
                              f"block_tokens={self.block_tokens}")
-        if self.decode_kernel not in DECODE_KERNELS:
-            raise ValueError(f"decode_kernel={self.decode_kernel!r} is not supported; allowed values: "
-                             f"{list(DECODE_KERNELS)}")
         if not isinstance(self.dense_prefill, bool):
             raise ValueError(f"dense_prefill={self.dense_prefill!r} is not supported; allowed values: True, False")
         ms = self.max_splits
         if isinstance(ms, bool) or not isinstance(ms, int) or not 1 <= ms <= 4096:
             raise ValueError(f"max_splits={self.max_splits!r} is not supported; allowed values: integers 1 to 4096")
-        if self.dense_rotation not in DENSE_ROTATIONS:
-            raise ValueError(f"dense_rotation={self.dense_rotation!r} is not supported; allowed values: "
-                             f"{list(DENSE_ROTATIONS)}")
         if isinstance(self.mma_ring_bytes, bool) or self.mma_ring_bytes not in MMA_RING_BYTES:
             raise ValueError(f"mma_ring_bytes={self.mma_ring_bytes!r} is not supported; allowed values: "
                              f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
@@ -129,18 +125,10 @@ class AttnConfig:
         if type(self.mma_step_tiles) is not int or self.mma_step_tiles not in MMA_STEP_TILES:
             raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
                              f"{list(MMA_STEP_TILES)}")
-        if self.mma_query_rotation not in MMA_QUERY_ROTATIONS:
-            raise ValueError(f"mma_query_rotation={self.mma_query_rotation!r} is not supported; allowed values: "
-                             f"{list(MMA_QUERY_ROTATIONS)}")
-        if self.mma_output_rotation not in COLUMNS_PRECISIONS:
-            raise ValueError(f"mma_output_rotation={self.mma_output_rotation!r} is not supported; allowed values: "
-                             f"{list(COLUMNS_PRECISIONS)}")
-        if self.mma_split_rule not in MMA_SPLIT_RULES:
-            raise ValueError(f"mma_split_rule={self.mma_split_rule!r} is not supported; allowed values: "
-                             f"{list(MMA_SPLIT_RULES)}")
-        if self.mma_key_table not in MMA_KEY_TABLES:
-            raise ValueError(f"mma_key_table={self.mma_key_table!r} is not supported; allowed values: "
-                             f"{list(MMA_KEY_TABLES)}")
+        for name, allowed in (("decode_kernel", DECODE_KERNELS), ("dense_rotation", DENSE_ROTATIONS),
+                              ("mma_query_rotation", MMA_QUERY_ROTATIONS), ("mma_output_rotation", COLUMNS_PRECISIONS),
+                              ("mma_split_rule", MMA_SPLIT_RULES), ("mma_key_table", MMA_KEY_TABLES)):
+            tqf.check_choice(name, getattr(self, name), allowed)
         if isinstance(self.bi_parallel_bytes, bool) or not isinstance(self.bi_parallel_bytes, int) \
                 or self.bi_parallel_bytes < 0:
             raise ValueError(f"bi_parallel_bytes={self.bi_parallel_bytes!r} is not supported; allowed values: "
@@ -183,8 +171,13 @@ def choose_splits(programs: int, max_kv: int, device: torch.device, cfg: AttnCon
     if cfg.batch_invariant:
         return 1
     want = math.ceil((programs_per_sm or cfg.programs_per_sm) * sm_count(device) / max(programs, 1))
-    cap = max(1, math.ceil(max_kv / cfg.min_chunk))
-    return int(max(1, min(want, cap, cfg.max_splits)))
+    return int(max(1, min(want, split_cap(max_kv, cfg))))
+
+
+def split_cap(max_kv: int, cfg: AttnConfig) -> int:
+    """The most splits a row of at most max_kv tokens gets: none shorter than cfg.min_chunk, at most
+    cfg.max_splits."""
+    return max(1, min(math.ceil(max_kv / cfg.min_chunk), cfg.max_splits))
 
 
 def batch_invariant_splits(num_tokens: int, num_q_heads: int, max_kv: int, acc_width: int,

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from turboquant import format as tqf
+
 from .device import sm_count
 from .params import KC, KernelParams
 from .rotate import _operand_parts, _product
@@ -125,8 +127,7 @@ def query_tc_unsupported(params: KernelParams, dtype: torch.dtype) -> str | None
 def mma_query_rotation(choice: str, params: KernelParams, dtype: torch.dtype) -> str:
     """rotate_query's rotation for a decode step the mma kernel serves, from AttnConfig.mma_query_rotation:
     "auto" is "bf16x2" where _rotate_query_tc_kernel can rotate these queries, else "fma"."""
-    if choice not in MMA_QUERY_ROTATIONS:
-        raise ValueError(f"mma_query_rotation={choice!r} is not supported; allowed values: {list(MMA_QUERY_ROTATIONS)}")
+    tqf.check_choice("mma_query_rotation", choice, MMA_QUERY_ROTATIONS)
     if choice == "auto":
         return "fma" if query_tc_unsupported(params, dtype) is not None else "bf16x2"
     return choice
@@ -152,8 +153,7 @@ def rotate_query(query: torch.Tensor, params: KernelParams, *, few_rows: bool = 
     program per row block, so the batch-invariant launches never depend on the row count.
     rotation: "fma" (fp32 FMA dots) or "bf16x2" (one tensor-core product a program, bf16 queries of
     one-instance presets without QJL: query_tc_unsupported; AttnConfig.mma_query_rotation)."""
-    if rotation not in QUERY_ROTATIONS:
-        raise ValueError(f"mma_query_rotation={rotation!r} is not supported; allowed values: {list(QUERY_ROTATIONS)}")
+    tqf.check_choice("mma_query_rotation", rotation, QUERY_ROTATIONS)
     why = query_tc_unsupported(params, query.dtype) if rotation == "bf16x2" else None
     if why is not None:
         raise ValueError(f"mma_query_rotation='bf16x2' cannot rotate these queries: {why}; allowed values: 'fma'")

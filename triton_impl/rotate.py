@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from turboquant import format as tqf
+
 from .attn_core import round_bf16, store_channels
 from .device import sm_count
 from .params import INTERPRET, KC, KernelParams, next_pow2
@@ -62,10 +64,8 @@ def _product_bf16x3(x, a, F32_PARTS: tl.constexpr):
     """x [BR, K] @ a [K, N], both float32, as three bf16 tensor-core products (COLUMNS_PRECISIONS), small
     terms first. F32_PARTS (the CPU interpreter, whose bf16 dots are not trustworthy): the same bf16 parts,
     multiplied as float32 (their products are exact either way)."""
-    x_hi = x.to(tl.bfloat16)
-    x_lo = (x - x_hi.to(tl.float32)).to(tl.bfloat16)
-    a_hi = a.to(tl.bfloat16)
-    a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
+    x_hi, x_lo = _operand_parts(x, "bf16x2")
+    a_hi, a_lo = _operand_parts(a, "bf16x2")
     if F32_PARTS:
         y = tl.dot(x_hi.to(tl.float32), a_lo.to(tl.float32), input_precision="ieee")
         y = tl.dot(x_lo.to(tl.float32), a_hi.to(tl.float32), y, input_precision="ieee")
@@ -243,9 +243,7 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
     columns_precision: its arithmetic, COLUMNS_PRECISIONS).  tiling =
     (rows per tile, warps, programs per SM) of the persistent kernel (benchmarks); default the module's."""
     tensor = tensor or ("value" if inverse else "key")
-    if columns_precision not in COLUMNS_PRECISIONS:
-        raise ValueError(f"mma_output_rotation={columns_precision!r} is not supported; allowed values: "
-                         f"{list(COLUMNS_PRECISIONS)}")
+    tqf.check_choice("mma_output_rotation", columns_precision, COLUMNS_PRECISIONS)
     if tensor not in ("key", "value") or (tensor == "value" and not inverse):
         raise ValueError(f"tensor={tensor!r} is not supported here; allowed values: 'key', and 'value' with "
                          "inverse=True")

@@ -463,12 +463,5 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
         _store_mse_kernel[grid](
             x, cache, slot_mapping, rot, bnd, y[yoff:] if debug_rotated is not None else y,
             x.stride(0), x.stride(1), cache.stride(0), cache.stride(1), cache.stride(2),
-            rows,
-            H=h, BLOCK_SIZE=cache.shape[2], D=d, BITS=m[f"{pfx}_BITS"], SYMMETRIC=m["CB_SYMMETRIC"],
-            NORM=m[f"{pfx}_NORM"], CODES=m[f"{pfx}_CODES"], BR=br, XSPLIT=XSPLIT[x.dtype],
-            DEBUG_Y=debug_rotated is not None, F32_PARTS=INTERPRET,
-            PREFETCH="prefetch" in variant, FOLD_FIN=bool({"lean", "halves"} & set(variant)),
-            SEARCH="search" in variant,
-            PERM=_perm(variant, d, m[f"{pfx}_BITS"], br, warps),
-            num_warps=warps, **({"maxnreg": maxnreg} if maxnreg else {}),
-        )
+            rows, BITS=m[f"{pfx}_BITS"], NORM=m[f"{pfx}_NORM"], CODES=m[f"{pfx}_CODES"],
+            PERM=_perm(variant, d, m[f"{pfx}_BITS"], br, warps), **common)
