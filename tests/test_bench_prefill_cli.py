@@ -19,14 +19,20 @@ def test_shapes_and_store_configs_are_checked(bench_script):
     assert bench.parse_store_configs("mse:32:4,tc:16:8") == [("mse", 32, 4, ()), ("tc", 16, 8, ())]
     with pytest.raises(ValueError, match=r"'bf16:32:8' is not KIND:BLOCK:WARPS\[:OPTIONS\] with KIND in tc, fma, mse"):
         bench.parse_store_configs("bf16:32:8")
-    # store_mse.py's options: '+'-joined variants, pN (programs an SM) and rN (register cap)
+    # store_mse.py's options: '+'-joined variants, pN (programs an SM), rN (register cap), cN (column blocks)
     assert bench.parse_store_configs("mse:64:4:prefetch+lean+p3,mse:128:8:halves+r128") == [
         ("mse", 64, 4, ("prefetch", "lean", "p3")), ("mse", 128, 8, ("halves", "r128"))]
     assert bench.store_options(("prefetch", "lean", "p3")) == {"variant": ("prefetch", "lean"), "programs_per_sm": 3,
-                                                               "maxnreg": None}
+                                                               "maxnreg": None, "col_blocks": None}
     assert bench.store_options(("search", "r128")) == {"variant": ("search",), "programs_per_sm": None,
-                                                       "maxnreg": 128}
-    assert bench.store_options(()) == {"variant": (), "programs_per_sm": None, "maxnreg": None}
+                                                       "maxnreg": 128, "col_blocks": None}
+    assert bench.store_options(()) == {"variant": (), "programs_per_sm": None, "maxnreg": None, "col_blocks": None}
+    assert bench.parse_store_configs("mse:16:1:prefetch+search+kv+c4") == [
+        ("mse", 16, 1, ("prefetch", "search", "kv", "c4"))]
+    assert bench.store_options(("search", "kv", "c4")) == {"variant": ("search", "kv"), "programs_per_sm": None,
+                                                           "maxnreg": None, "col_blocks": 4}
+    with pytest.raises(ValueError, match="option 'c0' is not one of .* or cN"):
+        bench.parse_store_configs("mse:16:1:c0")
     with pytest.raises(ValueError, match="option 'fast' is not one of prefetch, lean, halves, search, kv, pN"):
         bench.parse_store_configs("mse:64:4:prefetch+fast")
     with pytest.raises(ValueError, match="option 'p0' is not one of"):

@@ -267,15 +267,15 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
              params: KernelParams, *, debug_rotated: torch.Tensor | None = None, block_tokens: int | None = None,
              num_warps: int | None = None, rotation: str | None = None, kernel: str = "auto",
              variant: tuple[str, ...] | None = None, programs_per_sm: int | None = None,
-             maxnreg: int | None = None) -> None:
+             maxnreg: int | None = None, col_blocks: int | None = None) -> None:
     """Encode key/value [num_tokens, num_kv_heads, head_size] into ``cache``
     (uint8 [num_blocks, num_kv_heads, block_size, slot_bytes]) in place at
     ``slot_mapping`` [num_tokens] (negative: padding, nothing written).
     ``rotation``: "tc" (default) or "fma", see ROTATIONS.  ``kernel``: "auto" (store_mse.py where
     store_mse_applies and the rotation is "tc", else this module's kernel), "mse" (store_mse.py;
     block_tokens = its rows per tile) or "generic" (this module's kernel).  ``variant``,
-    ``programs_per_sm`` and ``maxnreg``: store_mse.py's options (None: its defaults; the bytes stored are
-    the same), for the mse kernel only."""
+    ``programs_per_sm``, ``maxnreg`` and ``col_blocks``: store_mse.py's options (None: its defaults; the
+    bytes stored are the same), for the mse kernel only."""
     rotation = DEFAULT_ROTATION if rotation is None else rotation
     tqf.check_choice("rotation", rotation, ROTATIONS)
     tqf.check_choice("kernel", kernel, STORE_KERNELS)
@@ -302,11 +302,13 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
                              f"{debug_rotated.dtype} {tuple(debug_rotated.shape)} on {debug_rotated.device}")
     if kernel == "mse" or (kernel == "auto" and rotation == "tc" and store_mse_applies(params)):
         store_mse(key, value, cache, slot_mapping, params, debug_rotated, block_rows=block_tokens,
-                  num_warps=num_warps, variant=variant, programs_per_sm=programs_per_sm, maxnreg=maxnreg)
+                  num_warps=num_warps, variant=variant, programs_per_sm=programs_per_sm, maxnreg=maxnreg,
+                  col_blocks=col_blocks)
         return
-    if variant or programs_per_sm is not None or maxnreg is not None:
-        raise ValueError(f"variant={variant!r}, programs_per_sm={programs_per_sm!r} and maxnreg={maxnreg!r} apply "
-                         "to store_mse.py only (kernel='mse', or 'auto' on a format it covers)")
+    if variant or programs_per_sm is not None or maxnreg is not None or col_blocks is not None:
+        raise ValueError(f"variant={variant!r}, programs_per_sm={programs_per_sm!r}, maxnreg={maxnreg!r} and "
+                         f"col_blocks={col_blocks!r} apply to store_mse.py only (kernel='mse', or 'auto' on a format "
+                         "it covers)")
     block_tokens = block_tokens or STORE_BT[rotation]
     y = debug_rotated if debug_rotated is not None else torch.empty(1, device=params.device, dtype=torch.float32)
     m = params.meta

@@ -24,7 +24,9 @@ x0 P0 + x0 P1 (+ x1 P0).  An fp16 part of x 2^-e (elements below 2) is exact abo
 Layouts: x rows [BR, D] (D = 64 or 128, the instance is the whole head); Pi^T parts [2, D, D] fp16
 loaded once per program (shared memory); codes packed 8 at a time into BITS bytes, then into words.
 Grid: (programs,), persistent: program p takes row tiles p, p + programs, ... of BR rows
-(PROGRAMS_PER_SM programs an SM unless programs_per_sm says otherwise).
+(PROGRAMS_PER_SM programs an SM unless programs_per_sm says otherwise); with col_blocks = NB > 1, NB
+programs share each row tile, program p its coordinates [(p % NB) D / NB, (p % NB + 1) D / NB) of the
+row tiles p // NB, p // NB + programs / NB, ... (Pi^T's parts: those D / NB columns).
 
 Options (VARIANTS; DEFAULT_VARIANT = prefetch + lean + search: the H200 measured prefetch + lean faster
 than neither at 2k-32k tokens, tq3 1.2-1.7x, tq4 1.0-1.3x, results/2026-12-04-h200-knobs-s10, and
@@ -68,6 +70,16 @@ PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once
 # launch)
 VARIANTS = ("prefetch", "lean", "halves", "search", "kv")
 DEFAULT_VARIANT = ("prefetch", "lean", "search")
+# The launch for a decode step's few rows: at most SMALL_ROWS rows of (token, head) in a call that chooses
+# nothing itself take SMALL_LAUNCH (16-row tiles of 4 warps, each tile's coordinates over 4 programs, keys
+# and values in one launch, 5 programs an SM). Compiled for sm_90 (tq3): a 430-instruction loop a warp
+# against the default's 1,746, so a 4x shorter chain of dependent work a program, 94 registers (5 programs
+# an SM) and 20 KB of shared memory; 2 x 4 x tiles programs instead of 2 x tiles. Prepared in the
+# fourteenth session without a GPU, the same bytes (test_store_mse.py); off (SMALL_ROWS = 0) until
+# bench_prefill --store-min-tokens times it against the default at decode sizes.
+SMALL_ROWS = 0
+SMALL_LAUNCH = {"block_rows": 16, "num_warps": 4, "col_blocks": 4, "variant": DEFAULT_VARIANT + ("kv",),
+                "programs_per_sm": 5}
 # fp16 parts of an input element x 2^-e (see above)
 XSPLIT = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 2}
 
@@ -218,10 +230,11 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
                  H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr,
                  SYMMETRIC: tl.constexpr, NORM: tl.constexpr, CODES: tl.constexpr, BR: tl.constexpr,
                  XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr, FOLD_FIN: tl.constexpr,
-                 PERM: tl.constexpr, SEARCH: tl.constexpr):
+                 PERM: tl.constexpr, SEARCH: tl.constexpr, NB: tl.constexpr, cb):
     """Encode one row tile (slot [BR], x [BR, D]) into the cache (see the module docstring).
-    p0, p1: Pi^T's parts (PERM = 2: their first column block; q0, q1 the second)."""
-    j = tl.arange(0, D)
+    p0, p1: Pi^T's parts (PERM = 2: their first column block; q0, q1 the second).  NB > 1 (PERM = 0):
+    only the coordinates [cb N, cb N + N) of the row tile, N = D / NB (p0, p1: those columns of Pi^T's
+    parts), their whole code words, and the norm where cb = 0."""
     r = tile * BR + tl.arange(0, BR)
     h = r % H
     tm = slot >= 0
@@ -249,19 +262,28 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
     else:
         bad = ~fin | ~(norm < float("inf"))
     if PERM == 0:  # columns in order (no "lean", or where its pack does not apply): the statements in the
-        # order of the kernel before the options (same SASS as it)
-        acc = _rotate(xs, p0, p1, BR, D, XSPLIT, F32_PARTS)
+        # order of the kernel before the options (same SASS as it at NB = 1)
+        N: tl.constexpr = D // NB
+        acc = _rotate(xs, p0, p1, BR, N, XSPLIT, F32_PARTS)
         den = tl.where(n > 0, n, 1.0)  # x = 0: y = 0
         if DEBUG_Y:
             y = tl.where(bad[:, None], 0.0, tl.math.div_rn(acc, den[:, None]))
-            tl.store(y_ptr + r.to(tl.int64)[:, None] * D + j[None, :], y, mask=tm[:, None])
-        codes = tl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BR, D, BITS, SYMMETRIC, SEARCH))
+            if NB == 1:
+                ycol = tl.arange(0, N)
+            else:
+                ycol = cb * N + tl.arange(0, N)
+            tl.store(y_ptr + r.to(tl.int64)[:, None] * D + ycol[None, :], y, mask=tm[:, None])
+        codes = tl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BR, N, BITS, SYMMETRIC, SEARCH))
         blk = tl.where(tm, slot // BLOCK_SIZE, 0).to(tl.int64)
         off = tl.where(tm, slot % BLOCK_SIZE, 0)
         base = (cache_ptr + blk * stride_cb + h * stride_ch + off * stride_cs).to(tl.pointer_type(tl.int32))
         nbits = tl.where(bad, NORM_NAN_BITS, norm.to(tl.int32, bitcast=True))
-        tl.store(base + NORM // 4, nbits, mask=tm)
-        _pack_words(codes, BR, D, BITS, base + CODES // 4, tm)
+        if NB == 1:
+            tl.store(base + NORM // 4, nbits, mask=tm)
+            _pack_words(codes, BR, D, BITS, base + CODES // 4, tm)
+        else:  # one column block: its whole words (N BITS / 32 of them), the norm by block 0
+            tl.store(base + NORM // 4, nbits, mask=tm & (tl.zeros_like(slot) + cb == 0))
+            _pack_words(codes, BR, N, BITS, base + CODES // 4 + cb * (N * BITS // 32), tm)
     else:
         # columns permuted (_perm_col) in NH blocks: each lane packs whole words of its rows' codes
         den = tl.where(n > 0, n, 1.0)  # x = 0: y = 0
@@ -313,14 +335,25 @@ def _store_rows(
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
     NORM: tl.constexpr, CODES: tl.constexpr,
     BR: tl.constexpr, XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr,
-    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, PERM: tl.constexpr, SEARCH: tl.constexpr,
+    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, PERM: tl.constexpr, SEARCH: tl.constexpr, NB: tl.constexpr,
 ):
-    """Program pid of nprog: the row tiles pid, pid + nprog, ... of one tensor (keys or values)."""
+    """Program pid of nprog: the row tiles pid, pid + nprog, ... of one tensor (keys or values).  With NB
+    column blocks (PERM = 0): program pid takes column block pid % NB of the row tiles pid // NB,
+    pid // NB + nprog // NB, ... (nprog a multiple of NB)."""
     j = tl.arange(0, D)
+    if NB == 1:
+        cb = 0
+    else:
+        cb = pid % NB
+        pid = pid // NB
+        nprog = nprog // NB
     # Pi^T = P0 + P1 (fp16 parts, [2, D, D], row c = input coordinate, column = output; under PERM
     # the columns permuted by _perm_col, in PERM blocks: the same products, outputs in other columns)
     if PERM == 0:
-        pt = rot_ptr + j[:, None] * D + j[None, :]
+        if NB == 1:
+            pt = rot_ptr + j[:, None] * D + j[None, :]
+        else:
+            pt = rot_ptr + j[:, None] * D + cb * (D // NB) + tl.arange(0, D // NB)[None, :]
         p0 = tl.load(pt)
         p1 = tl.load(pt + D * D)
         q0, q1 = p0, p1  # unused
@@ -348,13 +381,13 @@ def _store_rows(
                                      False)
             _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, stride_cb, stride_ch, stride_cs,
                          H, BLOCK_SIZE, D, BITS, SYMMETRIC, NORM, CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, FOLD_FIN,
-                         PERM, SEARCH)
+                         PERM, SEARCH, NB, cb)
     else:
         for tile in range(pid, num_tiles, nprog):
             slot, x = _load_tile(x_ptr, slot_ptr, tile, stride_xt, stride_xh, num_rows, H, D, BR, True)
             _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, stride_cb, stride_ch, stride_cs,
                          H, BLOCK_SIZE, D, BITS, SYMMETRIC, NORM, CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, FOLD_FIN,
-                         PERM, SEARCH)
+                         PERM, SEARCH, NB, cb)
 
 
 @triton.jit
@@ -365,12 +398,13 @@ def _store_mse_kernel(
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
     NORM: tl.constexpr, CODES: tl.constexpr,
     BR: tl.constexpr, XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr,
-    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, PERM: tl.constexpr, SEARCH: tl.constexpr,
+    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, PERM: tl.constexpr, SEARCH: tl.constexpr, NB: tl.constexpr,
 ):
-    # One launch per tensor (keys, then values).  Grid: (programs,), persistent over row tiles.
+    # One launch per tensor (keys, then values).  Grid: (programs,), persistent over row tiles (x NB
+    # column blocks).
     _store_rows(x_ptr, cache_ptr, slot_ptr, rot_ptr, bnd_ptr, y_ptr, stride_xt, stride_xh, stride_cb, stride_ch,
                 stride_cs, num_rows, tl.program_id(0), tl.num_programs(0), H, BLOCK_SIZE, D, BITS, SYMMETRIC, NORM,
-                CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH, FOLD_FIN, PERM, SEARCH)
+                CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH, FOLD_FIN, PERM, SEARCH, NB)
 
 
 @triton.jit
@@ -382,7 +416,7 @@ def _store_mse_kv_kernel(
     K_BITS: tl.constexpr, K_NORM: tl.constexpr, K_CODES: tl.constexpr, K_PERM: tl.constexpr,
     V_BITS: tl.constexpr, V_NORM: tl.constexpr, V_CODES: tl.constexpr, V_PERM: tl.constexpr,
     BR: tl.constexpr, XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr,
-    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, SEARCH: tl.constexpr,
+    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, SEARCH: tl.constexpr, NB: tl.constexpr,
 ):
     # Variant "kv": keys and values in one launch -- programs [0, k_programs) store the keys' row tiles,
     # the rest the values' (the same per-row arithmetic as two _store_mse_kernel launches: the same
@@ -392,33 +426,53 @@ def _store_mse_kv_kernel(
     if pid < k_programs:
         _store_rows(k_ptr, cache_ptr, slot_ptr, k_rot_ptr, k_bnd_ptr, k_y_ptr, stride_kt, stride_kh, stride_cb,
                     stride_ch, stride_cs, num_rows, pid, k_programs, H, BLOCK_SIZE, D, K_BITS, SYMMETRIC, K_NORM,
-                    K_CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH, FOLD_FIN, K_PERM, SEARCH)
+                    K_CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH, FOLD_FIN, K_PERM, SEARCH, NB)
     else:
         _store_rows(v_ptr, cache_ptr, slot_ptr, v_rot_ptr, v_bnd_ptr, v_y_ptr, stride_vt, stride_vh, stride_cb,
                     stride_ch, stride_cs, num_rows, pid - k_programs, tl.num_programs(0) - k_programs, H,
                     BLOCK_SIZE, D, V_BITS, SYMMETRIC, V_NORM, V_CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH,
-                    FOLD_FIN, V_PERM, SEARCH)
+                    FOLD_FIN, V_PERM, SEARCH, NB)
 
 
-def _perm(variant: tuple[str, ...], d: int, bits: int, br: int, warps: int) -> int:
+def _perm(variant: tuple[str, ...], d: int, bits: int, br: int, warps: int, col_blocks: int = 1) -> int:
     """PERM of the kernel: column blocks of the permuted product (0: columns not permuted).  Only
     where each lane group's field is whole words (d / 4 * bits a multiple of 32) and each warp's
     accumulator spans whole rows (br >= 16 warps; with fewer rows a warp holds part of the columns
-    and the permuted pack would cross lanes)."""
-    if not {"lean", "halves"} & set(variant) or (d // 4 * bits) % 32 or br < 16 * warps:
+    and the permuted pack would cross lanes), and not with column blocks across programs."""
+    if not {"lean", "halves"} & set(variant) or (d // 4 * bits) % 32 or br < 16 * warps or col_blocks > 1:
         return 0
     return 2 if "halves" in variant else 1
+
+
+def check_col_blocks(col_blocks, d: int) -> int:
+    """col_blocks (None: 1) as a power of two with head_size / col_blocks >= 32 (whole code words at 2 to 4
+    bits a coordinate, and the product's N >= 16), else a ValueError naming the allowed values."""
+    if col_blocks is None:
+        return 1
+    allowed = [1 << i for i in range(8) if (1 << i) <= d // 32]
+    if type(col_blocks) is not int or col_blocks not in allowed:
+        raise ValueError(f"col_blocks must be one of {allowed} at head_size={d} (coordinates a program >= 32), "
+                         f"got {col_blocks!r}")
+    return col_blocks
 
 
 def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
               params: KernelParams, debug_rotated: torch.Tensor | None = None, *, block_rows: int | None = None,
               num_warps: int | None = None, variant: tuple[str, ...] | None = None,
-              programs_per_sm: int | None = None, maxnreg: int | None = None) -> None:
+              programs_per_sm: int | None = None, maxnreg: int | None = None, col_blocks: int | None = None) -> None:
     """store_kv for the formats store_mse_applies() covers; arguments checked by store_kv.
     block_rows (rows of (token, head) per tile, a power of two >= 16), num_warps and programs_per_sm
     (the persistent grid) override the defaults; variant: names from VARIANTS (None: DEFAULT_VARIANT,
     (): none); maxnreg: a register cap per thread (None: the compiler's choice; e.g. 128 lets two
-    programs of 8 warps share an SM, at some spilling). Every choice stores the same bytes."""
+    programs of 8 warps share an SM, at some spilling); col_blocks (None: 1): each row tile's coordinates
+    split over that many programs (head_size / col_blocks each, their whole code words; the columns then
+    not permuted), so that a few rows (a decode step's) spread over more of the card. A call that sets
+    none of these with at most SMALL_ROWS rows takes SMALL_LAUNCH. Every choice stores the same bytes."""
+    n, h, d = key.shape
+    if n * h <= SMALL_ROWS and (block_rows, num_warps, variant, programs_per_sm, maxnreg, col_blocks) == (None,) * 6:
+        block_rows, num_warps, variant, programs_per_sm = (
+            SMALL_LAUNCH[k] for k in ("block_rows", "num_warps", "variant", "programs_per_sm"))
+        col_blocks = min(SMALL_LAUNCH["col_blocks"], d // 32)
     variant = DEFAULT_VARIANT if variant is None else tuple(variant)
     for v in variant:
         tqf.check_choice("variant", v, VARIANTS)
@@ -427,7 +481,7 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
                          f"{params.fmt.head_size}: it needs one mse instance for keys and for values, head size "
                          f"64 or 128")
     m = params.meta
-    n, h, d = key.shape
+    nb = check_col_blocks(col_blocks, d)
     rows = n * h
     br = block_rows or STORE_MSE_BR
     if br < 16 or br & (br - 1):
@@ -439,24 +493,25 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
         raise ValueError(f"maxnreg must be None or an integer 24 to 255, got {maxnreg!r}")
     warps = num_warps or STORE_MSE_WARPS
     tiles = triton.cdiv(rows, br)
-    grid = (max(1, min(tiles, sm_count(key.device) * pps)),)
+    # persistent programs: up to pps an SM in all, each row program NB programs (one a column block)
+    grid = (nb * max(1, min(tiles, sm_count(key.device) * pps // nb)),)
     y = debug_rotated if debug_rotated is not None else torch.empty(1, device=key.device, dtype=torch.float32)
     vy = rows * (m["K0_MP"] + m["K1_MP"])  # rotated_debug's layout: key instances, then value instances
     common = dict(H=h, BLOCK_SIZE=cache.shape[2], D=d, SYMMETRIC=m["CB_SYMMETRIC"], BR=br, XSPLIT=XSPLIT[key.dtype],
                   DEBUG_Y=debug_rotated is not None, F32_PARTS=INTERPRET, PREFETCH="prefetch" in variant,
-                  FOLD_FIN=bool({"lean", "halves"} & set(variant)), SEARCH="search" in variant,
+                  FOLD_FIN=bool({"lean", "halves"} & set(variant)), SEARCH="search" in variant, NB=nb,
                   num_warps=warps, **({"maxnreg": maxnreg} if maxnreg else {}))
     if "kv" in variant:  # one launch: half the persistent programs for the keys, half for the values
-        half = max(1, min(tiles, sm_count(key.device) * pps // 2))
+        half = nb * max(1, min(tiles, sm_count(key.device) * pps // 2 // nb))
         _store_mse_kv_kernel[(2 * half,)](
             key, value, cache, slot_mapping, params.k_rot_split, params.v_rot_split, params.k_bnd, params.v_bnd,
             y, y[vy:] if debug_rotated is not None else y,
             key.stride(0), key.stride(1), value.stride(0), value.stride(1),
             cache.stride(0), cache.stride(1), cache.stride(2), rows, half,
             K_BITS=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
-            K_PERM=_perm(variant, d, m["K0_BITS"], br, warps),
+            K_PERM=_perm(variant, d, m["K0_BITS"], br, warps, nb),
             V_BITS=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
-            V_PERM=_perm(variant, d, m["V0_BITS"], br, warps), **common)
+            V_PERM=_perm(variant, d, m["V0_BITS"], br, warps, nb), **common)
         return
     for x, rot, bnd, pfx, yoff in ((key, params.k_rot_split, params.k_bnd, "K0", 0),
                                    (value, params.v_rot_split, params.v_bnd, "V0", vy)):
@@ -464,4 +519,4 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
             x, cache, slot_mapping, rot, bnd, y[yoff:] if debug_rotated is not None else y,
             x.stride(0), x.stride(1), cache.stride(0), cache.stride(1), cache.stride(2),
             rows, BITS=m[f"{pfx}_BITS"], NORM=m[f"{pfx}_NORM"], CODES=m[f"{pfx}_CODES"],
-            PERM=_perm(variant, d, m[f"{pfx}_BITS"], br, warps), **common)
+            PERM=_perm(variant, d, m[f"{pfx}_BITS"], br, warps, nb), **common)

@@ -365,7 +365,8 @@ def parse_store_configs(text: str) -> list[tuple[str, int, int, tuple[str, ...]]
     """"tc:32:4,fma:16:4,mse:64:4,mse:64:4:prefetch+lean+p3" -> [("tc", 32, 4, ()), ..., ("mse", 64, 4,
     ("prefetch", "lean", "p3"))]: rotation:block_tokens:num_warps of the generic kernel, or
     mse:block_rows:num_warps[:OPTIONS] of store_mse.py, OPTIONS '+'-joined names of its VARIANTS,
-    pN (N programs an SM in its persistent grid) or rN (a register cap of N per thread)."""
+    pN (N programs an SM in its persistent grid), rN (a register cap of N per thread) or cN (each row
+    tile's coordinates over N programs: col_blocks)."""
     from turboquant.triton_impl.store_mse import VARIANTS
 
     out = []
@@ -378,21 +379,24 @@ def parse_store_configs(text: str) -> list[tuple[str, int, int, tuple[str, ...]]
         if opts and bits[0] != "mse":
             raise ValueError(f"store configs: {part!r}: OPTIONS apply to KIND mse only")
         for o in opts:
-            if o not in VARIANTS and not (o[:1] in "pr" and o[1:].isdigit() and int(o[1:]) > 0):
+            if o not in VARIANTS and not (o[:1] in "prc" and o[1:].isdigit() and int(o[1:]) > 0):
                 raise ValueError(f"store configs: {part!r}: option {o!r} is not one of {', '.join(VARIANTS)}, "
-                                 "pN (programs an SM, N > 0) or rN (register cap, 24 <= N <= 255)")
+                                 "pN (programs an SM, N > 0), rN (register cap, 24 <= N <= 255) or cN (column "
+                                 "blocks a row tile: 1, 2, 4)")
         out.append((bits[0], int(bits[1]), int(bits[2]), opts))
     return out
 
 
 def store_options(opts: tuple[str, ...]) -> dict:
-    """parse_store_configs' OPTIONS as store_kv keywords (variant=..., programs_per_sm=..., maxnreg=...)."""
+    """parse_store_configs' OPTIONS as store_kv keywords (variant=..., programs_per_sm=..., maxnreg=...,
+    col_blocks=...)."""
     def numbered(c):
         return [int(o[1:]) for o in opts if o[:1] == c and o[1:].isdigit()]
 
-    pps, nreg = numbered("p"), numbered("r")
-    return {"variant": tuple(o for o in opts if not (o[:1] in "pr" and o[1:].isdigit())),
-            "programs_per_sm": pps[-1] if pps else None, "maxnreg": nreg[-1] if nreg else None}
+    pps, nreg, cols = numbered("p"), numbered("r"), numbered("c")
+    return {"variant": tuple(o for o in opts if not (o[:1] in "prc" and o[1:].isdigit())),
+            "programs_per_sm": pps[-1] if pps else None, "maxnreg": nreg[-1] if nreg else None,
+            "col_blocks": cols[-1] if cols else None}
 
 
 def parse_rotate_configs(text: str) -> list[tuple[int, int, int]]:

@@ -172,6 +172,76 @@ def test_store_mse_variants_store_the_default_bytes(variant, preset, d, dtype):
     _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
 
 
+@pytest.mark.parametrize("col_blocks,variant", [(2, ()), (4, ("prefetch", "lean", "search")),
+                                               (2, ("prefetch", "lean", "search", "kv")), (4, ("kv",))])
+@pytest.mark.parametrize("preset,d,dtype", [("tq3", 128, torch.bfloat16), ("k4v3", 128, torch.float32),
+                                            ("tq2", 64, torch.float16), ("tq3", 64, torch.bfloat16)])
+def test_store_mse_column_blocks_store_the_default_bytes(col_blocks, variant, preset, d, dtype):
+    """col_blocks: each row tile's coordinates split over programs (a decode step's few rows over more of
+    the card), each storing its block's whole code words and block 0 the norm: the default kernel's
+    bytes, bit for bit (at d = 64 at most 2 blocks of 32 coordinates), and the debug hook's y in place;
+    two programs an SM over 7 row tiles, so that each program's loop also runs past the last tile."""
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), d)
+    p = KernelParams.build(fmt, DEV)
+    m = p.meta
+    n, h, nb, bs = 37, 3, 4, 16
+    k, v = _inputs(n, h, d, dtype)
+    k, v = k.to(DEV), v.to(DEV)
+    slots = _slots(n, nb, bs).to(DEV)
+    cb = min(col_blocks, d // 32)
+    out, ys = [], []
+    for kw in ({}, {"variant": variant, "col_blocks": cb}):
+        cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
+        y = torch.zeros(n * h * (m["K0_MP"] + m["K1_MP"] + m["V0_MP"] + m["V1_MP"]), dtype=torch.float32, device=DEV)
+        store_mse(k, v, cache, slots, p, y, block_rows=16, num_warps=1, programs_per_sm=2, **kw)
+        out.append(cache.cpu())
+        ys.append(y.cpu())
+    assert torch.equal(out[0], out[1])
+    assert torch.equal(ys[0], ys[1])
+    _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_small_row_launch_takes_over_at_most_small_rows(monkeypatch, d):
+    """store_mse.SMALL_ROWS: a call that chooses nothing itself and stores at most that many rows of
+    (token, head) takes SMALL_LAUNCH (one launch for keys and values, column blocks: at d = 64 two), the
+    default's bytes; one row more, or any choice of the caller's, keeps the defaults (two launches)."""
+    import turboquant.triton_impl.store_mse as sm
+
+    fmt = tqf.LayerFormat(tqf.get_preset("tq3"), d)
+    p = KernelParams.build(fmt, DEV)
+    n, h, nb, bs = 11, 3, 2, 16
+    k, v = _inputs(n, h, d, torch.bfloat16)
+    k, v = k.to(DEV), v.to(DEV)
+    slots = _slots(n, nb, bs).to(DEV)
+    launches = []
+
+    class Spy:  # records which kernel ran on how many programs, then runs it
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launches.append((self.name, grid[0]))
+            return self.kernel[grid]
+
+    monkeypatch.setattr(sm, "_store_mse_kernel", Spy("one", sm._store_mse_kernel))
+    monkeypatch.setattr(sm, "_store_mse_kv_kernel", Spy("kv", sm._store_mse_kv_kernel))
+    out = []
+    for small_rows, kw in ((0, {}), (n * h, {}), (n * h - 1, {}), (n * h, {"block_rows": 64})):
+        monkeypatch.setattr(sm, "SMALL_ROWS", small_rows)
+        launches.clear()
+        cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
+        store_kv(k, v, cache, slots, p, block_tokens=kw.get("block_rows"))
+        out.append(cache.cpu())
+        if small_rows == n * h and not kw:
+            cols = min(4, d // 32)  # programs: keys and values, each a multiple of the column blocks
+            assert [name for name, _ in launches] == ["kv"] and launches[0][1] % (2 * cols) == 0, launches
+        else:
+            assert [name for name, _ in launches] == ["one", "one"], launches
+        assert torch.equal(out[-1], out[0])
+    _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
+
+
 @pytest.mark.parametrize("preset", ["tq3", "k4v3"])
 def test_store_mse_register_cap_stores_the_default_bytes(preset):
     """maxnreg (a register cap; on the GPU 128 at 128 rows x 8 warps spills to the stack so that two
@@ -203,8 +273,14 @@ def test_store_mse_variant_errors_name_the_parameter():
     for bad in (0, 16, 256, 128.0, True):
         with pytest.raises(ValueError, match=rf"maxnreg must be None or an integer 24 to 255, got {bad!r}"):
             store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", maxnreg=bad)
-    with pytest.raises(ValueError, match=r"maxnreg=128 apply to store_mse.py only"):
+    with pytest.raises(ValueError, match=r"maxnreg=128 and col_blocks=None apply to store_mse.py only"):
         store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="generic", maxnreg=128)
     with pytest.raises(ValueError, match="apply to store_mse.py only"):
         store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="generic", variant=("lean",))
+    with pytest.raises(ValueError, match=r"col_blocks=2 apply to store_mse.py only"):
+        store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="generic", col_blocks=2)
+    for bad in (0, 3, 8, 2.0, True, "2"):
+        with pytest.raises(ValueError, match=rf"col_blocks must be one of \[1, 2, 4\] at head_size=128 .*got "
+                                             rf"{bad!r}"):
+            store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", col_blocks=bad)
     assert not cache.any()  # nothing written by a refused call
