@@ -33,6 +33,13 @@
 #          warp stall reasons, scheduler and instruction statistics, shared-memory bank conflicts, and
 #          per-SASS-instruction stall samples ($OUT/profile/<target>-{details.txt,sass.csv}). No vLLM
 #          needed. ncu runs with --clock-control none (device/METHOD.md: leave the clocks alone)
+#   kernels the kernel A/Bs of one session in one call (issues 13, 14; vLLM's FA3 / TurboQuant beside ours
+#          when the kit is installed): GPU tests (KERNEL_TESTS, pytest -n 8), the decode grid (DECODE_ARGS,
+#          benchmarks/micro/bench_decode.py, then its table and PNG), the store at decode and prompt sizes
+#          (STORE_ARGS, bench_prefill.py: every mse config's bytes are checked against the first's), the
+#          per-launch trace (TRACE_TARGETS). Each step has its own timeout (KERNEL_TEST_SECONDS,
+#          DECODE_SECONDS, STORE_SECONDS, TRACE_SECONDS); an empty *_ARGS / KERNEL_TESTS skips the step.
+#          The defaults are the next session's plan (docs/kernel-notes.md)
 #   bench  tools/gpu_run.sh bench step: store, then decode over the 1k..128k x 1..64 grid with the
 #          default decode path (the mma kernel where it applies) and the split kernel beside it
 #          (rows PRESET+split), then k4v3 and tq3 in batch-invariant mode (fixed-length splits), then
@@ -43,7 +50,7 @@
 # exit, packs that folder into $OUT/$stage.tgz (plus $OUT/$stage-summary.txt: the pytest summary
 # lines and markdown tables) and removes the folder.
 set -euo pipefail
-stage="${1:?usage: $0 conf|vllm|tp2|e2e|serving|profile|bench}"
+stage="${1:?usage: $0 conf|vllm|tp2|e2e|serving|profile|kernels|bench}"
 cd "$(dirname "$0")/.."
 FINAL="${OUT:-/tmp/out}"
 OUT="$FINAL/$stage"
@@ -126,8 +133,47 @@ case "$stage" in
             "$OUT/$name-details.txt" | head -60
       fi
     done ;;
+  kernels)
+    mkdir -p /tmp/shim/turboquant  # import path: pyproject's package-dir as a symlink farm (as gpu_run.sh)
+    for f in turboquant/*; do ln -sf "$PWD/$f" /tmp/shim/turboquant/; done
+    for d in reference triton_impl conformance vllm_integration; do ln -sfn "$PWD/$d" /tmp/shim/turboquant/$d; done
+    export PYTHONPATH="/tmp/shim:$PYTHONPATH"
+    T0=$(date +%s); t() { echo "== $1 done at $(( $(date +%s) - T0 )) s"; }
+    tests="${KERNEL_TESTS-triton_impl/tests/test_decode_mma.py triton_impl/tests/test_store_mse.py triton_impl/tests/test_prefill.py}"
+    if [ -n "$tests" ]; then
+      timeout "${KERNEL_TEST_SECONDS:-150}" python3 -P -m pytest -p no:cacheprovider -q -n 8 $tests \
+          ${KERNEL_TEST_ARGS:-} > "$OUT/tests.log" 2>&1 || echo "tests rc $?"
+      grep -E "^FAILED|^ERROR" "$OUT/tests.log" | head -20; tail -2 "$OUT/tests.log"; t tests
+    fi
+    dargs="${DECODE_ARGS---no-store --vllm --presets tq3,k4v3,tq4 --shapes 32x32768,8x32768,1x131072,64x1024,256x6144 --kernels auto,mma@w1,mma@s512w1,mma@r120b4096,mma@r120b4096w1,mma@o1,mma@r120b4096w1o1}"
+    if [ -n "$dargs" ]; then
+      python3 -c "import vllm" 2>/dev/null || dargs="${dargs//--vllm/}"  # no kit: our kernels only
+      timeout "${DECODE_SECONDS:-300}" python3 -m benchmarks.micro.bench_decode $dargs --out "$OUT/decode.json" \
+          > "$OUT/decode.log" 2>&1 || echo "decode rc $?"
+      grep -v '^{' "$OUT/decode.log" | tail -80
+      python3 -m benchmarks.plots.plot_decode "$OUT/decode.json" --png "$OUT/decode.png" --md "$OUT/decode.md" \
+          > /dev/null 2>&1 || echo "decode plot failed"
+      t decode
+    fi
+    sargs="${STORE_ARGS---shapes 32x32,256x256,2048x2048,32768x32768 --presets tq3,k4v3,tq4 --tiles \"\" --dense-rotations \"\" --store-min-tokens 32 --store-configs mse:64:4:prefetch+lean+search,mse:64:4:prefetch+lean+search+kv,mse:16:4:prefetch+lean+search+kv+c4+p5,mse:16:4:prefetch+lean+search+kv+c2+p5,mse:16:4:prefetch+lean+search+kv+c1+p5,mse:32:4:prefetch+lean+search+kv+c4+p5,mse:16:2:prefetch+lean+search+kv+c4+p5}"
+    if [ -n "$sargs" ]; then
+      eval "timeout \"${STORE_SECONDS:-180}\" python3 -m benchmarks.micro.bench_prefill $sargs --out \"$OUT/store.jsonl\"" \
+          > "$OUT/store.log" 2>&1 || echo "store rc $?"
+      grep -E '"kind": "store' "$OUT/store.log" | python3 -c "
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print(r.get('preset'), r.get('query_tokens'), r['impl'], '%.1f us' % (r['seconds'] * 1e6) if 'seconds' in r else r.get('error'))
+" || true
+      t store
+    fi
+    if [ -n "${TRACE_TARGETS-decode:tq3:32x32768 decode:tq3:64x1024}" ]; then
+      timeout "${TRACE_SECONDS:-60}" python3 -m benchmarks.micro.profile_kernels --trace --launches 5 \
+          ${TRACE_TARGETS-decode:tq3:32x32768 decode:tq3:64x1024} > "$OUT/trace.log" 2>&1 || echo "trace rc $?"
+      grep -v -i warn "$OUT/trace.log" | tail -30; t trace
+    fi ;;
   bench)
     OUT="$OUT" STEPS=bench BENCH_ARGS="${BENCH_ARGS:---vllm --presets tq3,tq4,k4v3,tq2 --kernels auto,split --batch-invariant k4v3,tq3}" \
         bash tools/gpu_run.sh "${BENCH_SECONDS:-240}" ;;
-  *) echo "unknown stage $stage (conf|vllm|tp2|e2e|serving|bench)" >&2; exit 2 ;;
+  *) echo "unknown stage $stage (conf|vllm|tp2|e2e|serving|profile|kernels|bench)" >&2; exit 2 ;;
 esac
