@@ -36,6 +36,8 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert bench.kernel_config("mma@q1w1", base).mma_split_rule == "waves" and base.mma_split_rule == "fill"
     assert bench.kernel_config("mma@w0", base).mma_split_rule == "fill"
     assert bench.kernel_config("mma@q1w1o1", base).mma_output_rotation == "bf16x3" and base.mma_output_rotation == "fma"
+    assert bench.kernel_config("mma@w1a1", base).mma_page_ahead is True and base.mma_page_ahead is False
+    assert bench.kernel_config("mma@a0", base).mma_page_ahead is False
     assert bench.kernel_config("mma@64s1024", base).max_splits == 1024
     assert bench.kernel_config("split", base).decode_kernel == "split"
     assert bench.kernel_config("auto", base) == base

@@ -63,10 +63,7 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
         s = num_splits or decode_splits(params, cfg, b * hkv, max_kv, cache.device, mma=True)
         try:
             return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq,
-                                        sm_scale=scale, num_splits=s, maxnreg=cfg.mma_maxnreg,
-                                        ring_bytes=cfg.mma_ring_bytes, shared_table=cfg.mma_shared_table,
-                                        step_tiles=cfg.mma_step_tiles, key_table=cfg.mma_key_table,
-                                        output_rotation=cfg.mma_output_rotation)
+                                        sm_scale=scale, num_splits=s, **mma_options(cfg))
         except (CompilationError, AttributeError, TypeError) as e:
             # a Triton whose Gluon API the kernel does not know (a compile error, or a missing or changed
             # function met while the JIT resolves the kernel's source): "auto" keeps working on the split
@@ -81,6 +78,13 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
     return run_split_merge(qbuf, cache, block_table, seq_lens, seq_lens, seq_lens, out, params,
                            num_tiles=b, decode=True, bq=1, num_q_heads=hq, sm_scale=scale,
                            f32dot=query.dtype == torch.float32, num_splits=s, cfg=cfg)
+
+
+def mma_options(cfg: AttnConfig) -> dict:
+    """decode_attention_mma's keyword options from an AttnConfig (its mma_* fields)."""
+    return {"maxnreg": cfg.mma_maxnreg, "ring_bytes": cfg.mma_ring_bytes, "shared_table": cfg.mma_shared_table,
+            "step_tiles": cfg.mma_step_tiles, "key_table": cfg.mma_key_table,
+            "output_rotation": cfg.mma_output_rotation, "page_ahead": cfg.mma_page_ahead}
 
 
 def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int, device: torch.device, *,

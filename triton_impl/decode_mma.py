@@ -202,11 +202,22 @@ def _copy_tile(stage, ptrs, mask):
 
 
 @gluon.jit
+def _tile_page(tn, end, bt_row, block_size):
+    """The block-table entry (page) of the tile of tokens [tn, tn + 16); 0 for a tile at or past ``end``."""
+    return gl.load(bt_row + tn // block_size, mask=tn < end, other=0)
+
+
+@gluon.jit
+def _page_source(pg, tn, head_base, block_size, stride_cb, stride_cs):
+    """Address of the first cache word of the tile of tokens [tn, tn + 16) on page pg."""
+    return head_base + pg.to(gl.int64) * stride_cb + ((tn % block_size) // TILE) * (TILE * stride_cs)
+
+
+@gluon.jit
 def _tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs):
     """Address of the first cache word of the tile of tokens [tn, tn + 16) of this sequence and KV head
     (its page from the block table; page 0 for a tile at or past ``end``, whose words are masked)."""
-    pg = gl.load(bt_row + tn // block_size, mask=tn < end, other=0).to(gl.int64)
-    return head_base + pg * stride_cb + ((tn % block_size) // TILE) * (TILE * stride_cs)
+    return _page_source(_tile_page(tn, end, bt_row, block_size), tn, head_base, block_size, stride_cb, stride_cs)
 
 
 @gluon.jit
@@ -237,11 +248,10 @@ def _copy_first_tiles(ring, RW0: gl.constexpr, N: gl.constexpr, start, end, bt_r
 
 
 @gluon.jit
-def _copy_tile_to_stage(ring, RW0: gl.constexpr, st, tn, end, bt_row, head_base, block_size, stride_cb, stride_cs,
-                        w_copy, SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr):
-    """cp.async of the tile of tokens [tn, tn + 16) into ring stage st (< STAGES, a runtime value),
-    then its commit group."""
-    src = _tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs)
+def _copy_tile_to_stage(ring, RW0: gl.constexpr, st, tn, end, src, w_copy, SW: gl.constexpr, STAGES: gl.constexpr,
+                        STAGE_WORDS: gl.constexpr):
+    """cp.async of the tile of tokens [tn, tn + 16) (its first word at src) into ring stage st (< STAGES, a
+    runtime value), then its commit group."""
     for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
         if st == k:
             _copy_tile_words(ring.slice(RW0 + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tn, SW)
@@ -442,7 +452,7 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log
                     V_CODES: gl.constexpr, K_COPIES: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
                     STAGES: gl.constexpr,
                     STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr,
-                    KW3: gl.constexpr, VP3: gl.constexpr):
+                    KW3: gl.constexpr, VP3: gl.constexpr, PAGE_AHEAD: gl.constexpr):
     """The split's tiles [start, end) two at a time, one online-softmax step a pair (STEP_TILES = 2;
     STAGES >= 4 and even).  Pair (i, i + 1) sits in stages i % STAGES and (i + 1) % STAGES; tiles
     i + STAGES - 2 and i + STAGES - 1 are copied into the previous pair's stages once every lane is
@@ -452,13 +462,29 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log
     _copy_first_tiles(ring, RW0, STAGES - 2, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
                       SW, STAGE_WORDS)
     l_t = gl.zeros([TILE, 8], gl.float32, MMA)
+    # PAGE_AHEAD: the pages of the tiles a step copies are loaded one step earlier (no block-table load in
+    # the chain from the loop's top to its cp.async)
+    pg0 = _tile_page(start + (STAGES - 2) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
+    pg1 = _tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
     i = 0
     for t0 in range(start, end, 2 * TILE):
         async_copy.wait_group(STAGES - 4)  # tiles i, i + 1 have landed (this lane's copies) ...
         _barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
-        for n in gl.static_range(2):
-            _copy_tile_to_stage(ring, RW0, (i + STAGES - 2 + n) % STAGES, t0 + (STAGES - 2 + n) * TILE, end,
-                                bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, SW, STAGES, STAGE_WORDS)
+        ta = t0 + (STAGES - 2) * TILE  # the two tiles this step copies: ta, ta + TILE
+        if PAGE_AHEAD:
+            src0 = _page_source(pg0, ta, head_base, block_size, stride_cb, stride_cs)
+            src1 = _page_source(pg1, ta + TILE, head_base, block_size, stride_cb, stride_cs)
+            pg0 = _tile_page(ta + 2 * TILE, end, bt_row, block_size)
+            pg1 = _tile_page(ta + 3 * TILE, end, bt_row, block_size)
+            _copy_tile_to_stage(ring, RW0, (i + STAGES - 2) % STAGES, ta, end, src0, w_copy, SW, STAGES, STAGE_WORDS)
+            _copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta + TILE, end, src1, w_copy, SW, STAGES,
+                                STAGE_WORDS)
+        else:
+            for n in gl.static_range(2):
+                tn = ta + n * TILE
+                _copy_tile_to_stage(ring, RW0, (i + STAGES - 2 + n) % STAGES, tn, end,
+                                    _tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs), w_copy,
+                                    SW, STAGES, STAGE_WORDS)
         sb0 = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         sb1 = (RING0 + ((i + 1) % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         m_i, l_t, acc, vs = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
@@ -479,7 +505,7 @@ def _decode_mma_kernel(
     KB: gl.constexpr, K_NORM: gl.constexpr, K_CODES: gl.constexpr,
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
     SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, SHARED_TABLE: gl.constexpr,
-    STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr,
+    STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr, PAGE_AHEAD: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -580,12 +606,18 @@ def _decode_mma_kernel(
         # STAGES - 1 tiles ahead of its use; masked words (tokens past the split) are zero-filled.
         _copy_first_tiles(ring, RW0, STAGES - 1, start, end, bt_row, head_base, block_size, stride_cb, stride_cs,
                           w_copy, SW, STAGE_WORDS)
+        pg = _tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
         i = 0
         for t0 in range(start, end, TILE):
             async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
             _barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
-            _copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, t0 + (STAGES - 1) * TILE, end, bt_row,
-                                head_base, block_size, stride_cb, stride_cs, w_copy, SW, STAGES, STAGE_WORDS)
+            ta = t0 + (STAGES - 1) * TILE  # the tile this step copies
+            if PAGE_AHEAD:  # its page loaded a step earlier
+                src = _page_source(pg, ta, head_base, block_size, stride_cb, stride_cs)
+                pg = _tile_page(ta + TILE, end, bt_row, block_size)
+            else:
+                src = _tile_source(ta, end, bt_row, head_base, block_size, stride_cb, stride_cs)
+            _copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta, end, src, w_copy, SW, STAGES, STAGE_WORDS)
             sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
             m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs,
                                              koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES,
@@ -596,7 +628,7 @@ def _decode_mma_kernel(
         m_i, l_i, acc, vs = _tiles_in_pairs(ring, RW0, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff,
                                             voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb,
                                             stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES,
-                                            V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3)
+                                            V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3, PAGE_AHEAD)
 
     # partial state -> part_ml [rows, S, 2] (m in natural-log units), part_acc [rows, S, DACC]
     # (accumulator row n is slot value coordinate 16 (n % 8) + n // 8)
@@ -719,7 +751,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
                          shared_table: bool = True, step_tiles: int = 0, key_table: str = "auto",
-                         output_rotation: str = "fma", verify_ring: bool = True) -> torch.Tensor:
+                         output_rotation: str = "fma", page_ahead: bool = False,
+                         verify_ring: bool = True) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
     thread (AttnConfig.mma_maxnreg; 0: the compiler's choice).  ``ring_bytes``: the
@@ -730,7 +763,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     tiles; 0: 2 where it does, else 1).  ``key_table``: "pair" (a pair table of the key codebook),
     "single" (4-bit keys without a table shared with the values: 16 entries x 32 copies, two
     conflict-free lookups a pair instead of one conflicting one) or "auto" ("single" for 4-bit keys,
-    overriding shared_table; else "pair"; AttnConfig.mma_key_table).  No host synchronisation."""
+    overriding shared_table; else "pair"; AttnConfig.mma_key_table).  ``page_ahead``: block-table pages loaded a
+    step before their tiles' copies (AttnConfig.mma_page_ahead; the same bits).  No host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -771,7 +805,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         KB=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
         SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=table_shared,
-        STEP_TILES=step_tiles, KEY_SINGLE=key_table == "single",
+        STEP_TILES=step_tiles, KEY_SINGLE=key_table == "single", PAGE_AHEAD=bool(page_ahead),
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     # _lookup addresses the tables from the start of the kernel's shared memory and the ring right after

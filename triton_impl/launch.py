@@ -101,6 +101,10 @@ class AttnConfig:
     # H200 (1 x 128k to 64 x 1k, results/2026-12-04-h200-s13/call12-kernels/trace.log). Prepared in the
     # thirteenth session without a GPU, not timed
     mma_output_rotation: str = "fma"
+    # the mma decode kernel loads the block-table pages of the tiles a step copies one step earlier, so that
+    # no global load sits in the chain from the loop's top to its cp.async (the same addresses: the same
+    # bits). Prepared in the fourteenth session without a GPU (compiled for sm_90), not timed
+    mma_page_ahead: bool = False
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -119,9 +123,9 @@ class AttnConfig:
             raise ValueError(f"mma_ring_bytes={self.mma_ring_bytes!r} is not supported; allowed values: "
                              f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
                              "power-of-two shared allocation, or a power-of-two ring smaller than the tables)")
-        if not isinstance(self.mma_shared_table, bool):
-            raise ValueError(f"mma_shared_table={self.mma_shared_table!r} is not supported; allowed values: True, "
-                             "False")
+        for name in ("mma_shared_table", "mma_page_ahead"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: True, False")
         if type(self.mma_step_tiles) is not int or self.mma_step_tiles not in MMA_STEP_TILES:
             raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
                              f"{list(MMA_STEP_TILES)}")

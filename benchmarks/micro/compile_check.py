@@ -148,6 +148,7 @@ def main(argv=None):
         paged_attention,
         store_kv,
     )
+    from turboquant.triton_impl.decode import mma_options
     from turboquant.triton_impl.decode_mma import NO_CUDA, decode_attention_mma, mma_decode_unsupported
     from turboquant.triton_impl.query import mma_query_rotation, rotate_query
 
@@ -181,10 +182,7 @@ def main(argv=None):
                     qbuf = rotate_query(q, p, few_rows=True,
                                         rotation=mma_query_rotation(cfg.mma_query_rotation, p, q.dtype))
                     decode_attention_mma(qbuf, cache, bt, sl, torch.empty_like(q), p, num_q_heads=32,
-                                         sm_scale=d ** -0.5, num_splits=4, maxnreg=cfg.mma_maxnreg,
-                                         ring_bytes=cfg.mma_ring_bytes, shared_table=cfg.mma_shared_table,
-                                         step_tiles=cfg.mma_step_tiles, key_table=cfg.mma_key_table,
-                                         output_rotation=cfg.mma_output_rotation,
+                                         sm_scale=d ** -0.5, num_splits=4, **mma_options(cfg),
                                          verify_ring=False)  # launches are recorded here, not run
                 except ValueError as e:
                     print(f"{name} mma@{spec}: not compiled: {e}")

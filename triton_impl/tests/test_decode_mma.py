@@ -248,6 +248,7 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, all
     *[("mma_query_rotation", bad, r"\['auto', 'fma', 'bf16x2'\]") for bad in ("bf16", "", None, 1)],
     *[("mma_split_rule", bad, r"\['fill', 'waves'\]") for bad in ("wave", "", None, 1)],
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
+    *[("mma_page_ahead", bad, "True, False") for bad in (0, 1, "yes", None)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
     with pytest.raises(ValueError, match=rf"{option}={re.escape(repr(bad))} is not supported; allowed values: "
@@ -555,6 +556,22 @@ def test_output_rotation_on_tensor_cores_and_the_4kb_ring_match_the_reference(pr
         return
     for cfg in (base, dataclasses.replace(base, mma_output_rotation="bf16x3", mma_maxnreg=120)):
         assert rel_err(decode_attention(*args, config=cfg).float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
+
+
+@GPU
+@pytest.mark.parametrize("preset,step_tiles", [("tq3", 0), ("tq3", 1), ("k4v3", 0), ("tq4", 0)])
+@pytest.mark.parametrize("bs", [16, 32])
+def test_pages_loaded_a_step_ahead_give_the_same_bits(preset, step_tiles, bs):
+    """mma_page_ahead loads the block-table pages of the tiles a step copies one step earlier: the same
+    addresses, so the same bits as the default, on both loops (two tiles a step: tq3 and k4v3 by default;
+    one: tq4, and tq3 with mma_step_tiles=1), pages of one and of two tiles, lengths that end inside a
+    tile, a page and a split (several splits a row), and within the reference's tolerance."""
+    args, want = _decode_case(preset, (1, 17, 300, 2049, 4100), h=2, g=4, bs=bs)
+    base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=step_tiles)
+    outs = [decode_attention(*args, config=dataclasses.replace(base, mma_page_ahead=ahead), num_splits=splits)
+            for splits in (1, 7) for ahead in (False, True)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[2], outs[3])
+    assert rel_err(outs[1].float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
 
 
 @GPU
