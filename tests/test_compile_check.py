@@ -40,18 +40,17 @@ def test_mma_decode_kernel_compiles_for_sm90():
 @pytest.mark.skipif(not ptxas.exists(), reason="this Triton has no bundled ptxas")
 def test_prepared_kernel_variants_compile_for_sm90():
     """The variants prepared for a GPU A/B (docs/kernel-notes.md): the store's one launch for keys and values
-    (kv), the single-code key table (k1), the
-    tensor-core query rotation (q1), the 4 KB ring in a second allocation under a 120-register cap
-    (r120b4096: 17 programs an SM), the output rotation on tensor cores (o1), the block-table pages a step
-    ahead (a1), the store's register cap (r128) and its small-row launch (16 rows x 4 warps, 4 column blocks,
-    kv) compile with this Triton, with the
-    shared memory their launchers expect and no spills to local memory."""
+    (kv), the single-code key table (k1), the tensor-core query rotation (q1), the 4 KB ring in a second
+    allocation under a 120-register cap (r120b4096: 17 programs an SM), the output rotation on tensor cores
+    (o1), the block-table pages a step ahead (a1), k4v3's wide value table (v1: 16 KB, as the default), the
+    store's register cap (r128) and its small-row launch (16 rows x 4 warps, 4 column blocks, kv) compile
+    with this Triton, with the shared memory their launchers expect and no spills to local memory."""
     from turboquant.triton_impl.decode_mma import RING_BYTES, TABLE_BYTES
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
                         "--kernels", "_decode_mma_kernel,_store_mse_kernel,_rotate_query_tc_kernel,"
-                        "_rotate_columns_kernel,_store_mse_kv_kernel", "--mma", "k1,t0k1,q1,r120b4096,o1,a1",
+                        "_rotate_columns_kernel,_store_mse_kv_kernel", "--mma", "k1,t0k1,q1,r120b4096,o1,a1,v1",
                         "--store", "mse:128:8:prefetch+lean+search+r128,mse:64:4:prefetch+lean+search+kv,"
                         "mse:16:4:prefetch+lean+search+kv+c4+p5"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -59,7 +58,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     rows = {line.split()[-8]: line.split() for line in r.stdout.splitlines()
             if line.startswith(("_decode_mma_kernel", "_store_mse_kernel"))}
     want = {"k4v3:k1", "k4v3:t0k1", "tq4:t0k1", "tq3:q1", "tq3:r120b4096", "k4v3:r120b4096", "tq3:a1", "k4v3:a1",
-            "tq4:a1",
+            "tq4:a1", "k4v3:v1",
             "tq3:128:8:prefetch+lean+search+r128", "k4v3:128:8:prefetch+lean+search+r128"}
     assert want <= set(rows), r.stdout
     tc = [line.split() for line in r.stdout.splitlines() if line.startswith("_rotate_query_tc_kernel")]

@@ -81,6 +81,10 @@ _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_g
 _thread_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
 TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
+# AttnConfig.mma_wide_value_table (k4v3): the 3-bit values' pair table with 32 copies (8 KB) and the 4-bit keys'
+# single-code table (2 KB) in 10 KB, then a ring of three 2 KB tiles: one 16 KB allocation, as the default
+WIDE_TABLE_WORDS = gl.constexpr(2048 + 512)
+WIDE_RING_BYTES = 6144
 RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up to 4 KB (tq4)
 # Shared memory is one allocation (tables + ring) whose size must be a power of two (a Triton layout
 # rule: another size aborts the compiler), or, for a ring smaller than the tables, two (the tables,
@@ -264,10 +268,11 @@ def _u64(w):
 
 
 @gluon.jit
-def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.constexpr, OPA: gl.constexpr,
-                 KW3: gl.constexpr):
+def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.constexpr, K_TABLE: gl.constexpr,
+                 OPA: gl.constexpr, KW3: gl.constexpr):
     """The tile's key centroids as the A operand [16 tokens, D] from its words (module docstring);
-    the key table at byte 0 of shared memory, COPIES copies of each entry."""
+    the key table at byte K_TABLE of shared memory (0, or for the single-code table after a wide value
+    table: bits above its entries', so that an OR places the entry), COPIES copies of each entry."""
     NP: gl.constexpr = D // 8  # pairs per lane and token (d/4 codes)
     PB: gl.constexpr = 2 * KB
     # lane (g, r) = 4 (t % 8) + r reads copy lane % COPIES of the table (bank-conflict spreading)
@@ -275,7 +280,8 @@ def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.c
     r = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, KW3)))
     copy4 = ((((4 * (t % 8))[:, None] + r[None, :]) % COPIES) * 4).to(gl.uint32)
     if _single_code_table(KB, COPIES):
-        copy4 = _opaque(copy4)  # two lookups a pair: keep the offset one register (one LOP3 an address)
+        # two lookups a pair: keep the offset (and the table's base) one register (one LOP3 an address)
+        copy4 = _opaque(copy4 + K_TABLE)
     copy4 = copy4[:, :, None]
     ip = gl.arange(0, NP, layout=gl.SliceLayout(0, gl.SliceLayout(0, KW3)))
     bit = ip * PB
@@ -342,7 +348,7 @@ def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: g
 @gluon.jit
 def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff, kn_off, vn_off,
                  KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
-                 K_COPIES: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
+                 K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
                  OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr):
     """One tile of 16 tokens (ring stage at byte address sb; ok: which of its tokens are in the split)
     folded into the running state: max m_i and sum l_i (base 2, per head), the rotated value
@@ -356,7 +362,7 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff
     vb1 = _lookup(voff + sb + (SW * 4 + 4))
 
     # scores S^T [16 tokens, 8 heads] and the online softmax over the tile's tokens
-    a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, K_COPIES, OPA, KW3)
+    a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, K_COPIES, K_TABLE, OPA, KW3)
     s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
     s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
     s = gl.where(ok[:, None], s, float("-inf"))
@@ -384,12 +390,13 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff
 
 @gluon.jit
 def _tile_scores(sb, ok, q_op, qsc, sm_scale_log2, koff, kn_off, KB: gl.constexpr, D: gl.constexpr,
-                 K_COPIES: gl.constexpr, OPA: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr):
+                 K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, OPA: gl.constexpr, MMA: gl.constexpr,
+                 KW3: gl.constexpr):
     """The scores S^T [16 tokens, 8 heads] of the tile in ring stage sb (base 2, scaled; tokens not
     in the split: -inf)."""
     kw0, kw1, kw2, kw3 = _key_words(koff + sb, KB, D)
     kn = _lookup(kn_off + sb).to(gl.float32, bitcast=True)
-    a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, K_COPIES, OPA, KW3)
+    a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, K_COPIES, K_TABLE, OPA, KW3)
     s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
     s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
     return gl.where(ok[:, None], s, float("-inf"))
@@ -409,15 +416,15 @@ def _tile_value_operand(sb, voff, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl
 @gluon.jit
 def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, koff, voff, kn_off, vn_off,
                  KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
-                 K_COPIES: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
+                 K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
                  OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr):
     """Two tiles of 16 tokens (ring stages sb0, sb1) folded into the running state with one
     online-softmax update (STEP_TILES = 2): the cross-lane reductions (score max, value-norm max, the
     rescale test) run once per 32 tokens, the value scale's reciprocal once, and the softmax
     denominator stays per lane, l_t [16, 8] in the scores' layout (summed over tokens after the
     loop).  The same sums as two _attend_tile steps, rounded differently."""
-    s0 = _tile_scores(sb0, ok0, q_op, qsc, sm_scale_log2, koff, kn_off, KB, D, K_COPIES, OPA, MMA, KW3)
-    s1 = _tile_scores(sb1, ok1, q_op, qsc, sm_scale_log2, koff, kn_off, KB, D, K_COPIES, OPA, MMA, KW3)
+    s0 = _tile_scores(sb0, ok0, q_op, qsc, sm_scale_log2, koff, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
+    s1 = _tile_scores(sb1, ok1, q_op, qsc, sm_scale_log2, koff, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
     vn0 = _lookup(vn_off + sb0).to(gl.float32, bitcast=True)
     vn1 = _lookup(vn_off + sb1).to(gl.float32, bitcast=True)
     m_new = gl.maximum(m_i, gl.max(gl.maximum(s0, s1), axis=0))
@@ -449,7 +456,8 @@ def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs
 def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff, voff, kn_off,
                     vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
                     KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr,
-                    V_CODES: gl.constexpr, K_COPIES: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
+                    V_CODES: gl.constexpr, K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr,
+                    V_TABLE: gl.constexpr,
                     STAGES: gl.constexpr,
                     STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr,
                     KW3: gl.constexpr, VP3: gl.constexpr, PAGE_AHEAD: gl.constexpr):
@@ -489,7 +497,7 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log
         sb1 = (RING0 + ((i + 1) % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         m_i, l_t, acc, vs = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
                                          sm_scale_log2, m_i, l_t, acc, vs, koff, voff, kn_off, vn_off, KB, VB, D, SW,
-                                         V_CODES, K_COPIES, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
+                                         V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
         i += 2
     async_copy.wait_group(0)
     return m_i, gl.sum(l_t, axis=0), acc, vs
@@ -505,7 +513,7 @@ def _decode_mma_kernel(
     KB: gl.constexpr, K_NORM: gl.constexpr, K_CODES: gl.constexpr,
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
     SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, SHARED_TABLE: gl.constexpr,
-    STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr, PAGE_AHEAD: gl.constexpr,
+    STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr, PAGE_AHEAD: gl.constexpr, WIDE_VALUES: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -552,24 +560,40 @@ def _decode_mma_kernel(
     # tables (MMA_RING_BYTES; the tables at byte 0 either way, the ring at byte RING0).  The tables are
     # written a word a lane, consecutive words by consecutive lanes (no bank conflict).
     FL: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
-    if STAGES * STAGE_WORDS < 2 * TABLE_WORDS:
-        smem = gl.allocate_shared_memory(gl.int32, [2 * TABLE_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    TW: gl.constexpr = WIDE_TABLE_WORDS if WIDE_VALUES else 2 * TABLE_WORDS  # the tables' words
+    if STAGES * STAGE_WORDS < TW and not WIDE_VALUES:
+        smem = gl.allocate_shared_memory(gl.int32, [TW], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         ring = gl.allocate_shared_memory(gl.int32, [STAGES * STAGE_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         RW0: gl.constexpr = 0  # stage 0's first word in ``ring``
     else:
-        smem = gl.allocate_shared_memory(gl.int32, [2 * TABLE_WORDS + STAGES * STAGE_WORDS],
-                                         gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        smem = gl.allocate_shared_memory(gl.int32, [TW + STAGES * STAGE_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         ring = smem
-        RW0: gl.constexpr = 2 * TABLE_WORDS
+        RW0: gl.constexpr = TW
+    # K_TABLE, V_TABLE: byte addresses of the key and value tables
     if SHARED_TABLE:
+        K_TABLE: gl.constexpr = 0
         K_COPIES: gl.constexpr = 2 * TABLE_WORDS // (1 << (2 * KB))
         V_COPIES: gl.constexpr = K_COPIES
-        V_TABLE: gl.constexpr = 0  # byte address of the value table
+        V_TABLE: gl.constexpr = 0
         e2 = gl.arange(0, 2 * TABLE_WORDS, layout=FL)
         smem.slice(0, 2 * TABLE_WORDS).store(gl.load(kpair_ptr + e2 // K_COPIES))
+    elif WIDE_VALUES:
+        # 3-bit values' pair table with 32 copies (every lane its own bank: conflict-free) at byte 0, then
+        # the 4-bit keys' single-code table (16 entries x 32 copies) at byte 8,192 (above every value entry's
+        # bits, so an OR places a key entry), then a 3-stage ring: 16 KB in all, as the default layout
+        K_COPIES: gl.constexpr = 32
+        V_COPIES: gl.constexpr = 32
+        V_TABLE: gl.constexpr = 0
+        VW: gl.constexpr = 32 * (1 << (2 * VB))  # the value table's words
+        K_TABLE: gl.constexpr = VW * 4
+        ev = gl.arange(0, VW, layout=FL)
+        smem.slice(0, VW).store(gl.load(vpair_ptr + ev // 32))
+        ek = gl.arange(0, TW - VW, layout=FL)
+        smem.slice(VW, TW - VW).store(gl.load(kpair_ptr + 17 * (ek // 32)))
     elif KEY_SINGLE:
         # 4-bit keys, single-code table: word 32 e + lane = c[e] | c[e] << 16 = pair[e | e << 4]
         # (words 512..1023 repeat it, unread)
+        K_TABLE: gl.constexpr = 0
         K_COPIES: gl.constexpr = 32
         V_COPIES: gl.constexpr = TABLE_WORDS // (1 << (2 * VB))
         V_TABLE: gl.constexpr = TABLE_WORDS * 4
@@ -577,13 +601,14 @@ def _decode_mma_kernel(
         smem.slice(0, TABLE_WORDS).store(gl.load(kpair_ptr + 17 * ((e // 32) % 16)))
         smem.slice(TABLE_WORDS, TABLE_WORDS).store(gl.load(vpair_ptr + e // V_COPIES))
     else:
+        K_TABLE: gl.constexpr = 0
         K_COPIES: gl.constexpr = TABLE_WORDS // (1 << (2 * KB))
         V_COPIES: gl.constexpr = TABLE_WORDS // (1 << (2 * VB))
         V_TABLE: gl.constexpr = TABLE_WORDS * 4
         e = gl.arange(0, TABLE_WORDS, layout=FL)
         smem.slice(0, TABLE_WORDS).store(gl.load(kpair_ptr + e // K_COPIES))
         smem.slice(TABLE_WORDS, TABLE_WORDS).store(gl.load(vpair_ptr + e // V_COPIES))
-    RING0: gl.constexpr = 2 * TABLE_WORDS * 4  # byte address of stage 0
+    RING0: gl.constexpr = TW * 4  # byte address of stage 0
 
     m_i = gl.full([8], float("-inf"), gl.float32, COL)
     l_i = gl.zeros([8], gl.float32, COL)
@@ -620,15 +645,16 @@ def _decode_mma_kernel(
             _copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta, end, src, w_copy, SW, STAGES, STAGE_WORDS)
             sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
             m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs,
-                                             koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES,
-                                             V_TABLE, OPA, OPB, MMA, KW3, VP3)
+                                             koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE,
+                                             V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
             i += 1
         async_copy.wait_group(0)
     else:  # two tiles a step
         m_i, l_i, acc, vs = _tiles_in_pairs(ring, RW0, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff,
                                             voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb,
-                                            stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES, K_COPIES, V_COPIES,
-                                            V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3, PAGE_AHEAD)
+                                            stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE,
+                                            V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3,
+                                            PAGE_AHEAD)
 
     # partial state -> part_ml [rows, S, 2] (m in natural-log units), part_acc [rows, S, DACC]
     # (accumulator row n is slot value coordinate 16 (n % 8) + n // 8)
@@ -657,11 +683,22 @@ def ring_stages(params: KernelParams, ring_bytes: int) -> tuple[int, int]:
     return stage_words, ring_bytes // (4 * stage_words)
 
 
-def mma_shared_bytes(params: KernelParams, ring_bytes: int) -> int:
-    """The mma kernel's shared memory in bytes: its tables and its tile ring, in one allocation or two
-    (MMA_RING_BYTES; decode_attention_mma checks the compiled kernel against it)."""
+def mma_shared_bytes(params: KernelParams, ring_bytes: int, wide_values: bool = False) -> int:
+    """The mma kernel's shared memory in bytes: its tables (wide_values: WIDE_TABLE_WORDS) and its tile ring,
+    in one allocation or two (MMA_RING_BYTES; decode_attention_mma checks the compiled kernel against it)."""
     stage_words, stages = ring_stages(params, ring_bytes)
-    return TABLE_BYTES + 4 * stages * stage_words
+    return (4 * WIDE_TABLE_WORDS.value if wide_values else TABLE_BYTES) + 4 * stages * stage_words
+
+
+def wide_values_unsupported(params: KernelParams, ring_bytes: int, key_table: str) -> str | None:
+    """Why AttnConfig.mma_wide_value_table cannot serve this preset / ring / key table, or None."""
+    m = params.meta
+    if (m["K0_BITS"], m["V0_BITS"]) != (4, 3) or key_table == "pair":
+        return (f"it needs 4-bit keys on the single-code table and 3-bit values (k4v3), got "
+                f"{m['K0_BITS']}-bit keys, {m['V0_BITS']}-bit values, mma_key_table={key_table!r}")
+    if ring_bytes != WIDE_RING_BYTES:
+        return f"its ring is {WIDE_RING_BYTES} bytes (three tiles; 16 KB with the tables): mma_ring_bytes={ring_bytes}"
+    return None
 
 
 def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -> int:
@@ -751,7 +788,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
                          shared_table: bool = True, step_tiles: int = 0, key_table: str = "auto",
-                         output_rotation: str = "fma", page_ahead: bool = False,
+                         output_rotation: str = "fma", page_ahead: bool = False, wide_values: bool = False,
                          verify_ring: bool = True) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
@@ -764,7 +801,9 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     "single" (4-bit keys without a table shared with the values: 16 entries x 32 copies, two
     conflict-free lookups a pair instead of one conflicting one) or "auto" ("single" for 4-bit keys,
     overriding shared_table; else "pair"; AttnConfig.mma_key_table).  ``page_ahead``: block-table pages loaded a
-    step before their tiles' copies (AttnConfig.mma_page_ahead; the same bits).  No host synchronisation."""
+    step before their tiles' copies (AttnConfig.mma_page_ahead; the same bits).  ``wide_values``: k4v3's value
+    pair table with 32 copies and its ring at WIDE_RING_BYTES (AttnConfig.mma_wide_value_table; the same
+    words as the default layout's, so the bits of one tile a step).  No host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -774,10 +813,18 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
     sw = params.slot_bytes // 4
     stage_words, stages = ring_stages(params, ring_bytes)
-    if ring_bytes not in MMA_RING_BYTES or stages < 2:
+    if wide_values:
+        why = wide_values_unsupported(params, ring_bytes, key_table)
+        if why:
+            raise ValueError(f"mma_wide_value_table=True is not supported for {params.fmt.preset.name}: {why}; "
+                             f"allowed: k4v3 with mma_key_table 'auto' or 'single' and mma_ring_bytes="
+                             f"{WIDE_RING_BYTES}, or mma_wide_value_table=False")
+    elif ring_bytes not in MMA_RING_BYTES or stages < 2:
         raise ValueError(f"mma_ring_bytes={ring_bytes} holds {stages} tile(s) of {4 * stage_words} bytes "
                          f"({params.fmt.preset.name}); allowed values: "
-                         f"{[r for r in MMA_RING_BYTES if r >= 8 * stage_words]}")
+                         f"{[r for r in MMA_RING_BYTES if r >= 8 * stage_words]}"
+                         + (f" ({WIDE_RING_BYTES}: with mma_wide_value_table=True)" if ring_bytes == WIDE_RING_BYTES
+                            else ""))
     pairs_fit = stages >= 4 and stages % 2 == 0
     if type(step_tiles) is not int or step_tiles not in STEP_TILES or (step_tiles == 2 and not pairs_fit):
         raise ValueError(f"mma_step_tiles={step_tiles!r} is not supported with mma_ring_bytes={ring_bytes} "
@@ -794,7 +841,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          f"mma_shared_table={shared_table}; allowed values: "
                          f"{[t for t in KEY_TABLES if t != 'single' or (m['K0_BITS'] == 4 and not table_shared)]} "
                          "('single' needs 4-bit keys and no table shared with the values)")
-    if verify_ring and ring_bytes < TABLE_BYTES:
+    if verify_ring and ring_bytes < TABLE_BYTES and not wide_values:
         _verify_ring_placement(params, cache.device, maxnreg, ring_bytes, shared_table, key_table,
                                group=num_q_heads // hkv, block_size=cache.shape[2])
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
@@ -806,11 +853,12 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
         SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=table_shared,
         STEP_TILES=step_tiles, KEY_SINGLE=key_table == "single", PAGE_AHEAD=bool(page_ahead),
+        WIDE_VALUES=bool(wide_values),
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     # _lookup addresses the tables from the start of the kernel's shared memory and the ring right after
     # them: they must be all of it (a layout conversion that needed scratch space would break that)
-    shared = mma_shared_bytes(params, ring_bytes)
+    shared = mma_shared_bytes(params, ring_bytes, wide_values)
     if kernel is not None and kernel.metadata.shared != shared:
         raise RuntimeError(f"decode_mma kernel uses {kernel.metadata.shared} bytes of shared memory, expected "
                            f"exactly its tables and tile ring ({shared})")

@@ -14,7 +14,7 @@ from turboquant import format as tqf
 
 from .attn_core import _merge_kernel, _split_kernel, acc_width
 from .decode_mma import KEY_TABLES as MMA_KEY_TABLES
-from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES
+from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES, WIDE_RING_BYTES
 from .decode_mma import SPLIT_RULES as MMA_SPLIT_RULES
 from .decode_mma import STEP_TILES as MMA_STEP_TILES
 from .device import sm_count
@@ -105,6 +105,12 @@ class AttnConfig:
     # no global load sits in the chain from the loop's top to its cp.async (the same addresses: the same
     # bits). Prepared in the fourteenth session without a GPU (compiled for sm_90), not timed
     mma_page_ahead: bool = False
+    # k4v3's 3-bit value pair table with 32 copies (8 KB: every lane its own bank, no conflict; the default
+    # layout has 16, so every value lookup takes two wavefronts) beside the 4-bit keys' single-code table
+    # (2 KB), with a ring of three tiles (mma_ring_bytes=6144): 16 KB a program as the default, one tile a
+    # softmax step. The same words as the default layout's, so the bits of mma_step_tiles=1. Prepared in
+    # the fourteenth session without a GPU (compiled for sm_90), not timed
+    mma_wide_value_table: bool = False
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -119,13 +125,19 @@ class AttnConfig:
         ms = self.max_splits
         if isinstance(ms, bool) or not isinstance(ms, int) or not 1 <= ms <= 4096:
             raise ValueError(f"max_splits={self.max_splits!r} is not supported; allowed values: integers 1 to 4096")
-        if isinstance(self.mma_ring_bytes, bool) or self.mma_ring_bytes not in MMA_RING_BYTES:
+        if isinstance(self.mma_ring_bytes, bool) or self.mma_ring_bytes not in MMA_RING_BYTES + (WIDE_RING_BYTES,):
             raise ValueError(f"mma_ring_bytes={self.mma_ring_bytes!r} is not supported; allowed values: "
                              f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
-                             "power-of-two shared allocation, or a power-of-two ring smaller than the tables)")
-        for name in ("mma_shared_table", "mma_page_ahead"):
+                             "power-of-two shared allocation, or a power-of-two ring smaller than the tables), or "
+                             f"{WIDE_RING_BYTES} with mma_wide_value_table=True")
+        for name in ("mma_shared_table", "mma_page_ahead", "mma_wide_value_table"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: True, False")
+        if self.mma_wide_value_table != (self.mma_ring_bytes == WIDE_RING_BYTES):
+            raise ValueError(f"mma_wide_value_table={self.mma_wide_value_table} with mma_ring_bytes="
+                             f"{self.mma_ring_bytes} is not supported; allowed: mma_wide_value_table=True with "
+                             f"mma_ring_bytes={WIDE_RING_BYTES} (the wide table's three-tile ring), or False with any "
+                             f"other of {list(MMA_RING_BYTES)}")
         if type(self.mma_step_tiles) is not int or self.mma_step_tiles not in MMA_STEP_TILES:
             raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
                              f"{list(MMA_STEP_TILES)}")

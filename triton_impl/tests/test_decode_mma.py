@@ -242,6 +242,33 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, all
                              sm_scale=0.1, num_splits=1, shared_table=shared, key_table="single")
 
 
+@pytest.mark.parametrize("preset,kw,why", [
+    ("tq3", {}, "got 3-bit keys, 3-bit values, mma_key_table='auto'"),
+    ("tq4", {}, "got 4-bit keys, 4-bit values, mma_key_table='auto'"),
+    ("k4v3", {"key_table": "pair", "shared_table": False}, "got 4-bit keys, 3-bit values, mma_key_table='pair'"),
+    ("k4v3", {"ring_bytes": 8192}, "its ring is 6144 bytes .*: mma_ring_bytes=8192"),
+])
+def test_wide_value_table_is_k4v3s_with_its_own_ring(preset, kw, why):
+    """mma_wide_value_table (the 3-bit values' pair table with 32 copies beside the 4-bit keys' single-code
+    table, a 6 KB ring): k4v3 on the single-code key table with its ring only, refused with the reason and
+    the allowed choice before any launch; its ring without it is refused too."""
+    from turboquant.triton_impl.decode_mma import decode_attention_mma
+    from turboquant.triton_impl.query import rotate_query
+
+    (q, cache, bt, sl, p), _ = _decode_case(preset, (20, 5))
+    args = (rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p)
+    with pytest.raises(ValueError, match=rf"mma_wide_value_table=True is not supported for {preset}: .*{why}; allowed: "
+                                         r"k4v3 with mma_key_table 'auto' or 'single' and mma_ring_bytes=6144"):
+        decode_attention_mma(*args, num_q_heads=q.shape[1], sm_scale=0.1, num_splits=1, wide_values=True,
+                             **{"ring_bytes": 6144, **kw})
+    with pytest.raises(ValueError, match=r"mma_ring_bytes=6144 holds .* \(6144: with mma_wide_value_table=True\)"):
+        decode_attention_mma(*args, num_q_heads=q.shape[1], sm_scale=0.1, num_splits=1, ring_bytes=6144)
+    for wide, ring in ((True, 8192), (False, 6144)):
+        with pytest.raises(ValueError, match=rf"mma_wide_value_table={wide} with mma_ring_bytes={ring} is not "
+                                             r"supported; allowed: mma_wide_value_table=True with mma_ring_bytes=6144"):
+            AttnConfig(mma_wide_value_table=wide, mma_ring_bytes=ring)
+
+
 @pytest.mark.parametrize("option,bad,allowed", [
     *[("mma_step_tiles", bad, r"\[0, 1, 2\]") for bad in (-1, 3, True, 2.0, "2")],
     *[("mma_key_table", bad, r"\['auto', 'pair', 'single'\]") for bad in ("pairs", "", None, 1)],
@@ -249,6 +276,7 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, all
     *[("mma_split_rule", bad, r"\['fill', 'waves'\]") for bad in ("wave", "", None, 1)],
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
     *[("mma_page_ahead", bad, "True, False") for bad in (0, 1, "yes", None)],
+    *[("mma_wide_value_table", bad, "True, False") for bad in (0, 1, "yes", None)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
     with pytest.raises(ValueError, match=rf"{option}={re.escape(repr(bad))} is not supported; allowed values: "
@@ -572,6 +600,24 @@ def test_pages_loaded_a_step_ahead_give_the_same_bits(preset, step_tiles, bs):
             for splits in (1, 7) for ahead in (False, True)]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[2], outs[3])
     assert rel_err(outs[1].float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
+
+
+@GPU
+@pytest.mark.parametrize("bs", [16, 32])
+def test_wide_value_table_gives_the_bits_of_one_tile_a_step(bs):
+    """mma_wide_value_table (k4v3): the value pair table with 32 copies at byte 0, the single-code key table
+    at byte 8,192, a three-tile ring after them: the same table words and arithmetic as the default layout
+    at one tile a softmax step, so the same bits (one and several splits, with pages a step ahead too), and
+    within the reference's tolerance."""
+    args, want = _decode_case("k4v3", (1, 17, 300, 2049, 4100), h=2, g=4, bs=bs)
+    base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=1)
+    wide = dataclasses.replace(base, mma_wide_value_table=True, mma_ring_bytes=6144, mma_step_tiles=0)
+    for splits in (1, 7):
+        got = decode_attention(*args, config=wide, num_splits=splits)
+        assert torch.equal(got, decode_attention(*args, config=base, num_splits=splits))
+        assert torch.equal(got, decode_attention(*args, config=dataclasses.replace(wide, mma_page_ahead=True),
+                                                 num_splits=splits))
+    assert rel_err(got.float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
 
 
 @GPU
