@@ -40,8 +40,10 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert bench.kernel_config("mma@w1a1", base).mma_page_ahead is True and base.mma_page_ahead is False
     assert bench.kernel_config("mma@a0", base).mma_page_ahead is False
     wide = bench.kernel_config("mma@a1v1", base)  # the wide value table brings its own ring
-    assert (wide.mma_wide_value_table, wide.mma_ring_bytes, wide.mma_page_ahead) == (True, 6144, True)
-    assert bench.kernel_config("mma@v0", base) == dataclasses.replace(base, decode_kernel="mma")
+    assert (wide.mma_value_table, wide.mma_ring_bytes, wide.mma_page_ahead) == ("wide", 6144, True)
+    assert (bench.kernel_config("mma@v2", base).mma_value_table, bench.kernel_config("mma@v2", base).mma_ring_bytes) \
+        == ("single", 8192)
+    assert bench.kernel_config("mma@v0", base) == dataclasses.replace(base, decode_kernel="mma", mma_value_table="pair")
     assert bench.kernel_config("mma@64s1024", base).max_splits == 1024
     assert bench.kernel_config("split", base).decode_kernel == "split"
     assert bench.kernel_config("auto", base) == base

@@ -9,6 +9,7 @@ launch), and nothing spills."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,8 @@ def test_prepared_kernel_variants_compile_for_sm90():
     """The variants prepared for a GPU A/B (docs/kernel-notes.md): the store's one launch for keys and values
     (kv), the single-code key table (k1), the tensor-core query rotation (q1), the 4 KB ring in a second
     allocation under a 120-register cap (r120b4096: 17 programs an SM), the output rotation on tensor cores
-    (o1), the block-table pages a step ahead (a1), k4v3's wide value table (v1: 16 KB, as the default), the
+    (o1), the block-table pages a step ahead (a1), k4v3's wide value table (v1: 16 KB, as the default), tq4's
+    values on the single-code table (v2 at a 152-register cap, where it needs no stack: 10 KB), the
     store's register cap (r128) and its small-row launch (16 rows x 4 warps, 4 column blocks, kv) compile
     with this Triton, with the shared memory their launchers expect and no spills to local memory."""
     from turboquant.triton_impl.decode_mma import RING_BYTES, TABLE_BYTES
@@ -50,7 +52,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
                         "--kernels", "_decode_mma_kernel,_store_mse_kernel,_rotate_query_tc_kernel,"
-                        "_rotate_columns_kernel,_store_mse_kv_kernel", "--mma", "k1,t0k1,q1,r120b4096,o1,a1,v1",
+                        "_rotate_columns_kernel,_store_mse_kv_kernel", "--mma", "k1,t0k1,q1,r120b4096,o1,a1,v1,r152v2",
                         "--store", "mse:128:8:prefetch+lean+search+r128,mse:64:4:prefetch+lean+search+kv,"
                         "mse:16:4:prefetch+lean+search+kv+c4+p5"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -58,7 +60,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     rows = {line.split()[-8]: line.split() for line in r.stdout.splitlines()
             if line.startswith(("_decode_mma_kernel", "_store_mse_kernel"))}
     want = {"k4v3:k1", "k4v3:t0k1", "tq4:t0k1", "tq3:q1", "tq3:r120b4096", "k4v3:r120b4096", "tq3:a1", "k4v3:a1",
-            "tq4:a1", "k4v3:v1",
+            "tq4:a1", "k4v3:v1", "tq4:r152v2",
             "tq3:128:8:prefetch+lean+search+r128", "k4v3:128:8:prefetch+lean+search+r128"}
     assert want <= set(rows), r.stdout
     tc = [line.split() for line in r.stdout.splitlines() if line.startswith("_rotate_query_tc_kernel")]
@@ -81,11 +83,16 @@ def test_prepared_kernel_variants_compile_for_sm90():
         assert smem == one_smem if ":64:4:" in label else smem < one_smem // 2, (row, one)
     for label in want:
         row = rows[label]
-        regs, spill, smem = int(row[-7]), int(row[-6]), int(row[-4])
-        assert spill == 0 and 0 < regs <= 128, row
+        regs, spill, stack, smem = int(row[-7]), int(row[-6]), int(row[-5]), int(row[-4])
+        cap = int(re.search(r":r(\d+)", label)[1]) if re.search(r":r(\d+)", label) else 128
+        assert spill == 0 and 0 < regs <= cap, row
+        if label.endswith("v2"):
+            assert stack == 0, row
         if ":128:8:" in label:
             assert smem > 0, row
         elif label.endswith("b4096"):
             assert smem == TABLE_BYTES + 4096 and regs <= 120, row
+        elif label.endswith("v2"):
+            assert smem == 2048 + RING_BYTES, row
         else:
             assert smem == TABLE_BYTES + RING_BYTES, row

@@ -65,6 +65,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
+from turboquant import format as tqf
+
 from .attn_core import acc_width
 from .merge import merge_splits
 from .params import KernelParams, next_pow2
@@ -81,10 +83,15 @@ _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_g
 _thread_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
 TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
-# AttnConfig.mma_wide_value_table (k4v3): the 3-bit values' pair table with 32 copies (8 KB) and the 4-bit keys'
-# single-code table (2 KB) in 10 KB, then a ring of three 2 KB tiles: one 16 KB allocation, as the default
+# The value table's kind (AttnConfig.mma_value_table; "auto": "pair"): "pair" (the layouts above), "wide"
+# (k4v3: the 3-bit values' pair table with 32 copies, 8 KB, and the 4-bit keys' single-code table, 2 KB, in
+# 10 KB, then a ring of three 2 KB tiles: one 16 KB allocation, as the default) or "single" (tq4: keys and
+# values on one single-code table of their shared 4-bit codebook, 16 entries x 32 copies, 2 KB, in an
+# allocation of its own after the 8 KB ring: 10 KB a program instead of 16)
+VALUE_TABLES = ("auto", "pair", "wide", "single")
 WIDE_TABLE_WORDS = gl.constexpr(2048 + 512)
 WIDE_RING_BYTES = 6144
+SINGLE_TABLE_WORDS = gl.constexpr(512)
 RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up to 4 KB (tq4)
 # Shared memory is one allocation (tables + ring) whose size must be a power of two (a Triton layout
 # rule: another size aborts the compiler), or, for a ring smaller than the tables, two (the tables,
@@ -327,18 +334,40 @@ def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: g
     sh = ((V_CODES * 8 + g * (16 * VB)) % 32).to(gl.uint64)[None, :]
     a = (_u64(a0) | (_u64(a1) << 32)) >> sh
     b = (_u64(b0) | (_u64(b1) << 32)) >> sh
-    # Pair index of code j = a_j | b_j << VB: even j from E, odd j from O, field k at bit 2 VB k
-    # (a bit-select per word instead of shifts and masks per pair).
-    HALF: gl.constexpr = _run_mask(2 * VB, 8)
-    bs = b << VB
-    e = (a & HALF) | (bs ^ (bs & HALF))
-    o = ((a >> VB) & HALF) | (b ^ (b & HALF))
     j = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(0, VP3)))
-    sel = gl.expand_dims(gl.expand_dims(j % 2, 0), 0)
-    s = gl.expand_dims(gl.expand_dims((j // 2 * (2 * VB)).to(gl.uint64), 0), 0)
-    eo = gl.where(sel == 0, e[:, :, None], o[:, :, None])
-    idx = ((eo >> s) & ((1 << (2 * VB)) - 1)).to(gl.uint32)
-    pair = _lookup((idx * (COPIES * 4)) | copy4)  # [8 tp, 8 g, 16 j]
+    if _single_code_table(VB, COPIES):
+        # 4-bit values on the single-code table (AttnConfig.mma_value_table = "single"): code a_j's word gives
+        # the low half, b_j's the high half (the word pair[a_j | b_j << 4]); byte address 128 code + copy4,
+        # each code shifted to bit 7 by per-register constant shifts (one funnel shift and one LOP3 an address)
+        copy4 = _opaque(copy4)
+        if V_CODES % 4 == 0:
+            # the run starts at a word (sh = 0): codes 0..7 in the first word, 8..15 in the second, so 32-bit
+            # shifts of the word itself (half the registers of the 64-bit run)
+            hi = gl.expand_dims(gl.expand_dims(j >= 8, 0), 0)
+            sj = gl.expand_dims(gl.expand_dims(((j % 8) * VB).to(gl.uint32), 0), 0)
+            xa = gl.where(hi, a1.to(gl.uint32, bitcast=True)[:, :, None], a0.to(gl.uint32, bitcast=True)[:, :, None])
+            xb = gl.where(hi, b1.to(gl.uint32, bitcast=True)[:, :, None], b0.to(gl.uint32, bitcast=True)[:, :, None])
+        else:
+            sj = gl.expand_dims(gl.expand_dims((j * VB).to(gl.uint64), 0), 0)
+            xa = a[:, :, None]
+            xb = b[:, :, None]
+        sa = (xa >> gl.maximum(sj, 7) - 7) << 7 - gl.minimum(sj, 7)
+        sb = (xb >> gl.maximum(sj, 7) - 7) << 7 - gl.minimum(sj, 7)
+        wa = _lookup((sa.to(gl.uint32) & 0x780) | copy4)
+        wb = _lookup((sb.to(gl.uint32) & 0x780) | copy4)
+        pair = (wa & 0xFFFF) | (wb & -65536)  # [8 tp, 8 g, 16 j]
+    else:
+        # Pair index of code j = a_j | b_j << VB: even j from E, odd j from O, field k at bit 2 VB k
+        # (a bit-select per word instead of shifts and masks per pair).
+        HALF: gl.constexpr = _run_mask(2 * VB, 8)
+        bs = b << VB
+        e = (a & HALF) | (bs ^ (bs & HALF))
+        o = ((a >> VB) & HALF) | (b ^ (b & HALF))
+        sel = gl.expand_dims(gl.expand_dims(j % 2, 0), 0)
+        s = gl.expand_dims(gl.expand_dims((j // 2 * (2 * VB)).to(gl.uint64), 0), 0)
+        eo = gl.where(sel == 0, e[:, :, None], o[:, :, None])
+        idx = ((eo >> s) & ((1 << (2 * VB)) - 1)).to(gl.uint32)
+        pair = _lookup((idx * (COPIES * 4)) | copy4)  # [8 tp, 8 g, 16 j]
     x = _expand_pairs(pair)  # tp, g, j, e
     x = gl.permute(x, [2, 1, 0, 3])  # j, g, tp, e
     x = gl.reshape(x, [D, TILE])
@@ -513,7 +542,7 @@ def _decode_mma_kernel(
     KB: gl.constexpr, K_NORM: gl.constexpr, K_CODES: gl.constexpr,
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
     SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, SHARED_TABLE: gl.constexpr,
-    STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr, PAGE_AHEAD: gl.constexpr, WIDE_VALUES: gl.constexpr,
+    STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr, PAGE_AHEAD: gl.constexpr, VALUE_TABLE: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -560,8 +589,17 @@ def _decode_mma_kernel(
     # tables (MMA_RING_BYTES; the tables at byte 0 either way, the ring at byte RING0).  The tables are
     # written a word a lane, consecutive words by consecutive lanes (no bank conflict).
     FL: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
-    TW: gl.constexpr = WIDE_TABLE_WORDS if WIDE_VALUES else 2 * TABLE_WORDS  # the tables' words
-    if STAGES * STAGE_WORDS < TW and not WIDE_VALUES:
+    WIDE_VALUES: gl.constexpr = VALUE_TABLE == 1
+    SINGLE_VALUES: gl.constexpr = VALUE_TABLE == 2
+    # the tables' words
+    TW: gl.constexpr = WIDE_TABLE_WORDS if WIDE_VALUES else SINGLE_TABLE_WORDS if SINGLE_VALUES else 2 * TABLE_WORDS
+    if SINGLE_VALUES:
+        # two allocations, the ring the larger: Triton places it first (byte 0; it is also first in program
+        # order), the 2 KB table after it (checked before first use: _verify_ring_placement)
+        ring = gl.allocate_shared_memory(gl.int32, [STAGES * STAGE_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        smem = gl.allocate_shared_memory(gl.int32, [TW], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        RW0: gl.constexpr = 0
+    elif STAGES * STAGE_WORDS < TW and not WIDE_VALUES:
         smem = gl.allocate_shared_memory(gl.int32, [TW], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         ring = gl.allocate_shared_memory(gl.int32, [STAGES * STAGE_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         RW0: gl.constexpr = 0  # stage 0's first word in ``ring``
@@ -590,6 +628,15 @@ def _decode_mma_kernel(
         smem.slice(0, VW).store(gl.load(vpair_ptr + ev // 32))
         ek = gl.arange(0, TW - VW, layout=FL)
         smem.slice(VW, TW - VW).store(gl.load(kpair_ptr + 17 * (ek // 32)))
+    elif SINGLE_VALUES:
+        # keys and values on one single-code table of their 4-bit codebook (word 32 e + lane = c[e] | c[e] << 16),
+        # at byte STAGES * STAGE_WORDS * 4 (after the ring; above every entry's bits, so an OR places an entry)
+        K_TABLE: gl.constexpr = STAGES * STAGE_WORDS * 4
+        K_COPIES: gl.constexpr = 32
+        V_COPIES: gl.constexpr = 32
+        V_TABLE: gl.constexpr = K_TABLE
+        e = gl.arange(0, TW, layout=FL)
+        smem.store(gl.load(kpair_ptr + 17 * (e // 32)))
     elif KEY_SINGLE:
         # 4-bit keys, single-code table: word 32 e + lane = c[e] | c[e] << 16 = pair[e | e << 4]
         # (words 512..1023 repeat it, unread)
@@ -608,7 +655,7 @@ def _decode_mma_kernel(
         e = gl.arange(0, TABLE_WORDS, layout=FL)
         smem.slice(0, TABLE_WORDS).store(gl.load(kpair_ptr + e // K_COPIES))
         smem.slice(TABLE_WORDS, TABLE_WORDS).store(gl.load(vpair_ptr + e // V_COPIES))
-    RING0: gl.constexpr = TW * 4  # byte address of stage 0
+    RING0: gl.constexpr = 0 if SINGLE_VALUES else TW * 4  # byte address of stage 0
 
     m_i = gl.full([8], float("-inf"), gl.float32, COL)
     l_i = gl.zeros([8], gl.float32, COL)
@@ -683,21 +730,31 @@ def ring_stages(params: KernelParams, ring_bytes: int) -> tuple[int, int]:
     return stage_words, ring_bytes // (4 * stage_words)
 
 
-def mma_shared_bytes(params: KernelParams, ring_bytes: int, wide_values: bool = False) -> int:
-    """The mma kernel's shared memory in bytes: its tables (wide_values: WIDE_TABLE_WORDS) and its tile ring,
-    in one allocation or two (MMA_RING_BYTES; decode_attention_mma checks the compiled kernel against it)."""
+def mma_shared_bytes(params: KernelParams, ring_bytes: int, value_table: str = "auto") -> int:
+    """The mma kernel's shared memory in bytes: its tables (VALUE_TABLES: "wide" WIDE_TABLE_WORDS, "single"
+    SINGLE_TABLE_WORDS) and its tile ring, in one allocation or two (MMA_RING_BYTES; decode_attention_mma
+    checks the compiled kernel against it)."""
     stage_words, stages = ring_stages(params, ring_bytes)
-    return (4 * WIDE_TABLE_WORDS.value if wide_values else TABLE_BYTES) + 4 * stages * stage_words
+    tables = {"wide": 4 * WIDE_TABLE_WORDS.value, "single": 4 * SINGLE_TABLE_WORDS.value}.get(value_table, TABLE_BYTES)
+    return tables + 4 * stages * stage_words
 
 
-def wide_values_unsupported(params: KernelParams, ring_bytes: int, key_table: str) -> str | None:
-    """Why AttnConfig.mma_wide_value_table cannot serve this preset / ring / key table, or None."""
+def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: int, key_table: str) -> str | None:
+    """Why AttnConfig.mma_value_table cannot serve this preset / ring / key table, or None."""
     m = params.meta
-    if (m["K0_BITS"], m["V0_BITS"]) != (4, 3) or key_table == "pair":
-        return (f"it needs 4-bit keys on the single-code table and 3-bit values (k4v3), got "
-                f"{m['K0_BITS']}-bit keys, {m['V0_BITS']}-bit values, mma_key_table={key_table!r}")
-    if ring_bytes != WIDE_RING_BYTES:
-        return f"its ring is {WIDE_RING_BYTES} bytes (three tiles; 16 KB with the tables): mma_ring_bytes={ring_bytes}"
+    if value_table == "wide":
+        if (m["K0_BITS"], m["V0_BITS"]) != (4, 3) or key_table == "pair":
+            return (f"it needs 4-bit keys on the single-code table and 3-bit values (k4v3), got {m['K0_BITS']}-bit "
+                    f"keys, {m['V0_BITS']}-bit values, mma_key_table={key_table!r}")
+        if ring_bytes != WIDE_RING_BYTES:
+            return (f"its ring is {WIDE_RING_BYTES} bytes (three tiles; 16 KB with the tables): mma_ring_bytes="
+                    f"{ring_bytes}")
+    if value_table == "single":
+        if (m["K0_BITS"], m["V0_BITS"]) != (4, 4) or not m["KV_PAIR_SAME"] or key_table == "pair":
+            return (f"it needs 4-bit keys and values of one codebook on the single-code table (tq4), got "
+                    f"{m['K0_BITS']}-bit keys, {m['V0_BITS']}-bit values, mma_key_table={key_table!r}")
+        if ring_bytes != RING_BYTES:
+            return f"its ring is the default {RING_BYTES} bytes (an allocation of its own): mma_ring_bytes={ring_bytes}"
     return None
 
 
@@ -722,15 +779,17 @@ _RING_VERIFIED: set = set()
 
 
 def _verify_ring_placement(params: KernelParams, device: torch.device, maxnreg: int, ring_bytes: int,
-                           shared_table: bool, key_table: str, *, group: int, block_size: int) -> None:
-    """A ring in a second shared allocation (MMA_RING_BYTES) is read at raw addresses that assume Triton
-    placed the tables first.  Once per configuration and process, before its first use: a small decode
-    (one sequence of 3 tiles over one KV head of ``group`` query heads, pages of ``block_size`` tokens:
-    the caller's compiled specialization; random codes) with this ring and with the one-allocation
-    RING_BYTES ring, one tile a softmax step each, must give the same bits, or this raises instead of
-    letting a misplaced ring be read as centroids."""
+                           shared_table: bool, key_table: str, *, group: int, block_size: int,
+                           value_table: str = "pair") -> None:
+    """Two shared allocations (a ring smaller than the tables, MMA_RING_BYTES; or value_table "single", whose
+    2 KB table follows the larger ring) are read at raw addresses that assume where Triton placed them (the
+    larger first).  Once per configuration and process, before its first use: a small decode (one sequence
+    of 3 tiles over one KV head of ``group`` query heads, pages of ``block_size`` tokens: the caller's
+    compiled specialization; random codes) with this layout and with the one-allocation default (RING_BYTES,
+    pair tables), one tile a softmax step each, must give the same bits, or this raises instead of letting
+    misplaced words be read as centroids."""
     key = (params.fmt.preset.name, params.fmt.head_size, str(device), maxnreg, ring_bytes, shared_table, key_table,
-           group, block_size)
+           group, block_size, value_table)
     if key in _RING_VERIFIED:
         return
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -748,16 +807,17 @@ def _verify_ring_placement(params: KernelParams, device: torch.device, maxnreg: 
     bt = torch.arange(nb, dtype=torch.int32, device=device)[None, :]
     sl = torch.tensor([3 * TILE_TOKENS], dtype=torch.int32, device=device)
     outs = []
-    for ring in (ring_bytes, RING_BYTES):
+    for ring, table in ((ring_bytes, value_table), (RING_BYTES, "pair")):
         out = torch.empty((1, group, m["D"]), dtype=torch.bfloat16, device=device)
         decode_attention_mma(qbuf, cache, bt, sl, out, params, num_q_heads=group, sm_scale=0.1, num_splits=1,
                              maxnreg=maxnreg, ring_bytes=ring, shared_table=shared_table, step_tiles=1,
-                             key_table=key_table, verify_ring=False)
+                             key_table=key_table, value_table=table, verify_ring=False)
         outs.append(out)
     if not torch.equal(outs[0], outs[1]):
-        raise RuntimeError(f"mma_ring_bytes={ring_bytes}: the decode kernel's ring in a second shared allocation "
-                           f"does not read the tile words it wrote (this Triton {triton.__version__} did not place "
-                           f"the tables first); use mma_ring_bytes={RING_BYTES}")
+        raise RuntimeError(f"mma_ring_bytes={ring_bytes}, mma_value_table={value_table!r}: the decode kernel's second "
+                           f"shared allocation is not where its raw addresses expect it (this Triton "
+                           f"{triton.__version__} placed its allocations otherwise); use mma_ring_bytes={RING_BYTES} "
+                           "and mma_value_table='pair'")
     _RING_VERIFIED.add(key)
 
 
@@ -788,7 +848,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          out: torch.Tensor, params: KernelParams, *, num_q_heads: int, sm_scale: float,
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
                          shared_table: bool = True, step_tiles: int = 0, key_table: str = "auto",
-                         output_rotation: str = "fma", page_ahead: bool = False, wide_values: bool = False,
+                         output_rotation: str = "fma", page_ahead: bool = False, value_table: str = "auto",
                          verify_ring: bool = True) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
@@ -801,9 +861,10 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     "single" (4-bit keys without a table shared with the values: 16 entries x 32 copies, two
     conflict-free lookups a pair instead of one conflicting one) or "auto" ("single" for 4-bit keys,
     overriding shared_table; else "pair"; AttnConfig.mma_key_table).  ``page_ahead``: block-table pages loaded a
-    step before their tiles' copies (AttnConfig.mma_page_ahead; the same bits).  ``wide_values``: k4v3's value
-    pair table with 32 copies and its ring at WIDE_RING_BYTES (AttnConfig.mma_wide_value_table; the same
-    words as the default layout's, so the bits of one tile a step).  No host synchronisation."""
+    step before their tiles' copies (AttnConfig.mma_page_ahead; the same bits).  ``value_table``: VALUE_TABLES
+    (AttnConfig.mma_value_table): "wide" (k4v3's value pair table with 32 copies, its ring WIDE_RING_BYTES) or
+    "single" (tq4's values on the keys' single-code table, 10 KB a program); both hold the default layout's
+    words, so they give the bits of one tile a step.  No host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -813,17 +874,20 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
     sw = params.slot_bytes // 4
     stage_words, stages = ring_stages(params, ring_bytes)
-    if wide_values:
-        why = wide_values_unsupported(params, ring_bytes, key_table)
-        if why:
-            raise ValueError(f"mma_wide_value_table=True is not supported for {params.fmt.preset.name}: {why}; "
-                             f"allowed: k4v3 with mma_key_table 'auto' or 'single' and mma_ring_bytes="
-                             f"{WIDE_RING_BYTES}, or mma_wide_value_table=False")
-    elif ring_bytes not in MMA_RING_BYTES or stages < 2:
+    tqf.check_choice("mma_value_table", value_table, VALUE_TABLES)
+    if value_table == "auto":
+        value_table = "pair"
+    why = value_table_unsupported(params, value_table, ring_bytes, key_table)
+    if why:
+        raise ValueError(f"mma_value_table={value_table!r} is not supported for {params.fmt.preset.name}: {why}; "
+                         f"allowed: 'wide' for k4v3 with mma_key_table 'auto' or 'single' and mma_ring_bytes="
+                         f"{WIDE_RING_BYTES}, 'single' for tq4 with mma_key_table 'auto' or 'single' and "
+                         f"mma_ring_bytes={RING_BYTES}, 'pair' or 'auto' for any")
+    if value_table != "wide" and (ring_bytes not in MMA_RING_BYTES or stages < 2):
         raise ValueError(f"mma_ring_bytes={ring_bytes} holds {stages} tile(s) of {4 * stage_words} bytes "
                          f"({params.fmt.preset.name}); allowed values: "
                          f"{[r for r in MMA_RING_BYTES if r >= 8 * stage_words]}"
-                         + (f" ({WIDE_RING_BYTES}: with mma_wide_value_table=True)" if ring_bytes == WIDE_RING_BYTES
+                         + (f" ({WIDE_RING_BYTES}: with mma_value_table='wide')" if ring_bytes == WIDE_RING_BYTES
                             else ""))
     pairs_fit = stages >= 4 and stages % 2 == 0
     if type(step_tiles) is not int or step_tiles not in STEP_TILES or (step_tiles == 2 and not pairs_fit):
@@ -841,9 +905,11 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          f"mma_shared_table={shared_table}; allowed values: "
                          f"{[t for t in KEY_TABLES if t != 'single' or (m['K0_BITS'] == 4 and not table_shared)]} "
                          "('single' needs 4-bit keys and no table shared with the values)")
-    if verify_ring and ring_bytes < TABLE_BYTES and not wide_values:
+    # a second shared allocation (a ring smaller than the default tables, or the single-code value table's
+    # own): its placement is checked before first use
+    if verify_ring and ((ring_bytes < TABLE_BYTES and value_table == "pair") or value_table == "single"):
         _verify_ring_placement(params, cache.device, maxnreg, ring_bytes, shared_table, key_table,
-                               group=num_q_heads // hkv, block_size=cache.shape[2])
+                               group=num_q_heads // hkv, block_size=cache.shape[2], value_table=value_table)
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,
@@ -853,12 +919,12 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
         SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=table_shared,
         STEP_TILES=step_tiles, KEY_SINGLE=key_table == "single", PAGE_AHEAD=bool(page_ahead),
-        WIDE_VALUES=bool(wide_values),
+        VALUE_TABLE=VALUE_TABLES.index(value_table) - 1,
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     # _lookup addresses the tables from the start of the kernel's shared memory and the ring right after
     # them: they must be all of it (a layout conversion that needed scratch space would break that)
-    shared = mma_shared_bytes(params, ring_bytes, wide_values)
+    shared = mma_shared_bytes(params, ring_bytes, value_table)
     if kernel is not None and kernel.metadata.shared != shared:
         raise RuntimeError(f"decode_mma kernel uses {kernel.metadata.shared} bytes of shared memory, expected "
                            f"exactly its tables and tile ring ({shared})")

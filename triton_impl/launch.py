@@ -17,6 +17,7 @@ from .decode_mma import KEY_TABLES as MMA_KEY_TABLES
 from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES, WIDE_RING_BYTES
 from .decode_mma import SPLIT_RULES as MMA_SPLIT_RULES
 from .decode_mma import STEP_TILES as MMA_STEP_TILES
+from .decode_mma import VALUE_TABLES as MMA_VALUE_TABLES
 from .device import sm_count
 from .merge import merge_splits
 from .params import MIN_DOT, KernelParams, next_pow2
@@ -105,12 +106,16 @@ class AttnConfig:
     # no global load sits in the chain from the loop's top to its cp.async (the same addresses: the same
     # bits). Prepared in the fourteenth session without a GPU (compiled for sm_90), not timed
     mma_page_ahead: bool = False
-    # k4v3's 3-bit value pair table with 32 copies (8 KB: every lane its own bank, no conflict; the default
-    # layout has 16, so every value lookup takes two wavefronts) beside the 4-bit keys' single-code table
-    # (2 KB), with a ring of three tiles (mma_ring_bytes=6144): 16 KB a program as the default, one tile a
-    # softmax step. The same words as the default layout's, so the bits of mma_step_tiles=1. Prepared in
-    # the fourteenth session without a GPU (compiled for sm_90), not timed
-    mma_wide_value_table: bool = False
+    # the mma decode kernel's value table (decode_mma.VALUE_TABLES): "pair" (the layouts above), "wide" (k4v3: its
+    # 3-bit value pair table with 32 copies, 8 KB, every lane its own bank; the default has 16, so every value
+    # lookup takes two wavefronts; beside the 4-bit keys' single-code table, with a ring of three tiles,
+    # mma_ring_bytes=6144: 16 KB a program as the default, one tile a softmax step), "single" (tq4: values on the
+    # keys' single-code table of their shared codebook, two conflict-free lookups a pair instead of one that
+    # eight lanes share a copy for; the 2 KB table in an allocation of its own after the 8 KB ring: 10 KB a
+    # program, 16 an SM at the 128-register cap instead of 13) or "auto" (default: "pair"). The same words as
+    # the default layout's, so the bits of mma_step_tiles=1. Prepared in the fourteenth session without a GPU
+    # (compiled for sm_90), not timed
+    mma_value_table: str = "auto"
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -129,21 +134,21 @@ class AttnConfig:
             raise ValueError(f"mma_ring_bytes={self.mma_ring_bytes!r} is not supported; allowed values: "
                              f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
                              "power-of-two shared allocation, or a power-of-two ring smaller than the tables), or "
-                             f"{WIDE_RING_BYTES} with mma_wide_value_table=True")
-        for name in ("mma_shared_table", "mma_page_ahead", "mma_wide_value_table"):
+                             f"{WIDE_RING_BYTES} with mma_value_table='wide'")
+        for name in ("mma_shared_table", "mma_page_ahead"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: True, False")
-        if self.mma_wide_value_table != (self.mma_ring_bytes == WIDE_RING_BYTES):
-            raise ValueError(f"mma_wide_value_table={self.mma_wide_value_table} with mma_ring_bytes="
-                             f"{self.mma_ring_bytes} is not supported; allowed: mma_wide_value_table=True with "
-                             f"mma_ring_bytes={WIDE_RING_BYTES} (the wide table's three-tile ring), or False with any "
-                             f"other of {list(MMA_RING_BYTES)}")
+        if (self.mma_value_table == "wide") != (self.mma_ring_bytes == WIDE_RING_BYTES):
+            raise ValueError(f"mma_value_table={self.mma_value_table!r} with mma_ring_bytes={self.mma_ring_bytes} is "
+                             f"not supported; allowed: mma_value_table='wide' with mma_ring_bytes={WIDE_RING_BYTES} "
+                             f"(its three-tile ring), any other value table with one of {list(MMA_RING_BYTES)}")
         if type(self.mma_step_tiles) is not int or self.mma_step_tiles not in MMA_STEP_TILES:
             raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
                              f"{list(MMA_STEP_TILES)}")
         for name, allowed in (("decode_kernel", DECODE_KERNELS), ("dense_rotation", DENSE_ROTATIONS),
                               ("mma_query_rotation", MMA_QUERY_ROTATIONS), ("mma_output_rotation", COLUMNS_PRECISIONS),
-                              ("mma_split_rule", MMA_SPLIT_RULES), ("mma_key_table", MMA_KEY_TABLES)):
+                              ("mma_split_rule", MMA_SPLIT_RULES), ("mma_key_table", MMA_KEY_TABLES),
+                              ("mma_value_table", MMA_VALUE_TABLES)):
             tqf.check_choice(name, getattr(self, name), allowed)
         if isinstance(self.bi_parallel_bytes, bool) or not isinstance(self.bi_parallel_bytes, int) \
                 or self.bi_parallel_bytes < 0:

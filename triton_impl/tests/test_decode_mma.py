@@ -242,31 +242,36 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, all
                              sm_scale=0.1, num_splits=1, shared_table=shared, key_table="single")
 
 
-@pytest.mark.parametrize("preset,kw,why", [
-    ("tq3", {}, "got 3-bit keys, 3-bit values, mma_key_table='auto'"),
-    ("tq4", {}, "got 4-bit keys, 4-bit values, mma_key_table='auto'"),
-    ("k4v3", {"key_table": "pair", "shared_table": False}, "got 4-bit keys, 3-bit values, mma_key_table='pair'"),
-    ("k4v3", {"ring_bytes": 8192}, "its ring is 6144 bytes .*: mma_ring_bytes=8192"),
+@pytest.mark.parametrize("preset,table,kw,why", [
+    ("tq3", "wide", {}, "got 3-bit keys, 3-bit values, mma_key_table='auto'"),
+    ("tq4", "wide", {}, "got 4-bit keys, 4-bit values, mma_key_table='auto'"),
+    ("k4v3", "wide", {"key_table": "pair", "shared_table": False}, "got 4-bit keys, 3-bit values, "
+                                                                   "mma_key_table='pair'"),
+    ("k4v3", "wide", {"ring_bytes": 8192}, "its ring is 6144 bytes .*: mma_ring_bytes=8192"),
+    ("tq3", "single", {"ring_bytes": 8192}, "got 3-bit keys, 3-bit values, mma_key_table='auto'"),
+    ("k4v3", "single", {"ring_bytes": 8192}, "got 4-bit keys, 3-bit values, mma_key_table='auto'"),
+    ("tq4", "single", {"ring_bytes": 24576}, "its ring is the default 8192 bytes .*: mma_ring_bytes=24576"),
 ])
-def test_wide_value_table_is_k4v3s_with_its_own_ring(preset, kw, why):
-    """mma_wide_value_table (the 3-bit values' pair table with 32 copies beside the 4-bit keys' single-code
-    table, a 6 KB ring): k4v3 on the single-code key table with its ring only, refused with the reason and
-    the allowed choice before any launch; its ring without it is refused too."""
+def test_value_tables_name_their_presets_and_rings(preset, table, kw, why):
+    """mma_value_table "wide" (k4v3: the 3-bit values' pair table with 32 copies beside the 4-bit keys'
+    single-code table, a 6 KB ring) and "single" (tq4: values on the keys' single-code table, the default
+    ring): refused with the reason and the allowed choices before any launch, elsewhere; the wide table's
+    ring without it is refused too."""
     from turboquant.triton_impl.decode_mma import decode_attention_mma
     from turboquant.triton_impl.query import rotate_query
 
     (q, cache, bt, sl, p), _ = _decode_case(preset, (20, 5))
     args = (rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p)
-    with pytest.raises(ValueError, match=rf"mma_wide_value_table=True is not supported for {preset}: .*{why}; allowed: "
-                                         r"k4v3 with mma_key_table 'auto' or 'single' and mma_ring_bytes=6144"):
-        decode_attention_mma(*args, num_q_heads=q.shape[1], sm_scale=0.1, num_splits=1, wide_values=True,
+    with pytest.raises(ValueError, match=rf"mma_value_table='{table}' is not supported for {preset}: .*{why}; "
+                                         r"allowed: 'wide' for k4v3 .* 'single' for tq4 .* 'pair' or 'auto' for any"):
+        decode_attention_mma(*args, num_q_heads=q.shape[1], sm_scale=0.1, num_splits=1, value_table=table,
                              **{"ring_bytes": 6144, **kw})
-    with pytest.raises(ValueError, match=r"mma_ring_bytes=6144 holds .* \(6144: with mma_wide_value_table=True\)"):
+    with pytest.raises(ValueError, match=r"mma_ring_bytes=6144 holds .* \(6144: with mma_value_table='wide'\)"):
         decode_attention_mma(*args, num_q_heads=q.shape[1], sm_scale=0.1, num_splits=1, ring_bytes=6144)
-    for wide, ring in ((True, 8192), (False, 6144)):
-        with pytest.raises(ValueError, match=rf"mma_wide_value_table={wide} with mma_ring_bytes={ring} is not "
-                                             r"supported; allowed: mma_wide_value_table=True with mma_ring_bytes=6144"):
-            AttnConfig(mma_wide_value_table=wide, mma_ring_bytes=ring)
+    for vt, ring in (("wide", 8192), ("single", 6144), ("auto", 6144)):
+        with pytest.raises(ValueError, match=rf"mma_value_table='{vt}' with mma_ring_bytes={ring} is not supported; "
+                                             r"allowed: mma_value_table='wide' with mma_ring_bytes=6144"):
+            AttnConfig(mma_value_table=vt, mma_ring_bytes=ring)
 
 
 @pytest.mark.parametrize("option,bad,allowed", [
@@ -276,7 +281,7 @@ def test_wide_value_table_is_k4v3s_with_its_own_ring(preset, kw, why):
     *[("mma_split_rule", bad, r"\['fill', 'waves'\]") for bad in ("wave", "", None, 1)],
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
     *[("mma_page_ahead", bad, "True, False") for bad in (0, 1, "yes", None)],
-    *[("mma_wide_value_table", bad, "True, False") for bad in (0, 1, "yes", None)],
+    *[("mma_value_table", bad, r"\['auto', 'pair', 'wide', 'single'\]") for bad in ("wider", "", None, 1)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
     with pytest.raises(ValueError, match=rf"{option}={re.escape(repr(bad))} is not supported; allowed values: "
@@ -284,34 +289,40 @@ def test_mma_options_are_checked(option, bad, allowed):
         AttnConfig(**{option: bad})
 
 
-def test_a_ring_in_a_second_allocation_is_verified_once_before_use(monkeypatch):
-    """mma_ring_bytes=4096 puts the ring in a second shared allocation, read at addresses that assume
-    Triton placed the tables first: before its first use the same small decode runs with it and with the
-    default ring, and different bits raise (naming the fallback) instead of returning numbers; the same bits
-    are remembered per configuration."""
+@pytest.mark.parametrize("preset,ring,table", [("tq3", 4096, "pair"), ("tq4", 8192, "single")])
+def test_a_second_allocation_is_verified_once_before_use(monkeypatch, preset, ring, table):
+    """mma_ring_bytes=4096 (the ring in a second shared allocation, after the tables) and mma_value_table=
+    "single" (the 2 KB table in a second allocation, after the ring) are read at addresses that assume where
+    Triton placed them: before first use the same small decode runs with the layout and with the default one,
+    and different bits raise (naming the fallback) instead of returning numbers; the same bits are remembered
+    per configuration."""
     from turboquant.triton_impl import decode_mma
 
     calls = []
 
-    def fake(qbuf, cache, bt, sl, out, params, *, ring_bytes, verify_ring, step_tiles, **kw):
+    def fake(qbuf, cache, bt, sl, out, params, *, ring_bytes, value_table, verify_ring, step_tiles, **kw):
         assert verify_ring is False and step_tiles == 1 and bt.shape == (1, 2) and out.shape == (1, 4, 128)
         assert cache.shape[:3] == (2, 1, 32) and kw["num_q_heads"] == 4 and qbuf.shape[0] == 4
-        calls.append(ring_bytes)
-        out.fill_(1.0 if ring_bytes == decode_mma.RING_BYTES or same[0] else 2.0)
+        calls.append((ring_bytes, value_table))
+        default = (ring_bytes, value_table) == (decode_mma.RING_BYTES, "pair")
+        out.fill_(1.0 if default or same[0] else 2.0)
         return out
 
     monkeypatch.setattr(decode_mma, "decode_attention_mma", fake)
     monkeypatch.setattr(decode_mma, "_RING_VERIFIED", set())
-    p = _params("tq3", 128)
+    p = _params(preset, 128)
     same = [False]
-    with pytest.raises(RuntimeError, match=r"mma_ring_bytes=4096: the decode kernel's ring in a second shared "
-                                           r"allocation does not read .* use mma_ring_bytes=8192"):
-        decode_mma._verify_ring_placement(p, torch.device("cpu"), 120, 4096, True, "auto", group=4, block_size=32)
-    assert calls == [4096, 8192]
+    with pytest.raises(RuntimeError, match=rf"mma_ring_bytes={ring}, mma_value_table='{table}': the decode kernel's "
+                                           r"second shared allocation is not where .* use mma_ring_bytes=8192 and "
+                                           r"mma_value_table='pair'"):
+        decode_mma._verify_ring_placement(p, torch.device("cpu"), 120, ring, False, "auto", group=4, block_size=32,
+                                          value_table=table)
+    assert calls == [(ring, table), (8192, "pair")]
     same[0] = True
     for _ in range(2):
-        decode_mma._verify_ring_placement(p, torch.device("cpu"), 120, 4096, True, "auto", group=4, block_size=32)
-    assert calls == [4096, 8192, 4096, 8192]  # verified once, then remembered
+        decode_mma._verify_ring_placement(p, torch.device("cpu"), 120, ring, False, "auto", group=4, block_size=32,
+                                          value_table=table)
+    assert calls == [(ring, table), (8192, "pair")] * 2  # verified once, then remembered
 
 
 @pytest.mark.parametrize("splits,rows,cap,want", [
@@ -603,19 +614,21 @@ def test_pages_loaded_a_step_ahead_give_the_same_bits(preset, step_tiles, bs):
 
 
 @GPU
+@pytest.mark.parametrize("preset,table,ring", [("k4v3", "wide", 6144), ("tq4", "single", 8192)])
 @pytest.mark.parametrize("bs", [16, 32])
-def test_wide_value_table_gives_the_bits_of_one_tile_a_step(bs):
-    """mma_wide_value_table (k4v3): the value pair table with 32 copies at byte 0, the single-code key table
-    at byte 8,192, a three-tile ring after them: the same table words and arithmetic as the default layout
-    at one tile a softmax step, so the same bits (one and several splits, with pages a step ahead too), and
-    within the reference's tolerance."""
-    args, want = _decode_case("k4v3", (1, 17, 300, 2049, 4100), h=2, g=4, bs=bs)
+def test_value_tables_give_the_bits_of_one_tile_a_step(preset, table, ring, bs):
+    """mma_value_table "wide" (k4v3: the value pair table with 32 copies at byte 0, the single-code key table
+    at byte 8,192, a three-tile ring after them) and "single" (tq4: one single-code table for keys and values
+    in its own allocation after the ring, its placement verified on first use): the same table words and
+    arithmetic as the default layout at one tile a softmax step, so the same bits (one and several splits,
+    with pages a step ahead too), and within the reference's tolerance."""
+    args, want = _decode_case(preset, (1, 17, 300, 2049, 4100), h=2, g=4, bs=bs)
     base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=1)
-    wide = dataclasses.replace(base, mma_wide_value_table=True, mma_ring_bytes=6144, mma_step_tiles=0)
+    cfg = dataclasses.replace(base, mma_value_table=table, mma_ring_bytes=ring, mma_step_tiles=0)
     for splits in (1, 7):
-        got = decode_attention(*args, config=wide, num_splits=splits)
+        got = decode_attention(*args, config=cfg, num_splits=splits)
         assert torch.equal(got, decode_attention(*args, config=base, num_splits=splits))
-        assert torch.equal(got, decode_attention(*args, config=dataclasses.replace(wide, mma_page_ahead=True),
+        assert torch.equal(got, decode_attention(*args, config=dataclasses.replace(cfg, mma_page_ahead=True),
                                                  num_splits=splits))
     assert rel_err(got.float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
 
