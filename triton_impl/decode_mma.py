@@ -47,6 +47,9 @@ have 4 copies of 256 entries: 8 lanes share a copy and collide whenever their en
 low 3 bits.  KEY_SINGLE (AttnConfig.mma_key_table = "single") gives them a single-code table instead,
 16 entries x 32 copies (word 32 e + lane = c[e] in both halves): two conflict-free lookups a pair,
 joined into the same word (low half of one, high half of the other), so the same bits.
+AttnConfig.mma_value_table moves the values the same way: "wide" (k4v3) gives its 3-bit value pair table
+32 copies (8 KB, beside the 2 KB single-code key table, with a three-tile ring), "single" (tq4) looks the
+values up on the keys' single-code table (2 KB in all, in an allocation of its own after the ring).
 
 Numerics: as the split kernel's fp16 path.  q' is scaled by 1/max|q'| per head; scores are
 fp32 = qsc * ||k|| * <q'16, c16>; softmax in fp32 (base 2); P^T is multiplied by ||v|| / s, s the
@@ -586,8 +589,9 @@ def _decode_mma_kernel(
     # table, TABLE_WORDS each, or with SHARED_TABLE one table for both; every entry repeated so that
     # lanes spread over the banks), then a ring of STAGES tiles (TILE slots = TILE * SW words each,
     # STAGE_WORDS apart) filled by cp.async: one allocation, or two where the ring is smaller than the
-    # tables (MMA_RING_BYTES; the tables at byte 0 either way, the ring at byte RING0).  The tables are
-    # written a word a lane, consecutive words by consecutive lanes (no bank conflict).
+    # tables (MMA_RING_BYTES; the tables at byte 0 either way, the ring at byte RING0).  VALUE_TABLE (1 "wide",
+    # 2 "single", decode_mma.VALUE_TABLES) lays the tables out otherwise, below.  The tables are written a word
+    # a lane, consecutive words by consecutive lanes (no bank conflict).
     FL: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     WIDE_VALUES: gl.constexpr = VALUE_TABLE == 1
     SINGLE_VALUES: gl.constexpr = VALUE_TABLE == 2
