@@ -38,8 +38,10 @@
 #          benchmarks/micro/bench_decode.py, then its table and PNG), the store at decode and prompt sizes
 #          (STORE_ARGS, bench_prefill.py: every mse config's bytes are checked against the first's), the
 #          per-launch trace (TRACE_TARGETS). Each step has its own timeout (KERNEL_TEST_SECONDS,
-#          DECODE_SECONDS, STORE_SECONDS, TRACE_SECONDS); an empty *_ARGS / KERNEL_TESTS skips the step.
-#          The defaults are the next session's plan (docs/kernel-notes.md)
+#          DECODE_SECONDS, STORE_SECONDS, TRACE_SECONDS); KERNEL_STEPS picks steps (default
+#          tests,decode,store,trace: about 500 s with the defaults, so after the kit's install run
+#          KERNEL_STEPS=tests,decode in that call and store,trace in the next). The defaults are the next
+#          session's plan (docs/kernel-notes.md)
 #   bench  tools/gpu_run.sh bench step: store, then decode over the 1k..128k x 1..64 grid with the
 #          default decode path (the mma kernel where it applies) and the split kernel beside it
 #          (rows PRESET+split), then k4v3 and tq3 in batch-invariant mode (fixed-length splits), then
@@ -139,6 +141,11 @@ case "$stage" in
     for d in reference triton_impl conformance vllm_integration; do ln -sfn "$PWD/$d" /tmp/shim/turboquant/$d; done
     export PYTHONPATH="/tmp/shim:$PYTHONPATH"
     T0=$(date +%s); t() { echo "== $1 done at $(( $(date +%s) - T0 )) s"; }
+    steps=",${KERNEL_STEPS:-tests,decode,store,trace},"
+    [[ "$steps" == *,tests,* ]] || KERNEL_TESTS=""
+    [[ "$steps" == *,decode,* ]] || DECODE_ARGS=""
+    [[ "$steps" == *,store,* ]] || STORE_ARGS=""
+    [[ "$steps" == *,trace,* ]] || TRACE_TARGETS=""
     tests="${KERNEL_TESTS-triton_impl/tests/test_decode_mma.py triton_impl/tests/test_store_mse.py triton_impl/tests/test_prefill.py}"
     if [ -n "$tests" ]; then
       timeout "${KERNEL_TEST_SECONDS:-150}" python3 -P -m pytest -p no:cacheprovider -q -n 8 $tests \
