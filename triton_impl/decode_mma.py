@@ -281,8 +281,8 @@ def _u64(w):
 def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.constexpr, K_TABLE: gl.constexpr,
                  OPA: gl.constexpr, KW3: gl.constexpr):
     """The tile's key centroids as the A operand [16 tokens, D] from its words (module docstring);
-    the key table at byte K_TABLE of shared memory (0, or for the single-code table after a wide value
-    table: bits above its entries', so that an OR places the entry), COPIES copies of each entry."""
+    the key table at byte K_TABLE of shared memory (0, or where mma_value_table puts another table or the ring
+    first: bits above its entries', so that an OR places the entry), COPIES copies of each entry."""
     NP: gl.constexpr = D // 8  # pairs per lane and token (d/4 codes)
     PB: gl.constexpr = 2 * KB
     # lane (g, r) = 4 (t % 8) + r reads copy lane % COPIES of the table (bank-conflict spreading)
@@ -797,8 +797,9 @@ def _verify_ring_placement(params: KernelParams, device: torch.device, maxnreg: 
     if key in _RING_VERIFIED:
         return
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(f"mma_ring_bytes={ring_bytes} is verified on its first call outside CUDA-graph capture "
-                           "(decode_mma._verify_ring_placement); run one decode step eagerly before capturing")
+        raise RuntimeError(f"mma_ring_bytes={ring_bytes}, mma_value_table={value_table!r} is verified on its first "
+                           "call outside CUDA-graph capture (decode_mma._verify_ring_placement); run one decode step "
+                           "eagerly before capturing")
     m = params.meta
     gen = torch.Generator(device="cpu").manual_seed(0)
     nb = -(-3 * TILE_TOKENS // block_size)

@@ -112,7 +112,8 @@ class AttnConfig:
     # mma_ring_bytes=6144: 16 KB a program as the default, one tile a softmax step), "single" (tq4: values on the
     # keys' single-code table of their shared codebook, two conflict-free lookups a pair instead of one that
     # eight lanes share a copy for; the 2 KB table in an allocation of its own after the 8 KB ring: 10 KB a
-    # program, 16 an SM at the 128-register cap instead of 13) or "auto" (default: "pair"). The same words as
+    # program, but it needs mma_maxnreg=152 to keep off the stack, where registers hold it at 13 programs an SM
+    # as shared memory does now) or "auto" (default: "pair"). The same words as
     # the default layout's, so the bits of mma_step_tiles=1. Prepared in the fourteenth session without a GPU
     # (compiled for sm_90), not timed
     mma_value_table: str = "auto"

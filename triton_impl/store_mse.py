@@ -268,22 +268,15 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
         den = tl.where(n > 0, n, 1.0)  # x = 0: y = 0
         if DEBUG_Y:
             y = tl.where(bad[:, None], 0.0, tl.math.div_rn(acc, den[:, None]))
-            if NB == 1:
-                ycol = tl.arange(0, N)
-            else:
-                ycol = cb * N + tl.arange(0, N)
-            tl.store(y_ptr + r.to(tl.int64)[:, None] * D + ycol[None, :], y, mask=tm[:, None])
+            tl.store(y_ptr + r.to(tl.int64)[:, None] * D + cb * N + tl.arange(0, N)[None, :], y, mask=tm[:, None])
         codes = tl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BR, N, BITS, SYMMETRIC, SEARCH))
         blk = tl.where(tm, slot // BLOCK_SIZE, 0).to(tl.int64)
         off = tl.where(tm, slot % BLOCK_SIZE, 0)
         base = (cache_ptr + blk * stride_cb + h * stride_ch + off * stride_cs).to(tl.pointer_type(tl.int32))
         nbits = tl.where(bad, NORM_NAN_BITS, norm.to(tl.int32, bitcast=True))
-        if NB == 1:
-            tl.store(base + NORM // 4, nbits, mask=tm)
-            _pack_words(codes, BR, D, BITS, base + CODES // 4, tm)
-        else:  # one column block: its whole words (N BITS / 32 of them), the norm by block 0
-            tl.store(base + NORM // 4, nbits, mask=tm & (tl.zeros_like(slot) + cb == 0))
-            _pack_words(codes, BR, N, BITS, base + CODES // 4 + cb * (N * BITS // 32), tm)
+        # column block cb: its whole words (N BITS / 32 of them); the norm by block 0
+        tl.store(base + NORM // 4, nbits, mask=tm if NB == 1 else tm & (tl.zeros_like(slot) + cb == 0))
+        _pack_words(codes, BR, N, BITS, base + CODES // 4 + cb * (N * BITS // 32), tm)
     else:
         # columns permuted (_perm_col) in NH blocks: each lane packs whole words of its rows' codes
         den = tl.where(n > 0, n, 1.0)  # x = 0: y = 0
@@ -350,10 +343,7 @@ def _store_rows(
     # Pi^T = P0 + P1 (fp16 parts, [2, D, D], row c = input coordinate, column = output; under PERM
     # the columns permuted by _perm_col, in PERM blocks: the same products, outputs in other columns)
     if PERM == 0:
-        if NB == 1:
-            pt = rot_ptr + j[:, None] * D + j[None, :]
-        else:
-            pt = rot_ptr + j[:, None] * D + cb * (D // NB) + tl.arange(0, D // NB)[None, :]
+        pt = rot_ptr + j[:, None] * D + cb * (D // NB) + tl.arange(0, D // NB)[None, :]
         p0 = tl.load(pt)
         p1 = tl.load(pt + D * D)
         q0, q1 = p0, p1  # unused
@@ -493,8 +483,11 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
         raise ValueError(f"maxnreg must be None or an integer 24 to 255, got {maxnreg!r}")
     warps = num_warps or STORE_MSE_WARPS
     tiles = triton.cdiv(rows, br)
-    # persistent programs: up to pps an SM in all, each row program NB programs (one a column block)
-    grid = (nb * max(1, min(tiles, sm_count(key.device) * pps // nb)),)
+
+    def programs(budget: int) -> int:  # persistent programs within budget, NB (one a column block) a row program
+        return nb * max(1, min(tiles, budget // nb))
+
+    grid = (programs(sm_count(key.device) * pps),)
     y = debug_rotated if debug_rotated is not None else torch.empty(1, device=key.device, dtype=torch.float32)
     vy = rows * (m["K0_MP"] + m["K1_MP"])  # rotated_debug's layout: key instances, then value instances
     common = dict(H=h, BLOCK_SIZE=cache.shape[2], D=d, SYMMETRIC=m["CB_SYMMETRIC"], BR=br, XSPLIT=XSPLIT[key.dtype],
@@ -502,7 +495,7 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
                   FOLD_FIN=bool({"lean", "halves"} & set(variant)), SEARCH="search" in variant, NB=nb,
                   num_warps=warps, **({"maxnreg": maxnreg} if maxnreg else {}))
     if "kv" in variant:  # one launch: half the persistent programs for the keys, half for the values
-        half = nb * max(1, min(tiles, sm_count(key.device) * pps // 2 // nb))
+        half = programs(sm_count(key.device) * pps // 2)
         _store_mse_kv_kernel[(2 * half,)](
             key, value, cache, slot_mapping, params.k_rot_split, params.v_rot_split, params.k_bnd, params.v_bnd,
             y, y[vy:] if debug_rotated is not None else y,
