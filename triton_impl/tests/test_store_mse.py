@@ -148,39 +148,22 @@ def test_store_mse_argument_errors_name_the_parameter():
     assert not cache.any()  # nothing written by a refused call
 
 
-@pytest.mark.parametrize("variant", [("prefetch",), ("lean",), ("halves",), ("prefetch", "lean"), ("search",),
-                                     ("prefetch", "lean", "search"), ("kv",), ("prefetch", "lean", "search", "kv")])
+@pytest.mark.parametrize("kw", [
+    *[{"variant": v} for v in [("prefetch",), ("lean",), ("halves",), ("prefetch", "lean"), ("search",),
+                               ("prefetch", "lean", "search"), ("kv",), ("prefetch", "lean", "search", "kv")]],
+    *[{"variant": v, "col_blocks": c} for c, v in [(2, ()), (4, ("prefetch", "lean", "search")),
+                                                   (2, ("prefetch", "lean", "search", "kv")), (4, ("kv",))]],
+], ids=lambda kw: "+".join(kw["variant"]) + (f"-c{kw['col_blocks']}" if "col_blocks" in kw else ""))
 @pytest.mark.parametrize("preset,d,dtype", [("tq3", 128, torch.bfloat16), ("k4v3", 128, torch.float32),
                                             ("tq2", 64, torch.float16), ("tq3", 64, torch.bfloat16)])
-def test_store_mse_variants_store_the_default_bytes(variant, preset, d, dtype):
-    """Each kernel option (store_mse.VARIANTS; "kv": keys and values in one launch) stores the default
-    kernel's bytes, bit for bit (the same arithmetic), on tiles of 16 rows x 1 warp, where the lean
-    variants' column permutation applies (tq3 at d = 64: the words do not split by lane group, so
-    only the finiteness fold applies), and two programs over 7 tiles (prefetch past the last)."""
-    fmt = tqf.LayerFormat(tqf.get_preset(preset), d)
-    p = KernelParams.build(fmt, DEV)
-    n, h, nb, bs = 37, 3, 4, 16
-    k, v = _inputs(n, h, d, dtype)
-    k, v = k.to(DEV), v.to(DEV)
-    slots = _slots(n, nb, bs).to(DEV)
-    out = []
-    for var in ((), variant):
-        cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
-        store_mse(k, v, cache, slots, p, block_rows=16, num_warps=1, variant=var, programs_per_sm=2)
-        out.append(cache.cpu())
-    assert torch.equal(out[0], out[1])
-    _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
-
-
-@pytest.mark.parametrize("col_blocks,variant", [(2, ()), (4, ("prefetch", "lean", "search")),
-                                               (2, ("prefetch", "lean", "search", "kv")), (4, ("kv",))])
-@pytest.mark.parametrize("preset,d,dtype", [("tq3", 128, torch.bfloat16), ("k4v3", 128, torch.float32),
-                                            ("tq2", 64, torch.float16), ("tq3", 64, torch.bfloat16)])
-def test_store_mse_column_blocks_store_the_default_bytes(col_blocks, variant, preset, d, dtype):
-    """col_blocks: each row tile's coordinates split over programs (a decode step's few rows over more of
-    the card), each storing its block's whole code words and block 0 the norm: the default kernel's
-    bytes, bit for bit (at d = 64 at most 2 blocks of 32 coordinates), and the debug hook's y in place;
-    two programs an SM over 7 row tiles, so that each program's loop also runs past the last tile."""
+def test_store_mse_options_store_the_default_bytes(kw, preset, d, dtype):
+    """Each kernel option stores the plain kernel's bytes, bit for bit (the same arithmetic), and the debug
+    hook's y in place: store_mse.VARIANTS ("kv": keys and values in one launch) on tiles of 16 rows x 1 warp,
+    where the lean variants' column permutation applies (tq3 at d = 64: the words do not split by lane group,
+    so only the finiteness fold applies), and col_blocks (each row tile's coordinates over programs, each
+    storing its block's whole code words and block 0 the norm; at d = 64 at most 2 blocks of 32
+    coordinates); two programs an SM over 7 row tiles, so that each program's loop also runs past the last
+    tile (prefetch past the last)."""
     fmt = tqf.LayerFormat(tqf.get_preset(preset), d)
     p = KernelParams.build(fmt, DEV)
     m = p.meta
@@ -188,12 +171,13 @@ def test_store_mse_column_blocks_store_the_default_bytes(col_blocks, variant, pr
     k, v = _inputs(n, h, d, dtype)
     k, v = k.to(DEV), v.to(DEV)
     slots = _slots(n, nb, bs).to(DEV)
-    cb = min(col_blocks, d // 32)
+    if "col_blocks" in kw:
+        kw = {**kw, "col_blocks": min(kw["col_blocks"], d // 32)}
     out, ys = [], []
-    for kw in ({}, {"variant": variant, "col_blocks": cb}):
+    for opts in ({"variant": ()}, kw):
         cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
         y = torch.zeros(n * h * (m["K0_MP"] + m["K1_MP"] + m["V0_MP"] + m["V1_MP"]), dtype=torch.float32, device=DEV)
-        store_mse(k, v, cache, slots, p, y, block_rows=16, num_warps=1, programs_per_sm=2, **kw)
+        store_mse(k, v, cache, slots, p, y, block_rows=16, num_warps=1, programs_per_sm=2, **opts)
         out.append(cache.cpu())
         ys.append(y.cpu())
     assert torch.equal(out[0], out[1])
