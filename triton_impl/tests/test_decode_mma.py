@@ -597,39 +597,39 @@ def test_output_rotation_on_tensor_cores_and_the_4kb_ring_match_the_reference(pr
         assert rel_err(decode_attention(*args, config=cfg).float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
 
 
+# options whose arithmetic is the default's (the same words, addresses or layout): (preset, the default's
+# mma_step_tiles to compare with, the option)
+SAME_BITS_OPTIONS = [
+    ("tq3", 0, {"mma_page_ahead": True}),  # two tiles a step
+    ("tq3", 1, {"mma_page_ahead": True}),  # one tile a step
+    ("k4v3", 0, {"mma_page_ahead": True}),
+    ("tq4", 0, {"mma_page_ahead": True}),  # one tile a step (its ring holds two)
+    ("k4v3", 1, {"mma_value_table": "wide", "mma_ring_bytes": 6144, "mma_step_tiles": 0}),
+    ("k4v3", 1, {"mma_value_table": "wide", "mma_ring_bytes": 6144, "mma_step_tiles": 0, "mma_page_ahead": True}),
+    ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0}),
+    ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0, "mma_page_ahead": True}),
+]
+
+
 @GPU
-@pytest.mark.parametrize("preset,step_tiles", [("tq3", 0), ("tq3", 1), ("k4v3", 0), ("tq4", 0)])
+@pytest.mark.parametrize("preset,step_tiles,option", SAME_BITS_OPTIONS,
+                         ids=[f"{p}-p{t}-" + "-".join(f"{k}={v}" for k, v in o.items())
+                              for p, t, o in SAME_BITS_OPTIONS])
 @pytest.mark.parametrize("bs", [16, 32])
-def test_pages_loaded_a_step_ahead_give_the_same_bits(preset, step_tiles, bs):
-    """mma_page_ahead loads the block-table pages of the tiles a step copies one step earlier: the same
-    addresses, so the same bits as the default, on both loops (two tiles a step: tq3 and k4v3 by default;
-    one: tq4, and tq3 with mma_step_tiles=1), pages of one and of two tiles, lengths that end inside a
-    tile, a page and a split (several splits a row), and within the reference's tolerance."""
+def test_options_give_the_default_bits(preset, step_tiles, option, bs):
+    """Options that change where things are, not the arithmetic, give the bits of the default at the same
+    tiles a softmax step: mma_page_ahead (the block-table pages a step copies loaded one step earlier: the
+    same addresses, on both loops), mma_value_table "wide" (k4v3: the value pair table with 32 copies at
+    byte 0, the single-code key table at byte 8,192, a three-tile ring after them) and "single" (tq4: one
+    single-code table for keys and values in its own allocation after the ring, its placement verified on
+    first use), both the default layout's words; pages of one and of two tiles, lengths that end inside a
+    tile, a page and a split (one and several splits a row), and within the reference's tolerance."""
     args, want = _decode_case(preset, (1, 17, 300, 2049, 4100), h=2, g=4, bs=bs)
     base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=step_tiles)
-    outs = [decode_attention(*args, config=dataclasses.replace(base, mma_page_ahead=ahead), num_splits=splits)
-            for splits in (1, 7) for ahead in (False, True)]
-    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[2], outs[3])
-    assert rel_err(outs[1].float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
-
-
-@GPU
-@pytest.mark.parametrize("preset,table,ring", [("k4v3", "wide", 6144), ("tq4", "single", 8192)])
-@pytest.mark.parametrize("bs", [16, 32])
-def test_value_tables_give_the_bits_of_one_tile_a_step(preset, table, ring, bs):
-    """mma_value_table "wide" (k4v3: the value pair table with 32 copies at byte 0, the single-code key table
-    at byte 8,192, a three-tile ring after them) and "single" (tq4: one single-code table for keys and values
-    in its own allocation after the ring, its placement verified on first use): the same table words and
-    arithmetic as the default layout at one tile a softmax step, so the same bits (one and several splits,
-    with pages a step ahead too), and within the reference's tolerance."""
-    args, want = _decode_case(preset, (1, 17, 300, 2049, 4100), h=2, g=4, bs=bs)
-    base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=1)
-    cfg = dataclasses.replace(base, mma_value_table=table, mma_ring_bytes=ring, mma_step_tiles=0)
+    cfg = dataclasses.replace(base, **option)
     for splits in (1, 7):
         got = decode_attention(*args, config=cfg, num_splits=splits)
         assert torch.equal(got, decode_attention(*args, config=base, num_splits=splits))
-        assert torch.equal(got, decode_attention(*args, config=dataclasses.replace(cfg, mma_page_ahead=True),
-                                                 num_splits=splits))
     assert rel_err(got.float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
 
 
