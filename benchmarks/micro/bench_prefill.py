@@ -361,6 +361,14 @@ def plot(paths, png: str) -> None:
     fig.savefig(png, dpi=110)
 
 
+# store_mse's numbered OPTIONS: the letter, then N -> the store_kv keyword
+NUMBERED_STORE_OPTIONS = {"p": "programs_per_sm", "r": "maxnreg", "c": "col_blocks"}
+
+
+def _numbered(o: str) -> bool:
+    return o[:1] in NUMBERED_STORE_OPTIONS and o[1:].isdigit()
+
+
 def parse_store_configs(text: str) -> list[tuple[str, int, int, tuple[str, ...]]]:
     """"tc:32:4,fma:16:4,mse:64:4,mse:64:4:prefetch+lean+p3" -> [("tc", 32, 4, ()), ..., ("mse", 64, 4,
     ("prefetch", "lean", "p3"))]: rotation:block_tokens:num_warps of the generic kernel, or
@@ -379,7 +387,7 @@ def parse_store_configs(text: str) -> list[tuple[str, int, int, tuple[str, ...]]
         if opts and bits[0] != "mse":
             raise ValueError(f"store configs: {part!r}: OPTIONS apply to KIND mse only")
         for o in opts:
-            if o not in VARIANTS and not (o[:1] in "prc" and o[1:].isdigit() and int(o[1:]) > 0):
+            if o not in VARIANTS and not (_numbered(o) and int(o[1:]) > 0):
                 raise ValueError(f"store configs: {part!r}: option {o!r} is not one of {', '.join(VARIANTS)}, "
                                  "pN (programs an SM, N > 0), rN (register cap, 24 <= N <= 255) or cN (column "
                                  "blocks a row tile: 1, 2, 4)")
@@ -390,13 +398,10 @@ def parse_store_configs(text: str) -> list[tuple[str, int, int, tuple[str, ...]]
 def store_options(opts: tuple[str, ...]) -> dict:
     """parse_store_configs' OPTIONS as store_kv keywords (variant=..., programs_per_sm=..., maxnreg=...,
     col_blocks=...)."""
-    def numbered(c):
-        return [int(o[1:]) for o in opts if o[:1] == c and o[1:].isdigit()]
-
-    pps, nreg, cols = numbered("p"), numbered("r"), numbered("c")
-    return {"variant": tuple(o for o in opts if not (o[:1] in "prc" and o[1:].isdigit())),
-            "programs_per_sm": pps[-1] if pps else None, "maxnreg": nreg[-1] if nreg else None,
-            "col_blocks": cols[-1] if cols else None}
+    kw = {"variant": tuple(o for o in opts if not _numbered(o))}
+    for letter, name in NUMBERED_STORE_OPTIONS.items():  # the last one given counts
+        kw[name] = next((int(o[1:]) for o in reversed(opts) if o[:1] == letter and _numbered(o)), None)
+    return kw
 
 
 def parse_rotate_configs(text: str) -> list[tuple[int, int, int]]:
