@@ -136,10 +136,7 @@ case "$stage" in
       fi
     done ;;
   kernels)
-    mkdir -p /tmp/shim/turboquant  # import path: pyproject's package-dir as a symlink farm (as gpu_run.sh)
-    for f in turboquant/*; do ln -sf "$PWD/$f" /tmp/shim/turboquant/; done
-    for d in reference triton_impl conformance vllm_integration; do ln -sfn "$PWD/$d" /tmp/shim/turboquant/$d; done
-    export PYTHONPATH="/tmp/shim:$PYTHONPATH"
+    source tools/shim.sh  # import path for turboquant.*
     T0=$(date +%s); t() { echo "== $1 done at $(( $(date +%s) - T0 )) s"; }
     steps=",${KERNEL_STEPS:-tests,decode,store,trace},"
     [[ "$steps" == *,tests,* ]] || KERNEL_TESTS=""
@@ -174,9 +171,10 @@ for line in sys.stdin:
 " || true
       t store
     fi
-    if [ -n "${TRACE_TARGETS-decode:tq3:32x32768 decode:tq3:64x1024}" ]; then
+    targets="${TRACE_TARGETS-decode:tq3:32x32768 decode:tq3:64x1024}"
+    if [ -n "$targets" ]; then
       timeout "${TRACE_SECONDS:-60}" python3 -m benchmarks.micro.profile_kernels --trace --launches 5 \
-          ${TRACE_TARGETS-decode:tq3:32x32768 decode:tq3:64x1024} > "$OUT/trace.log" 2>&1 || echo "trace rc $?"
+          $targets > "$OUT/trace.log" 2>&1 || echo "trace rc $?"
       grep -v -i warn "$OUT/trace.log" | tail -30; t trace
     fi ;;
   bench)

@@ -6,11 +6,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-# import path: map the package dirs (pyproject's package-dir) without installing
-mkdir -p /tmp/shim/turboquant
-for f in turboquant/*; do ln -sfn "$PWD/$f" /tmp/shim/turboquant/; done
-for d in reference triton_impl conformance vllm_integration; do ln -sfn "$PWD/$d" /tmp/shim/turboquant/$d; done
-export PYTHONPATH=/tmp/shim${PYTHONPATH:+:$PYTHONPATH}
+source tools/shim.sh  # import path for turboquant.*
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 T0=$(date +%s)
 timeout ${TEST_SECONDS:-240} python3 -P -m pytest triton_impl/tests conformance/test_stages.py -p no:cacheprovider \

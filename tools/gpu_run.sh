@@ -10,14 +10,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BUDGET=${1:-150}
 BENCH_ARGS=${BENCH_ARGS:---sweep}
 T0=$(date +%s)
-# import path: a symlink farm mapping the package dirs (pyproject's package-dir)
-mkdir -p /tmp/shim/turboquant
-for f in turboquant/*; do ln -sf "$PWD/$f" /tmp/shim/turboquant/; done
-ln -sfn "$PWD/reference" /tmp/shim/turboquant/reference
-ln -sfn "$PWD/triton_impl" /tmp/shim/turboquant/triton_impl
-ln -sfn "$PWD/conformance" /tmp/shim/turboquant/conformance
-ln -sfn "$PWD/vllm_integration" /tmp/shim/turboquant/vllm_integration
-export PYTHONPATH=/tmp/shim${PYTHONPATH:+:$PYTHONPATH}
+source tools/shim.sh  # import path for turboquant.*
 [ -f "$PWD/.tritoncache/cache.tgz" ] && mkdir -p ~/.triton && tar xzf .tritoncache/cache.tgz -C ~/.triton
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw --format=csv
 python3 -c "import torch, triton, numpy, turboquant.triton_impl as t; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, t.__file__)"
