@@ -22,7 +22,11 @@ ptxas = Path(__import__("triton").__file__).parent / "backends" / "nvidia" / "bi
 
 @pytest.mark.skipif(not ptxas.exists(), reason="this Triton has no bundled ptxas")
 def test_mma_decode_kernel_compiles_for_sm90():
-    from turboquant.triton_impl.decode_mma import RING_BYTES, TABLE_BYTES
+    """The defaults: tq3's pair tables, k4v3's wide value table (16 KB), tq4's single-code table at its
+    144-register cap (10 KB), each with the shared memory resolve_value_table's layout has."""
+    from turboquant import format as tqf
+    from turboquant.triton_impl import KernelParams
+    from turboquant.triton_impl.decode_mma import MAXNREG, RING_BYTES, mma_shared_bytes, resolve_value_table
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
@@ -33,9 +37,12 @@ def test_mma_decode_kernel_compiles_for_sm90():
     assert len(rows) == 3, r.stdout
     for row in rows:
         regs, spill, stack, smem, loop = int(row[-7]), int(row[-6]), int(row[-5]), int(row[-4]), int(row[-2])
-        assert smem == TABLE_BYTES + RING_BYTES, row
+        p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(row[-8]), 128), "cpu")
+        table, ring, cap = resolve_value_table(p, "auto", RING_BYTES, MAXNREG, "auto", 0)
+        assert (row[-8], table) in {("tq3", "pair"), ("k4v3", "wide"), ("tq4", "single")}, row
+        assert smem == mma_shared_bytes(p, ring, table) == (10240 if table == "single" else 16384), row
         assert spill == 0 and stack == 0, row
-        assert 0 < regs <= 255 and loop > 0, row
+        assert 0 < regs <= cap and loop > 0, row
 
 
 @pytest.mark.skipif(not ptxas.exists(), reason="this Triton has no bundled ptxas")
@@ -44,10 +51,13 @@ def test_prepared_kernel_variants_compile_for_sm90():
     (kv), the single-code key table (k1), the tensor-core query rotation (q1), the 4 KB ring in a second
     allocation under a 120-register cap (r120b4096: 17 programs an SM), the output rotation on tensor cores
     (o1), the block-table pages a step ahead (a1), k4v3's wide value table (v1: 16 KB, as the default), tq4's
-    values on the single-code table (v2 at a 152-register cap, where it needs no stack: 10 KB), the
+    values on the single-code table (v2 at a 152-register cap: 10 KB), the
     store's register cap (r128) and its small-row launch (16 rows x 4 warps, 4 column blocks, kv) compile
     with this Triton, with the shared memory their launchers expect and no spills to local memory."""
-    from turboquant.triton_impl.decode_mma import RING_BYTES, TABLE_BYTES
+    from benchmarks.micro.bench_decode import kernel_config
+    from turboquant import format as tqf
+    from turboquant.triton_impl import AttnConfig, KernelParams
+    from turboquant.triton_impl.decode_mma import RING_BYTES, TABLE_BYTES, mma_shared_bytes, resolve_value_table
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
@@ -75,24 +85,32 @@ def test_prepared_kernel_variants_compile_for_sm90():
     kv = {line.split()[-8]: line.split() for line in r.stdout.splitlines() if line.startswith("_store_mse_kv_kernel")}
     one = {line.split()[-8]: line.split() for line in r.stdout.splitlines() if line.startswith("_store_mse_kernel")}
     assert set(kv) == {f"{p}:{c}" for p in ("tq3", "k4v3", "tq4")
-                       for c in ("64:4:prefetch+lean+search+kv", "16:4:prefetch+lean+search+kv+c4+p5")}, r.stdout
+                       for c in ("64:4:prefetch+lean+search+kv", "16:4:prefetch+lean+search+kv+c4+p5",
+                                 "decode-step")}, r.stdout  # decode-step: store_mse.SMALL_LAUNCH, the default
     for label, row in kv.items():
         smem, one_smem = int(row[-4]), int(one[label.split(":")[0]][-4])
         assert int(row[-6]) == 0, row
         # the same shared memory as one tensor's launch; a quarter of Pi's columns at 16 rows: less
         assert smem == one_smem if ":64:4:" in label else smem < one_smem // 2, (row, one)
+    assert kv["tq3:decode-step"][-7:-1] == kv["tq3:16:4:prefetch+lean+search+kv+c4+p5"][-7:-1]  # the same kernel
     for label in want:
         row = rows[label]
         regs, spill, stack, smem = int(row[-7]), int(row[-6]), int(row[-5]), int(row[-4])
-        cap = int(re.search(r":r(\d+)", label)[1]) if re.search(r":r(\d+)", label) else 128
+        cap = int(re.search(r"'maxnreg':(\d+)", " ".join(row))[1]) if "maxnreg" in " ".join(row) else 255
         assert spill == 0 and 0 < regs <= cap, row
         if label.endswith("v2"):
             assert stack == 0, row
         if ":128:8:" in label:
             assert smem > 0, row
-        elif label.endswith("b4096"):
+            continue
+        # the decode kernel's shared memory: the tables and ring of the layout its options resolve to
+        preset, spec = label.split(":")
+        cfg = kernel_config(f"mma@{spec}", AttnConfig())
+        p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(preset), 128), "cpu")
+        table, ring, _ = resolve_value_table(p, cfg.mma_value_table, cfg.mma_ring_bytes, cfg.mma_maxnreg,
+                                             cfg.mma_key_table, cfg.mma_step_tiles)
+        assert smem == mma_shared_bytes(p, ring, table), row
+        if spec.endswith("b4096"):
             assert smem == TABLE_BYTES + 4096 and regs <= 120, row
-        elif label.endswith("v2"):
+        if spec.endswith("v2") or preset == "tq4":  # tq4's default value table is "single" too
             assert smem == 2048 + RING_BYTES, row
-        else:
-            assert smem == TABLE_BYTES + RING_BYTES, row

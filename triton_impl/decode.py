@@ -12,7 +12,13 @@ import torch
 import triton
 from triton.compiler.errors import CompilationError
 
-from .decode_mma import decode_attention_mma, mma_decode_unsupported, mma_shared_bytes, whole_wave_splits
+from .decode_mma import (
+    decode_attention_mma,
+    mma_decode_unsupported,
+    mma_shared_bytes,
+    resolve_value_table,
+    whole_wave_splits,
+)
 from .device import resident_blocks, sm_count
 from .extend import paged_attention
 from .launch import AttnConfig, choose_splits, default_config, run_split_merge, split_cap
@@ -96,7 +102,8 @@ def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int,
         return choose_splits(rows, max_kv, device, cfg)
     s = choose_splits(rows, max_kv, device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
     if cfg.mma_split_rule == "waves" and not cfg.batch_invariant:
-        per_sm = resident_blocks(device, mma_shared_bytes(params, cfg.mma_ring_bytes, cfg.mma_value_table), 1,
-                                 cfg.mma_maxnreg)
+        table, ring, maxnreg = resolve_value_table(params, cfg.mma_value_table, cfg.mma_ring_bytes, cfg.mma_maxnreg,
+                                                   cfg.mma_key_table, cfg.mma_step_tiles)
+        per_sm = resident_blocks(device, mma_shared_bytes(params, ring, table), 1, maxnreg)
         s = whole_wave_splits(s, rows, per_sm, sm_count(device), cap=split_cap(max_kv, cfg))
     return s

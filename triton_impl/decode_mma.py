@@ -49,7 +49,8 @@ low 3 bits.  KEY_SINGLE (AttnConfig.mma_key_table = "single") gives them a singl
 joined into the same word (low half of one, high half of the other), so the same bits.
 AttnConfig.mma_value_table moves the values the same way: "wide" (k4v3) gives its 3-bit value pair table
 32 copies (8 KB, beside the 2 KB single-code key table, with a three-tile ring), "single" (tq4) looks the
-values up on the keys' single-code table (2 KB in all, in an allocation of its own after the ring).
+values up on the keys' single-code table (2 KB in all, in an allocation of its own after the ring);
+the default ("auto", resolve_value_table) is "wide" for k4v3 and "single" for tq4, "pair" for the rest.
 
 Numerics: as the split kernel's fp16 path.  q' is scaled by 1/max|q'| per head; scores are
 fp32 = qsc * ||k|| * <q'16, c16>; softmax in fp32 (base 2); P^T is multiplied by ||v|| / s, s the
@@ -86,7 +87,7 @@ _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_g
 _thread_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
 TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
-# The value table's kind (AttnConfig.mma_value_table; "auto": "pair"): "pair" (the layouts above), "wide"
+# The value table's kind (AttnConfig.mma_value_table; "auto": resolve_value_table): "pair" (the layouts above), "wide"
 # (k4v3: the 3-bit values' pair table with 32 copies, 8 KB, and the 4-bit keys' single-code table, 2 KB, in
 # 10 KB, then a ring of three 2 KB tiles: one 16 KB allocation, as the default) or "single" (tq4: keys and
 # values on one single-code table of their shared 4-bit codebook, 16 entries x 32 copies, 2 KB, in an
@@ -95,6 +96,9 @@ VALUE_TABLES = ("auto", "pair", "wide", "single")
 WIDE_TABLE_WORDS = gl.constexpr(2048 + 512)
 WIDE_RING_BYTES = 6144
 SINGLE_TABLE_WORDS = gl.constexpr(512)
+# "single"'s register cap where "auto" picks it (resolve_value_table): 144 (14 one-warp programs an SM; 8 bytes
+# of stack, none at 152) timed at or above 152 at every shape; at 128 it spills
+SINGLE_MAXNREG = 144
 RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up to 4 KB (tq4)
 # Shared memory is one allocation (tables + ring) whose size must be a power of two (a Triton layout
 # rule: another size aborts the compiler), or, for a ring smaller than the tables, two (the tables,
@@ -734,10 +738,10 @@ def ring_stages(params: KernelParams, ring_bytes: int) -> tuple[int, int]:
     return stage_words, ring_bytes // (4 * stage_words)
 
 
-def mma_shared_bytes(params: KernelParams, ring_bytes: int, value_table: str = "auto") -> int:
+def mma_shared_bytes(params: KernelParams, ring_bytes: int, value_table: str = "pair") -> int:
     """The mma kernel's shared memory in bytes: its tables (VALUE_TABLES: "wide" WIDE_TABLE_WORDS, "single"
     SINGLE_TABLE_WORDS) and its tile ring, in one allocation or two (MMA_RING_BYTES; decode_attention_mma
-    checks the compiled kernel against it)."""
+    checks the compiled kernel against it); value_table as resolve_value_table gives it, not "auto"."""
     stage_words, stages = ring_stages(params, ring_bytes)
     tables = {"wide": 4 * WIDE_TABLE_WORDS.value, "single": 4 * SINGLE_TABLE_WORDS.value}.get(value_table, TABLE_BYTES)
     return tables + 4 * stages * stage_words
@@ -762,6 +766,28 @@ def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: 
     return None
 
 
+def resolve_value_table(params: KernelParams, value_table: str, ring_bytes: int, maxnreg: int, key_table: str,
+                        step_tiles: int) -> tuple[str, int, int]:
+    """(value table, ring bytes, register cap) of a launch.  An explicit value table keeps the ring and cap
+    it is given.  "auto" (AttnConfig.mma_value_table's default) is what the H200 timed fastest for the
+    preset (results/2026-12-05-h200-s15/call14-decode, one process beside vLLM's kernels, at 32 x 32k, 8 x 32k,
+    1 x 128k, 64 x 1k and 256 x 6k): "wide" with its WIDE_RING_BYTES ring for k4v3 (+2 to +14 %), "single"
+    for tq4 at a SINGLE_MAXNREG register cap where the cap is the default MAXNREG (0 to +9 %), each where the
+    launch leaves what it needs at the default (the ring at RING_BYTES, the key table not "pair", one tile a
+    softmax step allowed; "single": a cap of MAXNREG, 0 or at least SINGLE_MAXNREG); "pair" elsewhere."""
+    if value_table != "auto":
+        return value_table, ring_bytes, maxnreg
+    m = params.meta
+    if ring_bytes != RING_BYTES or key_table == "pair":
+        return "pair", ring_bytes, maxnreg
+    if (m["K0_BITS"], m["V0_BITS"]) == (4, 3) and step_tiles in (0, 1):
+        return "wide", WIDE_RING_BYTES, maxnreg
+    if (m["K0_BITS"], m["V0_BITS"]) == (4, 4) and m["KV_PAIR_SAME"] \
+            and (maxnreg in (MAXNREG, 0) or maxnreg >= SINGLE_MAXNREG):
+        return "single", ring_bytes, SINGLE_MAXNREG if maxnreg == MAXNREG else maxnreg
+    return "pair", ring_bytes, maxnreg
+
+
 def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -> int:
     """AttnConfig.mma_split_rule="waves": the split count whose rows x splits one-warp programs fill the
     nearest whole number of waves (per_sm programs an SM at once, sms SMs) instead of ``splits``'s
@@ -782,6 +808,19 @@ def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -
 _RING_VERIFIED: set = set()
 
 
+def _placement_key(params: KernelParams, device: torch.device, maxnreg: int, ring_bytes: int, shared_table: bool,
+                   key_table: str, group: int, block_size: int, value_table: str) -> tuple:
+    return (params.fmt.preset.name, params.fmt.head_size, str(device), maxnreg, ring_bytes, shared_table, key_table,
+            group, block_size, value_table)
+
+
+def _placement_verified(params: KernelParams, device: torch.device, maxnreg: int, ring_bytes: int,
+                        shared_table: bool, key_table: str, *, group: int, block_size: int, value_table: str) -> bool:
+    """Whether _verify_ring_placement has passed this configuration in this process."""
+    return _placement_key(params, device, maxnreg, ring_bytes, shared_table, key_table, group, block_size,
+                          value_table) in _RING_VERIFIED
+
+
 def _verify_ring_placement(params: KernelParams, device: torch.device, maxnreg: int, ring_bytes: int,
                            shared_table: bool, key_table: str, *, group: int, block_size: int,
                            value_table: str = "pair") -> None:
@@ -792,8 +831,8 @@ def _verify_ring_placement(params: KernelParams, device: torch.device, maxnreg: 
     compiled specialization; random codes) with this layout and with the one-allocation default (RING_BYTES,
     pair tables), one tile a softmax step each, must give the same bits, or this raises instead of letting
     misplaced words be read as centroids."""
-    key = (params.fmt.preset.name, params.fmt.head_size, str(device), maxnreg, ring_bytes, shared_table, key_table,
-           group, block_size, value_table)
+    key = _placement_key(params, device, maxnreg, ring_bytes, shared_table, key_table, group, block_size,
+                         value_table)
     if key in _RING_VERIFIED:
         return
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -868,8 +907,10 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     overriding shared_table; else "pair"; AttnConfig.mma_key_table).  ``page_ahead``: block-table pages loaded a
     step before their tiles' copies (AttnConfig.mma_page_ahead; the same bits).  ``value_table``: VALUE_TABLES
     (AttnConfig.mma_value_table): "wide" (k4v3's value pair table with 32 copies, its ring WIDE_RING_BYTES) or
-    "single" (tq4's values on the keys' single-code table, 10 KB a program); both hold the default layout's
-    words, so they give the bits of one tile a step.  No host synchronisation."""
+    "single" (tq4's values on the keys' single-code table, 10 KB a program); both hold the pair layout's
+    words, so they give the bits of one tile a step; "auto": resolve_value_table, which may change the ring
+    and register cap with it (a CUDA-graph capture before "auto"'s "single" is verified gets "pair").  No
+    host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -878,10 +919,19 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     part_ml = torch.empty((b * num_q_heads * num_splits, 2), dtype=torch.float32, device=cache.device)
     words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
     sw = params.slot_bytes // 4
-    stage_words, stages = ring_stages(params, ring_bytes)
     tqf.check_choice("mma_value_table", value_table, VALUE_TABLES)
-    if value_table == "auto":
-        value_table = "pair"
+    auto_table = value_table == "auto"
+    asked = (ring_bytes, maxnreg)
+    value_table, ring_bytes, maxnreg = resolve_value_table(params, value_table, ring_bytes, maxnreg, key_table,
+                                                           step_tiles)
+    if auto_table and value_table == "single" and verify_ring and cache.device.type == "cuda" \
+            and torch.cuda.is_current_stream_capturing() and not _placement_verified(
+                params, cache.device, maxnreg, ring_bytes, shared_table, key_table, group=num_q_heads // hkv,
+                block_size=cache.shape[2], value_table=value_table):
+        # "auto"'s own second allocation is not verified yet and cannot be under capture: this launch takes the
+        # one-allocation layout (the same words, so the same bits); an eager step verifies it for later ones
+        value_table, (ring_bytes, maxnreg) = "pair", asked
+    stage_words, stages = ring_stages(params, ring_bytes)
     why = value_table_unsupported(params, value_table, ring_bytes, key_table)
     if why:
         raise ValueError(f"mma_value_table={value_table!r} is not supported for {params.fmt.preset.name}: {why}; "

@@ -28,7 +28,7 @@ Grid: (programs,), persistent: program p takes row tiles p, p + programs, ... of
 programs share each row tile, program p its coordinates [(p % NB) D / NB, (p % NB + 1) D / NB) of the
 row tiles p // NB, p // NB + programs / NB, ... (Pi^T's parts: those D / NB columns).
 
-Options (VARIANTS; DEFAULT_VARIANT = prefetch + lean + search: the H200 measured prefetch + lean faster
+Options (VARIANTS; DEFAULT_VARIANT = prefetch + lean + search + kv: the H200 measured prefetch + lean faster
 than neither at 2k-32k tokens, tq3 1.2-1.7x, tq4 1.0-1.3x, results/2026-12-04-h200-knobs-s10, and
 search on top of them faster again, tq4 1.36-1.40x, k4v3 1.13-1.21x, tq3 1.02-1.09x at 8k and 32k tokens,
 results/2026-12-04-h200-s11/call1-p2-search; every combination
@@ -43,8 +43,10 @@ permuted pack applies where BR >= 16 warps and a lane group's D/4 codes fill who
 only the finiteness fold. "search": the codes of a symmetric 3- or 4-bit codebook by binary search
 over the positive boundaries (_codes; other codebooks keep the linear count). "kv": keys and values in
 one launch (_store_mse_kv_kernel: half the persistent programs each, the same rows' arithmetic), one
-launch a layer instead of two and the two halves side by side -- for a decode step's few rows, which
-leave most of the card idle in each launch; prepared in the thirteenth session, not timed.
+launch a layer instead of two and the two halves side by side; the H200 timed it faster than two
+launches at every size, most where a decode step's few rows leave the card idle in each launch: tq3 7.0
+against 13.1 us at 32 tokens x 8 heads, 16.8 against 21.3 at 2k, 183 against 208 at 32k; k4v3 and tq4
+alike (results/2026-12-05-h200-s15/call15-store).
 """
 
 from __future__ import annotations
@@ -69,16 +71,17 @@ PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once
 # (codes of symmetric 3/4-bit codebooks by binary search over the boundaries), "kv" (keys and values in one
 # launch)
 VARIANTS = ("prefetch", "lean", "halves", "search", "kv")
-DEFAULT_VARIANT = ("prefetch", "lean", "search")
+DEFAULT_VARIANT = ("prefetch", "lean", "search", "kv")
 # The launch for a decode step's few rows: at most SMALL_ROWS rows of (token, head) in a call that chooses
 # nothing itself take SMALL_LAUNCH (16-row tiles of 4 warps, each tile's coordinates over 4 programs, keys
 # and values in one launch, 5 programs an SM). Compiled for sm_90 (tq3): a 430-instruction loop a warp
-# against the default's 1,746, so a 4x shorter chain of dependent work a program, 94 registers (5 programs
-# an SM) and 20 KB of shared memory; 2 x 4 x tiles programs instead of 2 x tiles. Prepared in the
-# fourteenth session without a GPU, the same bytes (test_store_mse.py); off (SMALL_ROWS = 0) until
-# bench_prefill --store-min-tokens times it against the default at decode sizes.
-SMALL_ROWS = 0
-SMALL_LAUNCH = {"block_rows": 16, "num_warps": 4, "col_blocks": 4, "variant": DEFAULT_VARIANT + ("kv",),
+# against the default's 1,746, 94 registers, 20 KB of shared memory; 2 x 4 x tiles programs instead of
+# 2 x tiles. The H200 (results/2026-12-05-h200-s15/call15-store, tq3 / k4v3 / tq4, 8 KV heads): 3.5-3.7 us
+# for 32 tokens (256 rows) against 7.0-7.6 us for the default tile in one launch and 13.1-13.7 us in two;
+# 7.3-7.7 us against 7.7-8.5 at 256 tokens (2,048 rows); slower from 2,048 tokens (29-33 us against 17-19).
+# A decode step of up to 256 sequences of 8 KV heads takes it.
+SMALL_ROWS = 2048
+SMALL_LAUNCH = {"block_rows": 16, "num_warps": 4, "col_blocks": 4, "variant": DEFAULT_VARIANT,
                 "programs_per_sm": 5}
 # fp16 parts of an input element x 2^-e (see above)
 XSPLIT = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 2}

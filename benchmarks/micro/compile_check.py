@@ -151,6 +151,7 @@ def main(argv=None):
     from turboquant.triton_impl.decode import mma_options
     from turboquant.triton_impl.decode_mma import NO_CUDA, decode_attention_mma, mma_decode_unsupported
     from turboquant.triton_impl.query import mma_query_rotation, rotate_query
+    from turboquant.triton_impl.store_mse import SMALL_ROWS
 
     from .bench_decode import kernel_config
     from .bench_prefill import parse_store_configs, store_options
@@ -165,8 +166,13 @@ def main(argv=None):
         fmt = tqf.LayerFormat(tqf.get_preset(name), d)
         p = KernelParams.build(fmt, "cpu")
         cache = torch.zeros(fmt.cache_shape(64, 16, 8), dtype=torch.uint8)
+        # the store of a decode step (store_mse.SMALL_LAUNCH, labelled "decode-step") and of a prompt
         kv = torch.zeros((40, 8, d), dtype=torch.bfloat16)
+        LABEL[0] = f"{name}:decode-step"
         store_kv(kv, kv, cache, torch.arange(40), p)
+        LABEL[0] = name
+        prompt = torch.zeros((SMALL_ROWS // 8 + 1, 8, d), dtype=torch.bfloat16)
+        store_kv(prompt, prompt, cache, torch.arange(prompt.shape[0]), p)
         q = torch.zeros((4, 32, d), dtype=torch.bfloat16)
         bt = torch.zeros((4, 16), dtype=torch.int32)
         sl = torch.full((4,), 200, dtype=torch.int32)
@@ -174,7 +180,7 @@ def main(argv=None):
         if mma_decode_unsupported(p, torch.bfloat16, torch.device("cpu"), 32, 8, 16) == NO_CUDA:
             # the Gluon decode kernel, launched as decode_attention does on a GPU with mma.sync
             decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=32,
-                                 sm_scale=d ** -0.5, num_splits=4)
+                                 sm_scale=d ** -0.5, num_splits=4, verify_ring=False)  # recorded, not run
             for spec in [x for x in args.mma.split(",") if x]:
                 cfg = kernel_config(f"mma@{spec}", AttnConfig())
                 LABEL[0] = f"{name}:{spec}"

@@ -374,6 +374,39 @@ def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     assert decode_splits(p, fill, 8, 131072, cuda, mma=True) == 256
     assert decode_splits(p, waves, 8, 131072, cuda, mma=True) == 214
     assert decode_splits(p, waves, 8, 131072, cuda, mma=False) == decode_splits(p, fill, 8, 131072, cuda, mma=False)
+    # tq4's default value table ("single", 10 KB at a 144-register cap): 14 programs an SM by registers
+    p4 = _params("tq4", 128)
+    assert decode_mma.mma_shared_bytes(p4, decode_mma.RING_BYTES, "single") == 10240
+    assert device.resident_blocks(cuda, 10240, 1, 144) == 14
+    assert decode_splits(p4, waves, 8, 131072, cuda, mma=True) == decode_mma.whole_wave_splits(256, 8, 14, 132, 256)
+    assert decode_splits(p4, dataclasses.replace(waves, mma_value_table="pair"), 8, 131072, cuda, mma=True) == 214
+
+
+@pytest.mark.parametrize("preset,kw,want", [
+    ("tq3", {}, ("pair", 8192, 128)),
+    ("tq2", {}, ("pair", 8192, 128)),
+    ("k4v3", {}, ("wide", 6144, 128)),  # its three-tile ring
+    ("tq4", {}, ("single", 8192, 144)),  # the default cap moves to SINGLE_MAXNREG
+    ("tq4", {"maxnreg": 0}, ("single", 8192, 0)),  # the compiler's choice stays
+    ("tq4", {"maxnreg": 160}, ("single", 8192, 160)),
+    ("tq4", {"maxnreg": 120}, ("pair", 8192, 120)),  # a cap "single" spills at: the pair tables
+    ("k4v3", {"ring_bytes": 4096}, ("pair", 4096, 128)),  # a ring of the caller's: its layout
+    ("tq4", {"ring_bytes": 24576}, ("pair", 24576, 128)),
+    ("k4v3", {"key_table": "pair"}, ("pair", 8192, 128)),
+    ("tq4", {"key_table": "pair"}, ("pair", 8192, 128)),
+    ("k4v3", {"step_tiles": 2}, ("pair", 8192, 128)),  # two tiles a step need the four-tile ring
+    ("k4v3", {"step_tiles": 1}, ("wide", 6144, 128)),
+    ("k4v3", {"value_table": "pair"}, ("pair", 8192, 128)),  # explicit choices are kept as given
+    ("tq4", {"value_table": "pair"}, ("pair", 8192, 128)),
+    ("tq4", {"value_table": "single", "maxnreg": 128}, ("single", 8192, 128)),
+])
+def test_auto_value_table_is_the_timed_layout_of_each_preset(preset, kw, want):
+    """mma_value_table "auto" (the default): "wide" with its 6 KB ring for k4v3, "single" at a 144-register cap
+    for tq4 (what the H200 timed fastest), where the rest of the launch leaves them room; else "pair"."""
+    from turboquant.triton_impl.decode_mma import resolve_value_table
+
+    args = {"value_table": "auto", "ring_bytes": 8192, "maxnreg": 128, "key_table": "auto", "step_tiles": 0, **kw}
+    assert resolve_value_table(_params(preset, 128), **args) == want
 
 
 # --- the kernel (GPU) ------------------------------------------------------------------------------
@@ -494,6 +527,32 @@ def test_non_finite_key_poisons_exactly_its_sequence():
 
 
 @GPU
+def test_cuda_graph_capture_before_the_default_tq4_table_is_verified(monkeypatch):
+    """tq4's default value table ("single") sits in a second shared allocation whose placement is verified
+    on first use, which cannot run inside a CUDA-graph capture: a capture that comes first takes the pair
+    tables (the same bits) instead of raising, and a later eager call verifies and uses "single"."""
+    from turboquant.triton_impl import decode_mma
+
+    monkeypatch.setattr(decode_mma, "_RING_VERIFIED", set())
+    args, _ = _decode_case("tq4", (100, 257, 1))
+    q, cache, bt, sl, params = args
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma")
+    pair = dataclasses.replace(cfg, mma_value_table="pair")
+    out = torch.empty_like(q)
+    want = decode_attention(q, cache, bt, sl, params, config=pair).clone()  # compiles the pair kernel
+    assert not decode_mma._RING_VERIFIED
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode_attention(q, cache, bt, sl, params, out=out, config=cfg)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert not decode_mma._RING_VERIFIED
+    torch.testing.assert_close(decode_attention(q, cache, bt, sl, params, config=cfg), want, rtol=0, atol=0)
+    assert len(decode_mma._RING_VERIFIED) == 1
+
+
+@GPU
 def test_cuda_graph_replay():
     args, _ = _decode_case("tq3", (100, 257, 1))
     q, cache, bt, sl, params = args
@@ -597,9 +656,11 @@ def test_output_rotation_on_tensor_cores_and_the_4kb_ring_match_the_reference(pr
         assert rel_err(decode_attention(*args, config=cfg).float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
 
 
-# options whose arithmetic is the default's (the same words, addresses or layout): (preset, the default's
-# mma_step_tiles to compare with, the option)
+# options whose arithmetic is the pair tables' (the same words, addresses or layout): (preset, the pair
+# layout's mma_step_tiles to compare with, the option)
 SAME_BITS_OPTIONS = [
+    ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0}),  # the default: "wide"
+    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0}),  # the default: "single" at 144 registers
     ("tq3", 0, {"mma_page_ahead": True}),  # two tiles a step
     ("tq3", 1, {"mma_page_ahead": True}),  # one tile a step
     ("k4v3", 0, {"mma_page_ahead": True}),
@@ -617,15 +678,17 @@ SAME_BITS_OPTIONS = [
                               for p, t, o in SAME_BITS_OPTIONS])
 @pytest.mark.parametrize("bs", [16, 32])
 def test_options_give_the_default_bits(preset, step_tiles, option, bs):
-    """Options that change where things are, not the arithmetic, give the bits of the default at the same
-    tiles a softmax step: mma_page_ahead (the block-table pages a step copies loaded one step earlier: the
-    same addresses, on both loops), mma_value_table "wide" (k4v3: the value pair table with 32 copies at
-    byte 0, the single-code key table at byte 8,192, a three-tile ring after them) and "single" (tq4: one
-    single-code table for keys and values in its own allocation after the ring, its placement verified on
-    first use), both the default layout's words; pages of one and of two tiles, lengths that end inside a
-    tile, a page and a split (one and several splits a row), and within the reference's tolerance."""
+    """Options that change where things are, not the arithmetic, give the bits of the pair tables at the
+    same tiles a softmax step: the default "auto" value table, mma_page_ahead (the block-table pages a step
+    copies loaded one step earlier: the same addresses, on both loops), mma_value_table "wide" (k4v3: the
+    value pair table with 32 copies at byte 0, the single-code key table at byte 8,192, a three-tile ring
+    after them) and "single" (tq4: one single-code table for keys and values in its own allocation after
+    the ring, its placement verified on first use), both the pair layout's words; pages of one and of two
+    tiles, lengths that end inside a tile, a page and a split (one and several splits a row), and within
+    the reference's tolerance."""
     args, want = _decode_case(preset, (1, 17, 300, 2049, 4100), h=2, g=4, bs=bs)
-    base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=step_tiles)
+    base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=step_tiles,
+                               mma_value_table="pair")
     cfg = dataclasses.replace(base, **option)
     for splits in (1, 7):
         got = decode_attention(*args, config=cfg, num_splits=splits)
