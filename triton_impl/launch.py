@@ -94,28 +94,32 @@ class AttnConfig:
     # the mma decode kernel's split count: "fill" (default: mma_programs_per_sm programs an SM, as
     # choose_splits) or "waves" (that count moved to the nearest whole number of waves of the programs an
     # SM holds at once, from the kernel's shared memory and register cap: decode_mma.whole_wave_splits).
-    # Prepared in the thirteenth session without a GPU, not timed
+    # The H200 timed "waves" +12-14 % for tq3 and k4v3 at 64 x 1k but -7 % for tq3 at 1 x 128k and -3 % for
+    # k4v3 at 32 x 32k (results/2026-12-05-h200-s15/call14-decode): "fill" stays the default
     mma_split_rule: str = "fill"
     # the mma decode step's inverse rotation (merge.merge_splits -> rotate._rotate_columns_kernel): "fma" (fp32
     # FMA dots over K chunks) or "bf16x3" (three bf16 tensor-core products: rotate.COLUMNS_PRECISIONS; its
     # error ~2^-16 of the row, under the bf16 output's rounding). The FMA kernel took 3.7-6.1 us on the
-    # H200 (1 x 128k to 64 x 1k, results/2026-12-04-h200-s13/call12-kernels/trace.log). Prepared in the
-    # thirteenth session without a GPU, not timed
+    # H200 (1 x 128k to 64 x 1k, results/2026-12-04-h200-s13/call12-kernels/trace.log). "bf16x3" timed
+    # 0.2-1.9 % faster for tq3 and k4v3, -1.2 to +2.2 % for tq4 (results/2026-12-05-h200-s15/call14-decode):
+    # within the runs' spread, so "fma" (the oracle's arithmetic) stays
     mma_output_rotation: str = "fma"
     # the mma decode kernel loads the block-table pages of the tiles a step copies one step earlier, so that
     # no global load sits in the chain from the loop's top to its cp.async (the same addresses: the same
-    # bits). Prepared in the fourteenth session without a GPU (compiled for sm_90), not timed
+    # bits). The H200 timed it within -1 to +2 % of off for tq3 and k4v3, -1 to +5 % for tq4, and 0 to -2 % beside
+    # k4v3's wide value table (results/2026-12-05-h200-s15/call14-decode): off
     mma_page_ahead: bool = False
     # the mma decode kernel's value table (decode_mma.VALUE_TABLES): "pair" (the layouts above), "wide" (k4v3: its
-    # 3-bit value pair table with 32 copies, 8 KB, every lane its own bank; the default has 16, so every value
-    # lookup takes two wavefronts; beside the 4-bit keys' single-code table, with a ring of three tiles,
-    # mma_ring_bytes=6144: 16 KB a program as the default, one tile a softmax step), "single" (tq4: values on the
-    # keys' single-code table of their shared codebook, two conflict-free lookups a pair instead of one that
-    # eight lanes share a copy for; the 2 KB table in an allocation of its own after the 8 KB ring: 10 KB a
-    # program, but it needs mma_maxnreg=152 to keep off the stack, where registers hold it at 13 programs an SM
-    # as shared memory does now) or "auto" (default: "pair"). The same words as
-    # the default layout's, so the bits of mma_step_tiles=1. Prepared in the fourteenth session without a GPU
-    # (compiled for sm_90), not timed
+    # 3-bit value pair table with 32 copies, 8 KB, every lane its own bank, instead of 16 copies and two wavefronts
+    # a lookup; beside the 4-bit keys' single-code table, with a ring of three tiles, mma_ring_bytes=6144: 16 KB a
+    # program as the pair layout, one tile a softmax step), "single" (tq4: values on the keys' single-code table of
+    # their shared codebook, two conflict-free lookups a pair instead of one that eight lanes share a copy for; the
+    # 2 KB table in an allocation of its own after the 8 KB ring, 10 KB a program, verified on first use) or "auto"
+    # (default, decode_mma.resolve_value_table): "wide" with its ring for k4v3, "single" at a 144-register cap for
+    # tq4 (where mma_maxnreg is the default), "pair" elsewhere or where the other options leave them no room. The
+    # H200 timed "wide" 2-14 % and "single" at 144 registers 0-9 % faster than the pair tables at 32 x 32k,
+    # 8 x 32k, 1 x 128k, 64 x 1k and 256 x 6k (results/2026-12-05-h200-s15/call14-decode). The same words as
+    # the pair layout's, so the bits of mma_step_tiles=1
     mma_value_table: str = "auto"
 
     def __post_init__(self):
