@@ -97,3 +97,24 @@ def test_plot_speedups_are_against_fa3_bf16_where_the_run_has_it(bench_script, t
     png = tmp_path / "decode.png"
     plot.plot(res, str(png))
     assert png.stat().st_size > 10_000
+
+
+def test_plot_keeps_and_relabels_the_presets_asked_for(bench_script):
+    """plot_decode --presets: only those rows, in that order, under their labels (an option a later commit
+    made the default, under the preset's name); a name the run lacks or a label given twice is an error
+    that names the run's presets."""
+    plot = bench_script("plots.plot_decode")
+    rows = [_row("k4v3", 32, 32768, 0.56e-3), _row("k4v3+mma@v1", 32, 32768, 0.54e-3),
+            _row("vllm-fa3-bf16", 32, 32768, 0.96e-3, "vllm"),
+            {"kind": "store", "preset": "tq3", "tokens": 32, "seconds": 1e-6, "gbps": 1.0, "copy_fraction": 0.1}]
+    res = {"device": "test", "triton": "x", "rows": rows}
+    got = plot.select(res, "vllm-fa3-bf16,k4v3+mma@v1=k4v3")
+    assert [(r["preset"], r["seconds"]) for r in got["rows"] if r["kind"] != "store"] == [
+        ("vllm-fa3-bf16", 0.96e-3), ("k4v3", 0.54e-3)]
+    assert [r["kind"] for r in got["rows"]].count("store") == 1
+    decode = [r for r in got["rows"] if r["kind"] != "store"]
+    assert plot.speedups(decode)[("k4v3", 32, 32768)] == pytest.approx(0.96 / 0.54)
+    with pytest.raises(SystemExit, match=r"no rows for \['tq4'\]; the run has: k4v3, k4v3\+mma@v1, vllm-fa3-bf16"):
+        plot.select(res, "k4v3,tq4")
+    with pytest.raises(SystemExit, match="a label appears twice"):
+        plot.select(res, "k4v3,k4v3+mma@v1=k4v3")

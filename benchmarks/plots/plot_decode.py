@@ -2,6 +2,11 @@
 for every preset and torch SDPA bf16, plus achieved fraction of copy bandwidth.
 
     python -m benchmarks.plots.plot_decode results.json [--png decode.png] [--md table.md]
+        [--presets tq3,k4v3+mma@v1=k4v3,vllm-fa3-bf16]
+
+--presets keeps the rows of those presets (bench_decode's labels, e.g. a kernel option's ``k4v3+mma@v1``),
+in that order, each under the label after ``=`` if one is given (e.g. the option a later commit made the
+default, under the preset's name).
 """
 
 from __future__ import annotations
@@ -128,6 +133,23 @@ def plot(res: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def select(res: dict, spec: str) -> dict:
+    """res with only the rows of --presets's comma-separated ``name[=label]`` entries, relabelled, in that
+    order (store rows kept); a name without rows is an error that lists the run's presets."""
+    entries = [e.partition("=") for e in spec.split(",") if e]
+    have = list(dict.fromkeys(r["preset"] for r in res["rows"] if r["kind"] != "store"))
+    missing = [name for name, _, _ in entries if name not in have]
+    if missing or not entries:
+        raise SystemExit(f"--presets {spec!r}: no rows for {missing or 'any'}; the run has: {', '.join(have)}")
+    labels = [label or name for name, _, label in entries]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"--presets {spec!r}: a label appears twice: {labels}")
+    rows = [r for r in res["rows"] if r["kind"] == "store"]
+    for name, _, label in entries:
+        rows += [{**r, "preset": label or name} for r in res["rows"] if r["kind"] != "store" and r["preset"] == name]
+    return {**res, "rows": rows}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("json")
@@ -135,8 +157,11 @@ def main(argv=None):
     ap.add_argument("--md", default=None)
     ap.add_argument("--ref-copy-gbps", type=float, default=None,
                     help="extra column: fraction of this copy bandwidth (e.g. 4223 from the shared notes)")
+    ap.add_argument("--presets", default=None, help="name[=label],...: only these rows, relabelled, in this order")
     args = ap.parse_args(argv)
     res = json.load(open(args.json))
+    if args.presets:
+        res = select(res, args.presets)
     md = table_md(res, args.ref_copy_gbps)
     print(md)
     if args.md:
