@@ -19,7 +19,7 @@ Public API (torch tensors):
   debugging (dequant.py).
 """
 
-from .decode import decode_attention
+from .decode import decode_attention, prepare_decode
 from .dequant import dequantize, dequantize_slots
 from .dispatch import attention
 from .extend import paged_attention
@@ -31,4 +31,4 @@ from .store import store_kv
 
 __all__ = ["AttentionPlan", "AttnConfig", "KernelParams", "PrefillPlan", "attention",
            "batch_invariant_config", "decode_attention", "dense_prefill_supported", "dequantize", "dequantize_slots",
-           "paged_attention", "plan_attention", "prefill_attention", "store_kv"]
+           "paged_attention", "plan_attention", "prefill_attention", "prepare_decode", "store_kv"]

@@ -16,6 +16,7 @@ from .decode_mma import (
     decode_attention_mma,
     mma_decode_unsupported,
     mma_shared_bytes,
+    prepare_decode_layout,
     resolve_value_table,
     whole_wave_splits,
 )
@@ -84,6 +85,25 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
     return run_split_merge(qbuf, cache, block_table, seq_lens, seq_lens, seq_lens, out, params,
                            num_tiles=b, decode=True, bq=1, num_q_heads=hq, sm_scale=scale,
                            f32dot=query.dtype == torch.float32, num_splits=s, cfg=cfg)
+
+
+def prepare_decode(params: KernelParams, device: torch.device, *, num_q_heads: int, num_kv_heads: int,
+                   block_size: int, query_dtype: torch.dtype = torch.bfloat16,
+                   config: AttnConfig | None = None) -> None:
+    """Engine-start work of a layer's decode step that cannot run inside a CUDA-graph capture: where the mma
+    kernel serves the layer, the one-time check its default layout needs (decode_mma.prepare_decode_layout;
+    tq4's value table). The vLLM backend calls it when it binds a layer. Elsewhere it does nothing; a
+    kernel that does not compile here is left to decode_attention's own fallback."""
+    cfg = config or default_config(device)
+    if cfg.batch_invariant or cfg.decode_kernel == "split" or _MMA_COMPILE_ERROR:
+        return
+    if mma_decode_unsupported(params, query_dtype, device, num_q_heads, num_kv_heads, block_size) is not None:
+        return
+    try:
+        prepare_decode_layout(params, device, group=num_q_heads // num_kv_heads, block_size=block_size,
+                              **mma_options(cfg))
+    except (CompilationError, AttributeError, TypeError):
+        return
 
 
 def mma_options(cfg: AttnConfig) -> dict:

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 import triton
@@ -806,19 +807,61 @@ def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -
 
 
 _RING_VERIFIED: set = set()
+_PLACEMENT_FAILED: set = set()  # "auto"'s "single" configurations whose check failed (they take the pair tables)
+
+
+def _resolve_key_table(params: KernelParams, key_table: str, shared_table: bool) -> tuple[str, bool]:
+    """mma_key_table "auto": the single-code table for 4-bit keys, whose values then keep a table of their own
+    (shared_table off), else "pair"; other values unchanged (checked by the launcher)."""
+    if key_table != "auto":
+        return key_table, shared_table
+    key_table = "single" if params.meta["K0_BITS"] == 4 else "pair"
+    return key_table, shared_table and key_table == "pair"
+
+
+def _launch_value_table(params: KernelParams, device: torch.device, value_table: str, ring_bytes: int, maxnreg: int,
+                        shared_table: bool, key_table: str, step_tiles: int, *, group: int, block_size: int,
+                        verify: bool) -> tuple[str, int, int]:
+    """(value table, ring bytes, register cap) of a launch (key_table resolved): resolve_value_table, and for
+    "auto"'s "single" (a second shared allocation) its placement checked once, outside a CUDA-graph capture.
+    Where it cannot be (a capture before the first check) or failed (warned once), the launch takes the pair
+    tables with the ring and cap it was given: the same words, so the same bits."""
+    resolved = resolve_value_table(params, value_table, ring_bytes, maxnreg, key_table, step_tiles)
+    if value_table != "auto" or resolved[0] != "single" or not verify:
+        return resolved
+    _, ring, cap = resolved
+    key = _placement_key(params, device, cap, ring, shared_table, key_table, group, block_size, "single")
+    if key in _RING_VERIFIED:
+        return resolved
+    if key in _PLACEMENT_FAILED or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return "pair", ring_bytes, maxnreg
+    try:
+        _verify_ring_placement(params, device, cap, ring, shared_table, key_table, group=group,
+                               block_size=block_size, value_table="single")
+    except RuntimeError as e:
+        _PLACEMENT_FAILED.add(key)
+        warnings.warn(f"{e}; mma_value_table='auto' keeps the pair tables for {params.fmt.preset.name}",
+                      RuntimeWarning, stacklevel=3)
+        return "pair", ring_bytes, maxnreg
+    return resolved
+
+
+def prepare_decode_layout(params: KernelParams, device: torch.device, *, group: int, block_size: int,
+                          maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES, shared_table: bool = True,
+                          key_table: str = "auto", value_table: str = "auto", step_tiles: int = 0,
+                          **_: object) -> str:
+    """What the first decode launch of a layer (GQA ``group``, pages of ``block_size`` tokens, the launcher's
+    options) would check before it can use "auto"'s layout, done now: at engine start, before vLLM captures
+    CUDA graphs, in which the check cannot run.  Returns the value table the launches will use."""
+    key_table, shared_table = _resolve_key_table(params, key_table, shared_table)
+    return _launch_value_table(params, device, value_table, ring_bytes, maxnreg, shared_table, key_table,
+                               step_tiles, group=group, block_size=block_size, verify=True)[0]
 
 
 def _placement_key(params: KernelParams, device: torch.device, maxnreg: int, ring_bytes: int, shared_table: bool,
                    key_table: str, group: int, block_size: int, value_table: str) -> tuple:
     return (params.fmt.preset.name, params.fmt.head_size, str(device), maxnreg, ring_bytes, shared_table, key_table,
             group, block_size, value_table)
-
-
-def _placement_verified(params: KernelParams, device: torch.device, maxnreg: int, ring_bytes: int,
-                        shared_table: bool, key_table: str, *, group: int, block_size: int, value_table: str) -> bool:
-    """Whether _verify_ring_placement has passed this configuration in this process."""
-    return _placement_key(params, device, maxnreg, ring_bytes, shared_table, key_table, group, block_size,
-                          value_table) in _RING_VERIFIED
 
 
 def _verify_ring_placement(params: KernelParams, device: torch.device, maxnreg: int, ring_bytes: int,
@@ -920,19 +963,13 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     words = cache.view(torch.int32)  # [NB, H, BS, SLOT_BYTES / 4]
     sw = params.slot_bytes // 4
     tqf.check_choice("mma_value_table", value_table, VALUE_TABLES)
-    auto_table = value_table == "auto"
-    asked = (ring_bytes, maxnreg)
-    value_table, ring_bytes, maxnreg = resolve_value_table(params, value_table, ring_bytes, maxnreg, key_table,
-                                                           step_tiles)
-    if auto_table and value_table == "single" and verify_ring and cache.device.type == "cuda" \
-            and torch.cuda.is_current_stream_capturing() and not _placement_verified(
-                params, cache.device, maxnreg, ring_bytes, shared_table, key_table, group=num_q_heads // hkv,
-                block_size=cache.shape[2], value_table=value_table):
-        # "auto"'s own second allocation is not verified yet and cannot be under capture: this launch takes the
-        # one-allocation layout (the same words, so the same bits); an eager step verifies it for later ones
-        value_table, (ring_bytes, maxnreg) = "pair", asked
+    asked_key = key_table
+    key_table, shared_table = _resolve_key_table(params, key_table, shared_table)
+    value_table, ring_bytes, maxnreg = _launch_value_table(
+        params, cache.device, value_table, ring_bytes, maxnreg, shared_table, key_table, step_tiles,
+        group=num_q_heads // hkv, block_size=cache.shape[2], verify=verify_ring)
     stage_words, stages = ring_stages(params, ring_bytes)
-    why = value_table_unsupported(params, value_table, ring_bytes, key_table)
+    why = value_table_unsupported(params, value_table, ring_bytes, asked_key)
     if why:
         raise ValueError(f"mma_value_table={value_table!r} is not supported for {params.fmt.preset.name}: {why}; "
                          f"allowed: 'wide' for k4v3 with mma_key_table 'auto' or 'single' and mma_ring_bytes="
@@ -951,9 +988,6 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          f"{[t for t in STEP_TILES if t != 2 or pairs_fit]}")
     if step_tiles == 0:
         step_tiles = 2 if pairs_fit else 1
-    if key_table == "auto":  # the single-code table for 4-bit keys, whose values then keep a table of their own
-        key_table = "single" if m["K0_BITS"] == 4 else "pair"
-        shared_table = shared_table and key_table == "pair"
     table_shared = bool(shared_table and m["KV_PAIR_SAME"])
     if key_table not in KEY_TABLES or (key_table == "single" and (m["K0_BITS"] != 4 or table_shared)):
         raise ValueError(f"mma_key_table={key_table!r} is not supported for {params.fmt.preset.name} with "

@@ -88,6 +88,7 @@ try:
         batch_invariant_config,
         decode_attention,
         plan_attention,
+        prepare_decode,
         store_kv,
     )
 except Exception as e:  # pragma: no cover - broken install
@@ -473,6 +474,13 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         self.store_impl, self.attention_impl = impls["store_impl"], impls["attention_impl"]
         if self.attention_impl == "triton" and self.options.batch_invariant_enabled():
             self.attn_config = batch_invariant_config(device)
+        cfg = vllm_config if vllm_config is not None else _current_config()
+        if self.attention_impl == "triton" and device.type == "cuda" and cfg is not None \
+                and cfg.cache_config is not None and cfg.model_config is not None:
+            # engine start, before vLLM captures CUDA graphs: the decode kernel's one-time layout check
+            prepare_decode(params, device, num_q_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                           block_size=cfg.cache_config.block_size, query_dtype=cfg.model_config.dtype,
+                           config=self.attn_config)
         logger.debug("TurboQuant layer %s: preset=%s head_size=%d slot_bytes=%d store=%s attention=%s "
                      "batch_invariant=%s", layer_name, fmt.preset.name, self.head_size, fmt.slot_bytes,
                      self.store_impl, self.attention_impl, self.attn_config is not None)

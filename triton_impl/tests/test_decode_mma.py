@@ -325,6 +325,86 @@ def test_a_second_allocation_is_verified_once_before_use(monkeypatch, preset, ri
     assert calls == [(ring, table), (8192, "pair")] * 2  # verified once, then remembered
 
 
+def test_auto_single_table_is_checked_once_outside_capture_and_falls_back_to_pairs(monkeypatch):
+    """tq4's default value table ("single", a second shared allocation): its placement is checked on the first
+    launch outside a CUDA-graph capture and remembered; a capture before that, or a failed check (warned
+    once, remembered), gives the pair tables with the ring and register cap the launch was given."""
+    from turboquant.triton_impl import decode_mma
+
+    checks = []
+    verdict = ["pass"]
+
+    def fake_verify(params, device, maxnreg, ring_bytes, shared_table, key_table, *, group, block_size, value_table):
+        checks.append((maxnreg, ring_bytes, shared_table, key_table, group, block_size, value_table))
+        if verdict[0] == "fail":
+            raise RuntimeError("misplaced")
+        decode_mma._RING_VERIFIED.add(decode_mma._placement_key(params, device, maxnreg, ring_bytes, shared_table,
+                                                                key_table, group, block_size, value_table))
+
+    monkeypatch.setattr(decode_mma, "_verify_ring_placement", fake_verify)
+    monkeypatch.setattr(decode_mma, "_RING_VERIFIED", set())
+    monkeypatch.setattr(decode_mma, "_PLACEMENT_FAILED", set())
+    capturing = [False]
+    monkeypatch.setattr(decode_mma.torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    p, cuda = _params("tq4", 128), torch.device("cuda", 0)
+
+    def launch(value_table="auto", block_size=16, verify=True):
+        return decode_mma._launch_value_table(p, cuda, value_table, 8192, 128, False, "single", 0, group=4,
+                                              block_size=block_size, verify=verify)
+
+    capturing[0] = True
+    assert launch() == ("pair", 8192, 128) and checks == []  # no check inside a capture
+    capturing[0] = False
+    assert launch() == ("single", 8192, 144)
+    assert checks == [(144, 8192, False, "single", 4, 16, "single")]
+    capturing[0] = True
+    assert launch() == ("single", 8192, 144) and len(checks) == 1  # checked: the capture uses it too
+    assert launch(verify=False) == ("single", 8192, 144)
+    assert launch("pair") == ("pair", 8192, 128) and len(checks) == 1  # explicit choices are not touched here
+    capturing[0] = False
+    verdict[0] = "fail"
+    with pytest.warns(RuntimeWarning, match="misplaced; mma_value_table='auto' keeps the pair tables for tq4"):
+        assert launch(block_size=32) == ("pair", 8192, 128)
+    assert launch(block_size=32) == ("pair", 8192, 128) and len(checks) == 2  # the failure is remembered
+    # the same check at engine start (the vLLM backend's bind): "auto" options as AttnConfig gives them
+    verdict[0] = "pass"
+    assert decode_mma.prepare_decode_layout(p, cuda, group=4, block_size=64) == "single" and len(checks) == 3
+    assert decode_mma.prepare_decode_layout(p, cuda, group=4, block_size=64, value_table="pair") == "pair"
+    assert decode_mma.prepare_decode_layout(_params("tq3", 128), cuda, group=4, block_size=64) == "pair"
+    assert len(checks) == 3
+
+
+def test_prepare_decode_runs_the_check_only_where_the_mma_kernel_serves(monkeypatch):
+    """decode.prepare_decode (called by the vLLM backend when it binds a layer): the layout check of the mma
+    kernel with the layer's GQA group, page size and AttnConfig, and nothing where the mma kernel does not
+    serve the layer (batch-invariant mode, decode_kernel='split', an unsupported launch) or does not compile."""
+    from triton.compiler.errors import CompilationError
+
+    from turboquant.triton_impl import decode
+
+    calls = []
+    monkeypatch.setattr(decode, "prepare_decode_layout", lambda params, device, **kw: calls.append(kw))
+    why = [None]
+    monkeypatch.setattr(decode, "mma_decode_unsupported", lambda *a: why[0])
+    p, cuda = _params("tq4", 128), torch.device("cuda", 0)
+    cfg = default_config(torch.device("cpu"))
+    decode.prepare_decode(p, cuda, num_q_heads=32, num_kv_heads=8, block_size=16, config=cfg)
+    assert len(calls) == 1 and calls[0]["group"] == 4 and calls[0]["block_size"] == 16
+    assert calls[0]["value_table"] == "auto" and calls[0]["maxnreg"] == cfg.mma_maxnreg
+    for other in (dataclasses.replace(cfg, batch_invariant=True), dataclasses.replace(cfg, decode_kernel="split")):
+        decode.prepare_decode(p, cuda, num_q_heads=32, num_kv_heads=8, block_size=16, config=other)
+    why[0] = "head size 64 (only 128)"
+    decode.prepare_decode(p, cuda, num_q_heads=32, num_kv_heads=8, block_size=16, config=cfg)
+    assert len(calls) == 1
+    why[0] = None
+
+    def broken(params, device, **kw):
+        raise CompilationError("", None, "")
+
+    monkeypatch.setattr(decode, "prepare_decode_layout", broken)
+    decode.prepare_decode(p, cuda, num_q_heads=32, num_kv_heads=8, block_size=16, config=cfg)  # left to decode
+
+
 @pytest.mark.parametrize("splits,rows,cap,want", [
     (256, 8, 256, 214),  # 1 x 128k on an H200: 2,048 programs for 1,716 slots -> one whole wave
     (66, 64, 128, 53),  # 8 x 32k: 2.46 waves -> 2
@@ -534,6 +614,7 @@ def test_cuda_graph_capture_before_the_default_tq4_table_is_verified(monkeypatch
     from turboquant.triton_impl import decode_mma
 
     monkeypatch.setattr(decode_mma, "_RING_VERIFIED", set())
+    monkeypatch.setattr(decode_mma, "_PLACEMENT_FAILED", set())
     args, _ = _decode_case("tq4", (100, 257, 1))
     q, cache, bt, sl, params = args
     cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma")
