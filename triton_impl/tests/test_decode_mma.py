@@ -622,11 +622,7 @@ def test_cuda_graph_capture_before_the_default_tq4_table_is_verified(monkeypatch
     out = torch.empty_like(q)
     want = decode_attention(q, cache, bt, sl, params, config=pair).clone()  # compiles the pair kernel
     assert not decode_mma._RING_VERIFIED
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        decode_attention(q, cache, bt, sl, params, out=out, config=cfg)
-    graph.replay()
-    torch.cuda.synchronize()
+    _capture_and_replay(args, out, cfg)
     torch.testing.assert_close(out, want, rtol=0, atol=0)
     assert not decode_mma._RING_VERIFIED
     torch.testing.assert_close(decode_attention(q, cache, bt, sl, params, config=cfg), want, rtol=0, atol=0)
@@ -642,12 +638,18 @@ def test_cuda_graph_replay():
     decode_attention(q, cache, bt, sl, params, out=out, config=cfg)  # compile outside the capture
     want = out.clone()
     out.zero_()
+    _capture_and_replay(args, out, cfg)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+def _capture_and_replay(args, out, cfg):
+    """decode_attention of args into out captured in a CUDA graph, then replayed once."""
+    q, cache, bt, sl, params = args
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         decode_attention(q, cache, bt, sl, params, out=out, config=cfg)
     graph.replay()
     torch.cuda.synchronize()
-    torch.testing.assert_close(out, want, rtol=0, atol=0)
 
 
 def test_query_rotation_spreads_columns_only_for_few_rows_of_a_decode_step(monkeypatch):
