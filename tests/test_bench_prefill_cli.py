@@ -43,10 +43,11 @@ def test_shapes_and_store_configs_are_checked(bench_script):
         bench.parse_store_configs("tc:32:8:lean")
     assert bench.parse_store_configs("mse:64:4:prefetch+lean+search+kv") == [
         ("mse", 64, 4, ("prefetch", "lean", "search", "kv"))]
-    assert bench.positive_int("32") == 32
-    for bad in ("0", "-1", "x"):
-        with pytest.raises(argparse.ArgumentTypeError, match=f"{bad!r} is not an integer >= 1"):
-            bench.positive_int(bad)
+    min_tokens = bench.positive_int("store-min-tokens")  # turboquant.cli's
+    assert min_tokens("32") == 32
+    for bad, why in (("0", "must be > 0, got 0"), ("-1", "must be > 0, got -1"), ("x", "must be an integer, got 'x'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"--store-min-tokens {why}"):
+            min_tokens(bad)
     assert bench.parse_rotate_configs("32:4:2,16:4:3") == [(32, 4, 2), (16, 4, 3)]
     with pytest.raises(ValueError, match="'32:4' is not BR:WARPS:PROGRAMS_PER_SM"):
         bench.parse_rotate_configs("32:4")

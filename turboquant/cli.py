@@ -11,7 +11,8 @@ import numpy as np
 from turboquant import format as tqf
 
 
-def _positive_int(name):
+def positive_int(name):
+    """argparse type: an integer > 0, its errors naming --NAME."""
     def parse(text):
         try:
             v = int(text)
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="turboquant", description="TurboQuant KV-cache compression tools")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("codebook", help="Lloyd-Max codebook for unit vectors in R^D")
-    p.add_argument("--dim", type=_positive_int("dim"), required=True)
+    p.add_argument("--dim", type=positive_int("dim"), required=True)
     p.add_argument("--bits", type=int, required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_codebook)
@@ -122,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_presets)
     p = sub.add_parser("distortion", help="empirical distortion against the paper's bounds")
-    p.add_argument("--dim", type=_positive_int("dim"), required=True)
+    p.add_argument("--dim", type=positive_int("dim"), required=True)
     p.add_argument("--bits", type=int, required=True)
     p.add_argument("--mode", default="mse")
-    p.add_argument("--n", type=_positive_int("n"), default=10_000)
+    p.add_argument("--n", type=positive_int("n"), default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_distortion)
@@ -133,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(needs torch + transformers)")
     p.add_argument("--model", required=True, help="local Hugging Face causal-LM directory")
     p.add_argument("--preset", default="tq3.5", help="a preset with an outlier split (tq3.5, tq2.5)")
-    p.add_argument("--windows", type=_positive_int("windows"), default=4)
-    p.add_argument("--context", type=_positive_int("context"), default=512)
+    p.add_argument("--windows", type=positive_int("windows"), default=4)
+    p.add_argument("--context", type=positive_int("context"), default=512)
     p.add_argument("--out", required=True, help="JSON file for the plugin's outlier_channels option")
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("report", help="the NumPy reference on a synthetic workload: presets, distortions, "

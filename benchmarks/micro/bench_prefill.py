@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from turboquant.cli import positive_int
+
 SHAPES = ((8192, 8192), (32768, 32768), (32768, 2048), (131072, 2048), (32768, 512))
 PRESETS = ("tq3", "k4v3", "tq4")
 HQ, HKV, D, BS = 32, 8, 128, 16
@@ -425,15 +427,6 @@ def parse_dense_rotations(text: str) -> list[str]:
     return sides
 
 
-def positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
-    return n
-
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -444,7 +437,7 @@ def main(argv=None) -> None:
                     help="presets also timed on the packed-tile kernel")
     ap.add_argument("--store-configs", type=parse_store_configs,
                     default=parse_store_configs("tc:32:8,mse:64:4,mse:64:4:prefetch+lean,mse:128:8,mse:32:4"))
-    ap.add_argument("--store-min-tokens", type=positive_int, default=2048,
+    ap.add_argument("--store-min-tokens", type=positive_int("store-min-tokens"), default=2048,
                     help="time the store configs at shapes of at least this many query rows (default 2048; "
                          "32: a decode step's store of 32 sequences)")
     ap.add_argument("--timing", choices=("graph", "events"), default="graph",
