@@ -145,7 +145,8 @@ case "$stage" in
     [[ "$steps" == *,trace,* ]] || TRACE_TARGETS=""
     tests="${KERNEL_TESTS-triton_impl/tests/test_decode_mma.py triton_impl/tests/test_store_mse.py triton_impl/tests/test_prefill.py}"
     if [ -n "$tests" ]; then
-      timeout "${KERNEL_TEST_SECONDS:-150}" python3 -P -m pytest -p no:cacheprovider -q -n 8 $tests \
+      workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || true)  # pytest-xdist where installed
+      timeout "${KERNEL_TEST_SECONDS:-150}" python3 -P -m pytest -p no:cacheprovider -q $workers $tests \
           ${KERNEL_TEST_ARGS:-} > "$OUT/tests.log" 2>&1 || echo "tests rc $?"
       { grep -E "^FAILED|^ERROR" "$OUT/tests.log" || true; } | head -20; tail -2 "$OUT/tests.log"; t tests
     fi
