@@ -29,6 +29,9 @@ from .validate import check_attention, check_params
 
 # the reason the mma kernel failed to compile in this process, once it has (decode_attention "auto")
 _MMA_COMPILE_ERROR: list[str] = []
+# what a Triton whose Gluon API the kernel does not know raises: a compile error, or a missing or changed
+# function met while the JIT resolves the kernel's source
+_GLUON_API_ERRORS = (CompilationError, AttributeError, TypeError)
 
 
 def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor,
@@ -71,10 +74,9 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
         try:
             return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq,
                                         sm_scale=scale, num_splits=s, **mma_options(cfg))
-        except (CompilationError, AttributeError, TypeError) as e:
-            # a Triton whose Gluon API the kernel does not know (a compile error, or a missing or changed
-            # function met while the JIT resolves the kernel's source): "auto" keeps working on the split
-            # kernel, and says why
+        except _GLUON_API_ERRORS as e:
+            # a Triton whose Gluon API the kernel does not know: "auto" keeps working on the split kernel,
+            # and says why
             if cfg.decode_kernel == "mma":
                 raise
             _MMA_COMPILE_ERROR.append(f"the mma kernel does not compile with Triton {triton.__version__}")
@@ -102,7 +104,7 @@ def prepare_decode(params: KernelParams, device: torch.device, *, num_q_heads: i
     try:
         prepare_decode_layout(params, device, group=num_q_heads // num_kv_heads, block_size=block_size,
                               **mma_options(cfg))
-    except (CompilationError, AttributeError, TypeError):
+    except _GLUON_API_ERRORS:
         return
 
 

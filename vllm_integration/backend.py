@@ -440,8 +440,8 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
             index = parse_layer_index(layer_name)
         except ValueError as e:
             raise ValueError(format_error([str(e)], layer_name)) from None
+        cfg = vllm_config if vllm_config is not None else _current_config()
         if self.options.has_boundary:
-            cfg = vllm_config if vllm_config is not None else _current_config()
             if cfg is not None and cfg.model_config is not None:
                 want = self.options.layer_preset(index, layers.num_attention_layers(cfg.model_config))
                 if want != self.layer_preset:
@@ -474,7 +474,6 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         self.store_impl, self.attention_impl = impls["store_impl"], impls["attention_impl"]
         if self.attention_impl == "triton" and self.options.batch_invariant_enabled():
             self.attn_config = batch_invariant_config(device)
-        cfg = vllm_config if vllm_config is not None else _current_config()
         if self.attention_impl == "triton" and device.type == "cuda" and cfg is not None \
                 and cfg.cache_config is not None and cfg.model_config is not None:
             # engine start, before vLLM captures CUDA graphs: the decode kernel's one-time layout check
