@@ -220,6 +220,10 @@ def run(args) -> None:
                             fn()
                             if ref is None:
                                 ref = (label, cache.clone())
+                            elif "wg" in opts:  # store_wg: within SPEC §10, not always the same bytes
+                                differ = (cache != ref[1]).any(dim=-1).sum().item() / (nq * HKV)  # of the stored slots
+                                emit({"kind": "store_diff", "impl": label, "preset": preset, "query_tokens": nq,
+                                      "slots_differ": differ, "against": ref[0]})
                             elif not torch.equal(cache, ref[1]):
                                 emit({"kind": "store_error", "impl": label, "preset": preset,
                                       "error": f"stored bytes differ from {ref[0]}'s"})

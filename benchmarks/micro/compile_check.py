@@ -147,6 +147,7 @@ def main(argv=None):
         dequantize_slots,
         paged_attention,
         store_kv,
+        store_wg,
     )
     from turboquant.triton_impl.decode import mma_options
     from turboquant.triton_impl.decode_mma import NO_CUDA, decode_attention_mma, mma_decode_unsupported
@@ -195,6 +196,12 @@ def main(argv=None):
                 LABEL[0] = name
         for _, br, warps, opts in store_configs:
             LABEL[0] = f"{name}:{br}:{warps}:{'+'.join(opts) or '-'}"
+            if "wg" in opts:  # store_wg's Gluon kernel, launched as store_mse does on a Hopper GPU (recorded)
+                if store_wg.why_not(kv, d, p.meta["K0_BITS"], p.meta["V0_BITS"], False) == store_wg.NO_CUDA:
+                    store_wg.launch(kv, kv, cache, torch.arange(40), p, programs_per_sm=2, sm=132,
+                                    search="search" in opts)
+                LABEL[0] = name
+                continue
             store_kv(kv, kv, cache, torch.arange(40), p, kernel="mse", block_tokens=br, num_warps=warps,
                      **store_options(opts))
             LABEL[0] = name

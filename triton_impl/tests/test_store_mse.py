@@ -3,6 +3,8 @@ reference under SPEC §10's contract, and the generic store kernel beside it on 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -209,6 +211,7 @@ def test_small_row_launch_takes_over_at_most_small_rows(monkeypatch, d):
             launches.append((self.name, grid[0]))
             return self.kernel[grid]
 
+    monkeypatch.setattr(sm.store_wg, "why_not", lambda *a: "off")  # the Triton launches (store_wg's: below)
     monkeypatch.setattr(sm, "_store_mse_kernel", Spy("one", sm._store_mse_kernel))
     monkeypatch.setattr(sm, "_store_mse_kv_kernel", Spy("kv", sm._store_mse_kv_kernel))
     out = []
@@ -270,3 +273,104 @@ def test_store_mse_variant_errors_name_the_parameter():
                                              rf"{bad!r}"):
             store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", col_blocks=bad)
     assert not cache.any()  # nothing written by a refused call
+
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.skipif(not HOPPER, reason="store_wg's kernel needs a Hopper GPU (wgmma)")
+@pytest.mark.parametrize("preset,d", [("tq3", 128), ("k4v3", 128), ("tq4", 128), ("tq4", 64), ("tq2", 64),
+                                      ("tq3_hadamard", 128)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,h,pps", [(37, 3, 2), (4100, 8, 2), (2500, 5, 3)])
+def test_wg_variant_meets_the_contract(preset, d, dtype, n, h, pps):
+    """variant "wg" (store_wg's Gluon kernel) under SPEC §10's contract: zero, non-finite, huge and tiny
+    vectors, a padded slot (-1) and every slot the mapping does not name untouched; 2 and 37 row tiles of
+    64 (a partial last tile) and, at 4,100 x 8 and 2,500 x 5 rows, several tiles a persistent program (its
+    prefetch past the last); within the contract of store_mse's default bytes too (the same reference)."""
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), d)
+    p = KernelParams.build(fmt, DEV)
+    k, v = _inputs(n, h, d, dtype)
+    nb, bs = triton_cdiv(n + 1, 16), 16
+    slots = _slots(n, nb, bs)
+    cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
+    store_kv(k.to(DEV), v.to(DEV), cache, slots.to(DEV), p, kernel="mse",
+             variant=("prefetch", "lean", "search", "wg"), programs_per_sm=pps)
+    written = torch.zeros(nb * bs, dtype=torch.bool)
+    written[slots[slots >= 0]] = True
+    flat = cache.permute(0, 2, 1, 3).reshape(nb * bs, h, -1).cpu()
+    assert bool((flat[~written] == 0xAB).all())
+    _check(cache, slots, k, v, fmt)
+    # beside store_mse's default: every norm within NORM_RTOL, codes equal but for rare boundary ties
+    ref = torch.full_like(cache, 0xAB)
+    store_kv(k.to(DEV), v.to(DEV), ref, slots.to(DEV), p, kernel="mse")
+    a, b = _token_slots(cache, slots), _token_slots(ref, slots)
+    assert (a != b).any(axis=-1).mean() <= 0.01, (a != b).any(axis=-1).mean()
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@pytest.mark.parametrize("preset,d,dtype,kw,why", [
+    ("tq3", 128, torch.float32, {}, "it takes bfloat16 or float16 keys and values, got torch.float32"),
+    ("tq3", 64, torch.bfloat16, {}, "head_size=64 with 3-bit keys and 3-bit values does not give whole code words "
+                                         "a lane"),
+    ("tq3", 128, torch.bfloat16, {"debug": True}, "it writes no rotated_debug output"),
+    ("tq3", 128, torch.bfloat16, {"block_rows": 16}, "it runs block_rows=64, num_warps=4, col_blocks=1, no maxnreg; "
+                                                     "got 16, 4, 1, None"),
+    ("k4v3", 128, torch.bfloat16, {"maxnreg": 128}, "it runs block_rows=64, num_warps=4, col_blocks=1, no maxnreg; "
+                                                    "got 64, 4, 1, 128"),
+])
+def test_wg_variant_names_what_it_cannot_serve(preset, d, dtype, kw, why):
+    """variant "wg" refuses a call it cannot serve with the reason, before writing anything; the GPU it needs
+    is named after every other reason (so a CPU-only machine checks those too)."""
+    fmt = tqf.LayerFormat(tqf.get_preset(preset), d)
+    p = KernelParams.build(fmt, DEV)
+    x = torch.zeros(3, 2, d, dtype=dtype, device=DEV)
+    cache = torch.zeros(fmt.cache_shape(1, 16, 2), dtype=torch.uint8, device=DEV)
+    debug = kw.pop("debug", False)
+    y = torch.zeros(3 * 2 * 4 * d, dtype=torch.float32, device=DEV) if debug else None
+    with pytest.raises(ValueError, match=r"store variant 'wg' cannot serve this call: " + re.escape(why)):
+        store_mse(x, x, cache, torch.arange(3, device=DEV), p, y, variant=("wg",), **kw)
+    if not HOPPER:  # a call it would serve on a Hopper GPU
+        with pytest.raises(ValueError, match=r"store variant 'wg' cannot serve this call: it needs a Hopper GPU"):
+            store_mse(x.to(torch.bfloat16), x.to(torch.bfloat16), cache, torch.arange(3, device=DEV),
+                      KernelParams.build(tqf.LayerFormat(tqf.get_preset("tq4"), d), DEV), variant=("wg",))
+    assert not cache.any()
+
+
+@pytest.mark.parametrize("rows,kw,want", [
+    (2049, {}, "wg"),  # more than SMALL_ROWS, nothing chosen: store_wg's kernel, 3 programs an SM
+    (2048, {}, "small"),
+    (2048, {"batch_invariant": True}, "wg"),  # one launch for every call size
+    (2049, {"block_rows": 64}, "triton"),  # any choice of the caller's keeps it
+    (2049, {"variant": ("prefetch", "lean", "search", "kv")}, "triton"),
+    (2049, {"debug": True}, "triton"),  # store_wg writes no rotated_debug
+])
+def test_default_launch_by_rows_and_batch_invariance(monkeypatch, rows, kw, want):
+    """store_mse's choice of launch where store_wg's kernel could serve (why_not faked to None; the launches
+    recorded, not run): WG_LAUNCH above SMALL_ROWS rows, SMALL_LAUNCH up to it unless batch_invariant (whose
+    rows must get the same bytes whatever the call's size), the Triton kernels for any explicit choice."""
+    import turboquant.triton_impl.store_mse as sm
+
+    fmt = tqf.LayerFormat(tqf.get_preset("tq3"), 128)
+    p = KernelParams.build(fmt, "cpu")
+    x = torch.zeros(rows, 1, 128, dtype=torch.bfloat16)
+    cache = torch.zeros(fmt.cache_shape(rows // 16 + 1, 16, 1), dtype=torch.uint8)
+    seen = []
+    monkeypatch.setattr(sm.store_wg, "why_not", lambda key, d, kb, vb, debug: "debug" if debug else None)
+    monkeypatch.setattr(sm.store_wg, "launch", lambda *a, programs_per_sm, sm, search: seen.append(
+        ("wg", programs_per_sm, search)))
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *a, **k: seen.append(("small" if k["BR"] == sm.SMALL_LAUNCH["block_rows"] else "triton",))
+
+    monkeypatch.setattr(sm, "_store_mse_kv_kernel", Spy())
+    debug = kw.pop("debug", False)
+    y = torch.zeros(rows * 4 * 128, dtype=torch.float32) if debug else None
+    sm.store_mse(x, x, cache, torch.arange(rows), p, y, **kw)
+    assert [e[0] for e in seen] == [want], seen
+    if want == "wg":
+        assert seen[0][1:] == (sm.WG_LAUNCH["programs_per_sm"], True)
