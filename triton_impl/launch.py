@@ -22,7 +22,7 @@ from .device import sm_count
 from .merge import merge_splits
 from .params import MIN_DOT, KernelParams, next_pow2
 from .query import MMA_QUERY_ROTATIONS, query_layout
-from .rotate import COLUMNS_PRECISIONS
+from .rotate import OUTPUT_ROTATIONS
 
 MERGE_BH = 16
 
@@ -102,7 +102,9 @@ class AttnConfig:
     # error ~2^-16 of the row, under the bf16 output's rounding). The FMA kernel took 3.7-6.1 us on the
     # H200 (1 x 128k to 64 x 1k, results/2026-12-04-h200-s13/call12-kernels/trace.log). "bf16x3" timed
     # 0.2-1.9 % faster for tq3 and k4v3, -1.2 to +2.2 % for tq4 (results/2026-12-05-h200-s15/call14-decode):
-    # within the runs' spread, so "fma" (the oracle's arithmetic) stays
+    # within the runs' spread, so "fma" (the oracle's arithmetic) stays. "fused" (rotate.OUTPUT_ROTATIONS): the
+    # rotation in the merge's own programs, all of a row's columns a program (merge._merge_rotate_kernel), one
+    # launch instead of two; prepared in the sixteenth session, not yet timed
     mma_output_rotation: str = "fma"
     # the mma decode kernel loads the block-table pages of the tiles a step copies one step earlier, so that
     # no global load sits in the chain from the loop's top to its cp.async (the same addresses: the same
@@ -151,7 +153,7 @@ class AttnConfig:
             raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
                              f"{list(MMA_STEP_TILES)}")
         for name, allowed in (("decode_kernel", DECODE_KERNELS), ("dense_rotation", DENSE_ROTATIONS),
-                              ("mma_query_rotation", MMA_QUERY_ROTATIONS), ("mma_output_rotation", COLUMNS_PRECISIONS),
+                              ("mma_query_rotation", MMA_QUERY_ROTATIONS), ("mma_output_rotation", OUTPUT_ROTATIONS),
                               ("mma_split_rule", MMA_SPLIT_RULES), ("mma_key_table", MMA_KEY_TABLES),
                               ("mma_value_table", MMA_VALUE_TABLES)):
             tqf.check_choice(name, getattr(self, name), allowed)

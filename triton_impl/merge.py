@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attn_core import acc_width
+from .attn_core import acc_width, store_channels
 from .device import sm_count
 from .params import KernelParams
 from .rotate import ROTATE_COLUMNS_ROWS, rotate_rows
@@ -30,6 +30,9 @@ MERGE_SPLITS = (16, 64, 256)  # splits read per step: the smallest that holds th
 MERGE_COLS = 32  # accumulator columns per program
 MERGE_ELEMS = 8192  # rows x splits x columns of one step's accumulator block (registers of 4 warps)
 MERGE_WAVES = 1  # fewer rows a program until the grid has this many programs an SM (or one row a program)
+# _merge_rotate_kernel's most rows a program: all of a row's columns a program, the rotation a broadcast sum
+# (Triton 3.6, sm_90, tq3: 1 to 8 rows 96-154 registers, no spill; 16 rows with a tl.dot rotation spilled ~2 KB)
+MERGE_ROTATE_ROWS = 8
 
 
 def plan_merge(n_rows: int, num_splits: int, col_chunks: int, sms: int,
@@ -88,15 +91,90 @@ def _merge_splits_kernel(part_acc_ptr, part_ml_ptr, o_ptr, n_rows, num_splits,
     tl.store(o_ptr + rows[:, None].to(tl.int64) * DACC + cols[None, :], o, mask=rm[:, None])
 
 
+def plan_merge_rotate(n_rows: int, num_splits: int, dacc: int, sms: int) -> tuple[int, int, int]:
+    """(rows a program BR, splits a step SC, output columns a rotation step JC) of _merge_rotate_kernel: BR
+    halves from MERGE_ROTATE_ROWS while the grid has fewer than MERGE_WAVES programs an SM (every program holds
+    all of its rows' columns, so the rows alone spread the work); SC and JC keep a step's block (BR x SC x DACC,
+    BR x DACC x JC) within MERGE_ELEMS."""
+    br = MERGE_ROTATE_ROWS
+    while br > 1 and triton.cdiv(n_rows, br) < MERGE_WAVES * sms:
+        br //= 2
+    sc = max(1, min(triton.next_power_of_2(num_splits), MERGE_ELEMS // (br * dacc)))
+    jc = max(1, min(dacc, MERGE_ELEMS // (br * dacc)))
+    return br, sc, jc
+
+
+@triton.jit(do_not_specialize=["n_rows", "num_splits"])
+def _merge_rotate_kernel(part_acc_ptr, part_ml_ptr, y_ptr, sy0, sy1, n_rows, heads, num_splits, rot_ptr, chan_ptr,
+                         BR: tl.constexpr, SC: tl.constexpr, JC: tl.constexpr, DACC: tl.constexpr,
+                         MPMAX: tl.constexpr, M0: tl.constexpr, IDCH0: tl.constexpr, OUT_BF16: tl.constexpr):
+    # AttnConfig.mma_output_rotation="fused": _merge_splits_kernel's merge of BR rows over all DACC columns
+    # (= the one value instance's padded width MP0), then the inverse rotation of those rows in the same
+    # program, y[r, chan[j]] = sum_c o[r, c] Pi[c, j] in fp32 (as _rotate_columns_kernel's "fma": products and
+    # sums in float32, in another order).  Grid (cdiv(n_rows, BR),).
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    rm = rows < n_rows
+    cols = tl.arange(0, DACC)
+    prow = rows.to(tl.int64) * num_splits
+    m = tl.full((BR,), float("-inf"), tl.float32)
+    lsum = tl.zeros((BR,), tl.float32)
+    for s0 in range(0, num_splits, SC):
+        s = s0 + tl.arange(0, SC)
+        ok = rm[:, None] & (s < num_splits)[None, :]
+        ms = tl.load(part_ml_ptr + (prow[:, None] + s[None, :]) * 2, mask=ok, other=float("-inf"))
+        ls = tl.load(part_ml_ptr + (prow[:, None] + s[None, :]) * 2 + 1, mask=ok, other=0.0)
+        mn = tl.maximum(m, tl.max(ms, axis=1))
+        mu = tl.where(mn == float("-inf"), 0.0, mn)
+        lsum = lsum * tl.exp(m - mu) + tl.sum(tl.where(ms == float("-inf"), 0.0, ls * tl.exp(ms - mu[:, None])),
+                                              axis=1)
+        m = mn
+    mu = tl.where(m == float("-inf"), 0.0, m)
+    inv = tl.where(lsum > 0, 1.0 / tl.where(lsum > 0, lsum, 1.0), float("nan"))
+    o = tl.zeros((BR, DACC), tl.float32)
+    for s0 in range(0, num_splits, SC):
+        s = s0 + tl.arange(0, SC)
+        ok = rm[:, None] & (s < num_splits)[None, :]
+        ms = tl.load(part_ml_ptr + (prow[:, None] + s[None, :]) * 2, mask=ok, other=float("-inf"))
+        w = tl.where(ms == float("-inf"), 0.0, tl.exp(ms - mu[:, None]) * inv[:, None])
+        a = tl.load(part_acc_ptr + (prow[:, None, None] + s[None, :, None]) * DACC + cols[None, None, :],
+                    mask=ok[:, :, None], other=0.0)
+        o += tl.sum(w[:, :, None] * a, axis=1)
+    o = tl.where((cols < M0)[None, :], o, 0.0)  # the instance's padding columns take no part
+    yrow = y_ptr + (rows // heads).to(tl.int64) * sy0 + (rows % heads).to(tl.int64) * sy1
+    for j0 in tl.static_range(0, DACC, JC):
+        j = j0 + tl.arange(0, JC)
+        pi = tl.load(rot_ptr + cols[:, None] * MPMAX + j[None, :])  # Pi[c, j]
+        y = tl.sum(o[:, :, None] * pi[None, :, :], axis=1)
+        store_channels(yrow, y, j, rm, chan_ptr, M0, IDCH0, OUT_BF16)
+
+
+def merge_rotate_applies(params: KernelParams) -> bool:
+    """Whether _merge_rotate_kernel covers the layer's values: one instance (no group values), its padded width
+    the accumulator's, at most 128 wide."""
+    c = params.rotation_constexprs("value") if not params.meta["V_GROUP"] else None
+    return c is not None and c["NI"] == 1 and c["MP0"] == acc_width(params) and c["MPMAX"] <= 128
+
+
 def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tensor, params: KernelParams, *,
                  num_q_heads: int, num_splits: int, rows_per_program: int | None = None,
                  output_rotation: str = "fma") -> torch.Tensor:
     """out [T, Hq, D] from the splits' partial states of T * Hq rows (the layout _split_kernel and
     decode_mma write): merge (one fp32 workspace [T, Hq, DACC]), then the inverse rotation
-    (output_rotation: its arithmetic for the few rows of a decode step, rotate.COLUMNS_PRECISIONS).
+    (output_rotation: its arithmetic for the few rows of a decode step, rotate.COLUMNS_PRECISIONS; "fused": in the
+    merge's programs, one launch, where merge_rotate_applies, else "fma").
     rows_per_program: plan_merge's BR fixed (tests); default from the rows and the device."""
     dacc = acc_width(params)
     n_rows = out.shape[0] * num_q_heads
+    if output_rotation == "fused" and merge_rotate_applies(params) and rows_per_program is None:
+        br, sc, jc = plan_merge_rotate(n_rows, num_splits, dacc, sm_count(out.device))
+        c = params.rotation_constexprs("value")
+        _merge_rotate_kernel[(triton.cdiv(n_rows, br),)](
+            part_acc, part_ml, out, out.stride(0), out.stride(1), n_rows, num_q_heads, num_splits, params.v_rot,
+            params.v_chan, BR=br, SC=sc, JC=jc, DACC=dacc, MPMAX=c["MPMAX"], M0=c["M0"], IDCH0=c["IDCH0"],
+            OUT_BF16=out.dtype == torch.bfloat16, num_warps=4)
+        return out
+    if output_rotation == "fused":  # a layout the fused kernel does not cover: the columns kernel's fp32 FMA
+        output_rotation = "fma"
     cw = MERGE_COLS  # the widest power-of-two chunk that divides the width (a sum of powers of two >= 16)
     while dacc % cw:
         cw //= 2

@@ -29,6 +29,9 @@ ROTATE_COLUMNS_ROWS, ROTATE_COLUMNS_BR, ROTATE_COLUMNS_JC = 8192, 16, 32
 # with fp32 accumulation: each part to ~2^-17 relative, the dropped o_lo Pi_lo ~2^-18, far below the bf16
 # output's rounding)
 COLUMNS_PRECISIONS = ("fma", "bf16x3")
+# AttnConfig.mma_output_rotation: COLUMNS_PRECISIONS, or "fused": the inverse rotation inside the merge's own
+# programs (merge._merge_rotate_kernel, fp32 FMA; one launch instead of two)
+OUTPUT_ROTATIONS = COLUMNS_PRECISIONS + ("fused",)
 
 
 @triton.jit

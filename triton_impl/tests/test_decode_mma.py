@@ -131,6 +131,73 @@ def test_parallel_merge_matches_the_split_kernels_merge(preset, d, num_splits, r
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("preset,d,num_splits", [("tq3", 128, 1), ("tq3", 128, 300), ("k4v3", 128, 37),
+                                                 ("tq3", 64, 5), ("tq3", 80, 5), ("k4g4", 128, 20),
+                                                 ("tq2.5", 64, 3)])
+@pytest.mark.parametrize("sms", [1, 1000])  # MERGE_ROTATE_ROWS rows a program, and one
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_output_rotation_matches_the_two_launches(monkeypatch, preset, d, num_splits, sms, dtype):
+    """mma_output_rotation="fused" (the inverse rotation in the merge's programs, merge._merge_rotate_kernel)
+    against the merge then the columns kernel's fp32 FMA, on the same partial states with empty splits and a
+    row that saw nothing, an instance padded in the accumulator (d = 80: 80 of 128 columns); formats it does
+    not cover (two value instances: tq2.5; group values: k4g4) take the two launches."""
+    from turboquant.triton_impl import merge as mg
+
+    monkeypatch.setattr(mg, "sm_count", lambda dev: sms)
+    params = _params(preset, d)
+    t, hq = 5, 8
+    dacc = acc_width(params)
+    gen = torch.Generator().manual_seed(num_splits)
+    rows = t * hq * num_splits
+    acc = torch.randn((rows, dacc), generator=gen).to(DEV)
+    ml = torch.stack([torch.randn(rows, generator=gen) * 3, torch.rand(rows, generator=gen) + 0.5], 1).to(DEV)
+    empty = torch.rand(rows, generator=gen) < 0.3
+    empty[: num_splits] = True  # row 0 saw nothing
+    ml[empty.to(DEV), 0] = float("-inf")
+    ml[empty.to(DEV), 1] = 0.0
+    acc[empty.to(DEV)] = 0.0
+    launches = []
+    monkeypatch.setattr(mg, "_merge_rotate_kernel", _Spy(mg._merge_rotate_kernel, launches))
+    want = merge_splits(acc, ml, torch.empty((t, hq, d), device=DEV, dtype=dtype), params, num_q_heads=hq,
+                        num_splits=num_splits)
+    assert not launches
+    got = merge_splits(acc, ml, torch.empty((t, hq, d), device=DEV, dtype=dtype), params, num_q_heads=hq,
+                       num_splits=num_splits, output_rotation="fused")
+    assert len(launches) == int(mg.merge_rotate_applies(params))
+    assert mg.merge_rotate_applies(params) == (preset in ("tq3", "k4v3"))
+    if launches:
+        br, _, _ = mg.plan_merge_rotate(t * hq, num_splits, dacc, sms)
+        assert launches[0] == triton_cdiv(t * hq, br) and br == (mg.MERGE_ROTATE_ROWS if sms == 1 else 1)
+    assert (got[0, 0] == 0).all()
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+
+
+class _Spy:
+    """Records a kernel's grid (its first dimension), then launches it."""
+
+    def __init__(self, kernel, launches):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        self.launches.append(grid[0])
+        return self.kernel[grid]
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def test_fused_output_rotation_is_an_attnconfig_choice():
+    from turboquant.triton_impl.decode import mma_options
+
+    cfg = AttnConfig(mma_output_rotation="fused")
+    assert mma_options(cfg)["output_rotation"] == "fused"
+    with pytest.raises(ValueError, match=r"mma_output_rotation='tc' is not supported; allowed values: "
+                                         r"\['fma', 'bf16x3', 'fused'\]"):
+        AttnConfig(mma_output_rotation="tc")
+
+
 def test_merge_plan_fills_the_card_and_shortens_the_chain():
     from turboquant.triton_impl.merge import MERGE_ROWS, plan_merge
 
@@ -728,8 +795,8 @@ def test_split_kernel_keeps_the_fma_query_rotation(dtype):
 @pytest.mark.parametrize("preset", ["tq3", "k4v3", "tq4"])
 @pytest.mark.parametrize("ring", [4096, 8192])
 def test_output_rotation_on_tensor_cores_and_the_4kb_ring_match_the_reference(preset, ring):
-    """mma_output_rotation="bf16x3" (the decode step's inverse rotation as three bf16 tensor-core products)
-    and mma_ring_bytes=4096 (the ring in a second allocation, where the tables must still start shared
+    """mma_output_rotation="bf16x3" (the decode step's inverse rotation as three bf16 tensor-core products),
+    "fused" (the rotation in the merge's programs) and mma_ring_bytes=4096 (the ring in a second allocation, where the tables must still start shared
     memory: a wrong placement reads ring words as centroids) each within the half-precision tolerance of
     the reference; tq4 has no 4 KB ring (one of its tiles is 4 KB) and says so."""
     args, want = _decode_case(preset, (1, 17, 300, 2049), h=2, g=4)
@@ -738,7 +805,8 @@ def test_output_rotation_on_tensor_cores_and_the_4kb_ring_match_the_reference(pr
         with pytest.raises(ValueError, match=r"mma_ring_bytes=4096 holds 1 tile\(s\) of 4096 bytes"):
             decode_attention(*args, config=base)
         return
-    for cfg in (base, dataclasses.replace(base, mma_output_rotation="bf16x3", mma_maxnreg=120)):
+    for cfg in (base, dataclasses.replace(base, mma_output_rotation="bf16x3", mma_maxnreg=120),
+                dataclasses.replace(base, mma_output_rotation="fused")):
         assert rel_err(decode_attention(*args, config=cfg).float().cpu().numpy(), want) <= tqf.ATTN_RTOL_HALF
 
 
