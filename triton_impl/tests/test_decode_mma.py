@@ -796,9 +796,10 @@ def test_split_kernel_keeps_the_fma_query_rotation(dtype):
 @pytest.mark.parametrize("ring", [4096, 8192])
 def test_output_rotation_on_tensor_cores_and_the_4kb_ring_match_the_reference(preset, ring):
     """mma_output_rotation="bf16x3" (the decode step's inverse rotation as three bf16 tensor-core products),
-    "fused" (the rotation in the merge's programs) and mma_ring_bytes=4096 (the ring in a second allocation, where the tables must still start shared
-    memory: a wrong placement reads ring words as centroids) each within the half-precision tolerance of
-    the reference; tq4 has no 4 KB ring (one of its tiles is 4 KB) and says so."""
+    "fused" (the rotation in the merge's programs) and mma_ring_bytes=4096 (the ring in a second allocation,
+    where the tables must still start shared memory: a wrong placement reads ring words as centroids) each
+    within the half-precision tolerance of the reference; tq4 has no 4 KB ring (one of its tiles is 4 KB) and
+    says so."""
     args, want = _decode_case(preset, (1, 17, 300, 2049), h=2, g=4)
     base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_ring_bytes=ring)
     if preset == "tq4" and ring == 4096:
