@@ -410,8 +410,8 @@ def _store_mse_kv_kernel(
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, SYMMETRIC: tl.constexpr,
     K_BITS: tl.constexpr, K_NORM: tl.constexpr, K_CODES: tl.constexpr, K_PERM: tl.constexpr,
     V_BITS: tl.constexpr, V_NORM: tl.constexpr, V_CODES: tl.constexpr, V_PERM: tl.constexpr,
-    BR: tl.constexpr, XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr, F32_PARTS: tl.constexpr,
-    PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, SEARCH: tl.constexpr, NB: tl.constexpr,
+    BR: tl.constexpr, K_XSPLIT: tl.constexpr, V_XSPLIT: tl.constexpr, DEBUG_Y: tl.constexpr,
+    F32_PARTS: tl.constexpr, PREFETCH: tl.constexpr, FOLD_FIN: tl.constexpr, SEARCH: tl.constexpr, NB: tl.constexpr,
 ):
     # Variant "kv": keys and values in one launch -- programs [0, k_programs) store the keys' row tiles,
     # the rest the values' (the same per-row arithmetic as two _store_mse_kernel launches: the same
@@ -421,11 +421,11 @@ def _store_mse_kv_kernel(
     if pid < k_programs:
         _store_rows(k_ptr, cache_ptr, slot_ptr, k_rot_ptr, k_bnd_ptr, k_y_ptr, stride_kt, stride_kh, stride_cb,
                     stride_ch, stride_cs, num_rows, pid, k_programs, H, BLOCK_SIZE, D, K_BITS, SYMMETRIC, K_NORM,
-                    K_CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH, FOLD_FIN, K_PERM, SEARCH, NB)
+                    K_CODES, BR, K_XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH, FOLD_FIN, K_PERM, SEARCH, NB)
     else:
         _store_rows(v_ptr, cache_ptr, slot_ptr, v_rot_ptr, v_bnd_ptr, v_y_ptr, stride_vt, stride_vh, stride_cb,
                     stride_ch, stride_cs, num_rows, pid - k_programs, tl.num_programs(0) - k_programs, H,
-                    BLOCK_SIZE, D, V_BITS, SYMMETRIC, V_NORM, V_CODES, BR, XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH,
+                    BLOCK_SIZE, D, V_BITS, SYMMETRIC, V_NORM, V_CODES, BR, V_XSPLIT, DEBUG_Y, F32_PARTS, PREFETCH,
                     FOLD_FIN, V_PERM, SEARCH, NB)
 
 
@@ -498,16 +498,17 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
         if (br, warps, nb, maxnreg) != (store_wg.BR.value, store_wg.NUM_WARPS.value, 1, None):
             why = (f"it runs block_rows={store_wg.BR.value}, num_warps={store_wg.NUM_WARPS.value}, col_blocks=1, "
                    f"no maxnreg; got {br}, {warps}, {nb}, {maxnreg}")
-        why = why or store_wg.why_not(key, d, m["K0_BITS"], m["V0_BITS"], debug_rotated is not None)
+        why = why or store_wg.why_not(key, value, d, m["K0_BITS"], m["V0_BITS"], debug_rotated is not None)
         if why is not None:
             raise ValueError(f"store variant 'wg' cannot serve this call: {why}")
-        store_wg.launch(key, value, cache, slot_mapping, params, programs_per_sm=pps, sm=sm_count(key.device),
-                        search="search" in variant)
+        store_wg.launch(key, value, cache, slot_mapping, params, sm=sm_count(key.device), search="search" in variant,
+                        programs_per_sm=store_wg.PROGRAMS_PER_SM if programs_per_sm is None else pps)
         return
     grid = (programs(sm_count(key.device) * pps),)
     y = debug_rotated if debug_rotated is not None else torch.empty(1, device=key.device, dtype=torch.float32)
     vy = rows * (m["K0_MP"] + m["K1_MP"])  # rotated_debug's layout: key instances, then value instances
-    common = dict(H=h, BLOCK_SIZE=cache.shape[2], D=d, SYMMETRIC=m["CB_SYMMETRIC"], BR=br, XSPLIT=XSPLIT[key.dtype],
+    # keys and values may come in different dtypes: each its own number of fp16 parts (XSPLIT)
+    common = dict(H=h, BLOCK_SIZE=cache.shape[2], D=d, SYMMETRIC=m["CB_SYMMETRIC"], BR=br,
                   DEBUG_Y=debug_rotated is not None, F32_PARTS=INTERPRET, PREFETCH="prefetch" in variant,
                   FOLD_FIN=bool({"lean", "halves"} & set(variant)), SEARCH="search" in variant, NB=nb,
                   num_warps=warps, **({"maxnreg": maxnreg} if maxnreg else {}))
@@ -521,7 +522,8 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
             K_BITS=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
             K_PERM=_perm(variant, d, m["K0_BITS"], br, warps, nb),
             V_BITS=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
-            V_PERM=_perm(variant, d, m["V0_BITS"], br, warps, nb), **common)
+            V_PERM=_perm(variant, d, m["V0_BITS"], br, warps, nb), K_XSPLIT=XSPLIT[key.dtype],
+            V_XSPLIT=XSPLIT[value.dtype], **common)
         return
     for x, rot, bnd, pfx, yoff in ((key, params.k_rot_split, params.k_bnd, "K0", 0),
                                    (value, params.v_rot_split, params.v_bnd, "V0", vy)):
@@ -529,4 +531,4 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
             x, cache, slot_mapping, rot, bnd, y[yoff:] if debug_rotated is not None else y,
             x.stride(0), x.stride(1), cache.stride(0), cache.stride(1), cache.stride(2),
             rows, BITS=m[f"{pfx}_BITS"], NORM=m[f"{pfx}_NORM"], CODES=m[f"{pfx}_CODES"],
-            PERM=_perm(variant, d, m[f"{pfx}_BITS"], br, warps, nb), **common)
+            PERM=_perm(variant, d, m[f"{pfx}_BITS"], br, warps, nb), XSPLIT=XSPLIT[x.dtype], **common)

@@ -230,6 +230,36 @@ def test_small_row_launch_takes_over_at_most_small_rows(monkeypatch, d):
     _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
 
 
+@pytest.mark.parametrize("variant", [("prefetch", "lean", "search", "kv"), ("prefetch", "lean", "search")])
+@pytest.mark.parametrize("kdt,vdt", [(torch.bfloat16, torch.float32), (torch.float32, torch.float16)])
+def test_keys_and_values_of_different_dtypes_meet_the_contract(variant, kdt, vdt):
+    """A 16-bit tensor and a float32 one (check_store accepts each its own dtype): each gets its own number of
+    fp16 parts of x 2^-e (one, exact, for 16-bit input; two for float32), in one launch ("kv") or two: each
+    tensor's rotated coordinates (the debug hook's y) are those of a call where both tensors have its dtype
+    (one part for a float32 tensor would err by ~2^-12 of |y|, past CODE_MARGIN at worst), and the stored
+    bytes meet the contract."""
+    fmt = tqf.LayerFormat(tqf.get_preset("k4v3"), 128)
+    p = KernelParams.build(fmt, DEV)
+    m = p.meta
+    n, h, nb, bs = 37, 3, 4, 16
+    k, v = _inputs(n, h, 128, torch.float32)
+    k[7, 0] = 1.0  # _inputs' float32-only overflow row, outside bf16 / fp16's own tests
+    v[7, 0] = 1.0
+    k, v = k.to(kdt).to(DEV), v.to(vdt).to(DEV)
+    slots = _slots(n, nb, bs).to(DEV)
+    ky = n * h * (m["K0_MP"] + m["K1_MP"])  # rotated_debug: the keys' coordinates, then the values'
+    ys = []
+    for kk, vv in ((k, v), (k, v.to(kdt)), (k.to(vdt), v)):
+        cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
+        y = torch.zeros(n * h * (m["K0_MP"] + m["K1_MP"] + m["V0_MP"] + m["V1_MP"]), dtype=torch.float32, device=DEV)
+        store_mse(kk, vv, cache, slots, p, y, variant=variant, block_rows=16, num_warps=1)
+        ys.append(y.cpu())
+        if kk is k and vv is v:
+            _check(cache, slots.cpu(), k.cpu(), v.cpu(), fmt)
+    assert torch.equal(ys[0][:ky], ys[1][:ky])  # the keys' y as when both are the keys' dtype
+    assert torch.equal(ys[0][ky:], ys[2][ky:])  # the values' y as when both are the values' dtype
+
+
 @pytest.mark.parametrize("preset", ["tq3", "k4v3"])
 def test_store_mse_register_cap_stores_the_default_bytes(preset):
     """maxnreg (a register cap; on the GPU 128 at 128 rows x 8 warps spills to the stack so that two
@@ -321,7 +351,10 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 @pytest.mark.parametrize("preset,d,dtype,kw,why", [
-    ("tq3", 128, torch.float32, {}, "it takes bfloat16 or float16 keys and values, got torch.float32"),
+    ("tq3", 128, torch.float32, {}, "it takes bfloat16 or float16 keys and values, got torch.float32 and "
+                                    "torch.float32"),
+    ("tq3", 128, torch.bfloat16, {"value_dtype": torch.float32}, "it takes bfloat16 or float16 keys and values, "
+                                                                "got torch.bfloat16 and torch.float32"),
     ("tq3", 64, torch.bfloat16, {}, "head_size=64 with 3-bit keys and 3-bit values does not give whole code words "
                                          "a lane"),
     ("tq3", 128, torch.bfloat16, {"debug": True}, "it writes no rotated_debug output"),
@@ -338,9 +371,10 @@ def test_wg_variant_names_what_it_cannot_serve(preset, d, dtype, kw, why):
     x = torch.zeros(3, 2, d, dtype=dtype, device=DEV)
     cache = torch.zeros(fmt.cache_shape(1, 16, 2), dtype=torch.uint8, device=DEV)
     debug = kw.pop("debug", False)
+    v = x.to(kw.pop("value_dtype", dtype))
     y = torch.zeros(3 * 2 * 4 * d, dtype=torch.float32, device=DEV) if debug else None
     with pytest.raises(ValueError, match=r"store variant 'wg' cannot serve this call: " + re.escape(why)):
-        store_mse(x, x, cache, torch.arange(3, device=DEV), p, y, variant=("wg",), **kw)
+        store_mse(x, v, cache, torch.arange(3, device=DEV), p, y, variant=("wg",), **kw)
     if not HOPPER:  # a call it would serve on a Hopper GPU
         with pytest.raises(ValueError, match=r"store variant 'wg' cannot serve this call: it needs a Hopper GPU"):
             store_mse(x.to(torch.bfloat16), x.to(torch.bfloat16), cache, torch.arange(3, device=DEV),
