@@ -35,7 +35,8 @@ Numerics: as store_mse (exact 2^-e scaling, fp16 parts of Pi^T and of x 2^-e on 
 accumulation), with the products' terms summed in another order (sigma) and the norm's sum of squares
 in another order: y' and n differ from store_mse's by a few ulps, so a code can differ where y' lies
 within a few ulps of beta_k n and a norm in its last bit; stored bytes within SPEC §10 of the reference
-(codes only inside CODE_MARGIN, norms within NORM_RTOL), not always equal to store_mse's.  bf16 / fp16 input only (one fp16 part of x).
+(codes only inside CODE_MARGIN, norms within NORM_RTOL), not always equal to store_mse's.  bf16 / fp16
+input only (one fp16 part of x).
 """
 
 from __future__ import annotations
