@@ -91,17 +91,20 @@ def _merge_splits_kernel(part_acc_ptr, part_ml_ptr, o_ptr, n_rows, num_splits,
     tl.store(o_ptr + rows[:, None].to(tl.int64) * DACC + cols[None, :], o, mask=rm[:, None])
 
 
-def plan_merge_rotate(n_rows: int, num_splits: int, dacc: int, sms: int) -> tuple[int, int, int]:
-    """(rows a program BR, splits a step SC, output columns a rotation step JC) of _merge_rotate_kernel: BR
-    halves from MERGE_ROTATE_ROWS while the grid has fewer than MERGE_WAVES programs an SM (every program holds
-    all of its rows' columns, so the rows alone spread the work); SC and JC keep a step's block (BR x SC x DACC,
-    BR x DACC x JC) within MERGE_ELEMS."""
+def plan_merge_rotate(n_rows: int, num_splits: int, dacc: int, sms: int) -> tuple[int, int, int, int]:
+    """(rows a program BR, splits a step SC, output columns a rotation step JC, warps) of _merge_rotate_kernel:
+    BR halves from MERGE_ROTATE_ROWS while the grid has fewer than MERGE_WAVES programs an SM (every program
+    holds all of its rows' columns, so the rows alone spread the work); at one or two rows a program (one long
+    sequence: each program reads all its splits' accumulators) 8 warps, so twice the loads in flight; SC and
+    JC keep a step's block (BR x SC x DACC, BR x DACC x JC) within MERGE_ELEMS a 4 warps."""
     br = MERGE_ROTATE_ROWS
     while br > 1 and triton.cdiv(n_rows, br) < MERGE_WAVES * sms:
         br //= 2
-    sc = max(1, min(triton.next_power_of_2(num_splits), MERGE_ELEMS // (br * dacc)))
-    jc = max(1, min(dacc, MERGE_ELEMS // (br * dacc)))
-    return br, sc, jc
+    warps = 8 if br <= 2 else 4
+    elems = MERGE_ELEMS * warps // 4
+    sc = max(1, min(triton.next_power_of_2(num_splits), elems // (br * dacc)))
+    jc = max(1, min(dacc, elems // (br * dacc)))
+    return br, sc, jc, warps
 
 
 @triton.jit(do_not_specialize=["n_rows", "num_splits"])
@@ -166,12 +169,12 @@ def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tenso
     dacc = acc_width(params)
     n_rows = out.shape[0] * num_q_heads
     if output_rotation == "fused" and merge_rotate_applies(params) and rows_per_program is None:
-        br, sc, jc = plan_merge_rotate(n_rows, num_splits, dacc, sm_count(out.device))
+        br, sc, jc, warps = plan_merge_rotate(n_rows, num_splits, dacc, sm_count(out.device))
         c = params.rotation_constexprs("value")
         _merge_rotate_kernel[(triton.cdiv(n_rows, br),)](
             part_acc, part_ml, out, out.stride(0), out.stride(1), n_rows, num_q_heads, num_splits, params.v_rot,
             params.v_chan, BR=br, SC=sc, JC=jc, DACC=dacc, MPMAX=c["MPMAX"], M0=c["M0"], IDCH0=c["IDCH0"],
-            OUT_BF16=out.dtype == torch.bfloat16, num_warps=4)
+            OUT_BF16=out.dtype == torch.bfloat16, num_warps=warps)
         return out
     if output_rotation == "fused":  # a layout the fused kernel does not cover: the columns kernel's fp32 FMA
         output_rotation = "fma"

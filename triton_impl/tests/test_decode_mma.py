@@ -166,7 +166,7 @@ def test_fused_output_rotation_matches_the_two_launches(monkeypatch, preset, d, 
     assert len(launches) == int(mg.merge_rotate_applies(params))
     assert mg.merge_rotate_applies(params) == (preset in ("tq3", "k4v3"))
     if launches:
-        br, _, _ = mg.plan_merge_rotate(t * hq, num_splits, dacc, sms)
+        br, _, _, _ = mg.plan_merge_rotate(t * hq, num_splits, dacc, sms)
         assert launches[0] == triton_cdiv(t * hq, br) and br == (mg.MERGE_ROTATE_ROWS if sms == 1 else 1)
     assert (got[0, 0] == 0).all()
     tol = 1e-4 if dtype == torch.float32 else 1e-2
