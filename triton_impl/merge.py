@@ -54,17 +54,10 @@ def plan_merge(n_rows: int, num_splits: int, col_chunks: int, sms: int,
     return br, sc
 
 
-@triton.jit(do_not_specialize=["n_rows", "num_splits"])
-def _merge_splits_kernel(part_acc_ptr, part_ml_ptr, o_ptr, n_rows, num_splits,
-                         BR: tl.constexpr, SC: tl.constexpr, CW: tl.constexpr, DACC: tl.constexpr):
-    # o [rows, DACC] = sum_s exp(m_s - m) acc_s / l, m = max_s m_s, l = sum_s exp(m_s - m) l_s, from
-    # part_ml [rows * S, 2] = (m_s, l_s) and part_acc [rows * S, DACC].  A split that saw nothing
-    # (m_s = -inf) weighs 0; a row with l = 0 gets NaN (as _merge_kernel).  One program: BR rows,
-    # columns [c0, c0 + CW), the splits SC at a time.  Grid (cdiv(n_rows, BR), DACC // CW).
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    rm = rows < n_rows
-    cols = tl.program_id(1) * CW + tl.arange(0, CW)
-    prow = rows.to(tl.int64) * num_splits
+@triton.jit
+def _split_weights(part_ml_ptr, prow, rm, num_splits, BR: tl.constexpr, SC: tl.constexpr):
+    """(mu [BR], inv [BR]) of rows prow / num_splits (mask rm): mu = max_s m_s (0 where every split is empty),
+    inv = 1 / l, l = sum_s exp(m_s - mu) l_s (NaN where l = 0), the splits SC at a time."""
     m = tl.full((BR,), float("-inf"), tl.float32)
     lsum = tl.zeros((BR,), tl.float32)
     for s0 in range(0, num_splits, SC):
@@ -79,6 +72,13 @@ def _merge_splits_kernel(part_acc_ptr, part_ml_ptr, o_ptr, n_rows, num_splits,
         m = mn
     mu = tl.where(m == float("-inf"), 0.0, m)
     inv = tl.where(lsum > 0, 1.0 / tl.where(lsum > 0, lsum, 1.0), float("nan"))
+    return mu, inv
+
+
+@triton.jit
+def _merged_columns(part_acc_ptr, part_ml_ptr, prow, rm, num_splits, mu, inv, cols, BR: tl.constexpr,
+                    SC: tl.constexpr, CW: tl.constexpr, DACC: tl.constexpr):
+    """o [BR, CW] = sum_s exp(m_s - mu) acc_s[cols] * inv (a split that saw nothing, m_s = -inf, weighs 0)."""
     o = tl.zeros((BR, CW), tl.float32)
     for s0 in range(0, num_splits, SC):
         s = s0 + tl.arange(0, SC)
@@ -88,6 +88,22 @@ def _merge_splits_kernel(part_acc_ptr, part_ml_ptr, o_ptr, n_rows, num_splits,
         a = tl.load(part_acc_ptr + (prow[:, None, None] + s[None, :, None]) * DACC + cols[None, None, :],
                     mask=ok[:, :, None], other=0.0)
         o += tl.sum(w[:, :, None] * a, axis=1)
+    return o
+
+
+@triton.jit(do_not_specialize=["n_rows", "num_splits"])
+def _merge_splits_kernel(part_acc_ptr, part_ml_ptr, o_ptr, n_rows, num_splits,
+                         BR: tl.constexpr, SC: tl.constexpr, CW: tl.constexpr, DACC: tl.constexpr):
+    # o [rows, DACC] = sum_s exp(m_s - m) acc_s / l, m = max_s m_s, l = sum_s exp(m_s - m) l_s, from
+    # part_ml [rows * S, 2] = (m_s, l_s) and part_acc [rows * S, DACC].  A split that saw nothing
+    # (m_s = -inf) weighs 0; a row with l = 0 gets NaN (as _merge_kernel).  One program: BR rows,
+    # columns [c0, c0 + CW), the splits SC at a time.  Grid (cdiv(n_rows, BR), DACC // CW).
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    rm = rows < n_rows
+    cols = tl.program_id(1) * CW + tl.arange(0, CW)
+    prow = rows.to(tl.int64) * num_splits
+    mu, inv = _split_weights(part_ml_ptr, prow, rm, num_splits, BR, SC)
+    o = _merged_columns(part_acc_ptr, part_ml_ptr, prow, rm, num_splits, mu, inv, cols, BR, SC, CW, DACC)
     tl.store(o_ptr + rows[:, None].to(tl.int64) * DACC + cols[None, :], o, mask=rm[:, None])
 
 
@@ -119,29 +135,8 @@ def _merge_rotate_kernel(part_acc_ptr, part_ml_ptr, y_ptr, sy0, sy1, n_rows, hea
     rm = rows < n_rows
     cols = tl.arange(0, DACC)
     prow = rows.to(tl.int64) * num_splits
-    m = tl.full((BR,), float("-inf"), tl.float32)
-    lsum = tl.zeros((BR,), tl.float32)
-    for s0 in range(0, num_splits, SC):
-        s = s0 + tl.arange(0, SC)
-        ok = rm[:, None] & (s < num_splits)[None, :]
-        ms = tl.load(part_ml_ptr + (prow[:, None] + s[None, :]) * 2, mask=ok, other=float("-inf"))
-        ls = tl.load(part_ml_ptr + (prow[:, None] + s[None, :]) * 2 + 1, mask=ok, other=0.0)
-        mn = tl.maximum(m, tl.max(ms, axis=1))
-        mu = tl.where(mn == float("-inf"), 0.0, mn)
-        lsum = lsum * tl.exp(m - mu) + tl.sum(tl.where(ms == float("-inf"), 0.0, ls * tl.exp(ms - mu[:, None])),
-                                              axis=1)
-        m = mn
-    mu = tl.where(m == float("-inf"), 0.0, m)
-    inv = tl.where(lsum > 0, 1.0 / tl.where(lsum > 0, lsum, 1.0), float("nan"))
-    o = tl.zeros((BR, DACC), tl.float32)
-    for s0 in range(0, num_splits, SC):
-        s = s0 + tl.arange(0, SC)
-        ok = rm[:, None] & (s < num_splits)[None, :]
-        ms = tl.load(part_ml_ptr + (prow[:, None] + s[None, :]) * 2, mask=ok, other=float("-inf"))
-        w = tl.where(ms == float("-inf"), 0.0, tl.exp(ms - mu[:, None]) * inv[:, None])
-        a = tl.load(part_acc_ptr + (prow[:, None, None] + s[None, :, None]) * DACC + cols[None, None, :],
-                    mask=ok[:, :, None], other=0.0)
-        o += tl.sum(w[:, :, None] * a, axis=1)
+    mu, inv = _split_weights(part_ml_ptr, prow, rm, num_splits, BR, SC)
+    o = _merged_columns(part_acc_ptr, part_ml_ptr, prow, rm, num_splits, mu, inv, cols, BR, SC, DACC, DACC)
     o = tl.where((cols < M0)[None, :], o, 0.0)  # the instance's padding columns take no part
     yrow = y_ptr + (rows // heads).to(tl.int64) * sy0 + (rows % heads).to(tl.int64) * sy1
     for j0 in tl.static_range(0, DACC, JC):

@@ -41,7 +41,7 @@ its own registers (no shuffles, no shared-memory round trip; the same products l
 columns, so y' is bit-identical); "halves": "lean" with the product in two column blocks of D/2. The
 permuted pack applies where BR >= 16 warps and a lane group's D/4 codes fill whole words; elsewhere
 only the finiteness fold. "search": the codes of a symmetric 3- or 4-bit codebook by binary search
-over the positive boundaries (_codes; other codebooks keep the linear count). "kv": keys and values in
+over the positive boundaries (codes.boundary_codes; other codebooks keep the linear count). "kv": keys and values in
 one launch (_store_mse_kv_kernel: half the persistent programs each, the same rows' arithmetic), one
 launch a layer instead of two and the two halves side by side; the H200 timed it faster than two
 launches at every size, most where a decode step's few rows leave the card idle in each launch: tq3 7.0
@@ -58,6 +58,7 @@ import triton.language as tl
 from turboquant import format as tqf
 
 from . import store_wg
+from .codes import boundary_codes
 from .device import sm_count
 from .params import INTERPRET, NORM_NAN_BITS, KernelParams
 
@@ -152,49 +153,6 @@ def _field_word(c4, W: tl.constexpr, BITS: tl.constexpr, OFF: tl.constexpr):
 
 
 @triton.jit
-def _codes(acc, den, bnd_ptr, BR: tl.constexpr, N: tl.constexpr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
-           SEARCH: tl.constexpr):
-    """idx_j = #{k : y_j > beta_k}, as y'_j > beta_k n (no division per coordinate); acc [BR, N].
-    SEARCH (symmetric 3- and 4-bit codebooks): the count of positive boundaries below |y| by binary
-    search over them (2 or 3 comparisons and 1 or 4 selects a coordinate instead of 3 or 7
-    comparisons and adds): the same comparisons of the same numbers, so the same count."""
-    HALF: tl.constexpr = 1 << (BITS - 1)
-    if SYMMETRIC and SEARCH and (BITS == 3 or BITS == 4):
-        a = tl.abs(acc)
-        # t_k = beta_{HALF + k} n, k < HALF - 1, ascending
-        t0 = (tl.load(bnd_ptr + HALF) * den)[:, None]
-        t1 = (tl.load(bnd_ptr + HALF + 1) * den)[:, None]
-        t2 = (tl.load(bnd_ptr + HALF + 2) * den)[:, None]
-        if BITS == 3:
-            c1 = a > t1
-            c0 = a > tl.where(c1, t2, t0)
-            cnt = c1.to(tl.int32) * 2 + c0.to(tl.int32)
-        else:
-            t3 = (tl.load(bnd_ptr + HALF + 3) * den)[:, None]
-            t4 = (tl.load(bnd_ptr + HALF + 4) * den)[:, None]
-            t5 = (tl.load(bnd_ptr + HALF + 5) * den)[:, None]
-            t6 = (tl.load(bnd_ptr + HALF + 6) * den)[:, None]
-            c2 = a > t3
-            c1 = a > tl.where(c2, t5, t1)
-            c0 = a > tl.where(c2, tl.where(c1, t6, t4), tl.where(c1, t2, t0))
-            cnt = c2.to(tl.int32) * 4 + c1.to(tl.int32) * 2 + c0.to(tl.int32)
-        codes = tl.where(acc > 0, HALF + cnt, HALF - 1 - cnt)
-    elif SYMMETRIC:
-        # beta_{HALF-1} = 0 and beta_{HALF-1+i} = -beta_{HALF-1-i}: count the positive boundaries
-        # below |y| and mirror (an exact tie y = -beta takes the upper code: inside CODE_MARGIN)
-        a = tl.abs(acc)
-        cnt = tl.zeros((BR, N), tl.int32)
-        for k in tl.static_range(HALF, 2 * HALF - 1):
-            cnt += (a > (tl.load(bnd_ptr + k) * den)[:, None]).to(tl.int32)
-        codes = tl.where(acc > 0, HALF + cnt, HALF - 1 - cnt)
-    else:
-        codes = tl.zeros((BR, N), tl.int32)
-        for k in tl.static_range(2 * HALF - 1):
-            codes += (acc > (tl.load(bnd_ptr + k) * den)[:, None]).to(tl.int32)
-    return codes
-
-
-@triton.jit
 def _rotate(xs, p0, p1, BR: tl.constexpr, N: tl.constexpr, XSPLIT: tl.constexpr, F32_PARTS: tl.constexpr):
     """y' = xs Pi^T [BR, N] on tensor cores: x0 P1 (+ x1 P0) + x0 P0, small terms first."""
     x0 = _split_fp16(xs, 0)
@@ -274,7 +232,7 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
         if DEBUG_Y:
             y = tl.where(bad[:, None], 0.0, tl.math.div_rn(acc, den[:, None]))
             tl.store(y_ptr + r.to(tl.int64)[:, None] * D + cb * N + tl.arange(0, N)[None, :], y, mask=tm[:, None])
-        codes = tl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BR, N, BITS, SYMMETRIC, SEARCH))
+        codes = tl.where(bad[:, None], 0, boundary_codes(acc, den, bnd_ptr, BITS, SYMMETRIC, SEARCH))
         blk = tl.where(tm, slot // BLOCK_SIZE, 0).to(tl.int64)
         off = tl.where(tm, slot % BLOCK_SIZE, 0)
         base = (cache_ptr + blk * stride_cb + h * stride_ch + off * stride_cs).to(tl.pointer_type(tl.int32))
@@ -306,7 +264,7 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
                 y = tl.where(bad[:, None], 0.0, tl.math.div_rn(acc, den[:, None]))
                 ycol = _perm_col(tl.arange(0, N), D, NH, hh)
                 tl.store(y_ptr + r.to(tl.int64)[:, None] * D + ycol[None, :], y, mask=tm[:, None])
-            codes = tl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BR, N, BITS, SYMMETRIC, SEARCH))
+            codes = tl.where(bad[:, None], 0, boundary_codes(acc, den, bnd_ptr, BITS, SYMMETRIC, SEARCH))
             c4 = tl.reshape(codes.to(tl.uint32), (BR, N // 8, 4, 2))  # [BR, g, q, t]
             w0 |= _field_word(c4, 0, BITS, hh * (D // 4 // NH))
             if WPG > 1:

@@ -49,6 +49,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
+from .codes import boundary_codes
 from .params import NORM_NAN_BITS
 
 BR = gl.constexpr(64)  # rows (token, head) a tile: one warpgroup's wgmma M
@@ -88,43 +89,6 @@ def _load_rows(x_ptr, slot_ptr, tile, stride_xt, stride_xh, num_rows, H: gl.cons
     base = tok.to(gl.int64) * stride_xt + h * stride_xh
     x = gl.load(x_ptr + base[:, None, None] + col[None, :, :], mask=(rows < num_rows)[:, None, None], other=0.0)
     return slot, x
-
-
-@gluon.jit
-def _codes(acc, den, bnd_ptr, BITS: gl.constexpr, SYMMETRIC: gl.constexpr, SEARCH: gl.constexpr):
-    """idx_j = #{k : y'_j > beta_k n} (den = n, or 1 for x = 0), as store_mse._codes."""
-    HALF: gl.constexpr = 1 << (BITS - 1)
-    L: gl.constexpr = acc.type.layout
-    if SYMMETRIC and SEARCH and (BITS == 3 or BITS == 4):
-        a = gl.abs(acc)
-        t0 = (gl.load(bnd_ptr + HALF) * den)[:, None]
-        t1 = (gl.load(bnd_ptr + HALF + 1) * den)[:, None]
-        t2 = (gl.load(bnd_ptr + HALF + 2) * den)[:, None]
-        if BITS == 3:
-            c1 = a > t1
-            c0 = a > gl.where(c1, t2, t0)
-            cnt = c1.to(gl.int32) * 2 + c0.to(gl.int32)
-        else:
-            t3 = (gl.load(bnd_ptr + HALF + 3) * den)[:, None]
-            t4 = (gl.load(bnd_ptr + HALF + 4) * den)[:, None]
-            t5 = (gl.load(bnd_ptr + HALF + 5) * den)[:, None]
-            t6 = (gl.load(bnd_ptr + HALF + 6) * den)[:, None]
-            c2 = a > t3
-            c1 = a > gl.where(c2, t5, t1)
-            c0 = a > gl.where(c2, gl.where(c1, t6, t4), gl.where(c1, t2, t0))
-            cnt = c2.to(gl.int32) * 4 + c1.to(gl.int32) * 2 + c0.to(gl.int32)
-        codes = gl.where(acc > 0, HALF + cnt, HALF - 1 - cnt)
-    elif SYMMETRIC:
-        a = gl.abs(acc)
-        cnt = gl.zeros(acc.shape, gl.int32, L)
-        for k in gl.static_range(HALF, 2 * HALF - 1):
-            cnt += (a > (gl.load(bnd_ptr + k) * den)[:, None]).to(gl.int32)
-        codes = gl.where(acc > 0, HALF + cnt, HALF - 1 - cnt)
-    else:
-        codes = gl.zeros(acc.shape, gl.int32, L)
-        for k in gl.static_range(2 * HALF - 1):
-            codes += (acc > (gl.load(bnd_ptr + k) * den)[:, None]).to(gl.int32)
-    return codes
 
 
 @gluon.jit
@@ -175,7 +139,7 @@ def _encode(slot, x, cache_ptr, bnd_ptr, p0, p1, stride_cb, stride_ch, stride_cs
     base = (cache_ptr + blk * stride_cb + h * stride_ch + off * stride_cs).to(gl.pointer_type(gl.int32))
     nbits = gl.where(bad, NORM_NAN_BITS, norm.to(gl.int32, bitcast=True))
     gl.store(base + NORM // 4, nbits, mask=tm)
-    codes = gl.where(bad[:, None], 0, _codes(acc, den, bnd_ptr, BITS, SYMMETRIC, SEARCH))
+    codes = gl.where(bad[:, None], 0, boundary_codes(acc, den, bnd_ptr, BITS, SYMMETRIC, SEARCH))
     c4 = gl.reshape(codes.to(gl.uint32), [BR, D // 8, 4, 2])  # row, nt, r, e
     WPG: gl.constexpr = D // 4 * BITS // 32  # words of one lane group's field
     w0 = _field_word(c4, 0, BITS)

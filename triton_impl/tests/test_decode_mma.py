@@ -102,6 +102,21 @@ def test_supported_launch_on_this_machine():
         assert "CUDA" in why
 
 
+def _partial_states(dacc: int, n_rows: int, num_splits: int):
+    """(part_acc [n_rows * S, dacc], part_ml [n_rows * S, 2]) of a split decode: random states, 30 % of the
+    splits empty (m = -inf, l = 0, acc = 0), and row 0 with every split empty (it saw nothing)."""
+    gen = torch.Generator().manual_seed(num_splits)
+    rows = n_rows * num_splits
+    acc = torch.randn((rows, dacc), generator=gen).to(DEV)
+    ml = torch.stack([torch.randn(rows, generator=gen) * 3, torch.rand(rows, generator=gen) + 0.5], 1).to(DEV)
+    empty = torch.rand(rows, generator=gen) < 0.3
+    empty[: num_splits] = True  # row 0 saw nothing
+    ml[empty.to(DEV), 0] = float("-inf")
+    ml[empty.to(DEV), 1] = 0.0
+    acc[empty.to(DEV)] = 0.0
+    return acc, ml
+
+
 @pytest.mark.parametrize("preset,d,num_splits,rows_per_program", [
     ("tq3", 128, 1, None), ("tq3", 128, 37, None), ("tq3.5", 128, 5, None), ("k4g4", 128, 20, None),
     ("tq2.5", 64, 3, None), ("tq3", 80, 2, None),
@@ -114,15 +129,7 @@ def test_parallel_merge_matches_the_split_kernels_merge(preset, d, num_splits, r
     params = _params(preset, d)  # accumulator widths 128, 128 (64 + 64), 128, 80 (16 + 64), 128 (80 padded)
     t, hq = 3, 8
     dacc = acc_width(params)
-    gen = torch.Generator().manual_seed(num_splits)
-    rows = t * hq * num_splits
-    acc = torch.randn((rows, dacc), generator=gen).to(DEV)
-    ml = torch.stack([torch.randn(rows, generator=gen) * 3, torch.rand(rows, generator=gen) + 0.5], 1).to(DEV)
-    empty = torch.rand(rows, generator=gen) < 0.3
-    empty[: num_splits] = True  # row 0 saw nothing
-    ml[empty.to(DEV), 0] = float("-inf")
-    ml[empty.to(DEV), 1] = 0.0
-    acc[empty.to(DEV)] = 0.0
+    acc, ml = _partial_states(dacc, t * hq, num_splits)
     want = run_merge(acc, ml, torch.empty((t, hq, d), device=DEV), params, num_q_heads=hq,
                      num_splits=num_splits, cfg=default_config(DEV))
     got = merge_splits(acc, ml, torch.empty((t, hq, d), device=DEV), params, num_q_heads=hq,
@@ -147,15 +154,7 @@ def test_fused_output_rotation_matches_the_two_launches(monkeypatch, preset, d, 
     params = _params(preset, d)
     t, hq = 5, 8
     dacc = acc_width(params)
-    gen = torch.Generator().manual_seed(num_splits)
-    rows = t * hq * num_splits
-    acc = torch.randn((rows, dacc), generator=gen).to(DEV)
-    ml = torch.stack([torch.randn(rows, generator=gen) * 3, torch.rand(rows, generator=gen) + 0.5], 1).to(DEV)
-    empty = torch.rand(rows, generator=gen) < 0.3
-    empty[: num_splits] = True  # row 0 saw nothing
-    ml[empty.to(DEV), 0] = float("-inf")
-    ml[empty.to(DEV), 1] = 0.0
-    acc[empty.to(DEV)] = 0.0
+    acc, ml = _partial_states(dacc, t * hq, num_splits)
     launches = []
     monkeypatch.setattr(mg, "_merge_rotate_kernel", _Spy(mg._merge_rotate_kernel, launches))
     want = merge_splits(acc, ml, torch.empty((t, hq, d), device=DEV, dtype=dtype), params, num_q_heads=hq,

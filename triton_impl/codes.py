@@ -1,0 +1,51 @@
+"""The codes of a rotated row against the codebook's decision boundaries (SPEC §4.3), shared by the stores
+that compare y' = y n with beta_k n (store_mse.py, and store_wg.py's Gluon kernel: no layout is created
+here, so it runs in either kind of kernel, in the layout of its argument)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def boundary_codes(acc, den, bnd_ptr, BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SEARCH: tl.constexpr):
+    """idx_j = #{k : y_j > beta_k}, as y'_j > beta_k n (no division per coordinate); acc [rows, N] = y',
+    den [rows] = n (1 for x = 0), bnd_ptr the 2^BITS - 1 ascending boundaries.
+    SEARCH (symmetric 3- and 4-bit codebooks): the count of positive boundaries below |y| by binary
+    search over them (2 or 3 comparisons and 1 or 4 selects a coordinate instead of 3 or 7
+    comparisons and adds): the same comparisons of the same numbers, so the same count."""
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    if SYMMETRIC and SEARCH and (BITS == 3 or BITS == 4):
+        a = tl.abs(acc)
+        # t_k = beta_{HALF + k} n, k < HALF - 1, ascending
+        t0 = (tl.load(bnd_ptr + HALF) * den)[:, None]
+        t1 = (tl.load(bnd_ptr + HALF + 1) * den)[:, None]
+        t2 = (tl.load(bnd_ptr + HALF + 2) * den)[:, None]
+        if BITS == 3:
+            c1 = a > t1
+            c0 = a > tl.where(c1, t2, t0)
+            cnt = c1.to(tl.int32) * 2 + c0.to(tl.int32)
+        else:
+            t3 = (tl.load(bnd_ptr + HALF + 3) * den)[:, None]
+            t4 = (tl.load(bnd_ptr + HALF + 4) * den)[:, None]
+            t5 = (tl.load(bnd_ptr + HALF + 5) * den)[:, None]
+            t6 = (tl.load(bnd_ptr + HALF + 6) * den)[:, None]
+            c2 = a > t3
+            c1 = a > tl.where(c2, t5, t1)
+            c0 = a > tl.where(c2, tl.where(c1, t6, t4), tl.where(c1, t2, t0))
+            cnt = c2.to(tl.int32) * 4 + c1.to(tl.int32) * 2 + c0.to(tl.int32)
+        codes = tl.where(acc > 0, HALF + cnt, HALF - 1 - cnt)
+    elif SYMMETRIC:
+        # beta_{HALF-1} = 0 and beta_{HALF-1+i} = -beta_{HALF-1-i}: count the positive boundaries
+        # below |y| and mirror (an exact tie y = -beta takes the upper code: inside CODE_MARGIN)
+        a = tl.abs(acc)
+        cnt = (a < 0).to(tl.int32)  # zeros in acc's layout (|y| < 0 never holds, NaN included)
+        for k in tl.static_range(HALF, 2 * HALF - 1):
+            cnt += (a > (tl.load(bnd_ptr + k) * den)[:, None]).to(tl.int32)
+        codes = tl.where(acc > 0, HALF + cnt, HALF - 1 - cnt)
+    else:
+        codes = (acc > (tl.load(bnd_ptr) * den)[:, None]).to(tl.int32)
+        for k in tl.static_range(1, 2 * HALF - 1):
+            codes += (acc > (tl.load(bnd_ptr + k) * den)[:, None]).to(tl.int32)
+    return codes
