@@ -271,5 +271,5 @@ def test_columns_precision_is_checked():
                                          r"\['fma', 'bf16x3'\]"):
         rotate_rows(x, p, torch.empty_like(x), inverse=True, few_rows=True, columns_precision="tf32")
     with pytest.raises(ValueError, match=r"mma_output_rotation='bf16' is not supported; allowed values: "
-                                         r"\['fma', 'bf16x3'\]"):
+                                         r"\['fma', 'bf16x3', 'fused'\]"):
         AttnConfig(mma_output_rotation="bf16")
