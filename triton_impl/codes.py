@@ -1,6 +1,8 @@
-"""The codes of a rotated row against the codebook's decision boundaries (SPEC §4.3), shared by the stores
-that compare y' = y n with beta_k n (store_mse.py, and store_wg.py's Gluon kernel: no layout is created
-here, so it runs in either kind of kernel, in the layout of its argument)."""
+"""The codes of a rotated row as the tensor-core stores compute and pack them, shared by store_mse.py and
+store_wg.py's Gluon kernel: the codes against the codebook's decision boundaries (SPEC §4.3; y' = y n
+compared with beta_k n) and the accumulator column order that gives each lane whole words of the code
+field.  No layout is created here, so the jit functions run in either kind of kernel, in their arguments'
+layouts."""
 
 from __future__ import annotations
 
@@ -49,3 +51,17 @@ def boundary_codes(acc, den, bnd_ptr, BITS: tl.constexpr, SYMMETRIC: tl.constexp
         for k in tl.static_range(1, 2 * HALF - 1):
             codes += (acc > (tl.load(bnd_ptr + k) * den)[:, None]).to(tl.int32)
     return codes
+
+
+@triton.jit
+def perm_col(c, D: tl.constexpr, NH: tl.constexpr, HH: tl.constexpr):
+    """Coordinate held by column c (< D / NH) of the HH-th of NH column blocks of the permuted product:
+    c = 8g + 2q + t holds q G + HH G / NH + 2g + t (G = D / 4).  In the tensor-core accumulator layout a lane
+    holds the columns 8g + 2q + t of its rows for one q and every g, t, so it holds G / NH consecutive
+    coordinates of each of its rows and packs whole words of their field from its own registers."""
+    return ((c // 2) % 4) * (D // 4) + HH * (D // 4 // NH) + 2 * (c // 8) + c % 2
+
+
+def lane_group_whole_words(d: int, bits: int) -> bool:
+    """Whether a lane group's d/4 codes of ``bits`` bits fill whole 32-bit words (the permuted pack's need)."""
+    return (d // 4 * bits) % 32 == 0

@@ -35,7 +35,7 @@ results/2026-12-04-h200-s11/call1-p2-search; every combination
 stores the same bytes, checked under the interpreter by test_store_mse.py): "prefetch": tile i +
 programs's slots and x loaded into registers before tile i is encoded (by hand; Triton 3.6's own
 pipeliner issues them only after tile i's stores, then waits at once); "lean": no separate
-finiteness pass (a non-finite x makes the norm non-finite), and Pi^T's columns permuted (_perm_col)
+finiteness pass (a non-finite x makes the norm non-finite), and Pi^T's columns permuted (codes.perm_col)
 so that each lane of the accumulator holds D/4 consecutive coordinates and packs whole words from
 its own registers (no shuffles, no shared-memory round trip; the same products land in other
 columns, so y' is bit-identical); "halves": "lean" with the product in two column blocks of D/2. The
@@ -58,7 +58,7 @@ import triton.language as tl
 from turboquant import format as tqf
 
 from . import store_wg
-from .codes import boundary_codes
+from .codes import boundary_codes, lane_group_whole_words, perm_col
 from .device import sm_count
 from .params import INTERPRET, NORM_NAN_BITS, KernelParams
 
@@ -128,15 +128,6 @@ def _pack_words(codes, BR: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, wp
         tl.store(wptr[:, None] + g[None, :], (c0 | (c1 << 24)).to(tl.int32, bitcast=True), mask=m)
         tl.store(wptr[:, None] + g[None, :] + 1, ((c1 >> 8) | (c2 << 16)).to(tl.int32, bitcast=True), mask=m)
         tl.store(wptr[:, None] + g[None, :] + 2, ((c2 >> 16) | (c3 << 8)).to(tl.int32, bitcast=True), mask=m)
-
-
-@triton.jit
-def _perm_col(c, D: tl.constexpr, NH: tl.constexpr, HH: tl.constexpr):
-    """Coordinate held by column c (< D / NH) of the HH-th of NH column blocks of the product under
-    PERM: c = 8g + 2q + t holds q G + HH G / NH + 2g + t (G = D / 4).  In the tensor-core
-    accumulator layout a lane holds the columns 8g + 2q + t of its rows for one q and every g, t, so
-    it holds G / NH consecutive coordinates of each of its rows (_field_word)."""
-    return ((c // 2) % 4) * (D // 4) + HH * (D // 4 // NH) + 2 * (c // 8) + c % 2
 
 
 @triton.jit
@@ -241,7 +232,7 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
         tl.store(base + NORM // 4, nbits, mask=tm if NB == 1 else tm & (tl.zeros_like(slot) + cb == 0))
         _pack_words(codes, BR, N, BITS, base + CODES // 4 + cb * (N * BITS // 32), tm)
     else:
-        # columns permuted (_perm_col) in NH blocks: each lane packs whole words of its rows' codes
+        # columns permuted (codes.perm_col) in NH blocks: each lane packs whole words of its rows' codes
         den = tl.where(n > 0, n, 1.0)  # x = 0: y = 0
         blk = tl.where(tm, slot // BLOCK_SIZE, 0).to(tl.int64)
         off = tl.where(tm, slot % BLOCK_SIZE, 0)
@@ -262,7 +253,7 @@ def _encode_tile(slot, x, tile, cache_ptr, bnd_ptr, y_ptr, p0, p1, q0, q1, strid
                 acc = _rotate(xs, q0, q1, BR, N, XSPLIT, F32_PARTS)
             if DEBUG_Y:
                 y = tl.where(bad[:, None], 0.0, tl.math.div_rn(acc, den[:, None]))
-                ycol = _perm_col(tl.arange(0, N), D, NH, hh)
+                ycol = perm_col(tl.arange(0, N), D, NH, hh)
                 tl.store(y_ptr + r.to(tl.int64)[:, None] * D + ycol[None, :], y, mask=tm[:, None])
             codes = tl.where(bad[:, None], 0, boundary_codes(acc, den, bnd_ptr, BITS, SYMMETRIC, SEARCH))
             c4 = tl.reshape(codes.to(tl.uint32), (BR, N // 8, 4, 2))  # [BR, g, q, t]
@@ -304,7 +295,7 @@ def _store_rows(
         pid = pid // NB
         nprog = nprog // NB
     # Pi^T = P0 + P1 (fp16 parts, [2, D, D], row c = input coordinate, column = output; under PERM
-    # the columns permuted by _perm_col, in PERM blocks: the same products, outputs in other columns)
+    # the columns permuted by perm_col, in PERM blocks: the same products, outputs in other columns)
     if PERM == 0:
         pt = rot_ptr + j[:, None] * D + cb * (D // NB) + tl.arange(0, D // NB)[None, :]
         p0 = tl.load(pt)
@@ -312,11 +303,11 @@ def _store_rows(
         q0, q1 = p0, p1  # unused
     else:
         c = tl.arange(0, D // PERM)
-        pt = rot_ptr + j[:, None] * D + _perm_col(c, D, PERM, 0)[None, :]
+        pt = rot_ptr + j[:, None] * D + perm_col(c, D, PERM, 0)[None, :]
         p0 = tl.load(pt)
         p1 = tl.load(pt + D * D)
         if PERM == 2:
-            qt = rot_ptr + j[:, None] * D + _perm_col(c, D, PERM, 1)[None, :]
+            qt = rot_ptr + j[:, None] * D + perm_col(c, D, PERM, 1)[None, :]
             q0 = tl.load(qt)
             q1 = tl.load(qt + D * D)
         else:
@@ -392,7 +383,8 @@ def _perm(variant: tuple[str, ...], d: int, bits: int, br: int, warps: int, col_
     where each lane group's field is whole words (d / 4 * bits a multiple of 32) and each warp's
     accumulator spans whole rows (br >= 16 warps; with fewer rows a warp holds part of the columns
     and the permuted pack would cross lanes), and not with column blocks across programs."""
-    if not {"lean", "halves"} & set(variant) or (d // 4 * bits) % 32 or br < 16 * warps or col_blocks > 1:
+    if not {"lean", "halves"} & set(variant) or not lane_group_whole_words(d, bits) or br < 16 * warps \
+            or col_blocks > 1:
         return 0
     return 2 if "halves" in variant else 1
 

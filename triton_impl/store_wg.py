@@ -20,7 +20,7 @@ threads that hold the row (no conversion touches shared memory):
   rows' thread: column k = 16 kt + 8 hf + 2 r + e of the operand holds coordinate
   sigma(k) = r D/4 + 4 kt + 2 hf + e, so Pi^T's rows are taken in the order sigma (the same products,
   grouped otherwise into the tensor cores' 16-term steps).
-* Pi^T's columns are taken in store_mse's "lean" order (_perm_col): accumulator column c = 8 nt + 2 r + e
+* Pi^T's columns are taken in store_mse's "lean" order (codes.perm_col): accumulator column c = 8 nt + 2 r + e
   of lane (g, r) holds coordinate tau(c) = r D/4 + 2 nt + e, so a lane holds D/4 consecutive codes of
   each of its rows and packs whole words of the slot's code field from its own registers.
 * The row's norm and thresholds (computed in X3's row slice) are used in the accumulator's row slice:
@@ -49,7 +49,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
-from .codes import boundary_codes
+from .codes import boundary_codes, lane_group_whole_words, perm_col
 from .params import NORM_NAN_BITS
 
 BR = gl.constexpr(64)  # rows (token, head) a tile: one warpgroup's wgmma M
@@ -172,7 +172,7 @@ def _rows(x_ptr, cache_ptr, slot_ptr, rot_ptr, bnd_ptr, stride_xt, stride_xh, st
     k = gl.arange(0, D, layout=gl.SliceLayout(1, PL))
     c = gl.arange(0, D, layout=gl.SliceLayout(0, PL))
     sigma = ((k // 2) % 4) * (D // 4) + 4 * (k // 16) + 2 * ((k // 8) % 2) + k % 2
-    tau = ((c // 2) % 4) * (D // 4) + 2 * (c // 8) + c % 2
+    tau = perm_col(c, D, 1, 0)
     pt = rot_ptr + sigma[:, None] * D + tau[None, :]
     p0 = gl.allocate_shared_memory(gl.float16, [D, D], SH, gl.load(pt))
     p1 = gl.allocate_shared_memory(gl.float16, [D, D], SH, gl.load(pt + D * D))
@@ -216,7 +216,7 @@ def why_not(key: torch.Tensor, value: torch.Tensor, d: int, k_bits: int, v_bits:
     output.  NO_CUDA (a CPU tensor) comes after the other reasons, so that a CPU-side check names them first."""
     if key.dtype not in (torch.bfloat16, torch.float16) or value.dtype not in (torch.bfloat16, torch.float16):
         return f"it takes bfloat16 or float16 keys and values, got {key.dtype} and {value.dtype}"
-    if d not in (64, 128) or any((d // 4 * b) % 32 for b in (k_bits, v_bits)):
+    if d not in (64, 128) or not (lane_group_whole_words(d, k_bits) and lane_group_whole_words(d, v_bits)):
         return f"head_size={d} with {k_bits}-bit keys and {v_bits}-bit values does not give whole code words a lane"
     if debug:
         return "it writes no rotated_debug output"

@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import triton
 
 from turboquant import format as tqf
 from turboquant import reference as ref
@@ -166,7 +167,7 @@ def test_fused_output_rotation_matches_the_two_launches(monkeypatch, preset, d, 
     assert mg.merge_rotate_applies(params) == (preset in ("tq3", "k4v3"))
     if launches:
         br, _, _, _ = mg.plan_merge_rotate(t * hq, num_splits, dacc, sms)
-        assert launches[0] == triton_cdiv(t * hq, br) and br == (mg.MERGE_ROTATE_ROWS if sms == 1 else 1)
+        assert launches[0] == triton.cdiv(t * hq, br) and br == (mg.MERGE_ROTATE_ROWS if sms == 1 else 1)
     assert (got[0, 0] == 0).all()
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
@@ -182,9 +183,6 @@ class _Spy:
         self.launches.append(grid[0])
         return self.kernel[grid]
 
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def test_fused_output_rotation_is_an_attnconfig_choice():

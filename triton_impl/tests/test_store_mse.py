@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import triton
 
 from turboquant import format as tqf
 from turboquant.conformance.compare import compare_slots
@@ -320,7 +321,7 @@ def test_wg_variant_meets_the_contract(preset, d, dtype, n, h, pps):
     fmt = tqf.LayerFormat(tqf.get_preset(preset), d)
     p = KernelParams.build(fmt, DEV)
     k, v = _inputs(n, h, d, dtype)
-    nb, bs = triton_cdiv(n + 1, 16), 16
+    nb, bs = triton.cdiv(n + 1, 16), 16
     slots = _slots(n, nb, bs)
     cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
     store_kv(k.to(DEV), v.to(DEV), cache, slots.to(DEV), p, kernel="mse",
@@ -345,9 +346,6 @@ def test_wg_variant_meets_the_contract(preset, d, dtype, n, h, pps):
         span = slice(codes_at, codes_at + d * bits // 8)
         assert (a[..., span] != b[..., span]).any(axis=-1).mean() <= 0.01
 
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @pytest.mark.parametrize("preset,d,dtype,kw,why", [
