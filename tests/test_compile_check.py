@@ -51,9 +51,10 @@ def test_prepared_kernel_variants_compile_for_sm90():
     (kv), the single-code key table (k1), the tensor-core query rotation (q1), the 4 KB ring in a second
     allocation under a 120-register cap (r120b4096: 17 programs an SM), the output rotation on tensor cores
     (o1), the block-table pages a step ahead (a1), k4v3's wide value table (v1: 16 KB, as the default), tq4's
-    values on the single-code table (v2 at a 152-register cap: 10 KB), the
-    store's register cap (r128) and its small-row launch (16 rows x 4 warps, 4 column blocks, kv) compile
-    with this Triton, with the shared memory their launchers expect and no spills to local memory."""
+    values on the single-code table (v2 at a 152-register cap: 10 KB), the merge with the inverse rotation
+    in its programs (o2), the store's register cap (r128), its small-row launch (16 rows x 4 warps, 4 column
+    blocks, kv) and store_wg's Gluon store (wg) compile with this Triton, with the shared memory their
+    launchers expect and no spills to local memory."""
     from benchmarks.micro.bench_decode import kernel_config
     from turboquant import format as tqf
     from turboquant.triton_impl import AttnConfig, KernelParams
@@ -62,9 +63,11 @@ def test_prepared_kernel_variants_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
                         "--kernels", "_decode_mma_kernel,_store_mse_kernel,_rotate_query_tc_kernel,"
-                        "_rotate_columns_kernel,_store_mse_kv_kernel", "--mma", "k1,t0k1,q1,r120b4096,o1,a1,v1,r152v2",
+                        "_rotate_columns_kernel,_store_mse_kv_kernel,_store_wg_kernel,_merge_rotate_kernel", "--mma",
+                        "k1,t0k1,q1,r120b4096,o1,o2,a1,v1,r152v2",
                         "--store", "mse:128:8:prefetch+lean+search+r128,mse:64:4:prefetch+lean+search,"
-                        "mse:64:4:prefetch+lean+search+kv,mse:16:4:prefetch+lean+search+kv+c4+p5"],
+                        "mse:64:4:prefetch+lean+search+kv,mse:16:4:prefetch+lean+search+kv+c4+p5,"
+                        "mse:64:4:prefetch+lean+search+wg"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     rows = {line.split()[-8]: line.split() for line in r.stdout.splitlines()
@@ -79,6 +82,14 @@ def test_prepared_kernel_variants_compile_for_sm90():
     cols = [line.split() for line in r.stdout.splitlines() if line.startswith("_rotate_columns_kernel")]
     assert {row[-8] for row in cols} >= {"tq3:o1", "k4v3:o1", "tq4:o1"}, r.stdout  # the bf16x3 output rotation
     assert all(int(row[-6]) == 0 for row in cols), cols
+    # store_wg's Gluon store (variant "wg"): Pi^T's two fp16 parts its only shared memory (64 KB: 3 programs an
+    # SM), no spills; the merge with the inverse rotation in its programs (o2): no spills
+    wg = [line.split() for line in r.stdout.splitlines() if line.startswith("_store_wg_kernel")]
+    assert {row[-8] for row in wg} == {f"{p}:64:4:prefetch+lean+search+wg" for p in ("tq3", "k4v3", "tq4")}, r.stdout
+    assert all(int(row[-6]) == int(row[-5]) == 0 and int(row[-4]) == 2 * 2 * 128 * 128 for row in wg), wg
+    fused = [line.split() for line in r.stdout.splitlines() if line.startswith("_merge_rotate_kernel")]
+    assert {row[-8] for row in fused} >= {"tq3:o2", "k4v3:o2", "tq4:o2"}, r.stdout
+    assert all(int(row[-6]) == int(row[-5]) == 0 for row in fused), fused
     assert "tq3 mma@k1: not compiled: mma_key_table='single' is not supported" in r.stdout
     assert "tq4 mma@r120b4096: not compiled: mma_ring_bytes=4096 holds 1 tile(s)" in r.stdout
     # keys and values in one store launch ("kv", the default: the preset's own label is a prompt's store, its

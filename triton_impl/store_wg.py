@@ -50,6 +50,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
 from .codes import boundary_codes, lane_group_whole_words, perm_col
+from .decode_mma import _thread_barrier  # gl.barrier or gl.thread_barrier, whichever this Triton has
 from .params import NORM_NAN_BITS
 
 BR = gl.constexpr(64)  # rows (token, head) a tile: one warpgroup's wgmma M
@@ -177,7 +178,7 @@ def _rows(x_ptr, cache_ptr, slot_ptr, rot_ptr, bnd_ptr, stride_xt, stride_xh, st
     p0 = gl.allocate_shared_memory(gl.float16, [D, D], SH, gl.load(pt))
     p1 = gl.allocate_shared_memory(gl.float16, [D, D], SH, gl.load(pt + D * D))
     fence_async_shared()
-    gl.thread_barrier()
+    _thread_barrier()
     num_tiles = gl.cdiv(num_rows, BR)
     slot_n, x_n = _load_rows(x_ptr, slot_ptr, pid, stride_xt, stride_xh, num_rows, H, D, X3)
     for tile in range(pid, num_tiles, nprog):
