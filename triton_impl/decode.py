@@ -113,7 +113,7 @@ def mma_options(cfg: AttnConfig) -> dict:
     return {"maxnreg": cfg.mma_maxnreg, "ring_bytes": cfg.mma_ring_bytes, "shared_table": cfg.mma_shared_table,
             "step_tiles": cfg.mma_step_tiles, "key_table": cfg.mma_key_table,
             "output_rotation": cfg.mma_output_rotation, "page_ahead": cfg.mma_page_ahead,
-            "value_table": cfg.mma_value_table}
+            "value_table": cfg.mma_value_table, "lean_loop": cfg.mma_lean_loop}
 
 
 def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int, device: torch.device, *,

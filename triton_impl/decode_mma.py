@@ -86,6 +86,8 @@ LOG2E = gl.constexpr(1.4426950408889634)
 # untaken constexpr branch).
 _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 _thread_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+# and made shared_memory_descriptor._reinterpret public as reinterpret (the same arguments)
+_reinterpret = getattr(gl.shared_memory_descriptor, "reinterpret", None) or gl.shared_memory_descriptor._reinterpret
 TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
 TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
 # The value table's kind (AttnConfig.mma_value_table; "auto": resolve_value_table): "pair" (the layouts above), "wide"
@@ -240,6 +242,14 @@ def _tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs):
 
 
 @gluon.jit
+def _page_source_wide(pg, tn, head_base, block_size, stride_cb, stride_cs):
+    """_page_source with the page's offset as one 32 x 32 -> 64-bit multiply (LEAN_LOOP): pages and the block
+    stride (words) are non-negative and below 2^32, where the signed 64-bit product takes five instructions."""
+    off = pg.to(gl.uint32, bitcast=True).to(gl.uint64) * stride_cb.to(gl.uint32).to(gl.uint64)
+    return head_base + off.to(gl.int64, bitcast=True) + ((tn % block_size) // TILE) * (TILE * stride_cs)
+
+
+@gluon.jit
 def _copy_words(n_tokens, SW: gl.constexpr):
     """Words of a tile to copy for its first n_tokens tokens, rounded up to whole 16-byte vectors
     (which stay inside the tile's TILE slots, a multiple of 16 bytes)."""
@@ -274,6 +284,18 @@ def _copy_tile_to_stage(ring, RW0: gl.constexpr, st, tn, end, src, w_copy, SW: g
     for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
         if st == k:
             _copy_tile_words(ring.slice(RW0 + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tn, SW)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _copy_tile_to_row(ring, RW0: gl.constexpr, st, tn, end, src, w_copy, SW: gl.constexpr, STAGE_WORDS: gl.constexpr):
+    """As _copy_tile_to_stage, for LEAN_LOOP: the ring's words seen as rows of STAGE_WORDS and stage st (a runtime
+    value) indexed as a row, one copy whatever the stage instead of a warp-uniform branch a stage."""
+    gl.static_assert(RW0 % STAGE_WORDS == 0)
+    gl.static_assert(ring.shape[0] % STAGE_WORDS == 0)
+    ROWS: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])  # a rank below the view's: Gluon's rule for index()
+    rows = _reinterpret(ring, gl.int32, [ring.shape[0] // STAGE_WORDS, STAGE_WORDS], ROWS)
+    _copy_tile_words(rows.index(RW0 // STAGE_WORDS + st), src, w_copy, end - tn, SW)
     async_copy.commit_group()
 
 
@@ -321,7 +343,7 @@ def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.c
         pair = (wa & 0xFFFF) | (wb & -65536)
     else:
         idx = ((v >> sh) & ((1 << PB) - 1)).to(gl.uint32)
-        pair = _lookup((idx * (COPIES * 4)) | copy4)  # [16, 4, NP] int32, key table at byte 0
+        pair = _lookup((idx * (COPIES * 4)) | _opaque(copy4))  # [16, 4, NP] int32, key table at byte 0
     x = _expand_pairs(pair)  # [16 t, 4 r, NP (kt, hf), 2 e]
     x = gl.reshape(x, [TILE, 4, D // 16, 2, 2])  # t, r, kt, hf, e
     x = gl.permute(x, [0, 2, 3, 1, 4])  # t, kt, hf, r, e
@@ -375,7 +397,7 @@ def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: g
         s = gl.expand_dims(gl.expand_dims((j // 2 * (2 * VB)).to(gl.uint64), 0), 0)
         eo = gl.where(sel == 0, e[:, :, None], o[:, :, None])
         idx = ((eo >> s) & ((1 << (2 * VB)) - 1)).to(gl.uint32)
-        pair = _lookup((idx * (COPIES * 4)) | copy4)  # [8 tp, 8 g, 16 j]
+        pair = _lookup((idx * (COPIES * 4)) | _opaque(copy4))  # [8 tp, 8 g, 16 j]
     x = _expand_pairs(pair)  # tp, g, j, e
     x = gl.permute(x, [2, 1, 0, 3])  # j, g, tp, e
     x = gl.reshape(x, [D, TILE])
@@ -386,10 +408,12 @@ def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: g
 def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff, kn_off, vn_off,
                  KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
                  K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
-                 OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr):
+                 OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr,
+                 MASKED: gl.constexpr):
     """One tile of 16 tokens (ring stage at byte address sb; ok: which of its tokens are in the split)
     folded into the running state: max m_i and sum l_i (base 2, per head), the rotated value
-    accumulator acc [D, 8] in units of the running value scale vs.  Returns (m_i, l_i, acc, vs)."""
+    accumulator acc [D, 8] in units of the running value scale vs.  Returns (m_i, l_i, acc, vs).
+    MASKED False: every token of the tile is in the split (ok is not read; the same bits as ok all true)."""
     kw0, kw1, kw2, kw3 = _key_words(koff + sb, KB, D)
     kn = _lookup(kn_off + sb).to(gl.float32, bitcast=True)
     vn = _lookup(vn_off + sb).to(gl.float32, bitcast=True)
@@ -402,7 +426,8 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff
     a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, K_COPIES, K_TABLE, OPA, KW3)
     s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
     s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
-    s = gl.where(ok[:, None], s, float("-inf"))
+    if MASKED:
+        s = gl.where(ok[:, None], s, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=0))
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = gl.exp2(m_i - m_use)
@@ -411,9 +436,14 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff
 
     # values: P^T scaled by ||v|| / s (fp16 range), O^T += V'^T P^T
     vabs = gl.abs(vn)
-    vs_new = gl.maximum(vs, gl.max(gl.where(ok & (vabs < float("inf")), vabs, 0.0), axis=0))
+    if MASKED:
+        vs_new = gl.maximum(vs, gl.max(gl.where(ok & (vabs < float("inf")), vabs, 0.0), axis=0))
+    else:
+        vs_new = gl.maximum(vs, gl.max(gl.where(vabs < float("inf"), vabs, 0.0), axis=0))
     vs_use = gl.where(vs_new > 0, vs_new, 1.0)
-    w = gl.where(ok[:, None], p * (vn / vs_use)[:, None], 0.0)
+    w = p * (vn / vs_use)[:, None]
+    if MASKED:
+        w = gl.where(ok[:, None], w, 0.0)
     p_op = gl.convert_layout(w.to(gl.float16), OPB)
     a_v = _value_operand(va0, va1, vb0, vb1, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
     # rescale the accumulator only when the running max or the value scale moved (rare after the
@@ -490,6 +520,70 @@ def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs
 
 
 @gluon.jit
+def _tile_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc,
+               vs, koff, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
+               KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
+               K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
+               STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr,
+               MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr, PAGE_AHEAD: gl.constexpr,
+               MASKED: gl.constexpr):
+    """One step of the one-tile loop's lean form (LEAN_LOOP, as _pair_step): the tile at t0 in stage s, the copy
+    of tile t0 + (STAGES - 1) TILE into the stage before it.  Returns the state and (s, pg) for the next step."""
+    async_copy.wait_group(STAGES - 2)  # tile t0 has landed (this lane's copies) ...
+    _barrier()  # ... and every lane's; every lane is done reading the previous stage
+    ta = t0 + (STAGES - 1) * TILE  # the tile this step copies
+    if PAGE_AHEAD:  # its page loaded a step earlier
+        src = _page_source_wide(pg, ta, head_base, block_size, stride_cb, stride_cs)
+        pg = _tile_page(ta + TILE, end, bt_row, block_size)
+    else:
+        src = _page_source_wide(_tile_page(ta, end, bt_row, block_size), ta, head_base, block_size, stride_cb,
+                                stride_cs)
+    _copy_tile_to_row(ring, RW0, gl.where(s >= 1, s - 1, STAGES - 1), ta, end, src, w_copy, SW, STAGE_WORDS)
+    sb = (RING0 + s * (STAGE_WORDS * 4)).to(gl.uint32)  # stage s's byte address
+    m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff,
+                                     kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA,
+                                     OPB, MMA, KW3, VP3, MASKED)
+    return m_i, l_i, acc, vs, gl.where(s == STAGES - 1, 0, s + 1), pg
+
+
+@gluon.jit
+def _pair_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg0, pg1, end, q_op, qsc, sm_scale_log2, m_i, l_t,
+               acc, vs, koff, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
+               KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
+               K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
+               STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr,
+               MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr, PAGE_AHEAD: gl.constexpr):
+    """One step of _tiles_in_pairs's lean loop (LEAN_LOOP): the pair of tiles at t0 in stages s, s + 1, the
+    copies of tiles t0 + (STAGES - 2) TILE and the next into stages c, c + 1 (the previous pair's).  The stage is
+    carried and wrapped (a signed remainder is four uniform instructions a use) and the copies take it as a
+    runtime row of the ring.  Returns the state and (s, pg0, pg1) for the next step."""
+    async_copy.wait_group(STAGES - 4)  # tiles t0, t0 + TILE have landed (this lane's copies) ...
+    _barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
+    ta = t0 + (STAGES - 2) * TILE  # the two tiles this step copies: ta, ta + TILE
+    c = gl.where(s >= 2, s - 2, s + (STAGES - 2))
+    if PAGE_AHEAD:
+        src0 = _page_source_wide(pg0, ta, head_base, block_size, stride_cb, stride_cs)
+        src1 = _page_source_wide(pg1, ta + TILE, head_base, block_size, stride_cb, stride_cs)
+        pg0 = _tile_page(ta + 2 * TILE, end, bt_row, block_size)
+        pg1 = _tile_page(ta + 3 * TILE, end, bt_row, block_size)
+        _copy_tile_to_row(ring, RW0, c, ta, end, src0, w_copy, SW, STAGE_WORDS)
+        _copy_tile_to_row(ring, RW0, c + 1, ta + TILE, end, src1, w_copy, SW, STAGE_WORDS)
+    else:
+        for n in gl.static_range(2):
+            tn = ta + n * TILE
+            _copy_tile_to_row(ring, RW0, c + n, tn, end,
+                              _page_source_wide(_tile_page(tn, end, bt_row, block_size), tn, head_base, block_size,
+                                                stride_cb, stride_cs), w_copy, SW,
+                              STAGE_WORDS)
+    sb0 = (RING0 + s * (STAGE_WORDS * 4)).to(gl.uint32)
+    sb1 = sb0 + STAGE_WORDS * 4
+    m_i, l_t, acc, vs = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc, sm_scale_log2,
+                                     m_i, l_t, acc, vs, koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES,
+                                     K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
+    return m_i, l_t, acc, vs, gl.where(s == STAGES - 2, 0, s + 2), pg0, pg1
+
+
+@gluon.jit
 def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff, voff, kn_off,
                     vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
                     KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr,
@@ -497,12 +591,12 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log
                     V_TABLE: gl.constexpr,
                     STAGES: gl.constexpr,
                     STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr,
-                    KW3: gl.constexpr, VP3: gl.constexpr, PAGE_AHEAD: gl.constexpr):
+                    KW3: gl.constexpr, VP3: gl.constexpr, PAGE_AHEAD: gl.constexpr, LEAN_LOOP: gl.constexpr):
     """The split's tiles [start, end) two at a time, one online-softmax step a pair (STEP_TILES = 2;
     STAGES >= 4 and even).  Pair (i, i + 1) sits in stages i % STAGES and (i + 1) % STAGES; tiles
     i + STAGES - 2 and i + STAGES - 1 are copied into the previous pair's stages once every lane is
     past it, so STAGES - 2 tiles are in flight while a pair is computed.  A pair's second tile past
-    ``end`` is all masked (zero-filled words, scores -inf)."""
+    ``end`` is all masked (zero-filled words, scores -inf).  LEAN_LOOP: the steps of _pair_step."""
     RING0: gl.constexpr = 2 * TABLE_WORDS * 4  # byte address of stage 0
     _copy_first_tiles(ring, RW0, STAGES - 2, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
                       SW, STAGE_WORDS)
@@ -511,6 +605,21 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log
     # the chain from the loop's top to its cp.async)
     pg0 = _tile_page(start + (STAGES - 2) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
     pg1 = _tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
+    if LEAN_LOOP:
+        s = start * 0  # the pair's first stage
+        if not PAGE_AHEAD:
+            pg0 = s
+            pg1 = s
+        # every pair with the masks: the whole pairs in a loop of their own (as _tile_step's) took ptxas to 948
+        # instructions a step instead of 863 (two LOP3 a lookup instead of one: the lane's table offset
+        # recomputed in each address), whatever the register cap
+        for t0 in range(start, end, 2 * TILE):
+            m_i, l_t, acc, vs, s, pg0, pg1 = _pair_step(
+                ring, RW0, RING0, t0, s, pg0, pg1, end, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, koff, voff, kn_off,
+                vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES,
+                K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3, PAGE_AHEAD)
+        async_copy.wait_group(0)
+        return m_i, gl.sum(l_t, axis=0), acc, vs
     i = 0
     for t0 in range(start, end, 2 * TILE):
         async_copy.wait_group(STAGES - 4)  # tiles i, i + 1 have landed (this lane's copies) ...
@@ -551,6 +660,7 @@ def _decode_mma_kernel(
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
     SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, SHARED_TABLE: gl.constexpr,
     STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr, PAGE_AHEAD: gl.constexpr, VALUE_TABLE: gl.constexpr,
+    LEAN_LOOP: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -688,29 +798,47 @@ def _decode_mma_kernel(
         _copy_first_tiles(ring, RW0, STAGES - 1, start, end, bt_row, head_base, block_size, stride_cb, stride_cs,
                           w_copy, SW, STAGE_WORDS)
         pg = _tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
-        i = 0
-        for t0 in range(start, end, TILE):
-            async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
-            _barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
-            ta = t0 + (STAGES - 1) * TILE  # the tile this step copies
-            if PAGE_AHEAD:  # its page loaded a step earlier
-                src = _page_source(pg, ta, head_base, block_size, stride_cb, stride_cs)
-                pg = _tile_page(ta + TILE, end, bt_row, block_size)
-            else:
-                src = _tile_source(ta, end, bt_row, head_base, block_size, stride_cb, stride_cs)
-            _copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta, end, src, w_copy, SW, STAGES, STAGE_WORDS)
-            sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
-            m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs,
-                                             koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE,
-                                             V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
-            i += 1
+        if LEAN_LOOP:  # _tile_step: the stage carried, the tiles whole inside the split without masks, then the last
+            s = start * 0
+            if not PAGE_AHEAD:
+                pg = s
+            t_whole = start + gl.maximum(end - start, 0) // TILE * TILE  # tiles before it: whole inside the split
+            for t0 in range(start, t_whole, TILE):
+                m_i, l_i, acc, vs, s, pg = _tile_step(
+                    ring, RW0, RING0, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff, kn_off,
+                    vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES,
+                    K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3, PAGE_AHEAD,
+                    False)
+            for t0 in range(t_whole, end, TILE):  # at most one step
+                m_i, l_i, acc, vs, s, pg = _tile_step(
+                    ring, RW0, RING0, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff, kn_off,
+                    vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES,
+                    K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3, PAGE_AHEAD,
+                    True)
+        else:
+            i = 0
+            for t0 in range(start, end, TILE):
+                async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
+                _barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
+                ta = t0 + (STAGES - 1) * TILE  # the tile this step copies
+                if PAGE_AHEAD:  # its page loaded a step earlier
+                    src = _page_source(pg, ta, head_base, block_size, stride_cb, stride_cs)
+                    pg = _tile_page(ta + TILE, end, bt_row, block_size)
+                else:
+                    src = _tile_source(ta, end, bt_row, head_base, block_size, stride_cb, stride_cs)
+                _copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta, end, src, w_copy, SW, STAGES, STAGE_WORDS)
+                sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
+                m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs,
+                                                 koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE,
+                                                 V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3, True)
+                i += 1
         async_copy.wait_group(0)
     else:  # two tiles a step
         m_i, l_i, acc, vs = _tiles_in_pairs(ring, RW0, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff,
                                             voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb,
                                             stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE,
                                             V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3,
-                                            PAGE_AHEAD)
+                                            PAGE_AHEAD, LEAN_LOOP)
 
     # partial state -> part_ml [rows, S, 2] (m in natural-log units), part_acc [rows, S, DACC]
     # (accumulator row n is slot value coordinate 16 (n % 8) + n // 8)
@@ -936,7 +1064,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
                          shared_table: bool = True, step_tiles: int = 0, key_table: str = "auto",
                          output_rotation: str = "fma", page_ahead: bool = False, value_table: str = "auto",
-                         verify_ring: bool = True) -> torch.Tensor:
+                         lean_loop: bool = False, verify_ring: bool = True) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
     thread (AttnConfig.mma_maxnreg; 0: the compiler's choice).  ``ring_bytes``: the
@@ -952,7 +1080,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     (AttnConfig.mma_value_table): "wide" (k4v3's value pair table with 32 copies, its ring WIDE_RING_BYTES) or
     "single" (tq4's values on the keys' single-code table, 10 KB a program); both hold the pair layout's
     words, so they give the bits of one tile a step; "auto": resolve_value_table, which may change the ring
-    and register cap with it (a CUDA-graph capture before "auto"'s "single" is verified gets "pair").  No
+    and register cap with it (a CUDA-graph capture before "auto"'s "single" is verified gets "pair").
+    ``lean_loop``: the tile loop of _pair_step / _tile_step (AttnConfig.mma_lean_loop; the same bits).  No
     host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
@@ -1008,7 +1137,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
         SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=table_shared,
         STEP_TILES=step_tiles, KEY_SINGLE=key_table == "single", PAGE_AHEAD=bool(page_ahead),
-        VALUE_TABLE=VALUE_TABLES.index(value_table) - 1,
+        VALUE_TABLE=VALUE_TABLES.index(value_table) - 1, LEAN_LOOP=bool(lean_loop),
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     # _lookup addresses the tables from the start of the kernel's shared memory and the ring right after

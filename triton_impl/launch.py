@@ -123,6 +123,13 @@ class AttnConfig:
     # 8 x 32k, 1 x 128k, 64 x 1k and 256 x 6k (results/2026-12-05-h200-s15/call14-decode). The same words as
     # the pair layout's, so the bits of mma_step_tiles=1
     mma_value_table: str = "auto"
+    # the mma decode kernel's tile loop in its lean form (decode_mma._pair_step / _tile_step): the ring stage carried
+    # and wrapped instead of a signed remainder a use, the copies into a runtime row of the ring instead of a
+    # warp-uniform branch a stage, a page's offset by one 32 x 32 -> 64-bit multiply, and in the one-tile loop
+    # every tile whole inside the split without the token masks (the last keeps them). The same bits.
+    # Instructions a step executes (compile_check, sm_90, Triton 3.6): tq3 854 -> 826, k4v3 591 -> 576, tq4
+    # 730 -> 681. Prepared without a GPU (docs/kernel-notes.md, seventeenth session): not yet run or timed
+    mma_lean_loop: bool = False
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -142,7 +149,7 @@ class AttnConfig:
                              f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
                              "power-of-two shared allocation, or a power-of-two ring smaller than the tables), or "
                              f"{WIDE_RING_BYTES} with mma_value_table='wide'")
-        for name in ("mma_shared_table", "mma_page_ahead"):
+        for name in ("mma_shared_table", "mma_page_ahead", "mma_lean_loop"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: True, False")
         if (self.mma_value_table == "wide") != (self.mma_ring_bytes == WIDE_RING_BYTES):

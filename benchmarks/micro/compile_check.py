@@ -86,6 +86,38 @@ def _loop_length(sass: str) -> int:
     return best
 
 
+def _loop_paths(sass: str) -> str:
+    """Instructions one iteration executes, for each loop of 100 or more instructions in address order
+    ("a/b"): the longest path from its head to its back edge, each forward conditional branch taken or not,
+    except a branch over a block of 16 or more FMULs (the mma decode kernel's accumulator rescale, rare after
+    the first tiles), which is always taken.  Where a loop picks one of several equal blocks (a ring stage
+    by branches), that is one of them."""
+    ins = [(int(m[1], 16), m[2]) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", sass)]
+    at = {a: i for i, (a, _) in enumerate(ins)}
+    loops = [(at[int(m[1], 16)], at[a]) for a, text in ins
+             if (m := re.search(r"BRA\s+(?:`\(\S+\)\s*)?0x([0-9a-f]+)", text)) and int(m[1], 16) < a]
+    return "/".join(str(_path(ins, at, i0, i1)) for i0, i1 in sorted(loops) if i1 - i0 >= 99) or "-"
+
+
+def _path(ins, at, i0, i1) -> int:
+    """_loop_paths's count for the loop from instruction i0 to its back edge i1 (a pass from the back)."""
+    best = [0] * (i1 + 2)
+    best[i1] = 1
+    for i in range(i1 - 1, i0 - 1, -1):
+        text = ins[i][1]
+        m = re.search(r"BRA\s+(?:`\(\S+\)\s*)?0x([0-9a-f]+)", text)
+        tgt = at.get(int(m[1], 16)) if m else None
+        if tgt is None or not i < tgt <= i1:  # not a forward branch inside the loop: fall through
+            best[i] = 1 + best[i + 1]
+        elif not text.lstrip().startswith("@"):  # unconditional
+            best[i] = 1 + best[tgt]
+        elif sum("FMUL" in t for _, t in ins[i + 1:tgt]) >= 16:  # the rare rescale: skipped
+            best[i] = 1 + best[tgt]
+        else:
+            best[i] = 1 + max(best[tgt], best[i + 1])
+    return best[i0]
+
+
 def compile_calls(arch: int, only: tuple[str, ...] = ()):
     target = GPUTarget("cuda", arch, 32)
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -120,7 +152,7 @@ def compile_calls(arch: int, only: tuple[str, ...] = ()):
         spill = re.findall(r"LOCAL:(\d+)", info)
         rows.append((fn.__name__, const.get("BT", const.get("BR", "")), opts, int(regs[1]) if regs else -1,
                      sum(int(x) for x in spill), int(stack[1]) if stack else -1, k.metadata.shared,
-                     len(re.findall(r"/\*[0-9a-f]{4,}\*/", sass)), _loop_length(sass), dt, label))
+                     len(re.findall(r"/\*[0-9a-f]{4,}\*/", sass)), _loop_length(sass), dt, label, _loop_paths(sass)))
     return rows
 
 
@@ -226,6 +258,11 @@ def main(argv=None):
               f"{r[6]:>7} {r[7]:>6} {r[8]:>5} {r[9]:>9.1f}")
     print("SASS: instructions in the kernel; loop: instructions in its longest loop (for _decode_mma_kernel one "
           "16-token tile of one KV head)")
+    steps = [r for r in rows if r[0] == "_decode_mma_kernel"]
+    if steps:  # what an iteration executes: the static loop counts the ring stages' branches and the rescale
+        print("executed a step of _decode_mma_kernel's tile loops (one or two tiles; the rare rescale skipped; "
+              "the lean loop's whole tiles, then its last): "
+              + ", ".join(f"{r[10]} {r[11]}" for r in steps))
 
 
 if __name__ == "__main__":

@@ -345,6 +345,7 @@ def test_value_tables_name_their_presets_and_rings(preset, table, kw, why):
     *[("mma_split_rule", bad, r"\['fill', 'waves'\]") for bad in ("wave", "", None, 1)],
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
     *[("mma_page_ahead", bad, "True, False") for bad in (0, 1, "yes", None)],
+    *[("mma_lean_loop", bad, "True, False") for bad in (0, 1, "yes", None)],
     *[("mma_value_table", bad, r"\['auto', 'pair', 'wide', 'single'\]") for bad in ("wider", "", None, 1)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
@@ -821,6 +822,16 @@ SAME_BITS_OPTIONS = [
     ("k4v3", 1, {"mma_value_table": "wide", "mma_ring_bytes": 6144, "mma_step_tiles": 0, "mma_page_ahead": True}),
     ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0}),
     ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0, "mma_page_ahead": True}),
+    # the lean loop (stage carried, copies into a runtime row, whole tiles without masks on the one-tile loop)
+    ("tq3", 0, {"mma_lean_loop": True}),  # two tiles a step
+    ("tq3", 1, {"mma_lean_loop": True}),  # one tile a step
+    ("tq3", 0, {"mma_lean_loop": True, "mma_page_ahead": True}),
+    ("tq3", 1, {"mma_lean_loop": True, "mma_page_ahead": True}),
+    ("tq3", 1, {"mma_lean_loop": True, "mma_ring_bytes": 4096, "mma_maxnreg": 120}),  # the ring in a second allocation
+    ("k4v3", 0, {"mma_lean_loop": True}),
+    ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_lean_loop": True}),  # the default: "wide"
+    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_lean_loop": True}),  # the default: "single"
+    ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0, "mma_lean_loop": True, "mma_page_ahead": True}),
 ]
 
 
@@ -835,7 +846,8 @@ def test_options_give_the_default_bits(preset, step_tiles, option, bs):
     copies loaded one step earlier: the same addresses, on both loops), mma_value_table "wide" (k4v3: the
     value pair table with 32 copies at byte 0, the single-code key table at byte 8,192, a three-tile ring
     after them) and "single" (tq4: one single-code table for keys and values in its own allocation after
-    the ring, its placement verified on first use), both the pair layout's words; pages of one and of two
+    the ring, its placement verified on first use), both the pair layout's words, mma_lean_loop (the same
+    arithmetic in another loop; the splits of 1 token in 7 start past its end); pages of one and of two
     tiles, lengths that end inside a tile, a page and a split (one and several splits a row), and within
     the reference's tolerance."""
     args, want = _decode_case(preset, (1, 17, 300, 2049, 4100), h=2, g=4, bs=bs)
