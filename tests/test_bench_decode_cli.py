@@ -32,6 +32,7 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert bench.kernel_config("mma@p1", base).mma_step_tiles == 1 and base.mma_step_tiles == 0
     assert bench.kernel_config("mma@t0k1", base).mma_key_table == "single" and base.mma_key_table == "auto"
     assert bench.kernel_config("mma@p2k0", base).mma_key_table == "pair"
+    assert bench.kernel_config("mma@r152k2l1", base).mma_key_table == "prmt"
     assert bench.kernel_config("mma@q1", base).mma_query_rotation == "bf16x2" and base.mma_query_rotation == "auto"
     assert bench.kernel_config("mma@k1q0", base).mma_query_rotation == "fma"
     assert bench.kernel_config("mma@q1w1", base).mma_split_rule == "waves" and base.mma_split_rule == "fill"
@@ -66,7 +67,7 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     ("mma@p3", "mma_step_tiles=3 is not supported; allowed values: \\[0, 1, 2\\]"),
     ("mma@p2t0", "after mma@"),
     ("mma@k1p2", "after mma@"),
-    ("mma@k2", "after mma@"),
+    ("mma@k3", "after mma@"),
     ("mma@k1t0", "after mma@"),
     ("mma@q1k1", "after mma@"),
     ("mma@q2", "after mma@"),

@@ -52,9 +52,9 @@ def test_prepared_kernel_variants_compile_for_sm90():
     allocation under a 120-register cap (r120b4096: 17 programs an SM), the output rotation on tensor cores
     (o1), the block-table pages a step ahead (a1), k4v3's wide value table (v1: 16 KB, as the default), tq4's
     values on the single-code table (v2 at a 152-register cap: 10 KB), the merge with the inverse rotation
-    in its programs (o2), the lean tile loop (l1), the store's register cap (r128), its small-row launch (16
-    rows x 4 warps, 4 column blocks, kv) and store_wg's Gluon store (wg) compile with this Triton, with the
-    shared memory their launchers expect and no spills to local memory."""
+    in its programs (o2), the lean tile loop (l1), 4-bit keys by byte permutes (k2), the store's register cap
+    (r128), its small-row launch (16 rows x 4 warps, 4 column blocks, kv) and store_wg's Gluon store (wg)
+    compile with this Triton, with the shared memory their launchers expect and no spills to local memory."""
     from benchmarks.micro.bench_decode import kernel_config
     from turboquant import format as tqf
     from turboquant.triton_impl import AttnConfig, KernelParams
@@ -64,7 +64,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
                         "--kernels", "_decode_mma_kernel,_store_mse_kernel,_rotate_query_tc_kernel,"
                         "_rotate_columns_kernel,_store_mse_kv_kernel,_store_wg_kernel,_merge_rotate_kernel", "--mma",
-                        "k1,t0k1,q1,r120b4096,o1,o2,a1,v1,r152v2,l1",
+                        "k1,t0k1,q1,r120b4096,o1,o2,a1,v1,r152v2,l1,k2,r152k2l1",
                         "--store", "mse:128:8:prefetch+lean+search+r128,mse:64:4:prefetch+lean+search,"
                         "mse:64:4:prefetch+lean+search+kv,mse:16:4:prefetch+lean+search+kv+c4+p5,"
                         "mse:64:4:prefetch+lean+search+wg"],
@@ -73,7 +73,8 @@ def test_prepared_kernel_variants_compile_for_sm90():
     rows = {line.split()[-8]: line.split() for line in r.stdout.splitlines()
             if line.startswith(("_decode_mma_kernel", "_store_mse_kernel"))}
     want = {"k4v3:k1", "k4v3:t0k1", "tq4:t0k1", "tq3:q1", "tq3:r120b4096", "k4v3:r120b4096", "tq3:a1", "k4v3:a1",
-            "tq4:a1", "k4v3:v1", "tq4:r152v2", "tq3:l1", "k4v3:l1", "tq4:l1",
+            "tq4:a1", "k4v3:v1", "tq4:r152v2", "tq3:l1", "k4v3:l1", "tq4:l1", "k4v3:k2", "tq4:k2", "k4v3:r152k2l1",
+            "tq4:r152k2l1",
             "tq3:128:8:prefetch+lean+search+r128", "k4v3:128:8:prefetch+lean+search+r128"}
     assert want <= set(rows), r.stdout
     tc = [line.split() for line in r.stdout.splitlines() if line.startswith("_rotate_query_tc_kernel")]
@@ -92,6 +93,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     assert all(int(row[-6]) == int(row[-5]) == 0 for row in fused), fused
     assert "tq3 mma@k1: not compiled: mma_key_table='single' is not supported" in r.stdout
     assert "tq4 mma@r120b4096: not compiled: mma_ring_bytes=4096 holds 1 tile(s)" in r.stdout
+    assert "tq3 mma@k2: not compiled: mma_key_table='prmt' is not supported" in r.stdout
     # keys and values in one store launch ("kv", the default: the preset's own label is a prompt's store, its
     # "decode-step" a decode step's, store_mse.SMALL_LAUNCH): no spills, and no more shared memory than one
     # tensor's launch (the two-launch variant without "kv")

@@ -114,7 +114,15 @@ MMA_RING_BYTES = (4096,) + tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
 # the key table's kind (AttnConfig.mma_key_table); "auto": "single" for 4-bit keys (then the values keep a
 # table of their own), else "pair" -- the H200 timed "single" 1.4-3.7 % faster for k4v3 and 0.5-3.0 % for
 # tq4 at every shape (results/2026-12-04-h200-s12/call1-kernels)
-KEY_TABLES = ("auto", "pair", "single")
+# "prmt": 4-bit keys of a symmetric codebook decoded by byte permutes of the magnitudes' fp16 bytes
+# (_prmt_key_pairs: no key table read, 18 instructions for 8 codes against 28; the same values as "single",
+# whose shared-memory layout it keeps); prepared in the seventeenth session, not yet run on a GPU
+KEY_TABLES = ("auto", "pair", "single", "prmt")
+# _prmt_key_pairs's byte-permute selectors (prmt.b32 default mode: selector nibble j picks byte j of the result
+# from {b, a}, a = bytes 0-3): the sign bytes of nibbles 0-3 and 4-7 of a word from (a = neg, b = neg << 4),
+# and a pair's low and high bytes from (a = low bytes, b = high bytes) for pairs 0 and 1 of the four
+PRMT_SIGN_LO, PRMT_SIGN_HI = gl.constexpr(0x1504), gl.constexpr(0x3726)
+PRMT_PAIR_LO, PRMT_PAIR_HI = gl.constexpr(0x5140), gl.constexpr(0x7362)
 STEP_TILES = (0, 1, 2)  # tiles per online-softmax step (AttnConfig.mma_step_tiles; 0: 2 where the ring allows)
 # register cap per thread (AttnConfig.mma_maxnreg's default): 128 fits without spills with the shared
 # pair table and lifts the register limit from 12 to 16 one-warp programs an SM; shared memory (16 KB a
@@ -305,12 +313,55 @@ def _u64(w):
 
 
 @gluon.jit
-def _key_operand(w0, w1, w2, w3, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.constexpr, K_TABLE: gl.constexpr,
-                 OPA: gl.constexpr, KW3: gl.constexpr):
+def _prmt(a, b, sel):
+    """Bytes of {b, a} picked by sel's low four nibbles (PTX prmt.b32, default mode), per element."""
+    return gl.inline_asm_elementwise("prmt.b32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, sel], dtype=gl.uint32,
+                                     is_pure=True, pack=1)
+
+
+@gluon.jit
+def _prmt_key_pairs(w0, w1, w2, w3, kprmt, D: gl.constexpr, KW3: gl.constexpr):
+    """mma_key_table "prmt": the key pair registers [16 t, 4 r, D/8] of 4-bit codes of a symmetric codebook
+    (c[i] = -c[15 - i], ascending) without a table in shared memory.  kprmt = (ML0, ML1, MH0, MH1): the low
+    and high bytes of the fp16 magnitudes c[8], ..., c[15] (params.prmt_key_bytes).  A word holds the codes of
+    pairs 4 w .. 4 w + 3, one a nibble; nibble i is c[8 + i & 7] if its bit 3 is set, else -c[15 - i] =
+    -c[8 + (i ^ 7) & 7].  Per word: the magnitude indices m of all eight nibbles (three ALU instructions and a
+    shift), the low and high bytes of four magnitudes a byte permute each (prmt over a 2-register table), the
+    sign bits spread from the nibbles' bit 3 to the high bytes' bit 7 by a byte permute of the word and the word
+    shifted by 4, and the two halves of each pair interleaved by a byte permute: 18 instructions for 8 codes
+    against 28 with the single-code table (two lookups a pair and a join); the same fp16 values, so the same
+    bits."""
+    NP: gl.constexpr = D // 8
+    ip = gl.arange(0, NP, layout=gl.SliceLayout(0, gl.SliceLayout(0, KW3)))
+    wi = gl.expand_dims(gl.expand_dims(ip // 4, 0), 0)
+    q = gl.expand_dims(gl.expand_dims(ip % 4, 0), 0)  # the pair's place in its word (per-register constants)
+    w = _sel_word(w0.to(gl.uint32, bitcast=True)[:, :, None], w1.to(gl.uint32, bitcast=True)[:, :, None],
+                  w2.to(gl.uint32, bitcast=True)[:, :, None], w3.to(gl.uint32, bitcast=True)[:, :, None], wi)
+    neg = ~w & 0x88888888  # bit 3 of a nibble clear: a negative centroid
+    m = (w ^ ((neg >> 3) * 7)) & 0x77777777  # magnitude index of every nibble
+    half = gl.where(q < 2, m, m >> 16)  # nibbles 0-3 or 4-7 of the word in the selector's four nibbles
+    ml0, ml1, mh0, mh1 = kprmt
+    lo = _prmt(ml0 + half * 0, ml1 + half * 0, half)  # low bytes of the four magnitudes
+    hi = _prmt(mh0 + half * 0, mh1 + half * 0, half)
+    # nibble k's bit 3 to bit 7 of byte k: bytes of neg << 4 (even nibbles) and of neg (odd ones)
+    sign = _prmt(neg, neg << 4, gl.where(q < 2, PRMT_SIGN_LO, PRMT_SIGN_HI)) & 0x80808080
+    # pair (2 q', 2 q' + 1) of the four: low, high byte of the first, then of the second
+    return _prmt(lo, hi | sign, gl.where(q % 2 == 0, PRMT_PAIR_LO, PRMT_PAIR_HI)).to(gl.int32, bitcast=True)
+
+
+@gluon.jit
+def _key_operand(w0, w1, w2, w3, kprmt, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.constexpr,
+                 K_TABLE: gl.constexpr, OPA: gl.constexpr, KW3: gl.constexpr):
     """The tile's key centroids as the A operand [16 tokens, D] from its words (module docstring);
     the key table at byte K_TABLE of shared memory (0, or where mma_value_table puts another table or the ring
-    first: bits above its entries', so that an OR places the entry), COPIES copies of each entry."""
+    first: bits above its entries', so that an OR places the entry), COPIES copies of each entry; COPIES 0:
+    no table, byte permutes of the magnitudes' bytes kprmt (_prmt_key_pairs)."""
     NP: gl.constexpr = D // 8  # pairs per lane and token (d/4 codes)
+    if COPIES == 0:
+        x = _expand_pairs(_prmt_key_pairs(w0, w1, w2, w3, kprmt, D, KW3))  # [16 t, 4 r, NP (kt, hf), 2 e]
+        x = gl.reshape(x, [TILE, 4, D // 16, 2, 2])  # t, r, kt, hf, e
+        x = gl.permute(x, [0, 2, 3, 1, 4])  # t, kt, hf, r, e
+        return gl.convert_layout(gl.reshape(x, [TILE, D]), OPA, assert_trivial=True)
     PB: gl.constexpr = 2 * KB
     # lane (g, r) = 4 (t % 8) + r reads copy lane % COPIES of the table (bank-conflict spreading)
     t = gl.arange(0, TILE, layout=gl.SliceLayout(1, gl.SliceLayout(2, KW3)))
@@ -405,7 +456,7 @@ def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: g
 
 
 @gluon.jit
-def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff, kn_off, vn_off,
+def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt, voff, kn_off, vn_off,
                  KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
                  K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
                  OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr,
@@ -423,7 +474,7 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff
     vb1 = _lookup(voff + sb + (SW * 4 + 4))
 
     # scores S^T [16 tokens, 8 heads] and the online softmax over the tile's tokens
-    a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, K_COPIES, K_TABLE, OPA, KW3)
+    a_k = _key_operand(kw0, kw1, kw2, kw3, kprmt, KB, D, K_COPIES, K_TABLE, OPA, KW3)
     s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
     s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
     if MASKED:
@@ -456,14 +507,14 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff
 
 
 @gluon.jit
-def _tile_scores(sb, ok, q_op, qsc, sm_scale_log2, koff, kn_off, KB: gl.constexpr, D: gl.constexpr,
+def _tile_scores(sb, ok, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB: gl.constexpr, D: gl.constexpr,
                  K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, OPA: gl.constexpr, MMA: gl.constexpr,
                  KW3: gl.constexpr):
     """The scores S^T [16 tokens, 8 heads] of the tile in ring stage sb (base 2, scaled; tokens not
     in the split: -inf)."""
     kw0, kw1, kw2, kw3 = _key_words(koff + sb, KB, D)
     kn = _lookup(kn_off + sb).to(gl.float32, bitcast=True)
-    a_k = _key_operand(kw0, kw1, kw2, kw3, KB, D, K_COPIES, K_TABLE, OPA, KW3)
+    a_k = _key_operand(kw0, kw1, kw2, kw3, kprmt, KB, D, K_COPIES, K_TABLE, OPA, KW3)
     s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
     s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
     return gl.where(ok[:, None], s, float("-inf"))
@@ -481,7 +532,7 @@ def _tile_value_operand(sb, voff, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl
 
 
 @gluon.jit
-def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, koff, voff, kn_off, vn_off,
+def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, koff, kprmt, voff, kn_off, vn_off,
                  KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
                  K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
                  OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr):
@@ -490,8 +541,8 @@ def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs
     rescale test) run once per 32 tokens, the value scale's reciprocal once, and the softmax
     denominator stays per lane, l_t [16, 8] in the scores' layout (summed over tokens after the
     loop).  The same sums as two _attend_tile steps, rounded differently."""
-    s0 = _tile_scores(sb0, ok0, q_op, qsc, sm_scale_log2, koff, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
-    s1 = _tile_scores(sb1, ok1, q_op, qsc, sm_scale_log2, koff, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
+    s0 = _tile_scores(sb0, ok0, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
+    s1 = _tile_scores(sb1, ok1, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
     vn0 = _lookup(vn_off + sb0).to(gl.float32, bitcast=True)
     vn1 = _lookup(vn_off + sb1).to(gl.float32, bitcast=True)
     m_new = gl.maximum(m_i, gl.max(gl.maximum(s0, s1), axis=0))
@@ -521,8 +572,8 @@ def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs
 
 @gluon.jit
 def _tile_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc,
-               vs, koff, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
-               KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
+               vs, koff, kprmt, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
+               t_row, KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
                K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
                STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr,
                MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr, PAGE_AHEAD: gl.constexpr,
@@ -540,7 +591,8 @@ def _tile_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg, end, q_o
                                 stride_cs)
     _copy_tile_to_row(ring, RW0, gl.where(s >= 1, s - 1, STAGES - 1), ta, end, src, w_copy, SW, STAGE_WORDS)
     sb = (RING0 + s * (STAGE_WORDS * 4)).to(gl.uint32)  # stage s's byte address
-    m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff,
+    m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt,
+                                     voff,
                                      kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA,
                                      OPB, MMA, KW3, VP3, MASKED)
     return m_i, l_i, acc, vs, gl.where(s == STAGES - 1, 0, s + 1), pg
@@ -548,7 +600,8 @@ def _tile_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg, end, q_o
 
 @gluon.jit
 def _pair_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg0, pg1, end, q_op, qsc, sm_scale_log2, m_i, l_t,
-               acc, vs, koff, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
+               acc, vs, koff, kprmt, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs,
+               w_copy, t_row,
                KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
                K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
                STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr,
@@ -578,14 +631,14 @@ def _pair_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg0, pg1, en
     sb0 = (RING0 + s * (STAGE_WORDS * 4)).to(gl.uint32)
     sb1 = sb0 + STAGE_WORDS * 4
     m_i, l_t, acc, vs = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc, sm_scale_log2,
-                                     m_i, l_t, acc, vs, koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES,
-                                     K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
+                                     m_i, l_t, acc, vs, koff, kprmt, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES,
+                                     K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
     return m_i, l_t, acc, vs, gl.where(s == STAGES - 2, 0, s + 2), pg0, pg1
 
 
 @gluon.jit
-def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff, voff, kn_off,
-                    vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
+def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff, kprmt, voff,
+                    kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
                     KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr,
                     V_CODES: gl.constexpr, K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr,
                     V_TABLE: gl.constexpr,
@@ -615,7 +668,8 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log
         # recomputed in each address), whatever the register cap
         for t0 in range(start, end, 2 * TILE):
             m_i, l_t, acc, vs, s, pg0, pg1 = _pair_step(
-                ring, RW0, RING0, t0, s, pg0, pg1, end, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, koff, voff, kn_off,
+                ring, RW0, RING0, t0, s, pg0, pg1, end, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, koff, kprmt,
+                voff, kn_off,
                 vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES,
                 K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3, PAGE_AHEAD)
         async_copy.wait_group(0)
@@ -642,8 +696,8 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log
         sb0 = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         sb1 = (RING0 + ((i + 1) % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         m_i, l_t, acc, vs = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
-                                         sm_scale_log2, m_i, l_t, acc, vs, koff, voff, kn_off, vn_off, KB, VB, D, SW,
-                                         V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
+                                         sm_scale_log2, m_i, l_t, acc, vs, koff, kprmt, voff, kn_off, vn_off, KB, VB,
+                                         D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
         i += 2
     async_copy.wait_group(0)
     return m_i, gl.sum(l_t, axis=0), acc, vs
@@ -652,7 +706,7 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log
 @gluon.jit(do_not_specialize=["num_q_heads", "num_splits"])
 def _decode_mma_kernel(
     qbuf_ptr, cache_ptr, bt_ptr, stride_bt, seq_lens_ptr, part_acc_ptr, part_ml_ptr,
-    stride_cb, stride_ch, stride_cs, kpair_ptr, vpair_ptr, sm_scale_log2,
+    stride_cb, stride_ch, stride_cs, kpair_ptr, vpair_ptr, kprmt_ptr, sm_scale_log2,
     block_size: gl.constexpr,  # a constexpr: each tile's page and offset by shifts, not a division (-4 % a loop)
     num_q_heads, num_splits,
     G: gl.constexpr, DQ: gl.constexpr, DACC: gl.constexpr, D: gl.constexpr,
@@ -660,7 +714,7 @@ def _decode_mma_kernel(
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
     SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, SHARED_TABLE: gl.constexpr,
     STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr, PAGE_AHEAD: gl.constexpr, VALUE_TABLE: gl.constexpr,
-    LEAN_LOOP: gl.constexpr,
+    LEAN_LOOP: gl.constexpr, KEY_PRMT: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -738,7 +792,7 @@ def _decode_mma_kernel(
         # 3-bit values' pair table with 32 copies (every lane its own bank: conflict-free) at byte 0, then
         # the 4-bit keys' single-code table (16 entries x 32 copies) at byte 8,192 (above every value entry's
         # bits, so an OR places a key entry), then a 3-stage ring: 16 KB in all, as the default layout
-        K_COPIES: gl.constexpr = 32
+        K_COPIES: gl.constexpr = 0 if KEY_PRMT else 32  # 0: no key table read
         V_COPIES: gl.constexpr = 32
         V_TABLE: gl.constexpr = 0
         VW: gl.constexpr = 32 * (1 << (2 * VB))  # the value table's words
@@ -751,7 +805,7 @@ def _decode_mma_kernel(
         # keys and values on one single-code table of their 4-bit codebook (word 32 e + lane = c[e] | c[e] << 16),
         # at byte STAGES * STAGE_WORDS * 4 (after the ring; above every entry's bits, so an OR places an entry)
         K_TABLE: gl.constexpr = STAGES * STAGE_WORDS * 4
-        K_COPIES: gl.constexpr = 32
+        K_COPIES: gl.constexpr = 0 if KEY_PRMT else 32  # 0: no key table read
         V_COPIES: gl.constexpr = 32
         V_TABLE: gl.constexpr = K_TABLE
         e = gl.arange(0, TW, layout=FL)
@@ -760,7 +814,7 @@ def _decode_mma_kernel(
         # 4-bit keys, single-code table: word 32 e + lane = c[e] | c[e] << 16 = pair[e | e << 4]
         # (words 512..1023 repeat it, unread)
         K_TABLE: gl.constexpr = 0
-        K_COPIES: gl.constexpr = 32
+        K_COPIES: gl.constexpr = 0 if KEY_PRMT else 32  # 0: no key table read
         V_COPIES: gl.constexpr = TABLE_WORDS // (1 << (2 * VB))
         V_TABLE: gl.constexpr = TABLE_WORDS * 4
         e = gl.arange(0, TABLE_WORDS, layout=FL)
@@ -775,6 +829,11 @@ def _decode_mma_kernel(
         smem.slice(0, TABLE_WORDS).store(gl.load(kpair_ptr + e // K_COPIES))
         smem.slice(TABLE_WORDS, TABLE_WORDS).store(gl.load(vpair_ptr + e // V_COPIES))
     RING0: gl.constexpr = 0 if SINGLE_VALUES else TW * 4  # byte address of stage 0
+    if KEY_PRMT:  # mma_key_table "prmt" (the single-code layout, its key table unread; K_COPIES 0): byte permutes
+        kprmt = (gl.load(kprmt_ptr).to(gl.uint32, bitcast=True), gl.load(kprmt_ptr + 1).to(gl.uint32, bitcast=True),
+                 gl.load(kprmt_ptr + 2).to(gl.uint32, bitcast=True), gl.load(kprmt_ptr + 3).to(gl.uint32, bitcast=True))
+    else:
+        kprmt = (0, 0, 0, 0)
 
     m_i = gl.full([8], float("-inf"), gl.float32, COL)
     l_i = gl.zeros([8], gl.float32, COL)
@@ -805,13 +864,15 @@ def _decode_mma_kernel(
             t_whole = start + gl.maximum(end - start, 0) // TILE * TILE  # tiles before it: whole inside the split
             for t0 in range(start, t_whole, TILE):
                 m_i, l_i, acc, vs, s, pg = _tile_step(
-                    ring, RW0, RING0, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff, kn_off,
+                    ring, RW0, RING0, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt, voff,
+                    kn_off,
                     vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES,
                     K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3, PAGE_AHEAD,
                     False)
             for t0 in range(t_whole, end, TILE):  # at most one step
                 m_i, l_i, acc, vs, s, pg = _tile_step(
-                    ring, RW0, RING0, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, voff, kn_off,
+                    ring, RW0, RING0, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt, voff,
+                    kn_off,
                     vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES,
                     K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3, PAGE_AHEAD,
                     True)
@@ -829,13 +890,13 @@ def _decode_mma_kernel(
                 _copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta, end, src, w_copy, SW, STAGES, STAGE_WORDS)
                 sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
                 m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs,
-                                                 koff, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE,
-                                                 V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3, True)
+                                                 koff, kprmt, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES,
+                                                 K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3, True)
                 i += 1
         async_copy.wait_group(0)
     else:  # two tiles a step
         m_i, l_i, acc, vs = _tiles_in_pairs(ring, RW0, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff,
-                                            voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb,
+                                            kprmt, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb,
                                             stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE,
                                             V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3,
                                             PAGE_AHEAD, LEAN_LOOP)
@@ -940,7 +1001,10 @@ _PLACEMENT_FAILED: set = set()  # "auto"'s "single" configurations whose check f
 
 def _resolve_key_table(params: KernelParams, key_table: str, shared_table: bool) -> tuple[str, bool]:
     """mma_key_table "auto": the single-code table for 4-bit keys, whose values then keep a table of their own
-    (shared_table off), else "pair"; other values unchanged (checked by the launcher)."""
+    (shared_table off), else "pair"; "prmt" has the single-code layout (shared_table off); other values
+    unchanged (checked by the launcher)."""
+    if key_table == "prmt":  # the single-code layout (the values' own table)
+        return key_table, False
     if key_table != "auto":
         return key_table, shared_table
     key_table = "single" if params.meta["K0_BITS"] == 4 else "pair"
@@ -1074,8 +1138,9 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     (AttnConfig.mma_step_tiles: 1, or 2 where the ring holds an even number >= 4 of the preset's
     tiles; 0: 2 where it does, else 1).  ``key_table``: "pair" (a pair table of the key codebook),
     "single" (4-bit keys without a table shared with the values: 16 entries x 32 copies, two
-    conflict-free lookups a pair instead of one conflicting one) or "auto" ("single" for 4-bit keys,
-    overriding shared_table; else "pair"; AttnConfig.mma_key_table).  ``page_ahead``: block-table pages loaded a
+    conflict-free lookups a pair instead of one conflicting one), "prmt" (4-bit keys of a symmetric codebook by
+    byte permutes, no table read: _prmt_key_pairs) or "auto" ("single" for 4-bit keys, overriding
+    shared_table; else "pair"; AttnConfig.mma_key_table).  ``page_ahead``: block-table pages loaded a
     step before their tiles' copies (AttnConfig.mma_page_ahead; the same bits).  ``value_table``: VALUE_TABLES
     (AttnConfig.mma_value_table): "wide" (k4v3's value pair table with 32 copies, its ring WIDE_RING_BYTES) or
     "single" (tq4's values on the keys' single-code table, 10 KB a program); both hold the pair layout's
@@ -1118,11 +1183,12 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     if step_tiles == 0:
         step_tiles = 2 if pairs_fit else 1
     table_shared = bool(shared_table and m["KV_PAIR_SAME"])
-    if key_table not in KEY_TABLES or (key_table == "single" and (m["K0_BITS"] != 4 or table_shared)):
+    ok = {"single": m["K0_BITS"] == 4 and not table_shared, "prmt": m["K_PRMT"]}
+    if key_table not in KEY_TABLES or not ok.get(key_table, True):
         raise ValueError(f"mma_key_table={key_table!r} is not supported for {params.fmt.preset.name} with "
                          f"mma_shared_table={shared_table}; allowed values: "
-                         f"{[t for t in KEY_TABLES if t != 'single' or (m['K0_BITS'] == 4 and not table_shared)]} "
-                         "('single' needs 4-bit keys and no table shared with the values)")
+                         f"{[t for t in KEY_TABLES if ok.get(t, True)]} ('single' needs 4-bit keys and no table "
+                         "shared with the values, 'prmt' 4-bit keys of a symmetric codebook)")
     # a second shared allocation (a ring smaller than the default tables, or the single-code value table's
     # own): its placement is checked before first use
     if verify_ring and ((ring_bytes < TABLE_BYTES and value_table == "pair") or value_table == "single"):
@@ -1131,13 +1197,14 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,
+        params.k_prmt if key_table == "prmt" else params.k_pair,
         float(sm_scale) * LOG2E.value, cache.shape[2], num_q_heads, num_splits,
         G=num_q_heads // hkv, DQ=query_layout(params)["DQ"], DACC=dacc, D=m["D"],
         KB=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
         SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=table_shared,
-        STEP_TILES=step_tiles, KEY_SINGLE=key_table == "single", PAGE_AHEAD=bool(page_ahead),
-        VALUE_TABLE=VALUE_TABLES.index(value_table) - 1, LEAN_LOOP=bool(lean_loop),
+        STEP_TILES=step_tiles, KEY_SINGLE=key_table in ("single", "prmt"), PAGE_AHEAD=bool(page_ahead),
+        VALUE_TABLE=VALUE_TABLES.index(value_table) - 1, LEAN_LOOP=bool(lean_loop), KEY_PRMT=key_table == "prmt",
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     # _lookup addresses the tables from the start of the kernel's shared memory and the ring right after

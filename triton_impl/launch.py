@@ -82,7 +82,11 @@ class AttnConfig:
     # words, so the same bits) or "auto" (default): "single" for 4-bit keys (tq4's values then get a table
     # of their own whatever mma_shared_table says), else "pair". The H200 timed "single" 1.4-3.7 % faster
     # for k4v3 and 0.5-3.0 % for tq4 at 32 x 32k, 8 x 32k, 1 x 128k and 64 x 1k
-    # (results/2026-12-04-h200-s12/call1-kernels)
+    # (results/2026-12-04-h200-s12/call1-kernels). "prmt": 4-bit keys of a symmetric codebook decoded in registers
+    # by byte permutes of the magnitudes' fp16 bytes (decode_mma._prmt_key_pairs; no key table read, the single
+    # layout's shared memory, the same values, so the same bits); instructions a step (compile_check): k4v3 591 ->
+    # 543, with mma_lean_loop 522, and at a 152-register cap (13 programs an SM, as shared memory allows) 484;
+    # prepared without a GPU (seventeenth session), not yet run or timed
     mma_key_table: str = "auto"
     # the decode step's query rotation where the mma kernel serves it (default mode): "fma" (fp32 FMA dots
     # in K chunks, the oracle's arithmetic), "bf16x2" (one tensor-core product of bf16 parts a program,

@@ -119,6 +119,7 @@ class KernelParams:
     v_chan: torch.Tensor
     k_rot_split: torch.Tensor | None = None
     v_rot_split: torch.Tensor | None = None
+    k_prmt: torch.Tensor | None = None  # prmt_key_bytes of key instance 0 (int32 [4]) where it has them
 
     @property
     def head_size(self) -> int:
@@ -202,6 +203,10 @@ class KernelParams:
         meta["STORE_MSE"] = (meta["K_NI"] == 1 and meta["V_NI"] == 1 and not meta["V_GROUP"]
                              and not meta["K0_QJL"] and meta["K0_BITS"] > 0 and meta["V0_BITS"] > 0
                              and meta["K0_IDCH"] and meta["V0_IDCH"] and d in STORE_MSE_HEAD_SIZES)
+        k0 = lp.keys[0].codebook if lp.keys else None
+        meta["K_PRMT"] = bool(k0 is not None and k0.centroids.size == 16 and meta["CB_SYMMETRIC"])
+        if meta["K_PRMT"]:  # decode_mma's mma_key_table "prmt"
+            tensors["k_prmt"] = torch.from_numpy(prmt_key_bytes(k0.centroids)).to(device)
         if meta["STORE_MSE"]:
             tensors["k_rot_split"] = rotation_split(lp.keys[0].rotation).to(device)
             tensors["v_rot_split"] = rotation_split(lp.values[0].rotation).to(device)
@@ -285,6 +290,18 @@ def pair_table(centroids: np.ndarray) -> np.ndarray:
     n = h.size
     idx = np.arange(n * n)
     return (h[idx % n] | (h[idx // n] << 16)).view(np.int32)
+
+
+def prmt_key_bytes(centroids: np.ndarray) -> np.ndarray:
+    """int32 [4] for decode_mma's byte-permute key decode (mma_key_table "prmt") of a symmetric 16-centroid
+    codebook: the low bytes of the fp16 magnitudes c[8] .. c[15] (two words, magnitude k in byte k), then their
+    high bytes (bit 7, the sign, clear)."""
+    h = np.asarray(centroids, np.float16).view(np.uint16).astype(np.uint32)
+    if h.size != 16 or not np.array_equal(h[:8], h[:7:-1] | 0x8000) or (h[8:] & 0x8000).any():
+        raise ValueError("prmt_key_bytes needs 16 ascending centroids with c[i] = -c[15 - i] in fp16")
+    lo, hi = h[8:] & 0xFF, h[8:] >> 8
+    words = [sum(int(b[k]) << (8 * (k % 4)) for k in range(j, j + 4)) for b in (lo, hi) for j in (0, 4)]
+    return np.array(words, np.uint32).view(np.int32)
 
 
 def magnitude_polynomials(centroids: np.ndarray) -> tuple[np.ndarray, bool]:

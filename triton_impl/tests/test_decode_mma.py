@@ -290,20 +290,24 @@ def test_two_tiles_a_step_need_an_even_ring_of_four_tiles():
                              sm_scale=0.1, num_splits=1, step_tiles=2)
 
 
-@pytest.mark.parametrize("preset,shared,allowed", [("tq3", True, "['auto', 'pair']"),
-                                                   ("tq4", True, "['auto', 'pair']"),
-                                                   ("tq3", False, "['auto', 'pair']")])
-def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, shared, allowed):
+@pytest.mark.parametrize("preset,table,shared,allowed", [("tq3", "single", True, "['auto', 'pair']"),
+                                                         ("tq4", "single", True, "['auto', 'pair', 'prmt']"),
+                                                         ("tq3", "single", False, "['auto', 'pair']"),
+                                                         ("tq3", "prmt", True, "['auto', 'pair']"),
+                                                         ("tq3", "prmt", False, "['auto', 'pair']")])
+def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, table, shared, allowed):
     """mma_key_table='single': 4-bit keys whose table is not shared with the values (k4v3; tq4 with
-    mma_shared_table=False); refused with the allowed values otherwise, before any launch."""
+    mma_shared_table=False); 'prmt': 4-bit keys of a symmetric codebook (it takes the single layout, the
+    values' table their own); refused with the allowed values otherwise, before any launch."""
     from turboquant.triton_impl.decode_mma import decode_attention_mma
     from turboquant.triton_impl.query import rotate_query
 
     (q, cache, bt, sl, p), _ = _decode_case(preset, (20, 5))
-    with pytest.raises(ValueError, match=rf"mma_key_table='single' is not supported for {preset} with "
-                                         rf"mma_shared_table={shared}; allowed values: {re.escape(allowed)}"):
+    with pytest.raises(ValueError, match=rf"mma_key_table='{table}' is not supported for {preset} with "
+                                         rf"mma_shared_table={shared if table == 'single' else False}; allowed "
+                                         rf"values: {re.escape(allowed)}"):
         decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=q.shape[1],
-                             sm_scale=0.1, num_splits=1, shared_table=shared, key_table="single")
+                             sm_scale=0.1, num_splits=1, shared_table=shared, key_table=table)
 
 
 @pytest.mark.parametrize("preset,table,kw,why", [
@@ -340,7 +344,7 @@ def test_value_tables_name_their_presets_and_rings(preset, table, kw, why):
 
 @pytest.mark.parametrize("option,bad,allowed", [
     *[("mma_step_tiles", bad, r"\[0, 1, 2\]") for bad in (-1, 3, True, 2.0, "2")],
-    *[("mma_key_table", bad, r"\['auto', 'pair', 'single'\]") for bad in ("pairs", "", None, 1)],
+    *[("mma_key_table", bad, r"\['auto', 'pair', 'single', 'prmt'\]") for bad in ("pairs", "", None, 1)],
     *[("mma_query_rotation", bad, r"\['auto', 'fma', 'bf16x2'\]") for bad in ("bf16", "", None, 1)],
     *[("mma_split_rule", bad, r"\['fill', 'waves'\]") for bad in ("wave", "", None, 1)],
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
@@ -352,6 +356,46 @@ def test_mma_options_are_checked(option, bad, allowed):
     with pytest.raises(ValueError, match=rf"{option}={re.escape(repr(bad))} is not supported; allowed values: "
                                          rf"{allowed}"):
         AttnConfig(**{option: bad})
+
+
+def _prmt(a, b, sel):
+    """PTX prmt.b32 (default mode) on uint32 arrays: byte j of the result is byte (sel >> 4 j) & 7 of {b, a}
+    (the selectors here never set a nibble's sign-replicate bit)."""
+    assert not np.any(np.asarray(sel) & 0x8888)
+    src = [(a >> (8 * k)) & 0xFF for k in range(4)] + [(b >> (8 * k)) & 0xFF for k in range(4)]
+    out = np.zeros_like(a)
+    for j in range(4):
+        pick = (np.asarray(sel) >> (4 * j)) & 7
+        out |= np.choose(pick, src) << (8 * j)
+    return out
+
+
+@pytest.mark.parametrize("preset", ["tq4", "k4v3"])
+def test_prmt_key_decode_gives_the_single_code_pairs(preset):
+    """mma_key_table "prmt" (decode_mma._prmt_key_pairs), step by step on the CPU with its selectors and
+    params.prmt_key_bytes: for every word of eight 4-bit codes, the four pair registers equal the pair table's
+    entries (fp16 c[a] low, c[b] high) -- the words the single-code table gives, hence the same bits.  The GPU
+    kernel is the same sequence in Gluon (test_options_give_the_default_bits runs it)."""
+    from turboquant.triton_impl import decode_mma as dm
+
+    p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(preset), 128), "cpu")
+    assert p.meta["K_PRMT"]
+    ml0, ml1, mh0, mh1 = (np.uint32(x & 0xFFFFFFFF) for x in p.k_prmt.tolist())
+    pairs = p.k_pair[0].numpy().view(np.uint32)  # params.pair_table of the key codebook: entry a | b << 4
+    rng = np.random.default_rng(0)
+    w = np.concatenate([rng.integers(0, 2**32, 4096, dtype=np.uint64).astype(np.uint32),
+                        np.array([0, 0xFFFFFFFF, 0x88888888, 0x77777777, 0x0F0F0F0F], np.uint32)])
+    neg = ~w & np.uint32(0x88888888)
+    m = (w ^ ((neg >> 3) * np.uint32(7))) & np.uint32(0x77777777)
+    for q in range(4):
+        half = m if q < 2 else m >> 16
+        lo = _prmt(np.full_like(w, ml0), np.full_like(w, ml1), half)
+        hi = _prmt(np.full_like(w, mh0), np.full_like(w, mh1), half)
+        sign = _prmt(neg, neg << 4, np.full_like(w, (dm.PRMT_SIGN_LO, dm.PRMT_SIGN_HI)[q // 2].value)) \
+            & np.uint32(0x80808080)
+        got = _prmt(lo, hi | sign, np.full_like(w, (dm.PRMT_PAIR_LO, dm.PRMT_PAIR_HI)[q % 2].value))
+        a, b = (w >> (8 * q)) & 0xF, (w >> (8 * q + 4)) & 0xF  # the pair's two codes
+        np.testing.assert_array_equal(got, pairs[a | (b << 4)])
 
 
 @pytest.mark.parametrize("preset,ring,table", [("tq3", 4096, "pair"), ("tq4", 8192, "single")])
@@ -832,6 +876,13 @@ SAME_BITS_OPTIONS = [
     ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_lean_loop": True}),  # the default: "wide"
     ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_lean_loop": True}),  # the default: "single"
     ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0, "mma_lean_loop": True, "mma_page_ahead": True}),
+    # 4-bit keys by byte permutes (the single-code table's values)
+    ("k4v3", 1, {"mma_key_table": "prmt"}),  # beside the pair value table
+    ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt"}),
+    ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt", "mma_lean_loop": True,
+                 "mma_maxnreg": 152}),
+    ("tq4", 1, {"mma_key_table": "prmt"}),
+    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt", "mma_lean_loop": True}),
 ]
 
 
@@ -847,7 +898,8 @@ def test_options_give_the_default_bits(preset, step_tiles, option, bs):
     value pair table with 32 copies at byte 0, the single-code key table at byte 8,192, a three-tile ring
     after them) and "single" (tq4: one single-code table for keys and values in its own allocation after
     the ring, its placement verified on first use), both the pair layout's words, mma_lean_loop (the same
-    arithmetic in another loop; the splits of 1 token in 7 start past its end); pages of one and of two
+    arithmetic in another loop; the splits of 1 token in 7 start past its end), mma_key_table "prmt" (the
+    single-code table's values by byte permutes); pages of one and of two
     tiles, lengths that end inside a tile, a page and a split (one and several splits a row), and within
     the reference's tolerance."""
     args, want = _decode_case(preset, (1, 17, 300, 2049, 4100), h=2, g=4, bs=bs)
