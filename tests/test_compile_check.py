@@ -128,7 +128,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
         p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(preset), 128), "cpu")
         table, ring, _ = resolve_value_table(p, cfg.mma_value_table, cfg.mma_ring_bytes, cfg.mma_maxnreg,
                                              cfg.mma_key_table, cfg.mma_step_tiles)
-        assert smem == mma_shared_bytes(p, ring, table), row
+        assert smem == mma_shared_bytes(p, ring, table, cfg.mma_key_table), row
         if spec.endswith("b4096"):
             assert smem == TABLE_BYTES + 4096 and regs <= 120, row
         if spec.endswith("v2") or preset == "tq4":  # tq4's default value table is "single" too

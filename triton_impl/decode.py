@@ -126,6 +126,6 @@ def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int,
     if cfg.mma_split_rule == "waves" and not cfg.batch_invariant:
         table, ring, maxnreg = resolve_value_table(params, cfg.mma_value_table, cfg.mma_ring_bytes, cfg.mma_maxnreg,
                                                    cfg.mma_key_table, cfg.mma_step_tiles)
-        per_sm = resident_blocks(device, mma_shared_bytes(params, ring, table), 1, maxnreg)
+        per_sm = resident_blocks(device, mma_shared_bytes(params, ring, table, cfg.mma_key_table), 1, maxnreg)
         s = whole_wave_splits(s, rows, per_sm, sm_count(device), cap=split_cap(max_kv, cfg))
     return s

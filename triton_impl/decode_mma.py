@@ -98,6 +98,9 @@ TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
 VALUE_TABLES = ("auto", "pair", "wide", "single")
 WIDE_TABLE_WORDS = gl.constexpr(2048 + 512)
 WIDE_RING_BYTES = 6144
+# "wide" beside keys by byte permutes (mma_key_table "prmt"): no key table, so the value table's 8 KB and a ring of
+# RING_BYTES (four tiles: two a softmax step) make the 16 KB
+WIDE_PRMT_TABLE_WORDS = gl.constexpr(2048)
 SINGLE_TABLE_WORDS = gl.constexpr(512)
 # "single"'s register cap where "auto" picks it (resolve_value_table): 144 (14 one-warp programs an SM; 8 bytes
 # of stack, none at 152) timed at or above 152 at every shape; at 128 it spills
@@ -765,7 +768,8 @@ def _decode_mma_kernel(
     WIDE_VALUES: gl.constexpr = VALUE_TABLE == 1
     SINGLE_VALUES: gl.constexpr = VALUE_TABLE == 2
     # the tables' words
-    TW: gl.constexpr = WIDE_TABLE_WORDS if WIDE_VALUES else SINGLE_TABLE_WORDS if SINGLE_VALUES else 2 * TABLE_WORDS
+    TW: gl.constexpr = ((WIDE_PRMT_TABLE_WORDS if KEY_PRMT else WIDE_TABLE_WORDS) if WIDE_VALUES
+                        else SINGLE_TABLE_WORDS if SINGLE_VALUES else 2 * TABLE_WORDS)
     if SINGLE_VALUES:
         # two allocations, the ring the larger: Triton places it first (byte 0; it is also first in program
         # order), the 2 KB table after it (checked before first use: _verify_ring_placement)
@@ -799,8 +803,9 @@ def _decode_mma_kernel(
         K_TABLE: gl.constexpr = VW * 4
         ev = gl.arange(0, VW, layout=FL)
         smem.slice(0, VW).store(gl.load(vpair_ptr + ev // 32))
-        ek = gl.arange(0, TW - VW, layout=FL)
-        smem.slice(VW, TW - VW).store(gl.load(kpair_ptr + 17 * (ek // 32)))
+        if not KEY_PRMT:  # (keys by byte permutes: no key table, the ring right after the values')
+            ek = gl.arange(0, TW - VW, layout=FL)
+            smem.slice(VW, TW - VW).store(gl.load(kpair_ptr + 17 * (ek // 32)))
     elif SINGLE_VALUES:
         # keys and values on one single-code table of their 4-bit codebook (word 32 e + lane = c[e] | c[e] << 16),
         # at byte STAGES * STAGE_WORDS * 4 (after the ring; above every entry's bits, so an OR places an entry)
@@ -928,12 +933,13 @@ def ring_stages(params: KernelParams, ring_bytes: int) -> tuple[int, int]:
     return stage_words, ring_bytes // (4 * stage_words)
 
 
-def mma_shared_bytes(params: KernelParams, ring_bytes: int, value_table: str = "pair") -> int:
+def mma_shared_bytes(params: KernelParams, ring_bytes: int, value_table: str = "pair", key_table: str = "auto") -> int:
     """The mma kernel's shared memory in bytes: its tables (VALUE_TABLES: "wide" WIDE_TABLE_WORDS, "single"
     SINGLE_TABLE_WORDS) and its tile ring, in one allocation or two (MMA_RING_BYTES; decode_attention_mma
     checks the compiled kernel against it); value_table as resolve_value_table gives it, not "auto"."""
     stage_words, stages = ring_stages(params, ring_bytes)
-    tables = {"wide": 4 * WIDE_TABLE_WORDS.value, "single": 4 * SINGLE_TABLE_WORDS.value}.get(value_table, TABLE_BYTES)
+    wide = (WIDE_PRMT_TABLE_WORDS if key_table == "prmt" else WIDE_TABLE_WORDS).value
+    tables = {"wide": 4 * wide, "single": 4 * SINGLE_TABLE_WORDS.value}.get(value_table, TABLE_BYTES)
     return tables + 4 * stages * stage_words
 
 
@@ -944,9 +950,10 @@ def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: 
         if (m["K0_BITS"], m["V0_BITS"]) != (4, 3) or key_table == "pair":
             return (f"it needs 4-bit keys on the single-code table and 3-bit values (k4v3), got {m['K0_BITS']}-bit "
                     f"keys, {m['V0_BITS']}-bit values, mma_key_table={key_table!r}")
-        if ring_bytes != WIDE_RING_BYTES:
-            return (f"its ring is {WIDE_RING_BYTES} bytes (three tiles; 16 KB with the tables): mma_ring_bytes="
-                    f"{ring_bytes}")
+        if ring_bytes != (RING_BYTES if key_table == "prmt" else WIDE_RING_BYTES):
+            return (f"its ring is {WIDE_RING_BYTES} bytes (three tiles; 16 KB with the tables), {RING_BYTES} beside "
+                    f"mma_key_table 'prmt' (no key table; the allocation's size a power of two): "
+                    f"mma_ring_bytes={ring_bytes}")
     if value_table == "single":
         if (m["K0_BITS"], m["V0_BITS"]) != (4, 4) or not m["KV_PAIR_SAME"] or key_table == "pair":
             return (f"it needs 4-bit keys and values of one codebook on the single-code table (tq4), got "
@@ -970,6 +977,8 @@ def resolve_value_table(params: KernelParams, value_table: str, ring_bytes: int,
     m = params.meta
     if ring_bytes != RING_BYTES or key_table == "pair":
         return "pair", ring_bytes, maxnreg
+    if (m["K0_BITS"], m["V0_BITS"]) == (4, 3) and key_table == "prmt":  # no key table: a four-tile ring
+        return "wide", RING_BYTES, maxnreg
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 3) and step_tiles in (0, 1):
         return "wide", WIDE_RING_BYTES, maxnreg
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 4) and m["KV_PAIR_SAME"] \
@@ -1167,8 +1176,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     if why:
         raise ValueError(f"mma_value_table={value_table!r} is not supported for {params.fmt.preset.name}: {why}; "
                          f"allowed: 'wide' for k4v3 with mma_key_table 'auto' or 'single' and mma_ring_bytes="
-                         f"{WIDE_RING_BYTES}, 'single' for tq4 with mma_key_table 'auto' or 'single' and "
-                         f"mma_ring_bytes={RING_BYTES}, 'pair' or 'auto' for any")
+                         f"{WIDE_RING_BYTES} or with 'prmt' and {RING_BYTES}, 'single' for tq4 with mma_key_table "
+                         f"'auto' or 'single' and mma_ring_bytes={RING_BYTES}, 'pair' or 'auto' for any")
     if value_table != "wide" and (ring_bytes not in MMA_RING_BYTES or stages < 2):
         raise ValueError(f"mma_ring_bytes={ring_bytes} holds {stages} tile(s) of {4 * stage_words} bytes "
                          f"({params.fmt.preset.name}); allowed values: "
@@ -1209,7 +1218,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     )
     # _lookup addresses the tables from the start of the kernel's shared memory and the ring right after
     # them: they must be all of it (a layout conversion that needed scratch space would break that)
-    shared = mma_shared_bytes(params, ring_bytes, value_table)
+    shared = mma_shared_bytes(params, ring_bytes, value_table, key_table)
     if kernel is not None and kernel.metadata.shared != shared:
         raise RuntimeError(f"decode_mma kernel uses {kernel.metadata.shared} bytes of shared memory, expected "
                            f"exactly its tables and tile ring ({shared})")

@@ -156,10 +156,13 @@ class AttnConfig:
         for name in ("mma_shared_table", "mma_page_ahead", "mma_lean_loop"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: True, False")
-        if (self.mma_value_table == "wide") != (self.mma_ring_bytes == WIDE_RING_BYTES):
+        wide_ring = RING_BYTES if self.mma_key_table == "prmt" else WIDE_RING_BYTES  # 16 KB with the tables
+        if (self.mma_ring_bytes != wide_ring if self.mma_value_table == "wide"
+                else self.mma_ring_bytes == WIDE_RING_BYTES):
             raise ValueError(f"mma_value_table={self.mma_value_table!r} with mma_ring_bytes={self.mma_ring_bytes} is "
                              f"not supported; allowed: mma_value_table='wide' with mma_ring_bytes={WIDE_RING_BYTES} "
-                             f"(its three-tile ring), any other value table with one of {list(MMA_RING_BYTES)}")
+                             f"(its three-tile ring; {RING_BYTES} with mma_key_table='prmt'), any other value "
+                             f"table with one of {list(MMA_RING_BYTES)}")
         if type(self.mma_step_tiles) is not int or self.mma_step_tiles not in MMA_STEP_TILES:
             raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
                              f"{list(MMA_STEP_TILES)}")

@@ -302,9 +302,9 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
     k1 (mma_key_table "single"; k0: "pair"; k2: "prmt"; neither: "auto"),
     q1 (mma_query_rotation "bf16x2"; q0: "fma"; neither: "auto"), w1 (mma_split_rule "waves"; w0: "fill"), o1
     (mma_output_rotation "bf16x3"; o0: "fma"; o2: "fused", in the merge's programs), a1 (mma_page_ahead: pages
-    loaded a step ahead; a0: not), v1 (mma_value_table "wide", with its 6,144-byte ring unless bB says otherwise;
-    v2: "single"; v0: "pair"), l1 (mma_lean_loop; l0: not) in that order: mma@32r128b24576s512t0p2k1q1w1o1a1,
-    mma@v1, mma@l1."""
+    loaded a step ahead; a0: not), v1 (mma_value_table "wide", with its 6,144-byte ring, 8,192 beside k2, unless
+    bB says otherwise; v2: "single"; v0: "pair"), l1 (mma_lean_loop; l0: not) in that order:
+    mma@32r128b24576s512t0p2k1q1w1o1a1, mma@v1, mma@r152k2l1."""
     kern, at, opts = spec.partition("@")
     if kern not in ("auto", "mma", "split") or (at and kern != "mma"):
         raise ValueError(f"--kernels entry {spec!r}: allowed values: auto, split, mma, "
@@ -348,7 +348,8 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
         kcfg = dataclasses.replace(kcfg, mma_lean_loop=lean == "1")
     if vtab:  # the wide table comes with its own ring (AttnConfig checks the pair)
         kcfg = dataclasses.replace(kcfg, mma_value_table=VALUE_TABLES[1 + int(vtab)],  # v0 pair, v1 wide, v2 single
-                                   mma_ring_bytes=int(ring) if ring else WIDE_RING_BYTES if vtab == "1" else RING_BYTES)
+                                   mma_ring_bytes=int(ring) if ring else WIDE_RING_BYTES if vtab == "1" and key != "2"
+                                   else RING_BYTES)
     return kcfg
 
 

@@ -319,6 +319,10 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, table, shar
     ("tq3", "single", {"ring_bytes": 8192}, "got 3-bit keys, 3-bit values, mma_key_table='auto'"),
     ("k4v3", "single", {"ring_bytes": 8192}, "got 4-bit keys, 3-bit values, mma_key_table='auto'"),
     ("tq4", "single", {"ring_bytes": 24576}, "its ring is the default 8192 bytes .*: mma_ring_bytes=24576"),
+    # keys by byte permutes free the key table's 2 KB: the wide table's ring is then the default 8 KB (a 6 KB one
+    # would make the allocation 14 KB, not a power of two)
+    ("k4v3", "wide", {"key_table": "prmt"}, "its ring is 6144 bytes .* 8192 beside mma_key_table 'prmt' .*: "
+                                            "mma_ring_bytes=6144"),
 ])
 def test_value_tables_name_their_presets_and_rings(preset, table, kw, why):
     """mma_value_table "wide" (k4v3: the 3-bit values' pair table with 32 copies beside the 4-bit keys'
@@ -336,10 +340,13 @@ def test_value_tables_name_their_presets_and_rings(preset, table, kw, why):
                              **{"ring_bytes": 6144, **kw})
     with pytest.raises(ValueError, match=r"mma_ring_bytes=6144 holds .* \(6144: with mma_value_table='wide'\)"):
         decode_attention_mma(*args, num_q_heads=q.shape[1], sm_scale=0.1, num_splits=1, ring_bytes=6144)
-    for vt, ring in (("wide", 8192), ("single", 6144), ("auto", 6144)):
+    for vt, ring, key in (("wide", 8192, "auto"), ("single", 6144, "auto"), ("auto", 6144, "auto"),
+                          ("wide", 6144, "prmt"), ("auto", 6144, "prmt")):
         with pytest.raises(ValueError, match=rf"mma_value_table='{vt}' with mma_ring_bytes={ring} is not supported; "
-                                             r"allowed: mma_value_table='wide' with mma_ring_bytes=6144"):
-            AttnConfig(mma_value_table=vt, mma_ring_bytes=ring)
+                                             r"allowed: mma_value_table='wide' with mma_ring_bytes=6144 \(its "
+                                             r"three-tile ring; 8192 with mma_key_table='prmt'\)"):
+            AttnConfig(mma_value_table=vt, mma_ring_bytes=ring, mma_key_table=key)
+    AttnConfig(mma_value_table="wide", mma_ring_bytes=8192, mma_key_table="prmt")  # allowed
 
 
 @pytest.mark.parametrize("option,bad,allowed", [
@@ -566,6 +573,8 @@ def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     # tq4's default value table ("single", 10 KB at a 144-register cap): 14 programs an SM by registers
     p4 = _params("tq4", 128)
     assert decode_mma.mma_shared_bytes(p4, decode_mma.RING_BYTES, "single") == 10240
+    # k4v3's wide value table beside keys by byte permutes: no key table, the default ring
+    assert decode_mma.mma_shared_bytes(_params("k4v3", 128), decode_mma.RING_BYTES, "wide", "prmt") == 16384
     assert device.resident_blocks(cuda, 10240, 1, 144) == 14
     assert decode_splits(p4, waves, 8, 131072, cuda, mma=True) == decode_mma.whole_wave_splits(256, 8, 14, 132, 256)
     assert decode_splits(p4, dataclasses.replace(waves, mma_value_table="pair"), 8, 131072, cuda, mma=True) == 214
@@ -878,9 +887,11 @@ SAME_BITS_OPTIONS = [
     ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0, "mma_lean_loop": True, "mma_page_ahead": True}),
     # 4-bit keys by byte permutes (the single-code table's values)
     ("k4v3", 1, {"mma_key_table": "prmt"}),  # beside the pair value table
-    ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt"}),
-    ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt", "mma_lean_loop": True,
+    # "auto" beside "prmt" keys: the wide value table with no key table and a four-tile ring, two tiles a step
+    ("k4v3", 2, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt"}),
+    ("k4v3", 2, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt", "mma_lean_loop": True,
                  "mma_maxnreg": 152}),
+    ("k4v3", 1, {"mma_value_table": "wide", "mma_ring_bytes": 8192, "mma_key_table": "prmt", "mma_lean_loop": True}),
     ("tq4", 1, {"mma_key_table": "prmt"}),
     ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt", "mma_lean_loop": True}),
 ]
