@@ -95,7 +95,7 @@ TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
 # 10 KB, then a ring of three 2 KB tiles: one 16 KB allocation, as the default) or "single" (tq4: keys and
 # values on one single-code table of their shared 4-bit codebook, 16 entries x 32 copies, 2 KB, in an
 # allocation of its own after the 8 KB ring: 10 KB a program instead of 16)
-VALUE_TABLES = ("auto", "pair", "wide", "single")
+VALUE_TABLES = ("auto", "pair", "wide", "single", "prmt")
 WIDE_TABLE_WORDS = gl.constexpr(2048 + 512)
 WIDE_RING_BYTES = 6144
 # "wide" beside keys by byte permutes (mma_key_table "prmt"): no key table, so the value table's 8 KB and a ring of
@@ -126,6 +126,8 @@ KEY_TABLES = ("auto", "pair", "single", "prmt")
 # and a pair's low and high bytes from (a = low bytes, b = high bytes) for pairs 0 and 1 of the four
 PRMT_SIGN_LO, PRMT_SIGN_HI = gl.constexpr(0x1504), gl.constexpr(0x3726)
 PRMT_PAIR_LO, PRMT_PAIR_HI = gl.constexpr(0x5140), gl.constexpr(0x7362)
+# and the low halves of two words (a's, then b's), the high halves (_prmt_value_pairs)
+PRMT_LOW_HALVES, PRMT_HIGH_HALVES = gl.constexpr(0x5410), gl.constexpr(0x7632)
 STEP_TILES = (0, 1, 2)  # tiles per online-softmax step (AttnConfig.mma_step_tiles; 0: 2 where the ring allows)
 # register cap per thread (AttnConfig.mma_maxnreg's default): 128 fits without spills with the shared
 # pair table and lifts the register limit from 12 to 16 one-warp programs an SM; shared memory (16 KB a
@@ -323,33 +325,55 @@ def _prmt(a, b, sel):
 
 
 @gluon.jit
+def _prmt_halves(w, kprmt, q4):
+    """The half2 (c[n_k], c[n_k+1]) of nibbles k = q4 & ~1 and k + 1 (q4 < 8, a per-register constant) of the
+    code words w, for a symmetric ascending 16-centroid codebook (c[i] = -c[15 - i]): nibble i is
+    c[8 + i & 7] if its bit 3 is set, else -c[8 + (i ^ 7) & 7].  kprmt = (ML0, ML1, MH0, MH1): the low and high
+    bytes of the fp16 magnitudes c[8] .. c[15] (params.prmt_key_bytes).  The magnitude indices of all eight
+    nibbles take three ALU instructions; the low and high bytes of four magnitudes (nibbles 0-3, or 4-7 after a
+    shift) a byte permute each over a 2-register table; the signs, each nibble's bit 3 to its high byte's bit
+    7, a byte permute of the negatives' word and of it shifted by 4; the pair's interleave one more (CSE shares
+    all but the last among the word's pairs)."""
+    neg = ~w & 0x88888888
+    m = (w ^ ((neg >> 3) * 7)) & 0x77777777
+    half = gl.where(q4 < 4, m, m >> 16)
+    ml0, ml1, mh0, mh1 = kprmt
+    lo = _prmt(ml0 + half * 0, ml1 + half * 0, half)
+    hi = _prmt(mh0 + half * 0, mh1 + half * 0, half)
+    sign = _prmt(neg, neg << 4, gl.where(q4 < 4, PRMT_SIGN_LO, PRMT_SIGN_HI)) & 0x80808080
+    return _prmt(lo, hi | sign, gl.where(q4 % 4 < 2, PRMT_PAIR_LO, PRMT_PAIR_HI))
+
+
+@gluon.jit
 def _prmt_key_pairs(w0, w1, w2, w3, kprmt, D: gl.constexpr, KW3: gl.constexpr):
     """mma_key_table "prmt": the key pair registers [16 t, 4 r, D/8] of 4-bit codes of a symmetric codebook
-    (c[i] = -c[15 - i], ascending) without a table in shared memory.  kprmt = (ML0, ML1, MH0, MH1): the low
-    and high bytes of the fp16 magnitudes c[8], ..., c[15] (params.prmt_key_bytes).  A word holds the codes of
-    pairs 4 w .. 4 w + 3, one a nibble; nibble i is c[8 + i & 7] if its bit 3 is set, else -c[15 - i] =
-    -c[8 + (i ^ 7) & 7].  Per word: the magnitude indices m of all eight nibbles (three ALU instructions and a
-    shift), the low and high bytes of four magnitudes a byte permute each (prmt over a 2-register table), the
-    sign bits spread from the nibbles' bit 3 to the high bytes' bit 7 by a byte permute of the word and the word
-    shifted by 4, and the two halves of each pair interleaved by a byte permute: 18 instructions for 8 codes
-    against 28 with the single-code table (two lookups a pair and a join); the same fp16 values, so the same
-    bits."""
+    (c[i] = -c[15 - i], ascending) without a table in shared memory: pair ip is nibbles 2 ip % 8 and the next
+    of word ip // 4, so _prmt_halves of that word.  18 instructions a word of eight codes (four pairs) against
+    28 with the single-code table (two lookups a pair and a join); the same fp16 values, so the same bits."""
     NP: gl.constexpr = D // 8
     ip = gl.arange(0, NP, layout=gl.SliceLayout(0, gl.SliceLayout(0, KW3)))
     wi = gl.expand_dims(gl.expand_dims(ip // 4, 0), 0)
-    q = gl.expand_dims(gl.expand_dims(ip % 4, 0), 0)  # the pair's place in its word (per-register constants)
+    q4 = gl.expand_dims(gl.expand_dims(2 * (ip % 4), 0), 0)  # the pair's first nibble (per-register constants)
     w = _sel_word(w0.to(gl.uint32, bitcast=True)[:, :, None], w1.to(gl.uint32, bitcast=True)[:, :, None],
                   w2.to(gl.uint32, bitcast=True)[:, :, None], w3.to(gl.uint32, bitcast=True)[:, :, None], wi)
-    neg = ~w & 0x88888888  # bit 3 of a nibble clear: a negative centroid
-    m = (w ^ ((neg >> 3) * 7)) & 0x77777777  # magnitude index of every nibble
-    half = gl.where(q < 2, m, m >> 16)  # nibbles 0-3 or 4-7 of the word in the selector's four nibbles
-    ml0, ml1, mh0, mh1 = kprmt
-    lo = _prmt(ml0 + half * 0, ml1 + half * 0, half)  # low bytes of the four magnitudes
-    hi = _prmt(mh0 + half * 0, mh1 + half * 0, half)
-    # nibble k's bit 3 to bit 7 of byte k: bytes of neg << 4 (even nibbles) and of neg (odd ones)
-    sign = _prmt(neg, neg << 4, gl.where(q < 2, PRMT_SIGN_LO, PRMT_SIGN_HI)) & 0x80808080
-    # pair (2 q', 2 q' + 1) of the four: low, high byte of the first, then of the second
-    return _prmt(lo, hi | sign, gl.where(q % 2 == 0, PRMT_PAIR_LO, PRMT_PAIR_HI)).to(gl.int32, bitcast=True)
+    return _prmt_halves(w, kprmt, q4).to(gl.int32, bitcast=True)
+
+
+@gluon.jit
+def _prmt_value_pairs(a0, a1, b0, b1, kprmt, VP3: gl.constexpr):
+    """mma_value_table "prmt" (tq4: 4-bit values of the keys' symmetric codebook): the value pair registers
+    [8 tp, 8 g, 16 j] = (c[a_j], c[b_j]) of the two tokens' runs a = (a0, a1), b = (b0, b1) (codes 0-7, 8-15),
+    without a table: _prmt_halves of each token's word gives the half2 (c[x_2k], c[x_2k+1]), and one byte
+    permute takes code j's half from a's and from b's (5.5 instructions a pair against 7 with two single-code
+    lookups and a join; the same values)."""
+    j = gl.expand_dims(gl.expand_dims(gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(0, VP3))), 0), 0)
+    hi = j >= 8
+    wa = gl.where(hi, a1.to(gl.uint32, bitcast=True)[:, :, None], a0.to(gl.uint32, bitcast=True)[:, :, None])
+    wb = gl.where(hi, b1.to(gl.uint32, bitcast=True)[:, :, None], b0.to(gl.uint32, bitcast=True)[:, :, None])
+    q4 = j % 8
+    xa = _prmt_halves(wa, kprmt, q4)
+    xb = _prmt_halves(wb, kprmt, q4)
+    return _prmt(xa, xb, gl.where(j % 2 == 0, PRMT_LOW_HALVES, PRMT_HIGH_HALVES)).to(gl.int32, bitcast=True)
 
 
 @gluon.jit
@@ -406,10 +430,16 @@ def _key_operand(w0, w1, w2, w3, kprmt, KB: gl.constexpr, D: gl.constexpr, COPIE
 
 
 @gluon.jit
-def _value_operand(a0, a1, b0, b1, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, COPIES: gl.constexpr,
-                   V_TABLE: gl.constexpr, OPA: gl.constexpr, VP3: gl.constexpr):
+def _value_operand(a0, a1, b0, b1, kprmt, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr,
+                   COPIES: gl.constexpr, V_TABLE: gl.constexpr, OPA: gl.constexpr, VP3: gl.constexpr):
     """The tile's value centroids as the A operand [D, 16 tokens] from its words (module docstring);
-    the value table at byte V_TABLE of shared memory, COPIES copies of each entry."""
+    the value table at byte V_TABLE of shared memory, COPIES copies of each entry; COPIES 0: no table,
+    byte permutes (_prmt_value_pairs)."""
+    if COPIES == 0:
+        gl.static_assert(VB == 4 and V_CODES % 4 == 0)  # a run of 16 codes: two whole words
+        x = _expand_pairs(_prmt_value_pairs(a0, a1, b0, b1, kprmt, VP3))  # tp, g, j, e
+        x = gl.permute(x, [2, 1, 0, 3])  # j, g, tp, e
+        return gl.convert_layout(gl.reshape(x, [D, TILE]), OPA, assert_trivial=True)
     VP: gl.constexpr = gl.SliceLayout(2, VP3)
     tp = gl.arange(0, TILE // 2, layout=gl.SliceLayout(1, VP))
     g = gl.arange(0, 8, layout=gl.SliceLayout(0, VP))
@@ -499,7 +529,7 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprm
     if MASKED:
         w = gl.where(ok[:, None], w, 0.0)
     p_op = gl.convert_layout(w.to(gl.float16), OPB)
-    a_v = _value_operand(va0, va1, vb0, vb1, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
+    a_v = _value_operand(va0, va1, vb0, vb1, kprmt, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
     # rescale the accumulator only when the running max or the value scale moved (rare after the
     # first tiles); the factor is <= 1 (or NaN, which must reach the accumulator)
     factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)
@@ -524,14 +554,14 @@ def _tile_scores(sb, ok, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB: gl.c
 
 
 @gluon.jit
-def _tile_value_operand(sb, voff, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr,
+def _tile_value_operand(sb, voff, kprmt, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr,
                         V_COPIES: gl.constexpr, V_TABLE: gl.constexpr, OPA: gl.constexpr, VP3: gl.constexpr):
     """The value A operand [D, 16 tokens] of the tile in ring stage sb."""
     va0 = _lookup(voff + sb)
     va1 = _lookup(voff + sb + 4)
     vb0 = _lookup(voff + sb + SW * 4)
     vb1 = _lookup(voff + sb + (SW * 4 + 4))
-    return _value_operand(va0, va1, vb0, vb1, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
+    return _value_operand(va0, va1, vb0, vb1, kprmt, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
 
 
 @gluon.jit
@@ -566,9 +596,9 @@ def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs
     factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)  # exactly 1 where nothing moved
     if gl.max(gl.where(factor == 1.0, 0, 1), axis=0) > 0:
         acc = acc * factor[None, :]
-    a_v = _tile_value_operand(sb0, voff, V_CODES, VB, D, SW, V_COPIES, V_TABLE, OPA, VP3)
+    a_v = _tile_value_operand(sb0, voff, kprmt, V_CODES, VB, D, SW, V_COPIES, V_TABLE, OPA, VP3)
     acc = mma_v2(a_v, gl.convert_layout(w0.to(gl.float16), OPB), acc)
-    a_v = _tile_value_operand(sb1, voff, V_CODES, VB, D, SW, V_COPIES, V_TABLE, OPA, VP3)
+    a_v = _tile_value_operand(sb1, voff, kprmt, V_CODES, VB, D, SW, V_COPIES, V_TABLE, OPA, VP3)
     acc = mma_v2(a_v, gl.convert_layout(w1.to(gl.float16), OPB), acc)
     return m_new, l_t, acc, vs_new
 
@@ -640,8 +670,9 @@ def _pair_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg0, pg1, en
 
 
 @gluon.jit
-def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff, kprmt, voff,
-                    kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row,
+def _tiles_in_pairs(ring, RW0: gl.constexpr, RING0: gl.constexpr, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs,
+                    koff, kprmt, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
+                    t_row,
                     KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr,
                     V_CODES: gl.constexpr, K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr,
                     V_TABLE: gl.constexpr,
@@ -653,7 +684,6 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, start, end, q_op, qsc, sm_scale_log
     i + STAGES - 2 and i + STAGES - 1 are copied into the previous pair's stages once every lane is
     past it, so STAGES - 2 tiles are in flight while a pair is computed.  A pair's second tile past
     ``end`` is all masked (zero-filled words, scores -inf).  LEAN_LOOP: the steps of _pair_step."""
-    RING0: gl.constexpr = 2 * TABLE_WORDS * 4  # byte address of stage 0
     _copy_first_tiles(ring, RW0, STAGES - 2, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
                       SW, STAGE_WORDS)
     l_t = gl.zeros([TILE, 8], gl.float32, MMA)
@@ -767,10 +797,15 @@ def _decode_mma_kernel(
     FL: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     WIDE_VALUES: gl.constexpr = VALUE_TABLE == 1
     SINGLE_VALUES: gl.constexpr = VALUE_TABLE == 2
+    PRMT_VALUES: gl.constexpr = VALUE_TABLE == 3  # keys and values by byte permutes: no table at all
     # the tables' words
     TW: gl.constexpr = ((WIDE_PRMT_TABLE_WORDS if KEY_PRMT else WIDE_TABLE_WORDS) if WIDE_VALUES
-                        else SINGLE_TABLE_WORDS if SINGLE_VALUES else 2 * TABLE_WORDS)
-    if SINGLE_VALUES:
+                        else SINGLE_TABLE_WORDS if SINGLE_VALUES else 0 if PRMT_VALUES else 2 * TABLE_WORDS)
+    if PRMT_VALUES:  # the ring alone, at byte 0
+        smem = gl.allocate_shared_memory(gl.int32, [STAGES * STAGE_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        ring = smem
+        RW0: gl.constexpr = 0
+    elif SINGLE_VALUES:
         # two allocations, the ring the larger: Triton places it first (byte 0; it is also first in program
         # order), the 2 KB table after it (checked before first use: _verify_ring_placement)
         ring = gl.allocate_shared_memory(gl.int32, [STAGES * STAGE_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
@@ -785,7 +820,13 @@ def _decode_mma_kernel(
         ring = smem
         RW0: gl.constexpr = TW
     # K_TABLE, V_TABLE: byte addresses of the key and value tables
-    if SHARED_TABLE:
+    if PRMT_VALUES:
+        gl.static_assert(KEY_PRMT)
+        K_TABLE: gl.constexpr = 0
+        K_COPIES: gl.constexpr = 0
+        V_COPIES: gl.constexpr = 0  # 0: no value table read either
+        V_TABLE: gl.constexpr = 0
+    elif SHARED_TABLE:
         K_TABLE: gl.constexpr = 0
         K_COPIES: gl.constexpr = 2 * TABLE_WORDS // (1 << (2 * KB))
         V_COPIES: gl.constexpr = K_COPIES
@@ -833,7 +874,7 @@ def _decode_mma_kernel(
         e = gl.arange(0, TABLE_WORDS, layout=FL)
         smem.slice(0, TABLE_WORDS).store(gl.load(kpair_ptr + e // K_COPIES))
         smem.slice(TABLE_WORDS, TABLE_WORDS).store(gl.load(vpair_ptr + e // V_COPIES))
-    RING0: gl.constexpr = 0 if SINGLE_VALUES else TW * 4  # byte address of stage 0
+    RING0: gl.constexpr = 0 if SINGLE_VALUES or PRMT_VALUES else TW * 4  # byte address of stage 0
     if KEY_PRMT:  # mma_key_table "prmt" (the single-code layout, its key table unread; K_COPIES 0): byte permutes
         kprmt = (gl.load(kprmt_ptr).to(gl.uint32, bitcast=True), gl.load(kprmt_ptr + 1).to(gl.uint32, bitcast=True),
                  gl.load(kprmt_ptr + 2).to(gl.uint32, bitcast=True), gl.load(kprmt_ptr + 3).to(gl.uint32, bitcast=True))
@@ -900,7 +941,7 @@ def _decode_mma_kernel(
                 i += 1
         async_copy.wait_group(0)
     else:  # two tiles a step
-        m_i, l_i, acc, vs = _tiles_in_pairs(ring, RW0, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff,
+        m_i, l_i, acc, vs = _tiles_in_pairs(ring, RW0, RING0, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff,
                                             kprmt, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb,
                                             stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE,
                                             V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3,
@@ -939,7 +980,7 @@ def mma_shared_bytes(params: KernelParams, ring_bytes: int, value_table: str = "
     checks the compiled kernel against it); value_table as resolve_value_table gives it, not "auto"."""
     stage_words, stages = ring_stages(params, ring_bytes)
     wide = (WIDE_PRMT_TABLE_WORDS if key_table == "prmt" else WIDE_TABLE_WORDS).value
-    tables = {"wide": 4 * wide, "single": 4 * SINGLE_TABLE_WORDS.value}.get(value_table, TABLE_BYTES)
+    tables = {"wide": 4 * wide, "single": 4 * SINGLE_TABLE_WORDS.value, "prmt": 0}.get(value_table, TABLE_BYTES)
     return tables + 4 * stages * stage_words
 
 
@@ -960,6 +1001,13 @@ def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: 
                     f"{m['K0_BITS']}-bit keys, {m['V0_BITS']}-bit values, mma_key_table={key_table!r}")
         if ring_bytes != RING_BYTES:
             return f"its ring is the default {RING_BYTES} bytes (an allocation of its own): mma_ring_bytes={ring_bytes}"
+    if value_table == "prmt":
+        if (m["K0_BITS"], m["V0_BITS"]) != (4, 4) or not m["KV_PAIR_SAME"] or not m["K_PRMT"] or key_table != "prmt":
+            return (f"it needs 4-bit keys and values of one symmetric codebook (tq4) with mma_key_table 'prmt', got "
+                    f"{m['K0_BITS']}-bit keys, {m['V0_BITS']}-bit values, mma_key_table={key_table!r}")
+        if ring_bytes != RING_BYTES:
+            return (f"its ring is the default {RING_BYTES} bytes (the kernel's only shared memory, a power of two): "
+                    f"mma_ring_bytes={ring_bytes}")
     return None
 
 
@@ -979,6 +1027,8 @@ def resolve_value_table(params: KernelParams, value_table: str, ring_bytes: int,
         return "pair", ring_bytes, maxnreg
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 3) and key_table == "prmt":  # no key table: a four-tile ring
         return "wide", RING_BYTES, maxnreg
+    if (m["K0_BITS"], m["V0_BITS"]) == (4, 4) and m["KV_PAIR_SAME"] and key_table == "prmt":  # no table at all
+        return "prmt", RING_BYTES, maxnreg
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 3) and step_tiles in (0, 1):
         return "wide", WIDE_RING_BYTES, maxnreg
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 4) and m["KV_PAIR_SAME"] \
@@ -1177,7 +1227,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         raise ValueError(f"mma_value_table={value_table!r} is not supported for {params.fmt.preset.name}: {why}; "
                          f"allowed: 'wide' for k4v3 with mma_key_table 'auto' or 'single' and mma_ring_bytes="
                          f"{WIDE_RING_BYTES} or with 'prmt' and {RING_BYTES}, 'single' for tq4 with mma_key_table "
-                         f"'auto' or 'single' and mma_ring_bytes={RING_BYTES}, 'pair' or 'auto' for any")
+                         f"'auto' or 'single' and mma_ring_bytes={RING_BYTES}, 'prmt' for tq4 with mma_key_table "
+                         f"'prmt' and mma_ring_bytes={RING_BYTES}, 'pair' or 'auto' for any")
     if value_table != "wide" and (ring_bytes not in MMA_RING_BYTES or stages < 2):
         raise ValueError(f"mma_ring_bytes={ring_bytes} holds {stages} tile(s) of {4 * stage_words} bytes "
                          f"({params.fmt.preset.name}); allowed values: "

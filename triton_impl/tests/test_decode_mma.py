@@ -323,6 +323,10 @@ def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, table, shar
     # would make the allocation 14 KB, not a power of two)
     ("k4v3", "wide", {"key_table": "prmt"}, "its ring is 6144 bytes .* 8192 beside mma_key_table 'prmt' .*: "
                                             "mma_ring_bytes=6144"),
+    ("tq3", "prmt", {"ring_bytes": 8192}, "got 3-bit keys, 3-bit values, mma_key_table='auto'"),
+    ("k4v3", "prmt", {"ring_bytes": 8192, "key_table": "prmt"}, "got 4-bit keys, 3-bit values, mma_key_table='prmt'"),
+    ("tq4", "prmt", {"ring_bytes": 8192}, "got 4-bit keys, 4-bit values, mma_key_table='auto'"),  # keys in a table
+    ("tq4", "prmt", {"key_table": "prmt"}, "its ring is the default 8192 bytes .*: mma_ring_bytes=6144"),
 ])
 def test_value_tables_name_their_presets_and_rings(preset, table, kw, why):
     """mma_value_table "wide" (k4v3: the 3-bit values' pair table with 32 copies beside the 4-bit keys'
@@ -357,7 +361,7 @@ def test_value_tables_name_their_presets_and_rings(preset, table, kw, why):
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
     *[("mma_page_ahead", bad, "True, False") for bad in (0, 1, "yes", None)],
     *[("mma_lean_loop", bad, "True, False") for bad in (0, 1, "yes", None)],
-    *[("mma_value_table", bad, r"\['auto', 'pair', 'wide', 'single'\]") for bad in ("wider", "", None, 1)],
+    *[("mma_value_table", bad, r"\['auto', 'pair', 'wide', 'single', 'prmt'\]") for bad in ("wider", "", None, 1)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
     with pytest.raises(ValueError, match=rf"{option}={re.escape(repr(bad))} is not supported; allowed values: "
@@ -379,10 +383,11 @@ def _prmt(a, b, sel):
 
 @pytest.mark.parametrize("preset", ["tq4", "k4v3"])
 def test_prmt_key_decode_gives_the_single_code_pairs(preset):
-    """mma_key_table "prmt" (decode_mma._prmt_key_pairs), step by step on the CPU with its selectors and
-    params.prmt_key_bytes: for every word of eight 4-bit codes, the four pair registers equal the pair table's
-    entries (fp16 c[a] low, c[b] high) -- the words the single-code table gives, hence the same bits.  The GPU
-    kernel is the same sequence in Gluon (test_options_give_the_default_bits runs it)."""
+    """mma_key_table "prmt" (decode_mma._prmt_halves, _prmt_key_pairs), step by step on the CPU with its
+    selectors and params.prmt_key_bytes: for every word of eight 4-bit codes, the four pair registers equal the
+    pair table's entries (fp16 c[a] low, c[b] high) -- the words the single-code table gives, hence the same
+    bits; and mma_value_table "prmt" (_prmt_value_pairs): code j of two tokens' words from their half2s.  The
+    GPU kernel is the same sequence in Gluon (test_options_give_the_default_bits runs it)."""
     from turboquant.triton_impl import decode_mma as dm
 
     p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(preset), 128), "cpu")
@@ -394,6 +399,7 @@ def test_prmt_key_decode_gives_the_single_code_pairs(preset):
                         np.array([0, 0xFFFFFFFF, 0x88888888, 0x77777777, 0x0F0F0F0F], np.uint32)])
     neg = ~w & np.uint32(0x88888888)
     m = (w ^ ((neg >> 3) * np.uint32(7))) & np.uint32(0x77777777)
+    halves = []
     for q in range(4):
         half = m if q < 2 else m >> 16
         lo = _prmt(np.full_like(w, ml0), np.full_like(w, ml1), half)
@@ -403,6 +409,14 @@ def test_prmt_key_decode_gives_the_single_code_pairs(preset):
         got = _prmt(lo, hi | sign, np.full_like(w, (dm.PRMT_PAIR_LO, dm.PRMT_PAIR_HI)[q % 2].value))
         a, b = (w >> (8 * q)) & 0xF, (w >> (8 * q + 4)) & 0xF  # the pair's two codes
         np.testing.assert_array_equal(got, pairs[a | (b << 4)])
+        halves.append(got)
+    # values (mma_value_table "prmt"): code j of token a and of token b from the two tokens' words' half2s
+    wb = np.roll(w, 1)
+    for j in range(8):
+        xa, xb = halves[j // 2], np.roll(halves[j // 2], 1)  # the half2 of nibbles j & ~1, j | 1 of w and of wb
+        sel = (dm.PRMT_LOW_HALVES if j % 2 == 0 else dm.PRMT_HIGH_HALVES).value
+        got = _prmt(xa, xb, np.full_like(w, sel))
+        np.testing.assert_array_equal(got, pairs[((w >> (4 * j)) & 0xF) | (((wb >> (4 * j)) & 0xF) << 4)])
 
 
 @pytest.mark.parametrize("preset,ring,table", [("tq3", 4096, "pair"), ("tq4", 8192, "single")])
@@ -894,6 +908,10 @@ SAME_BITS_OPTIONS = [
     ("k4v3", 1, {"mma_value_table": "wide", "mma_ring_bytes": 8192, "mma_key_table": "prmt", "mma_lean_loop": True}),
     ("tq4", 1, {"mma_key_table": "prmt"}),
     ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt", "mma_lean_loop": True}),
+    # tq4's values by byte permutes too ("auto" beside "prmt" keys): no table, the ring the only shared memory
+    ("tq4", 1, {"mma_value_table": "prmt", "mma_key_table": "prmt", "mma_maxnreg": 152}),
+    ("tq4", 1, {"mma_value_table": "prmt", "mma_key_table": "prmt", "mma_maxnreg": 152, "mma_lean_loop": True,
+                "mma_page_ahead": True}),
 ]
 
 
