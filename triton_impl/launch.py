@@ -125,7 +125,11 @@ class AttnConfig:
     # tq4 (where mma_maxnreg is the default), "pair" elsewhere or where the other options leave them no room. The
     # H200 timed "wide" 2-14 % and "single" at 144 registers 0-9 % faster than the pair tables at 32 x 32k,
     # 8 x 32k, 1 x 128k, 64 x 1k and 256 x 6k (results/2026-12-05-h200-s15/call14-decode). The same words as
-    # the pair layout's, so the bits of mma_step_tiles=1
+    # the pair layout's, so the bits of mma_step_tiles=1. Beside mma_key_table="prmt", "auto" gives k4v3 "wide" with
+    # the default 8 KB ring (the key table's 2 KB freed: two tiles a step) and tq4 "prmt": its 4-bit values by
+    # byte permutes too (decode_mma._prmt_value_pairs), no table at all, the ring the only shared memory
+    # (instructions a tile, compile_check: 730 -> 539 with mma_lean_loop at a 152-register cap; prepared in the
+    # seventeenth session, not yet run)
     mma_value_table: str = "auto"
     # the mma decode kernel's tile loop in its lean form (decode_mma._pair_step / _tile_step): the ring stage carried
     # and wrapped instead of a signed remainder a use, the copies into a runtime row of the ring instead of a
