@@ -497,7 +497,9 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprm
     """One tile of 16 tokens (ring stage at byte address sb; ok: which of its tokens are in the split)
     folded into the running state: max m_i and sum l_i (base 2, per head), the rotated value
     accumulator acc [D, 8] in units of the running value scale vs.  Returns (m_i, l_i, acc, vs).
-    MASKED False: every token of the tile is in the split (ok is not read; the same bits as ok all true)."""
+    MASKED False: every token of the tile is in the split (ok is not read; the same bits as ok all true).
+    (_attend_pair's LAZY rescale made the one-tile loop longer: 594 instead of 539 a tile for tq4 with
+    keys and values by byte permutes, the table words moved from uniform registers at each use.)"""
     kw0, kw1, kw2, kw3 = _key_words(koff + sb, KB, D)
     kn = _lookup(kn_off + sb).to(gl.float32, bitcast=True)
     vn = _lookup(vn_off + sb).to(gl.float32, bitcast=True)
@@ -565,42 +567,58 @@ def _tile_value_operand(sb, voff, kprmt, V_CODES: gl.constexpr, VB: gl.constexpr
 
 
 @gluon.jit
-def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, koff, kprmt, voff, kn_off, vn_off,
-                 KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
+def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, inv, koff, kprmt, voff, kn_off,
+                 vn_off, KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
                  K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
-                 OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr):
+                 OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr,
+                 LAZY: gl.constexpr):
     """Two tiles of 16 tokens (ring stages sb0, sb1) folded into the running state with one
     online-softmax update (STEP_TILES = 2): the cross-lane reductions (score max, value-norm max, the
     rescale test) run once per 32 tokens, the value scale's reciprocal once, and the softmax
     denominator stays per lane, l_t [16, 8] in the scores' layout (summed over tokens after the
-    loop).  The same sums as two _attend_tile steps, rounded differently."""
+    loop).  The same sums as two _attend_tile steps, rounded differently.  LAZY (the lean loop): the
+    reciprocal of the value scale (inv, carried: returned with the state), alpha and the factor computed only
+    in a step where the running max or the value scale moved (elsewhere inv is the carried one, alpha and the
+    factor exactly 1: the same bits).  Returns (m, l_t, acc, vs, inv)."""
     s0 = _tile_scores(sb0, ok0, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
     s1 = _tile_scores(sb1, ok1, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
     vn0 = _lookup(vn_off + sb0).to(gl.float32, bitcast=True)
     vn1 = _lookup(vn_off + sb1).to(gl.float32, bitcast=True)
     m_new = gl.maximum(m_i, gl.max(gl.maximum(s0, s1), axis=0))
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = gl.exp2(m_i - m_use)
+    if not LAZY:
+        alpha = gl.exp2(m_i - m_use)
     p0 = gl.exp2(s0 - m_use[None, :])
     p1 = gl.exp2(s1 - m_use[None, :])
-    l_t = l_t * alpha[None, :] + (p0 + p1)
+    if not LAZY:
+        l_t = l_t * alpha[None, :] + (p0 + p1)
 
     # values: P^T scaled by ||v|| / s (fp16 range), O^T += V'^T P^T, both tiles
     f0 = gl.where(ok0 & (gl.abs(vn0) < float("inf")), gl.abs(vn0), 0.0)
     f1 = gl.where(ok1 & (gl.abs(vn1) < float("inf")), gl.abs(vn1), 0.0)
     vs_new = gl.maximum(vs, gl.max(gl.maximum(f0, f1), axis=0))
     vs_use = gl.where(vs_new > 0, vs_new, 1.0)
-    inv = 1.0 / vs_use
+    if LAZY:
+        if gl.max(gl.where((m_new != m_i) | (vs_new != vs), 1, 0), axis=0) > 0:  # NaN != NaN: moved
+            alpha = gl.exp2(m_i - m_use)
+            l_t = l_t * alpha[None, :] + (p0 + p1)
+            inv = 1.0 / vs_use
+            acc = acc * (alpha * (gl.where(vs > 0, vs, 1.0) / vs_use))[None, :]  # exactly 1: the same bits
+        else:
+            l_t = l_t + (p0 + p1)  # alpha = 1
+    else:
+        inv = 1.0 / vs_use
     w0 = gl.where(ok0[:, None], p0 * (vn0 * inv)[:, None], 0.0)
     w1 = gl.where(ok1[:, None], p1 * (vn1 * inv)[:, None], 0.0)
-    factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)  # exactly 1 where nothing moved
-    if gl.max(gl.where(factor == 1.0, 0, 1), axis=0) > 0:
-        acc = acc * factor[None, :]
+    if not LAZY:
+        factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)  # exactly 1 where nothing moved
+        if gl.max(gl.where(factor == 1.0, 0, 1), axis=0) > 0:
+            acc = acc * factor[None, :]
     a_v = _tile_value_operand(sb0, voff, kprmt, V_CODES, VB, D, SW, V_COPIES, V_TABLE, OPA, VP3)
     acc = mma_v2(a_v, gl.convert_layout(w0.to(gl.float16), OPB), acc)
     a_v = _tile_value_operand(sb1, voff, kprmt, V_CODES, VB, D, SW, V_COPIES, V_TABLE, OPA, VP3)
     acc = mma_v2(a_v, gl.convert_layout(w1.to(gl.float16), OPB), acc)
-    return m_new, l_t, acc, vs_new
+    return m_new, l_t, acc, vs_new, inv
 
 
 @gluon.jit
@@ -625,15 +643,14 @@ def _tile_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg, end, q_o
     _copy_tile_to_row(ring, RW0, gl.where(s >= 1, s - 1, STAGES - 1), ta, end, src, w_copy, SW, STAGE_WORDS)
     sb = (RING0 + s * (STAGE_WORDS * 4)).to(gl.uint32)  # stage s's byte address
     m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt,
-                                     voff,
-                                     kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA,
-                                     OPB, MMA, KW3, VP3, MASKED)
+                                     voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES,
+                                     V_TABLE, OPA, OPB, MMA, KW3, VP3, MASKED)
     return m_i, l_i, acc, vs, gl.where(s == STAGES - 1, 0, s + 1), pg
 
 
 @gluon.jit
 def _pair_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg0, pg1, end, q_op, qsc, sm_scale_log2, m_i, l_t,
-               acc, vs, koff, kprmt, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs,
+               acc, vs, inv, koff, kprmt, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs,
                w_copy, t_row,
                KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
                K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
@@ -642,7 +659,8 @@ def _pair_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg0, pg1, en
     """One step of _tiles_in_pairs's lean loop (LEAN_LOOP): the pair of tiles at t0 in stages s, s + 1, the
     copies of tiles t0 + (STAGES - 2) TILE and the next into stages c, c + 1 (the previous pair's).  The stage is
     carried and wrapped (a signed remainder is four uniform instructions a use) and the copies take it as a
-    runtime row of the ring.  Returns the state and (s, pg0, pg1) for the next step."""
+    runtime row of the ring; _attend_pair's LAZY rescale (inv carried).  Returns the state (with inv) and
+    (s, pg0, pg1) for the next step."""
     async_copy.wait_group(STAGES - 4)  # tiles t0, t0 + TILE have landed (this lane's copies) ...
     _barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
     ta = t0 + (STAGES - 2) * TILE  # the two tiles this step copies: ta, ta + TILE
@@ -663,10 +681,11 @@ def _pair_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg0, pg1, en
                               STAGE_WORDS)
     sb0 = (RING0 + s * (STAGE_WORDS * 4)).to(gl.uint32)
     sb1 = sb0 + STAGE_WORDS * 4
-    m_i, l_t, acc, vs = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc, sm_scale_log2,
-                                     m_i, l_t, acc, vs, koff, kprmt, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES,
-                                     K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
-    return m_i, l_t, acc, vs, gl.where(s == STAGES - 2, 0, s + 2), pg0, pg1
+    m_i, l_t, acc, vs, inv = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
+                                          sm_scale_log2, m_i, l_t, acc, vs, inv, koff, kprmt, voff, kn_off, vn_off, KB,
+                                          VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3,
+                                          VP3, True)
+    return m_i, l_t, acc, vs, inv, gl.where(s == STAGES - 2, 0, s + 2), pg0, pg1
 
 
 @gluon.jit
@@ -699,12 +718,13 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, RING0: gl.constexpr, start, end, q_
         # every pair with the masks: the whole pairs in a loop of their own (as _tile_step's) took ptxas to 948
         # instructions a step instead of 863 (two LOP3 a lookup instead of one: the lane's table offset
         # recomputed in each address), whatever the register cap
+        inv = vs * 0.0 + 1.0  # 1 / the value scale in use (1 before any value norm)
         for t0 in range(start, end, 2 * TILE):
-            m_i, l_t, acc, vs, s, pg0, pg1 = _pair_step(
-                ring, RW0, RING0, t0, s, pg0, pg1, end, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, koff, kprmt,
-                voff, kn_off,
-                vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES,
-                K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3, PAGE_AHEAD)
+            m_i, l_t, acc, vs, inv, s, pg0, pg1 = _pair_step(
+                ring, RW0, RING0, t0, s, pg0, pg1, end, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, inv, koff, kprmt,
+                voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D,
+                SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3,
+                PAGE_AHEAD)
         async_copy.wait_group(0)
         return m_i, gl.sum(l_t, axis=0), acc, vs
     i = 0
@@ -728,9 +748,10 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, RING0: gl.constexpr, start, end, q_
                                     SW, STAGES, STAGE_WORDS)
         sb0 = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         sb1 = (RING0 + ((i + 1) % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
-        m_i, l_t, acc, vs = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
-                                         sm_scale_log2, m_i, l_t, acc, vs, koff, kprmt, voff, kn_off, vn_off, KB, VB,
-                                         D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3)
+        m_i, l_t, acc, vs, _ = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
+                                            sm_scale_log2, m_i, l_t, acc, vs, 1.0, koff, kprmt, voff, kn_off, vn_off,
+                                            KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA,
+                                            KW3, VP3, False)
         i += 2
     async_copy.wait_group(0)
     return m_i, gl.sum(l_t, axis=0), acc, vs
