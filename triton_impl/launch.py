@@ -84,8 +84,8 @@ class AttnConfig:
     # for k4v3 and 0.5-3.0 % for tq4 at 32 x 32k, 8 x 32k, 1 x 128k and 64 x 1k
     # (results/2026-12-04-h200-s12/call1-kernels). "prmt": 4-bit keys of a symmetric codebook decoded in registers
     # by byte permutes of the magnitudes' fp16 bytes (decode_mma._prmt_key_pairs; no key table read, the single
-    # layout's shared memory, the same values, so the same bits); instructions a step (compile_check): k4v3 591 ->
-    # 543, with mma_lean_loop 522, and at a 152-register cap (13 programs an SM, as shared memory allows) 484;
+    # layout's shared memory, the same values, so the same bits); instructions a tile (compile_check): k4v3 591 ->
+    # 505.5 (the freed 2 KB give its wide value table a four-tile ring: two tiles a step), with mma_lean_loop 479;
     # prepared without a GPU (seventeenth session), not yet run or timed
     mma_key_table: str = "auto"
     # the decode step's query rotation where the mma kernel serves it (default mode): "fma" (fp32 FMA dots
@@ -133,9 +133,10 @@ class AttnConfig:
     mma_value_table: str = "auto"
     # the mma decode kernel's tile loop in its lean form (decode_mma._pair_step / _tile_step): the ring stage carried
     # and wrapped instead of a signed remainder a use, the copies into a runtime row of the ring instead of a
-    # warp-uniform branch a stage, a page's offset by one 32 x 32 -> 64-bit multiply, and in the one-tile loop
-    # every tile whole inside the split without the token masks (the last keeps them). The same bits.
-    # Instructions a step executes (compile_check, sm_90, Triton 3.6): tq3 854 -> 826, k4v3 591 -> 576, tq4
+    # warp-uniform branch a stage, a page's offset by one 32 x 32 -> 64-bit multiply, in the one-tile loop every
+    # tile whole inside the split without the token masks (the last keeps them), in the two-tile loop the rescale
+    # only in a step where the running max or the value scale moved. The same bits. Instructions a step executes
+    # (compile_check, sm_90, Triton 3.6): tq3 854 -> 801 (783 at a 152-register cap), k4v3 591 -> 576, tq4
     # 730 -> 681. Prepared without a GPU (docs/kernel-notes.md, seventeenth session): not yet run or timed
     mma_lean_loop: bool = False
 
