@@ -119,7 +119,9 @@ MMA_RING_BYTES = (4096,) + tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
 # tq4 at every shape (results/2026-12-04-h200-s12/call1-kernels)
 # "prmt": 4-bit keys of a symmetric codebook decoded by byte permutes of the magnitudes' fp16 bytes
 # (_prmt_key_pairs: no key table read, 18 instructions for 8 codes against 28; the same values as "single",
-# whose shared-memory layout it keeps); prepared in the seventeenth session, not yet run on a GPU
+# whose shared-memory layout it keeps beside an explicit value table; "auto" values beside it: k4v3's wide table
+# with a four-tile ring, tq4's values by byte permutes too, no table); prepared in the seventeenth session, not
+# yet run on a GPU
 KEY_TABLES = ("auto", "pair", "single", "prmt")
 # _prmt_key_pairs's byte-permute selectors (prmt.b32 default mode: selector nibble j picks byte j of the result
 # from {b, a}, a = bytes 0-3): the sign bytes of nibbles 0-3 and 4-7 of a word from (a = neg, b = neg << 4),
