@@ -87,7 +87,8 @@ LOG2E = gl.constexpr(1.4426950408889634)
 _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 _thread_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 # and made shared_memory_descriptor._reinterpret public as reinterpret (the same arguments)
-_reinterpret = getattr(gl.shared_memory_descriptor, "reinterpret", None) or gl.shared_memory_descriptor._reinterpret
+_reinterpret = (getattr(gl.shared_memory_descriptor, "reinterpret", None)
+                or getattr(gl.shared_memory_descriptor, "_reinterpret", None))  # (only the lean loop needs it)
 TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
 TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
 # The value table's kind (AttnConfig.mma_value_table; "auto": resolve_value_table): "pair" (the layouts above), "wide"
