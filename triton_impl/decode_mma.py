@@ -1201,6 +1201,8 @@ def mma_decode_unsupported(params: KernelParams, query_dtype: torch.dtype, devic
         return f"block_size {block_size} (a multiple of {TILE_TOKENS} only)"
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return NO_CUDA
+    if torch.version.hip is not None:  # (a ROCm device reports capabilities of its own; Gluon's mma_v2 is NVIDIA's)
+        return "needs an NVIDIA GPU (mma.sync, ld.shared and prmt in inline PTX), got a ROCm device"
     if torch.cuda.get_device_capability(device) < (8, 0):
         return "needs mma.sync (compute capability 8.0 or newer)"
     return None

@@ -95,6 +95,16 @@ def test_unsupported_launches_name_the_reason(preset, d, dtype, hq, hkv, bs, why
     assert why in mma_decode_unsupported(_params(preset, d), dtype, DEV, hq, hkv, bs)
 
 
+def test_rocm_devices_take_the_split_kernel(monkeypatch):
+    """The mma kernel is NVIDIA's (mma.sync, ld.shared and prmt in inline PTX): a ROCm build of torch, whose
+    devices also report a compute capability, gets the reason instead of a compile error at launch."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # (the interpreter's reason comes first)
+    monkeypatch.setattr(torch.version, "hip", "6.2.0")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 4))
+    why = mma_decode_unsupported(_params("tq3"), torch.bfloat16, torch.device("cuda"), 32, 8, 16)
+    assert "needs an NVIDIA GPU" in why and "ROCm" in why
+
+
 def test_supported_launch_on_this_machine():
     why = mma_decode_unsupported(_params("tq3"), torch.bfloat16, DEV, 32, 8, 16)
     if DEV.type == "cuda" and torch.cuda.get_device_capability() >= (8, 0):
