@@ -135,3 +135,32 @@ def test_prepared_kernel_variants_compile_for_sm90():
             assert smem == 2048 + RING_BYTES, row
         if preset == "tq4" and "k2" in spec:  # keys and values by byte permutes: the ring alone
             assert smem == RING_BYTES, row
+
+
+def _listing(body, head=0x100):
+    """A SASS-like listing (cuobjdump's address comments): one MOV, then ``body`` from address ``head``, whose
+    {B}, {J}, {K} are the addresses of its instructions 105, 107, 124 and {H} the head."""
+    at = {"B": head + 16 * 105, "J": head + 16 * 107, "K": head + 16 * 124, "H": head}
+    targets = {k: hex(v) for k, v in at.items()}
+    lines = ["        /*0000*/                   MOV R0, RZ ;"]
+    for i, text in enumerate(body):
+        lines.append(f"        /*{head + 16 * i:04x}*/                   {text.format(**targets)} ;")
+    return "\n".join(lines)
+
+
+def test_loop_paths_count_what_an_iteration_executes():
+    """compile_check's executed-instructions count (the numbers the kernel notes compare options by): of a
+    loop, the longer of two blocks a branch chooses between, never the block a branch skips when it holds 16
+    or more FMULs (the accumulator's rare rescale), and nothing of a loop under 100 instructions."""
+    from benchmarks.micro.compile_check import _loop_paths
+
+    body = (["IADD3 R1, R1, 0x1, RZ"] * 100  # straight-line work: 100
+            + ["@P0 BRA {B}"] + ["IADD3 R2, R2, 0x1, RZ"] * 3 + ["BRA {J}"]  # block A: branch + 3 + jump = 5
+            + ["IADD3 R3, R3, 0x1, RZ"] * 2  # block B (at B): 2
+            + ["@!P1 BRA {K}"] + ["FMUL R4, R4, R5"] * 16  # at J: the rescale branch, skipped: 1
+            + ["IADD3 R6, R6, 0x1, RZ", "@P2 BRA {H}"])  # at K: 1 + the back edge 1
+    assert _loop_paths(_listing(body)) == str(100 + 5 + 1 + 1 + 1)
+    # with 15 FMULs the block is ordinary work: the branch may fall into it
+    fifteen = body[:108] + ["IADD3 R7, R7, 0x1, RZ"] + body[109:]
+    assert _loop_paths(_listing(fifteen)) == str(100 + 5 + 1 + 16 + 1 + 1)
+    assert _loop_paths(_listing(["IADD3 R1, R1, 0x1, RZ"] * 20 + ["@P2 BRA {H}"])) == "-"  # under 100
