@@ -932,20 +932,13 @@ def _decode_mma_kernel(
             if not PAGE_AHEAD:
                 pg = s
             t_whole = start + gl.maximum(end - start, 0) // TILE * TILE  # tiles before it: whole inside the split
-            for t0 in range(start, t_whole, TILE):
-                m_i, l_i, acc, vs, s, pg = _tile_step(
-                    ring, RW0, RING0, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt, voff,
-                    kn_off,
-                    vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES,
-                    K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3, PAGE_AHEAD,
-                    False)
-            for t0 in range(t_whole, end, TILE):  # at most one step
-                m_i, l_i, acc, vs, s, pg = _tile_step(
-                    ring, RW0, RING0, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt, voff,
-                    kn_off,
-                    vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES,
-                    K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3, PAGE_AHEAD,
-                    True)
+            for masked in gl.static_range(2):  # the whole tiles without masks, then the last (at most one) with them
+                for t0 in range(t_whole if masked else start, end if masked else t_whole, TILE):
+                    m_i, l_i, acc, vs, s, pg = _tile_step(
+                        ring, RW0, RING0, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt,
+                        voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB,
+                        VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA,
+                        KW3, VP3, PAGE_AHEAD, masked == 1)
         else:
             i = 0
             for t0 in range(start, end, TILE):
