@@ -51,6 +51,11 @@ AttnConfig.mma_value_table moves the values the same way: "wide" (k4v3) gives it
 32 copies (8 KB, beside the 2 KB single-code key table, with a three-tile ring), "single" (tq4) looks the
 values up on the keys' single-code table (2 KB in all, in an allocation of its own after the ring);
 the default ("auto", resolve_value_table) is "wide" for k4v3 and "single" for tq4, "pair" for the rest.
+Without a table (AttnConfig.mma_key_table / mma_value_table = "prmt", opt-in): 4-bit codes of a symmetric
+codebook are decoded in registers by byte permutes (prmt.b32) of the fp16 magnitudes' bytes, held in four
+registers (_prmt_halves): the same values, no ld.shared; beside them "auto" gives k4v3's wide value table a
+four-tile ring (the key table's 2 KB freed) and tq4 no table at all.  AttnConfig.mma_lean_loop (opt-in) runs
+the tile loop of _tile_step / _pair_step: the same arithmetic in fewer instructions.
 
 Numerics: as the split kernel's fp16 path.  q' is scaled by 1/max|q'| per head; scores are
 fp32 = qsc * ||k|| * <q'16, c16>; softmax in fp32 (base 2); P^T is multiplied by ||v|| / s, s the
