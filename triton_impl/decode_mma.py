@@ -506,8 +506,7 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprm
     folded into the running state: max m_i and sum l_i (base 2, per head), the rotated value
     accumulator acc [D, 8] in units of the running value scale vs.  Returns (m_i, l_i, acc, vs).
     MASKED False: every token of the tile is in the split (ok is not read; the same bits as ok all true).
-    (_attend_pair's LAZY rescale made the one-tile loop longer: 594 instead of 539 a tile for tq4 with
-    keys and values by byte permutes, the table words moved from uniform registers at each use.)"""
+    (No LAZY rescale here: it made this loop longer, docs/kernel-notes.md, seventeenth session.)"""
     kw0, kw1, kw2, kw3 = _key_words(koff + sb, KB, D)
     kn = _lookup(kn_off + sb).to(gl.float32, bitcast=True)
     vn = _lookup(vn_off + sb).to(gl.float32, bitcast=True)
@@ -1006,6 +1005,13 @@ def mma_shared_bytes(params: KernelParams, ring_bytes: int, value_table: str = "
     return tables + 4 * stages * stage_words
 
 
+def wide_ring_bytes(key_table: str) -> int:
+    """The ring of mma_value_table "wide": WIDE_RING_BYTES beside the 4-bit keys' 2 KB single-code table (16 KB in
+    all), RING_BYTES beside keys by byte permutes ("prmt": no key table; a 6 KB ring would leave 14 KB, not a power
+    of two)."""
+    return RING_BYTES if key_table == "prmt" else WIDE_RING_BYTES
+
+
 def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: int, key_table: str) -> str | None:
     """Why AttnConfig.mma_value_table cannot serve this preset / ring / key table, or None."""
     m = params.meta
@@ -1013,7 +1019,7 @@ def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: 
         if (m["K0_BITS"], m["V0_BITS"]) != (4, 3) or key_table == "pair":
             return (f"it needs 4-bit keys on the single-code table and 3-bit values (k4v3), got {m['K0_BITS']}-bit "
                     f"keys, {m['V0_BITS']}-bit values, mma_key_table={key_table!r}")
-        if ring_bytes != (RING_BYTES if key_table == "prmt" else WIDE_RING_BYTES):
+        if ring_bytes != wide_ring_bytes(key_table):
             return (f"its ring is {WIDE_RING_BYTES} bytes (three tiles; 16 KB with the tables), {RING_BYTES} beside "
                     f"mma_key_table 'prmt' (no key table; the allocation's size a power of two): "
                     f"mma_ring_bytes={ring_bytes}")
@@ -1048,11 +1054,11 @@ def resolve_value_table(params: KernelParams, value_table: str, ring_bytes: int,
     if ring_bytes != RING_BYTES or key_table == "pair":
         return "pair", ring_bytes, maxnreg
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 3) and key_table == "prmt":  # no key table: a four-tile ring
-        return "wide", RING_BYTES, maxnreg
+        return "wide", wide_ring_bytes(key_table), maxnreg
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 4) and m["KV_PAIR_SAME"] and key_table == "prmt":  # no table at all
         return "prmt", RING_BYTES, maxnreg
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 3) and step_tiles in (0, 1):
-        return "wide", WIDE_RING_BYTES, maxnreg
+        return "wide", wide_ring_bytes(key_table), maxnreg
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 4) and m["KV_PAIR_SAME"] \
             and (maxnreg in (MAXNREG, 0) or maxnreg >= SINGLE_MAXNREG):
         return "single", ring_bytes, SINGLE_MAXNREG if maxnreg == MAXNREG else maxnreg

@@ -14,7 +14,7 @@ from turboquant import format as tqf
 
 from .attn_core import _merge_kernel, _split_kernel, acc_width
 from .decode_mma import KEY_TABLES as MMA_KEY_TABLES
-from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES, WIDE_RING_BYTES
+from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES, WIDE_RING_BYTES, wide_ring_bytes
 from .decode_mma import SPLIT_RULES as MMA_SPLIT_RULES
 from .decode_mma import STEP_TILES as MMA_STEP_TILES
 from .decode_mma import VALUE_TABLES as MMA_VALUE_TABLES
@@ -83,9 +83,10 @@ class AttnConfig:
     # of their own whatever mma_shared_table says), else "pair". The H200 timed "single" 1.4-3.7 % faster
     # for k4v3 and 0.5-3.0 % for tq4 at 32 x 32k, 8 x 32k, 1 x 128k and 64 x 1k
     # (results/2026-12-04-h200-s12/call1-kernels). "prmt": 4-bit keys of a symmetric codebook decoded in registers
-    # by byte permutes of the magnitudes' fp16 bytes (decode_mma._prmt_key_pairs; no key table read, the single
-    # layout's shared memory, the same values, so the same bits); instructions a tile (compile_check): k4v3 591 ->
-    # 505.5 (the freed 2 KB give its wide value table a four-tile ring: two tiles a step), with mma_lean_loop 479;
+    # by byte permutes of the magnitudes' fp16 bytes (decode_mma._prmt_key_pairs; no key table read, the same
+    # values, so the same bits; mma_value_table's "auto" beside it below); instructions a tile (compile_check):
+    # k4v3 591 -> 505.5 (the freed 2 KB give its wide value table a four-tile ring: two tiles a step), with
+    # mma_lean_loop 479;
     # prepared without a GPU (seventeenth session), not yet run or timed
     mma_key_table: str = "auto"
     # the decode step's query rotation where the mma kernel serves it (default mode): "fma" (fp32 FMA dots
@@ -161,8 +162,7 @@ class AttnConfig:
         for name in ("mma_shared_table", "mma_page_ahead", "mma_lean_loop"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: True, False")
-        wide_ring = RING_BYTES if self.mma_key_table == "prmt" else WIDE_RING_BYTES  # 16 KB with the tables
-        if (self.mma_ring_bytes != wide_ring if self.mma_value_table == "wide"
+        if (self.mma_ring_bytes != wide_ring_bytes(self.mma_key_table) if self.mma_value_table == "wide"
                 else self.mma_ring_bytes == WIDE_RING_BYTES):
             raise ValueError(f"mma_value_table={self.mma_value_table!r} with mma_ring_bytes={self.mma_ring_bytes} is "
                              f"not supported; allowed: mma_value_table='wide' with mma_ring_bytes={WIDE_RING_BYTES} "

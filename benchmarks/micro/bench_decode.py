@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from turboquant import format as tqf
 from turboquant.triton_impl import AttnConfig, KernelParams, decode_attention, store_kv
 from turboquant.triton_impl.decode import decode_splits
-from turboquant.triton_impl.decode_mma import RING_BYTES, VALUE_TABLES, WIDE_RING_BYTES
+from turboquant.triton_impl.decode_mma import RING_BYTES, VALUE_TABLES, wide_ring_bytes
 
 HQ, HKV, D, BS = 32, 8, 128, 16
 L2_ROTATE_BYTES = 512 << 20  # rotate inputs until a graph touches at least this much
@@ -348,8 +348,8 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
         kcfg = dataclasses.replace(kcfg, mma_lean_loop=lean == "1")
     if vtab:  # the wide table comes with its own ring (AttnConfig checks the pair)
         kcfg = dataclasses.replace(kcfg, mma_value_table=VALUE_TABLES[1 + int(vtab)],  # v0 pair, v1 wide, v2 single
-                                   mma_ring_bytes=int(ring) if ring else WIDE_RING_BYTES if vtab == "1" and key != "2"
-                                   else RING_BYTES)
+                                   mma_ring_bytes=int(ring) if ring else wide_ring_bytes(kcfg.mma_key_table)
+                                   if vtab == "1" else RING_BYTES)
     return kcfg
 
 

@@ -347,7 +347,6 @@ def test_wg_variant_meets_the_contract(preset, d, dtype, n, h, pps):
         assert (a[..., span] != b[..., span]).any(axis=-1).mean() <= 0.01
 
 
-
 @pytest.mark.parametrize("preset,d,dtype,kw,why", [
     ("tq3", 128, torch.float32, {}, "it takes bfloat16 or float16 keys and values, got torch.float32 and "
                                     "torch.float32"),
