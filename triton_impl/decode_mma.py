@@ -11,51 +11,14 @@ It writes the same partial state as ``attn_core._split_kernel`` (m, l, unnormali
 accumulator); ``merge.merge_splits`` merges the splits and rotates back.
 Grid: (num_seqs, num_kv_heads, num_splits), one warp per program.
 
-Shared memory: the key and value pair tables (below), then a ring of STAGES tiles (MMA_RING_BYTES).
+Shared memory: the key and value pair tables (decode_mma_operands), then a ring of STAGES tiles (MMA_RING_BYTES).
 A tile's TILE slots of one KV head are one contiguous, 16-byte aligned run of the cache; cp.async
 copies it, coalesced, STAGES - 1 tiles ahead, and the lanes read their words from the ring with
-ld.shared in the operand pattern below (one barrier per tile).
+ld.shared in the operand pattern (one barrier per tile).  AttnConfig.mma_lean_loop (opt-in) runs the tile
+loop of _tile_step / _pair_step: the same arithmetic in fewer instructions.
 
-The two products are transposed so that the GQA group is the MMA's N = 8 columns:
-
-* scores   S^T [16 tokens, 8 heads]  = K'  [16 tokens, d]  @ Q'^T [d, 8]      (mma m16n8k16)
-* values   O^T [d, 8 heads]         += V'^T [d, 16 tokens] @ P^T  [16 tokens, 8]
-
-K' and V'^T are the centroids c[idx] of the tile (norms apply to scores and to P), built in
-registers in the mma A-operand layout.  Which rotated coordinate sits in which operand register is
-free: a permutation of the coordinates applied to Q' (query side) and undone when the accumulator
-is stored (value side) leaves both products unchanged.  The kernel picks it so that every lane's
-operand elements are one contiguous run of codes of a slot (no stored byte changes):
-
-* key A operand: lane (g, r) = (lane // 4, lane % 4) holds tokens g and g + 8 and, of each, the MMA
-  columns k = 16 kt + 8 hf + 2 r + e (kt < d/16, hf, e < 2).  Slot key code 32 r + (4 kt + 2 hf + e)
-  goes to column k: each lane reads d/4 consecutive codes of its two tokens (12 bytes at 3 bits).
-* value A operand: lane (g, r) holds coordinates n = 8 j + g (j < 16) of tokens 2 r + e + 8 hf.
-  Slot value code 16 g + j goes to row n: each lane reads 16 consecutive codes (48 bits at 3 bits).
-
-An mma operand register holds two consecutive K-dimension elements (``k_width`` 2).  For keys
-these are two consecutive codes of one slot, for values the same code of two consecutive tokens;
-either way one lookup in a *pair table* (``pair[a | b << bits]`` = the two fp16 centroids c[a],
-c[b] as one 32-bit word, 2^(2 bits) entries, in shared memory) gives the register, so decoding costs a
-shift, a mask-and-lane and an ld.shared per two elements.  Entry e's copies are words
-e * COPIES .. e * COPIES + COPIES - 1 and lane l reads copy l % COPIES, so lanes spread over the banks.
-Where keys and values share one codebook (tq3, tq4: SHARED_TABLE) one table of 2 TABLE_WORDS words
-serves both, with twice the copies: at 3 bits 32, every lane its own bank, no conflict whatever the
-codes (with 16 copies two lanes share a copy and collide when their entries differ in parity: the
-profile showed every lookup at exactly two wavefronts).  4-bit keys with a table of their own (k4v3)
-have 4 copies of 256 entries: 8 lanes share a copy and collide whenever their entries differ in the
-low 3 bits.  KEY_SINGLE (AttnConfig.mma_key_table = "single") gives them a single-code table instead,
-16 entries x 32 copies (word 32 e + lane = c[e] in both halves): two conflict-free lookups a pair,
-joined into the same word (low half of one, high half of the other), so the same bits.
-AttnConfig.mma_value_table moves the values the same way: "wide" (k4v3) gives its 3-bit value pair table
-32 copies (8 KB, beside the 2 KB single-code key table, with a three-tile ring), "single" (tq4) looks the
-values up on the keys' single-code table (2 KB in all, in an allocation of its own after the ring);
-the default ("auto", resolve_value_table) is "wide" for k4v3 and "single" for tq4, "pair" for the rest.
-Without a table (AttnConfig.mma_key_table / mma_value_table = "prmt", opt-in): 4-bit codes of a symmetric
-codebook are decoded in registers by byte permutes (prmt.b32) of the fp16 magnitudes' bytes, held in four
-registers (_prmt_halves): the same values, no ld.shared; beside them "auto" gives k4v3's wide value table a
-four-tile ring (the key table's 2 KB freed) and tq4 no table at all.  AttnConfig.mma_lean_loop (opt-in) runs
-the tile loop of _tile_step / _pair_step: the same arithmetic in fewer instructions.
+How the codes become MMA operands (which lane holds which codes, the pair tables and the
+byte permutes) is decode_mma_operands.py's docstring; the ring's copies, decode_mma_ring.py's.
 
 Numerics: as the split kernel's fp16 path.  q' is scaled by 1/max|q'| per head; scores are
 fp32 = qsc * ||k|| * <q'16, c16>; softmax in fp32 (base 2); P^T is multiplied by ||v|| / s, s the
@@ -65,7 +28,6 @@ accumulator is rescaled when s grows.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 
@@ -78,22 +40,32 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 from turboquant import format as tqf
 
 from .attn_core import acc_width
+from .decode_mma_operands import (
+    TILE,
+    TILE_TOKENS,
+    key_operand,
+    key_word_offsets,
+    key_words,
+    key_words3,
+    lookup,
+    value_operand,
+    value_word_offsets,
+)
+from .decode_mma_ring import (
+    barrier,
+    copy_first_tiles,
+    copy_tile_to_row,
+    copy_tile_to_stage,
+    page_source,
+    page_source_wide,
+    tile_page,
+    tile_source,
+)
 from .merge import merge_splits
 from .params import KernelParams, next_pow2
 from .query import query_layout
 
-TILE_TOKENS = 16  # tokens per MMA tile (the m16 of the key product, the k16 of the value product)
-TILE = gl.constexpr(TILE_TOKENS)
 LOG2E = gl.constexpr(1.4426950408889634)
-# Triton 3.7 renamed async_copy_global_to_shared to async_load (same arguments) and thread_barrier to
-# barrier.  The kernel calls whichever this Triton has, picked here: its source must not name the
-# other one (the JIT resolves every attribute of a kernel's source for its cache key, even in an
-# untaken constexpr branch).
-_async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
-_thread_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
-# and made shared_memory_descriptor._reinterpret public as reinterpret (the same arguments)
-_reinterpret = (getattr(gl.shared_memory_descriptor, "reinterpret", None)
-                or getattr(gl.shared_memory_descriptor, "_reinterpret", None))  # (only the lean loop needs it)
 TABLE_WORDS = gl.constexpr(1024)  # shared-memory words per pair table (entries x copies)
 TABLE_BYTES = 2 * 4 * TABLE_WORDS.value  # key and value tables
 # The value table's kind (AttnConfig.mma_value_table; "auto": resolve_value_table): "pair" (the layouts above), "wide"
@@ -129,371 +101,12 @@ MMA_RING_BYTES = (4096,) + tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
 # with a four-tile ring, tq4's values by byte permutes too, no table); prepared in the seventeenth session, not
 # yet run on a GPU
 KEY_TABLES = ("auto", "pair", "single", "prmt")
-# _prmt_key_pairs's byte-permute selectors (prmt.b32 default mode: selector nibble j picks byte j of the result
-# from {b, a}, a = bytes 0-3): the sign bytes of nibbles 0-3 and 4-7 of a word from (a = neg, b = neg << 4),
-# and a pair's low and high bytes from (a = low bytes, b = high bytes) for pairs 0 and 1 of the four
-PRMT_SIGN_LO, PRMT_SIGN_HI = gl.constexpr(0x1504), gl.constexpr(0x3726)
-PRMT_PAIR_LO, PRMT_PAIR_HI = gl.constexpr(0x5140), gl.constexpr(0x7362)
-# and the low halves of two words (a's, then b's), the high halves (_prmt_value_pairs)
-PRMT_LOW_HALVES, PRMT_HIGH_HALVES = gl.constexpr(0x5410), gl.constexpr(0x7632)
 STEP_TILES = (0, 1, 2)  # tiles per online-softmax step (AttnConfig.mma_step_tiles; 0: 2 where the ring allows)
 # register cap per thread (AttnConfig.mma_maxnreg's default): 128 fits without spills with the shared
 # pair table and lifts the register limit from 12 to 16 one-warp programs an SM; shared memory (16 KB a
 # program) holds it at 13 (0: the compiler's choice, ~155)
 MAXNREG = 128
 
-
-@triton.constexpr_function
-def _key_words3(d):
-    """KW3: the key word layout KW [16 t, 4 r] plus the lane's d/8 pair indices in registers."""
-    return gl.DistributedLinearLayout(
-        reg_bases=[[8, 0, 0]] + [[0, 0, 1 << i] for i in range(int(math.log2(d // 8)))],
-        lane_bases=[[0, 1, 0], [0, 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]], warp_bases=[], block_bases=[],
-        shape=[16, 4, d // 8])
-
-
-@gluon.jit
-def _sel_word(w0, w1, w2, w3, wi):
-    """Word wi (per-register constant) of a lane's segment."""
-    return gl.where(wi == 0, w0, gl.where(wi == 1, w1, gl.where(wi == 2, w2, w3)))
-
-
-@gluon.jit
-def _expand_pairs(pair):
-    """int32 words holding two fp16 values (low half first) -> fp16 [..., 2]."""
-    lo = pair.to(gl.int16).to(gl.float16, bitcast=True)
-    hi = (pair >> 16).to(gl.int16).to(gl.float16, bitcast=True)
-    return gl.join(lo, hi)
-
-
-@gluon.jit
-def _lookup(addr):
-    """The int32 words at byte addresses ``addr`` (uint32 tensor) of the kernel's shared memory
-    (its tables start at Triton's ``global_smem``, the ring at RING0: MMA_RING_BYTES; decode_attention_mma
-    checks the compiled kernel's shared size against it)."""
-    return gl.inline_asm_elementwise(
-        "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b32 $0, [a]; }",
-        "=r,r", [addr], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _opaque(x):
-    """x (uint32), through a register move the compiler cannot see into: a lane's table-copy offset stays
-    one register, so (code field & mask) | offset is one LOP3 (otherwise the compiler re-applies the
-    offset's own mask in every address: a second LOP3 a lookup)."""
-    return gl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=gl.uint32, is_pure=True, pack=1)
-
-
-@triton.constexpr_function
-def _single_code_table(kb, copies):
-    """Whether the key table is the single-code table (AttnConfig.mma_key_table = "single"): 4-bit keys
-    with 32 copies, which a 256-entry pair table cannot have in TABLE_WORDS words."""
-    return kb == 4 and copies == 32
-
-
-@triton.constexpr_function
-def _run_mask(pb, n):
-    """The low half-field mask of n fields of pb bits: (2^(pb/2) - 1) repeated every pb bits."""
-    return sum(((1 << (pb // 2)) - 1) << (pb * k) for k in range(n))
-
-
-@gluon.jit
-def _key_word_offsets(SW: gl.constexpr, K_CODES: gl.constexpr, KB: gl.constexpr, D: gl.constexpr,
-                      KW3: gl.constexpr):
-    """Byte offsets, inside a ring stage, of word 0 of each lane's key segment [16 t, 4 r]
-    (lane (g, r): tokens g, g + 8, segment r)."""
-    KW: gl.constexpr = gl.SliceLayout(2, KW3)
-    t = gl.arange(0, TILE, layout=gl.SliceLayout(1, KW))
-    r = gl.arange(0, 4, layout=gl.SliceLayout(0, KW))
-    return (t[:, None] * (SW * 4) + K_CODES + r[None, :] * (KB * D // 32)).to(gl.uint32)
-
-
-@gluon.jit
-def _key_words(ofs, KB: gl.constexpr, D: gl.constexpr):
-    """The key code words at ring offsets ``ofs`` (the stage's byte address added)."""
-    w0 = _lookup(ofs)
-    w1 = _lookup(ofs + 4)
-    w2 = _lookup(ofs + 8)
-    if KB * D // 128 > 3:
-        w3 = _lookup(ofs + 12)
-    else:
-        w3 = gl.zeros_like(w0)
-    return w0, w1, w2, w3
-
-
-@gluon.jit
-def _value_word_offsets(SW: gl.constexpr, V_CODES: gl.constexpr, VB: gl.constexpr, VP3: gl.constexpr):
-    """Byte offsets, inside a ring stage, of the first of the two words holding codes 16 g .. 16 g + 15
-    of the even token of pair tp, [8 tp, 8 g] (the odd token's are SW * 4 further)."""
-    VP: gl.constexpr = gl.SliceLayout(2, VP3)
-    tp = gl.arange(0, TILE // 2, layout=gl.SliceLayout(1, VP))
-    g = gl.arange(0, 8, layout=gl.SliceLayout(0, VP))
-    return ((2 * tp)[:, None] * (SW * 4) + ((V_CODES * 8 + g * (16 * VB)) // 32 * 4)[None, :]).to(gl.uint32)
-
-
-@gluon.jit
-def _barrier():
-    """All threads of the program (one warp) reach this point, their shared-memory writes visible."""
-    _thread_barrier()
-
-
-@gluon.jit
-def _copy_tile(stage, ptrs, mask):
-    """cp.async of a tile's words into a ring stage (masked words are zero-filled)."""
-    _async_load(stage, ptrs, mask=mask)
-
-
-@gluon.jit
-def _tile_page(tn, end, bt_row, block_size):
-    """The block-table entry (page) of the tile of tokens [tn, tn + 16); 0 for a tile at or past ``end``."""
-    return gl.load(bt_row + tn // block_size, mask=tn < end, other=0)
-
-
-@gluon.jit
-def _page_source(pg, tn, head_base, block_size, stride_cb, stride_cs):
-    """Address of the first cache word of the tile of tokens [tn, tn + 16) on page pg."""
-    return head_base + pg.to(gl.int64) * stride_cb + ((tn % block_size) // TILE) * (TILE * stride_cs)
-
-
-@gluon.jit
-def _tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs):
-    """Address of the first cache word of the tile of tokens [tn, tn + 16) of this sequence and KV head
-    (its page from the block table; page 0 for a tile at or past ``end``, whose words are masked)."""
-    return _page_source(_tile_page(tn, end, bt_row, block_size), tn, head_base, block_size, stride_cb, stride_cs)
-
-
-@gluon.jit
-def _page_source_wide(pg, tn, head_base, block_size, stride_cb, stride_cs):
-    """_page_source with the page's offset as one 32 x 32 -> 64-bit multiply (LEAN_LOOP): pages and the block
-    stride (words) are non-negative and below 2^32, where the signed 64-bit product takes five instructions."""
-    off = pg.to(gl.uint32, bitcast=True).to(gl.uint64) * stride_cb.to(gl.uint32).to(gl.uint64)
-    return head_base + off.to(gl.int64, bitcast=True) + ((tn % block_size) // TILE) * (TILE * stride_cs)
-
-
-@gluon.jit
-def _copy_words(n_tokens, SW: gl.constexpr):
-    """Words of a tile to copy for its first n_tokens tokens, rounded up to whole 16-byte vectors
-    (which stay inside the tile's TILE slots, a multiple of 16 bytes)."""
-    n = gl.minimum(gl.maximum(n_tokens, 0), TILE) * SW
-    return gl.multiple_of((n + 3) // 4 * 4, 4)
-
-
-@gluon.jit
-def _copy_tile_words(stage, src, w_copy, n_tokens, SW: gl.constexpr):
-    """cp.async of a tile's first n_tokens slots (SW words each, contiguous at src) into a ring stage,
-    as one run of 16-byte vectors (w_copy: the stage's word indices; words past n_tokens zero-filled)."""
-    _copy_tile(stage, src + w_copy, w_copy < _copy_words(n_tokens, SW))
-
-
-@gluon.jit
-def _copy_first_tiles(ring, RW0: gl.constexpr, N: gl.constexpr, start, end, bt_row, head_base, block_size, stride_cb,
-                      stride_cs, w_copy, SW: gl.constexpr, STAGE_WORDS: gl.constexpr):
-    """cp.async of the split's first N tiles into ring stages 0 .. N - 1 (stage 0 at word RW0 of ``ring``),
-    a commit group each."""
-    for k in gl.static_range(N):
-        tk = start + k * TILE
-        src = _tile_source(tk, end, bt_row, head_base, block_size, stride_cb, stride_cs)
-        _copy_tile_words(ring.slice(RW0 + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tk, SW)
-        async_copy.commit_group()
-
-
-@gluon.jit
-def _copy_tile_to_stage(ring, RW0: gl.constexpr, st, tn, end, src, w_copy, SW: gl.constexpr, STAGES: gl.constexpr,
-                        STAGE_WORDS: gl.constexpr):
-    """cp.async of the tile of tokens [tn, tn + 16) (its first word at src) into ring stage st (< STAGES, a
-    runtime value), then its commit group."""
-    for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
-        if st == k:
-            _copy_tile_words(ring.slice(RW0 + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tn, SW)
-    async_copy.commit_group()
-
-
-@gluon.jit
-def _copy_tile_to_row(ring, RW0: gl.constexpr, st, tn, end, src, w_copy, SW: gl.constexpr, STAGE_WORDS: gl.constexpr):
-    """As _copy_tile_to_stage, for LEAN_LOOP: the ring's words seen as rows of STAGE_WORDS and stage st (a runtime
-    value) indexed as a row, one copy whatever the stage instead of a warp-uniform branch a stage."""
-    gl.static_assert(RW0 % STAGE_WORDS == 0)
-    gl.static_assert(ring.shape[0] % STAGE_WORDS == 0)
-    ROWS: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])  # a rank below the view's: Gluon's rule for index()
-    rows = _reinterpret(ring, gl.int32, [ring.shape[0] // STAGE_WORDS, STAGE_WORDS], ROWS)
-    _copy_tile_words(rows.index(RW0 // STAGE_WORDS + st), src, w_copy, end - tn, SW)
-    async_copy.commit_group()
-
-
-@gluon.jit
-def _u64(w):
-    return w.to(gl.uint32, bitcast=True).to(gl.uint64)
-
-
-@gluon.jit
-def _prmt(a, b, sel):
-    """Bytes of {b, a} picked by sel's low four nibbles (PTX prmt.b32, default mode), per element."""
-    return gl.inline_asm_elementwise("prmt.b32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, sel], dtype=gl.uint32,
-                                     is_pure=True, pack=1)
-
-
-@gluon.jit
-def _prmt_halves(w, kprmt, q4):
-    """The half2 (c[n_k], c[n_k+1]) of nibbles k = q4 & ~1 and k + 1 (q4 < 8, a per-register constant) of the
-    code words w, for a symmetric ascending 16-centroid codebook (c[i] = -c[15 - i]): nibble i is
-    c[8 + i & 7] if its bit 3 is set, else -c[8 + (i ^ 7) & 7].  kprmt = (ML0, ML1, MH0, MH1): the low and high
-    bytes of the fp16 magnitudes c[8] .. c[15] (params.prmt_key_bytes).  The magnitude indices of all eight
-    nibbles take three ALU instructions; the low and high bytes of four magnitudes (nibbles 0-3, or 4-7 after a
-    shift) a byte permute each over a 2-register table; the signs, each nibble's bit 3 to its high byte's bit
-    7, a byte permute of the negatives' word and of it shifted by 4; the pair's interleave one more (CSE shares
-    all but the last among the word's pairs)."""
-    neg = ~w & 0x88888888
-    m = (w ^ ((neg >> 3) * 7)) & 0x77777777
-    half = gl.where(q4 < 4, m, m >> 16)
-    ml0, ml1, mh0, mh1 = kprmt
-    lo = _prmt(ml0 + half * 0, ml1 + half * 0, half)
-    hi = _prmt(mh0 + half * 0, mh1 + half * 0, half)
-    sign = _prmt(neg, neg << 4, gl.where(q4 < 4, PRMT_SIGN_LO, PRMT_SIGN_HI)) & 0x80808080
-    return _prmt(lo, hi | sign, gl.where(q4 % 4 < 2, PRMT_PAIR_LO, PRMT_PAIR_HI))
-
-
-@gluon.jit
-def _prmt_key_pairs(w0, w1, w2, w3, kprmt, D: gl.constexpr, KW3: gl.constexpr):
-    """mma_key_table "prmt": the key pair registers [16 t, 4 r, D/8] of 4-bit codes of a symmetric codebook
-    (c[i] = -c[15 - i], ascending) without a table in shared memory: pair ip is nibbles 2 ip % 8 and the next
-    of word ip // 4, so _prmt_halves of that word.  18 instructions a word of eight codes (four pairs) against
-    28 with the single-code table (two lookups a pair and a join); the same fp16 values, so the same bits."""
-    NP: gl.constexpr = D // 8
-    ip = gl.arange(0, NP, layout=gl.SliceLayout(0, gl.SliceLayout(0, KW3)))
-    wi = gl.expand_dims(gl.expand_dims(ip // 4, 0), 0)
-    q4 = gl.expand_dims(gl.expand_dims(2 * (ip % 4), 0), 0)  # the pair's first nibble (per-register constants)
-    w = _sel_word(w0.to(gl.uint32, bitcast=True)[:, :, None], w1.to(gl.uint32, bitcast=True)[:, :, None],
-                  w2.to(gl.uint32, bitcast=True)[:, :, None], w3.to(gl.uint32, bitcast=True)[:, :, None], wi)
-    return _prmt_halves(w, kprmt, q4).to(gl.int32, bitcast=True)
-
-
-@gluon.jit
-def _prmt_value_pairs(a0, a1, b0, b1, kprmt, VP3: gl.constexpr):
-    """mma_value_table "prmt" (tq4: 4-bit values of the keys' symmetric codebook): the value pair registers
-    [8 tp, 8 g, 16 j] = (c[a_j], c[b_j]) of the two tokens' runs a = (a0, a1), b = (b0, b1) (codes 0-7, 8-15),
-    without a table: _prmt_halves of each token's word gives the half2 (c[x_2k], c[x_2k+1]), and one byte
-    permute takes code j's half from a's and from b's (5.5 instructions a pair against 7 with two single-code
-    lookups and a join; the same values)."""
-    j = gl.expand_dims(gl.expand_dims(gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(0, VP3))), 0), 0)
-    hi = j >= 8
-    wa = gl.where(hi, a1.to(gl.uint32, bitcast=True)[:, :, None], a0.to(gl.uint32, bitcast=True)[:, :, None])
-    wb = gl.where(hi, b1.to(gl.uint32, bitcast=True)[:, :, None], b0.to(gl.uint32, bitcast=True)[:, :, None])
-    q4 = j % 8
-    xa = _prmt_halves(wa, kprmt, q4)
-    xb = _prmt_halves(wb, kprmt, q4)
-    return _prmt(xa, xb, gl.where(j % 2 == 0, PRMT_LOW_HALVES, PRMT_HIGH_HALVES)).to(gl.int32, bitcast=True)
-
-
-@gluon.jit
-def _key_operand(w0, w1, w2, w3, kprmt, KB: gl.constexpr, D: gl.constexpr, COPIES: gl.constexpr,
-                 K_TABLE: gl.constexpr, OPA: gl.constexpr, KW3: gl.constexpr):
-    """The tile's key centroids as the A operand [16 tokens, D] from its words (module docstring);
-    the key table at byte K_TABLE of shared memory (0, or where mma_value_table puts another table or the ring
-    first: bits above its entries', so that an OR places the entry), COPIES copies of each entry; COPIES 0:
-    no table, byte permutes of the magnitudes' bytes kprmt (_prmt_key_pairs)."""
-    NP: gl.constexpr = D // 8  # pairs per lane and token (d/4 codes)
-    if COPIES == 0:
-        x = _expand_pairs(_prmt_key_pairs(w0, w1, w2, w3, kprmt, D, KW3))  # [16 t, 4 r, NP (kt, hf), 2 e]
-        x = gl.reshape(x, [TILE, 4, D // 16, 2, 2])  # t, r, kt, hf, e
-        x = gl.permute(x, [0, 2, 3, 1, 4])  # t, kt, hf, r, e
-        return gl.convert_layout(gl.reshape(x, [TILE, D]), OPA, assert_trivial=True)
-    PB: gl.constexpr = 2 * KB
-    # lane (g, r) = 4 (t % 8) + r reads copy lane % COPIES of the table (bank-conflict spreading)
-    t = gl.arange(0, TILE, layout=gl.SliceLayout(1, gl.SliceLayout(2, KW3)))
-    r = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, KW3)))
-    copy4 = ((((4 * (t % 8))[:, None] + r[None, :]) % COPIES) * 4).to(gl.uint32)
-    if _single_code_table(KB, COPIES):
-        # two lookups a pair: keep the offset (and the table's base) one register (one LOP3 an address)
-        copy4 = _opaque(copy4 + K_TABLE)
-    copy4 = copy4[:, :, None]
-    ip = gl.arange(0, NP, layout=gl.SliceLayout(0, gl.SliceLayout(0, KW3)))
-    bit = ip * PB
-    wi = gl.expand_dims(gl.expand_dims(bit // 32, 0), 0)
-    sh = gl.expand_dims(gl.expand_dims((bit % 32).to(gl.uint64), 0), 0)
-    x0 = _u64(w0)[:, :, None]
-    x1 = _u64(w1)[:, :, None]
-    x2 = _u64(w2)[:, :, None]
-    x3 = _u64(w3)[:, :, None]
-    lo = _sel_word(x0, x1, x2, x3, wi)
-    hi = _sel_word(x0, x1, x2, x3, wi + 1)
-    v = lo | (hi << 32)
-    if _single_code_table(KB, COPIES):
-        # 16 entries x 32 copies, each word c[e] in both halves: the pair word is the low half of
-        # code a's word and the high half of code b's (the same word as pair[a | b << 4])
-        # byte address 128 idx + copy4: code a (bits sh..sh+3) and code b (sh+4..sh+7) shifted to bit 7
-        # (per-register constant shifts, so one funnel shift and one LOP3 an address)
-        sa = (v >> gl.maximum(sh, 7) - 7) << 7 - gl.minimum(sh, 7)
-        sb = (v >> gl.maximum(sh, 3) - 3) << 3 - gl.minimum(sh, 3)
-        wa = _lookup((sa.to(gl.uint32) & 0x780) | copy4)
-        wb = _lookup((sb.to(gl.uint32) & 0x780) | copy4)
-        pair = (wa & 0xFFFF) | (wb & -65536)
-    else:
-        idx = ((v >> sh) & ((1 << PB) - 1)).to(gl.uint32)
-        pair = _lookup((idx * (COPIES * 4)) | _opaque(copy4))  # [16, 4, NP] int32, key table at byte 0
-    x = _expand_pairs(pair)  # [16 t, 4 r, NP (kt, hf), 2 e]
-    x = gl.reshape(x, [TILE, 4, D // 16, 2, 2])  # t, r, kt, hf, e
-    x = gl.permute(x, [0, 2, 3, 1, 4])  # t, kt, hf, r, e
-    x = gl.reshape(x, [TILE, D])
-    return gl.convert_layout(x, OPA, assert_trivial=True)
-
-
-@gluon.jit
-def _value_operand(a0, a1, b0, b1, kprmt, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr,
-                   COPIES: gl.constexpr, V_TABLE: gl.constexpr, OPA: gl.constexpr, VP3: gl.constexpr):
-    """The tile's value centroids as the A operand [D, 16 tokens] from its words (module docstring);
-    the value table at byte V_TABLE of shared memory, COPIES copies of each entry; COPIES 0: no table,
-    byte permutes (_prmt_value_pairs)."""
-    if COPIES == 0:
-        gl.static_assert(VB == 4 and V_CODES % 4 == 0)  # a run of 16 codes: two whole words
-        x = _expand_pairs(_prmt_value_pairs(a0, a1, b0, b1, kprmt, VP3))  # tp, g, j, e
-        x = gl.permute(x, [2, 1, 0, 3])  # j, g, tp, e
-        return gl.convert_layout(gl.reshape(x, [D, TILE]), OPA, assert_trivial=True)
-    VP: gl.constexpr = gl.SliceLayout(2, VP3)
-    tp = gl.arange(0, TILE // 2, layout=gl.SliceLayout(1, VP))
-    g = gl.arange(0, 8, layout=gl.SliceLayout(0, VP))
-    # lane % COPIES, in bytes, plus the value table's offset
-    copy4 = ((((tp % 4)[:, None] + 4 * g[None, :]) % COPIES) * 4 + V_TABLE).to(gl.uint32)[:, :, None]
-    sh = ((V_CODES * 8 + g * (16 * VB)) % 32).to(gl.uint64)[None, :]
-    a = (_u64(a0) | (_u64(a1) << 32)) >> sh
-    b = (_u64(b0) | (_u64(b1) << 32)) >> sh
-    j = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(0, VP3)))
-    if _single_code_table(VB, COPIES):
-        # 4-bit values on the single-code table (AttnConfig.mma_value_table = "single"): code a_j's word gives
-        # the low half, b_j's the high half (the word pair[a_j | b_j << 4]); byte address 128 code + copy4,
-        # each code shifted to bit 7 by per-register constant shifts (one funnel shift and one LOP3 an address)
-        copy4 = _opaque(copy4)
-        if V_CODES % 4 == 0:
-            # the run starts at a word (sh = 0): codes 0..7 in the first word, 8..15 in the second, so 32-bit
-            # shifts of the word itself (half the registers of the 64-bit run)
-            hi = gl.expand_dims(gl.expand_dims(j >= 8, 0), 0)
-            sj = gl.expand_dims(gl.expand_dims(((j % 8) * VB).to(gl.uint32), 0), 0)
-            xa = gl.where(hi, a1.to(gl.uint32, bitcast=True)[:, :, None], a0.to(gl.uint32, bitcast=True)[:, :, None])
-            xb = gl.where(hi, b1.to(gl.uint32, bitcast=True)[:, :, None], b0.to(gl.uint32, bitcast=True)[:, :, None])
-        else:
-            sj = gl.expand_dims(gl.expand_dims((j * VB).to(gl.uint64), 0), 0)
-            xa = a[:, :, None]
-            xb = b[:, :, None]
-        sa = (xa >> gl.maximum(sj, 7) - 7) << 7 - gl.minimum(sj, 7)
-        sb = (xb >> gl.maximum(sj, 7) - 7) << 7 - gl.minimum(sj, 7)
-        wa = _lookup((sa.to(gl.uint32) & 0x780) | copy4)
-        wb = _lookup((sb.to(gl.uint32) & 0x780) | copy4)
-        pair = (wa & 0xFFFF) | (wb & -65536)  # [8 tp, 8 g, 16 j]
-    else:
-        # Pair index of code j = a_j | b_j << VB: even j from E, odd j from O, field k at bit 2 VB k
-        # (a bit-select per word instead of shifts and masks per pair).
-        HALF: gl.constexpr = _run_mask(2 * VB, 8)
-        bs = b << VB
-        e = (a & HALF) | (bs ^ (bs & HALF))
-        o = ((a >> VB) & HALF) | (b ^ (b & HALF))
-        sel = gl.expand_dims(gl.expand_dims(j % 2, 0), 0)
-        s = gl.expand_dims(gl.expand_dims((j // 2 * (2 * VB)).to(gl.uint64), 0), 0)
-        eo = gl.where(sel == 0, e[:, :, None], o[:, :, None])
-        idx = ((eo >> s) & ((1 << (2 * VB)) - 1)).to(gl.uint32)
-        pair = _lookup((idx * (COPIES * 4)) | _opaque(copy4))  # [8 tp, 8 g, 16 j]
-    x = _expand_pairs(pair)  # tp, g, j, e
-    x = gl.permute(x, [2, 1, 0, 3])  # j, g, tp, e
-    x = gl.reshape(x, [D, TILE])
-    return gl.convert_layout(x, OPA, assert_trivial=True)
 
 
 @gluon.jit
@@ -507,16 +120,16 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprm
     accumulator acc [D, 8] in units of the running value scale vs.  Returns (m_i, l_i, acc, vs).
     MASKED False: every token of the tile is in the split (ok is not read; the same bits as ok all true).
     (No LAZY rescale here: it made this loop longer, docs/kernel-notes.md, seventeenth session.)"""
-    kw0, kw1, kw2, kw3 = _key_words(koff + sb, KB, D)
-    kn = _lookup(kn_off + sb).to(gl.float32, bitcast=True)
-    vn = _lookup(vn_off + sb).to(gl.float32, bitcast=True)
-    va0 = _lookup(voff + sb)
-    va1 = _lookup(voff + sb + 4)
-    vb0 = _lookup(voff + sb + SW * 4)
-    vb1 = _lookup(voff + sb + (SW * 4 + 4))
+    kw0, kw1, kw2, kw3 = key_words(koff + sb, KB, D)
+    kn = lookup(kn_off + sb).to(gl.float32, bitcast=True)
+    vn = lookup(vn_off + sb).to(gl.float32, bitcast=True)
+    va0 = lookup(voff + sb)
+    va1 = lookup(voff + sb + 4)
+    vb0 = lookup(voff + sb + SW * 4)
+    vb1 = lookup(voff + sb + (SW * 4 + 4))
 
     # scores S^T [16 tokens, 8 heads] and the online softmax over the tile's tokens
-    a_k = _key_operand(kw0, kw1, kw2, kw3, kprmt, KB, D, K_COPIES, K_TABLE, OPA, KW3)
+    a_k = key_operand(kw0, kw1, kw2, kw3, kprmt, KB, D, K_COPIES, K_TABLE, OPA, KW3)
     s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
     s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
     if MASKED:
@@ -538,7 +151,7 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprm
     if MASKED:
         w = gl.where(ok[:, None], w, 0.0)
     p_op = gl.convert_layout(w.to(gl.float16), OPB)
-    a_v = _value_operand(va0, va1, vb0, vb1, kprmt, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
+    a_v = value_operand(va0, va1, vb0, vb1, kprmt, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
     # rescale the accumulator only when the running max or the value scale moved (rare after the
     # first tiles); the factor is <= 1 (or NaN, which must reach the accumulator)
     factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)
@@ -554,9 +167,9 @@ def _tile_scores(sb, ok, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB: gl.c
                  KW3: gl.constexpr):
     """The scores S^T [16 tokens, 8 heads] of the tile in ring stage sb (base 2, scaled; tokens not
     in the split: -inf)."""
-    kw0, kw1, kw2, kw3 = _key_words(koff + sb, KB, D)
-    kn = _lookup(kn_off + sb).to(gl.float32, bitcast=True)
-    a_k = _key_operand(kw0, kw1, kw2, kw3, kprmt, KB, D, K_COPIES, K_TABLE, OPA, KW3)
+    kw0, kw1, kw2, kw3 = key_words(koff + sb, KB, D)
+    kn = lookup(kn_off + sb).to(gl.float32, bitcast=True)
+    a_k = key_operand(kw0, kw1, kw2, kw3, kprmt, KB, D, K_COPIES, K_TABLE, OPA, KW3)
     s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
     s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
     return gl.where(ok[:, None], s, float("-inf"))
@@ -566,11 +179,11 @@ def _tile_scores(sb, ok, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB: gl.c
 def _tile_value_operand(sb, voff, kprmt, V_CODES: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr,
                         V_COPIES: gl.constexpr, V_TABLE: gl.constexpr, OPA: gl.constexpr, VP3: gl.constexpr):
     """The value A operand [D, 16 tokens] of the tile in ring stage sb."""
-    va0 = _lookup(voff + sb)
-    va1 = _lookup(voff + sb + 4)
-    vb0 = _lookup(voff + sb + SW * 4)
-    vb1 = _lookup(voff + sb + (SW * 4 + 4))
-    return _value_operand(va0, va1, vb0, vb1, kprmt, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
+    va0 = lookup(voff + sb)
+    va1 = lookup(voff + sb + 4)
+    vb0 = lookup(voff + sb + SW * 4)
+    vb1 = lookup(voff + sb + (SW * 4 + 4))
+    return value_operand(va0, va1, vb0, vb1, kprmt, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
 
 
 @gluon.jit
@@ -589,8 +202,8 @@ def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs
     factor exactly 1: the same bits).  Returns (m, l_t, acc, vs, inv)."""
     s0 = _tile_scores(sb0, ok0, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
     s1 = _tile_scores(sb1, ok1, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
-    vn0 = _lookup(vn_off + sb0).to(gl.float32, bitcast=True)
-    vn1 = _lookup(vn_off + sb1).to(gl.float32, bitcast=True)
+    vn0 = lookup(vn_off + sb0).to(gl.float32, bitcast=True)
+    vn1 = lookup(vn_off + sb1).to(gl.float32, bitcast=True)
     m_new = gl.maximum(m_i, gl.max(gl.maximum(s0, s1), axis=0))
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
     if not LAZY:
@@ -639,15 +252,15 @@ def _tile_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg, end, q_o
     """One step of the one-tile loop's lean form (LEAN_LOOP, as _pair_step): the tile at t0 in stage s, the copy
     of tile t0 + (STAGES - 1) TILE into the stage before it.  Returns the state and (s, pg) for the next step."""
     async_copy.wait_group(STAGES - 2)  # tile t0 has landed (this lane's copies) ...
-    _barrier()  # ... and every lane's; every lane is done reading the previous stage
+    barrier()  # ... and every lane's; every lane is done reading the previous stage
     ta = t0 + (STAGES - 1) * TILE  # the tile this step copies
     if PAGE_AHEAD:  # its page loaded a step earlier
-        src = _page_source_wide(pg, ta, head_base, block_size, stride_cb, stride_cs)
-        pg = _tile_page(ta + TILE, end, bt_row, block_size)
+        src = page_source_wide(pg, ta, head_base, block_size, stride_cb, stride_cs)
+        pg = tile_page(ta + TILE, end, bt_row, block_size)
     else:
-        src = _page_source_wide(_tile_page(ta, end, bt_row, block_size), ta, head_base, block_size, stride_cb,
+        src = page_source_wide(tile_page(ta, end, bt_row, block_size), ta, head_base, block_size, stride_cb,
                                 stride_cs)
-    _copy_tile_to_row(ring, RW0, gl.where(s >= 1, s - 1, STAGES - 1), ta, end, src, w_copy, SW, STAGE_WORDS)
+    copy_tile_to_row(ring, RW0, gl.where(s >= 1, s - 1, STAGES - 1), ta, end, src, w_copy, SW, STAGE_WORDS)
     sb = (RING0 + s * (STAGE_WORDS * 4)).to(gl.uint32)  # stage s's byte address
     m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt,
                                      voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES,
@@ -669,21 +282,21 @@ def _pair_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg0, pg1, en
     runtime row of the ring; _attend_pair's LAZY rescale (inv carried).  Returns the state (with inv) and
     (s, pg0, pg1) for the next step."""
     async_copy.wait_group(STAGES - 4)  # tiles t0, t0 + TILE have landed (this lane's copies) ...
-    _barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
+    barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
     ta = t0 + (STAGES - 2) * TILE  # the two tiles this step copies: ta, ta + TILE
     c = gl.where(s >= 2, s - 2, s + (STAGES - 2))
     if PAGE_AHEAD:
-        src0 = _page_source_wide(pg0, ta, head_base, block_size, stride_cb, stride_cs)
-        src1 = _page_source_wide(pg1, ta + TILE, head_base, block_size, stride_cb, stride_cs)
-        pg0 = _tile_page(ta + 2 * TILE, end, bt_row, block_size)
-        pg1 = _tile_page(ta + 3 * TILE, end, bt_row, block_size)
-        _copy_tile_to_row(ring, RW0, c, ta, end, src0, w_copy, SW, STAGE_WORDS)
-        _copy_tile_to_row(ring, RW0, c + 1, ta + TILE, end, src1, w_copy, SW, STAGE_WORDS)
+        src0 = page_source_wide(pg0, ta, head_base, block_size, stride_cb, stride_cs)
+        src1 = page_source_wide(pg1, ta + TILE, head_base, block_size, stride_cb, stride_cs)
+        pg0 = tile_page(ta + 2 * TILE, end, bt_row, block_size)
+        pg1 = tile_page(ta + 3 * TILE, end, bt_row, block_size)
+        copy_tile_to_row(ring, RW0, c, ta, end, src0, w_copy, SW, STAGE_WORDS)
+        copy_tile_to_row(ring, RW0, c + 1, ta + TILE, end, src1, w_copy, SW, STAGE_WORDS)
     else:
         for n in gl.static_range(2):
             tn = ta + n * TILE
-            _copy_tile_to_row(ring, RW0, c + n, tn, end,
-                              _page_source_wide(_tile_page(tn, end, bt_row, block_size), tn, head_base, block_size,
+            copy_tile_to_row(ring, RW0, c + n, tn, end,
+                              page_source_wide(tile_page(tn, end, bt_row, block_size), tn, head_base, block_size,
                                                 stride_cb, stride_cs), w_copy, SW,
                               STAGE_WORDS)
     sb0 = (RING0 + s * (STAGE_WORDS * 4)).to(gl.uint32)
@@ -710,13 +323,13 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, RING0: gl.constexpr, start, end, q_
     i + STAGES - 2 and i + STAGES - 1 are copied into the previous pair's stages once every lane is
     past it, so STAGES - 2 tiles are in flight while a pair is computed.  A pair's second tile past
     ``end`` is all masked (zero-filled words, scores -inf).  LEAN_LOOP: the steps of _pair_step."""
-    _copy_first_tiles(ring, RW0, STAGES - 2, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
+    copy_first_tiles(ring, RW0, STAGES - 2, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
                       SW, STAGE_WORDS)
     l_t = gl.zeros([TILE, 8], gl.float32, MMA)
     # PAGE_AHEAD: the pages of the tiles a step copies are loaded one step earlier (no block-table load in
     # the chain from the loop's top to its cp.async)
-    pg0 = _tile_page(start + (STAGES - 2) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
-    pg1 = _tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
+    pg0 = tile_page(start + (STAGES - 2) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
+    pg1 = tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
     if LEAN_LOOP:
         s = start * 0  # the pair's first stage
         if not PAGE_AHEAD:
@@ -737,21 +350,21 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, RING0: gl.constexpr, start, end, q_
     i = 0
     for t0 in range(start, end, 2 * TILE):
         async_copy.wait_group(STAGES - 4)  # tiles i, i + 1 have landed (this lane's copies) ...
-        _barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
+        barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
         ta = t0 + (STAGES - 2) * TILE  # the two tiles this step copies: ta, ta + TILE
         if PAGE_AHEAD:
-            src0 = _page_source(pg0, ta, head_base, block_size, stride_cb, stride_cs)
-            src1 = _page_source(pg1, ta + TILE, head_base, block_size, stride_cb, stride_cs)
-            pg0 = _tile_page(ta + 2 * TILE, end, bt_row, block_size)
-            pg1 = _tile_page(ta + 3 * TILE, end, bt_row, block_size)
-            _copy_tile_to_stage(ring, RW0, (i + STAGES - 2) % STAGES, ta, end, src0, w_copy, SW, STAGES, STAGE_WORDS)
-            _copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta + TILE, end, src1, w_copy, SW, STAGES,
+            src0 = page_source(pg0, ta, head_base, block_size, stride_cb, stride_cs)
+            src1 = page_source(pg1, ta + TILE, head_base, block_size, stride_cb, stride_cs)
+            pg0 = tile_page(ta + 2 * TILE, end, bt_row, block_size)
+            pg1 = tile_page(ta + 3 * TILE, end, bt_row, block_size)
+            copy_tile_to_stage(ring, RW0, (i + STAGES - 2) % STAGES, ta, end, src0, w_copy, SW, STAGES, STAGE_WORDS)
+            copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta + TILE, end, src1, w_copy, SW, STAGES,
                                 STAGE_WORDS)
         else:
             for n in gl.static_range(2):
                 tn = ta + n * TILE
-                _copy_tile_to_stage(ring, RW0, (i + STAGES - 2 + n) % STAGES, tn, end,
-                                    _tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs), w_copy,
+                copy_tile_to_stage(ring, RW0, (i + STAGES - 2 + n) % STAGES, tn, end,
+                                    tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs), w_copy,
                                     SW, STAGES, STAGE_WORDS)
         sb0 = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
         sb1 = (RING0 + ((i + 1) % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
@@ -783,7 +396,7 @@ def _decode_mma_kernel(
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     OPA: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     OPB: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
-    KW3: gl.constexpr = _key_words3(D)
+    KW3: gl.constexpr = key_words3(D)
     VP3: gl.constexpr = gl.DistributedLinearLayout(
         reg_bases=[[4, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 4], [0, 0, 8]],
         lane_bases=[[1, 0, 0], [2, 0, 0], [0, 1, 0], [0, 2, 0], [0, 4, 0]], warp_bases=[], block_bases=[],
@@ -920,17 +533,17 @@ def _decode_mma_kernel(
     CL: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
     w_copy = gl.arange(0, STAGE_WORDS, layout=CL)
     # ring offsets: slots SW words apart in a stage
-    koff = _key_word_offsets(SW, K_CODES, KB, D, KW3)
-    voff = _value_word_offsets(SW, V_CODES, VB, VP3)
+    koff = key_word_offsets(SW, K_CODES, KB, D, KW3)
+    voff = value_word_offsets(SW, V_CODES, VB, VP3)
     kn_off = (t_row * (SW * 4) + K_NORM).to(gl.uint32)
     vn_off = (t_row * (SW * 4) + V_NORM).to(gl.uint32)
 
     if STEP_TILES == 1:  # one online-softmax step a tile
         # Pipeline: tile i is copied (cp.async, 16 B per lane and vector, coalesced) into stage i % STAGES
         # STAGES - 1 tiles ahead of its use; masked words (tokens past the split) are zero-filled.
-        _copy_first_tiles(ring, RW0, STAGES - 1, start, end, bt_row, head_base, block_size, stride_cb, stride_cs,
+        copy_first_tiles(ring, RW0, STAGES - 1, start, end, bt_row, head_base, block_size, stride_cb, stride_cs,
                           w_copy, SW, STAGE_WORDS)
-        pg = _tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
+        pg = tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
         if LEAN_LOOP:  # _tile_step: the stage carried, the tiles whole inside the split without masks, then the last
             s = start * 0
             if not PAGE_AHEAD:
@@ -947,14 +560,14 @@ def _decode_mma_kernel(
             i = 0
             for t0 in range(start, end, TILE):
                 async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
-                _barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
+                barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
                 ta = t0 + (STAGES - 1) * TILE  # the tile this step copies
                 if PAGE_AHEAD:  # its page loaded a step earlier
-                    src = _page_source(pg, ta, head_base, block_size, stride_cb, stride_cs)
-                    pg = _tile_page(ta + TILE, end, bt_row, block_size)
+                    src = page_source(pg, ta, head_base, block_size, stride_cb, stride_cs)
+                    pg = tile_page(ta + TILE, end, bt_row, block_size)
                 else:
-                    src = _tile_source(ta, end, bt_row, head_base, block_size, stride_cb, stride_cs)
-                _copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta, end, src, w_copy, SW, STAGES, STAGE_WORDS)
+                    src = tile_source(ta, end, bt_row, head_base, block_size, stride_cb, stride_cs)
+                copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta, end, src, w_copy, SW, STAGES, STAGE_WORDS)
                 sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
                 m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs,
                                                  koff, kprmt, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES,
@@ -1297,7 +910,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         VALUE_TABLE=VALUE_TABLES.index(value_table) - 1, LEAN_LOOP=bool(lean_loop), KEY_PRMT=key_table == "prmt",
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
-    # _lookup addresses the tables from the start of the kernel's shared memory and the ring right after
+    # lookup addresses the tables from the start of the kernel's shared memory and the ring right after
     # them: they must be all of it (a layout conversion that needed scratch space would break that)
     shared = mma_shared_bytes(params, ring_bytes, value_table, key_table)
     if kernel is not None and kernel.metadata.shared != shared:

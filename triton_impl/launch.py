@@ -83,7 +83,7 @@ class AttnConfig:
     # of their own whatever mma_shared_table says), else "pair". The H200 timed "single" 1.4-3.7 % faster
     # for k4v3 and 0.5-3.0 % for tq4 at 32 x 32k, 8 x 32k, 1 x 128k and 64 x 1k
     # (results/2026-12-04-h200-s12/call1-kernels). "prmt": 4-bit keys of a symmetric codebook decoded in registers
-    # by byte permutes of the magnitudes' fp16 bytes (decode_mma._prmt_key_pairs; no key table read, the same
+    # by byte permutes of the magnitudes' fp16 bytes (decode_mma_operands._prmt_key_pairs; no key table read, the same
     # values, so the same bits; mma_value_table's "auto" beside it below); instructions a tile (compile_check):
     # k4v3 591 -> 505.5 (the freed 2 KB give its wide value table a four-tile ring: two tiles a step), with
     # mma_lean_loop 479;
@@ -128,7 +128,7 @@ class AttnConfig:
     # 8 x 32k, 1 x 128k, 64 x 1k and 256 x 6k (results/2026-12-05-h200-s15/call14-decode). The same words as
     # the pair layout's, so the bits of mma_step_tiles=1. Beside mma_key_table="prmt", "auto" gives k4v3 "wide" with
     # the default 8 KB ring (the key table's 2 KB freed: two tiles a step) and tq4 "prmt": its 4-bit values by
-    # byte permutes too (decode_mma._prmt_value_pairs), no table at all, the ring the only shared memory
+    # byte permutes too (decode_mma_operands._prmt_value_pairs), no table at all, the ring the only shared memory
     # (instructions a tile, compile_check: 730 -> 539 with mma_lean_loop at a 152-register cap; prepared in the
     # seventeenth session, not yet run)
     mma_value_table: str = "auto"

@@ -50,7 +50,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
 from .codes import boundary_codes, lane_group_whole_words, perm_col
-from .decode_mma import _thread_barrier  # gl.barrier or gl.thread_barrier, whichever this Triton has
+from .decode_mma_ring import _thread_barrier  # gl.barrier or gl.thread_barrier, whichever this Triton has
 from .params import NORM_NAN_BITS
 
 BR = gl.constexpr(64)  # rows (token, head) a tile: one warpgroup's wgmma M

@@ -393,12 +393,12 @@ def _prmt(a, b, sel):
 
 @pytest.mark.parametrize("preset", ["tq4", "k4v3"])
 def test_prmt_key_decode_gives_the_single_code_pairs(preset):
-    """mma_key_table "prmt" (decode_mma._prmt_halves, _prmt_key_pairs), step by step on the CPU with its
+    """mma_key_table "prmt" (decode_mma_operands._prmt_halves, _prmt_key_pairs), step by step on the CPU with its
     selectors and params.prmt_key_bytes: for every word of eight 4-bit codes, the four pair registers equal the
     pair table's entries (fp16 c[a] low, c[b] high) -- the words the single-code table gives, hence the same
     bits; and mma_value_table "prmt" (_prmt_value_pairs): code j of two tokens' words from their half2s.  The
     GPU kernel is the same sequence in Gluon (test_options_give_the_default_bits runs it)."""
-    from turboquant.triton_impl import decode_mma as dm
+    from turboquant.triton_impl import decode_mma_operands as dm
 
     p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(preset), 128), "cpu")
     assert p.meta["K_PRMT"]
