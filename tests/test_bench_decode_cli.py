@@ -106,6 +106,22 @@ def test_plot_speedups_are_against_fa3_bf16_where_the_run_has_it(bench_script, t
     assert png.stat().st_size > 10_000
 
 
+def test_options_table_compares_each_option_with_its_presets_defaults(bench_script):
+    """plot_decode's option table: an option's row against its own preset's row of the same shape (not another
+    preset's, not the baseline), a shape the option lacks left empty, no table without option rows."""
+    plot = bench_script("plots.plot_decode")
+    rows = [_row("torch-sdpa-bf16", 32, 32768, 0.9e-3, "sdpa_bf16"), _row("tq3", 32, 32768, 0.40e-3),
+            _row("tq3", 64, 1024, 0.05e-3), _row("tq3+mma@l1", 32, 32768, 0.32e-3),
+            _row("tq4", 32, 32768, 0.60e-3), _row("tq4+mma@k2l1", 32, 32768, 0.75e-3)]
+    md = plot.options_md({"rows": rows})
+    lines = md.splitlines()
+    assert lines[0].startswith("tq3: each option against the defaults")
+    assert "| tq3+mma@l1 | 320.0 (1.250x) |  |" in lines  # 0.40 / 0.32; no 64 x 1024 row for the option
+    assert "| tq4+mma@k2l1 | 750.0 (0.800x) |" in lines
+    assert "| tq3 | 400.0 | 50.0 |" in lines
+    assert plot.options_md({"rows": rows[:3]}) == ""
+
+
 def test_plot_keeps_and_relabels_the_presets_asked_for(bench_script):
     """plot_decode --presets: only those rows, in that order, under their labels (an option a later commit
     made the default, under the preset's name); a name the run lacks or a label given twice is an error

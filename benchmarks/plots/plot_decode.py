@@ -43,6 +43,32 @@ def table_md(res: dict, ref_gbps: float | None = None) -> str:
     return "\n".join(out)
 
 
+def options_md(res: dict) -> str:
+    """A kernel option's rows (``PRESET+spec``, e.g. ``tq3+mma@l1``) against the preset's own row (the defaults) of
+    the same run, one table per preset: microseconds and the default's time / the option's (above 1.00x: the option
+    is faster).  Empty when the run has no option rows."""
+    rows = [r for r in res["rows"] if r["kind"] != "store"]
+    by = {(r["preset"], r["batch"], r["context"]): r["seconds"] for r in rows}
+    shapes = list(dict.fromkeys((r["batch"], r["context"]) for r in rows))
+    out = []
+    for preset in dict.fromkeys(r["preset"] for r in rows if "+" not in r["preset"]):
+        options = list(dict.fromkeys(r["preset"] for r in rows if r["preset"].startswith(preset + "+")))
+        cols = [sh for sh in shapes if (preset, *sh) in by]
+        if not options or not cols:
+            continue
+        out += ["", f"{preset}: each option against the defaults (`{preset}`), same run (us; default / option, above "
+                "1.00x the option is faster)", "",
+                "| kernel | " + " | ".join(f"{b} x {c}" for b, c in cols) + " |", "|---|" + "--:|" * len(cols)]
+        for name in [preset] + options:
+            cells = []
+            for sh in cols:
+                t = by.get((name, *sh))
+                cells.append("" if t is None else f"{t * 1e6:.1f}" if name == preset
+                             else f"{t * 1e6:.1f} ({by[(preset, *sh)] / t:.3f}x)")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out).lstrip("\n")
+
+
 def baseline(rows: list) -> str:
     """The bf16 attention the speedups are taken against: vLLM's FA3 bf16 where the run has it, else torch SDPA."""
     kinds = {r["preset"] for r in rows}
@@ -163,6 +189,8 @@ def main(argv=None):
     if args.presets:
         res = select(res, args.presets)
     md = table_md(res, args.ref_copy_gbps)
+    if opts := options_md(res):
+        md += "\n\n" + opts
     print(md)
     if args.md:
         open(args.md, "w").write(md + "\n")
