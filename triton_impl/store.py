@@ -267,7 +267,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
              params: KernelParams, *, debug_rotated: torch.Tensor | None = None, block_tokens: int | None = None,
              num_warps: int | None = None, rotation: str | None = None, kernel: str = "auto",
              variant: tuple[str, ...] | None = None, programs_per_sm: int | None = None,
-             maxnreg: int | None = None, col_blocks: int | None = None) -> None:
+             maxnreg: int | None = None, col_blocks: int | None = None, batch_invariant: bool = False) -> None:
     """Encode key/value [num_tokens, num_kv_heads, head_size] into ``cache``
     (uint8 [num_blocks, num_kv_heads, block_size, slot_bytes]) in place at
     ``slot_mapping`` [num_tokens] (negative: padding, nothing written).
@@ -275,7 +275,10 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
     store_mse_applies and the rotation is "tc", else this module's kernel), "mse" (store_mse.py;
     block_tokens = its rows per tile) or "generic" (this module's kernel).  ``variant``,
     ``programs_per_sm``, ``maxnreg`` and ``col_blocks``: store_mse.py's options (None: its defaults; the
-    bytes stored are the same), for the mse kernel only."""
+    bytes stored are the same), for the mse kernel only.  ``batch_invariant``: a row's stored bytes must not
+    depend on the call's other rows (the batch-invariant mode): store_mse then takes one launch for every
+    call size (its default picks by the number of rows, and store_wg's rounding differs from its Triton
+    kernels' within SPEC §10); the generic kernel is invariant either way."""
     rotation = DEFAULT_ROTATION if rotation is None else rotation
     tqf.check_choice("rotation", rotation, ROTATIONS)
     tqf.check_choice("kernel", kernel, STORE_KERNELS)
@@ -303,7 +306,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_m
     if kernel == "mse" or (kernel == "auto" and rotation == "tc" and store_mse_applies(params)):
         store_mse(key, value, cache, slot_mapping, params, debug_rotated, block_rows=block_tokens,
                   num_warps=num_warps, variant=variant, programs_per_sm=programs_per_sm, maxnreg=maxnreg,
-                  col_blocks=col_blocks)
+                  col_blocks=col_blocks, batch_invariant=batch_invariant)
         return
     if variant or programs_per_sm is not None or maxnreg is not None or col_blocks is not None:
         raise ValueError(f"variant={variant!r}, programs_per_sm={programs_per_sm!r}, maxnreg={maxnreg!r} and "

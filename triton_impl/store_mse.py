@@ -86,6 +86,14 @@ DEFAULT_VARIANT = ("prefetch", "lean", "search", "kv")
 SMALL_ROWS = 2048
 SMALL_LAUNCH = {"block_rows": 16, "num_warps": 4, "col_blocks": 4, "variant": DEFAULT_VARIANT,
                 "programs_per_sm": 5}
+# The launch of a call that chooses nothing itself with more than SMALL_ROWS rows, where store_wg's kernel
+# serves it (Hopper, bf16 / fp16 input, whole code words a lane group): 64-row tiles of 4 warps, 64 KB of
+# shared memory and 162-164 registers a thread (compiled for sm_90), so 3 programs an SM; its loop is 1,271
+# instructions a warp and tile for tq3 against 1,763 for DEFAULT_VARIANT's, with no shared-memory layout
+# conversion (store_wg's docstring).  Timed on an H100 (eighteenth session, results/2026-12-05-h100-s18): 32k tokens
+# x 8 heads tq3 179.8 -> 119.9 us, k4v3 212.5 -> 153.1, tq4 244.6 -> 172.2; 8k tokens 51.7 -> 32.5 (tq3); at 2 programs
+# an SM within -7..+4 % of 3.
+WG_LAUNCH = {"variant": ("prefetch", "lean", "search", "wg"), "programs_per_sm": 3}
 # fp16 parts of an input element x 2^-e (see above)
 XSPLIT = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 2}
 
@@ -404,7 +412,8 @@ def check_col_blocks(col_blocks, d: int) -> int:
 def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
               params: KernelParams, debug_rotated: torch.Tensor | None = None, *, block_rows: int | None = None,
               num_warps: int | None = None, variant: tuple[str, ...] | None = None,
-              programs_per_sm: int | None = None, maxnreg: int | None = None, col_blocks: int | None = None) -> None:
+              programs_per_sm: int | None = None, maxnreg: int | None = None, col_blocks: int | None = None,
+              batch_invariant: bool = False) -> None:
     """store_kv for the formats store_mse_applies() covers; arguments checked by store_kv.
     block_rows (rows of (token, head) per tile, a power of two >= 16), num_warps and programs_per_sm
     (the persistent grid) override the defaults; variant: names from VARIANTS (None: DEFAULT_VARIANT,
@@ -412,13 +421,19 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
     programs of 8 warps share an SM, at some spilling); col_blocks (None: 1): each row tile's coordinates
     split over that many programs (head_size / col_blocks each, their whole code words; the columns then
     not permuted), so that a few rows (a decode step's) spread over more of the card. A call that sets
-    none of these with at most SMALL_ROWS rows takes SMALL_LAUNCH. Every choice but "wg" stores the same bytes;
-    "wg" (store_wg's kernel, compiled but not yet run on a GPU) stores bytes within SPEC §10 of the reference."""
+    none of these with at most SMALL_ROWS rows takes SMALL_LAUNCH, with more WG_LAUNCH where store_wg serves
+    it (with batch_invariant, for calls of any size). Every choice but "wg" stores the same bytes; "wg" stores
+    bytes within SPEC §10 of the reference."""
     n, h, d = key.shape
-    if n * h <= SMALL_ROWS and (block_rows, num_warps, variant, programs_per_sm, maxnreg, col_blocks) == (None,) * 6:
+    chosen = (block_rows, num_warps, variant, programs_per_sm, maxnreg, col_blocks) != (None,) * 6
+    wg = not chosen and store_mse_applies(params) and store_wg.why_not(
+        key, value, d, params.meta["K0_BITS"], params.meta["V0_BITS"], debug_rotated is not None) is None
+    if n * h <= SMALL_ROWS and not chosen and not (wg and batch_invariant):
         block_rows, num_warps, variant, programs_per_sm = (
             SMALL_LAUNCH[k] for k in ("block_rows", "num_warps", "variant", "programs_per_sm"))
         col_blocks = min(SMALL_LAUNCH["col_blocks"], d // 32)
+    elif wg:  # batch_invariant: for every call size, so that a row's bytes do not depend on the call's size
+        variant, programs_per_sm = WG_LAUNCH["variant"], WG_LAUNCH["programs_per_sm"]
     variant = DEFAULT_VARIANT if variant is None else tuple(variant)
     for v in variant:
         tqf.check_choice("variant", v, VARIANTS)

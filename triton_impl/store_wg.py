@@ -1,6 +1,5 @@
 """store_wg: store_mse's encoding with every row quantity in the registers of the rows' threads (Gluon,
-Hopper ``wgmma``).  store_mse's variant "wg", opt-in: compiled for sm_90 (Triton 3.6), not yet run on a GPU
-(the sixteenth session's device loans stopped first; its GPU tests are in test_store_mse.py).
+Hopper ``wgmma``).  store_mse's variant "wg".
 
 What one launch computes: the same as store_mse's "kv" launch (its module docstring; SPEC §4.1, §4.2, §5):
 keys and values of every row r = token * H + head whose slot_mapping[token] >= 0, the norm 2^e ||x 2^-e||,

@@ -509,7 +509,8 @@ class TurboQuantAttentionImpl(AttentionImpl[TurboQuantMetadata]):
         if self.kv_sharing_target_layer_name is None and key is not None and value is not None:
             k, v, sm = key[:n], value[:n], attn_metadata.slot_mapping[:n]
             if self.store_impl == "triton":
-                store_kv(k, v, cache, sm, self.params)
+                store_kv(k, v, cache, sm, self.params,
+                         batch_invariant=self.attn_config is not None and self.attn_config.batch_invariant)
             elif self.store_impl == "cpp":
                 fused.store_kv(k, v, cache, sm, self.torch_params)
             elif self.store_impl == "torch":

@@ -212,6 +212,7 @@ def test_small_row_launch_takes_over_at_most_small_rows(monkeypatch, d):
             launches.append((self.name, grid[0]))
             return self.kernel[grid]
 
+    monkeypatch.setattr(sm.store_wg, "why_not", lambda *a: "off")  # the Triton launches (store_wg's: below)
     monkeypatch.setattr(sm, "_store_mse_kernel", Spy("one", sm._store_mse_kernel))
     monkeypatch.setattr(sm, "_store_mse_kv_kernel", Spy("kv", sm._store_mse_kv_kernel))
     out = []
@@ -377,3 +378,39 @@ def test_wg_variant_names_what_it_cannot_serve(preset, d, dtype, kw, why):
             store_mse(x.to(torch.bfloat16), x.to(torch.bfloat16), cache, torch.arange(3, device=DEV),
                       KernelParams.build(tqf.LayerFormat(tqf.get_preset("tq4"), d), DEV), variant=("wg",))
     assert not cache.any()
+
+
+@pytest.mark.parametrize("rows,kw,want", [
+    (2049, {}, "wg"),  # more than SMALL_ROWS, nothing chosen: store_wg's kernel, 3 programs an SM
+    (2048, {}, "small"),
+    (2048, {"batch_invariant": True}, "wg"),  # one launch for every call size
+    (2049, {"block_rows": 64}, "triton"),  # any choice of the caller's keeps it
+    (2049, {"variant": ("prefetch", "lean", "search", "kv")}, "triton"),
+    (2049, {"debug": True}, "triton"),  # store_wg writes no rotated_debug
+])
+def test_default_launch_by_rows_and_batch_invariance(monkeypatch, rows, kw, want):
+    """store_mse's choice of launch where store_wg's kernel could serve (why_not faked to None; the launches
+    recorded, not run): WG_LAUNCH above SMALL_ROWS rows, SMALL_LAUNCH up to it unless batch_invariant (whose
+    rows must get the same bytes whatever the call's size), the Triton kernels for any explicit choice."""
+    import turboquant.triton_impl.store_mse as sm
+
+    fmt = tqf.LayerFormat(tqf.get_preset("tq3"), 128)
+    p = KernelParams.build(fmt, "cpu")
+    x = torch.zeros(rows, 1, 128, dtype=torch.bfloat16)
+    cache = torch.zeros(fmt.cache_shape(rows // 16 + 1, 16, 1), dtype=torch.uint8)
+    seen = []
+    monkeypatch.setattr(sm.store_wg, "why_not", lambda key, value, d, kb, vb, debug: "debug" if debug else None)
+    monkeypatch.setattr(sm.store_wg, "launch", lambda *a, programs_per_sm, sm, search: seen.append(
+        ("wg", programs_per_sm, search)))
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *a, **k: seen.append(("small" if k["BR"] == sm.SMALL_LAUNCH["block_rows"] else "triton",))
+
+    monkeypatch.setattr(sm, "_store_mse_kv_kernel", Spy())
+    debug = kw.pop("debug", False)
+    y = torch.zeros(rows * 4 * 128, dtype=torch.float32) if debug else None
+    sm.store_mse(x, x, cache, torch.arange(rows), p, y, **kw)
+    assert [e[0] for e in seen] == [want], seen
+    if want == "wg":
+        assert seen[0][1:] == (sm.WG_LAUNCH["programs_per_sm"], True)
