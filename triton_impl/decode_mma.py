@@ -83,6 +83,10 @@ SINGLE_TABLE_WORDS = gl.constexpr(512)
 # "single"'s register cap where "auto" picks it (resolve_value_table): 144 (14 one-warp programs an SM; 8 bytes
 # of stack, none at 152) timed at or above 152 at every shape; at 128 it spills
 SINGLE_MAXNREG = 144
+# the register cap where "auto" gives 4-bit keys byte permutes (resolve_key_table, resolve_value_table): 152, timed
+# on an H100 (results/2026-12-05-h100-s18/call3-decode-prmt) at or within 1 % of 128 at four shapes for k4v3 and tq4
+# (k4v3 1 x 128k 83.8 us against 93.8 at 128)
+PRMT_MAXNREG = 152
 RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up to 4 KB (tq4)
 # Shared memory is one allocation (tables + ring) whose size must be a power of two (a Triton layout
 # rule: another size aborts the compiler), or, for a ring smaller than the tables, two (the tables,
@@ -92,14 +96,14 @@ RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up 
 # 2 KB tiles (tq3, k4v3): 12 KB a program, 17 an SM by shared memory instead of 13 (16 at the
 # 128-register cap), for one tile a softmax step and one tile in flight. The ring sizes allowed:
 MMA_RING_BYTES = (4096,) + tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
-# the key table's kind (AttnConfig.mma_key_table); "auto": "single" for 4-bit keys (then the values keep a
-# table of their own), else "pair" -- the H200 timed "single" 1.4-3.7 % faster for k4v3 and 0.5-3.0 % for
-# tq4 at every shape (results/2026-12-04-h200-s12/call1-kernels)
+# the key table's kind (AttnConfig.mma_key_table); "auto" (resolve_key_table): "prmt" for 4-bit keys of a symmetric
+# codebook where the value table and the ring are the defaults, else "single" for 4-bit keys (then the values keep a
+# table of their own; the H200 timed it 1.4-3.7 % faster than "pair" for k4v3 and 0.5-3.0 % for tq4 at every shape,
+# results/2026-12-04-h200-s12/call1-kernels), else "pair".
 # "prmt": 4-bit keys of a symmetric codebook decoded by byte permutes of the magnitudes' fp16 bytes
-# (_prmt_key_pairs: no key table read, 18 instructions for 8 codes against 28; the same values as "single",
-# whose shared-memory layout it keeps beside an explicit value table; "auto" values beside it: k4v3's wide table
-# with a four-tile ring, tq4's values by byte permutes too, no table); prepared in the seventeenth session, not
-# yet run on a GPU
+# (decode_mma_operands._prmt_key_pairs: no key table read, 18 instructions for 8 codes against 28; the same values
+# as "single", whose shared-memory layout it keeps beside an explicit value table; "auto" values beside it: k4v3's
+# wide table with a four-tile ring, tq4's values by byte permutes too, no table)
 KEY_TABLES = ("auto", "pair", "single", "prmt")
 STEP_TILES = (0, 1, 2)  # tiles per online-softmax step (AttnConfig.mma_step_tiles; 0: 2 where the ring allows)
 # register cap per thread (AttnConfig.mma_maxnreg's default): 128 fits without spills with the shared
@@ -625,13 +629,16 @@ def wide_ring_bytes(key_table: str) -> int:
     return RING_BYTES if key_table == "prmt" else WIDE_RING_BYTES
 
 
-def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: int, key_table: str) -> str | None:
-    """Why AttnConfig.mma_value_table cannot serve this preset / ring / key table, or None."""
+def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: int, key_table: str,
+                            asked_key: str | None = None) -> str | None:
+    """Why AttnConfig.mma_value_table cannot serve this preset / ring / key table (resolved: resolve_key_table), or
+    None; the reason names the key table as asked (asked_key, where given)."""
     m = params.meta
+    shown = key_table if asked_key is None else asked_key
     if value_table == "wide":
         if (m["K0_BITS"], m["V0_BITS"]) != (4, 3) or key_table == "pair":
             return (f"it needs 4-bit keys on the single-code table and 3-bit values (k4v3), got {m['K0_BITS']}-bit "
-                    f"keys, {m['V0_BITS']}-bit values, mma_key_table={key_table!r}")
+                    f"keys, {m['V0_BITS']}-bit values, mma_key_table={shown!r}")
         if ring_bytes != wide_ring_bytes(key_table):
             return (f"its ring is {WIDE_RING_BYTES} bytes (three tiles; 16 KB with the tables), {RING_BYTES} beside "
                     f"mma_key_table 'prmt' (no key table; the allocation's size a power of two): "
@@ -639,13 +646,13 @@ def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: 
     if value_table == "single":
         if (m["K0_BITS"], m["V0_BITS"]) != (4, 4) or not m["KV_PAIR_SAME"] or key_table == "pair":
             return (f"it needs 4-bit keys and values of one codebook on the single-code table (tq4), got "
-                    f"{m['K0_BITS']}-bit keys, {m['V0_BITS']}-bit values, mma_key_table={key_table!r}")
+                    f"{m['K0_BITS']}-bit keys, {m['V0_BITS']}-bit values, mma_key_table={shown!r}")
         if ring_bytes != RING_BYTES:
             return f"its ring is the default {RING_BYTES} bytes (an allocation of its own): mma_ring_bytes={ring_bytes}"
     if value_table == "prmt":
         if (m["K0_BITS"], m["V0_BITS"]) != (4, 4) or not m["KV_PAIR_SAME"] or not m["K_PRMT"] or key_table != "prmt":
             return (f"it needs 4-bit keys and values of one symmetric codebook (tq4) with mma_key_table 'prmt', got "
-                    f"{m['K0_BITS']}-bit keys, {m['V0_BITS']}-bit values, mma_key_table={key_table!r}")
+                    f"{m['K0_BITS']}-bit keys, {m['V0_BITS']}-bit values, mma_key_table={shown!r}")
         if ring_bytes != RING_BYTES:
             return (f"its ring is the default {RING_BYTES} bytes (the kernel's only shared memory, a power of two): "
                     f"mma_ring_bytes={ring_bytes}")
@@ -654,22 +661,26 @@ def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: 
 
 def resolve_value_table(params: KernelParams, value_table: str, ring_bytes: int, maxnreg: int, key_table: str,
                         step_tiles: int) -> tuple[str, int, int]:
-    """(value table, ring bytes, register cap) of a launch.  An explicit value table keeps the ring and cap
-    it is given.  "auto" (AttnConfig.mma_value_table's default) is what the H200 timed fastest for the
-    preset (results/2026-12-05-h200-s15/call14-decode, one process beside vLLM's kernels, at 32 x 32k, 8 x 32k,
-    1 x 128k, 64 x 1k and 256 x 6k): "wide" with its WIDE_RING_BYTES ring for k4v3 (+2 to +14 %), "single"
-    for tq4 at a SINGLE_MAXNREG register cap where the cap is the default MAXNREG (0 to +9 %), each where the
-    launch leaves what it needs at the default (the ring at RING_BYTES, the key table not "pair", one tile a
-    softmax step allowed; "single": a cap of MAXNREG, 0 or at least SINGLE_MAXNREG); "pair" elsewhere."""
+    """(value table, ring bytes, register cap) of a launch (key_table resolved: resolve_key_table).  An explicit
+    value table keeps the ring and cap it is given.  "auto" (AttnConfig.mma_value_table's default): beside keys by
+    byte permutes ("prmt", what "auto" keys are for k4v3 and tq4), "wide" with its four-tile ring for k4v3 and
+    "prmt" (no table) for tq4, each at a PRMT_MAXNREG cap where the cap is the default MAXNREG: on an H100 (the
+    eighteenth session, results/2026-12-05-h100-s18/call3-decode-prmt, at 32 x 32k, 1 x 128k, 64 x 1k and 256 x 6k)
+    k4v3 +5 to +13 % and tq4 +12 to +19 % against the single-code key table's layouts below.  Beside a key table,
+    what the H200 timed fastest (results/2026-12-05-h200-s15/call14-decode): "wide" with its WIDE_RING_BYTES ring
+    for k4v3, "single" for tq4 at a SINGLE_MAXNREG cap where the cap is the default MAXNREG, each where the launch
+    leaves what it needs at the default (the ring at RING_BYTES, the key table not "pair", one tile a softmax step
+    allowed; "single": a cap of MAXNREG, 0 or at least SINGLE_MAXNREG); "pair" elsewhere."""
     if value_table != "auto":
         return value_table, ring_bytes, maxnreg
     m = params.meta
     if ring_bytes != RING_BYTES or key_table == "pair":
         return "pair", ring_bytes, maxnreg
+    prmt_cap = PRMT_MAXNREG if maxnreg == MAXNREG else maxnreg
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 3) and key_table == "prmt":  # no key table: a four-tile ring
-        return "wide", wide_ring_bytes(key_table), maxnreg
+        return "wide", wide_ring_bytes(key_table), prmt_cap
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 4) and m["KV_PAIR_SAME"] and key_table == "prmt":  # no table at all
-        return "prmt", RING_BYTES, maxnreg
+        return "prmt", RING_BYTES, prmt_cap
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 3) and step_tiles in (0, 1):
         return "wide", wide_ring_bytes(key_table), maxnreg
     if (m["K0_BITS"], m["V0_BITS"]) == (4, 4) and m["KV_PAIR_SAME"] \
@@ -699,14 +710,19 @@ _RING_VERIFIED: set = set()
 _PLACEMENT_FAILED: set = set()  # "auto"'s "single" configurations whose check failed (they take the pair tables)
 
 
-def _resolve_key_table(params: KernelParams, key_table: str, shared_table: bool) -> tuple[str, bool]:
-    """mma_key_table "auto": the single-code table for 4-bit keys, whose values then keep a table of their own
-    (shared_table off), else "pair"; "prmt" has the single-code layout (shared_table off); other values
-    unchanged (checked by the launcher)."""
+def resolve_key_table(params: KernelParams, key_table: str, shared_table: bool, value_table: str = "auto",
+                      ring_bytes: int = RING_BYTES) -> tuple[str, bool]:
+    """(key table, shared_table) of a launch.  mma_key_table "auto": "prmt" for 4-bit keys of a symmetric codebook
+    (k4v3, tq4) where the value table is "auto" too and the ring the default RING_BYTES (the layout timed: with
+    "auto"'s values beside it, resolve_value_table), else the single-code table for 4-bit keys, whose values then
+    keep a table of their own (shared_table off), else "pair"; "prmt" has the single-code layout (shared_table
+    off); other values unchanged (checked by the launcher)."""
     if key_table == "prmt":  # the single-code layout (the values' own table)
         return key_table, False
     if key_table != "auto":
         return key_table, shared_table
+    if params.meta["K_PRMT"] and value_table == "auto" and ring_bytes == RING_BYTES:
+        return "prmt", False
     key_table = "single" if params.meta["K0_BITS"] == 4 else "pair"
     return key_table, shared_table and key_table == "pair"
 
@@ -745,7 +761,7 @@ def prepare_decode_layout(params: KernelParams, device: torch.device, *, group: 
     """What the first decode launch of a layer (GQA ``group``, pages of ``block_size`` tokens, the launcher's
     options) would check before it can use "auto"'s layout, done now: at engine start, before vLLM captures
     CUDA graphs, in which the check cannot run.  Returns the value table the launches will use."""
-    key_table, shared_table = _resolve_key_table(params, key_table, shared_table)
+    key_table, shared_table = resolve_key_table(params, key_table, shared_table, value_table, ring_bytes)
     return _launch_value_table(params, device, value_table, ring_bytes, maxnreg, shared_table, key_table,
                                step_tiles, group=group, block_size=block_size, verify=True)[0]
 
@@ -860,12 +876,12 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     sw = params.slot_bytes // 4
     tqf.check_choice("mma_value_table", value_table, VALUE_TABLES)
     asked_key = key_table
-    key_table, shared_table = _resolve_key_table(params, key_table, shared_table)
+    key_table, shared_table = resolve_key_table(params, key_table, shared_table, value_table, ring_bytes)
     value_table, ring_bytes, maxnreg = _launch_value_table(
         params, cache.device, value_table, ring_bytes, maxnreg, shared_table, key_table, step_tiles,
         group=num_q_heads // hkv, block_size=cache.shape[2], verify=verify_ring)
     stage_words, stages = ring_stages(params, ring_bytes)
-    why = value_table_unsupported(params, value_table, ring_bytes, asked_key)
+    why = value_table_unsupported(params, value_table, ring_bytes, key_table, asked_key)
     if why:
         raise ValueError(f"mma_value_table={value_table!r} is not supported for {params.fmt.preset.name}: {why}; "
                          f"allowed: 'wide' for k4v3 with mma_key_table 'auto' or 'single' and mma_ring_bytes="

@@ -79,15 +79,14 @@ class AttnConfig:
     # the mma decode kernel's key table: "pair" (two codes -> one fp16 pair word: one lookup a pair),
     # "single" (4-bit keys with their own table, k4v3 / tq4 with mma_shared_table=False: 16 entries x 32
     # copies, two conflict-free lookups a pair instead of one that 8 lanes share a copy for; the same
-    # words, so the same bits) or "auto" (default): "single" for 4-bit keys (tq4's values then get a table
-    # of their own whatever mma_shared_table says), else "pair". The H200 timed "single" 1.4-3.7 % faster
-    # for k4v3 and 0.5-3.0 % for tq4 at 32 x 32k, 8 x 32k, 1 x 128k and 64 x 1k
-    # (results/2026-12-04-h200-s12/call1-kernels). "prmt": 4-bit keys of a symmetric codebook decoded in registers
-    # by byte permutes of the magnitudes' fp16 bytes (decode_mma_operands._prmt_key_pairs; no key table read, the same
-    # values, so the same bits; mma_value_table's "auto" beside it below); instructions a tile (compile_check):
-    # k4v3 591 -> 505.5 (the freed 2 KB give its wide value table a four-tile ring: two tiles a step), with
-    # mma_lean_loop 479;
-    # prepared without a GPU (seventeenth session), not yet run or timed
+    # words, so the same bits), "prmt" (4-bit keys of a symmetric codebook decoded in registers by byte permutes
+    # of the magnitudes' fp16 bytes, decode_mma_operands._prmt_key_pairs: no key table read, the same values, so
+    # the same bits) or "auto" (default, decode_mma.resolve_key_table): "prmt" where it applies and
+    # mma_value_table and mma_ring_bytes are the defaults, else "single" for 4-bit keys (tq4's values then get a
+    # table of their own whatever mma_shared_table says), else "pair". An H100 timed "prmt" with "auto"'s values
+    # beside it at a 152-register cap 5-13 % faster than "single" for k4v3 and 12-19 % for tq4 at 32 x 32k,
+    # 1 x 128k, 64 x 1k and 256 x 6k (results/2026-12-05-h100-s18/call3-decode-prmt); the H200 had timed "single"
+    # 1.4-3.7 % faster than "pair" for k4v3 and 0.5-3.0 % for tq4 (results/2026-12-04-h200-s12/call1-kernels)
     mma_key_table: str = "auto"
     # the decode step's query rotation where the mma kernel serves it (default mode): "fma" (fp32 FMA dots
     # in K chunks, the oracle's arithmetic), "bf16x2" (one tensor-core product of bf16 parts a program,
@@ -129,8 +128,7 @@ class AttnConfig:
     # the pair layout's, so the bits of mma_step_tiles=1. Beside mma_key_table="prmt", "auto" gives k4v3 "wide" with
     # the default 8 KB ring (the key table's 2 KB freed: two tiles a step) and tq4 "prmt": its 4-bit values by
     # byte permutes too (decode_mma_operands._prmt_value_pairs), no table at all, the ring the only shared memory
-    # (instructions a tile, compile_check: 730 -> 539 with mma_lean_loop at a 152-register cap; prepared in the
-    # seventeenth session, not yet run)
+    # (both at a 152-register cap where mma_maxnreg is the default: decode_mma.PRMT_MAXNREG)
     mma_value_table: str = "auto"
     # the mma decode kernel's tile loop in its lean form (decode_mma._pair_step / _tile_step): the ring stage carried
     # and wrapped instead of a signed remainder a use, the copies into a runtime row of the ring instead of a
@@ -138,7 +136,9 @@ class AttnConfig:
     # tile whole inside the split without the token masks (the last keeps them), in the two-tile loop the rescale
     # only in a step where the running max or the value scale moved. The same bits. Instructions a step executes
     # (compile_check, sm_90, Triton 3.6): tq3 854 -> 801 (783 at a 152-register cap), k4v3 591 -> 576, tq4
-    # 730 -> 681. Prepared without a GPU (docs/kernel-notes.md, seventeenth session): not yet run or timed
+    # 730 -> 681. Prepared without a GPU (docs/kernel-notes.md, seventeenth session); on an H100 (eighteenth session)
+    # its outputs differed from the default loop's in 17 of the 36 same-bits GPU tests, so it stays off and
+    # untimed until that is understood (results/2026-12-05-h100-s18/call2-tests)
     mma_lean_loop: bool = False
 
     def __post_init__(self):

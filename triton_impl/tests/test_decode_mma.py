@@ -506,9 +506,12 @@ def test_auto_single_table_is_checked_once_outside_capture_and_falls_back_to_pai
     with pytest.warns(RuntimeWarning, match="misplaced; mma_value_table='auto' keeps the pair tables for tq4"):
         assert launch(block_size=32) == ("pair", 8192, 128)
     assert launch(block_size=32) == ("pair", 8192, 128) and len(checks) == 2  # the failure is remembered
-    # the same check at engine start (the vLLM backend's bind): "auto" options as AttnConfig gives them
+    # the same check at engine start (the vLLM backend's bind), with the single-code key table ("auto" keys are
+    # byte permutes, whose value layout needs no check)
     verdict[0] = "pass"
-    assert decode_mma.prepare_decode_layout(p, cuda, group=4, block_size=64) == "single" and len(checks) == 3
+    assert decode_mma.prepare_decode_layout(p, cuda, group=4, block_size=64, key_table="single") == "single"
+    assert len(checks) == 3
+    assert decode_mma.prepare_decode_layout(p, cuda, group=4, block_size=64) == "prmt" and len(checks) == 3
     assert decode_mma.prepare_decode_layout(p, cuda, group=4, block_size=64, value_table="pair") == "pair"
     assert decode_mma.prepare_decode_layout(_params("tq3", 128), cuda, group=4, block_size=64) == "pair"
     assert len(checks) == 3
@@ -600,7 +603,11 @@ def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     # k4v3's wide value table beside keys by byte permutes: no key table, the default ring
     assert decode_mma.mma_shared_bytes(_params("k4v3", 128), decode_mma.RING_BYTES, "wide", "prmt") == 16384
     assert device.resident_blocks(cuda, 10240, 1, 144) == 14
-    assert decode_splits(p4, waves, 8, 131072, cuda, mma=True) == decode_mma.whole_wave_splits(256, 8, 14, 132, 256)
+    single = dataclasses.replace(waves, mma_key_table="single")
+    assert decode_splits(p4, single, 8, 131072, cuda, mma=True) == decode_mma.whole_wave_splits(256, 8, 14, 132, 256)
+    # tq4's default: keys and values by byte permutes, the 8 KB ring only, at a 152-register cap: 13 by registers
+    assert device.resident_blocks(cuda, 8192, 1, 152) == 13
+    assert decode_splits(p4, waves, 8, 131072, cuda, mma=True) == decode_mma.whole_wave_splits(256, 8, 13, 132, 256)
     assert decode_splits(p4, dataclasses.replace(waves, mma_value_table="pair"), 8, 131072, cuda, mma=True) == 214
 
 
@@ -623,12 +630,39 @@ def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     ("tq4", {"value_table": "single", "maxnreg": 128}, ("single", 8192, 128)),
 ])
 def test_auto_value_table_is_the_timed_layout_of_each_preset(preset, kw, want):
-    """mma_value_table "auto" (the default): "wide" with its 6 KB ring for k4v3, "single" at a 144-register cap
-    for tq4 (what the H200 timed fastest), where the rest of the launch leaves them room; else "pair"."""
+    """mma_value_table "auto" beside a key table (what "auto" keys are where byte permutes do not serve, and
+    any explicit one): "wide" with its 6 KB ring for k4v3, "single" at a 144-register cap for tq4 (what the
+    H200 timed fastest), where the rest of the launch leaves them room; else "pair"."""
     from turboquant.triton_impl.decode_mma import resolve_value_table
 
-    args = {"value_table": "auto", "ring_bytes": 8192, "maxnreg": 128, "key_table": "auto", "step_tiles": 0, **kw}
+    key = "single" if preset in ("k4v3", "tq4") else "pair"
+    args = {"value_table": "auto", "ring_bytes": 8192, "maxnreg": 128, "key_table": key, "step_tiles": 0, **kw}
     assert resolve_value_table(_params(preset, 128), **args) == want
+
+
+@pytest.mark.parametrize("preset,kw,want_key,want", [
+    ("k4v3", {}, "prmt", ("wide", 8192, 152)),  # no key table: the wide value table with the four-tile ring
+    ("tq4", {}, "prmt", ("prmt", 8192, 152)),  # no table at all
+    ("tq3", {}, "pair", ("pair", 8192, 128)),  # 3-bit keys: no byte permutes
+    ("tq4", {"maxnreg": 0}, "prmt", ("prmt", 8192, 0)),  # the compiler's choice stays
+    ("k4v3", {"maxnreg": 160}, "prmt", ("wide", 8192, 160)),
+    ("k4v3", {"value_table": "pair"}, "single", ("pair", 8192, 128)),  # an explicit value table: a key table
+    ("tq4", {"value_table": "single"}, "single", ("single", 8192, 128)),
+    ("k4v3", {"ring_bytes": 4096}, "single", ("pair", 4096, 128)),  # a ring of the caller's: its layout
+    ("k4v3", {"key_table": "single"}, "single", ("wide", 6144, 128)),  # an explicit key table is kept
+    ("tq4", {"key_table": "pair"}, "pair", ("pair", 8192, 128)),
+])
+def test_auto_key_table_is_byte_permutes_for_4_bit_symmetric_keys(preset, kw, want_key, want):
+    """mma_key_table "auto" (the default): "prmt" for 4-bit keys of a symmetric codebook where the value table
+    and the ring are the defaults (k4v3, tq4: the layout an H100 timed fastest, at a PRMT_MAXNREG cap where
+    the cap is the default), else the single-code table for 4-bit keys, else "pair"."""
+    from turboquant.triton_impl.decode_mma import resolve_key_table, resolve_value_table
+
+    args = {"value_table": "auto", "ring_bytes": 8192, "maxnreg": 128, "key_table": "auto", **kw}
+    p = _params(preset, 128)
+    key, _ = resolve_key_table(p, args["key_table"], True, args["value_table"], args["ring_bytes"])
+    assert key == want_key
+    assert resolve_value_table(p, args["value_table"], args["ring_bytes"], args["maxnreg"], key, 0) == want
 
 
 # --- the kernel (GPU) ------------------------------------------------------------------------------
@@ -889,8 +923,13 @@ def test_output_rotation_on_tensor_cores_and_the_4kb_ring_match_the_reference(pr
 # options whose arithmetic is the pair tables' (the same words, addresses or layout): (preset, the pair
 # layout's mma_step_tiles to compare with, the option)
 SAME_BITS_OPTIONS = [
-    ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0}),  # the default: "wide"
-    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0}),  # the default: "single" at 144 registers
+    # the defaults: keys by byte permutes, k4v3's "wide" values with the 8 KB ring (two tiles a step), tq4's values by
+    # byte permutes too, at 152 registers
+    ("k4v3", 2, {"mma_value_table": "auto", "mma_step_tiles": 0}),
+    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0}),
+    # "auto" values beside the single-code key table: k4v3 "wide" (6 KB ring), tq4 "single" at 144 registers
+    ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single"}),
+    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single"}),
     ("tq3", 0, {"mma_page_ahead": True}),  # two tiles a step
     ("tq3", 1, {"mma_page_ahead": True}),  # one tile a step
     ("k4v3", 0, {"mma_page_ahead": True}),
@@ -906,8 +945,8 @@ SAME_BITS_OPTIONS = [
     ("tq3", 1, {"mma_lean_loop": True, "mma_page_ahead": True}),
     ("tq3", 1, {"mma_lean_loop": True, "mma_ring_bytes": 4096, "mma_maxnreg": 120}),  # the ring in a second allocation
     ("k4v3", 0, {"mma_lean_loop": True}),
-    ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_lean_loop": True}),  # the default: "wide"
-    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_lean_loop": True}),  # the default: "single"
+    ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single", "mma_lean_loop": True}),
+    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single", "mma_lean_loop": True}),
     ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0, "mma_lean_loop": True, "mma_page_ahead": True}),
     # 4-bit keys by byte permutes (the single-code table's values)
     ("k4v3", 1, {"mma_key_table": "prmt"}),  # beside the pair value table
