@@ -666,7 +666,7 @@ def resolve_value_table(params: KernelParams, value_table: str, ring_bytes: int,
     byte permutes ("prmt", what "auto" keys are for k4v3 and tq4), "wide" with its four-tile ring for k4v3 and
     "prmt" (no table) for tq4, each at a PRMT_MAXNREG cap where the cap is the default MAXNREG: on an H100 (the
     eighteenth session, results/2026-12-05-h100-s18/call3-decode-prmt, at 32 x 32k, 1 x 128k, 64 x 1k and 256 x 6k)
-    k4v3 +5 to +13 % and tq4 +12 to +19 % against the single-code key table's layouts below.  Beside a key table,
+    k4v3 +5 to +16 % and tq4 +12 to +19 % against the single-code key table's layouts below.  Beside a key table,
     what the H200 timed fastest (results/2026-12-05-h200-s15/call14-decode): "wide" with its WIDE_RING_BYTES ring
     for k4v3, "single" for tq4 at a SINGLE_MAXNREG cap where the cap is the default MAXNREG, each where the launch
     leaves what it needs at the default (the ring at RING_BYTES, the key table not "pair", one tile a softmax step

@@ -84,7 +84,7 @@ class AttnConfig:
     # the same bits) or "auto" (default, decode_mma.resolve_key_table): "prmt" where it applies and
     # mma_value_table and mma_ring_bytes are the defaults, else "single" for 4-bit keys (tq4's values then get a
     # table of their own whatever mma_shared_table says), else "pair". An H100 timed "prmt" with "auto"'s values
-    # beside it at a 152-register cap 5-13 % faster than "single" for k4v3 and 12-19 % for tq4 at 32 x 32k,
+    # beside it at a 152-register cap 5-16 % faster than "single" for k4v3 and 12-19 % for tq4 at 32 x 32k,
     # 1 x 128k, 64 x 1k and 256 x 6k (results/2026-12-05-h100-s18/call3-decode-prmt); the H200 had timed "single"
     # 1.4-3.7 % faster than "pair" for k4v3 and 0.5-3.0 % for tq4 (results/2026-12-04-h200-s12/call1-kernels)
     mma_key_table: str = "auto"
