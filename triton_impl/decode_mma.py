@@ -114,6 +114,13 @@ MAXNREG = 128
 
 
 @gluon.jit
+def _mul_rn(a, b):
+    """a * b rounded to float32 (PTX mul.rn: never fused into an FMA with a later add)."""
+    return gl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=gl.float32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
 def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt, voff, kn_off, vn_off,
                  KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
                  K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
@@ -135,9 +142,11 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprm
     # scores S^T [16 tokens, 8 heads] and the online softmax over the tile's tokens
     a_k = key_operand(kw0, kw1, kw2, kw3, kprmt, KB, D, K_COPIES, K_TABLE, OPA, KW3)
     s = mma_v2(a_k, q_op, gl.zeros([TILE, 8], gl.float32, MMA))
-    s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
     if MASKED:
+        s = s * (kn * sm_scale_log2)[:, None] * qsc[None, :]
         s = gl.where(ok[:, None], s, float("-inf"))
+    else:  # the last product rounded as the masked path's (no select after it: the compiler would fuse it)
+        s = _mul_rn(s * (kn * sm_scale_log2)[:, None], qsc[None, :])
     m_new = gl.maximum(m_i, gl.max(s, axis=0))
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = gl.exp2(m_i - m_use)
