@@ -1,5 +1,6 @@
 """store_wg: store_mse's encoding with every row quantity in the registers of the rows' threads (Gluon,
-Hopper ``wgmma``).  store_mse's variant "wg".
+Hopper ``wgmma``).  store_mse's variant "wg", which store_mse takes by default for a call of more than SMALL_ROWS
+rows on Hopper (and for every call in the batch-invariant mode): store_mse.WG_LAUNCH has its timings.
 
 What one launch computes: the same as store_mse's "kv" launch (its module docstring; SPEC §4.1, §4.2, §5):
 keys and values of every row r = token * H + head whose slot_mapping[token] >= 0, the norm 2^e ||x 2^-e||,
