@@ -22,11 +22,18 @@ ptxas = Path(__import__("triton").__file__).parent / "backends" / "nvidia" / "bi
 
 @pytest.mark.skipif(not ptxas.exists(), reason="this Triton has no bundled ptxas")
 def test_mma_decode_kernel_compiles_for_sm90():
-    """The defaults: tq3's pair tables, k4v3's wide value table (16 KB), tq4's single-code table at its
-    144-register cap (10 KB), each with the shared memory resolve_value_table's layout has."""
+    """The defaults: tq3's pair tables (16 KB); k4v3's keys by byte permutes beside its wide value table with the
+    8 KB ring (16 KB) and tq4's keys and values by byte permutes with the ring alone (8 KB), both at the
+    152-register cap; each with the shared memory of the layout resolve_key_table / resolve_value_table give."""
     from turboquant import format as tqf
     from turboquant.triton_impl import KernelParams
-    from turboquant.triton_impl.decode_mma import MAXNREG, RING_BYTES, mma_shared_bytes, resolve_value_table
+    from turboquant.triton_impl.decode_mma import (
+        MAXNREG,
+        RING_BYTES,
+        mma_shared_bytes,
+        resolve_key_table,
+        resolve_value_table,
+    )
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
@@ -38,9 +45,10 @@ def test_mma_decode_kernel_compiles_for_sm90():
     for row in rows:
         regs, spill, stack, smem, loop = int(row[-7]), int(row[-6]), int(row[-5]), int(row[-4]), int(row[-2])
         p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(row[-8]), 128), "cpu")
-        table, ring, cap = resolve_value_table(p, "auto", RING_BYTES, MAXNREG, "auto", 0)
-        assert (row[-8], table) in {("tq3", "pair"), ("k4v3", "wide"), ("tq4", "single")}, row
-        assert smem == mma_shared_bytes(p, ring, table) == (10240 if table == "single" else 16384), row
+        key, _ = resolve_key_table(p, "auto", True)
+        table, ring, cap = resolve_value_table(p, "auto", RING_BYTES, MAXNREG, key, 0)
+        assert (row[-8], key, table) in {("tq3", "pair", "pair"), ("k4v3", "prmt", "wide"), ("tq4", "prmt", "prmt")}
+        assert smem == mma_shared_bytes(p, ring, table, key) == (8192 if table == "prmt" else 16384), row
         assert spill == 0 and stack == 0, row
         assert 0 < regs <= cap and loop > 0, row
 
@@ -58,7 +66,13 @@ def test_prepared_kernel_variants_compile_for_sm90():
     from benchmarks.micro.bench_decode import kernel_config
     from turboquant import format as tqf
     from turboquant.triton_impl import AttnConfig, KernelParams
-    from turboquant.triton_impl.decode_mma import RING_BYTES, TABLE_BYTES, mma_shared_bytes, resolve_value_table
+    from turboquant.triton_impl.decode_mma import (
+        RING_BYTES,
+        TABLE_BYTES,
+        mma_shared_bytes,
+        resolve_key_table,
+        resolve_value_table,
+    )
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
@@ -126,14 +140,16 @@ def test_prepared_kernel_variants_compile_for_sm90():
         preset, spec = label.split(":")
         cfg = kernel_config(f"mma@{spec}", AttnConfig())
         p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(preset), 128), "cpu")
-        table, ring, _ = resolve_value_table(p, cfg.mma_value_table, cfg.mma_ring_bytes, cfg.mma_maxnreg,
-                                             cfg.mma_key_table, cfg.mma_step_tiles)
-        assert smem == mma_shared_bytes(p, ring, table, cfg.mma_key_table), row
+        key, _ = resolve_key_table(p, cfg.mma_key_table, cfg.mma_shared_table, cfg.mma_value_table,
+                                   cfg.mma_ring_bytes)
+        table, ring, _ = resolve_value_table(p, cfg.mma_value_table, cfg.mma_ring_bytes, cfg.mma_maxnreg, key,
+                                             cfg.mma_step_tiles)
+        assert smem == mma_shared_bytes(p, ring, table, key), row
         if spec.endswith("b4096"):
             assert smem == TABLE_BYTES + 4096 and regs <= 120, row
-        if spec.endswith("v2") or (preset == "tq4" and "k2" not in spec):  # tq4's default value table is "single"
+        if table == "single":  # tq4's values on the single-code table beside its keys' (t0k1, v2)
             assert smem == 2048 + RING_BYTES, row
-        if preset == "tq4" and "k2" in spec:  # keys and values by byte permutes: the ring alone
+        if preset == "tq4" and key == "prmt":  # keys and values by byte permutes (tq4's default): the ring alone
             assert smem == RING_BYTES, row
 
 
