@@ -11,11 +11,12 @@ It writes the same partial state as ``attn_core._split_kernel`` (m, l, unnormali
 accumulator); ``merge.merge_splits`` merges the splits and rotates back.
 Grid: (num_seqs, num_kv_heads, num_splits), one warp per program.
 
-Shared memory: the key and value pair tables (decode_mma_operands), then a ring of STAGES tiles (MMA_RING_BYTES).
-A tile's TILE slots of one KV head are one contiguous, 16-byte aligned run of the cache; cp.async
-copies it, coalesced, STAGES - 1 tiles ahead, and the lanes read their words from the ring with
-ld.shared in the operand pattern (one barrier per tile).  AttnConfig.mma_lean_loop (opt-in) runs the tile
-loop of _tile_step / _pair_step: the same arithmetic in fewer instructions.
+Shared memory: the key and value tables the layout has (decode_mma_operands; none where keys and values are
+decoded by byte permutes), then a ring of STAGES tiles (MMA_RING_BYTES).  A tile's TILE slots of one KV head are
+one contiguous, 16-byte aligned run of the cache; cp.async copies it, coalesced, STAGES - 1 tiles ahead, and the
+lanes read their words from the ring with ld.shared in the operand pattern (one barrier per tile).
+AttnConfig.mma_lean_loop (opt-in) runs the tile loop of _tile_step / _pair_step, meant as the same arithmetic in
+fewer instructions (its same-bits GPU tests failed: AttnConfig's comment).
 
 How the codes become MMA operands (which lane holds which codes, the pair tables and the
 byte permutes) is decode_mma_operands.py's docstring; the ring's copies, decode_mma_ring.py's.

@@ -35,12 +35,13 @@ joined into the same word (low half of one, high half of the other), so the same
 AttnConfig.mma_value_table moves the values the same way: "wide" (k4v3) gives its 3-bit value pair table
 32 copies (8 KB, beside the 2 KB single-code key table, with a three-tile ring), "single" (tq4) looks the
 values up on the keys' single-code table (2 KB in all, in an allocation of its own after the ring);
-the default ("auto", decode_mma.resolve_value_table) is "wide" for k4v3 and "single" for tq4, "pair" for the rest.
-Without a table (AttnConfig.mma_key_table / mma_value_table = "prmt", opt-in): 4-bit codes of a symmetric
-codebook are decoded in registers by byte permutes (prmt.b32) of the fp16 magnitudes' bytes, held in four
-registers (_prmt_halves): the same values, no ld.shared; beside them "auto" gives k4v3's wide value table a
-four-tile ring (the key table's 2 KB freed) and tq4 no table at all.  Where each table sits in shared memory
-and which one a preset gets: decode_mma (TABLE_WORDS, resolve_value_table).
+beside a key table, "auto" values (decode_mma.resolve_value_table) are "wide" for k4v3 and "single" for tq4.
+Without a table (AttnConfig.mma_key_table / mma_value_table = "prmt"): 4-bit codes of a symmetric codebook are
+decoded in registers by byte permutes (prmt.b32) of the fp16 magnitudes' bytes, held in four registers
+(_prmt_halves): the same values, no ld.shared.  That is the default ("auto") for k4v3's and tq4's keys, with
+k4v3's wide value table and a four-tile ring (the key table's 2 KB freed) and tq4's values by byte permutes too
+(no table at all); 3-bit keys keep the pair table.  Where each table sits in shared memory and which one a
+preset gets: decode_mma (TABLE_WORDS, resolve_key_table, resolve_value_table).
 """
 
 from __future__ import annotations

@@ -134,11 +134,11 @@ class AttnConfig:
     # and wrapped instead of a signed remainder a use, the copies into a runtime row of the ring instead of a
     # warp-uniform branch a stage, a page's offset by one 32 x 32 -> 64-bit multiply, in the one-tile loop every
     # tile whole inside the split without the token masks (the last keeps them), in the two-tile loop the rescale
-    # only in a step where the running max or the value scale moved. The same bits. Instructions a step executes
-    # (compile_check, sm_90, Triton 3.6): tq3 854 -> 801 (783 at a 152-register cap), k4v3 591 -> 576, tq4
-    # 730 -> 681. Prepared without a GPU (docs/kernel-notes.md, seventeenth session); on an H100 (eighteenth session)
-    # its outputs differed from the default loop's in 17 of the 36 same-bits GPU tests, so it stays off and
-    # untimed until that is understood (results/2026-12-05-h100-s18/call2-tests)
+    # only in a step where the running max or the value scale moved; meant to give the same bits. Instructions a
+    # step executes (compile_check, sm_90, Triton 3.6): tq3 854 -> 801 (783 at a 152-register cap), k4v3 591 -> 576,
+    # tq4 730 -> 681. Prepared without a GPU (docs/kernel-notes.md, seventeenth session); on an H100 (eighteenth
+    # session) its outputs differed from the default loop's in 17 of the 36 same-bits GPU tests, so it stays off
+    # and untimed until that is understood (results/2026-12-05-h100-s18/call2-tests)
     mma_lean_loop: bool = False
 
     def __post_init__(self):

@@ -426,9 +426,11 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
     bytes within SPEC §10 of the reference."""
     n, h, d = key.shape
     chosen = (block_rows, num_warps, variant, programs_per_sm, maxnreg, col_blocks) != (None,) * 6
-    wg = not chosen and store_mse_applies(params) and store_wg.why_not(
+    small = n * h <= SMALL_ROWS and not chosen
+    # store_wg's checks only where it could serve: not on a decode step's few rows (outside batch_invariant)
+    wg = not chosen and (batch_invariant or not small) and store_mse_applies(params) and store_wg.why_not(
         key, value, d, params.meta["K0_BITS"], params.meta["V0_BITS"], debug_rotated is not None) is None
-    if n * h <= SMALL_ROWS and not chosen and not (wg and batch_invariant):
+    if small and not wg:
         block_rows, num_warps, variant, programs_per_sm = (
             SMALL_LAUNCH[k] for k in ("block_rows", "num_warps", "variant", "programs_per_sm"))
         col_blocks = min(SMALL_LAUNCH["col_blocks"], d // 32)
