@@ -786,17 +786,19 @@ def test_non_finite_key_poisons_exactly_its_sequence():
 
 
 @GPU
-def test_cuda_graph_capture_before_the_default_tq4_table_is_verified(monkeypatch):
-    """tq4's default value table ("single") sits in a second shared allocation whose placement is verified
-    on first use, which cannot run inside a CUDA-graph capture: a capture that comes first takes the pair
-    tables (the same bits) instead of raising, and a later eager call verifies and uses "single"."""
+def test_cuda_graph_capture_before_the_tq4_single_table_is_verified(monkeypatch):
+    """tq4's "auto" value table beside the single-code key table ("single") sits in a second shared allocation
+    whose placement is verified on first use, which cannot run inside a CUDA-graph capture: a capture that comes
+    first takes the pair tables (the same bits) instead of raising, and a later eager call verifies and uses
+    "single".  (The default, byte-permute keys and values, has no second allocation: nothing to verify.)"""
     from turboquant.triton_impl import decode_mma
 
     monkeypatch.setattr(decode_mma, "_RING_VERIFIED", set())
     monkeypatch.setattr(decode_mma, "_PLACEMENT_FAILED", set())
     args, _ = _decode_case("tq4", (100, 257, 1))
     q, cache, bt, sl, params = args
-    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma")
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_key_table="single",
+                              mma_shared_table=False)
     pair = dataclasses.replace(cfg, mma_value_table="pair")
     out = torch.empty_like(q)
     want = decode_attention(q, cache, bt, sl, params, config=pair).clone()  # compiles the pair kernel
@@ -805,6 +807,11 @@ def test_cuda_graph_capture_before_the_default_tq4_table_is_verified(monkeypatch
     torch.testing.assert_close(out, want, rtol=0, atol=0)
     assert not decode_mma._RING_VERIFIED
     torch.testing.assert_close(decode_attention(q, cache, bt, sl, params, config=cfg), want, rtol=0, atol=0)
+    assert len(decode_mma._RING_VERIFIED) == 1
+    default = dataclasses.replace(default_config(DEV), decode_kernel="mma")
+    torch.testing.assert_close(decode_attention(q, cache, bt, sl, params, config=default), want, rtol=0, atol=0)
+    _capture_and_replay(args, out.zero_(), default)  # nothing verified, eagerly or in the capture
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
     assert len(decode_mma._RING_VERIFIED) == 1
 
 
@@ -927,9 +934,10 @@ SAME_BITS_OPTIONS = [
     # byte permutes too, at 152 registers
     ("k4v3", 2, {"mma_value_table": "auto", "mma_step_tiles": 0}),
     ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0}),
-    # "auto" values beside the single-code key table: k4v3 "wide" (6 KB ring), tq4 "single" at 144 registers
+    # "auto" values beside the single-code key table: k4v3 "wide" (6 KB ring), tq4 "single" at 144 registers (tq4's
+    # keys on a table of their own: no table shared with the values)
     ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single"}),
-    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single"}),
+    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single", "mma_shared_table": False}),
     ("tq3", 0, {"mma_page_ahead": True}),  # two tiles a step
     ("tq3", 1, {"mma_page_ahead": True}),  # one tile a step
     ("k4v3", 0, {"mma_page_ahead": True}),
@@ -946,7 +954,8 @@ SAME_BITS_OPTIONS = [
     ("tq3", 1, {"mma_lean_loop": True, "mma_ring_bytes": 4096, "mma_maxnreg": 120}),  # the ring in a second allocation
     ("k4v3", 0, {"mma_lean_loop": True}),
     ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single", "mma_lean_loop": True}),
-    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single", "mma_lean_loop": True}),
+    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single", "mma_shared_table": False,
+                "mma_lean_loop": True}),
     ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0, "mma_lean_loop": True, "mma_page_ahead": True}),
     # 4-bit keys by byte permutes (the single-code table's values)
     ("k4v3", 1, {"mma_key_table": "prmt"}),  # beside the pair value table

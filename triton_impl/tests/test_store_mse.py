@@ -237,9 +237,10 @@ def test_small_row_launch_takes_over_at_most_small_rows(monkeypatch, d):
 def test_keys_and_values_of_different_dtypes_meet_the_contract(variant, kdt, vdt):
     """A 16-bit tensor and a float32 one (check_store accepts each its own dtype): each gets its own number of
     fp16 parts of x 2^-e (one, exact, for 16-bit input; two for float32), in one launch ("kv") or two: each
-    tensor's rotated coordinates (the debug hook's y) are those of a call where both tensors have its dtype
-    (one part for a float32 tensor would err by ~2^-12 of |y|, past CODE_MARGIN at worst), and the stored
-    bytes meet the contract."""
+    tensor's rotated coordinates (the debug hook's y) are those of a call where both tensors have its dtype,
+    to 2^-16 of the largest |y| (one part for a float32 tensor would err by ~2^-12 of |y|, past CODE_MARGIN at
+    worst; on the GPU the one-launch kernel's specialization for the other tensor's dtype may round a product-sum
+    otherwise, which exact equality failed on), and the stored bytes meet the contract."""
     fmt = tqf.LayerFormat(tqf.get_preset("k4v3"), 128)
     p = KernelParams.build(fmt, DEV)
     m = p.meta
@@ -258,8 +259,10 @@ def test_keys_and_values_of_different_dtypes_meet_the_contract(variant, kdt, vdt
         ys.append(y.cpu())
         if kk is k and vv is v:
             _check(cache, slots.cpu(), k.cpu(), v.cpu(), fmt)
-    assert torch.equal(ys[0][:ky], ys[1][:ky])  # the keys' y as when both are the keys' dtype
-    assert torch.equal(ys[0][ky:], ys[2][ky:])  # the values' y as when both are the values' dtype
+    for got, want, what in ((ys[0][:ky], ys[1][:ky], "keys"), (ys[0][ky:], ys[2][ky:], "values")):
+        # the keys' y as when both are the keys' dtype, the values' as when both are the values'
+        diff = (got - want).abs().max().item()
+        assert diff <= 2.0 ** -16 * want.abs().max().item(), (what, diff, want.abs().max().item())
 
 
 @pytest.mark.parametrize("preset", ["tq3", "k4v3"])
