@@ -45,7 +45,7 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert (bench.kernel_config("mma@v2", base).mma_value_table, bench.kernel_config("mma@v2", base).mma_ring_bytes) \
         == ("single", 8192)
     assert bench.kernel_config("mma@v0", base) == dataclasses.replace(base, decode_kernel="mma", mma_value_table="pair")
-    assert bench.kernel_config("mma@l1", base).mma_lean_loop is True and base.mma_lean_loop is False
+    assert bench.kernel_config("mma@l1", base).mma_lean_loop is True and base.mma_lean_loop == "auto"
     lean = bench.kernel_config("mma@r120b4096a1l1", base)
     assert (lean.mma_maxnreg, lean.mma_ring_bytes, lean.mma_page_ahead, lean.mma_lean_loop) == (120, 4096, True, True)
     assert bench.kernel_config("mma@v1l0", base).mma_lean_loop is False

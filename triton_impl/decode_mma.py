@@ -15,8 +15,8 @@ Shared memory: the key and value tables the layout has (decode_mma_operands; non
 decoded by byte permutes), then a ring of STAGES tiles (MMA_RING_BYTES).  A tile's TILE slots of one KV head are
 one contiguous, 16-byte aligned run of the cache; cp.async copies it, coalesced, STAGES - 1 tiles ahead, and the
 lanes read their words from the ring with ld.shared in the operand pattern (one barrier per tile).
-AttnConfig.mma_lean_loop (opt-in) runs the tile loop of _tile_step / _pair_step, meant as the same arithmetic in
-fewer instructions (its same-bits GPU tests failed: AttnConfig's comment).
+AttnConfig.mma_lean_loop ("auto": all but k4v3's two-tile loop, resolve_lean_loop) runs the tile loop of
+_tile_step / _pair_step: the same arithmetic in fewer instructions.
 
 How the codes become MMA operands (which lane holds which codes, the pair tables and the
 byte permutes) is decode_mma_operands.py's docstring; the ring's copies, decode_mma_ring.py's.
@@ -88,6 +88,12 @@ SINGLE_MAXNREG = 144
 # on an H100 (results/2026-12-05-h100-s18/call3-decode-prmt) at or within 1 % of 128 at four shapes for k4v3 and tq4
 # (k4v3 1 x 128k 83.8 us against 93.8 at 128)
 PRMT_MAXNREG = 152
+# the register cap where "auto" runs the lean loop over the pair tables at the default cap (tq3; resolve_lean_loop):
+# 152, timed on an H100 (results/2026-12-05-h100-s19/call14-decode) against the lean loop at 128: -4 to -10 % at
+# 8 x 32k, 1 x 128k, 64 x 1k and 256 x 6k, +0.9 % at 32 x 32k
+LEAN_MAXNREG = 152
+# mma_lean_loop's values (AttnConfig.mma_lean_loop; "auto": resolve_lean_loop)
+LEAN_LOOPS = ("auto", True, False)
 RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up to 4 KB (tq4)
 # Shared memory is one allocation (tables + ring) whose size must be a power of two (a Triton layout
 # rule: another size aborts the compiler), or, for a ring smaller than the tables, two (the tables,
@@ -716,6 +722,30 @@ def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -
     return max(1, min(s, cap))
 
 
+def launch_step_tiles(params: KernelParams, ring_bytes: int, step_tiles: int) -> int:
+    """The tiles a softmax step of a launch: ``step_tiles`` (AttnConfig.mma_step_tiles) with 0 resolved, 2 where the
+    ring (ring_bytes, as resolve_value_table gives it) holds an even number >= 4 of the preset's tiles, else 1."""
+    stages = ring_stages(params, ring_bytes)[1]
+    return step_tiles or (2 if stages >= 4 and stages % 2 == 0 else 1)
+
+
+def resolve_lean_loop(params: KernelParams, lean_loop: bool | str, step_tiles: int, maxnreg: int) -> tuple[bool, int]:
+    """(lean loop, register cap) of a launch (step_tiles resolved: launch_step_tiles; maxnreg as resolve_value_table
+    gives it).  True / False are kept.  "auto" (AttnConfig.mma_lean_loop's default): the lean loop wherever its GPU
+    tests gave the default loop's bits, i.e. everywhere but the two-tile loop of 4-bit keys with 3-bit values (k4v3,
+    whose outputs differed by one bf16 ulp in one sequence of those tests at pages of 32 tokens: not understood, so
+    not the default); at LEAN_MAXNREG where the cap is the default MAXNREG (tq3's pair tables: 4-bit keys' layouts
+    come at PRMT_MAXNREG or SINGLE_MAXNREG already).  On an H100 (results/2026-12-05-h100-s19/call14-decode) the
+    lean loop was 1.4-6.7 % faster than the default loop for tq3 and tq4 at 32 x 32k, 8 x 32k, 64 x 1k and 256 x 6k
+    (tq3 at 1 x 128k: the same; with the 152 cap 10 % faster)."""
+    if lean_loop != "auto":
+        return bool(lean_loop), maxnreg
+    m = params.meta
+    if (m["K0_BITS"], m["V0_BITS"]) == (4, 3) and step_tiles == 2:
+        return False, maxnreg
+    return True, LEAN_MAXNREG if maxnreg == MAXNREG else maxnreg
+
+
 _RING_VERIFIED: set = set()
 _PLACEMENT_FAILED: set = set()  # "auto"'s "single" configurations whose check failed (they take the pair tables)
 
@@ -856,7 +886,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
                          shared_table: bool = True, step_tiles: int = 0, key_table: str = "auto",
                          output_rotation: str = "fma", page_ahead: bool = False, value_table: str = "auto",
-                         lean_loop: bool = False, verify_ring: bool = True) -> torch.Tensor:
+                         lean_loop: bool | str = "auto", verify_ring: bool = True) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
     thread (AttnConfig.mma_maxnreg; 0: the compiler's choice).  ``ring_bytes``: the
@@ -874,8 +904,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     "single" (tq4's values on the keys' single-code table, 10 KB a program); both hold the pair layout's
     words, so they give the bits of one tile a step; "auto": resolve_value_table, which may change the ring
     and register cap with it (a CUDA-graph capture before "auto"'s "single" is verified gets "pair").
-    ``lean_loop``: the tile loop of _pair_step / _tile_step (AttnConfig.mma_lean_loop; the same bits).  No
-    host synchronisation."""
+    ``lean_loop``: the tile loop of _pair_step / _tile_step (AttnConfig.mma_lean_loop; "auto": resolve_lean_loop,
+    which may raise the register cap with it).  No host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -909,8 +939,9 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         raise ValueError(f"mma_step_tiles={step_tiles!r} is not supported with mma_ring_bytes={ring_bytes} "
                          f"({stages} tiles of {params.fmt.preset.name}); allowed values: "
                          f"{[t for t in STEP_TILES if t != 2 or pairs_fit]}")
-    if step_tiles == 0:
-        step_tiles = 2 if pairs_fit else 1
+    step_tiles = launch_step_tiles(params, ring_bytes, step_tiles)
+    if lean_loop not in LEAN_LOOPS or not isinstance(lean_loop, (bool, str)):
+        raise ValueError(f"mma_lean_loop={lean_loop!r} is not supported; allowed values: {list(LEAN_LOOPS)}")
     table_shared = bool(shared_table and m["KV_PAIR_SAME"])
     ok = {"single": m["K0_BITS"] == 4 and not table_shared, "prmt": m["K_PRMT"]}
     if key_table not in KEY_TABLES or not ok.get(key_table, True):
@@ -923,6 +954,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     if verify_ring and ((ring_bytes < TABLE_BYTES and value_table == "pair") or value_table == "single"):
         _verify_ring_placement(params, cache.device, maxnreg, ring_bytes, shared_table, key_table,
                                group=num_q_heads // hkv, block_size=cache.shape[2], value_table=value_table)
+    lean_loop, maxnreg = resolve_lean_loop(params, lean_loop, step_tiles, maxnreg)
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,

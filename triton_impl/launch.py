@@ -133,13 +133,15 @@ class AttnConfig:
     # the mma decode kernel's tile loop in its lean form (decode_mma._pair_step / _tile_step): the ring stage carried
     # and wrapped instead of a signed remainder a use, the copies into a runtime row of the ring instead of a
     # warp-uniform branch a stage, a page's offset by one 32 x 32 -> 64-bit multiply, in the one-tile loop every
-    # tile whole inside the split without the token masks (the last keeps them), in the two-tile loop the rescale
-    # only in a step where the running max or the value scale moved; meant to give the same bits. Instructions a
-    # step executes (compile_check, sm_90, Triton 3.6): tq3 854 -> 801 (783 at a 152-register cap), k4v3 591 -> 576,
-    # tq4 730 -> 681. Prepared without a GPU (docs/kernel-notes.md, seventeenth session); on an H100 (eighteenth
-    # session) its outputs differed from the default loop's in 17 of the 36 same-bits GPU tests, so it stays off
-    # and untimed until that is understood (results/2026-12-05-h100-s18/call2-tests)
-    mma_lean_loop: bool = False
+    # tile whole inside the split without the token masks (the last keeps them; its last score product by mul.rn, so
+    # that it rounds as the masked one), in the two-tile loop the rescale only in a step where the running max or the
+    # value scale moved: the same arithmetic in fewer instructions (compile_check, sm_90, Triton 3.6: tq3 854 -> 801
+    # a two-tile step, 783 at a 152-register cap; tq4 730 -> 681 a tile). True, False or "auto" (default,
+    # decode_mma.resolve_lean_loop): the lean loop for every layout whose GPU tests gave the default loop's bits
+    # (all but k4v3's two-tile loop, which differed by one bf16 ulp in one case), at a 152-register cap where the
+    # cap is the default. On an H100 it was 1.4-6.7 % faster for tq3 and tq4 at four of five shapes (tq3 at
+    # 1 x 128k the same, 10 % faster at 152 registers; results/2026-12-05-h100-s19/call14-decode)
+    mma_lean_loop: bool | str = "auto"
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -159,9 +161,12 @@ class AttnConfig:
                              f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
                              "power-of-two shared allocation, or a power-of-two ring smaller than the tables), or "
                              f"{WIDE_RING_BYTES} with mma_value_table='wide'")
-        for name in ("mma_shared_table", "mma_page_ahead", "mma_lean_loop"):
+        for name in ("mma_shared_table", "mma_page_ahead"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: True, False")
+        if not (isinstance(self.mma_lean_loop, bool) or self.mma_lean_loop == "auto"):
+            raise ValueError(f"mma_lean_loop={self.mma_lean_loop!r} is not supported; allowed values: 'auto', True, "
+                             "False")
         if (self.mma_ring_bytes != wide_ring_bytes(self.mma_key_table) if self.mma_value_table == "wide"
                 else self.mma_ring_bytes == WIDE_RING_BYTES):
             raise ValueError(f"mma_value_table={self.mma_value_table!r} with mma_ring_bytes={self.mma_ring_bytes} is "
