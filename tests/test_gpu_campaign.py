@@ -40,3 +40,23 @@ def test_kernels_stage_reports_the_tests_and_goes_on(tmp_path, outcome):
         assert "FAILED" in r.stdout and "tests rc 1" in r.stdout, r.stdout
     with tarfile.open(out / "kernels.tgz") as tgz:
         assert {"kernels/gpu.txt", "kernels/tests.log", "kernels/trace.log"} <= set(tgz.getnames())
+
+
+def test_kernels_stage_passes_a_k_expression_whole(tmp_path):
+    """KERNEL_TEST_K reaches pytest as one -k argument (KERNEL_TEST_ARGS is split at spaces: a "-k 'a or b'"
+    there once ran no test at all)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("nvidia-smi", "echo 'Stand-in GPU, 0.0'"), ("python3", f'exec "{sys.executable}" "$@"')):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
+    case = tmp_path / "test_case.py"
+    case.write_text("def test_one():\n    pass\n\ndef test_two():\n    pass\n\ndef test_three():\n    assert False\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OUT": str(out),
+           "KERNEL_STEPS": "tests", "KERNEL_TESTS": str(case), "KERNEL_TEST_K": "one or two"}
+    env.pop("TRITON_INTERPRET", None)
+    r = subprocess.run(["bash", "tools/gpu_campaign.sh", "kernels"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 passed, 1 deselected" in (out / "kernels-summary.txt").read_text() + r.stdout, r.stdout

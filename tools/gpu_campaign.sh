@@ -10,7 +10,8 @@
 #          stash call)
 #   vllm   tests/vllm: the whole suite eager and, at the same time on the same card, the
 #          engine-level files with CUDA graphs; the load test with 256 requests (issues 4, 5;
-#          TQ_LOAD_DIAGNOSTICS=1 adds its diagnostic variants). A fresh machine's first hybrid-model
+#          TQ_LOAD_DIAGNOSTICS=1 adds its diagnostic variants; TESTS="file ..." picks files; pytest gets SIGINT
+#          30 s before VLLM_SECONDS, so a cut run still prints its failures). A fresh machine's first hybrid-model
 #          start compiles the GDN kernels: give test_hybrid.py alone VLLM_SECONDS >= 300
 #   tp2    tests/vllm/test_tp.py on a 2-GPU machine (kind nvidia-h200-x2; issue 4)
 #   e2e    benchmarks/e2e/e2e_vllm.py: bf16, FP8, vLLM's TurboQuant presets and ours, one run
@@ -34,7 +35,7 @@
 #          per-SASS-instruction stall samples ($OUT/profile/<target>-{details.txt,sass.csv}). No vLLM
 #          needed. ncu runs with --clock-control none (device/METHOD.md: leave the clocks alone)
 #   kernels the kernel A/Bs of one session in one call (issues 13, 14; vLLM's FA3 / TurboQuant beside ours
-#          when the kit is installed): GPU tests (KERNEL_TESTS, pytest -n 8), the decode grid (DECODE_ARGS,
+#          when the kit is installed): GPU tests (KERNEL_TESTS, KERNEL_TEST_K a -k expression, pytest -n 8), the decode grid (DECODE_ARGS,
 #          benchmarks/micro/bench_decode.py, then its table and PNG), the store at decode and prompt sizes
 #          (STORE_ARGS, bench_prefill.py: every mse config's bytes are checked against the first's), the
 #          per-launch trace (TRACE_TARGETS). Each step has its own timeout (KERNEL_TEST_SECONDS,
@@ -72,7 +73,10 @@ case "$stage" in
   vllm)
     # the server's and Qwen3-Next's imports, which the shared kit leaves out (carry .gpu-vllm/extra)
     if [ -d .gpu-vllm/extra ]; then bash tests/vllm/extra_wheels.sh install; fi
-    OUT="$OUT" TQ_LOAD_REQUESTS="${TQ_LOAD_REQUESTS:-256}" timeout "${VLLM_SECONDS:-540}" \
+    # pytest gets SIGINT 30 s before the stage's limit (tools/until_deadline.sh), so that a cut run still
+    # prints its failures; TESTS picks files (e.g. TESTS="tests/vllm/test_load.py tests/vllm/test_hybrid.py")
+    OUT="$OUT" TQ_LOAD_REQUESTS="${TQ_LOAD_REQUESTS:-256}" \
+        TQ_VLLM_DEADLINE=$(( $(date +%s) + ${VLLM_SECONDS:-540} - 30 )) timeout "${VLLM_SECONDS:-540}" \
         bash tests/vllm/run_gpu.sh "${MODE:-both}" "${@:2}" ;;
   tp2)
     OUT="$OUT" TESTS=tests/vllm/test_tp.py bash tests/vllm/run_gpu.sh eager 2>&1 | tail -40 ;;
@@ -146,7 +150,10 @@ case "$stage" in
     tests="${KERNEL_TESTS-triton_impl/tests/test_decode_mma.py triton_impl/tests/test_store_mse.py triton_impl/tests/test_prefill.py}"
     if [ -n "$tests" ]; then
       workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8" || true)  # pytest-xdist where installed
-      timeout "${KERNEL_TEST_SECONDS:-150}" python3 -P -m pytest -p no:cacheprovider -q $workers $tests \
+      # KERNEL_TEST_K: a -k expression (one argument, spaces allowed); SIGINT 15 s before the step's limit, so
+      # that a cut run still prints its failures (tools/until_deadline.sh)
+      bash tools/until_deadline.sh $(( $(date +%s) + ${KERNEL_TEST_SECONDS:-150} - 15 )) \
+          python3 -P -m pytest -p no:cacheprovider -q $workers $tests ${KERNEL_TEST_K:+-k "$KERNEL_TEST_K"} \
           ${KERNEL_TEST_ARGS:-} > "$OUT/tests.log" 2>&1 || echo "tests rc $?"
       { grep -E "^FAILED|^ERROR" "$OUT/tests.log" || true; } | head -20; tail -2 "$OUT/tests.log"; t tests
     fi

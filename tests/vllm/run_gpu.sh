@@ -14,12 +14,14 @@
 # Installs this project (no dependencies) into $TQ_SITE, puts it and the vLLM kit's site
 # ($GPU_VLLM_SITE, default /tmp/site) on PYTHONPATH, and runs pytest with -P (so the source
 # tree's turboquant/ does not shadow the installed package mapping).  Logs and JUnit XML go to
-# $OUT (default /tmp/tq-vllm-out).
+# $OUT (default /tmp/tq-vllm-out).  TQ_VLLM_DEADLINE (epoch seconds): each pytest gets SIGINT then
+# (tools/until_deadline.sh), so a run cut by the device call's limit still prints what failed so far.
 set -euo pipefail
 mode="${1:-all}"
 case "$mode" in eager|graphs|all|both) ;; *) echo "usage: $0 eager|graphs|all|both [pytest args]" >&2; exit 2 ;; esac
 shift || true
-EXTRA=("$@")  # e.g. -k test_tp
+EXTRA=()  # e.g. -k test_tp (empty arguments dropped: pytest would take "" for the current directory)
+for a in "$@"; do [ -n "$a" ] && EXTRA+=("$a"); done
 SITE="${GPU_VLLM_SITE:-/tmp/site}"
 TQ_SITE="${TQ_SITE:-/tmp/tq-site}"
 OUT="${OUT:-/tmp/tq-vllm-out}"
@@ -49,8 +51,9 @@ FAULTS=(tests/vllm/test_faults.py tests/vllm/test_faults_vllm_attention.py tests
 pytest_run() {  # pytest_run LOGNAME GRAPHS(0|1) ARGS...
   local name="$1" g="$2"
   shift 2
-  TQ_VLLM_CUDAGRAPHS=$g python3 -P -m pytest "$@" -q -rA --durations=15 -p no:cacheprovider \
-      --junitxml "$OUT/vllm-$name.xml" "${EXTRA[@]}" 2>&1 | tee "$OUT/vllm-$name.log" | grep -vE '^\((MainProcess|EngineCore)'
+  TQ_VLLM_CUDAGRAPHS=$g bash tools/until_deadline.sh "${TQ_VLLM_DEADLINE:-}" python3 -P -m pytest "$@" -q -rA \
+      --durations=15 -p no:cacheprovider --junitxml "$OUT/vllm-$name.xml" ${EXTRA[@]+"${EXTRA[@]}"} 2>&1 \
+      | tee "$OUT/vllm-$name.log" | grep -vE '^\((MainProcess|EngineCore)'
   local r="${PIPESTATUS[0]}"
   [ "$r" = 5 ] && r=0  # nothing selected (e.g. -k test_tp for a fault file)
   return "$r"
