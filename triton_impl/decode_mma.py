@@ -755,9 +755,9 @@ def resolve_key_table(params: KernelParams, key_table: str, shared_table: bool, 
     """(key table, shared_table) of a launch.  mma_key_table "auto": "prmt" for 4-bit keys of a symmetric codebook
     (k4v3, tq4) where the value table is "auto" too and the ring the default RING_BYTES (the layout timed: with
     "auto"'s values beside it, resolve_value_table), else the single-code table for 4-bit keys, whose values then
-    keep a table of their own (shared_table off), else "pair"; "prmt" has the single-code layout (shared_table
-    off); other values unchanged (checked by the launcher)."""
-    if key_table == "prmt":  # the single-code layout (the values' own table)
+    keep a table of their own (shared_table off), else "pair"; "single" and "prmt" asked for have the single-code
+    layout too (shared_table off, whatever it was); other values unchanged (checked by the launcher)."""
+    if key_table in ("single", "prmt"):  # the single-code layout: the values get a table of their own
         return key_table, False
     if key_table != "auto":
         return key_table, shared_table
@@ -945,10 +945,9 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     table_shared = bool(shared_table and m["KV_PAIR_SAME"])
     ok = {"single": m["K0_BITS"] == 4 and not table_shared, "prmt": m["K_PRMT"]}
     if key_table not in KEY_TABLES or not ok.get(key_table, True):
-        raise ValueError(f"mma_key_table={key_table!r} is not supported for {params.fmt.preset.name} with "
-                         f"mma_shared_table={shared_table}; allowed values: "
-                         f"{[t for t in KEY_TABLES if ok.get(t, True)]} ('single' needs 4-bit keys and no table "
-                         "shared with the values, 'prmt' 4-bit keys of a symmetric codebook)")
+        raise ValueError(f"mma_key_table={key_table!r} is not supported for {params.fmt.preset.name}; allowed values: "
+                         f"{[t for t in KEY_TABLES if ok.get(t, True)]} ('single' needs 4-bit keys, 'prmt' 4-bit keys "
+                         "of a symmetric codebook)")
     # a second shared allocation (a ring smaller than the default tables, or the single-code value table's
     # own): its placement is checked before first use
     if verify_ring and ((ring_bytes < TABLE_BYTES and value_table == "pair") or value_table == "single"):

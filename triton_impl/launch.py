@@ -77,7 +77,7 @@ class AttnConfig:
     # 24 KB slower than 1 at 8 KB (results/2026-12-04-h200-s11/call1-p2-search)
     mma_step_tiles: int = 0
     # the mma decode kernel's key table: "pair" (two codes -> one fp16 pair word: one lookup a pair),
-    # "single" (4-bit keys with their own table, k4v3 / tq4 with mma_shared_table=False: 16 entries x 32
+    # "single" (4-bit keys with their own table, k4v3 / tq4, whatever mma_shared_table says: 16 entries x 32
     # copies, two conflict-free lookups a pair instead of one that 8 lanes share a copy for; the same
     # words, so the same bits), "prmt" (4-bit keys of a symmetric codebook decoded in registers by byte permutes
     # of the magnitudes' fp16 bytes, decode_mma_operands._prmt_key_pairs: no key table read, the same values, so

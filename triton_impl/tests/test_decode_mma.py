@@ -301,20 +301,20 @@ def test_two_tiles_a_step_need_an_even_ring_of_four_tiles():
 
 
 @pytest.mark.parametrize("preset,table,shared,allowed", [("tq3", "single", True, "['auto', 'pair']"),
-                                                         ("tq4", "single", True, "['auto', 'pair', 'prmt']"),
                                                          ("tq3", "single", False, "['auto', 'pair']"),
                                                          ("tq3", "prmt", True, "['auto', 'pair']"),
                                                          ("tq3", "prmt", False, "['auto', 'pair']")])
-def test_single_code_key_table_needs_4_bit_keys_of_their_own(preset, table, shared, allowed):
-    """mma_key_table='single': 4-bit keys whose table is not shared with the values (k4v3; tq4 with
-    mma_shared_table=False); 'prmt': 4-bit keys of a symmetric codebook (it takes the single layout, the
-    values' table their own); refused with the allowed values otherwise, before any launch."""
-    from turboquant.triton_impl.decode_mma import decode_attention_mma
+def test_single_code_key_table_needs_4_bit_keys(preset, table, shared, allowed):
+    """mma_key_table='single': 4-bit keys (k4v3, tq4); 'prmt': 4-bit keys of a symmetric codebook; both take the
+    single-code layout (the values' table their own, whatever mma_shared_table says: resolve_key_table);
+    refused with the allowed values otherwise, before any launch."""
+    from turboquant.triton_impl.decode_mma import decode_attention_mma, resolve_key_table
     from turboquant.triton_impl.query import rotate_query
 
+    for ok_preset, ok_table in (("tq4", "single"), ("k4v3", "single"), ("tq4", "prmt")):
+        assert resolve_key_table(_params(ok_preset, 128), ok_table, shared) == (ok_table, False)
     (q, cache, bt, sl, p), _ = _decode_case(preset, (20, 5))
-    with pytest.raises(ValueError, match=rf"mma_key_table='{table}' is not supported for {preset} with "
-                                         rf"mma_shared_table={shared if table == 'single' else False}; allowed "
+    with pytest.raises(ValueError, match=rf"mma_key_table='{table}' is not supported for {preset}; allowed "
                                          rf"values: {re.escape(allowed)}"):
         decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=q.shape[1],
                              sm_scale=0.1, num_splits=1, shared_table=shared, key_table=table)
