@@ -141,3 +141,18 @@ def test_plot_keeps_and_relabels_the_presets_asked_for(bench_script):
         plot.select(res, "k4v3,tq4")
     with pytest.raises(SystemExit, match="a label appears twice"):
         plot.select(res, "k4v3,k4v3+mma@v1=k4v3")
+
+
+def test_lean_bits_arguments():
+    """benchmarks.micro.lean_bits (the lean loop's GPU diagnostic): its lists and the two sides of a spec."""
+    from benchmarks.micro import bench_decode, lean_bits
+    from turboquant.triton_impl import AttnConfig
+
+    assert lean_bits.parse_ints("1-4,7", "--splits") == [1, 2, 3, 4, 7]
+    assert lean_bits.parse_ints("0,2", "--seeds", least=0) == [0, 2]
+    for bad in ("", "a", "0", "3-x"):
+        with pytest.raises(ValueError, match="--splits="):
+            lean_bits.parse_ints(bad, "--splits")
+    assert lean_bits.lean_and_default("mma@l1") == ("mma@l1", "mma@l0")
+    assert lean_bits.lean_and_default("r152k2") == ("mma@r152k2l1", "mma@r152k2l0")
+    assert bench_decode.kernel_config(lean_bits.lean_and_default("mma@p2k2")[1], AttnConfig()).mma_lean_loop is False
