@@ -23,15 +23,14 @@ ptxas = Path(__import__("triton").__file__).parent / "backends" / "nvidia" / "bi
 @pytest.mark.skipif(not ptxas.exists(), reason="this Triton has no bundled ptxas")
 def test_mma_decode_kernel_compiles_for_sm90():
     """The defaults: tq3's pair tables (16 KB); k4v3's keys by byte permutes beside its wide value table with the
-    8 KB ring (16 KB) and tq4's keys and values by byte permutes with the ring alone (8 KB), all three at the
-    152-register cap (tq3's from its lean loop: resolve_lean_loop); each with the shared memory of the layout
+    8 KB ring (16 KB) and tq4's keys and values by byte permutes with the ring alone (8 KB), all three with the
+    lean loop at the 152-register cap (tq3's from resolve_lean_loop); each with the shared memory of the layout
     resolve_key_table / resolve_value_table give."""
     from turboquant import format as tqf
     from turboquant.triton_impl import KernelParams
     from turboquant.triton_impl.decode_mma import (
         MAXNREG,
         RING_BYTES,
-        launch_step_tiles,
         mma_shared_bytes,
         resolve_key_table,
         resolve_lean_loop,
@@ -50,9 +49,9 @@ def test_mma_decode_kernel_compiles_for_sm90():
         p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(row[-8]), 128), "cpu")
         key, _ = resolve_key_table(p, "auto", True)
         table, ring, cap = resolve_value_table(p, "auto", RING_BYTES, MAXNREG, key, 0)
-        lean, cap = resolve_lean_loop(p, "auto", launch_step_tiles(p, ring, 0), cap)
-        assert (row[-8], key, table, lean) in {("tq3", "pair", "pair", True), ("k4v3", "prmt", "wide", False),
-                                               ("tq4", "prmt", "prmt", True)}
+        lean, cap = resolve_lean_loop("auto", cap)
+        assert lean and (row[-8], key, table) in {("tq3", "pair", "pair"), ("k4v3", "prmt", "wide"),
+                                                  ("tq4", "prmt", "prmt")}
         assert cap == 152 and f"'maxnreg':{cap}" in "".join(row), row
         assert smem == mma_shared_bytes(p, ring, table, key) == (8192 if table == "prmt" else 16384), row
         assert spill == 0 and stack == 0, row

@@ -14,7 +14,6 @@ from triton.compiler.errors import CompilationError
 
 from .decode_mma import (
     decode_attention_mma,
-    launch_step_tiles,
     mma_decode_unsupported,
     mma_shared_bytes,
     prepare_decode_layout,
@@ -131,8 +130,7 @@ def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int,
                                          cfg.mma_ring_bytes)
         table, ring, maxnreg = resolve_value_table(params, cfg.mma_value_table, cfg.mma_ring_bytes, cfg.mma_maxnreg,
                                                    key_table, cfg.mma_step_tiles)
-        _, maxnreg = resolve_lean_loop(params, cfg.mma_lean_loop, launch_step_tiles(params, ring, cfg.mma_step_tiles),
-                                       maxnreg)
+        _, maxnreg = resolve_lean_loop(cfg.mma_lean_loop, maxnreg)
         per_sm = resident_blocks(device, mma_shared_bytes(params, ring, table, key_table), 1, maxnreg)
         s = whole_wave_splits(s, rows, per_sm, sm_count(device), cap=split_cap(max_kv, cfg))
     return s

@@ -15,8 +15,8 @@ Shared memory: the key and value tables the layout has (decode_mma_operands; non
 decoded by byte permutes), then a ring of STAGES tiles (MMA_RING_BYTES).  A tile's TILE slots of one KV head are
 one contiguous, 16-byte aligned run of the cache; cp.async copies it, coalesced, STAGES - 1 tiles ahead, and the
 lanes read their words from the ring with ld.shared in the operand pattern (one barrier per tile).
-AttnConfig.mma_lean_loop ("auto": all but k4v3's two-tile loop, resolve_lean_loop) runs the tile loop of
-_tile_step / _pair_step: the same arithmetic in fewer instructions.
+AttnConfig.mma_lean_loop ("auto", the default: resolve_lean_loop) runs the tile loop of _tile_step / _pair_step:
+the same arithmetic in fewer instructions.
 
 How the codes become MMA operands (which lane holds which codes, the pair tables and the
 byte permutes) is decode_mma_operands.py's docstring; the ring's copies, decode_mma_ring.py's.
@@ -128,6 +128,15 @@ def _mul_rn(a, b):
 
 
 @gluon.jit
+def _scale_ratio(vs, vs_new, vs_use):
+    """The accumulator's factor for a value scale that moved from vs to vs_new (vs_use: vs_new, 1 where it is 0):
+    vs / vs_use, exactly 1 where it did not move (the division is div.full.f32, a reciprocal and a product,
+    whose x / x is not always 1: the accumulator would shrink by an ulp against the denominator, in a step that
+    rescales it for a moved maximum or, in the default loop, in every step where that product is not 1)."""
+    return gl.where(vs_new == vs, 1.0, gl.where(vs > 0, vs, 1.0) / vs_use)
+
+
+@gluon.jit
 def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt, voff, kn_off, vn_off,
                  KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
                  K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
@@ -174,7 +183,7 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprm
     a_v = value_operand(va0, va1, vb0, vb1, kprmt, V_CODES, VB, D, V_COPIES, V_TABLE, OPA, VP3)
     # rescale the accumulator only when the running max or the value scale moved (rare after the
     # first tiles); the factor is <= 1 (or NaN, which must reach the accumulator)
-    factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)
+    factor = alpha * _scale_ratio(vs, vs_new, vs_use)
     if gl.max(gl.where(factor == 1.0, 0, 1), axis=0) > 0:
         acc = acc * factor[None, :]
     acc = mma_v2(a_v, p_op, acc)
@@ -243,7 +252,7 @@ def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs
             alpha = gl.exp2(m_i - m_use)
             l_t = l_t * alpha[None, :] + (p0 + p1)
             inv = 1.0 / vs_use
-            acc = acc * (alpha * (gl.where(vs > 0, vs, 1.0) / vs_use))[None, :]  # exactly 1: the same bits
+            acc = acc * (alpha * _scale_ratio(vs, vs_new, vs_use))[None, :]  # the default loop's factor
         else:
             l_t = l_t + (p0 + p1)  # alpha = 1
     else:
@@ -251,7 +260,7 @@ def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs
     w0 = gl.where(ok0[:, None], p0 * (vn0 * inv)[:, None], 0.0)
     w1 = gl.where(ok1[:, None], p1 * (vn1 * inv)[:, None], 0.0)
     if not LAZY:
-        factor = alpha * (gl.where(vs > 0, vs, 1.0) / vs_use)  # exactly 1 where nothing moved
+        factor = alpha * _scale_ratio(vs, vs_new, vs_use)  # exactly 1 where nothing moved
         if gl.max(gl.where(factor == 1.0, 0, 1), axis=0) > 0:
             acc = acc * factor[None, :]
     a_v = _tile_value_operand(sb0, voff, kprmt, V_CODES, VB, D, SW, V_COPIES, V_TABLE, OPA, VP3)
@@ -729,20 +738,18 @@ def launch_step_tiles(params: KernelParams, ring_bytes: int, step_tiles: int) ->
     return step_tiles or (2 if stages >= 4 and stages % 2 == 0 else 1)
 
 
-def resolve_lean_loop(params: KernelParams, lean_loop: bool | str, step_tiles: int, maxnreg: int) -> tuple[bool, int]:
-    """(lean loop, register cap) of a launch (step_tiles resolved: launch_step_tiles; maxnreg as resolve_value_table
-    gives it).  True / False are kept.  "auto" (AttnConfig.mma_lean_loop's default): the lean loop wherever its GPU
-    tests gave the default loop's bits, i.e. everywhere but the two-tile loop of 4-bit keys with 3-bit values (k4v3,
-    whose outputs differed by one bf16 ulp in one sequence of those tests at pages of 32 tokens: not understood, so
-    not the default); at LEAN_MAXNREG where the cap is the default MAXNREG (tq3's pair tables: 4-bit keys' layouts
-    come at PRMT_MAXNREG or SINGLE_MAXNREG already).  On an H100 (results/2026-12-05-h100-s19/call14-decode) the
-    lean loop was 1.4-6.7 % faster than the default loop for tq3 and tq4 at 32 x 32k, 8 x 32k, 64 x 1k and 256 x 6k
-    (tq3 at 1 x 128k: the same; with the 152 cap 10 % faster)."""
+def resolve_lean_loop(lean_loop: bool | str, maxnreg: int) -> tuple[bool, int]:
+    """(lean loop, register cap) of a launch (maxnreg as resolve_value_table gives it).  True / False are kept.
+    "auto" (AttnConfig.mma_lean_loop's default): the lean loop, at LEAN_MAXNREG where the cap is the default
+    MAXNREG (tq3's pair tables: 4-bit keys' layouts come at PRMT_MAXNREG or SINGLE_MAXNREG already).  On an H100
+    (results/2026-12-05-h100-s19/call14-decode) it was 1.4-6.7 % faster than the default loop for tq3 and tq4 at
+    32 x 32k, 8 x 32k, 64 x 1k and 256 x 6k (tq3 at 1 x 128k: the same; with the 152 cap 10 % faster) and 0.5-3.9 %
+    for k4v3; its same-bits tests passed there for tq3 and tq4 and for k4v3's one-tile loop.  k4v3's two-tile loop
+    differed by one bf16 ulp in one case, traced offline to the default loop's value-scale factor (_scale_ratio:
+    div.full's x / x is not always 1), which the lean loop skipped; with that factor exact both loops compute the
+    same (compiled; not yet run on a GPU)."""
     if lean_loop != "auto":
         return bool(lean_loop), maxnreg
-    m = params.meta
-    if (m["K0_BITS"], m["V0_BITS"]) == (4, 3) and step_tiles == 2:
-        return False, maxnreg
     return True, LEAN_MAXNREG if maxnreg == MAXNREG else maxnreg
 
 
@@ -953,7 +960,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     if verify_ring and ((ring_bytes < TABLE_BYTES and value_table == "pair") or value_table == "single"):
         _verify_ring_placement(params, cache.device, maxnreg, ring_bytes, shared_table, key_table,
                                group=num_q_heads // hkv, block_size=cache.shape[2], value_table=value_table)
-    lean_loop, maxnreg = resolve_lean_loop(params, lean_loop, step_tiles, maxnreg)
+    lean_loop, maxnreg = resolve_lean_loop(lean_loop, maxnreg)
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,

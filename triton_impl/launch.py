@@ -135,12 +135,13 @@ class AttnConfig:
     # warp-uniform branch a stage, a page's offset by one 32 x 32 -> 64-bit multiply, in the one-tile loop every
     # tile whole inside the split without the token masks (the last keeps them; its last score product by mul.rn, so
     # that it rounds as the masked one), in the two-tile loop the rescale only in a step where the running max or the
-    # value scale moved: the same arithmetic in fewer instructions (compile_check, sm_90, Triton 3.6: tq3 854 -> 801
-    # a two-tile step, 783 at a 152-register cap; tq4 730 -> 681 a tile). True, False or "auto" (default,
-    # decode_mma.resolve_lean_loop): the lean loop for every layout whose GPU tests gave the default loop's bits
-    # (all but k4v3's two-tile loop, which differed by one bf16 ulp in one case), at a 152-register cap where the
-    # cap is the default. On an H100 it was 1.4-6.7 % faster for tq3 and tq4 at four of five shapes (tq3 at
-    # 1 x 128k the same, 10 % faster at 152 registers; results/2026-12-05-h100-s19/call14-decode)
+    # value scale moved: the same arithmetic in fewer instructions (compile_check, sm_90, Triton 3.6, executed a step:
+    # tq3 859 -> 801 a two-tile step, 783 at a 152-register cap; k4v3 1,014 -> 957 a two-tile step; tq4 631 -> 542 a
+    # tile). True, False or "auto" (default, decode_mma.resolve_lean_loop): the lean loop, at a 152-register cap
+    # where the cap is the default. On an H100 it was 1.4-6.7 % faster for tq3 and tq4 at four of five shapes (tq3
+    # at 1 x 128k the same, 10 % faster at 152 registers) and 0.5-3.9 % for k4v3 (results/2026-12-05-h100-s19/
+    # call14-decode); its outputs were the default loop's bits except in one k4v3 two-tile case (one bf16 ulp: the
+    # default loop's value-scale factor, made exact since, decode_mma._scale_ratio)
     mma_lean_loop: bool | str = "auto"
 
     def __post_init__(self):
