@@ -129,10 +129,9 @@ def _mul_rn(a, b):
 
 @gluon.jit
 def _scale_ratio(vs, vs_new, vs_use):
-    """The accumulator's factor for a value scale that moved from vs to vs_new (vs_use: vs_new, 1 where it is 0):
-    vs / vs_use, exactly 1 where it did not move (the division is div.full.f32, a reciprocal and a product,
-    whose x / x is not always 1: the accumulator would shrink by an ulp against the denominator, in a step that
-    rescales it for a moved maximum or, in the default loop, in every step where that product is not 1)."""
+    """vs / vs_use, the accumulator's factor for the value scale's move from vs to vs_new (vs_use: vs_new, 1 where
+    it is 0), exactly 1 where it did not move: div.full.f32 (a reciprocal, then a product) does not always give 1
+    for x / x, and the default loop would then shrink the accumulator, not the denominator, by an ulp."""
     return gl.where(vs_new == vs, 1.0, gl.where(vs > 0, vs, 1.0) / vs_use)
 
 
@@ -731,13 +730,6 @@ def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -
     return max(1, min(s, cap))
 
 
-def launch_step_tiles(params: KernelParams, ring_bytes: int, step_tiles: int) -> int:
-    """The tiles a softmax step of a launch: ``step_tiles`` (AttnConfig.mma_step_tiles) with 0 resolved, 2 where the
-    ring (ring_bytes, as resolve_value_table gives it) holds an even number >= 4 of the preset's tiles, else 1."""
-    stages = ring_stages(params, ring_bytes)[1]
-    return step_tiles or (2 if stages >= 4 and stages % 2 == 0 else 1)
-
-
 def resolve_lean_loop(lean_loop: bool | str, maxnreg: int) -> tuple[bool, int]:
     """(lean loop, register cap) of a launch (maxnreg as resolve_value_table gives it).  True / False are kept.
     "auto" (AttnConfig.mma_lean_loop's default): the lean loop, at LEAN_MAXNREG where the cap is the default
@@ -946,7 +938,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         raise ValueError(f"mma_step_tiles={step_tiles!r} is not supported with mma_ring_bytes={ring_bytes} "
                          f"({stages} tiles of {params.fmt.preset.name}); allowed values: "
                          f"{[t for t in STEP_TILES if t != 2 or pairs_fit]}")
-    step_tiles = launch_step_tiles(params, ring_bytes, step_tiles)
+    if step_tiles == 0:
+        step_tiles = 2 if pairs_fit else 1
     if lean_loop not in LEAN_LOOPS or not isinstance(lean_loop, (bool, str)):
         raise ValueError(f"mma_lean_loop={lean_loop!r} is not supported; allowed values: {list(LEAN_LOOPS)}")
     table_shared = bool(shared_table and m["KV_PAIR_SAME"])

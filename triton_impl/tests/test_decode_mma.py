@@ -665,26 +665,21 @@ def test_auto_key_table_is_byte_permutes_for_4_bit_symmetric_keys(preset, kw, wa
     assert resolve_value_table(p, args["value_table"], args["ring_bytes"], args["maxnreg"], key, 0) == want
 
 
-@pytest.mark.parametrize("preset,kw,want", [
-    ("tq3", {}, (2, True, 152)),  # the pair tables' two-tile loop, lean, at LEAN_MAXNREG
-    ("tq3", {"step_tiles": 1}, (1, True, 152)),
-    ("tq3", {"maxnreg": 120, "ring_bytes": 4096}, (1, True, 120)),  # a cap of the caller's stays; two tiles: one
-    ("tq4", {"maxnreg": 152}, (1, True, 152)),  # byte permutes (PRMT_MAXNREG); the 8 KB ring: one tile a step
-    ("tq4", {"maxnreg": 144}, (1, True, 144)),  # "single" values (SINGLE_MAXNREG)
-    ("k4v3", {"maxnreg": 152}, (2, True, 152)),
-    ("k4v3", {"lean_loop": True}, (2, True, 128)),  # explicit choices are kept, with the cap given
-    ("tq3", {"lean_loop": False}, (2, False, 128)),
-    ("tq4", {"maxnreg": 0}, (1, True, 0)),  # the compiler's choice stays
+@pytest.mark.parametrize("lean_loop,maxnreg,want", [
+    ("auto", 128, (True, 152)),  # tq3's pair tables at the default cap: LEAN_MAXNREG
+    ("auto", 152, (True, 152)),  # 4-bit keys by byte permutes (PRMT_MAXNREG)
+    ("auto", 144, (True, 144)),  # tq4's "single" values (SINGLE_MAXNREG)
+    ("auto", 120, (True, 120)),  # a cap of the caller's
+    ("auto", 0, (True, 0)),  # the compiler's choice
+    (True, 128, (True, 128)),  # explicit choices are kept, with the cap given
+    (False, 128, (False, 128)),
 ])
-def test_auto_lean_loop_and_its_register_cap(preset, kw, want):
+def test_auto_lean_loop_and_its_register_cap(lean_loop, maxnreg, want):
     """mma_lean_loop "auto" (the default): the lean loop, at LEAN_MAXNREG where the cap is still the default
-    MAXNREG (tq3's pair tables); the tiles a step from the ring (0: two where it holds an even number >= 4 of the
-    preset's tiles)."""
-    from turboquant.triton_impl.decode_mma import launch_step_tiles, resolve_lean_loop
+    MAXNREG."""
+    from turboquant.triton_impl.decode_mma import resolve_lean_loop
 
-    args = {"lean_loop": "auto", "ring_bytes": 8192, "maxnreg": 128, "step_tiles": 0, **kw}
-    step = launch_step_tiles(_params(preset, 128), args["ring_bytes"], args["step_tiles"])
-    assert (step, *resolve_lean_loop(args["lean_loop"], args["maxnreg"])) == want
+    assert resolve_lean_loop(lean_loop, maxnreg) == want
 
 
 # --- the kernel (GPU) ------------------------------------------------------------------------------
