@@ -25,17 +25,10 @@ def test_mma_decode_kernel_compiles_for_sm90():
     """The defaults: tq3's pair tables (16 KB); k4v3's keys by byte permutes beside its wide value table with the
     8 KB ring (16 KB) and tq4's keys and values by byte permutes with the ring alone (8 KB), all three with the
     lean loop at the 152-register cap (tq3's from resolve_lean_loop); each with the shared memory of the layout
-    resolve_key_table / resolve_value_table give."""
+    resolve_layout gives."""
     from turboquant import format as tqf
     from turboquant.triton_impl import KernelParams
-    from turboquant.triton_impl.decode_mma import (
-        MAXNREG,
-        RING_BYTES,
-        mma_shared_bytes,
-        resolve_key_table,
-        resolve_lean_loop,
-        resolve_value_table,
-    )
+    from turboquant.triton_impl.decode_mma import mma_shared_bytes, resolve_layout
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
@@ -47,9 +40,7 @@ def test_mma_decode_kernel_compiles_for_sm90():
     for row in rows:
         regs, spill, stack, smem, loop = int(row[-7]), int(row[-6]), int(row[-5]), int(row[-4]), int(row[-2])
         p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(row[-8]), 128), "cpu")
-        key, _ = resolve_key_table(p, "auto", True)
-        table, ring, cap = resolve_value_table(p, "auto", RING_BYTES, MAXNREG, key, 0)
-        lean, cap = resolve_lean_loop("auto", cap)
+        key, _, table, ring, cap, lean = resolve_layout(p)
         assert lean and (row[-8], key, table) in {("tq3", "pair", "pair"), ("k4v3", "prmt", "wide"),
                                                   ("tq4", "prmt", "prmt")}
         assert cap == 152 and f"'maxnreg':{cap}" in "".join(row), row
@@ -71,13 +62,8 @@ def test_prepared_kernel_variants_compile_for_sm90():
     from benchmarks.micro.bench_decode import kernel_config
     from turboquant import format as tqf
     from turboquant.triton_impl import AttnConfig, KernelParams
-    from turboquant.triton_impl.decode_mma import (
-        RING_BYTES,
-        TABLE_BYTES,
-        mma_shared_bytes,
-        resolve_key_table,
-        resolve_value_table,
-    )
+    from turboquant.triton_impl.decode import mma_options
+    from turboquant.triton_impl.decode_mma import RING_BYTES, TABLE_BYTES, mma_shared_bytes, resolve_layout
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
@@ -145,10 +131,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
         preset, spec = label.split(":")
         cfg = kernel_config(f"mma@{spec}", AttnConfig())
         p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(preset), 128), "cpu")
-        key, _ = resolve_key_table(p, cfg.mma_key_table, cfg.mma_shared_table, cfg.mma_value_table,
-                                   cfg.mma_ring_bytes)
-        table, ring, _ = resolve_value_table(p, cfg.mma_value_table, cfg.mma_ring_bytes, cfg.mma_maxnreg, key,
-                                             cfg.mma_step_tiles)
+        key, _, table, ring, _, _ = resolve_layout(p, **mma_options(cfg))
         assert smem == mma_shared_bytes(p, ring, table, key), row
         if spec.endswith("b4096"):
             assert smem == TABLE_BYTES + 4096 and regs <= 120, row

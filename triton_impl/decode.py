@@ -17,9 +17,7 @@ from .decode_mma import (
     mma_decode_unsupported,
     mma_shared_bytes,
     prepare_decode_layout,
-    resolve_key_table,
-    resolve_lean_loop,
-    resolve_value_table,
+    resolve_layout,
     whole_wave_splits,
 )
 from .device import resident_blocks, sm_count
@@ -126,11 +124,7 @@ def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int,
         return choose_splits(rows, max_kv, device, cfg)
     s = choose_splits(rows, max_kv, device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
     if cfg.mma_split_rule == "waves" and not cfg.batch_invariant:
-        key_table, _ = resolve_key_table(params, cfg.mma_key_table, cfg.mma_shared_table, cfg.mma_value_table,
-                                         cfg.mma_ring_bytes)
-        table, ring, maxnreg = resolve_value_table(params, cfg.mma_value_table, cfg.mma_ring_bytes, cfg.mma_maxnreg,
-                                                   key_table, cfg.mma_step_tiles)
-        _, maxnreg = resolve_lean_loop(cfg.mma_lean_loop, maxnreg)
+        key_table, _, table, ring, maxnreg, _ = resolve_layout(params, **mma_options(cfg))
         per_sm = resident_blocks(device, mma_shared_bytes(params, ring, table, key_table), 1, maxnreg)
         s = whole_wave_splits(s, rows, per_sm, sm_count(device), cap=split_cap(max_kv, cfg))
     return s

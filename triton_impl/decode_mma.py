@@ -730,19 +730,35 @@ def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -
     return max(1, min(s, cap))
 
 
+def check_lean_loop(lean_loop) -> None:
+    """AttnConfig.mma_lean_loop / decode_attention_mma's lean_loop: one of LEAN_LOOPS, or a ValueError naming them."""
+    if not (isinstance(lean_loop, bool) or lean_loop == "auto"):
+        raise ValueError(f"mma_lean_loop={lean_loop!r} is not supported; allowed values: "
+                         f"{', '.join(repr(v) for v in LEAN_LOOPS)}")
+
+
 def resolve_lean_loop(lean_loop: bool | str, maxnreg: int) -> tuple[bool, int]:
-    """(lean loop, register cap) of a launch (maxnreg as resolve_value_table gives it).  True / False are kept.
-    "auto" (AttnConfig.mma_lean_loop's default): the lean loop, at LEAN_MAXNREG where the cap is the default
-    MAXNREG (tq3's pair tables: 4-bit keys' layouts come at PRMT_MAXNREG or SINGLE_MAXNREG already).  On an H100
-    (results/2026-12-05-h100-s19/call14-decode) it was 1.4-6.7 % faster than the default loop for tq3 and tq4 at
-    32 x 32k, 8 x 32k, 64 x 1k and 256 x 6k (tq3 at 1 x 128k: the same; with the 152 cap 10 % faster) and 0.5-3.9 %
-    for k4v3; its same-bits tests passed there for tq3 and tq4 and for k4v3's one-tile loop.  k4v3's two-tile loop
-    differed by one bf16 ulp in one case, traced offline to the default loop's value-scale factor (_scale_ratio:
-    div.full's x / x is not always 1), which the lean loop skipped; with that factor exact both loops compute the
-    same (compiled; not yet run on a GPU)."""
+    """(lean loop, register cap) of a launch (maxnreg as resolve_value_table gives it).  True / False are kept;
+    "auto" (AttnConfig.mma_lean_loop's default, whose comment has the timings): the lean loop, at LEAN_MAXNREG where
+    the cap is still the default MAXNREG (tq3's pair tables; 4-bit keys' layouts come at PRMT_MAXNREG or
+    SINGLE_MAXNREG already)."""
     if lean_loop != "auto":
         return bool(lean_loop), maxnreg
     return True, LEAN_MAXNREG if maxnreg == MAXNREG else maxnreg
+
+
+def resolve_layout(params: KernelParams, *, key_table: str = "auto", shared_table: bool = True,
+                   value_table: str = "auto", ring_bytes: int = RING_BYTES, maxnreg: int = MAXNREG,
+                   step_tiles: int = 0, lean_loop: bool | str = "auto", **_: object) -> tuple:
+    """(key table, shared_table, value table, ring bytes, register cap, lean loop) of a launch with these options
+    (decode.mma_options' names), resolved in the launcher's order: resolve_key_table, resolve_value_table,
+    resolve_lean_loop.  Without the launcher's first-use check of "single" (_launch_value_table), which can only
+    take the pair tables instead."""
+    key_table, shared_table = resolve_key_table(params, key_table, shared_table, value_table, ring_bytes)
+    value_table, ring_bytes, maxnreg = resolve_value_table(params, value_table, ring_bytes, maxnreg, key_table,
+                                                           step_tiles)
+    lean, maxnreg = resolve_lean_loop(lean_loop, maxnreg)
+    return key_table, shared_table, value_table, ring_bytes, maxnreg, lean
 
 
 _RING_VERIFIED: set = set()
@@ -940,8 +956,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          f"{[t for t in STEP_TILES if t != 2 or pairs_fit]}")
     if step_tiles == 0:
         step_tiles = 2 if pairs_fit else 1
-    if lean_loop not in LEAN_LOOPS or not isinstance(lean_loop, (bool, str)):
-        raise ValueError(f"mma_lean_loop={lean_loop!r} is not supported; allowed values: {list(LEAN_LOOPS)}")
+    check_lean_loop(lean_loop)
     table_shared = bool(shared_table and m["KV_PAIR_SAME"])
     ok = {"single": m["K0_BITS"] == 4 and not table_shared, "prmt": m["K_PRMT"]}
     if key_table not in KEY_TABLES or not ok.get(key_table, True):

@@ -14,7 +14,15 @@ from turboquant import format as tqf
 
 from .attn_core import _merge_kernel, _split_kernel, acc_width
 from .decode_mma import KEY_TABLES as MMA_KEY_TABLES
-from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES, WIDE_RING_BYTES, wide_ring_bytes
+from .decode_mma import (
+    MAXNREG,
+    MMA_RING_BYTES,
+    RING_BYTES,
+    TABLE_BYTES,
+    WIDE_RING_BYTES,
+    check_lean_loop,
+    wide_ring_bytes,
+)
 from .decode_mma import SPLIT_RULES as MMA_SPLIT_RULES
 from .decode_mma import STEP_TILES as MMA_STEP_TILES
 from .decode_mma import VALUE_TABLES as MMA_VALUE_TABLES
@@ -165,9 +173,7 @@ class AttnConfig:
         for name in ("mma_shared_table", "mma_page_ahead"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: True, False")
-        if not (isinstance(self.mma_lean_loop, bool) or self.mma_lean_loop == "auto"):
-            raise ValueError(f"mma_lean_loop={self.mma_lean_loop!r} is not supported; allowed values: 'auto', True, "
-                             "False")
+        check_lean_loop(self.mma_lean_loop)
         if (self.mma_ring_bytes != wide_ring_bytes(self.mma_key_table) if self.mma_value_table == "wide"
                 else self.mma_ring_bytes == WIDE_RING_BYTES):
             raise ValueError(f"mma_value_table={self.mma_value_table!r} with mma_ring_bytes={self.mma_ring_bytes} is "
