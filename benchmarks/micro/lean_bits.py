@@ -1,16 +1,16 @@
 """Where the mma decode kernel's lean tile loop gives other bits than its default loop (a GPU diagnostic).
 
-For each page size, split count and seed: a cache written by the reference (random bf16 keys and values,
-random permuted block tables), one query row per sequence, decoded with ``--option`` (bench_decode's
-``mma@`` spec, default ``mma@l1``: the lean loop with the other defaults) and with the same spec's default
-loop (``l0``); prints, per case, the sequences whose outputs differ, the
-largest difference, and each side's relative error to the reference.  A rounding difference stays at a bf16
-ulp with both errors equal; a wrong tile shows as an error that grows past the other side's.
+For each page size, split count and seed: a conformance case (conformance.cases: bf16 keys with outlier
+channels, values, a random permuted block table) stored by the reference, one query row per sequence, decoded
+with ``--option`` (bench_decode's ``mma@`` spec, default ``mma@l1``: the lean loop with the other defaults) and
+with the same spec's default loop (``l0``); prints, per case, the sequences whose outputs differ, the largest
+difference, and each side's relative error to the reference.  A rounding difference stays at a bf16 ulp with
+both errors equal; a wrong tile shows as an error that grows past the other side's.
 
     python -m benchmarks.micro.lean_bits --preset k4v3 --page-sizes 16,32,64 --splits 1-9 --seeds 0,1,2
 
-(The nineteenth session's case: k4v3, pages of 32 tokens, 7 splits, the 4,100-token sequence of
-1, 17, 300, 2,049, 4,100: one output one ulp apart.)
+(test_decode_mma's LEAN_K4V3_PAIRS once differed by one ulp in one output: k4v3, pages of 32 tokens, 7 splits,
+the 4,100-token sequence of 1, 17, 300, 2,049, 4,100.)
 """
 
 from __future__ import annotations
@@ -56,12 +56,10 @@ def main(argv=None) -> int:
     seeds = parse_ints(args.seeds, "--seeds", least=0)
     lean_spec, default_spec = lean_and_default(args.option)
 
-    import numpy as np
     import torch
 
-    from turboquant import format as tqf
     from turboquant import reference as ref
-    from turboquant.conformance.cases import paged_layout, round_to
+    from turboquant.conformance.cases import Case, make_inputs
     from turboquant.conformance.compare import rel_err
     from turboquant.triton_impl import AttnConfig, KernelParams, decode_attention
 
@@ -71,8 +69,6 @@ def main(argv=None) -> int:
         print("lean_bits: needs a CUDA GPU (the mma decode kernel is Gluon)", file=sys.stderr)
         return 2
     dev = torch.device("cuda")
-    fmt = tqf.LayerFormat(tqf.get_preset(args.preset), 128, layer=1)
-    params = KernelParams.build(fmt, dev)
     lean_cfg = kernel_config(lean_spec, AttnConfig())
     base_cfg = kernel_config(default_spec, AttnConfig())
     print(f"{args.preset}: {lean_spec} against {default_spec}; sequences {SEQ_LENS}, 2 KV heads x 4 query heads")
@@ -80,17 +76,15 @@ def main(argv=None) -> int:
           f"{'err default':>11}")
     for bs in page_sizes:
         for seed in seeds:
-            rng = np.random.default_rng(seed)
-            nb, bt, slots = paged_layout(rng, SEQ_LENS, bs, spare=2)
-            key = round_to(rng.standard_normal((slots.size, 2, 128)) * 1.3, "bfloat16")
-            value = round_to(rng.standard_normal((slots.size, 2, 128)), "bfloat16")
-            cache = ref.new_cache(fmt, nb, bs, 2)
-            ref.store(cache, key, value, slots, fmt)
-            q = round_to(rng.standard_normal((len(SEQ_LENS), 8, 128)) * 1.5, "bfloat16")
-            sl = np.asarray(SEQ_LENS, np.int32)
-            want = ref.paged_attention(q, cache, bt, sl, fmt, np.arange(len(SEQ_LENS) + 1, dtype=np.int32))
-            t = (torch.from_numpy(q).to(torch.bfloat16).to(dev), torch.from_numpy(cache).to(dev),
-                 torch.from_numpy(bt).to(dev), torch.from_numpy(sl).to(dev), params)
+            case = Case(args.preset, 128, 2, 4, bs, SEQ_LENS, (1,) * len(SEQ_LENS), seed=seed)
+            x = make_inputs(case)
+            cache = ref.new_cache(case.fmt, x["num_blocks"], bs, 2)
+            ref.store(cache, x["key"], x["value"], x["slot_mapping"], case.fmt)
+            want = ref.paged_attention(x["query"], cache, x["block_table"], x["seq_lens"], case.fmt,
+                                       x["query_start_loc"])
+            t = (torch.from_numpy(x["query"]).to(torch.bfloat16).to(dev), torch.from_numpy(cache).to(dev),
+                 torch.from_numpy(x["block_table"]).to(dev), torch.from_numpy(x["seq_lens"]).to(dev),
+                 KernelParams.build(case.fmt, dev))
             for s in splits:
                 got = decode_attention(*t, num_splits=s, config=lean_cfg).float()
                 base = decode_attention(*t, num_splits=s, config=base_cfg).float()
