@@ -11,7 +11,8 @@
 #   vllm   tests/vllm: the whole suite eager and, at the same time on the same card, the
 #          engine-level files with CUDA graphs; the load test with 256 requests (issues 4, 5;
 #          TQ_LOAD_DIAGNOSTICS=1 adds its diagnostic variants; TESTS="file ..." picks files; pytest gets SIGINT
-#          30 s before VLLM_SECONDS, so a cut run still prints its failures). A fresh machine's first hybrid-model
+#          75 s before VLLM_SECONDS and 60 s to stop (it shuts vLLM engines down before its summary), so a cut run
+#          still prints its failures; its -v lines name each test's outcome as it ends). A fresh machine's first hybrid-model
 #          start compiles the GDN kernels: give test_hybrid.py alone VLLM_SECONDS >= 300
 #   tp2    tests/vllm/test_tp.py on a 2-GPU machine (kind nvidia-h200-x2; issue 4)
 #   e2e    benchmarks/e2e/e2e_vllm.py: bf16, FP8, vLLM's TurboQuant presets and ours, one run
@@ -73,10 +74,11 @@ case "$stage" in
   vllm)
     # the server's and Qwen3-Next's imports, which the shared kit leaves out (carry .gpu-vllm/extra)
     if [ -d .gpu-vllm/extra ]; then bash tests/vllm/extra_wheels.sh install; fi
-    # pytest gets SIGINT 30 s before the stage's limit (tools/until_deadline.sh), so that a cut run still
-    # prints its failures; TESTS picks files (e.g. TESTS="tests/vllm/test_load.py tests/vllm/test_hybrid.py")
+    # pytest gets SIGINT 75 s before the stage's limit and SIGKILL 60 s later (tools/until_deadline.sh), so that a
+    # cut run still prints its failures (its engines' shutdown comes first: 20 s was not enough for a graphs run);
+    # TESTS picks files (e.g. TESTS="tests/vllm/test_load.py tests/vllm/test_hybrid.py")
     OUT="$OUT" TQ_LOAD_REQUESTS="${TQ_LOAD_REQUESTS:-256}" \
-        TQ_VLLM_DEADLINE=$(( $(date +%s) + ${VLLM_SECONDS:-540} - 30 )) timeout "${VLLM_SECONDS:-540}" \
+        GRACE=60 TQ_VLLM_DEADLINE=$(( $(date +%s) + ${VLLM_SECONDS:-540} - 75 )) timeout "${VLLM_SECONDS:-540}" \
         bash tests/vllm/run_gpu.sh "${MODE:-both}" "${@:2}" ;;
   tp2)
     OUT="$OUT" TESTS=tests/vllm/test_tp.py bash tests/vllm/run_gpu.sh eager 2>&1 | tail -40 ;;

@@ -15,7 +15,8 @@
 # ($GPU_VLLM_SITE, default /tmp/site) on PYTHONPATH, and runs pytest with -P (so the source
 # tree's turboquant/ does not shadow the installed package mapping).  Logs and JUnit XML go to
 # $OUT (default /tmp/tq-vllm-out).  TQ_VLLM_DEADLINE (epoch seconds): each pytest gets SIGINT then
-# (tools/until_deadline.sh), so a run cut by the device call's limit still prints what failed so far.
+# (tools/until_deadline.sh), so a run cut by the device call's limit still prints what failed so far; pytest runs
+# with -v, so each test's outcome is on its own line as it ends even if the run is killed before its summary.
 set -euo pipefail
 mode="${1:-all}"
 case "$mode" in eager|graphs|all|both) ;; *) echo "usage: $0 eager|graphs|all|both [pytest args]" >&2; exit 2 ;; esac
@@ -51,7 +52,7 @@ FAULTS=(tests/vllm/test_faults.py tests/vllm/test_faults_vllm_attention.py tests
 pytest_run() {  # pytest_run LOGNAME GRAPHS(0|1) ARGS...
   local name="$1" g="$2"
   shift 2
-  TQ_VLLM_CUDAGRAPHS=$g bash tools/until_deadline.sh "${TQ_VLLM_DEADLINE:-}" python3 -P -m pytest "$@" -q -rA \
+  TQ_VLLM_CUDAGRAPHS=$g bash tools/until_deadline.sh "${TQ_VLLM_DEADLINE:-}" python3 -P -m pytest "$@" -v -rA \
       --durations=15 -p no:cacheprovider --junitxml "$OUT/vllm-$name.xml" ${EXTRA[@]+"${EXTRA[@]}"} 2>&1 \
       | tee "$OUT/vllm-$name.log" | grep -vE '^\((MainProcess|EngineCore)'
   local r="${PIPESTATUS[0]}"

@@ -15,11 +15,12 @@ freshly allocated blocks).  Checked:
 
 Every check runs twice: with this backend, and as a control with vLLM's own
 attention (float32 KV cache) under the same load.  This backend's default mode
-promises SPEC §10's tolerance across batch compositions, not bit-identity: on an
-H200 1-2 requests of 256 differ from their run alone (eager, CUDA graphs), so a
-difference is allowed there only at a near-tie of the run alone (TIE_NATS);
-the control must match exactly, and ``test_load_batch_invariant.py`` runs the
-same with VLLM_BATCH_INVARIANT=1 on a GPU, where both must match exactly.
+promises SPEC §10's tolerance across batch compositions, not bit-identity: a
+request's log-probabilities may move by the effect of a stored code one step off
+(LOGPROB_ATOL, measured in test_code_step.py) and a token may differ only at a
+near-tie of the run alone; the control must match exactly, and
+``test_load_batch_invariant.py`` runs the same with VLLM_BATCH_INVARIANT=1 on a
+GPU, where both must match exactly.
 
 Sizes: ``TQ_LOAD_REQUESTS`` (default 256 on a GPU, 64 on CPU) and ``TQ_LOAD_MAX_SEQS`` (64 / 8).
 The float32 model makes token equality a test of the cache, not of bf16 ties
@@ -84,8 +85,9 @@ LOAD_BACKENDS = (["turboquant", "vllm_attention"] + ([] if ON_CUDA else ["turboq
 TQ_BATCH_INVARIANT = {"turboquant_attention_bi": True, "turboquant_attention_default": False}
 
 
-def run_load(backend: str, tiny_model, engines) -> dict:
-    """The load through one engine of ``backend`` (LOAD_BACKENDS, or turboquant_attention_default)."""
+def engine_kwargs(backend: str, tiny_model) -> dict:
+    """The engine of ``backend`` (LOAD_BACKENDS, or turboquant_attention_default): a float32 model and a
+    pool of POOL_BLOCKS blocks."""
     preset = os.environ.get("TQ_VLLM_PRESET", "tq3")
     if backend.startswith("turboquant"):
         layers = BOUNDARY if backend == "turboquant_boundary" else {"boundary_layers": 0, "boundary_preset": "native"}
@@ -104,7 +106,12 @@ def run_load(backend: str, tiny_model, engines) -> dict:
         kw = llm_kwargs(tiny_model, backend="default")
     kw.update(dtype="float32", max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_SEQS,
               kv_cache_memory_bytes=POOL_BLOCKS * block_bytes, disable_log_stats=False)
-    llm = engines.get(**kw)
+    return kw
+
+
+def run_load(backend: str, tiny_model, engines) -> dict:
+    """The load through one engine of ``backend`` (LOAD_BACKENDS, or turboquant_attention_default)."""
+    llm = engines.get(**engine_kwargs(backend, tiny_model))
     llm.reset_prefix_cache()
     initial_free = free_blocks(llm)
     prompts, max_tokens = _requests(N_REQUESTS)
@@ -146,27 +153,53 @@ def test_no_leaked_blocks(load_run):
 
 # The default mode promises SPEC §10's tolerance across batch compositions, not bit-identity
 # (docs/reliability.md): under load a request's rows take other paths (decode kernel beside prefills,
-# recomputation after preemption) that differ in the last bits. So for this backend's default mode the
-# check is on log-probabilities: at every step up to and including the first difference, the run alone's
-# token has the same log-probability in both runs within LOGPROB_ATOL, and a greedy token may differ
-# only where the run alone's two candidates are within 2 x LOGPROB_ATOL (a tie that those differences
-# can flip). vLLM's attention (the control) and the batch-invariant mode (test_load_batch_invariant.py)
-# must give the same tokens.
-LOGPROB_ATOL = 2e-3
+# recomputation after preemption) that differ in the last bits, and vLLM computes its keys and values in
+# other GEMM shapes, which differ in the last bits too. Where such a difference meets a coordinate next to a
+# decision boundary, the stored code moves one step: a difference SPEC §10 allows, and one the model then
+# sees in every later step. So for this backend's default mode the check is on log-probabilities: at every
+# step up to and including the first different token, the run alone's token has the same log-probability
+# in both runs within LOGPROB_ATOL, and a greedy token may differ only where the run alone's two candidates
+# are within 2 x LOGPROB_ATOL (a tie such a difference can flip). LOGPROB_ATOL is the scale of one code step
+# in this model: test_code_step.py moves single codes one step and checks that this rule accepts every such
+# step and that the largest is at least a tenth of LOGPROB_ATOL. Measured on the CPU reference path with 800
+# random steps a preset (results/2026-12-05-cpu-code-step/): median 1.0-1.8e-3, 99th percentile 0.8-1.4e-2,
+# largest 2.3e-2 (tq3); a later greedy token changed in 13-19 % of the steps. vLLM's attention (the control)
+# and the batch-invariant mode under VLLM_BATCH_INVARIANT=1 (test_load_batch_invariant.py) must give the same
+# tokens.
+LOGPROB_ATOL = 5e-2
 
 
-def _near_tie_allowed(backend: str) -> bool:
-    """This backend's default mode; under VLLM_BATCH_INVARIANT=1 (test_load_batch_invariant.py) it runs
-    in its batch-invariant mode, which promises bit-identical rows."""
-    return backend == "turboquant" and os.environ.get("VLLM_BATCH_INVARIANT", "0") != "1"
-
-
-def _first_difference(a: list, b: list) -> int | None:
-    return next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
+def _exact(backend: str) -> bool:
+    """Whether ``backend``'s rows must equal their run alone bit for bit: vLLM's attention (the control) and,
+    under VLLM_BATCH_INVARIANT=1 (batch-invariant GEMMs), this backend in its batch-invariant mode. The
+    diagnostic mixes (turboquant_attention_bi, turboquant_attention_default) promise only the default's rule."""
+    if backend == "vllm_attention":
+        return True
+    return os.environ.get("VLLM_BATCH_INVARIANT", "0") == "1" and backend != "turboquant_attention_default"
 
 
 def _logprob(step: dict, token: int) -> float:
     return step[token].logprob if token in step else float("-inf")
+
+
+def compare_to_alone(alone, other) -> tuple[float, int | None, float]:
+    """(largest difference of the run alone's tokens' log-probabilities over every step up to and including
+    the first different token; that step, None where the tokens agree; the run alone's gap there between
+    its token and the other run's, 0 where they agree) for two CompletionOutputs of one request."""
+    a, b = list(alone.token_ids), list(other.token_ids)
+    first = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    same_context = len(a) if first is None else first + 1
+    d = max(abs(_logprob(sa, t) - _logprob(sb, t))
+            for sa, sb, t in zip(alone.logprobs[:same_context], other.logprobs, a))
+    gap = 0.0 if first is None else (_logprob(alone.logprobs[first], a[first])
+                                     - _logprob(alone.logprobs[first], b[first]))
+    return d, first, gap
+
+
+def within_tolerance(d: float, first: int | None, gap: float) -> bool:
+    """The default mode's rule: log-probabilities within LOGPROB_ATOL, a different token only at a tie within
+    2 x LOGPROB_ATOL."""
+    return d <= LOGPROB_ATOL and (first is None or gap <= 2 * LOGPROB_ATOL)
 
 
 def test_outputs_equal_running_alone(load_run):
@@ -178,21 +211,15 @@ def test_outputs_equal_running_alone(load_run):
     for i, (p, m, o) in enumerate(zip(load_run["prompts"], load_run["max_tokens"], load_run["outs"])):
         llm.reset_prefix_cache()
         alone = llm.generate([{"prompt_token_ids": p}], _sampling(m), use_tqdm=False)[0].outputs[0]
-        batched = o.outputs[0]
-        a, b = list(alone.token_ids), list(batched.token_ids)
-        first = _first_difference(a, b)
-        same_context = len(a) if first is None else first + 1
-        d = max(abs(_logprob(sa, t) - _logprob(sb, t))
-                for sa, sb, t in zip(alone.logprobs[:same_context], batched.logprobs, a))
+        d, first, gap = compare_to_alone(alone, o.outputs[0])
         deltas.append(d)
         what = f"request {i} (prompt {len(p)}, {m} tokens): log-probabilities differ by up to {d:.2e}"
         if first is not None:
-            gap = _logprob(alone.logprobs[first], a[first]) - _logprob(alone.logprobs[first], b[first])
             what += f"; first token differs at {first}, the run alone's two candidates {gap:.2e} apart"
-        if not _near_tie_allowed(backend):
+        if _exact(backend):
             if first is not None:
                 mismatches.append(what)
-        elif d > LOGPROB_ATOL or (first is not None and gap > 2 * LOGPROB_ATOL):
+        elif not within_tolerance(d, first, gap):
             mismatches.append(what)
         elif first is not None:
             ties.append(what)
@@ -201,6 +228,7 @@ def test_outputs_equal_running_alone(load_run):
           f"{BLOCK_SIZE} tokens, {int(load_run['preemptions'])} preemptions, "
           f"{sum(load_run['max_tokens'])} generated tokens, mismatches against alone: {len(mismatches) + len(ties)} "
           f"({len(ties)} at ties within 2 x {LOGPROB_ATOL}: {ties}); log-probability differences: max "
-          f"{max(deltas):.2e}, median {float(np.median(deltas)):.2e}")
+          f"{max(deltas):.2e}, median {float(np.median(deltas)):.2e}, "
+          f"{sum(x > 1e-4 for x in deltas)} requests above 1e-4")
     assert not mismatches, f"differ from their run alone: {mismatches}"
     assert free_blocks(llm) == load_run["initial_free"]
