@@ -32,7 +32,7 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert bench.kernel_config("mma@p1", base).mma_step_tiles == 1 and base.mma_step_tiles == 0
     assert bench.kernel_config("mma@t0k1", base).mma_key_table == "single" and base.mma_key_table == "auto"
     assert bench.kernel_config("mma@p2k0", base).mma_key_table == "pair"
-    assert bench.kernel_config("mma@r152k2l1", base).mma_key_table == "prmt"
+    assert bench.kernel_config("mma@r152k2", base).mma_key_table == "prmt"
     assert bench.kernel_config("mma@q1", base).mma_query_rotation == "bf16x2" and base.mma_query_rotation == "auto"
     assert bench.kernel_config("mma@k1q0", base).mma_query_rotation == "fma"
     assert bench.kernel_config("mma@q1w1", base).mma_split_rule == "waves" and base.mma_split_rule == "fill"
@@ -45,10 +45,8 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert (bench.kernel_config("mma@v2", base).mma_value_table, bench.kernel_config("mma@v2", base).mma_ring_bytes) \
         == ("single", 8192)
     assert bench.kernel_config("mma@v0", base) == dataclasses.replace(base, decode_kernel="mma", mma_value_table="pair")
-    assert bench.kernel_config("mma@l1", base).mma_lean_loop is True and base.mma_lean_loop == "auto"
-    lean = bench.kernel_config("mma@r120b4096a1l1", base)
-    assert (lean.mma_maxnreg, lean.mma_ring_bytes, lean.mma_page_ahead, lean.mma_lean_loop) == (120, 4096, True, True)
-    assert bench.kernel_config("mma@v1l0", base).mma_lean_loop is False
+    small = bench.kernel_config("mma@r120b4096a1", base)
+    assert (small.mma_maxnreg, small.mma_ring_bytes, small.mma_page_ahead) == (120, 4096, True)
     assert bench.kernel_config("mma@64s1024", base).max_splits == 1024
     assert bench.kernel_config("split", base).decode_kernel == "split"
     assert bench.kernel_config("auto", base) == base
@@ -72,7 +70,7 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     ("mma@q1k1", "after mma@"),
     ("mma@q2", "after mma@"),
     ("mma@l2", "after mma@"),
-    ("mma@l1v1", "after mma@"),
+    ("mma@l1", "after mma@"),  # the lean loop is the only one since the twentieth session
 ])
 def test_bad_kernel_specs_are_refused_before_gpu_work(bench_script, spec, match):
     bench = bench_script("micro.bench_decode")
@@ -111,13 +109,13 @@ def test_options_table_compares_each_option_with_its_presets_defaults(bench_scri
     preset's, not the baseline), a shape the option lacks left empty, no table without option rows."""
     plot = bench_script("plots.plot_decode")
     rows = [_row("torch-sdpa-bf16", 32, 32768, 0.9e-3, "sdpa_bf16"), _row("tq3", 32, 32768, 0.40e-3),
-            _row("tq3", 64, 1024, 0.05e-3), _row("tq3+mma@l1", 32, 32768, 0.32e-3),
-            _row("tq4", 32, 32768, 0.60e-3), _row("tq4+mma@k2l1", 32, 32768, 0.75e-3)]
+            _row("tq3", 64, 1024, 0.05e-3), _row("tq3+mma@p1", 32, 32768, 0.32e-3),
+            _row("tq4", 32, 32768, 0.60e-3), _row("tq4+mma@k2", 32, 32768, 0.75e-3)]
     md = plot.options_md({"rows": rows})
     lines = md.splitlines()
     assert lines[0].startswith("tq3: each option against the defaults")
-    assert "| tq3+mma@l1 | 320.0 (1.250x) |  |" in lines  # 0.40 / 0.32; no 64 x 1024 row for the option
-    assert "| tq4+mma@k2l1 | 750.0 (0.800x) |" in lines
+    assert "| tq3+mma@p1 | 320.0 (1.250x) |  |" in lines  # 0.40 / 0.32; no 64 x 1024 row for the option
+    assert "| tq4+mma@k2 | 750.0 (0.800x) |" in lines
     assert "| tq3 | 400.0 | 50.0 |" in lines
     assert plot.options_md({"rows": rows[:3]}) == ""
 
@@ -142,17 +140,3 @@ def test_plot_keeps_and_relabels_the_presets_asked_for(bench_script):
     with pytest.raises(SystemExit, match="a label appears twice"):
         plot.select(res, "k4v3,k4v3+mma@v1=k4v3")
 
-
-def test_lean_bits_arguments():
-    """benchmarks.micro.lean_bits (the lean loop's GPU diagnostic): its lists and the two sides of a spec."""
-    from benchmarks.micro import bench_decode, lean_bits
-    from turboquant.triton_impl import AttnConfig
-
-    assert lean_bits.parse_ints("1-4,7", "--splits") == [1, 2, 3, 4, 7]
-    assert lean_bits.parse_ints("0,2", "--seeds", least=0) == [0, 2]
-    for bad in ("", "a", "0", "3-x"):
-        with pytest.raises(ValueError, match="--splits="):
-            lean_bits.parse_ints(bad, "--splits")
-    assert lean_bits.lean_and_default("mma@l1") == ("mma@l1", "mma@l0")
-    assert lean_bits.lean_and_default("r152k2") == ("mma@r152k2l1", "mma@r152k2l0")
-    assert bench_decode.kernel_config(lean_bits.lean_and_default("mma@p2k2")[1], AttnConfig()).mma_lean_loop is False

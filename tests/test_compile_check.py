@@ -23,9 +23,9 @@ ptxas = Path(__import__("triton").__file__).parent / "backends" / "nvidia" / "bi
 @pytest.mark.skipif(not ptxas.exists(), reason="this Triton has no bundled ptxas")
 def test_mma_decode_kernel_compiles_for_sm90():
     """The defaults: tq3's pair tables (16 KB); k4v3's keys by byte permutes beside its wide value table with the
-    8 KB ring (16 KB) and tq4's keys and values by byte permutes with the ring alone (8 KB), all three with the
-    lean loop at the 152-register cap (tq3's from resolve_lean_loop); each with the shared memory of the layout
-    resolve_layout gives."""
+    8 KB ring (16 KB) and tq4's keys and values by byte permutes with the ring alone (8 KB), all three at the
+    152-register cap (tq3's from resolve_maxnreg); each with the shared memory of the layout resolve_layout
+    gives."""
     from turboquant import format as tqf
     from turboquant.triton_impl import KernelParams
     from turboquant.triton_impl.decode_mma import mma_shared_bytes, resolve_layout
@@ -40,8 +40,8 @@ def test_mma_decode_kernel_compiles_for_sm90():
     for row in rows:
         regs, spill, stack, smem, loop = int(row[-7]), int(row[-6]), int(row[-5]), int(row[-4]), int(row[-2])
         p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(row[-8]), 128), "cpu")
-        key, _, table, ring, cap, lean = resolve_layout(p)
-        assert lean and (row[-8], key, table) in {("tq3", "pair", "pair"), ("k4v3", "prmt", "wide"),
+        key, _, table, ring, cap = resolve_layout(p)
+        assert (row[-8], key, table) in {("tq3", "pair", "pair"), ("k4v3", "prmt", "wide"),
                                                   ("tq4", "prmt", "prmt")}
         assert cap == 152 and f"'maxnreg':{cap}" in "".join(row), row
         assert smem == mma_shared_bytes(p, ring, table, key) == (8192 if table == "prmt" else 16384), row
@@ -56,7 +56,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     allocation under a 120-register cap (r120b4096: 17 programs an SM), the output rotation on tensor cores
     (o1), the block-table pages a step ahead (a1), k4v3's wide value table (v1: 16 KB, as the default), tq4's
     values on the single-code table (v2 at a 152-register cap: 10 KB), the merge with the inverse rotation
-    in its programs (o2), the lean tile loop (l1), 4-bit keys by byte permutes (k2), the store's register cap
+    in its programs (o2), 4-bit keys by byte permutes (k2), the store's register cap
     (r128), its small-row launch (16 rows x 4 warps, 4 column blocks, kv) and store_wg's Gluon store (wg)
     compile with this Triton, with the shared memory their launchers expect and no spills to local memory."""
     from benchmarks.micro.bench_decode import kernel_config
@@ -69,7 +69,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
                         "--kernels", "_decode_mma_kernel,_store_mse_kernel,_rotate_query_tc_kernel,"
                         "_rotate_columns_kernel,_store_mse_kv_kernel,_store_wg_kernel,_merge_rotate_kernel", "--mma",
-                        "k1,t0k1,q1,r120b4096,o1,o2,a1,v1,r152v2,l1,k2,r152k2l1",
+                        "k1,t0k1,q1,r120b4096,o1,o2,a1,v1,r152v2,k2,r152k2",
                         "--store", "mse:128:8:prefetch+lean+search+r128,mse:64:4:prefetch+lean+search,"
                         "mse:64:4:prefetch+lean+search+kv,mse:16:4:prefetch+lean+search+kv+c4+p5,"
                         "mse:64:4:prefetch+lean+search+wg"],
@@ -78,8 +78,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     rows = {line.split()[-8]: line.split() for line in r.stdout.splitlines()
             if line.startswith(("_decode_mma_kernel", "_store_mse_kernel"))}
     want = {"k4v3:k1", "k4v3:t0k1", "tq4:t0k1", "tq3:q1", "tq3:r120b4096", "k4v3:r120b4096", "tq3:a1", "k4v3:a1",
-            "tq4:a1", "k4v3:v1", "tq4:r152v2", "tq3:l1", "k4v3:l1", "tq4:l1", "k4v3:k2", "tq4:k2", "k4v3:r152k2l1",
-            "tq4:r152k2l1",
+            "tq4:a1", "k4v3:v1", "tq4:r152v2", "k4v3:k2", "tq4:k2", "k4v3:r152k2", "tq4:r152k2",
             "tq3:128:8:prefetch+lean+search+r128", "k4v3:128:8:prefetch+lean+search+r128"}
     assert want <= set(rows), r.stdout
     tc = [line.split() for line in r.stdout.splitlines() if line.startswith("_rotate_query_tc_kernel")]
@@ -131,7 +130,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
         preset, spec = label.split(":")
         cfg = kernel_config(f"mma@{spec}", AttnConfig())
         p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(preset), 128), "cpu")
-        key, _, table, ring, _, _ = resolve_layout(p, **mma_options(cfg))
+        key, _, table, ring, _ = resolve_layout(p, **mma_options(cfg))
         assert smem == mma_shared_bytes(p, ring, table, key), row
         if spec.endswith("b4096"):
             assert smem == TABLE_BYTES + 4096 and regs <= 120, row

@@ -113,7 +113,7 @@ def mma_options(cfg: AttnConfig) -> dict:
     return {"maxnreg": cfg.mma_maxnreg, "ring_bytes": cfg.mma_ring_bytes, "shared_table": cfg.mma_shared_table,
             "step_tiles": cfg.mma_step_tiles, "key_table": cfg.mma_key_table,
             "output_rotation": cfg.mma_output_rotation, "page_ahead": cfg.mma_page_ahead,
-            "value_table": cfg.mma_value_table, "lean_loop": cfg.mma_lean_loop}
+            "value_table": cfg.mma_value_table}
 
 
 def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int, device: torch.device, *,
@@ -124,7 +124,7 @@ def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int,
         return choose_splits(rows, max_kv, device, cfg)
     s = choose_splits(rows, max_kv, device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
     if cfg.mma_split_rule == "waves" and not cfg.batch_invariant:
-        key_table, _, table, ring, maxnreg, _ = resolve_layout(params, **mma_options(cfg))
+        key_table, _, table, ring, maxnreg = resolve_layout(params, **mma_options(cfg))
         per_sm = resident_blocks(device, mma_shared_bytes(params, ring, table, key_table), 1, maxnreg)
         s = whole_wave_splits(s, rows, per_sm, sm_count(device), cap=split_cap(max_kv, cfg))
     return s

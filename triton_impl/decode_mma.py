@@ -15,8 +15,13 @@ Shared memory: the key and value tables the layout has (decode_mma_operands; non
 decoded by byte permutes), then a ring of STAGES tiles (MMA_RING_BYTES).  A tile's TILE slots of one KV head are
 one contiguous, 16-byte aligned run of the cache; cp.async copies it, coalesced, STAGES - 1 tiles ahead, and the
 lanes read their words from the ring with ld.shared in the operand pattern (one barrier per tile).
-AttnConfig.mma_lean_loop ("auto", the default: resolve_lean_loop) runs the tile loop of _tile_step / _pair_step:
-the same arithmetic in fewer instructions.
+The tile loop (_tile_step / _pair_step) carries the ring stage and wraps it instead of a signed remainder a use,
+copies into a runtime row of the ring instead of a warp-uniform branch a stage, takes a page's offset as one
+32 x 32 -> 64-bit multiply, runs the tiles whole inside the split without the token masks (one-tile loop; the
+last tile keeps them) and rescales only in a step where the running max or the value scale moved (two-tile
+loop).  This "lean" loop replaced a plainer one (one branch a ring stage, the rescale test on the factor) after
+the same-bits tests on an H100 (results/2026-12-05-h100-s20/call1-tests) and 1-10 % faster at every shape and
+preset timed (results/2026-12-05-h100-s19/call14-decode, results/2026-12-05-h100-s20/call15-kernels).
 
 How the codes become MMA operands (which lane holds which codes, the pair tables and the
 byte permutes) is decode_mma_operands.py's docstring; the ring's copies, decode_mma_ring.py's.
@@ -56,11 +61,8 @@ from .decode_mma_ring import (
     barrier,
     copy_first_tiles,
     copy_tile_to_row,
-    copy_tile_to_stage,
-    page_source,
     page_source_wide,
     tile_page,
-    tile_source,
 )
 from .merge import merge_splits
 from .params import KernelParams, next_pow2
@@ -88,12 +90,10 @@ SINGLE_MAXNREG = 144
 # on an H100 (results/2026-12-05-h100-s18/call3-decode-prmt) at or within 1 % of 128 at four shapes for k4v3 and tq4
 # (k4v3 1 x 128k 83.8 us against 93.8 at 128)
 PRMT_MAXNREG = 152
-# the register cap where "auto" runs the lean loop over the pair tables at the default cap (tq3; resolve_lean_loop):
-# 152, timed on an H100 (results/2026-12-05-h100-s19/call14-decode) against the lean loop at 128: -4 to -10 % at
-# 8 x 32k, 1 x 128k, 64 x 1k and 256 x 6k, +0.9 % at 32 x 32k
+# the register cap of the pair tables' layout where the cap is the default MAXNREG (tq3; resolve_maxnreg): 152,
+# timed on an H100 (results/2026-12-05-h100-s19/call14-decode, mma@r152l1) against 128: -4 to -10 % at 8 x 32k,
+# 1 x 128k, 64 x 1k and 256 x 6k, +0.9 % at 32 x 32k
 LEAN_MAXNREG = 152
-# mma_lean_loop's values (AttnConfig.mma_lean_loop; "auto": resolve_lean_loop)
-LEAN_LOOPS = ("auto", True, False)
 RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up to 4 KB (tq4)
 # Shared memory is one allocation (tables + ring) whose size must be a power of two (a Triton layout
 # rule: another size aborts the compiler), or, for a ring smaller than the tables, two (the tables,
@@ -131,7 +131,8 @@ def _mul_rn(a, b):
 def _scale_ratio(vs, vs_new, vs_use):
     """vs / vs_use, the accumulator's factor for the value scale's move from vs to vs_new (vs_use: vs_new, 1 where
     it is 0), exactly 1 where it did not move: div.full.f32 (a reciprocal, then a product) does not always give 1
-    for x / x, and the default loop would then shrink the accumulator, not the denominator, by an ulp."""
+    for x / x, and _attend_tile's test of the factor against 1 would then shrink the accumulator, not the
+    denominator, by an ulp (what made the two-tile and one-tile loops differ by a bf16 ulp, nineteenth session)."""
     return gl.where(vs_new == vs, 1.0, gl.where(vs > 0, vs, 1.0) / vs_use)
 
 
@@ -145,7 +146,8 @@ def _attend_tile(sb, ok, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprm
     folded into the running state: max m_i and sum l_i (base 2, per head), the rotated value
     accumulator acc [D, 8] in units of the running value scale vs.  Returns (m_i, l_i, acc, vs).
     MASKED False: every token of the tile is in the split (ok is not read; the same bits as ok all true).
-    (No LAZY rescale here: it made this loop longer, docs/kernel-notes.md, seventeenth session.)"""
+    (The rescale stays a test on the factor here: _attend_pair's form made this loop longer,
+    docs/kernel-notes.md, seventeenth session.)"""
     kw0, kw1, kw2, kw3 = key_words(koff + sb, KB, D)
     kn = lookup(kn_off + sb).to(gl.float32, bitcast=True)
     vn = lookup(vn_off + sb).to(gl.float32, bitcast=True)
@@ -218,50 +220,38 @@ def _tile_value_operand(sb, voff, kprmt, V_CODES: gl.constexpr, VB: gl.constexpr
 def _attend_pair(sb0, sb1, ok0, ok1, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, inv, koff, kprmt, voff, kn_off,
                  vn_off, KB: gl.constexpr, VB: gl.constexpr, D: gl.constexpr, SW: gl.constexpr, V_CODES: gl.constexpr,
                  K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
-                 OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr,
-                 LAZY: gl.constexpr):
+                 OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr):
     """Two tiles of 16 tokens (ring stages sb0, sb1) folded into the running state with one
     online-softmax update (STEP_TILES = 2): the cross-lane reductions (score max, value-norm max, the
-    rescale test) run once per 32 tokens, the value scale's reciprocal once, and the softmax
-    denominator stays per lane, l_t [16, 8] in the scores' layout (summed over tokens after the
-    loop).  The same sums as two _attend_tile steps, rounded differently.  LAZY (the lean loop): the
-    reciprocal of the value scale (inv, carried: returned with the state), alpha and the factor computed only
-    in a step where the running max or the value scale moved (elsewhere inv is the carried one, alpha and the
-    factor exactly 1: the same bits).  Returns (m, l_t, acc, vs, inv)."""
+    rescale test) run once per 32 tokens, and the softmax denominator stays per lane, l_t [16, 8] in the
+    scores' layout (summed over tokens after the loop).  The same sums as two _attend_tile steps, rounded
+    differently.  The reciprocal of the value scale (inv, carried: returned with the state), alpha and the
+    accumulator's factor are computed only in a step where the running max or the value scale moved
+    (elsewhere inv is the carried one, alpha and the factor exactly 1: the bits of computing them).  Returns
+    (m, l_t, acc, vs, inv)."""
     s0 = _tile_scores(sb0, ok0, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
     s1 = _tile_scores(sb1, ok1, q_op, qsc, sm_scale_log2, koff, kprmt, kn_off, KB, D, K_COPIES, K_TABLE, OPA, MMA, KW3)
     vn0 = lookup(vn_off + sb0).to(gl.float32, bitcast=True)
     vn1 = lookup(vn_off + sb1).to(gl.float32, bitcast=True)
     m_new = gl.maximum(m_i, gl.max(gl.maximum(s0, s1), axis=0))
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-    if not LAZY:
-        alpha = gl.exp2(m_i - m_use)
     p0 = gl.exp2(s0 - m_use[None, :])
     p1 = gl.exp2(s1 - m_use[None, :])
-    if not LAZY:
-        l_t = l_t * alpha[None, :] + (p0 + p1)
 
     # values: P^T scaled by ||v|| / s (fp16 range), O^T += V'^T P^T, both tiles
     f0 = gl.where(ok0 & (gl.abs(vn0) < float("inf")), gl.abs(vn0), 0.0)
     f1 = gl.where(ok1 & (gl.abs(vn1) < float("inf")), gl.abs(vn1), 0.0)
     vs_new = gl.maximum(vs, gl.max(gl.maximum(f0, f1), axis=0))
     vs_use = gl.where(vs_new > 0, vs_new, 1.0)
-    if LAZY:
-        if gl.max(gl.where((m_new != m_i) | (vs_new != vs), 1, 0), axis=0) > 0:  # NaN != NaN: moved
-            alpha = gl.exp2(m_i - m_use)
-            l_t = l_t * alpha[None, :] + (p0 + p1)
-            inv = 1.0 / vs_use
-            acc = acc * (alpha * _scale_ratio(vs, vs_new, vs_use))[None, :]  # the default loop's factor
-        else:
-            l_t = l_t + (p0 + p1)  # alpha = 1
-    else:
+    if gl.max(gl.where((m_new != m_i) | (vs_new != vs), 1, 0), axis=0) > 0:  # NaN != NaN: moved
+        alpha = gl.exp2(m_i - m_use)
+        l_t = l_t * alpha[None, :] + (p0 + p1)
         inv = 1.0 / vs_use
+        acc = acc * (alpha * _scale_ratio(vs, vs_new, vs_use))[None, :]  # <= 1 (or NaN, which must reach acc)
+    else:
+        l_t = l_t + (p0 + p1)  # alpha = 1
     w0 = gl.where(ok0[:, None], p0 * (vn0 * inv)[:, None], 0.0)
     w1 = gl.where(ok1[:, None], p1 * (vn1 * inv)[:, None], 0.0)
-    if not LAZY:
-        factor = alpha * _scale_ratio(vs, vs_new, vs_use)  # exactly 1 where nothing moved
-        if gl.max(gl.where(factor == 1.0, 0, 1), axis=0) > 0:
-            acc = acc * factor[None, :]
     a_v = _tile_value_operand(sb0, voff, kprmt, V_CODES, VB, D, SW, V_COPIES, V_TABLE, OPA, VP3)
     acc = mma_v2(a_v, gl.convert_layout(w0.to(gl.float16), OPB), acc)
     a_v = _tile_value_operand(sb1, voff, kprmt, V_CODES, VB, D, SW, V_COPIES, V_TABLE, OPA, VP3)
@@ -277,7 +267,7 @@ def _tile_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg, end, q_o
                STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr,
                MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr, PAGE_AHEAD: gl.constexpr,
                MASKED: gl.constexpr):
-    """One step of the one-tile loop's lean form (LEAN_LOOP, as _pair_step): the tile at t0 in stage s, the copy
+    """One step of the one-tile loop (as _pair_step): the tile at t0 in stage s, the copy
     of tile t0 + (STAGES - 1) TILE into the stage before it.  Returns the state and (s, pg) for the next step."""
     async_copy.wait_group(STAGES - 2)  # tile t0 has landed (this lane's copies) ...
     barrier()  # ... and every lane's; every lane is done reading the previous stage
@@ -304,10 +294,11 @@ def _pair_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg0, pg1, en
                K_COPIES: gl.constexpr, K_TABLE: gl.constexpr, V_COPIES: gl.constexpr, V_TABLE: gl.constexpr,
                STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr,
                MMA: gl.constexpr, KW3: gl.constexpr, VP3: gl.constexpr, PAGE_AHEAD: gl.constexpr):
-    """One step of _tiles_in_pairs's lean loop (LEAN_LOOP): the pair of tiles at t0 in stages s, s + 1, the
+    """One step of _tiles_in_pairs's loop: the pair of tiles at t0 in stages s, s + 1, the
     copies of tiles t0 + (STAGES - 2) TILE and the next into stages c, c + 1 (the previous pair's).  The stage is
     carried and wrapped (a signed remainder is four uniform instructions a use) and the copies take it as a
-    runtime row of the ring; _attend_pair's LAZY rescale (inv carried).  Returns the state (with inv) and
+    runtime row of the ring; _attend_pair's rescale only where something moved (inv carried).  Returns the state
+    (with inv) and
     (s, pg0, pg1) for the next step."""
     async_copy.wait_group(STAGES - 4)  # tiles t0, t0 + TILE have landed (this lane's copies) ...
     barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
@@ -332,7 +323,7 @@ def _pair_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg0, pg1, en
     m_i, l_t, acc, vs, inv = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
                                           sm_scale_log2, m_i, l_t, acc, vs, inv, koff, kprmt, voff, kn_off, vn_off, KB,
                                           VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3,
-                                          VP3, True)
+                                          VP3)
     return m_i, l_t, acc, vs, inv, gl.where(s == STAGES - 2, 0, s + 2), pg0, pg1
 
 
@@ -345,62 +336,34 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, RING0: gl.constexpr, start, end, q_
                     V_TABLE: gl.constexpr,
                     STAGES: gl.constexpr,
                     STAGE_WORDS: gl.constexpr, OPA: gl.constexpr, OPB: gl.constexpr, MMA: gl.constexpr,
-                    KW3: gl.constexpr, VP3: gl.constexpr, PAGE_AHEAD: gl.constexpr, LEAN_LOOP: gl.constexpr):
+                    KW3: gl.constexpr, VP3: gl.constexpr, PAGE_AHEAD: gl.constexpr):
     """The split's tiles [start, end) two at a time, one online-softmax step a pair (STEP_TILES = 2;
-    STAGES >= 4 and even).  Pair (i, i + 1) sits in stages i % STAGES and (i + 1) % STAGES; tiles
-    i + STAGES - 2 and i + STAGES - 1 are copied into the previous pair's stages once every lane is
-    past it, so STAGES - 2 tiles are in flight while a pair is computed.  A pair's second tile past
-    ``end`` is all masked (zero-filled words, scores -inf).  LEAN_LOOP: the steps of _pair_step."""
+    STAGES >= 4 and even): the steps of _pair_step.  Pair (i, i + 1) sits in stages i % STAGES and
+    (i + 1) % STAGES; tiles i + STAGES - 2 and i + STAGES - 1 are copied into the previous pair's stages once
+    every lane is past it, so STAGES - 2 tiles are in flight while a pair is computed.  A pair's second tile
+    past ``end`` is all masked (zero-filled words, scores -inf)."""
     copy_first_tiles(ring, RW0, STAGES - 2, start, end, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy,
                       SW, STAGE_WORDS)
     l_t = gl.zeros([TILE, 8], gl.float32, MMA)
+    s = start * 0  # the pair's first stage
     # PAGE_AHEAD: the pages of the tiles a step copies are loaded one step earlier (no block-table load in
     # the chain from the loop's top to its cp.async)
-    pg0 = tile_page(start + (STAGES - 2) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
-    pg1 = tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
-    if LEAN_LOOP:
-        s = start * 0  # the pair's first stage
-        if not PAGE_AHEAD:
-            pg0 = s
-            pg1 = s
-        # every pair with the masks: the whole pairs in a loop of their own (as _tile_step's) took ptxas to 948
-        # instructions a step instead of 863 (two LOP3 a lookup instead of one: the lane's table offset
-        # recomputed in each address), whatever the register cap
-        inv = vs * 0.0 + 1.0  # 1 / the value scale in use (1 before any value norm)
-        for t0 in range(start, end, 2 * TILE):
-            m_i, l_t, acc, vs, inv, s, pg0, pg1 = _pair_step(
-                ring, RW0, RING0, t0, s, pg0, pg1, end, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, inv, koff, kprmt,
-                voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D,
-                SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3,
-                PAGE_AHEAD)
-        async_copy.wait_group(0)
-        return m_i, gl.sum(l_t, axis=0), acc, vs
-    i = 0
+    if PAGE_AHEAD:
+        pg0 = tile_page(start + (STAGES - 2) * TILE, end, bt_row, block_size)
+        pg1 = tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size)
+    else:
+        pg0 = s
+        pg1 = s
+    # every pair with the masks: the whole pairs in a loop of their own (as _tile_step's) took ptxas to 948
+    # instructions a step instead of 863 (two LOP3 a lookup instead of one: the lane's table offset
+    # recomputed in each address), whatever the register cap
+    inv = vs * 0.0 + 1.0  # 1 / the value scale in use (1 before any value norm)
     for t0 in range(start, end, 2 * TILE):
-        async_copy.wait_group(STAGES - 4)  # tiles i, i + 1 have landed (this lane's copies) ...
-        barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
-        ta = t0 + (STAGES - 2) * TILE  # the two tiles this step copies: ta, ta + TILE
-        if PAGE_AHEAD:
-            src0 = page_source(pg0, ta, head_base, block_size, stride_cb, stride_cs)
-            src1 = page_source(pg1, ta + TILE, head_base, block_size, stride_cb, stride_cs)
-            pg0 = tile_page(ta + 2 * TILE, end, bt_row, block_size)
-            pg1 = tile_page(ta + 3 * TILE, end, bt_row, block_size)
-            copy_tile_to_stage(ring, RW0, (i + STAGES - 2) % STAGES, ta, end, src0, w_copy, SW, STAGES, STAGE_WORDS)
-            copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta + TILE, end, src1, w_copy, SW, STAGES,
-                                STAGE_WORDS)
-        else:
-            for n in gl.static_range(2):
-                tn = ta + n * TILE
-                copy_tile_to_stage(ring, RW0, (i + STAGES - 2 + n) % STAGES, tn, end,
-                                    tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs), w_copy,
-                                    SW, STAGES, STAGE_WORDS)
-        sb0 = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
-        sb1 = (RING0 + ((i + 1) % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)
-        m_i, l_t, acc, vs, _ = _attend_pair(sb0, sb1, t_row < end - t0, t_row < end - t0 - TILE, q_op, qsc,
-                                            sm_scale_log2, m_i, l_t, acc, vs, 1.0, koff, kprmt, voff, kn_off, vn_off,
-                                            KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA,
-                                            KW3, VP3, False)
-        i += 2
+        m_i, l_t, acc, vs, inv, s, pg0, pg1 = _pair_step(
+            ring, RW0, RING0, t0, s, pg0, pg1, end, q_op, qsc, sm_scale_log2, m_i, l_t, acc, vs, inv, koff, kprmt,
+            voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB, VB, D,
+            SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3,
+            PAGE_AHEAD)
     async_copy.wait_group(0)
     return m_i, gl.sum(l_t, axis=0), acc, vs
 
@@ -416,7 +379,7 @@ def _decode_mma_kernel(
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
     SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, SHARED_TABLE: gl.constexpr,
     STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr, PAGE_AHEAD: gl.constexpr, VALUE_TABLE: gl.constexpr,
-    LEAN_LOOP: gl.constexpr, KEY_PRMT: gl.constexpr,
+    KEY_PRMT: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -571,43 +534,24 @@ def _decode_mma_kernel(
         # STAGES - 1 tiles ahead of its use; masked words (tokens past the split) are zero-filled.
         copy_first_tiles(ring, RW0, STAGES - 1, start, end, bt_row, head_base, block_size, stride_cb, stride_cs,
                           w_copy, SW, STAGE_WORDS)
-        pg = tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size) if PAGE_AHEAD else 0
-        if LEAN_LOOP:  # _tile_step: the stage carried, the tiles whole inside the split without masks, then the last
-            s = start * 0
-            if not PAGE_AHEAD:
-                pg = s
-            t_whole = start + gl.maximum(end - start, 0) // TILE * TILE  # tiles before it: whole inside the split
-            for masked in gl.static_range(2):  # the whole tiles without masks, then the last (at most one) with them
-                for t0 in range(t_whole if masked else start, end if masked else t_whole, TILE):
-                    m_i, l_i, acc, vs, s, pg = _tile_step(
-                        ring, RW0, RING0, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt,
-                        voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB,
-                        VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA,
-                        KW3, VP3, PAGE_AHEAD, masked == 1)
-        else:
-            i = 0
-            for t0 in range(start, end, TILE):
-                async_copy.wait_group(STAGES - 2)  # tile i has landed (this lane's copies) ...
-                barrier()  # ... and every lane's; every lane is done reading stage (i - 1) % STAGES
-                ta = t0 + (STAGES - 1) * TILE  # the tile this step copies
-                if PAGE_AHEAD:  # its page loaded a step earlier
-                    src = page_source(pg, ta, head_base, block_size, stride_cb, stride_cs)
-                    pg = tile_page(ta + TILE, end, bt_row, block_size)
-                else:
-                    src = tile_source(ta, end, bt_row, head_base, block_size, stride_cb, stride_cs)
-                copy_tile_to_stage(ring, RW0, (i + STAGES - 1) % STAGES, ta, end, src, w_copy, SW, STAGES, STAGE_WORDS)
-                sb = (RING0 + (i % STAGES) * (STAGE_WORDS * 4)).to(gl.uint32)  # stage i's byte address
-                m_i, l_i, acc, vs = _attend_tile(sb, t_row < end - t0, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs,
-                                                 koff, kprmt, voff, kn_off, vn_off, KB, VB, D, SW, V_CODES, K_COPIES,
-                                                 K_TABLE, V_COPIES, V_TABLE, OPA, OPB, MMA, KW3, VP3, True)
-                i += 1
+        # _tile_step: the stage carried, the tiles whole inside the split without masks, then the last
+        s = start * 0
+        pg = tile_page(start + (STAGES - 1) * TILE, end, bt_row, block_size) if PAGE_AHEAD else s
+        t_whole = start + gl.maximum(end - start, 0) // TILE * TILE  # tiles before it: whole inside the split
+        for masked in gl.static_range(2):  # the whole tiles without masks, then the last (at most one) with them
+            for t0 in range(t_whole if masked else start, end if masked else t_whole, TILE):
+                m_i, l_i, acc, vs, s, pg = _tile_step(
+                    ring, RW0, RING0, t0, s, pg, end, q_op, qsc, sm_scale_log2, m_i, l_i, acc, vs, koff, kprmt,
+                    voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb, stride_cs, w_copy, t_row, KB,
+                    VB, D, SW, V_CODES, K_COPIES, K_TABLE, V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA,
+                    KW3, VP3, PAGE_AHEAD, masked == 1)
         async_copy.wait_group(0)
     else:  # two tiles a step
         m_i, l_i, acc, vs = _tiles_in_pairs(ring, RW0, RING0, start, end, q_op, qsc, sm_scale_log2, m_i, acc, vs, koff,
                                             kprmt, voff, kn_off, vn_off, bt_row, head_base, block_size, stride_cb,
                                             stride_cs, w_copy, t_row, KB, VB, D, SW, V_CODES, K_COPIES, K_TABLE,
                                             V_COPIES, V_TABLE, STAGES, STAGE_WORDS, OPA, OPB, MMA, KW3, VP3,
-                                            PAGE_AHEAD, LEAN_LOOP)
+                                            PAGE_AHEAD)
 
     # partial state -> part_ml [rows, S, 2] (m in natural-log units), part_acc [rows, S, DACC]
     # (accumulator row n is slot value coordinate 16 (n % 8) + n // 8)
@@ -730,35 +674,23 @@ def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -
     return max(1, min(s, cap))
 
 
-def check_lean_loop(lean_loop) -> None:
-    """AttnConfig.mma_lean_loop / decode_attention_mma's lean_loop: one of LEAN_LOOPS, or a ValueError naming them."""
-    if not (isinstance(lean_loop, bool) or lean_loop == "auto"):
-        raise ValueError(f"mma_lean_loop={lean_loop!r} is not supported; allowed values: "
-                         f"{', '.join(repr(v) for v in LEAN_LOOPS)}")
-
-
-def resolve_lean_loop(lean_loop: bool | str, maxnreg: int) -> tuple[bool, int]:
-    """(lean loop, register cap) of a launch (maxnreg as resolve_value_table gives it).  True / False are kept;
-    "auto" (AttnConfig.mma_lean_loop's default, whose comment has the timings): the lean loop, at LEAN_MAXNREG where
-    the cap is still the default MAXNREG (tq3's pair tables; 4-bit keys' layouts come at PRMT_MAXNREG or
-    SINGLE_MAXNREG already)."""
-    if lean_loop != "auto":
-        return bool(lean_loop), maxnreg
-    return True, LEAN_MAXNREG if maxnreg == MAXNREG else maxnreg
+def resolve_maxnreg(maxnreg: int) -> int:
+    """The register cap of a launch (maxnreg as resolve_value_table gives it): LEAN_MAXNREG where it is still the
+    default MAXNREG (tq3's pair tables; 4-bit keys' layouts come at PRMT_MAXNREG or SINGLE_MAXNREG already)."""
+    return LEAN_MAXNREG if maxnreg == MAXNREG else maxnreg
 
 
 def resolve_layout(params: KernelParams, *, key_table: str = "auto", shared_table: bool = True,
                    value_table: str = "auto", ring_bytes: int = RING_BYTES, maxnreg: int = MAXNREG,
-                   step_tiles: int = 0, lean_loop: bool | str = "auto", **_: object) -> tuple:
-    """(key table, shared_table, value table, ring bytes, register cap, lean loop) of a launch with these options
+                   step_tiles: int = 0, **_: object) -> tuple:
+    """(key table, shared_table, value table, ring bytes, register cap) of a launch with these options
     (decode.mma_options' names), resolved in the launcher's order: resolve_key_table, resolve_value_table,
-    resolve_lean_loop.  Without the launcher's first-use check of "single" (_launch_value_table), which can only
+    resolve_maxnreg.  Without the launcher's first-use check of "single" (_launch_value_table), which can only
     take the pair tables instead."""
     key_table, shared_table = resolve_key_table(params, key_table, shared_table, value_table, ring_bytes)
     value_table, ring_bytes, maxnreg = resolve_value_table(params, value_table, ring_bytes, maxnreg, key_table,
                                                            step_tiles)
-    lean, maxnreg = resolve_lean_loop(lean_loop, maxnreg)
-    return key_table, shared_table, value_table, ring_bytes, maxnreg, lean
+    return key_table, shared_table, value_table, ring_bytes, resolve_maxnreg(maxnreg)
 
 
 _RING_VERIFIED: set = set()
@@ -901,7 +833,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
                          shared_table: bool = True, step_tiles: int = 0, key_table: str = "auto",
                          output_rotation: str = "fma", page_ahead: bool = False, value_table: str = "auto",
-                         lean_loop: bool | str = "auto", verify_ring: bool = True) -> torch.Tensor:
+                         verify_ring: bool = True) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
     thread (AttnConfig.mma_maxnreg; 0: the compiler's choice).  ``ring_bytes``: the
@@ -918,9 +850,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     (AttnConfig.mma_value_table): "wide" (k4v3's value pair table with 32 copies, its ring WIDE_RING_BYTES) or
     "single" (tq4's values on the keys' single-code table, 10 KB a program); both hold the pair layout's
     words, so they give the bits of one tile a step; "auto": resolve_value_table, which may change the ring
-    and register cap with it (a CUDA-graph capture before "auto"'s "single" is verified gets "pair").
-    ``lean_loop``: the tile loop of _pair_step / _tile_step (AttnConfig.mma_lean_loop; "auto": resolve_lean_loop,
-    which may raise the register cap with it).  No host synchronisation."""
+    and register cap with it (a CUDA-graph capture before "auto"'s "single" is verified gets "pair"); the
+    default cap then becomes resolve_maxnreg's.  No host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -956,7 +887,6 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          f"{[t for t in STEP_TILES if t != 2 or pairs_fit]}")
     if step_tiles == 0:
         step_tiles = 2 if pairs_fit else 1
-    check_lean_loop(lean_loop)
     table_shared = bool(shared_table and m["KV_PAIR_SAME"])
     ok = {"single": m["K0_BITS"] == 4 and not table_shared, "prmt": m["K_PRMT"]}
     if key_table not in KEY_TABLES or not ok.get(key_table, True):
@@ -968,7 +898,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     if verify_ring and ((ring_bytes < TABLE_BYTES and value_table == "pair") or value_table == "single"):
         _verify_ring_placement(params, cache.device, maxnreg, ring_bytes, shared_table, key_table,
                                group=num_q_heads // hkv, block_size=cache.shape[2], value_table=value_table)
-    lean_loop, maxnreg = resolve_lean_loop(lean_loop, maxnreg)
+    maxnreg = resolve_maxnreg(maxnreg)
     kernel = _decode_mma_kernel[(b, hkv, num_splits)](
         qbuf, words, block_table, block_table.stride(0), seq_lens, part_acc, part_ml,
         words.stride(0), words.stride(1), words.stride(2), params.k_pair, params.v_pair,
@@ -979,7 +909,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
         SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=table_shared,
         STEP_TILES=step_tiles, KEY_SINGLE=key_table in ("single", "prmt"), PAGE_AHEAD=bool(page_ahead),
-        VALUE_TABLE=VALUE_TABLES.index(value_table) - 1, LEAN_LOOP=bool(lean_loop), KEY_PRMT=key_table == "prmt",
+        VALUE_TABLE=VALUE_TABLES.index(value_table) - 1, KEY_PRMT=key_table == "prmt",
         num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     # lookup addresses the tables from the start of the kernel's shared memory and the ring right after

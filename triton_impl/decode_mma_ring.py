@@ -24,7 +24,7 @@ _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_g
 _thread_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 # and made shared_memory_descriptor._reinterpret public as reinterpret (the same arguments)
 _reinterpret = (getattr(gl.shared_memory_descriptor, "reinterpret", None)
-                or getattr(gl.shared_memory_descriptor, "_reinterpret", None))  # (only the lean loop needs it)
+                or getattr(gl.shared_memory_descriptor, "_reinterpret", None))  # (copy_tile_to_row needs it)
 
 
 @gluon.jit
@@ -60,8 +60,9 @@ def tile_source(tn, end, bt_row, head_base, block_size, stride_cb, stride_cs):
 
 @gluon.jit
 def page_source_wide(pg, tn, head_base, block_size, stride_cb, stride_cs):
-    """page_source with the page's offset as one 32 x 32 -> 64-bit multiply (LEAN_LOOP): pages and the block
-    stride (words) are non-negative and below 2^32, where the signed 64-bit product takes five instructions."""
+    """page_source with the page's offset as one 32 x 32 -> 64-bit multiply (the tile loop's copies): pages and
+    the block stride (words) are non-negative and below 2^32, where the signed 64-bit product takes five
+    instructions."""
     off = pg.to(gl.uint32, bitcast=True).to(gl.uint64) * stride_cb.to(gl.uint32).to(gl.uint64)
     return head_base + off.to(gl.int64, bitcast=True) + ((tn % block_size) // TILE) * (TILE * stride_cs)
 
@@ -94,20 +95,10 @@ def copy_first_tiles(ring, RW0: gl.constexpr, N: gl.constexpr, start, end, bt_ro
 
 
 @gluon.jit
-def copy_tile_to_stage(ring, RW0: gl.constexpr, st, tn, end, src, w_copy, SW: gl.constexpr, STAGES: gl.constexpr,
-                        STAGE_WORDS: gl.constexpr):
-    """cp.async of the tile of tokens [tn, tn + 16) (its first word at src) into ring stage st (< STAGES, a
-    runtime value), then its commit group."""
-    for k in gl.static_range(STAGES):  # the stage as a static slice (a warp-uniform branch)
-        if st == k:
-            _copy_tile_words(ring.slice(RW0 + k * STAGE_WORDS, STAGE_WORDS), src, w_copy, end - tn, SW)
-    async_copy.commit_group()
-
-
-@gluon.jit
 def copy_tile_to_row(ring, RW0: gl.constexpr, st, tn, end, src, w_copy, SW: gl.constexpr, STAGE_WORDS: gl.constexpr):
-    """As copy_tile_to_stage, for LEAN_LOOP: the ring's words seen as rows of STAGE_WORDS and stage st (a runtime
-    value) indexed as a row, one copy whatever the stage instead of a warp-uniform branch a stage."""
+    """cp.async of the tile of tokens [tn, tn + 16) (its first word at src) into ring stage st (a runtime value),
+    then its commit group: the ring's words seen as rows of STAGE_WORDS and the stage indexed as a row, one copy
+    whatever the stage (no warp-uniform branch a stage)."""
     gl.static_assert(RW0 % STAGE_WORDS == 0)
     gl.static_assert(ring.shape[0] % STAGE_WORDS == 0)
     ROWS: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])  # a rank below the view's: Gluon's rule for index()

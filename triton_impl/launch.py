@@ -20,7 +20,6 @@ from .decode_mma import (
     RING_BYTES,
     TABLE_BYTES,
     WIDE_RING_BYTES,
-    check_lean_loop,
     wide_ring_bytes,
 )
 from .decode_mma import SPLIT_RULES as MMA_SPLIT_RULES
@@ -138,19 +137,6 @@ class AttnConfig:
     # byte permutes too (decode_mma_operands._prmt_value_pairs), no table at all, the ring the only shared memory
     # (both at a 152-register cap where mma_maxnreg is the default: decode_mma.PRMT_MAXNREG)
     mma_value_table: str = "auto"
-    # the mma decode kernel's tile loop in its lean form (decode_mma._pair_step / _tile_step): the ring stage carried
-    # and wrapped instead of a signed remainder a use, the copies into a runtime row of the ring instead of a
-    # warp-uniform branch a stage, a page's offset by one 32 x 32 -> 64-bit multiply, in the one-tile loop every
-    # tile whole inside the split without the token masks (the last keeps them; its last score product by mul.rn, so
-    # that it rounds as the masked one), in the two-tile loop the rescale only in a step where the running max or the
-    # value scale moved: the same arithmetic in fewer instructions (compile_check, sm_90, Triton 3.6, executed a step:
-    # tq3 859 -> 801 a two-tile step, 783 at a 152-register cap; k4v3 1,014 -> 957 a two-tile step; tq4 631 -> 542 a
-    # tile). True, False or "auto" (default, decode_mma.resolve_lean_loop): the lean loop, at a 152-register cap
-    # where the cap is the default. On an H100 it was 1.4-6.7 % faster for tq3 and tq4 at four of five shapes (tq3
-    # at 1 x 128k the same, 10 % faster at 152 registers) and 0.5-3.9 % for k4v3 (results/2026-12-05-h100-s19/
-    # call14-decode); its outputs were the default loop's bits except in one k4v3 two-tile case (one bf16 ulp: the
-    # default loop's value-scale factor, made exact since, decode_mma._scale_ratio)
-    mma_lean_loop: bool | str = "auto"
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -173,7 +159,6 @@ class AttnConfig:
         for name in ("mma_shared_table", "mma_page_ahead"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: True, False")
-        check_lean_loop(self.mma_lean_loop)
         if (self.mma_ring_bytes != wide_ring_bytes(self.mma_key_table) if self.mma_value_table == "wide"
                 else self.mma_ring_bytes == WIDE_RING_BYTES):
             raise ValueError(f"mma_value_table={self.mma_value_table!r} with mma_ring_bytes={self.mma_ring_bytes} is "

@@ -44,7 +44,7 @@ def table_md(res: dict, ref_gbps: float | None = None) -> str:
 
 
 def options_md(res: dict) -> str:
-    """A kernel option's rows (``PRESET+spec``, e.g. ``tq3+mma@l1``) against the preset's own row (the defaults) of
+    """A kernel option's rows (``PRESET+spec``, e.g. ``tq3+mma@p1``) against the preset's own row (the defaults) of
     the same run, one table per preset: microseconds and the default's time / the option's (above 1.00x: the option
     is faster).  Empty when the run has no option rows."""
     rows = [r for r in res["rows"] if r["kind"] != "store"]

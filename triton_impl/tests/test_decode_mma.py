@@ -370,7 +370,6 @@ def test_value_tables_name_their_presets_and_rings(preset, table, kw, why):
     *[("mma_split_rule", bad, r"\['fill', 'waves'\]") for bad in ("wave", "", None, 1)],
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
     *[("mma_page_ahead", bad, "True, False") for bad in (0, 1, "yes", None)],
-    *[("mma_lean_loop", bad, "'auto', True, False") for bad in (0, 1, "yes", None)],
     *[("mma_value_table", bad, r"\['auto', 'pair', 'wide', 'single', 'prmt'\]") for bad in ("wider", "", None, 1)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
@@ -665,21 +664,18 @@ def test_auto_key_table_is_byte_permutes_for_4_bit_symmetric_keys(preset, kw, wa
     assert resolve_value_table(p, args["value_table"], args["ring_bytes"], args["maxnreg"], key, 0) == want
 
 
-@pytest.mark.parametrize("lean_loop,maxnreg,want", [
-    ("auto", 128, (True, 152)),  # tq3's pair tables at the default cap: LEAN_MAXNREG
-    ("auto", 152, (True, 152)),  # 4-bit keys by byte permutes (PRMT_MAXNREG)
-    ("auto", 144, (True, 144)),  # tq4's "single" values (SINGLE_MAXNREG)
-    ("auto", 120, (True, 120)),  # a cap of the caller's
-    ("auto", 0, (True, 0)),  # the compiler's choice
-    (True, 128, (True, 128)),  # explicit choices are kept, with the cap given
-    (False, 128, (False, 128)),
+@pytest.mark.parametrize("maxnreg,want", [
+    (128, 152),  # tq3's pair tables at the default cap: LEAN_MAXNREG
+    (152, 152),  # 4-bit keys by byte permutes (PRMT_MAXNREG)
+    (144, 144),  # tq4's "single" values (SINGLE_MAXNREG)
+    (120, 120),  # a cap of the caller's
+    (0, 0),  # the compiler's choice
 ])
-def test_auto_lean_loop_and_its_register_cap(lean_loop, maxnreg, want):
-    """mma_lean_loop "auto" (the default): the lean loop, at LEAN_MAXNREG where the cap is still the default
-    MAXNREG."""
-    from turboquant.triton_impl.decode_mma import resolve_lean_loop
+def test_register_cap_of_a_launch(maxnreg, want):
+    """resolve_maxnreg: LEAN_MAXNREG where the cap is still the default MAXNREG, any other cap kept."""
+    from turboquant.triton_impl.decode_mma import resolve_maxnreg
 
-    assert resolve_lean_loop(lean_loop, maxnreg) == want
+    assert resolve_maxnreg(maxnreg) == want
 
 
 # --- the kernel (GPU) ------------------------------------------------------------------------------
@@ -946,21 +942,12 @@ def test_output_rotation_on_tensor_cores_and_the_4kb_ring_match_the_reference(pr
 
 # options whose arithmetic is the pair tables' (the same words, addresses or layout): (preset, the pair
 # layout's mma_step_tiles to compare with, the option)
-# k4v3's two-tile lean loop: at pages of 32 tokens one output of one sequence (4,100 tokens, 7 splits) differed from
-# the default loop's by one bf16 ulp on an H100 (results/2026-12-05-h100-s19): the default loop's value-scale factor
-# vs / vs (div.full) was not always 1 where nothing moved, which the lean loop skipped; decode_mma._scale_ratio
-# makes it exact
-LEAN_K4V3_PAIRS = [
-    ("k4v3", 0, {"mma_lean_loop": True}),
-    ("k4v3", 2, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt", "mma_lean_loop": True,
-                 "mma_maxnreg": 152}),
-]
 SAME_BITS_OPTIONS = [
-    # the defaults, all with the lean loop: keys by byte permutes, k4v3's "wide" values with the 8 KB ring (two tiles a
-    # step), tq4's values by byte permutes too, both at 152 registers; tq3's pair tables at 152 registers
-    ("k4v3", 2, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_lean_loop": "auto"}),
-    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_lean_loop": "auto"}),
-    ("tq3", 2, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_lean_loop": "auto"}),
+    # the defaults: keys by byte permutes, k4v3's "wide" values with the 8 KB ring (two tiles a step), tq4's values
+    # by byte permutes too, both at 152 registers
+    ("k4v3", 2, {"mma_value_table": "auto", "mma_step_tiles": 0}),
+    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0}),
+    ("tq3", 2, {"mma_maxnreg": 136}),  # another register cap than the default's 152
     # "auto" values beside the single-code key table: k4v3 "wide" (6 KB ring), tq4 "single" at 144 registers (tq4's
     # keys on a table of their own: no table shared with the values)
     ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single"}),
@@ -969,33 +956,21 @@ SAME_BITS_OPTIONS = [
     ("tq3", 1, {"mma_page_ahead": True}),  # one tile a step
     ("k4v3", 0, {"mma_page_ahead": True}),
     ("tq4", 0, {"mma_page_ahead": True}),  # one tile a step (its ring holds two)
+    ("tq3", 1, {"mma_ring_bytes": 4096, "mma_maxnreg": 120}),  # the ring in a second allocation
     ("k4v3", 1, {"mma_value_table": "wide", "mma_ring_bytes": 6144, "mma_step_tiles": 0}),
     ("k4v3", 1, {"mma_value_table": "wide", "mma_ring_bytes": 6144, "mma_step_tiles": 0, "mma_page_ahead": True}),
     ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0}),
     ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0, "mma_page_ahead": True}),
-    # the lean loop (stage carried, copies into a runtime row, whole tiles without masks on the one-tile loop)
-    ("tq3", 0, {"mma_lean_loop": True}),  # two tiles a step
-    ("tq3", 1, {"mma_lean_loop": True}),  # one tile a step
-    ("tq3", 0, {"mma_lean_loop": True, "mma_page_ahead": True}),
-    ("tq3", 1, {"mma_lean_loop": True, "mma_page_ahead": True}),
-    ("tq3", 1, {"mma_lean_loop": True, "mma_ring_bytes": 4096, "mma_maxnreg": 120}),  # the ring in a second allocation
-    LEAN_K4V3_PAIRS[0],
-    ("k4v3", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single", "mma_lean_loop": True}),
-    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "single", "mma_shared_table": False,
-                "mma_lean_loop": True}),
-    ("tq4", 1, {"mma_value_table": "single", "mma_step_tiles": 0, "mma_lean_loop": True, "mma_page_ahead": True}),
     # 4-bit keys by byte permutes (the single-code table's values)
     ("k4v3", 1, {"mma_key_table": "prmt"}),  # beside the pair value table
     # "auto" beside "prmt" keys: the wide value table with no key table and a four-tile ring, two tiles a step
     ("k4v3", 2, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt"}),
-    LEAN_K4V3_PAIRS[1],
-    ("k4v3", 1, {"mma_value_table": "wide", "mma_ring_bytes": 8192, "mma_key_table": "prmt", "mma_lean_loop": True}),
+    ("k4v3", 1, {"mma_value_table": "wide", "mma_ring_bytes": 8192, "mma_key_table": "prmt"}),
     ("tq4", 1, {"mma_key_table": "prmt"}),
-    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt", "mma_lean_loop": True}),
+    ("tq4", 1, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt"}),
     # tq4's values by byte permutes too ("auto" beside "prmt" keys): no table, the ring the only shared memory
     ("tq4", 1, {"mma_value_table": "prmt", "mma_key_table": "prmt", "mma_maxnreg": 152}),
-    ("tq4", 1, {"mma_value_table": "prmt", "mma_key_table": "prmt", "mma_maxnreg": 152, "mma_lean_loop": True,
-                "mma_page_ahead": True}),
+    ("tq4", 1, {"mma_value_table": "prmt", "mma_key_table": "prmt", "mma_maxnreg": 152, "mma_page_ahead": True}),
 ]
 
 
@@ -1010,14 +985,13 @@ def test_options_give_the_default_bits(preset, step_tiles, option, bs):
     copies loaded one step earlier: the same addresses, on both loops), mma_value_table "wide" (k4v3: the
     value pair table with 32 copies at byte 0, the single-code key table at byte 8,192, a three-tile ring
     after them) and "single" (tq4: one single-code table for keys and values in its own allocation after
-    the ring, its placement verified on first use), both the pair layout's words, mma_lean_loop (the same
-    arithmetic in another loop; the splits of 1 token in 7 start past its end), mma_key_table "prmt" (the
-    single-code table's values by byte permutes); pages of one and of two
-    tiles, lengths that end inside a tile, a page and a split (one and several splits a row), and within
-    the reference's tolerance.  The base runs the default loop (mma_lean_loop=False); "auto" is an option."""
+    the ring, its placement verified on first use), both the pair layout's words, mma_key_table "prmt" (the
+    single-code table's values by byte permutes), another register cap; pages of one and of two tiles, lengths
+    that end inside a tile, a page and a split (one and several splits a row; the splits of 1 token in 7 start
+    past its end), and within the reference's tolerance."""
     args, want = _decode_case(preset, (1, 17, 300, 2049, 4100), h=2, g=4, bs=bs)
     base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_step_tiles=step_tiles,
-                               mma_value_table="pair", mma_lean_loop=False)
+                               mma_value_table="pair")
     cfg = dataclasses.replace(base, **option)
     for splits in (1, 7):
         got = decode_attention(*args, config=cfg, num_splits=splits)
