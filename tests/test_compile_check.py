@@ -41,8 +41,7 @@ def test_mma_decode_kernel_compiles_for_sm90():
         regs, spill, stack, smem, loop = int(row[-7]), int(row[-6]), int(row[-5]), int(row[-4]), int(row[-2])
         p = KernelParams.build(tqf.LayerFormat(tqf.get_preset(row[-8]), 128), "cpu")
         key, _, table, ring, cap = resolve_layout(p)
-        assert (row[-8], key, table) in {("tq3", "pair", "pair"), ("k4v3", "prmt", "wide"),
-                                                  ("tq4", "prmt", "prmt")}
+        assert (row[-8], key, table) in {("tq3", "pair", "pair"), ("k4v3", "prmt", "wide"), ("tq4", "prmt", "prmt")}
         assert cap == 152 and f"'maxnreg':{cap}" in "".join(row), row
         assert smem == mma_shared_bytes(p, ring, table, key) == (8192 if table == "prmt" else 16384), row
         assert spill == 0 and stack == 0, row
@@ -69,7 +68,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
                         "--kernels", "_decode_mma_kernel,_store_mse_kernel,_rotate_query_tc_kernel,"
                         "_rotate_columns_kernel,_store_mse_kv_kernel,_store_wg_kernel,_merge_rotate_kernel", "--mma",
-                        "k1,t0k1,q1,r120b4096,o1,o2,a1,v1,r152v2,k2,r152k2",
+                        "k1,t0k1,q1,r120b4096,o1,o2,a1,v1,r152v2,k2",
                         "--store", "mse:128:8:prefetch+lean+search+r128,mse:64:4:prefetch+lean+search,"
                         "mse:64:4:prefetch+lean+search+kv,mse:16:4:prefetch+lean+search+kv+c4+p5,"
                         "mse:64:4:prefetch+lean+search+wg"],
@@ -78,7 +77,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     rows = {line.split()[-8]: line.split() for line in r.stdout.splitlines()
             if line.startswith(("_decode_mma_kernel", "_store_mse_kernel"))}
     want = {"k4v3:k1", "k4v3:t0k1", "tq4:t0k1", "tq3:q1", "tq3:r120b4096", "k4v3:r120b4096", "tq3:a1", "k4v3:a1",
-            "tq4:a1", "k4v3:v1", "tq4:r152v2", "k4v3:k2", "tq4:k2", "k4v3:r152k2", "tq4:r152k2",
+            "tq4:a1", "k4v3:v1", "tq4:r152v2", "k4v3:k2", "tq4:k2",
             "tq3:128:8:prefetch+lean+search+r128", "k4v3:128:8:prefetch+lean+search+r128"}
     assert want <= set(rows), r.stdout
     tc = [line.split() for line in r.stdout.splitlines() if line.startswith("_rotate_query_tc_kernel")]

@@ -19,9 +19,9 @@ The tile loop (_tile_step / _pair_step) carries the ring stage and wraps it inst
 copies into a runtime row of the ring instead of a warp-uniform branch a stage, takes a page's offset as one
 32 x 32 -> 64-bit multiply, runs the tiles whole inside the split without the token masks (one-tile loop; the
 last tile keeps them) and rescales only in a step where the running max or the value scale moved (two-tile
-loop).  This "lean" loop replaced a plainer one (one branch a ring stage, the rescale test on the factor) after
-the same-bits tests on an H100 (results/2026-12-05-h100-s20/call1-tests) and 1-10 % faster at every shape and
-preset timed (results/2026-12-05-h100-s19/call14-decode, results/2026-12-05-h100-s20/call15-kernels).
+loop).  This "lean" loop replaced a plainer one (one branch a ring stage, the rescale test on the factor): the
+same bits in the GPU tests (results/2026-12-05-h100-s20/call1-tests), 1-10 % faster at every shape and preset of
+the H100 run results/2026-12-05-h100-s20/call15-kernels.
 
 How the codes become MMA operands (which lane holds which codes, the pair tables and the
 byte permutes) is decode_mma_operands.py's docstring; the ring's copies, decode_mma_ring.py's.
@@ -298,8 +298,7 @@ def _pair_step(ring, RW0: gl.constexpr, RING0: gl.constexpr, t0, s, pg0, pg1, en
     copies of tiles t0 + (STAGES - 2) TILE and the next into stages c, c + 1 (the previous pair's).  The stage is
     carried and wrapped (a signed remainder is four uniform instructions a use) and the copies take it as a
     runtime row of the ring; _attend_pair's rescale only where something moved (inv carried).  Returns the state
-    (with inv) and
-    (s, pg0, pg1) for the next step."""
+    (with inv) and (s, pg0, pg1) for the next step."""
     async_copy.wait_group(STAGES - 4)  # tiles t0, t0 + TILE have landed (this lane's copies) ...
     barrier()  # ... and every lane's; every lane is done reading the previous pair's stages
     ta = t0 + (STAGES - 2) * TILE  # the two tiles this step copies: ta, ta + TILE
@@ -888,7 +887,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     if step_tiles == 0:
         step_tiles = 2 if pairs_fit else 1
     table_shared = bool(shared_table and m["KV_PAIR_SAME"])
-    ok = {"single": m["K0_BITS"] == 4 and not table_shared, "prmt": m["K_PRMT"]}
+    ok = {"single": m["K0_BITS"] == 4, "prmt": m["K_PRMT"]}  # (both take the single-code layout: not shared)
     if key_table not in KEY_TABLES or not ok.get(key_table, True):
         raise ValueError(f"mma_key_table={key_table!r} is not supported for {params.fmt.preset.name}; allowed values: "
                          f"{[t for t in KEY_TABLES if ok.get(t, True)]} ('single' needs 4-bit keys, 'prmt' 4-bit keys "

@@ -14,14 +14,7 @@ from turboquant import format as tqf
 
 from .attn_core import _merge_kernel, _split_kernel, acc_width
 from .decode_mma import KEY_TABLES as MMA_KEY_TABLES
-from .decode_mma import (
-    MAXNREG,
-    MMA_RING_BYTES,
-    RING_BYTES,
-    TABLE_BYTES,
-    WIDE_RING_BYTES,
-    wide_ring_bytes,
-)
+from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES, WIDE_RING_BYTES, wide_ring_bytes
 from .decode_mma import SPLIT_RULES as MMA_SPLIT_RULES
 from .decode_mma import STEP_TILES as MMA_STEP_TILES
 from .decode_mma import VALUE_TABLES as MMA_VALUE_TABLES

@@ -982,9 +982,9 @@ SAME_BITS_OPTIONS = [
 def test_options_give_the_default_bits(preset, step_tiles, option, bs):
     """Options that change where things are, not the arithmetic, give the bits of the pair tables at the
     same tiles a softmax step: the default "auto" value table, mma_page_ahead (the block-table pages a step
-    copies loaded one step earlier: the same addresses, on both loops), mma_value_table "wide" (k4v3: the
-    value pair table with 32 copies at byte 0, the single-code key table at byte 8,192, a three-tile ring
-    after them) and "single" (tq4: one single-code table for keys and values in its own allocation after
+    copies loaded one step earlier: the same addresses, in the one- and the two-tile loop), mma_value_table
+    "wide" (k4v3: the value pair table with 32 copies at byte 0, the single-code key table at byte 8,192, a
+    three-tile ring after them) and "single" (tq4: one single-code table for keys and values in its own allocation after
     the ring, its placement verified on first use), both the pair layout's words, mma_key_table "prmt" (the
     single-code table's values by byte permutes), another register cap; pages of one and of two tiles, lengths
     that end inside a tile, a page and a split (one and several splits a row; the splits of 1 token in 7 start
