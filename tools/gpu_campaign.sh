@@ -169,7 +169,7 @@ case "$stage" in
           > /dev/null 2>&1 || echo "decode plot failed"
       t decode
     fi
-    sargs="${STORE_ARGS---shapes 32x32,256x256,8192x8192,32768x32768,32768x2048,131072x2048 --presets tq3,k4v3,tq4 --tiles \"\" --dense-rotations \"\" --store-min-tokens 32 --store-configs mse:64:4:prefetch+lean+search+kv,mse:64:4:prefetch+lean+search+wg,mse:64:4:prefetch+lean+search+wg+p2,mse:16:4:prefetch+lean+search+kv+c4+p5}"
+    sargs="${STORE_ARGS---shapes 32x32,128x128,256x256,8192x8192,32768x32768,32768x2048,131072x2048 --presets tq3,k4v3,tq4 --tiles \"\" --dense-rotations \"\" --store-min-tokens 32 --store-configs mse:64:4:prefetch+lean+search+kv,mse:64:4:prefetch+lean+search+wg,mse:64:4:prefetch+lean+search+wg+p2,mse:64:4:prefetch+lean+search+wg+balance,mse:16:4:prefetch+lean+search+kv+c4+p5}"
     if [ -n "$sargs" ]; then
       eval "timeout \"${STORE_SECONDS:-180}\" python3 -m benchmarks.micro.bench_prefill $sargs --out \"$OUT/store.jsonl\"" \
           > "$OUT/store.log" 2>&1 || echo "store rc $?"

@@ -46,7 +46,9 @@ one launch (_store_mse_kv_kernel: half the persistent programs each, the same ro
 launch a layer instead of two and the two halves side by side; the H200 timed it faster than two
 launches at every size, most where a decode step's few rows leave the card idle in each launch: tq3 7.0
 against 13.1 us at 32 tokens x 8 heads, 16.8 against 21.3 at 2k, 183 against 208 at 32k; k4v3 and tq4
-alike (results/2026-12-05-h200-s15/call15-store).
+alike (results/2026-12-05-h200-s15/call15-store). "balance" (with "kv" or "wg"): the keys' and the values'
+programs of that one launch in proportion to their tiles' instructions (store_wg.key_programs) instead of
+half each, so that k4v3's key programs (4-bit codes) do not run on after its value programs are done.
 """
 
 from __future__ import annotations
@@ -72,8 +74,10 @@ PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once
 # so that each lane packs whole words), "halves" (lean, the product in two column blocks), "search"
 # (codes of symmetric 3/4-bit codebooks by binary search over the boundaries), "kv" (keys and values in one
 # launch), "wg" (keys and values in one launch of store_wg's Gluon kernel: every row quantity in the registers
-# of the rows' threads, Hopper only; within SPEC §10 of the reference, not always store_mse's bytes)
-VARIANTS = ("prefetch", "lean", "halves", "search", "kv", "wg")
+# of the rows' threads, Hopper only; within SPEC §10 of the reference, not always store_mse's bytes), "balance"
+# (with kv or wg: the keys' and the values' programs in proportion to their tiles' instructions,
+# store_wg.key_programs, instead of half each: k4v3's 4-bit keys cost 18 % more than its 3-bit values)
+VARIANTS = ("prefetch", "lean", "halves", "search", "kv", "wg", "balance")
 DEFAULT_VARIANT = ("prefetch", "lean", "search", "kv")
 # The launch for a decode step's few rows: at most SMALL_ROWS rows of (token, head) in a call that chooses
 # nothing itself take SMALL_LAUNCH (16-row tiles of 4 warps, each tile's coordinates over 4 programs, keys
@@ -439,6 +443,9 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
     variant = DEFAULT_VARIANT if variant is None else tuple(variant)
     for v in variant:
         tqf.check_choice("variant", v, VARIANTS)
+    if "balance" in variant and not {"kv", "wg"} & set(variant):
+        raise ValueError(f"variant 'balance' splits the programs of one launch for keys and values: it needs 'kv' or "
+                         f"'wg' beside it, got variant={variant!r}")
     if not store_mse_applies(params):
         raise ValueError(f"store_mse does not cover preset {params.fmt.preset.name!r} at head_size="
                          f"{params.fmt.head_size}: it needs one mse instance for keys and for values, head size "
@@ -469,6 +476,7 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
         if why is not None:
             raise ValueError(f"store variant 'wg' cannot serve this call: {why}")
         store_wg.launch(key, value, cache, slot_mapping, params, sm=sm_count(key.device), search="search" in variant,
+                        balance="balance" in variant,
                         programs_per_sm=store_wg.PROGRAMS_PER_SM if programs_per_sm is None else pps)
         return
     grid = (programs(sm_count(key.device) * pps),)
@@ -480,12 +488,14 @@ def store_mse(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_
                   FOLD_FIN=bool({"lean", "halves"} & set(variant)), SEARCH="search" in variant, NB=nb,
                   num_warps=warps, **({"maxnreg": maxnreg} if maxnreg else {}))
     if "kv" in variant:  # one launch: half the persistent programs for the keys, half for the values
-        half = programs(sm_count(key.device) * pps // 2)
+        half = programs(sm_count(key.device) * pps // 2)  # ("balance": store_wg.key_programs's share)
+        k_programs = store_wg.key_programs(2 * half, tiles, m["K0_BITS"], m["V0_BITS"], balance="balance" in variant,
+                                           col_blocks=nb)
         _store_mse_kv_kernel[(2 * half,)](
             key, value, cache, slot_mapping, params.k_rot_split, params.v_rot_split, params.k_bnd, params.v_bnd,
             y, y[vy:] if debug_rotated is not None else y,
             key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-            cache.stride(0), cache.stride(1), cache.stride(2), rows, half,
+            cache.stride(0), cache.stride(1), cache.stride(2), rows, k_programs,
             K_BITS=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
             K_PERM=_perm(variant, d, m["K0_BITS"], br, warps, nb),
             V_BITS=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],

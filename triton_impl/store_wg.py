@@ -56,6 +56,10 @@ from .params import NORM_NAN_BITS
 BR = gl.constexpr(64)  # rows (token, head) a tile: one warpgroup's wgmma M
 NUM_WARPS = gl.constexpr(4)
 PROGRAMS_PER_SM = 3  # 64 KB of shared memory and 160-164 registers a thread (sm_90): 3 fit an SM
+# Instructions in this kernel's loop a 64-row tile at D = 128 by code bits (compile_check, sm_90, Triton 3.6):
+# the 4-bit binary search's third level and the fourth bit of each code cost 18 % more than 3 bits.  Variant
+# "balance" (store_mse) gives the keys and the values programs in this proportion (key_programs).
+TILE_COST = {3: 1271, 4: 1502}
 
 
 @triton.constexpr_function
@@ -228,17 +232,35 @@ def why_not(key: torch.Tensor, value: torch.Tensor, d: int, k_bits: int, v_bits:
     return None
 
 
-def launch(key, value, cache, slot_mapping, params, *, programs_per_sm: int, sm: int, search: bool) -> None:
-    """The keys and values of [num_tokens, H, D] into the cache (store_mse's checks done by the caller)."""
+def key_programs(programs: int, tiles: int, k_bits: int, v_bits: int, *, balance: bool, col_blocks: int = 1) -> int:
+    """How many of a one-launch store's ``programs`` persistent programs (keys first; a multiple of 2 col_blocks)
+    take the keys, each of ``tiles`` row tiles of keys and of values: half, or with ``balance`` a share in
+    proportion to TILE_COST of the two code widths, so that a key program and a value program get about the
+    same instructions (k4v3: 54 % for the keys); a multiple of col_blocks, at least one program's worth a tensor
+    and no more than its tiles need.  Equal widths, or a width TILE_COST lacks: half."""
+    half = programs // 2
+    if not balance or k_bits == v_bits or k_bits not in TILE_COST or v_bits not in TILE_COST:
+        return half
+    units, most = programs // col_blocks, tiles
+    ck, cv = TILE_COST[k_bits], TILE_COST[v_bits]
+    k = min(max(round(units * ck / (ck + cv)), units - most, 1), most, units - 1)
+    return col_blocks * k
+
+
+def launch(key, value, cache, slot_mapping, params, *, programs_per_sm: int, sm: int, search: bool,
+           balance: bool = False) -> None:
+    """The keys and values of [num_tokens, H, D] into the cache (store_mse's checks done by the caller);
+    ``balance``: key_programs's proportion instead of half the programs each."""
     n, h, d = key.shape
     m = params.meta
     rows = n * h
     tiles = triton.cdiv(rows, BR.value)
     half = max(1, min(tiles, sm * programs_per_sm // 2))
+    k_programs = key_programs(2 * half, tiles, m["K0_BITS"], m["V0_BITS"], balance=balance)
     _store_wg_kernel[(2 * half,)](
         key, value, cache, slot_mapping, params.k_rot_split, params.v_rot_split, params.k_bnd, params.v_bnd,
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        cache.stride(0), cache.stride(1), cache.stride(2), rows, half,
+        cache.stride(0), cache.stride(1), cache.stride(2), rows, k_programs,
         H=h, BLOCK_SIZE=cache.shape[2], D=d, SYMMETRIC=m["CB_SYMMETRIC"], SEARCH=search,
         K_BITS=m["K0_BITS"], K_NORM=m["K0_NORM"], K_CODES=m["K0_CODES"],
         V_BITS=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"], num_warps=NUM_WARPS.value)

@@ -188,6 +188,64 @@ def test_store_mse_options_store_the_default_bytes(kw, preset, d, dtype):
     _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
 
 
+@pytest.mark.parametrize("programs,tiles,bits,nb,want", [
+    (396, 4096, (4, 3), 1, 214),  # k4v3 at 32k tokens x 8 heads on 132 SMs: 1,502 / (1,502 + 1,271) of 396
+    (396, 4096, (3, 4), 1, 182),
+    (396, 4096, (3, 3), 1, 198), (396, 4096, (4, 4), 1, 198), (396, 4096, (2, 3), 1, 198),  # no cost: half
+    (16, 8, (4, 3), 1, 8),  # no more key programs than key tiles (9 by the share)
+    (14, 7, (4, 3), 1, 7),  # nor value programs: every tile its own program either way
+    (2, 1, (4, 3), 1, 1),  # one program a tensor at least
+    (48, 40, (4, 3), 2, 26),  # whole row tiles with column blocks: 13 of 24 two-program units
+    (64, 40, (4, 3), 4, 36),
+])
+def test_key_programs_share_by_tile_cost(programs, tiles, bits, nb, want):
+    """store_wg.key_programs: with "balance", the keys' programs in proportion to store_wg.TILE_COST of their code
+    width against the values', in whole column-block units, within [1, tiles] a tensor; half otherwise."""
+    from turboquant.triton_impl.store_wg import key_programs
+
+    assert key_programs(programs, tiles, *bits, balance=True, col_blocks=nb) == want
+    assert key_programs(programs, tiles, *bits, balance=False, col_blocks=nb) == programs // 2
+
+
+@pytest.mark.parametrize("variant,col_blocks", [(("prefetch", "lean", "search", "kv", "balance"), None),
+                                                (("kv", "balance"), 2)])
+def test_balance_stores_the_default_bytes(variant, col_blocks):
+    """Variant "balance" moves rows between the keys' and the values' programs of one launch, not their
+    arithmetic: k4v3 (4-bit keys, 3-bit values) stores the half-and-half launch's bytes, bit for bit, with a
+    split that is not half (checked), over 25 row tiles a tensor."""
+    from turboquant.triton_impl.device import sm_count
+    from turboquant.triton_impl.store_wg import key_programs
+
+    fmt = tqf.LayerFormat(tqf.get_preset("k4v3"), 128)
+    p = KernelParams.build(fmt, DEV)
+    n, h, nb, bs = 100, 4, 8, 16
+    k, v = (t.to(DEV) for t in _inputs(n, h, 128, torch.bfloat16))
+    slots = _slots(n, nb, bs).to(DEV)
+    c = col_blocks or 1
+    pps = 40 // sm_count(torch.device(DEV)) or 1
+    programs = 2 * c * min(25, pps * sm_count(torch.device(DEV)) // 2 // c)
+    assert key_programs(programs, 25, 4, 3, balance=True, col_blocks=c) != programs // 2
+    out = []
+    for var in (tuple(x for x in variant if x != "balance"), variant):
+        cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
+        store_mse(k, v, cache, slots, p, block_rows=16, num_warps=1, programs_per_sm=pps, variant=var,
+                  col_blocks=col_blocks)
+        out.append(cache.cpu())
+    assert torch.equal(out[0], out[1])
+    _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
+
+
+def test_balance_needs_one_launch_for_keys_and_values():
+    """Variant "balance" without "kv" or "wg" (two launches: no programs to split) is refused, naming both."""
+    fmt = tqf.LayerFormat(tqf.get_preset("k4v3"), 128)
+    p = KernelParams.build(fmt, DEV)
+    x = torch.zeros(4, 1, 128, dtype=torch.bfloat16, device=DEV)
+    cache = torch.zeros(fmt.cache_shape(1, 16, 1), dtype=torch.uint8, device=DEV)
+    with pytest.raises(ValueError, match="variant 'balance' .* needs 'kv' or 'wg'"):
+        store_mse(x, x, cache, torch.arange(4, device=DEV), p, variant=("prefetch", "balance"))
+    assert not cache.any()
+
+
 @pytest.mark.parametrize("d", [64, 128])
 def test_small_row_launch_takes_over_at_most_small_rows(monkeypatch, d):
     """store_mse.SMALL_ROWS: a call that chooses nothing itself and stores at most that many rows of
@@ -351,6 +409,25 @@ def test_wg_variant_meets_the_contract(preset, d, dtype, n, h, pps):
         assert (a[..., span] != b[..., span]).any(axis=-1).mean() <= 0.01
 
 
+@pytest.mark.skipif(not HOPPER, reason="store_wg's kernel needs a Hopper GPU (wgmma)")
+@pytest.mark.parametrize("n,h", [(4100, 8), (37, 3)])
+def test_wg_balance_stores_the_wg_bytes(n, h):
+    """Variant "balance" on store_wg's kernel: k4v3's keys get more of the persistent programs than its values
+    (store_wg.key_programs), and every row is still encoded by the same instructions: the same bytes as "wg"'s
+    half-and-half launch, bit for bit (several tiles a program at 4,100 x 8 rows; 2 tiles a tensor at 37 x 3)."""
+    fmt = tqf.LayerFormat(tqf.get_preset("k4v3"), 128)
+    p = KernelParams.build(fmt, DEV)
+    k, v = (t.to(DEV) for t in _inputs(n, h, 128, torch.bfloat16))
+    nb, bs = triton.cdiv(n + 1, 16), 16
+    slots = _slots(n, nb, bs).to(DEV)
+    out = []
+    for variant in (("prefetch", "lean", "search", "wg"), ("prefetch", "lean", "search", "wg", "balance")):
+        cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
+        store_kv(k, v, cache, slots, p, kernel="mse", variant=variant)
+        out.append(cache.cpu())
+    assert torch.equal(out[0], out[1])
+
+
 @pytest.mark.parametrize("preset,d,dtype,kw,why", [
     ("tq3", 128, torch.float32, {}, "it takes bfloat16 or float16 keys and values, got torch.float32 and "
                                     "torch.float32"),
@@ -403,8 +480,8 @@ def test_default_launch_by_rows_and_batch_invariance(monkeypatch, rows, kw, want
     cache = torch.zeros(fmt.cache_shape(rows // 16 + 1, 16, 1), dtype=torch.uint8)
     seen = []
     monkeypatch.setattr(sm.store_wg, "why_not", lambda key, value, d, kb, vb, debug: "debug" if debug else None)
-    monkeypatch.setattr(sm.store_wg, "launch", lambda *a, programs_per_sm, sm, search: seen.append(
-        ("wg", programs_per_sm, search)))
+    monkeypatch.setattr(sm.store_wg, "launch", lambda *a, programs_per_sm, sm, search, balance: seen.append(
+        ("wg", programs_per_sm, search, balance)))
 
     class Spy:
         def __getitem__(self, grid):
@@ -416,4 +493,4 @@ def test_default_launch_by_rows_and_batch_invariance(monkeypatch, rows, kw, want
     sm.store_mse(x, x, cache, torch.arange(rows), p, y, **kw)
     assert [e[0] for e in seen] == [want], seen
     if want == "wg":
-        assert seen[0][1:] == (sm.WG_LAUNCH["programs_per_sm"], True)
+        assert seen[0][1:] == (sm.WG_LAUNCH["programs_per_sm"], True, "balance" in sm.WG_LAUNCH["variant"])
