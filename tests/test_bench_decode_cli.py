@@ -40,6 +40,9 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert bench.kernel_config("mma@q1w1o1", base).mma_output_rotation == "bf16x3" and base.mma_output_rotation == "fma"
     assert bench.kernel_config("mma@w1a1", base).mma_page_ahead is True and base.mma_page_ahead is False
     assert bench.kernel_config("mma@a0", base).mma_page_ahead is False
+    assert bench.kernel_config("mma@w1g1", base).mma_pdl is True and base.mma_pdl is False
+    assert bench.kernel_config("mma@g0", base).mma_pdl is False
+    assert bench.kernel_config("mma@o2g1", base).mma_output_rotation == "fused"
     wide = bench.kernel_config("mma@a1v1", base)  # the wide value table brings its own ring
     assert (wide.mma_value_table, wide.mma_ring_bytes, wide.mma_page_ahead) == ("wide", 6144, True)
     assert (bench.kernel_config("mma@v2", base).mma_value_table, bench.kernel_config("mma@v2", base).mma_ring_bytes) \
@@ -58,6 +61,8 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     ("mma@", "after mma@"),
     ("mma@b16384r128", "after mma@"),
     ("mma@s512b24576", "after mma@"),
+    ("mma@g1a1", "after mma@"),  # g comes last
+    ("mma@g2", "after mma@"),
     ("mma@s0", "max_splits=0 is not supported; allowed values: integers 1 to 4096"),
     ("mma@32x", "after mma@"),
     ("mma@b16384", "mma_ring_bytes=16384 is not supported; allowed values: \\[4096, 8192, 24576, 57344\\]"),

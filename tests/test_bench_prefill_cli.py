@@ -35,7 +35,8 @@ def test_shapes_and_store_configs_are_checked(bench_script):
         bench.parse_store_configs("mse:16:1:c0")
     assert bench.store_options(("prefetch", "search", "wg", "p2")) == {
         "variant": ("prefetch", "search", "wg"), "programs_per_sm": 2, "maxnreg": None, "col_blocks": None}
-    with pytest.raises(ValueError, match="option 'fast' is not one of prefetch, lean, halves, search, kv, wg, balance, pN"):
+    with pytest.raises(ValueError,
+                       match="option 'fast' is not one of prefetch, lean, halves, search, kv, wg, balance, pN"):
         bench.parse_store_configs("mse:64:4:prefetch+fast")
     with pytest.raises(ValueError, match="option 'p0' is not one of"):
         bench.parse_store_configs("mse:64:4:p0")

@@ -55,7 +55,8 @@ def test_prepared_kernel_variants_compile_for_sm90():
     allocation under a 120-register cap (r120b4096: 17 programs an SM), the output rotation on tensor cores
     (o1), the block-table pages a step ahead (a1), k4v3's wide value table (v1: 16 KB, as the default), tq4's
     values on the single-code table (v2 at a 152-register cap: 10 KB), the merge with the inverse rotation
-    in its programs (o2), 4-bit keys by byte permutes (k2), the store's register cap
+    in its programs (o2), 4-bit keys by byte permutes (k2), the programmatic dependent launches (g1), the store's
+    register cap
     (r128), its small-row launch (16 rows x 4 warps, 4 column blocks, kv) and store_wg's Gluon store (wg)
     compile with this Triton, with the shared memory their launchers expect and no spills to local memory."""
     from benchmarks.micro.bench_decode import kernel_config
@@ -68,7 +69,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     r = subprocess.run([sys.executable, "-m", "benchmarks.micro.compile_check", "--presets", "tq3,k4v3,tq4",
                         "--kernels", "_decode_mma_kernel,_store_mse_kernel,_rotate_query_tc_kernel,"
                         "_rotate_columns_kernel,_store_mse_kv_kernel,_store_wg_kernel,_merge_rotate_kernel", "--mma",
-                        "k1,t0k1,q1,r120b4096,o1,o2,a1,v1,r152v2,k2",
+                        "k1,t0k1,q1,r120b4096,o1,o2,a1,v1,r152v2,k2,g1",
                         "--store", "mse:128:8:prefetch+lean+search+r128,mse:64:4:prefetch+lean+search,"
                         "mse:64:4:prefetch+lean+search+kv,mse:16:4:prefetch+lean+search+kv+c4+p5,"
                         "mse:64:4:prefetch+lean+search+wg"],
@@ -77,7 +78,7 @@ def test_prepared_kernel_variants_compile_for_sm90():
     rows = {line.split()[-8]: line.split() for line in r.stdout.splitlines()
             if line.startswith(("_decode_mma_kernel", "_store_mse_kernel"))}
     want = {"k4v3:k1", "k4v3:t0k1", "tq4:t0k1", "tq3:q1", "tq3:r120b4096", "k4v3:r120b4096", "tq3:a1", "k4v3:a1",
-            "tq4:a1", "k4v3:v1", "tq4:r152v2", "k4v3:k2", "tq4:k2",
+            "tq4:a1", "k4v3:v1", "tq4:r152v2", "k4v3:k2", "tq4:k2", "tq3:g1", "k4v3:g1", "tq4:g1",
             "tq3:128:8:prefetch+lean+search+r128", "k4v3:128:8:prefetch+lean+search+r128"}
     assert want <= set(rows), r.stdout
     tc = [line.split() for line in r.stdout.splitlines() if line.startswith("_rotate_query_tc_kernel")]

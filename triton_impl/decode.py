@@ -69,7 +69,8 @@ def decode_attention(query: torch.Tensor, cache: torch.Tensor, block_table: torc
         why = _MMA_COMPILE_ERROR[0]
     if why is None:
         qbuf = rotate_query(query, params, few_rows=True,
-                            rotation=mma_query_rotation(cfg.mma_query_rotation, params, query.dtype))
+                            rotation=mma_query_rotation(cfg.mma_query_rotation, params, query.dtype),
+                            launch_dependents=cfg.mma_pdl)
         s = num_splits or decode_splits(params, cfg, b * hkv, max_kv, cache.device, mma=True)
         try:
             return decode_attention_mma(qbuf, cache, block_table, seq_lens, out, params, num_q_heads=hq,
@@ -113,7 +114,7 @@ def mma_options(cfg: AttnConfig) -> dict:
     return {"maxnreg": cfg.mma_maxnreg, "ring_bytes": cfg.mma_ring_bytes, "shared_table": cfg.mma_shared_table,
             "step_tiles": cfg.mma_step_tiles, "key_table": cfg.mma_key_table,
             "output_rotation": cfg.mma_output_rotation, "page_ahead": cfg.mma_page_ahead,
-            "value_table": cfg.mma_value_table}
+            "value_table": cfg.mma_value_table, "pdl": cfg.mma_pdl}
 
 
 def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int, device: torch.device, *,

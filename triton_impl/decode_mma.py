@@ -45,6 +45,7 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from turboquant import format as tqf
 
+from . import pdl
 from .attn_core import acc_width
 from .decode_mma_operands import (
     TILE,
@@ -367,6 +368,27 @@ def _tiles_in_pairs(ring, RW0: gl.constexpr, RING0: gl.constexpr, start, end, q_
     return m_i, gl.sum(l_t, axis=0), acc, vs
 
 
+@gluon.jit
+def _load_query(qbuf_ptr, qrow0, G: gl.constexpr, DQ: gl.constexpr, D: gl.constexpr, OPB: gl.constexpr,
+                MMA: gl.constexpr):
+    """Q'^T [D, 8] as the B operand (fp16), coordinates permuted (module docstring), scaled per head, and the
+    per-head scale qsc [8] in the accumulator's column layout: loaded straight in the operand layout, and once
+    more in the accumulator layout for the scale, so no layout conversion (the kernel's only shared memory is
+    its own allocation)."""
+    kq = gl.arange(0, D, layout=gl.SliceLayout(1, OPB))
+    colq = gl.arange(0, 8, layout=gl.SliceLayout(0, OPB))
+    cq = 32 * ((kq >> 1) & 3) + 4 * (kq >> 4) + 2 * ((kq >> 3) & 1) + (kq & 1)
+    q = gl.load(qbuf_ptr + (qrow0 + colq[None, :]) * DQ + cq[:, None], mask=(colq < G)[None, :], other=0.0)
+    kc = gl.arange(0, D, layout=gl.SliceLayout(1, MMA))
+    cols = gl.arange(0, 8, layout=gl.SliceLayout(0, MMA))
+    qa = gl.load(qbuf_ptr + (qrow0 + cols[None, :]) * DQ + kc[:, None], mask=(cols < G)[None, :], other=0.0)
+    qm = gl.max(gl.abs(qa), axis=0)
+    qsc = gl.where(qm > 0, qm, 1.0)
+    qm_op = gl.max(gl.abs(q), axis=0)  # qm again, in the operand's column layout
+    q_op = (q * (1.0 / gl.where(qm_op > 0, qm_op, 1.0))[None, :]).to(gl.float16)
+    return q_op, qsc
+
+
 @gluon.jit(do_not_specialize=["num_q_heads", "num_splits"])
 def _decode_mma_kernel(
     qbuf_ptr, cache_ptr, bt_ptr, stride_bt, seq_lens_ptr, part_acc_ptr, part_ml_ptr,
@@ -378,7 +400,7 @@ def _decode_mma_kernel(
     VB: gl.constexpr, V_NORM: gl.constexpr, V_CODES: gl.constexpr,
     SW: gl.constexpr, STAGES: gl.constexpr, STAGE_WORDS: gl.constexpr, SHARED_TABLE: gl.constexpr,
     STEP_TILES: gl.constexpr, KEY_SINGLE: gl.constexpr, PAGE_AHEAD: gl.constexpr, VALUE_TABLE: gl.constexpr,
-    KEY_PRMT: gl.constexpr,
+    KEY_PRMT: gl.constexpr, PDL: gl.constexpr,
 ):
     # Layouts (one warp).  MMA: m16n8 accumulators; OPA/OPB: its operands.  KW [16 t, 4 r]: key
     # words, lane (g, r) holds tokens g, g + 8 of segment r; VP [8 tp, 8 g]: value words, lane (g, r)
@@ -402,21 +424,10 @@ def _decode_mma_kernel(
     start = sp * chunk
     end = gl.minimum(start + chunk, seq_len)
     qrow0 = (b * num_q_heads + h * G).to(gl.int64)
-
-    # Q'^T [D, 8] as the B operand, coordinates permuted (module docstring), scaled per head.
-    # (loaded straight in the operand layout, and once more in the accumulator layout for the
-    # per-head scale: no layout conversion, so the kernel's only shared memory is its own allocation)
-    kq = gl.arange(0, D, layout=gl.SliceLayout(1, OPB))
-    colq = gl.arange(0, 8, layout=gl.SliceLayout(0, OPB))
-    cq = 32 * ((kq >> 1) & 3) + 4 * (kq >> 4) + 2 * ((kq >> 3) & 1) + (kq & 1)
-    q = gl.load(qbuf_ptr + (qrow0 + colq[None, :]) * DQ + cq[:, None], mask=(colq < G)[None, :], other=0.0)
-    kc = gl.arange(0, D, layout=gl.SliceLayout(1, MMA))
     cols = gl.arange(0, 8, layout=COL)
-    qa = gl.load(qbuf_ptr + (qrow0 + cols[None, :]) * DQ + kc[:, None], mask=(cols < G)[None, :], other=0.0)
-    qm = gl.max(gl.abs(qa), axis=0)
-    qsc = gl.where(qm > 0, qm, 1.0)
-    qm_op = gl.max(gl.abs(q), axis=0)  # qm again, in the operand's column layout
-    q_op = (q * (1.0 / gl.where(qm_op > 0, qm_op, 1.0))[None, :]).to(gl.float16)
+
+    if not PDL:  # (with PDL: after the tables, once the query rotation's launch has ended)
+        q_op, qsc = _load_query(qbuf_ptr, qrow0, G, DQ, D, OPB, MMA)
 
     # Shared memory (int32 words): the pair tables (2 TABLE_WORDS words: the key table then the value
     # table, TABLE_WORDS each, or with SHARED_TABLE one table for both; every entry repeated so that
@@ -511,6 +522,11 @@ def _decode_mma_kernel(
                  gl.load(kprmt_ptr + 2).to(gl.uint32, bitcast=True), gl.load(kprmt_ptr + 3).to(gl.uint32, bitcast=True))
     else:
         kprmt = (0, 0, 0, 0)
+
+    if PDL:  # programmatic dependent launch (AttnConfig.mma_pdl): the tables built while the query rotation ran
+        pdl.wait()
+        q_op, qsc = _load_query(qbuf_ptr, qrow0, G, DQ, D, OPB, MMA)
+        pdl.launch_dependents()  # the merge's programs may start while this launch's last ones run
 
     m_i = gl.full([8], float("-inf"), gl.float32, COL)
     l_i = gl.zeros([8], gl.float32, COL)
@@ -832,7 +848,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          num_splits: int, maxnreg: int = MAXNREG, ring_bytes: int = RING_BYTES,
                          shared_table: bool = True, step_tiles: int = 0, key_table: str = "auto",
                          output_rotation: str = "fma", page_ahead: bool = False, value_table: str = "auto",
-                         verify_ring: bool = True) -> torch.Tensor:
+                         verify_ring: bool = True, pdl: bool = False) -> torch.Tensor:
     """Decode attention of one query row per sequence: qbuf = rotate_query(query) [B * Hq, DQ],
     out [B, Hq, D].  Splits of the mma kernel, then merge.merge_splits.  ``maxnreg``: register cap per
     thread (AttnConfig.mma_maxnreg; 0: the compiler's choice).  ``ring_bytes``: the
@@ -850,7 +866,11 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     "single" (tq4's values on the keys' single-code table, 10 KB a program); both hold the pair layout's
     words, so they give the bits of one tile a step; "auto": resolve_value_table, which may change the ring
     and register cap with it (a CUDA-graph capture before "auto"'s "single" is verified gets "pair"); the
-    default cap then becomes resolve_maxnreg's.  No host synchronisation."""
+    default cap then becomes resolve_maxnreg's.  ``pdl``: this launch, the merge's and the inverse rotation's
+    are programmatic dependent launches (AttnConfig.mma_pdl, triton_impl/pdl.py): each may start while the
+    launch before it runs and waits for it before reading its output (this kernel builds its tables first);
+    the launch before this one (the query rotation) must be the qbuf's writer, with nothing between.  The same
+    bits.  No host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
@@ -908,8 +928,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         VB=m["V0_BITS"], V_NORM=m["V0_NORM"], V_CODES=m["V0_CODES"],
         SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=table_shared,
         STEP_TILES=step_tiles, KEY_SINGLE=key_table in ("single", "prmt"), PAGE_AHEAD=bool(page_ahead),
-        VALUE_TABLE=VALUE_TABLES.index(value_table) - 1, KEY_PRMT=key_table == "prmt",
-        num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
+        VALUE_TABLE=VALUE_TABLES.index(value_table) - 1, KEY_PRMT=key_table == "prmt", PDL=bool(pdl),
+        num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}), **({"launch_pdl": True} if pdl else {}),
     )
     # lookup addresses the tables from the start of the kernel's shared memory and the ring right after
     # them: they must be all of it (a layout conversion that needed scratch space would break that)
@@ -918,4 +938,4 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         raise RuntimeError(f"decode_mma kernel uses {kernel.metadata.shared} bytes of shared memory, expected "
                            f"exactly its tables and tile ring ({shared})")
     return merge_splits(part_acc, part_ml, out, params, num_q_heads=num_q_heads, num_splits=num_splits,
-                        output_rotation=output_rotation)
+                        output_rotation=output_rotation, pdl=pdl)

@@ -130,6 +130,12 @@ class AttnConfig:
     # byte permutes too (decode_mma_operands._prmt_value_pairs), no table at all, the ring the only shared memory
     # (both at a 152-register cap where mma_maxnreg is the default: decode_mma.PRMT_MAXNREG)
     mma_value_table: str = "auto"
+    # the mma decode step's launches after the query rotation (decode_mma, the merge, the inverse rotation) as
+    # programmatic dependent launches (triton_impl/pdl.py, sm_90+): each may start while the one before it runs
+    # and waits for it before reading its output; decode_mma builds its tables in shared memory first.  The
+    # launches around the kernel took 10-13 us of 74 us at 1 x 128k on the H200 (results/2026-12-04-h200-s13/
+    # call12-kernels/trace.log); the same bits.  Prepared in the twenty-first session, not yet timed: off
+    mma_pdl: bool = False
 
     def __post_init__(self):
         if self.lookup not in LOOKUPS:
@@ -149,7 +155,7 @@ class AttnConfig:
                              f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
                              "power-of-two shared allocation, or a power-of-two ring smaller than the tables), or "
                              f"{WIDE_RING_BYTES} with mma_value_table='wide'")
-        for name in ("mma_shared_table", "mma_page_ahead"):
+        for name in ("mma_shared_table", "mma_page_ahead", "mma_pdl"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: True, False")
         if (self.mma_ring_bytes != wide_ring_bytes(self.mma_key_table) if self.mma_value_table == "wide"

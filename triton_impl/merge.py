@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .attn_core import acc_width, store_channels
 from .device import sm_count
@@ -93,11 +94,16 @@ def _merged_columns(part_acc_ptr, part_ml_ptr, prow, rm, num_splits, mu, inv, co
 
 @triton.jit(do_not_specialize=["n_rows", "num_splits"])
 def _merge_splits_kernel(part_acc_ptr, part_ml_ptr, o_ptr, n_rows, num_splits,
-                         BR: tl.constexpr, SC: tl.constexpr, CW: tl.constexpr, DACC: tl.constexpr):
+                         BR: tl.constexpr, SC: tl.constexpr, CW: tl.constexpr, DACC: tl.constexpr,
+                         PDL: tl.constexpr = False):
     # o [rows, DACC] = sum_s exp(m_s - m) acc_s / l, m = max_s m_s, l = sum_s exp(m_s - m) l_s, from
     # part_ml [rows * S, 2] = (m_s, l_s) and part_acc [rows * S, DACC].  A split that saw nothing
     # (m_s = -inf) weighs 0; a row with l = 0 gets NaN (as _merge_kernel).  One program: BR rows,
-    # columns [c0, c0 + CW), the splits SC at a time.  Grid (cdiv(n_rows, BR), DACC // CW).
+    # columns [c0, c0 + CW), the splits SC at a time.  Grid (cdiv(n_rows, BR), DACC // CW).  PDL: a
+    # programmatic dependent launch (pdl.py): wait for the decode kernel, let the inverse rotation start.
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rm = rows < n_rows
     cols = tl.program_id(1) * CW + tl.arange(0, CW)
@@ -126,11 +132,14 @@ def plan_merge_rotate(n_rows: int, num_splits: int, dacc: int, sms: int) -> tupl
 @triton.jit(do_not_specialize=["n_rows", "num_splits"])
 def _merge_rotate_kernel(part_acc_ptr, part_ml_ptr, y_ptr, sy0, sy1, n_rows, heads, num_splits, rot_ptr, chan_ptr,
                          BR: tl.constexpr, SC: tl.constexpr, JC: tl.constexpr, DACC: tl.constexpr,
-                         MPMAX: tl.constexpr, M0: tl.constexpr, IDCH0: tl.constexpr, OUT_BF16: tl.constexpr):
+                         MPMAX: tl.constexpr, M0: tl.constexpr, IDCH0: tl.constexpr, OUT_BF16: tl.constexpr,
+                         PDL: tl.constexpr = False):
     # AttnConfig.mma_output_rotation="fused": _merge_splits_kernel's merge of BR rows over all DACC columns
     # (= the one value instance's padded width MP0), then the inverse rotation of those rows in the same
     # program, y[r, chan[j]] = sum_c o[r, c] Pi[c, j] in fp32 (as _rotate_columns_kernel's "fma": products and
-    # sums in float32, in another order).  Grid (cdiv(n_rows, BR),).
+    # sums in float32, in another order).  Grid (cdiv(n_rows, BR),).  PDL: as _merge_splits_kernel's.
+    if PDL:
+        gdc_wait()
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rm = rows < n_rows
     cols = tl.arange(0, DACC)
@@ -155,12 +164,15 @@ def merge_rotate_applies(params: KernelParams) -> bool:
 
 def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tensor, params: KernelParams, *,
                  num_q_heads: int, num_splits: int, rows_per_program: int | None = None,
-                 output_rotation: str = "fma") -> torch.Tensor:
+                 output_rotation: str = "fma", pdl: bool = False) -> torch.Tensor:
     """out [T, Hq, D] from the splits' partial states of T * Hq rows (the layout _split_kernel and
     decode_mma write): merge (one fp32 workspace [T, Hq, DACC]), then the inverse rotation
     (output_rotation: its arithmetic for the few rows of a decode step, rotate.COLUMNS_PRECISIONS; "fused": in the
     merge's programs, one launch, where merge_rotate_applies, else "fma").
-    rows_per_program: plan_merge's BR fixed (tests); default from the rows and the device."""
+    rows_per_program: plan_merge's BR fixed (tests); default from the rows and the device.  pdl: programmatic
+    dependent launches (AttnConfig.mma_pdl, pdl.py): the merge after the decode kernel, the inverse rotation
+    after the merge (each waits for the one before it: the same bits)."""
+    pdl_launch = {"launch_pdl": True} if pdl else {}
     dacc = acc_width(params)
     n_rows = out.shape[0] * num_q_heads
     if output_rotation == "fused" and merge_rotate_applies(params) and rows_per_program is None:
@@ -169,7 +181,7 @@ def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tenso
         _merge_rotate_kernel[(triton.cdiv(n_rows, br),)](
             part_acc, part_ml, out, out.stride(0), out.stride(1), n_rows, num_q_heads, num_splits, params.v_rot,
             params.v_chan, BR=br, SC=sc, JC=jc, DACC=dacc, MPMAX=c["MPMAX"], M0=c["M0"], IDCH0=c["IDCH0"],
-            OUT_BF16=out.dtype == torch.bfloat16, num_warps=warps)
+            OUT_BF16=out.dtype == torch.bfloat16, PDL=bool(pdl), num_warps=warps, **pdl_launch)
         return out
     if output_rotation == "fused":  # a layout the fused kernel does not cover: the columns kernel's fp32 FMA
         output_rotation = "fma"
@@ -179,9 +191,10 @@ def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tenso
     o = torch.empty((out.shape[0], num_q_heads, dacc), dtype=torch.float32, device=out.device)
     br, sc = plan_merge(n_rows, num_splits, dacc // cw, sm_count(out.device), rows_per_program)
     _merge_splits_kernel[(triton.cdiv(n_rows, br), dacc // cw)](
-        part_acc, part_ml, o, n_rows, num_splits, BR=br, SC=sc, CW=cw, DACC=dacc, num_warps=4)
+        part_acc, part_ml, o, n_rows, num_splits, BR=br, SC=sc, CW=cw, DACC=dacc, PDL=bool(pdl), num_warps=4,
+        **pdl_launch)
     if params.meta["V_GROUP"]:  # group values: the accumulator is the output
         out.copy_(o[:, :, : params.head_size])
         return out
     return rotate_rows(o, params, out, inverse=True, few_rows=n_rows <= ROTATE_COLUMNS_ROWS,
-                       columns_precision=output_rotation)
+                       columns_precision=output_rotation, pdl=pdl)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 from turboquant import format as tqf
 
@@ -72,11 +73,15 @@ def _rotate_query_kernel(
     K_NI: tl.constexpr, K_MPMAX: tl.constexpr, K_MAT_STRIDE: tl.constexpr,
     K0_M: tl.constexpr, K0_MP: tl.constexpr, K0_QJL: tl.constexpr, K0_IDCH: tl.constexpr,
     K1_M: tl.constexpr, K1_MP: tl.constexpr, K1_QJL: tl.constexpr, K1_IDCH: tl.constexpr, JC: tl.constexpr,
+    LAUNCH_DEPENDENTS: tl.constexpr = False,
 ):
     # q [T, Hq, D] (fp16/bf16/fp32) -> qbuf [T*Hq, DQ] fp32: per key instance
     # y = q[C_i] @ Pi_i^T (fp32 IEEE) and, for QJL, y @ S_i^T.  Padded
     # columns come out exactly 0.  Grid: (cdiv(T*Hq, BR), K0_MP // JC), BR rows x JC output columns
-    # each (JC < K0_MP only for one instance without QJL: query_columns).
+    # each (JC < K0_MP only for one instance without QJL: query_columns).  LAUNCH_DEPENDENTS: the next
+    # launch, if a programmatic dependent one, may start at once (AttnConfig.mma_pdl, pdl.py).
+    if LAUNCH_DEPENDENTS:
+        gdc_launch_dependents()
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rm = rows < n_rows
     t = (rows // num_q_heads).to(tl.int64)
@@ -92,11 +97,15 @@ def _rotate_query_kernel(
 @triton.jit
 def _rotate_query_tc_kernel(q_ptr, stride_qt, stride_qh, qbuf_ptr, n_rows, num_q_heads, k_rot, k_chan,
                             BR: tl.constexpr, DQ: tl.constexpr, K_MPMAX: tl.constexpr, K0_M: tl.constexpr,
-                            K0_MP: tl.constexpr, K0_IDCH: tl.constexpr, JC: tl.constexpr):
+                            K0_MP: tl.constexpr, K0_IDCH: tl.constexpr, JC: tl.constexpr,
+                            LAUNCH_DEPENDENTS: tl.constexpr = False):
     # bf16 q [T, Hq, D] -> qbuf [T*Hq, DQ] fp32 for ONE key instance without QJL (DQ = K0_MP): columns
     # [program_id(1) * JC, + JC) of y = q[C] @ Pi^T as one tensor-core product of bf16 parts (rotate._product
     # "bf16x2": q exact in bf16, Pi^T = hi + lo to ~2^-17 relative, fp32 accumulation) instead of
     # _rotate_query_kernel's chain of K-chunked fp32 FMA dots.  Grid (cdiv(T*Hq, BR), K0_MP // JC).
+    # LAUNCH_DEPENDENTS: as _rotate_query_kernel's
+    if LAUNCH_DEPENDENTS:
+        gdc_launch_dependents()
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rm = rows < n_rows
     base = q_ptr + (rows // num_q_heads).to(tl.int64) * stride_qt + (rows % num_q_heads).to(tl.int64) * stride_qh
@@ -147,12 +156,14 @@ def query_columns(params: KernelParams, n_rows: int, sms: int) -> int:
 
 
 def rotate_query(query: torch.Tensor, params: KernelParams, *, few_rows: bool = False,
-                 rotation: str = "fma") -> torch.Tensor:
+                 rotation: str = "fma", launch_dependents: bool = False) -> torch.Tensor:
     """query [T, Hq, D] -> float32 [T*Hq, DQ] (see query_layout).  few_rows: a decode step's default
     mode may spread the output columns over programs (query_columns); the other callers keep one
     program per row block, so the batch-invariant launches never depend on the row count.
     rotation: "fma" (fp32 FMA dots) or "bf16x2" (one tensor-core product a program, bf16 queries of
-    one-instance presets without QJL: query_tc_unsupported; AttnConfig.mma_query_rotation)."""
+    one-instance presets without QJL: query_tc_unsupported; AttnConfig.mma_query_rotation).
+    launch_dependents: every program lets the next launch, if a programmatic dependent one, start at once
+    (AttnConfig.mma_pdl, pdl.py: the decode kernel then builds its tables while this one runs)."""
     tqf.check_choice("mma_query_rotation", rotation, QUERY_ROTATIONS)
     why = query_tc_unsupported(params, query.dtype) if rotation == "bf16x2" else None
     if why is not None:
@@ -171,12 +182,13 @@ def rotate_query(query: torch.Tensor, params: KernelParams, *, few_rows: bool = 
         _rotate_query_tc_kernel[(triton.cdiv(n, QUERY_BR), m["K0_MP"] // jc)](
             query, query.stride(0), query.stride(1), qbuf, n, hq, params.k_rot, params.k_chan, BR=QUERY_BR,
             DQ=lay["DQ"], K_MPMAX=m["K_MPMAX"], K0_M=m["K0_M"], K0_MP=m["K0_MP"], K0_IDCH=m["K0_IDCH"], JC=jc,
-            num_warps=4)
+            LAUNCH_DEPENDENTS=bool(launch_dependents), num_warps=4)
         return qbuf
     jc = query_columns(params, n, sm_count(query.device)) if few_rows else params.meta["K0_MP"]
     grid = (triton.cdiv(n, QUERY_BR), params.meta["K0_MP"] // jc)
     _rotate_query_kernel[grid](
         query, query.stride(0), query.stride(1), qbuf, n, hq, params.k_rot, params.k_qjl, params.k_chan,
-        BR=QUERY_BR, **lay, **params.constexprs("query"), JC=jc, num_warps=4,
+        BR=QUERY_BR, **lay, **params.constexprs("query"), JC=jc, LAUNCH_DEPENDENTS=bool(launch_dependents),
+        num_warps=4,
     )
     return qbuf

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from turboquant import format as tqf
 
@@ -194,11 +195,15 @@ def _rotate_persistent_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, r
 @triton.jit
 def _rotate_columns_kernel(x_ptr, sx0, sx1, y_ptr, sy0, sy1, n_rows, heads, rot_ptr, chan_ptr, BR: tl.constexpr,
                            MPMAX: tl.constexpr, M0: tl.constexpr, MP0: tl.constexpr, IDCH0: tl.constexpr,
-                           JC: tl.constexpr, OUT_BF16: tl.constexpr, PREC: tl.constexpr, F32_PARTS: tl.constexpr):
+                           JC: tl.constexpr, OUT_BF16: tl.constexpr, PREC: tl.constexpr, F32_PARTS: tl.constexpr,
+                           PDL: tl.constexpr = False):
     # The inverse rotation of ONE instance (NI == 1, MP0 <= 128), out = Pi^T o', for few rows:
     # y[r, chan[j]] = sum_c x[r, c] Pi[c, j] for the JC output columns j of program_id(1): PREC "fma", fp32
     # FMA (IEEE) over K chunks of KC; "bf16x3", one three-part tensor-core product over all of K
-    # (_product_bf16x3).  Rows and layouts as _rotate_kernel's.  Grid (cdiv(n_rows, BR), MP0 // JC).
+    # (_product_bf16x3).  Rows and layouts as _rotate_kernel's.  Grid (cdiv(n_rows, BR), MP0 // JC).  PDL: a
+    # programmatic dependent launch after the merge (pdl.py): wait for it before reading x.
+    if PDL:
+        gdc_wait()
     xrow, yrow, rm = _row_tile(tl.program_id(0), BR, n_rows, heads, x_ptr, sx0, sx1, y_ptr, sy0, sy1)
     j = tl.program_id(1) * JC + tl.arange(0, JC)
     if PREC == "bf16x3":
@@ -234,7 +239,8 @@ def _precision(x: torch.Tensor) -> str:
 
 def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inverse: bool,
                 persistent: bool = True, tiling: tuple[int, int, int] | None = None,
-                tensor: str | None = None, few_rows: bool = False, columns_precision: str = "fma") -> torch.Tensor:
+                tensor: str | None = None, few_rows: bool = False, columns_precision: str = "fma",
+                pdl: bool = False) -> torch.Tensor:
     """Forward: x = query [T, Hq, D] -> y = q' [T, Hq, W] (the key instances' rotations).  inverse:
     x = o' [T, Hq, W] -> y = out [T, Hq, D] (the value instances'; not for group values, whose o' is
     already the output); with tensor="key", x = K' [T, Hkv, W] -> K [T, Hkv, D] (the prefill
@@ -244,7 +250,9 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
     output columns spread over programs: the few rows of a decode step; the caller decides, so that a
     launch's kernel never depends on its row count where that must not change a row's bits;
     columns_precision: its arithmetic, COLUMNS_PRECISIONS).  tiling =
-    (rows per tile, warps, programs per SM) of the persistent kernel (benchmarks); default the module's."""
+    (rows per tile, warps, programs per SM) of the persistent kernel (benchmarks); default the module's.
+    pdl: _rotate_columns_kernel's launch a programmatic dependent one (AttnConfig.mma_pdl, pdl.py; the other
+    kernels launch as usual)."""
     tensor = tensor or ("value" if inverse else "key")
     tqf.check_choice("mma_output_rotation", columns_precision, COLUMNS_PRECISIONS)
     if tensor not in ("key", "value") or (tensor == "value" and not inverse):
@@ -265,7 +273,8 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
         _rotate_columns_kernel[(triton.cdiv(n, ROTATE_COLUMNS_BR), consts["MP0"] // jc)](
             x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1), n, heads, rot, chan, BR=ROTATE_COLUMNS_BR,
             **{k: consts[k] for k in ("MPMAX", "M0", "MP0", "IDCH0")}, JC=jc,
-            OUT_BF16=y.dtype == torch.bfloat16, PREC=columns_precision, F32_PARTS=INTERPRET, num_warps=4)
+            OUT_BF16=y.dtype == torch.bfloat16, PREC=columns_precision, F32_PARTS=INTERPRET, PDL=bool(pdl),
+            num_warps=4, **({"launch_pdl": True} if pdl else {}))
         return y
     if consts["NI"] == 1 and mpmax <= 128 and persistent:
         br, warps, per_sm = tiling or (ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS, ROTATE_PROGRAMS_PER_SM)

@@ -303,14 +303,15 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
     q1 (mma_query_rotation "bf16x2"; q0: "fma"; neither: "auto"), w1 (mma_split_rule "waves"; w0: "fill"), o1
     (mma_output_rotation "bf16x3"; o0: "fma"; o2: "fused", in the merge's programs), a1 (mma_page_ahead: pages
     loaded a step ahead; a0: not), v1 (mma_value_table "wide", with its 6,144-byte ring, 8,192 beside k2, unless
-    bB says otherwise; v2: "single"; v3: "prmt"; v0: "pair") in that order: mma@32r128b24576s512t0p2k1q1w1o1a1,
-    mma@v1, mma@r152k2."""
+    bB says otherwise; v2: "single"; v3: "prmt"; v0: "pair"), g1 (mma_pdl: programmatic dependent launches; g0: not)
+    in that order: mma@32r128b24576s512t0p2k1q1w1o1a1, mma@v1, mma@r152k2, mma@w1g1."""
     kern, at, opts = spec.partition("@")
     if kern not in ("auto", "mma", "split") or (at and kern != "mma"):
         raise ValueError(f"--kernels entry {spec!r}: allowed values: auto, split, mma, "
-                         "mma@[N][rR][bB][sS][t0|t1][p0|p1|p2][k0|k1|k2][q0|q1][w0|w1][o0|o1|o2][a0|a1][v0|v1|v2|v3]")
+                         "mma@[N][rR][bB][sS][t0|t1][p0|p1|p2][k0|k1|k2][q0|q1][w0|w1][o0|o1|o2][a0|a1][v0|v1|v2|v3]"
+                         "[g0|g1]")
     m = re.fullmatch(r"(\d+)?(?:r(\d+))?(?:b(\d+))?(?:s(\d+))?(?:t([01]))?(?:p(\d+))?(?:k([012]))?(?:q([01]))?"
-                     r"(?:w([01]))?(?:o([012]))?(?:a([01]))?(?:v([0123]))?", opts)
+                     r"(?:w([01]))?(?:o([012]))?(?:a([01]))?(?:v([0123]))?(?:g([01]))?", opts)
     if m is None or (at and not any(m.groups())):
         raise ValueError(f"--kernels entry {spec!r}: after mma@ give N (programs per SM), rR (register cap), "
                          f"bB (ring bytes), sS (most splits), t0|t1 (one pair table for keys and values) and/or "
@@ -318,9 +319,10 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
                          "permutes), q0|q1 (query rotation in fp32 FMA or bf16x2 tensor cores), w0|w1 (split count "
                          "filling or in whole waves), o0|o1|o2 (output rotation in fp32 FMA, bf16x3 tensor cores, or "
                          "fused into the merge), a0|a1 (block-table pages loaded when used or a step ahead), "
-                         "v0|v1|v2|v3 (value table pair, wide, single, byte permutes), "
+                         "v0|v1|v2|v3 (value table pair, wide, single, byte permutes), g0|g1 (programmatic dependent "
+                         "launches), "
                          "e.g. mma@32r128b24576s512t0p2k1q1w1o1a1")
-    ppsm, nreg, ring, splits, table, step, key, qrot, waves, orot, ahead, vtab = m.groups()
+    ppsm, nreg, ring, splits, table, step, key, qrot, waves, orot, ahead, vtab, pdl = m.groups()
     kcfg = dataclasses.replace(cfg, decode_kernel=kern)
     if ppsm:
         kcfg = dataclasses.replace(kcfg, mma_programs_per_sm=int(ppsm))
@@ -344,6 +346,8 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
         kcfg = dataclasses.replace(kcfg, mma_output_rotation={"0": "fma", "1": "bf16x3", "2": "fused"}[orot])
     if ahead:
         kcfg = dataclasses.replace(kcfg, mma_page_ahead=ahead == "1")
+    if pdl:
+        kcfg = dataclasses.replace(kcfg, mma_pdl=pdl == "1")
     if vtab:  # the wide table comes with its own ring (AttnConfig checks the pair)
         kcfg = dataclasses.replace(kcfg, mma_value_table=VALUE_TABLES[1 + int(vtab)],  # v0 pair, v1 wide, v2 single
                                    mma_ring_bytes=int(ring) if ring else wide_ring_bytes(kcfg.mma_key_table)

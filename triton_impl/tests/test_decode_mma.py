@@ -370,6 +370,7 @@ def test_value_tables_name_their_presets_and_rings(preset, table, kw, why):
     *[("mma_split_rule", bad, r"\['fill', 'waves'\]") for bad in ("wave", "", None, 1)],
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
     *[("mma_page_ahead", bad, "True, False") for bad in (0, 1, "yes", None)],
+    *[("mma_pdl", bad, "True, False") for bad in (0, 1, "yes", None)],
     *[("mma_value_table", bad, r"\['auto', 'pair', 'wide', 'single', 'prmt'\]") for bad in ("wider", "", None, 1)],
 ])
 def test_mma_options_are_checked(option, bad, allowed):
@@ -839,6 +840,26 @@ def test_cuda_graph_replay():
     out.zero_()
     _capture_and_replay(args, out, cfg)
     torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+@GPU
+@pytest.mark.parametrize("preset,output_rotation", [("tq3", "fma"), ("k4v3", "fma"), ("tq4", "fma"), ("tq3", "fused"),
+                                                    ("k4v3", "bf16x3")])
+def test_programmatic_dependent_launches_give_the_same_bits(preset, output_rotation):
+    """AttnConfig.mma_pdl: the query rotation, decode_mma, the merge and the inverse rotation as programmatic
+    dependent launches (pdl.py: each waits for the one before it before it reads its output) give the bits of
+    ordinary launches, eagerly and replayed from a CUDA graph, over splits of several waves and of one."""
+    args, _ = _decode_case(preset, (100, 4100, 1, 2049), h=2, g=4)
+    q, cache, bt, sl, params = args
+    base = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_output_rotation=output_rotation)
+    cfg = dataclasses.replace(base, mma_pdl=True)
+    for splits in (1, 7, None):
+        want = decode_attention(q, cache, bt, sl, params, config=base, num_splits=splits)
+        torch.testing.assert_close(decode_attention(q, cache, bt, sl, params, config=cfg, num_splits=splits), want,
+                                   rtol=0, atol=0)
+    out = torch.zeros_like(q)
+    _capture_and_replay(args, out, cfg)
+    torch.testing.assert_close(out, decode_attention(q, cache, bt, sl, params, config=base), rtol=0, atol=0)
 
 
 def _capture_and_replay(args, out, cfg):
