@@ -133,8 +133,9 @@ class AttnConfig:
     # the mma decode step's launches after the query rotation (decode_mma, the merge, the inverse rotation) as
     # programmatic dependent launches (triton_impl/pdl.py, sm_90+): each may start while the one before it runs
     # and waits for it before reading its output; decode_mma builds its tables in shared memory first.  The
-    # launches around the kernel took 10-13 us of 74 us at 1 x 128k on the H200 (results/2026-12-04-h200-s13/
-    # call12-kernels/trace.log); the same bits.  Prepared in the twenty-first session, not yet timed: off
+    # launches around the kernel took 13.3 of 77.2 us at 1 x 128k on the H200 (results/2026-12-04-h200-s13/
+    # call12-kernels/trace.log, the FMA query rotation of then); the same bits.  Prepared in the twenty-first
+    # session, not yet timed: off
     mma_pdl: bool = False
 
     def __post_init__(self):
