@@ -47,6 +47,20 @@ def _check(cache, slots, k, v, fmt):
     assert rep.ok, rep
 
 
+def _same_bytes(fmt, p, k, v, slots, nb, bs, *options):
+    """store_mse of k, v [n, h, d] (on DEV) into a fresh cache (0xAB) with each of the keyword sets ``options``:
+    asserts that all store the first's bytes, checks them against the reference, returns them (CPU)."""
+    out = []
+    for kw in options:
+        cache = torch.full(fmt.cache_shape(nb, bs, k.shape[1]), 0xAB, dtype=torch.uint8, device=DEV)
+        store_mse(k, v, cache, slots, p, **kw)
+        out.append(cache.cpu())
+    for other in out[1:]:
+        assert torch.equal(out[0], other)
+    _check(out[0], slots.cpu(), k.cpu(), v.cpu(), fmt)
+    return out[0]
+
+
 def _slots(n, nb, bs, seed=1):
     g = torch.Generator().manual_seed(seed)
     s = torch.randperm(nb * bs, generator=g)[:n].to(torch.int64)
@@ -225,25 +239,9 @@ def test_balance_stores_the_default_bytes(variant, col_blocks):
     pps = 40 // sm_count(torch.device(DEV)) or 1
     programs = 2 * c * min(25, pps * sm_count(torch.device(DEV)) // 2 // c)
     assert key_programs(programs, 25, 4, 3, balance=True, col_blocks=c) != programs // 2
-    out = []
-    for var in (tuple(x for x in variant if x != "balance"), variant):
-        cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
-        store_mse(k, v, cache, slots, p, block_rows=16, num_warps=1, programs_per_sm=pps, variant=var,
-                  col_blocks=col_blocks)
-        out.append(cache.cpu())
-    assert torch.equal(out[0], out[1])
-    _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
-
-
-def test_balance_needs_one_launch_for_keys_and_values():
-    """Variant "balance" without "kv" or "wg" (two launches: no programs to split) is refused, naming both."""
-    fmt = tqf.LayerFormat(tqf.get_preset("k4v3"), 128)
-    p = KernelParams.build(fmt, DEV)
-    x = torch.zeros(4, 1, 128, dtype=torch.bfloat16, device=DEV)
-    cache = torch.zeros(fmt.cache_shape(1, 16, 1), dtype=torch.uint8, device=DEV)
-    with pytest.raises(ValueError, match="variant 'balance' .* needs 'kv' or 'wg'"):
-        store_mse(x, x, cache, torch.arange(4, device=DEV), p, variant=("prefetch", "balance"))
-    assert not cache.any()
+    kw = {"block_rows": 16, "num_warps": 1, "programs_per_sm": pps, "col_blocks": col_blocks}
+    _same_bytes(fmt, p, k, v, slots, nb, bs, {**kw, "variant": tuple(x for x in variant if x != "balance")},
+                {**kw, "variant": variant})
 
 
 @pytest.mark.parametrize("d", [64, 128])
@@ -333,13 +331,7 @@ def test_store_mse_register_cap_stores_the_default_bytes(preset):
     k, v = _inputs(n, h, 128, torch.bfloat16)
     k, v = k.to(DEV), v.to(DEV)
     slots = _slots(n, nb, bs).to(DEV)
-    out = []
-    for kw in ({}, {"block_rows": 128, "num_warps": 8, "maxnreg": 128}):
-        cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
-        store_mse(k, v, cache, slots, p, **kw)
-        out.append(cache.cpu())
-    assert torch.equal(out[0], out[1])
-    _check(out[1], slots.cpu(), k.cpu(), v.cpu(), fmt)
+    _same_bytes(fmt, p, k, v, slots, nb, bs, {}, {"block_rows": 128, "num_warps": 8, "maxnreg": 128})
 
 
 def test_store_mse_variant_errors_name_the_parameter():
@@ -351,6 +343,9 @@ def test_store_mse_variant_errors_name_the_parameter():
         store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", variant=("fast",))
     with pytest.raises(ValueError, match="programs_per_sm must be a positive integer, got 0"):
         store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", programs_per_sm=0)
+    # "balance" splits one launch's programs between keys and values: not two launches'
+    with pytest.raises(ValueError, match="variant 'balance' .* needs 'kv' or 'wg'"):
+        store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", variant=("prefetch", "balance"))
     for bad in (0, 16, 256, 128.0, True):
         with pytest.raises(ValueError, match=rf"maxnreg must be None or an integer 24 to 255, got {bad!r}"):
             store_kv(x, x, cache, torch.arange(2, device=DEV), p, kernel="mse", maxnreg=bad)
@@ -420,12 +415,8 @@ def test_wg_balance_stores_the_wg_bytes(n, h):
     k, v = (t.to(DEV) for t in _inputs(n, h, 128, torch.bfloat16))
     nb, bs = triton.cdiv(n + 1, 16), 16
     slots = _slots(n, nb, bs).to(DEV)
-    out = []
-    for variant in (("prefetch", "lean", "search", "wg"), ("prefetch", "lean", "search", "wg", "balance")):
-        cache = torch.full(fmt.cache_shape(nb, bs, h), 0xAB, dtype=torch.uint8, device=DEV)
-        store_kv(k, v, cache, slots, p, kernel="mse", variant=variant)
-        out.append(cache.cpu())
-    assert torch.equal(out[0], out[1])
+    _same_bytes(fmt, p, k, v, slots, nb, bs, {"variant": ("prefetch", "lean", "search", "wg")},
+                {"variant": ("prefetch", "lean", "search", "wg", "balance")})
 
 
 @pytest.mark.parametrize("preset,d,dtype,kw,why", [
