@@ -869,8 +869,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
     default cap then becomes resolve_maxnreg's.  ``pdl``: this launch, the merge's and the inverse rotation's
     are programmatic dependent launches (AttnConfig.mma_pdl, triton_impl/pdl.py): each may start while the
     launch before it runs and waits for it before reading its output (this kernel builds its tables first);
-    the launch before this one (the query rotation) must be the qbuf's writer, with nothing between.  The same
-    bits.  No host synchronisation."""
+    qbuf's writer must be the launch before this one or precede an ordinary launch that is (which starts only
+    once it has ended).  The same bits.  No host synchronisation."""
     m = params.meta
     b = block_table.shape[0]
     hkv = cache.shape[1]
