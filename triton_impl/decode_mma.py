@@ -45,7 +45,6 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from turboquant import format as tqf
 
-from . import pdl
 from .attn_core import acc_width
 from .decode_mma_operands import (
     TILE,
@@ -67,6 +66,9 @@ from .decode_mma_ring import (
 )
 from .merge import merge_splits
 from .params import KernelParams, next_pow2
+from .pdl import launch_dependents as pdl_launch_dependents
+from .pdl import launch_options
+from .pdl import wait as pdl_wait
 from .query import query_layout
 
 LOG2E = gl.constexpr(1.4426950408889634)
@@ -524,9 +526,9 @@ def _decode_mma_kernel(
         kprmt = (0, 0, 0, 0)
 
     if PDL:  # programmatic dependent launch (AttnConfig.mma_pdl): the tables built while the query rotation ran
-        pdl.wait()
+        pdl_wait()
         q_op, qsc = _load_query(qbuf_ptr, qrow0, G, DQ, D, OPB, MMA)
-        pdl.launch_dependents()  # the merge's programs may start while this launch's last ones run
+        pdl_launch_dependents()  # the merge's programs may start while this launch's last ones run
 
     m_i = gl.full([8], float("-inf"), gl.float32, COL)
     l_i = gl.zeros([8], gl.float32, COL)
@@ -929,7 +931,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
         SW=sw, STAGES=stages, STAGE_WORDS=stage_words, SHARED_TABLE=table_shared,
         STEP_TILES=step_tiles, KEY_SINGLE=key_table in ("single", "prmt"), PAGE_AHEAD=bool(page_ahead),
         VALUE_TABLE=VALUE_TABLES.index(value_table) - 1, KEY_PRMT=key_table == "prmt", PDL=bool(pdl),
-        num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}), **({"launch_pdl": True} if pdl else {}),
+        num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}), **launch_options(pdl),
     )
     # lookup addresses the tables from the start of the kernel's shared memory and the ring right after
     # them: they must be all of it (a layout conversion that needed scratch space would break that)

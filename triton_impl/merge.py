@@ -24,6 +24,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from .attn_core import acc_width, store_channels
 from .device import sm_count
 from .params import KernelParams
+from .pdl import launch_options
 from .rotate import ROTATE_COLUMNS_ROWS, rotate_rows
 
 MERGE_ROWS = 16  # most rows (token, query head) per program
@@ -172,7 +173,6 @@ def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tenso
     rows_per_program: plan_merge's BR fixed (tests); default from the rows and the device.  pdl: programmatic
     dependent launches (AttnConfig.mma_pdl, pdl.py): the merge after the decode kernel, the inverse rotation
     after the merge (each waits for the one before it: the same bits)."""
-    pdl_launch = {"launch_pdl": True} if pdl else {}
     dacc = acc_width(params)
     n_rows = out.shape[0] * num_q_heads
     if output_rotation == "fused" and merge_rotate_applies(params) and rows_per_program is None:
@@ -181,7 +181,7 @@ def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tenso
         _merge_rotate_kernel[(triton.cdiv(n_rows, br),)](
             part_acc, part_ml, out, out.stride(0), out.stride(1), n_rows, num_q_heads, num_splits, params.v_rot,
             params.v_chan, BR=br, SC=sc, JC=jc, DACC=dacc, MPMAX=c["MPMAX"], M0=c["M0"], IDCH0=c["IDCH0"],
-            OUT_BF16=out.dtype == torch.bfloat16, PDL=bool(pdl), num_warps=warps, **pdl_launch)
+            OUT_BF16=out.dtype == torch.bfloat16, PDL=bool(pdl), num_warps=warps, **launch_options(pdl))
         return out
     if output_rotation == "fused":  # a layout the fused kernel does not cover: the columns kernel's fp32 FMA
         output_rotation = "fma"
@@ -192,7 +192,7 @@ def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tenso
     br, sc = plan_merge(n_rows, num_splits, dacc // cw, sm_count(out.device), rows_per_program)
     _merge_splits_kernel[(triton.cdiv(n_rows, br), dacc // cw)](
         part_acc, part_ml, o, n_rows, num_splits, BR=br, SC=sc, CW=cw, DACC=dacc, PDL=bool(pdl), num_warps=4,
-        **pdl_launch)
+        **launch_options(pdl))
     if params.meta["V_GROUP"]:  # group values: the accumulator is the output
         out.copy_(o[:, :, : params.head_size])
         return out

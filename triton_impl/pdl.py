@@ -13,6 +13,13 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 
+def launch_options(pdl: bool) -> dict:
+    """The launch keywords of a kernel that is a programmatic dependent launch where ``pdl`` says so: none
+    otherwise, so that the CPU interpreter (which runs the plain-Triton kernels with pdl off) sees no option it
+    does not know."""
+    return {"launch_pdl": True} if pdl else {}
+
+
 @gluon.jit
 def wait():
     gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)

@@ -15,6 +15,7 @@ from turboquant import format as tqf
 from .attn_core import round_bf16, store_channels
 from .device import sm_count
 from .params import INTERPRET, KC, KernelParams, next_pow2
+from .pdl import launch_options
 
 ROTATE_BR = 64  # rows per _rotate_kernel program (H200, 2026-12-03: 64 rows, 3xTF32 took 254 us for 8k x 32 rows)
 ROTATE_BR_WIDE = 32  # rows per program where an instance is wider than 128 (shared memory)
@@ -274,7 +275,7 @@ def rotate_rows(x: torch.Tensor, params: KernelParams, y: torch.Tensor, *, inver
             x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1), n, heads, rot, chan, BR=ROTATE_COLUMNS_BR,
             **{k: consts[k] for k in ("MPMAX", "M0", "MP0", "IDCH0")}, JC=jc,
             OUT_BF16=y.dtype == torch.bfloat16, PREC=columns_precision, F32_PARTS=INTERPRET, PDL=bool(pdl),
-            num_warps=4, **({"launch_pdl": True} if pdl else {}))
+            num_warps=4, **launch_options(pdl))
         return y
     if consts["NI"] == 1 and mpmax <= 128 and persistent:
         br, warps, per_sm = tiling or (ROTATE_PERSISTENT_BR, ROTATE_PERSISTENT_WARPS, ROTATE_PROGRAMS_PER_SM)
