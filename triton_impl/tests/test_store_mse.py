@@ -226,19 +226,23 @@ def test_key_programs_share_by_tile_cost(programs, tiles, bits, nb, want):
 def test_balance_stores_the_default_bytes(variant, col_blocks):
     """Variant "balance" moves rows between the keys' and the values' programs of one launch, not their
     arithmetic: k4v3 (4-bit keys, 3-bit values) stores the half-and-half launch's bytes, bit for bit, with a
-    split that is not half (checked), over 25 row tiles a tensor."""
+    split that is not half (checked): at least 25 row tiles a tensor, more where half the launch's programs
+    would take them all (a GPU's SM count), since a tensor gets no more programs than it has tiles."""
     from turboquant.triton_impl.device import sm_count
     from turboquant.triton_impl.store_wg import key_programs
 
     fmt = tqf.LayerFormat(tqf.get_preset("k4v3"), 128)
     p = KernelParams.build(fmt, DEV)
-    n, h, nb, bs = 100, 4, 8, 16
+    c, sm = col_blocks or 1, sm_count(torch.device(DEV))
+    pps = 40 // sm or 1
+    tiles = max(25, pps * sm // 2 // c + 8)  # 16-row tiles of keys: 4 tokens x 4 heads each
+    h, bs = 4, 16
+    n = 4 * tiles
+    nb = n // bs + 2
     k, v = (t.to(DEV) for t in _inputs(n, h, 128, torch.bfloat16))
     slots = _slots(n, nb, bs).to(DEV)
-    c = col_blocks or 1
-    pps = 40 // sm_count(torch.device(DEV)) or 1
-    programs = 2 * c * min(25, pps * sm_count(torch.device(DEV)) // 2 // c)
-    assert key_programs(programs, 25, 4, 3, balance=True, col_blocks=c) != programs // 2
+    programs = 2 * c * min(tiles, pps * sm // 2 // c)
+    assert key_programs(programs, tiles, 4, 3, balance=True, col_blocks=c) != programs // 2
     kw = {"block_rows": 16, "num_warps": 1, "programs_per_sm": pps, "col_blocks": col_blocks}
     _same_bytes(fmt, p, k, v, slots, nb, bs, {**kw, "variant": tuple(x for x in variant if x != "balance")},
                 {**kw, "variant": variant})
