@@ -58,7 +58,7 @@ NUM_WARPS = gl.constexpr(4)
 PROGRAMS_PER_SM = 3  # 64 KB of shared memory and 160-164 registers a thread (sm_90): 3 fit an SM
 # Instructions in this kernel's loop a 64-row tile at D = 128 by code bits (compile_check, sm_90, Triton 3.6):
 # the 4-bit binary search's third level and the fourth bit of each code cost 18 % more than 3 bits.  Variant
-# "balance" (store_mse) gives the keys and the values programs in this proportion (key_programs).
+# "balance" (store_mse) splits a launch's programs between keys and values by these costs (key_programs).
 TILE_COST = {3: 1271, 4: 1502}
 
 
@@ -234,17 +234,26 @@ def why_not(key: torch.Tensor, value: torch.Tensor, d: int, k_bits: int, v_bits:
 
 def key_programs(programs: int, tiles: int, k_bits: int, v_bits: int, *, balance: bool, col_blocks: int = 1) -> int:
     """How many of a one-launch store's ``programs`` persistent programs (keys first; a multiple of 2 col_blocks)
-    take the keys, each of ``tiles`` row tiles of keys and of values: half, or with ``balance`` a share in
-    proportion to TILE_COST of the two code widths, so that a key program and a value program get about the
-    same instructions (k4v3: 54 % for the keys); a multiple of col_blocks, at least one program's worth a tensor
-    and no more than its tiles need.  Equal widths, or a width TILE_COST lacks: half."""
+    take the keys, each of ``tiles`` row tiles of keys and of values: half, or with ``balance`` the count that
+    makes the longest program shortest, a program taking every k-th tile (cdiv(tiles, k) of them) at TILE_COST
+    instructions a tile of its code width; of the counts that do, the one nearest the share in proportion to
+    TILE_COST (k4v3: 54 % for the keys).  A multiple of col_blocks (a row tile's column blocks go together), at
+    least one program's worth a tensor and no more than its tiles need.  Equal widths, or a width TILE_COST
+    lacks: half."""
     half = programs // 2
     if not balance or k_bits == v_bits or k_bits not in TILE_COST or v_bits not in TILE_COST:
         return half
-    units, most = programs // col_blocks, tiles
+    units = programs // col_blocks
     ck, cv = TILE_COST[k_bits], TILE_COST[v_bits]
-    k = min(max(round(units * ck / (ck + cv)), units - most, 1), most, units - 1)
-    return col_blocks * k
+    share = units * ck / (ck + cv)
+
+    def longest(k: int) -> int:  # the slower of a key program's and a value program's tiles, in instructions
+        return max(triton.cdiv(tiles, k) * ck, triton.cdiv(tiles, units - k) * cv)
+
+    lo, hi = max(1, units - tiles), min(tiles, units - 1)
+    if lo > hi:  # more programs than both tensors' tiles: the launch caps a tensor's programs at its tiles
+        return half
+    return col_blocks * min(range(lo, hi + 1), key=lambda k: (longest(k), abs(k - share)))
 
 
 def launch(key, value, cache, slot_mapping, params, *, programs_per_sm: int, sm: int, search: bool,

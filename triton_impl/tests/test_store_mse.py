@@ -203,18 +203,22 @@ def test_store_mse_options_store_the_default_bytes(kw, preset, d, dtype):
 
 
 @pytest.mark.parametrize("programs,tiles,bits,nb,want", [
-    (396, 4096, (4, 3), 1, 214),  # k4v3 at 32k tokens x 8 heads on 132 SMs: 1,502 / (1,502 + 1,271) of 396
-    (396, 4096, (3, 4), 1, 182),
+    # k4v3 at 32k tokens x 8 heads on 132 SMs: 216 key programs of 19 tiles or fewer (28,538 instructions) and 180
+    # value programs of up to 23 (29,233), against 30,040 at the proportional 214 and 31,542 at half (198: 21 tiles)
+    (396, 4096, (4, 3), 1, 216),
+    (396, 4096, (3, 4), 1, 180),
     (396, 4096, (3, 3), 1, 198), (396, 4096, (4, 4), 1, 198), (396, 4096, (2, 3), 1, 198),  # no cost: half
+    (396, 256, (4, 3), 1, 256),  # 2k tokens: one key tile a program, two value tiles (2,542 against half's 3,004)
     (16, 8, (4, 3), 1, 8),  # no more key programs than key tiles (9 by the share)
     (14, 7, (4, 3), 1, 7),  # nor value programs: every tile its own program either way
     (2, 1, (4, 3), 1, 1),  # one program a tensor at least
-    (48, 40, (4, 3), 2, 26),  # whole row tiles with column blocks: 13 of 24 two-program units
-    (64, 40, (4, 3), 4, 36),
+    (48, 40, (4, 3), 2, 28),  # whole row tiles with column blocks: 14 of 24 two-program units (3 tiles against 4)
+    (64, 40, (4, 3), 4, 32),  # 8 of 16 units: 9 would not shorten the keys (5 tiles) but lengthen the values
 ])
 def test_key_programs_share_by_tile_cost(programs, tiles, bits, nb, want):
-    """store_wg.key_programs: with "balance", the keys' programs in proportion to store_wg.TILE_COST of their code
-    width against the values', in whole column-block units, within [1, tiles] a tensor; half otherwise."""
+    """store_wg.key_programs: with "balance", the key program count whose longest program (keys' or values', at
+    store_wg.TILE_COST a tile) is shortest, nearest the proportional share among equals, in whole column-block
+    units, within [1, tiles] a tensor; half otherwise."""
     from turboquant.triton_impl.store_wg import key_programs
 
     assert key_programs(programs, tiles, *bits, balance=True, col_blocks=nb) == want
