@@ -48,7 +48,8 @@ launches at every size, most where a decode step's few rows leave the card idle 
 against 13.1 us at 32 tokens x 8 heads, 16.8 against 21.3 at 2k, 183 against 208 at 32k; k4v3 and tq4
 alike (results/2026-12-05-h200-s15/call15-store). "balance" (with "kv" or "wg"): the keys' and the values'
 programs of that one launch split so that the longest program, at its tiles' instructions, is shortest
-(store_wg.key_programs) instead of half each, so that k4v3's key programs (4-bit codes) do not run on after its value programs are done.
+(store_wg.key_programs) instead of half each, so that k4v3's key programs (4-bit codes) do not run on after
+its value programs are done.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once
 # launch), "wg" (keys and values in one launch of store_wg's Gluon kernel: every row quantity in the registers
 # of the rows' threads, Hopper only; within SPEC §10 of the reference, not always store_mse's bytes), "balance"
 # (with kv or wg: the keys' and the values' programs split by their tiles' instructions so that the longest
-# program is shortest, store_wg.key_programs, instead of half each: k4v3's 4-bit keys cost 18 % more than its 3-bit values)
+# program is shortest, store_wg.key_programs, instead of half each: k4v3's 4-bit keys cost 18 % more than its
+# 3-bit values)
 VARIANTS = ("prefetch", "lean", "halves", "search", "kv", "wg", "balance")
 DEFAULT_VARIANT = ("prefetch", "lean", "search", "kv")
 # The launch for a decode step's few rows: at most SMALL_ROWS rows of (token, head) in a call that chooses
