@@ -205,7 +205,8 @@ def run(args) -> None:
                 stored.add((preset, nq))
                 kq, vq = k[-nq:], v[-nq:]
                 moved = nq * HKV * (2 * D * 2 + fmt.slot_bytes)
-                ref = None  # the first mse config's bytes: every other mse config must store the same
+                refs = {}  # the first mse config's bytes of each kernel family (store_mse's launches, store_wg's)
+                timed = []  # (label, fn) of the configs that stored
                 for rot, bts, warps, opts in args.store_configs:
                     kern = "mse" if rot == "mse" else "generic"
                     label = f"store-{rot}-bt{bts}-w{warps}" + (f"-{'+'.join(opts)}" if opts else "")
@@ -215,25 +216,39 @@ def run(args) -> None:
                         def fn(kw=kw):
                             store_kv(kq, vq, cache, slots[-nq:], params, **kw)
 
-                        if rot == "mse":  # the bytes, once, untimed: every mse config must store the first's
+                        if rot == "mse":  # the bytes, once, untimed: every mse config must store its family's first's
                             cache.zero_()
                             fn()
-                            if ref is None:
-                                ref = (label, cache.clone())
-                            elif "wg" in opts:  # store_wg: within SPEC §10, not always the same bytes
-                                differ = (cache != ref[1]).any(dim=-1).sum().item() / (nq * HKV)  # of the stored slots
-                                emit({"kind": "store_diff", "impl": label, "preset": preset, "query_tokens": nq,
-                                      "slots_differ": differ, "against": ref[0]})
-                            elif not torch.equal(cache, ref[1]):
+                            family = "wg" in opts
+                            first = next(iter(refs.values()), None)
+                            if family not in refs:
+                                refs[family] = (label, cache.clone())
+                                if first is not None:  # store_wg against store_mse: within SPEC §10, not equal
+                                    differ = (cache != first[1]).any(dim=-1).sum().item() / (nq * HKV)  # of the slots
+                                    emit({"kind": "store_diff", "impl": label, "preset": preset, "query_tokens": nq,
+                                          "slots_differ": differ, "against": first[0]})
+                            elif not torch.equal(cache, refs[family][1]):
                                 emit({"kind": "store_error", "impl": label, "preset": preset,
-                                      "error": f"stored bytes differ from {ref[0]}'s"})
-                        t, how = time_it(fn, 10)
+                                      "error": f"stored bytes differ from {refs[family][0]}'s"})
+                        time_it(fn, 1)  # compiled and capturable before the rounds
                     except Exception as e:  # a tile that does not fit the SM: recorded, not fatal
                         emit({"kind": "store_error", "impl": label, "error": repr(e)[:300]})
                         continue
+                    timed.append((label, fn))
+                # --store-rounds: every config timed once a round, in turn, so that a drift of the card's clock
+                # between configs shows as spread rather than as a difference between them
+                times = {label: [] for label, _ in timed}
+                for _ in range(args.store_rounds):
+                    for label, fn in timed:
+                        t, how = time_it(fn, 10)
+                        times[label].append(t)
+                for label, _ in timed:
+                    ts = times[label]
+                    t = float(np.median(ts))
                     emit({"kind": "store", "impl": label, "preset": preset, "batch": 1,
                           "context": ctx, "query_tokens": nq, "seconds": t, "copy_fraction": moved / t / copy_bw,
-                          "vs_sdpa": t / t_sdpa, "timing": how})
+                          "vs_sdpa": t / t_sdpa, "timing": how, "rounds": len(ts),
+                          "spread": (max(ts) - min(ts)) / t})
             del cache
         del k, v, q
         torch.cuda.empty_cache()
@@ -441,6 +456,9 @@ def main(argv=None) -> None:
                     help="presets also timed on the packed-tile kernel")
     ap.add_argument("--store-configs", type=parse_store_configs,
                     default=parse_store_configs("tc:32:8,mse:64:4,mse:64:4:prefetch+lean,mse:128:8,mse:32:4"))
+    ap.add_argument("--store-rounds", type=positive_int("store-rounds"), default=1,
+                    help="time every store config this many times, one config after the other a round; each row "
+                         "gives the median and the spread (max - min) / median of its rounds (default 1)")
     ap.add_argument("--store-min-tokens", type=positive_int("store-min-tokens"), default=2048,
                     help="time the store configs at shapes of at least this many query rows (default 2048; "
                          "32: a decode step's store of 32 sequences)")
