@@ -145,3 +145,20 @@ def test_plot_keeps_and_relabels_the_presets_asked_for(bench_script):
     with pytest.raises(SystemExit, match="a label appears twice"):
         plot.select(res, "k4v3,k4v3+mma@v1=k4v3")
 
+
+
+def test_rounds_give_the_median_row_and_its_spread(bench_script, capsys):
+    """--rounds: a row a shape with the median of the rounds' seconds, its bandwidth at that time, and the spread;
+    a shape missing from a round (an error there) is left out; --rounds 0 is refused before any GPU work."""
+    bench = bench_script("micro.bench_decode")
+    runs = [[_row("tq3", 32, 32768, 4e-4), _row("tq3", 1, 131072, 7e-5)],
+            [_row("tq3", 32, 32768, 5e-4), _row("tq3", 1, 131072, 8e-5)],
+            [_row("tq3", 32, 32768, 4.2e-4)]]
+    (row,) = bench.median_rows(runs)
+    assert (row["batch"], row["context"], row["rounds"]) == (32, 32768, 3)
+    assert row["seconds"] == pytest.approx(4.2e-4)
+    assert row["spread"] == pytest.approx(1e-4 / 4.2e-4)
+    assert row["gbps"] == pytest.approx(4e-4 / 4.2e-4) and row["copy_fraction"] == pytest.approx(0.5 * 4 / 4.2)
+    with pytest.raises(SystemExit):
+        bench.main(["--presets", "tq3", "--rounds", "0"])
+    assert "--rounds must be >= 1, got 0" in capsys.readouterr().err

@@ -277,6 +277,23 @@ def sweep(presets, gen, copy_bw, log, shapes=((32, 32768), (1, 131072))):
     return best[1], rows
 
 
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """One row a shape from several rounds' rows of one kernel (``runs``: a list of rows a round, a row a
+    shape): the first round's row with the median of the rounds' seconds (and its bandwidth), ``rounds`` and
+    ``spread`` = (slowest - fastest) / median.  A shape missing from any round is left out."""
+    out = []
+    for row in runs[0]:
+        key = (row["batch"], row["context"])
+        ts = [x["seconds"] for r in runs for x in r if (x["batch"], x["context"]) == key]
+        if len(ts) != len(runs):
+            continue
+        t = float(np.median(ts))
+        gbps = row["gbps"] * row["seconds"] / t
+        out.append({**row, "seconds": t, "gbps": gbps, "copy_fraction": row["copy_fraction"] * row["seconds"] / t,
+                    "rounds": len(ts), "spread": (max(ts) - min(ts)) / t})
+    return out
+
+
 # ------------------------------------------------------------------ main
 def table(rows, sdpa) -> str:
     lines = [f"{'kind/preset':<18} {'B/tok':>5} {'batch':>5} {'ctx':>7} {'us':>9} {'GB/s':>7} {'copy%':>6} "
@@ -367,6 +384,9 @@ def main(argv=None):
     ap.add_argument("--vllm", action="store_true", help="add vLLM baseline rows (vllm_baseline_rows hook)")
     ap.add_argument("--budget", type=float, default=1e9, help="stop starting new presets after this many seconds")
     ap.add_argument("--smoke", action="store_true", help="only check_preset for --presets; exit 1 on any error")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time every --kernels entry this many times, one after the other a round; each row gives "
+                         "the median of its rounds and their spread (max - min) / median (default 1)")
     ap.add_argument("--shapes", default="", help="explicit batch x context list, e.g. 32x32768,1x131072")
     ap.add_argument("--kernels", default="auto",
                     help="decode kernels to time (AttnConfig.decode_kernel: auto, mma, split; mma@N: with "
@@ -379,6 +399,8 @@ def main(argv=None):
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",
                     help="also these presets in batch-invariant mode (fixed-length splits; rows named PRESET+bi)")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
     try:
         kernel_specs = [k for k in args.kernels.split(",") if k]
         for spec in kernel_specs:
@@ -454,13 +476,24 @@ def main(argv=None):
                 log({"check": p, "decode_vs_fp64_dequant_rel_err": err})
             except Exception as e:
                 log({"error": p, "what": repr(e)[:500]})
-            for spec in kernel_specs:
-                kcfg = kernel_config(spec, cfg)
-                kern = kcfg.decode_kernel
-                try:
-                    bench_preset(p, shapes, kcfg, gen, bw, rows, log, label=p if spec == "auto" else f"{p}+{spec}")
-                except Exception as e:
-                    log({"error": f"{p}+{kern}", "what": repr(e)[:500]})
+            runs: dict = {}  # label -> one list of rows (a row a shape) a round
+            for _ in range(args.rounds):  # every kernel once a round, in turn: a clock drift shows as spread
+                for spec in kernel_specs:
+                    kcfg = kernel_config(spec, cfg)
+                    label = p if spec == "auto" else f"{p}+{spec}"
+                    r: list = []
+                    try:
+                        bench_preset(p, shapes, kcfg, gen, bw, r, log if args.rounds == 1 else (lambda x: None),
+                                     label=label)
+                    except Exception as e:
+                        log({"error": f"{p}+{kcfg.decode_kernel}", "what": repr(e)[:500]})
+                        continue
+                    runs.setdefault(label, []).append(r)
+            for rs in runs.values():
+                for row in median_rows(rs) if args.rounds > 1 else rs[0]:
+                    rows.append(row)
+                    if args.rounds > 1:
+                        log(row)
             save()
     for p in [p for p in args.batch_invariant.split(",") if p]:
         bi = dataclasses.replace(cfg, batch_invariant=True)
