@@ -231,7 +231,7 @@ def main(argv=None):
             if "wg" in opts:  # store_wg's Gluon kernel, launched as store_mse does on a Hopper GPU (recorded)
                 if store_wg.why_not(kv, kv, d, p.meta["K0_BITS"], p.meta["V0_BITS"], False) == store_wg.NO_CUDA:
                     store_wg.launch(kv, kv, cache, torch.arange(40), p, programs_per_sm=2, sm=132,
-                                    search="search" in opts)
+                                    search="search" in opts, balance="balance" in opts)
                 LABEL[0] = name
                 continue
             store_kv(kv, kv, cache, torch.arange(40), p, kernel="mse", block_tokens=br, num_warps=warps,
