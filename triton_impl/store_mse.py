@@ -77,7 +77,7 @@ PROGRAMS_PER_SM = 2  # each loads Pi^T's parts (2 x 32 KiB at D = 128) once
 # launch), "wg" (keys and values in one launch of store_wg's Gluon kernel: every row quantity in the registers
 # of the rows' threads, Hopper only; within SPEC §10 of the reference, not always store_mse's bytes), "balance"
 # (with kv or wg: the keys' and the values' programs split by their tiles' instructions so that the longest
-# program is shortest, store_wg.key_programs, instead of half each: k4v3's 4-bit keys cost 13 % more than its
+# program is shortest, store_wg.key_programs, instead of half each: k4v3's 4-bit keys cost 18 % more than its
 # 3-bit values)
 VARIANTS = ("prefetch", "lean", "halves", "search", "kv", "wg", "balance")
 DEFAULT_VARIANT = ("prefetch", "lean", "search", "kv")

@@ -55,11 +55,11 @@ from .params import NORM_NAN_BITS
 
 BR = gl.constexpr(64)  # rows (token, head) a tile: one warpgroup's wgmma M
 NUM_WARPS = gl.constexpr(4)
-PROGRAMS_PER_SM = 3  # 64 KB of shared memory and 162-168 registers a thread (sm_90): 3 fit an SM
+PROGRAMS_PER_SM = 3  # 64 KB of shared memory and 160-164 registers a thread (sm_90): 3 fit an SM
 # Instructions in this kernel's loop a 64-row tile at D = 128 by code bits (compile_check, sm_90, Triton 3.6):
-# the 4-bit binary search's third level and the fourth bit of each code cost 13 % more than 3 bits.  Variant
+# the 4-bit binary search's third level and the fourth bit of each code cost 18 % more than 3 bits.  Variant
 # "balance" (store_mse) splits a launch's programs between keys and values by these costs (key_programs).
-TILE_COST = {3: 1271, 4: 1440}
+TILE_COST = {3: 1271, 4: 1502}
 
 
 @triton.constexpr_function
@@ -237,7 +237,7 @@ def key_programs(programs: int, tiles: int, k_bits: int, v_bits: int, *, balance
     take the keys, each of ``tiles`` row tiles of keys and of values: half, or with ``balance`` the count that
     makes the longest program shortest, a program taking every k-th tile (cdiv(tiles, k) of them) at TILE_COST
     instructions a tile of its code width; of the counts that do, the one nearest the share in proportion to
-    TILE_COST (k4v3: 53 % for the keys).  A multiple of col_blocks (a row tile's column blocks go together), at
+    TILE_COST (k4v3: 54 % for the keys).  A multiple of col_blocks (a row tile's column blocks go together), at
     least one program's worth a tensor and no more than its tiles need.  Equal widths, or a width TILE_COST
     lacks: half."""
     half = programs // 2
