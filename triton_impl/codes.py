@@ -28,23 +28,16 @@ def boundary_codes(acc, den, bnd_ptr, BITS: tl.constexpr, SYMMETRIC: tl.constexp
             c1 = a > t1
             c0 = a > tl.where(c1, t2, t0)
             cnt = c1.to(tl.int32) * 2 + c0.to(tl.int32)
-            codes = tl.where(acc > 0, HALF + cnt, HALF - 1 - cnt)
         else:
             t3 = (tl.load(bnd_ptr + HALF + 3) * den)[:, None]
             t4 = (tl.load(bnd_ptr + HALF + 4) * den)[:, None]
             t5 = (tl.load(bnd_ptr + HALF + 5) * den)[:, None]
             t6 = (tl.load(bnd_ptr + HALF + 6) * den)[:, None]
-            # HALF + cnt = HALF ^ cnt and HALF - 1 - cnt = (HALF - 1) ^ cnt (cnt < HALF): the sign's base code with
-            # one bit flipped a comparison that holds, a select each instead of the count's three and its sum
-            # (store_wg's 4-bit loop: 1,442 instructions a tile instead of 1,505; at 3 bits the same form took
-            # ptxas to 226 registers and 1,683, so 3-bit codes keep the count)
-            codes = tl.where(acc > 0, HALF, HALF - 1)
             c2 = a > t3
             c1 = a > tl.where(c2, t5, t1)
             c0 = a > tl.where(c2, tl.where(c1, t6, t4), tl.where(c1, t2, t0))
-            codes = tl.where(c2, codes ^ 4, codes)
-            codes = tl.where(c1, codes ^ 2, codes)
-            codes = tl.where(c0, codes ^ 1, codes)
+            cnt = c2.to(tl.int32) * 4 + c1.to(tl.int32) * 2 + c0.to(tl.int32)
+        codes = tl.where(acc > 0, HALF + cnt, HALF - 1 - cnt)
     elif SYMMETRIC:
         # beta_{HALF-1} = 0 and beta_{HALF-1+i} = -beta_{HALF-1-i}: count the positive boundaries
         # below |y| and mirror (an exact tie y = -beta takes the upper code: inside CODE_MARGIN)
