@@ -146,7 +146,6 @@ def test_plot_keeps_and_relabels_the_presets_asked_for(bench_script):
         plot.select(res, "k4v3,k4v3+mma@v1=k4v3")
 
 
-
 def test_rounds_give_the_median_row_and_its_spread(bench_script, capsys):
     """--rounds: a row a shape with the median of the rounds' seconds, its bandwidth at that time, and the spread;
     a shape missing from a round (an error there) is left out; --rounds 0 is refused before any GPU work."""
