@@ -160,4 +160,4 @@ def test_rounds_give_the_median_row_and_its_spread(bench_script, capsys):
     assert row["gbps"] == pytest.approx(4e-4 / 4.2e-4) and row["copy_fraction"] == pytest.approx(0.5 * 4 / 4.2)
     with pytest.raises(SystemExit):
         bench.main(["--presets", "tq3", "--rounds", "0"])
-    assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
+    assert "--rounds must be > 0, got 0" in capsys.readouterr().err

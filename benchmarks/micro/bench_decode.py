@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from turboquant import format as tqf
+from turboquant.cli import positive_int
 from turboquant.triton_impl import AttnConfig, KernelParams, decode_attention, store_kv
 from turboquant.triton_impl.decode import decode_splits
 from turboquant.triton_impl.decode_mma import RING_BYTES, VALUE_TABLES, wide_ring_bytes
@@ -277,6 +278,12 @@ def sweep(presets, gen, copy_bw, log, shapes=((32, 32768), (1, 131072))):
     return best[1], rows
 
 
+def median_spread(ts: list[float]) -> tuple[float, float]:
+    """(median, (slowest - fastest) / median) of several rounds' seconds of one configuration."""
+    t = float(np.median(ts))
+    return t, (max(ts) - min(ts)) / t
+
+
 def median_rows(runs: list[list[dict]]) -> list[dict]:
     """One row a shape from several rounds' rows of one kernel (``runs``: a list of rows a round, a row a
     shape): the first round's row with the median of the rounds' seconds (and its bandwidth), ``rounds`` and
@@ -287,10 +294,10 @@ def median_rows(runs: list[list[dict]]) -> list[dict]:
         ts = [x["seconds"] for r in runs for x in r if (x["batch"], x["context"]) == key]
         if len(ts) != len(runs):
             continue
-        t = float(np.median(ts))
+        t, spread = median_spread(ts)
         gbps = row["gbps"] * row["seconds"] / t
         out.append({**row, "seconds": t, "gbps": gbps, "copy_fraction": row["copy_fraction"] * row["seconds"] / t,
-                    "rounds": len(ts), "spread": (max(ts) - min(ts)) / t})
+                    "rounds": len(ts), "spread": spread})
     return out
 
 
@@ -384,7 +391,7 @@ def main(argv=None):
     ap.add_argument("--vllm", action="store_true", help="add vLLM baseline rows (vllm_baseline_rows hook)")
     ap.add_argument("--budget", type=float, default=1e9, help="stop starting new presets after this many seconds")
     ap.add_argument("--smoke", action="store_true", help="only check_preset for --presets; exit 1 on any error")
-    ap.add_argument("--rounds", type=int, default=1,
+    ap.add_argument("--rounds", type=positive_int("rounds"), default=1,
                     help="time every --kernels entry this many times, one after the other a round; each row gives "
                          "the median of its rounds and their spread (max - min) / median (default 1)")
     ap.add_argument("--shapes", default="", help="explicit batch x context list, e.g. 32x32768,1x131072")
@@ -399,8 +406,6 @@ def main(argv=None):
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",
                     help="also these presets in batch-invariant mode (fixed-length splits; rows named PRESET+bi)")
     args = ap.parse_args(argv)
-    if args.rounds < 1:
-        ap.error(f"--rounds must be >= 1, got {args.rounds}")
     try:
         kernel_specs = [k for k in args.kernels.split(",") if k]
         for spec in kernel_specs:

@@ -242,13 +242,11 @@ def run(args) -> None:
                     for label, fn in timed:
                         t, how = time_it(fn, 10)
                         times[label].append(t)
-                for label, _ in timed:
-                    ts = times[label]
-                    t = float(np.median(ts))
+                for label, ts in times.items():
+                    t, spread = bench_decode.median_spread(ts)
                     emit({"kind": "store", "impl": label, "preset": preset, "batch": 1,
                           "context": ctx, "query_tokens": nq, "seconds": t, "copy_fraction": moved / t / copy_bw,
-                          "vs_sdpa": t / t_sdpa, "timing": how, "rounds": len(ts),
-                          "spread": (max(ts) - min(ts)) / t})
+                          "vs_sdpa": t / t_sdpa, "timing": how, "rounds": len(ts), "spread": spread})
             del cache
         del k, v, q
         torch.cuda.empty_cache()

@@ -239,15 +239,15 @@ def test_balance_stores_the_default_bytes(variant, col_blocks):
     p = KernelParams.build(fmt, DEV)
     c, sm = col_blocks or 1, sm_count(torch.device(DEV))
     pps = 40 // sm or 1
-    tiles = max(25, pps * sm // 2 // c + 8)  # 16-row tiles of keys: 4 tokens x 4 heads each
-    h, bs = 4, 16
-    n = 4 * tiles
+    tiles = max(25, pps * sm // 2 // c + 8)  # 16-row tiles of (token, head) rows a tensor
+    h, bs, block_rows = 4, 16, 16
+    n = tiles * block_rows // h
     nb = n // bs + 2
     k, v = (t.to(DEV) for t in _inputs(n, h, 128, torch.bfloat16))
     slots = _slots(n, nb, bs).to(DEV)
     programs = 2 * c * min(tiles, pps * sm // 2 // c)
     assert key_programs(programs, tiles, 4, 3, balance=True, col_blocks=c) != programs // 2
-    kw = {"block_rows": 16, "num_warps": 1, "programs_per_sm": pps, "col_blocks": col_blocks}
+    kw = {"block_rows": block_rows, "num_warps": 1, "programs_per_sm": pps, "col_blocks": col_blocks}
     _same_bytes(fmt, p, k, v, slots, nb, bs, {**kw, "variant": tuple(x for x in variant if x != "balance")},
                 {**kw, "variant": variant})
 
