@@ -86,8 +86,9 @@ WIDE_RING_BYTES = 6144
 # RING_BYTES (four tiles: two a softmax step) make the 16 KB
 WIDE_PRMT_TABLE_WORDS = gl.constexpr(2048)
 SINGLE_TABLE_WORDS = gl.constexpr(512)
-# "single"'s register cap where "auto" picks it (resolve_value_table): 144 (14 one-warp programs an SM; 8 bytes
-# of stack, none at 152) timed at or above 152 at every shape; at 128 it spills
+# "single"'s register cap where "auto" picks it (resolve_value_table): 144 (8 bytes of stack, none at 152; 12
+# one-warp programs an SM by registers, as at 152: device.resident_blocks) timed at or above 152 at every shape;
+# at 128 it spills
 SINGLE_MAXNREG = 144
 # the register cap where "auto" gives 4-bit keys byte permutes (resolve_key_table, resolve_value_table): 152, timed
 # on an H100 (results/2026-12-05-h100-s18/call3-decode-prmt) at or within 1 % of 128 at four shapes for k4v3 and tq4

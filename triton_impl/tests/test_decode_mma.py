@@ -559,7 +559,7 @@ def test_prepare_decode_runs_the_check_only_where_the_mma_kernel_serves(monkeypa
 ])
 def test_whole_wave_splits(splits, rows, cap, want):
     """mma_split_rule="waves": the split count moves to the nearest whole number of waves of resident
-    programs (13 an SM x 132 SMs here, the H200's tq3 / k4v3 / tq4 occupancy), within the cap, at least 1."""
+    programs (13 an SM x 132 SMs here), within the cap, at least 1."""
     from turboquant.triton_impl.decode_mma import whole_wave_splits
 
     assert whole_wave_splits(splits, rows, 13, 132, cap) == want
@@ -568,7 +568,9 @@ def test_whole_wave_splits(splits, rows, cap, want):
 def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     """Occupancy from shared memory, registers and warp slots (the H200's figures: 233,472 bytes and 64
     warps an SM), and the mma kernel's allocation (tables + ring) that sets it: 13 one-warp programs of
-    16 KB at the 128-register cap, 16 by registers alone."""
+    16 KB at the 128-register cap, 16 by registers alone; registers count per sub-partition (CUDA's
+    occupancy rule: 16,384 registers each, a warp's rounded up to 256), so 144 and 152 registers a thread
+    hold 3 warps a sub-partition, 12 an SM, where 65,536 / (32 x 152) would say 13."""
     from types import SimpleNamespace
 
     from turboquant.triton_impl import decode_mma, device
@@ -586,6 +588,10 @@ def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     assert device.resident_blocks(cuda, 4096, 1, 128) == 16  # registers: 65,536 / (32 x 128)
     assert device.resident_blocks(cuda, 0, 1, 32) == 32  # the block limit
     assert device.resident_blocks(cuda, 0, 4, 0) == 2  # uncapped counts as 255 registers
+    assert device.resident_blocks(cuda, 0, 1, 152) == 12  # 4,864 registers a warp: 3 a sub-partition
+    assert device.resident_blocks(cuda, 0, 1, 124) == 16  # 3,968 -> 4,096 a warp: 4 a sub-partition
+    assert device.resident_blocks(cuda, 0, 4, 168) == 3  # store_wg: 5,376 a warp, 12 warps, 3 of 4-warp blocks
+    assert device.resident_blocks(cuda, 0, 3, 128) == 5  # 16 warps an SM hold 5 blocks of 3
     assert device.resident_blocks(cuda, 300_000, 1, 128) == 1
     assert device.resident_blocks(torch.device("cpu"), 16384, 1, 128) == 1
     # decode_splits: the fill rule, then the waves rule from that occupancy (132 SMs)
@@ -595,20 +601,20 @@ def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     fill = default_config(torch.device("cpu"))
     waves = dataclasses.replace(fill, mma_split_rule="waves")
     assert decode_splits(p, fill, 8, 131072, cuda, mma=True) == 256
-    assert decode_splits(p, waves, 8, 131072, cuda, mma=True) == 214
+    assert decode_splits(p, waves, 8, 131072, cuda, mma=True) == 198  # 12 an SM (152 registers): 1,584
     assert decode_splits(p, waves, 8, 131072, cuda, mma=False) == decode_splits(p, fill, 8, 131072, cuda, mma=False)
-    # tq4's default value table ("single", 10 KB at a 144-register cap): 14 programs an SM by registers
+    # tq4's "single" value table (10 KB at a 144-register cap): 12 programs an SM by registers
     p4 = _params("tq4", 128)
     assert decode_mma.mma_shared_bytes(p4, decode_mma.RING_BYTES, "single") == 10240
     # k4v3's wide value table beside keys by byte permutes: no key table, the default ring
     assert decode_mma.mma_shared_bytes(_params("k4v3", 128), decode_mma.RING_BYTES, "wide", "prmt") == 16384
-    assert device.resident_blocks(cuda, 10240, 1, 144) == 14
+    assert device.resident_blocks(cuda, 10240, 1, 144) == 12
     single = dataclasses.replace(waves, mma_key_table="single")
-    assert decode_splits(p4, single, 8, 131072, cuda, mma=True) == decode_mma.whole_wave_splits(256, 8, 14, 132, 256)
-    # tq4's default: keys and values by byte permutes, the 8 KB ring only, at a 152-register cap: 13 by registers
-    assert device.resident_blocks(cuda, 8192, 1, 152) == 13
-    assert decode_splits(p4, waves, 8, 131072, cuda, mma=True) == decode_mma.whole_wave_splits(256, 8, 13, 132, 256)
-    assert decode_splits(p4, dataclasses.replace(waves, mma_value_table="pair"), 8, 131072, cuda, mma=True) == 214
+    assert decode_splits(p4, single, 8, 131072, cuda, mma=True) == decode_mma.whole_wave_splits(256, 8, 12, 132, 256)
+    # tq4's default: keys and values by byte permutes, the 8 KB ring only, at a 152-register cap: 12 by registers
+    assert device.resident_blocks(cuda, 8192, 1, 152) == 12
+    assert decode_splits(p4, waves, 8, 131072, cuda, mma=True) == decode_mma.whole_wave_splits(256, 8, 12, 132, 256)
+    assert decode_splits(p4, dataclasses.replace(waves, mma_value_table="pair"), 8, 131072, cuda, mma=True) == 198
 
 
 @pytest.mark.parametrize("preset,kw,want", [
