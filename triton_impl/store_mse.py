@@ -98,8 +98,11 @@ SMALL_LAUNCH = {"block_rows": 16, "num_warps": 4, "col_blocks": 4, "variant": DE
 # instructions a warp and tile for tq3 against 1,763 for DEFAULT_VARIANT's, with no shared-memory layout
 # conversion (store_wg's docstring).  Timed on an H100 (eighteenth session, results/2026-12-05-h100-s18): 32k tokens
 # x 8 heads tq3 179.8 -> 119.9 us, k4v3 212.5 -> 153.1, tq4 244.6 -> 172.2; 8k tokens 51.7 -> 32.5 (tq3); at 2 programs
-# an SM within -7..+4 % of 3.
-WG_LAUNCH = {"variant": ("prefetch", "lean", "search", "wg"), "programs_per_sm": 3}
+# an SM within -7..+4 % of 3.  "balance" (the key / value programs split by their tiles' instructions) timed on an H100
+# in three rounds (twenty-third session, results/2026-12-06-h100-s23/call2-kernels): k4v3 -2.0 % at 2k tokens, -3.0 % at
+# 8k, -1.4 % at 32k (14.9 -> 14.6, 39.6 -> 38.4, 129.3 -> 127.5 us); tq3 and tq4 (where it splits as before) within
+# +-0.7 %; the same bytes (test_balance_stores_the_default_bytes on the GPU).
+WG_LAUNCH = {"variant": ("prefetch", "lean", "search", "wg", "balance"), "programs_per_sm": 3}
 # fp16 parts of an input element x 2^-e (see above)
 XSPLIT = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 2}
 
