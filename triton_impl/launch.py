@@ -99,9 +99,9 @@ class AttnConfig:
     # choose_splits) or "waves" (that count moved to the nearest whole number of waves of the programs an
     # SM holds at once, from the kernel's shared memory and register cap: decode_mma.whole_wave_splits).
     # Timed with waves of 13 programs an SM (the H200, results/2026-12-05-h200-s15/call14-decode; the H100,
-    # results/2026-12-06-h100-s23/call2-kernels): 5-12 % faster at 64 x 1k, 1-3 % at 32 x 32k, 7-15 % slower at
-    # 1 x 128k; an SM holds 12 of these programs at 144-152 registers (device.resident_blocks counts them so
-    # since the twenty-third session), and waves of 12 are not timed yet: "fill" stays the default
+    # results/2026-12-06-h100-s23/call2-kernels): 2-12 % faster at 64 x 1k, -3.5 to +3 % at 32 x 32k, -1.5 to +15 %
+    # at 1 x 128k (H100: +14-15 %); an SM holds 12 of these programs at 144-152 registers (device.resident_blocks
+    # counts them so since the twenty-third session), and waves of 12 are not timed yet: "fill" stays the default
     mma_split_rule: str = "fill"
     # the mma decode step's inverse rotation (merge.merge_splits -> rotate._rotate_columns_kernel): "fma" (fp32
     # FMA dots over K chunks) or "bf16x3" (three bf16 tensor-core products: rotate.COLUMNS_PRECISIONS; its
