@@ -37,6 +37,7 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert bench.kernel_config("mma@k1q0", base).mma_query_rotation == "fma"
     assert bench.kernel_config("mma@q1w1", base).mma_split_rule == "waves" and base.mma_split_rule == "fill"
     assert bench.kernel_config("mma@w0", base).mma_split_rule == "fill"
+    assert bench.kernel_config("mma@w2", base).mma_split_rule == "rounds"
     assert bench.kernel_config("mma@q1w1o1", base).mma_output_rotation == "bf16x3" and base.mma_output_rotation == "fma"
     assert bench.kernel_config("mma@w1a1", base).mma_page_ahead is True and base.mma_page_ahead is False
     assert bench.kernel_config("mma@a0", base).mma_page_ahead is False

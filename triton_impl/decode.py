@@ -18,6 +18,7 @@ from .decode_mma import (
     mma_shared_bytes,
     prepare_decode_layout,
     resolve_layout,
+    scheduler_round_splits,
     whole_wave_splits,
 )
 from .device import resident_blocks, sm_count
@@ -120,12 +121,16 @@ def mma_options(cfg: AttnConfig) -> dict:
 def decode_splits(params: KernelParams, cfg: AttnConfig, rows: int, max_kv: int, device: torch.device, *,
                   mma: bool) -> int:
     """The split count decode_attention launches for rows = sequences x KV heads over at most max_kv tokens,
-    on the mma kernel (mma=True: cfg.mma_programs_per_sm, then cfg.mma_split_rule) or the split kernel."""
+    on the mma kernel (mma=True: cfg.mma_programs_per_sm, then cfg.mma_split_rule: "waves" rounds that count to
+    whole waves, "rounds" replaces it by decode_mma.scheduler_round_splits's) or the split kernel."""
     if not mma:
         return choose_splits(rows, max_kv, device, cfg)
     s = choose_splits(rows, max_kv, device, cfg, programs_per_sm=cfg.mma_programs_per_sm)
-    if cfg.mma_split_rule == "waves" and not cfg.batch_invariant:
+    if cfg.mma_split_rule in ("waves", "rounds") and not cfg.batch_invariant:
         key_table, _, table, ring, maxnreg = resolve_layout(params, **mma_options(cfg))
         per_sm = resident_blocks(device, mma_shared_bytes(params, ring, table, key_table), 1, maxnreg)
-        s = whole_wave_splits(s, rows, per_sm, sm_count(device), cap=split_cap(max_kv, cfg))
+        if cfg.mma_split_rule == "waves":
+            s = whole_wave_splits(s, rows, per_sm, sm_count(device), cap=split_cap(max_kv, cfg))
+        else:
+            s = scheduler_round_splits(rows, max_kv, per_sm, sm_count(device), cap=split_cap(max_kv, cfg))
     return s

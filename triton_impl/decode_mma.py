@@ -34,6 +34,7 @@ accumulator is rescaled when s grows.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -588,7 +589,11 @@ MMA_MAX_GROUP = 8  # query heads per KV head: the MMA's N
 NO_CUDA = "needs a CUDA device (Gluon kernels do not run in the interpreter)"
 
 
-SPLIT_RULES = ("fill", "waves")  # AttnConfig.mma_split_rule
+SPLIT_RULES = ("fill", "waves", "rounds")  # AttnConfig.mma_split_rule
+SCHEDULERS = 4  # warp schedulers (register sub-partitions) an SM: a one-warp program runs on one of them
+# "rounds": a program's fixed cost in tiles (prologue, epilogue, its share of the merge), fitted to the H100's
+# split-count sweep (results/2026-12-06-h100-s23/call2-kernels; docs/kernel-notes.md, twenty-third session)
+ROUND_FIXED_TILES = 5
 
 
 def ring_stages(params: KernelParams, ring_bytes: int) -> tuple[int, int]:
@@ -690,6 +695,27 @@ def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -
     if s > cap:
         s = (max(1, programs // wave) * wave) // rows
     return max(1, min(s, cap))
+
+
+@functools.lru_cache(maxsize=4096)  # every layer of a step asks the same (~60 us a search, ~0.2 us a hit)
+def scheduler_round_splits(rows: int, max_kv: int, per_sm: int, sms: int, cap: int,
+                           fixed_tiles: int = ROUND_FIXED_TILES) -> int:
+    """AttnConfig.mma_split_rule="rounds": the split count (1 to ``cap``) whose busiest warp scheduler finishes
+    first, by a model fitted to the H100's split-count sweep: rows x splits one-warp programs spread over the
+    SCHEDULERS x sms schedulers, each holding per_sm / SCHEDULERS at once (3 at 12 an SM); a scheduler's time is
+    its programs' count (at least the count it holds at once: below that it is no faster, latency-bound) times a
+    program's tiles plus ``fixed_tiles``.  The fewest splits where several tie.  Not the default: predicted, not
+    timed (docs/kernel-notes.md, twenty-third session)."""
+    lanes = SCHEDULERS * sms
+    slots = max(1, per_sm // SCHEDULERS)
+    best, best_cost = 1, None
+    for s in range(1, max(1, cap) + 1):
+        chunk = -(-max_kv // s)  # the kernel's chunk: the tokens a split, in whole tiles
+        tiles = -(-chunk // TILE_TOKENS)
+        cost = max(-(-rows * s // lanes), slots) * (tiles + fixed_tiles)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = s, cost
+    return best
 
 
 def resolve_maxnreg(maxnreg: int) -> int:

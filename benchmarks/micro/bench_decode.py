@@ -324,25 +324,26 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
     N (mma_programs_per_sm), rR (mma_maxnreg), bB (mma_ring_bytes), sS (max_splits), t0 / t1
     (mma_shared_table), p0 / p1 / p2 (mma_step_tiles),
     k1 (mma_key_table "single"; k0: "pair"; k2: "prmt"; neither: "auto"),
-    q1 (mma_query_rotation "bf16x2"; q0: "fma"; neither: "auto"), w1 (mma_split_rule "waves"; w0: "fill"), o1
-    (mma_output_rotation "bf16x3"; o0: "fma"; o2: "fused", in the merge's programs), a1 (mma_page_ahead: pages
-    loaded a step ahead; a0: not), v1 (mma_value_table "wide", with its 6,144-byte ring, 8,192 beside k2, unless
-    bB says otherwise; v2: "single"; v3: "prmt"; v0: "pair"), g1 (mma_pdl: programmatic dependent launches; g0: not)
-    in that order: mma@32r128b24576s512t0p2k1q1w1o1a1, mma@v1, mma@r152k2, mma@w1g1."""
+    q1 (mma_query_rotation "bf16x2"; q0: "fma"; neither: "auto"), w1 (mma_split_rule "waves"; w2: "rounds";
+    w0: "fill"), o1 (mma_output_rotation "bf16x3"; o0: "fma"; o2: "fused", in the merge's programs), a1
+    (mma_page_ahead: pages loaded a step ahead; a0: not), v1 (mma_value_table "wide", with its 6,144-byte ring,
+    8,192 beside k2, unless bB says otherwise; v2: "single"; v3: "prmt"; v0: "pair"), g1 (mma_pdl: programmatic
+    dependent launches; g0: not) in that order: mma@32r128b24576s512t0p2k1q1w1o1a1, mma@v1, mma@r152k2, mma@w1g1."""
     kern, at, opts = spec.partition("@")
     if kern not in ("auto", "mma", "split") or (at and kern != "mma"):
         raise ValueError(f"--kernels entry {spec!r}: allowed values: auto, split, mma, "
-                         "mma@[N][rR][bB][sS][t0|t1][p0|p1|p2][k0|k1|k2][q0|q1][w0|w1][o0|o1|o2][a0|a1][v0|v1|v2|v3]"
+                         "mma@[N][rR][bB][sS][t0|t1][p0|p1|p2][k0|k1|k2][q0|q1][w0|w1|w2][o0|o1|o2][a0|a1][v0|v1|v2|v3]"
                          "[g0|g1]")
     m = re.fullmatch(r"(\d+)?(?:r(\d+))?(?:b(\d+))?(?:s(\d+))?(?:t([01]))?(?:p(\d+))?(?:k([012]))?(?:q([01]))?"
-                     r"(?:w([01]))?(?:o([012]))?(?:a([01]))?(?:v([0123]))?(?:g([01]))?", opts)
+                     r"(?:w([012]))?(?:o([012]))?(?:a([01]))?(?:v([0123]))?(?:g([01]))?", opts)
     if m is None or (at and not any(m.groups())):
         raise ValueError(f"--kernels entry {spec!r}: after mma@ give N (programs per SM), rR (register cap), "
                          f"bB (ring bytes), sS (most splits), t0|t1 (one pair table for keys and values) and/or "
                          "p0|p1|p2 (tiles per softmax step), k0|k1|k2 (pair or single-code key table, or byte "
-                         "permutes), q0|q1 (query rotation in fp32 FMA or bf16x2 tensor cores), w0|w1 (split count "
-                         "filling or in whole waves), o0|o1|o2 (output rotation in fp32 FMA, bf16x3 tensor cores, or "
-                         "fused into the merge), a0|a1 (block-table pages loaded when used or a step ahead), "
+                         "permutes), q0|q1 (query rotation in fp32 FMA or bf16x2 tensor cores), w0|w1|w2 (split count "
+                         "filling, in whole waves or by scheduler rounds), o0|o1|o2 (output rotation in fp32 FMA, "
+                         "bf16x3 tensor cores, or fused into the merge), a0|a1 (block-table pages loaded when used "
+                         "or a step ahead), "
                          "v0|v1|v2|v3 (value table pair, wide, single, byte permutes), g0|g1 (programmatic dependent "
                          "launches), "
                          "e.g. mma@32r128b24576s512t0p2k1q1w1o1a1")
@@ -365,7 +366,7 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
     if qrot:
         kcfg = dataclasses.replace(kcfg, mma_query_rotation="bf16x2" if qrot == "1" else "fma")
     if waves:
-        kcfg = dataclasses.replace(kcfg, mma_split_rule="waves" if waves == "1" else "fill")
+        kcfg = dataclasses.replace(kcfg, mma_split_rule=("fill", "waves", "rounds")[int(waves)])
     if orot:
         kcfg = dataclasses.replace(kcfg, mma_output_rotation={"0": "fma", "1": "bf16x3", "2": "fused"}[orot])
     if ahead:
@@ -399,8 +400,8 @@ def main(argv=None):
                     help="decode kernels to time (AttnConfig.decode_kernel: auto, mma, split; mma@N: with "
                          "mma_programs_per_sm=N; mma@NrR: and mma_maxnreg=R; ...bB: and mma_ring_bytes=B; ...sS: and "
                          "max_splits=S; ...t0: mma_shared_table=False; ...p2: mma_step_tiles=2; ...k1: mma_key_table="
-                         "'single'; ...q1: mma_query_rotation='bf16x2'; ...w1: mma_split_rule='waves'; ...o1: "
-                         "mma_output_rotation='bf16x3', e.g. "
+                         "'single'; ...q1: mma_query_rotation='bf16x2'; ...w1: mma_split_rule='waves' (w2: "
+                         "'rounds'); ...o1: mma_output_rotation='bf16x3', e.g. "
                          "mma@64b24576s512t0p2k1q1w1); rows of a "
                          "kernel other than auto are named PRESET+KERNEL")
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",

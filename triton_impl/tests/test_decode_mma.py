@@ -367,7 +367,7 @@ def test_value_tables_name_their_presets_and_rings(preset, table, kw, why):
     *[("mma_step_tiles", bad, r"\[0, 1, 2\]") for bad in (-1, 3, True, 2.0, "2")],
     *[("mma_key_table", bad, r"\['auto', 'pair', 'single', 'prmt'\]") for bad in ("pairs", "", None, 1)],
     *[("mma_query_rotation", bad, r"\['auto', 'fma', 'bf16x2'\]") for bad in ("bf16", "", None, 1)],
-    *[("mma_split_rule", bad, r"\['fill', 'waves'\]") for bad in ("wave", "", None, 1)],
+    *[("mma_split_rule", bad, r"\['fill', 'waves', 'rounds'\]") for bad in ("wave", "", None, 1)],
     *[("mma_shared_table", bad, "True, False") for bad in (0, 1, "yes", None)],
     *[("mma_page_ahead", bad, "True, False") for bad in (0, 1, "yes", None)],
     *[("mma_pdl", bad, "True, False") for bad in (0, 1, "yes", None)],
@@ -565,6 +565,33 @@ def test_whole_wave_splits(splits, rows, cap, want):
     assert whole_wave_splits(splits, rows, 13, 132, cap) == want
 
 
+@pytest.mark.parametrize("rows,max_kv,cap,want", [
+    (256, 32768, 128, 6),  # 32 x 32k: 1,536 programs, at most 3 a scheduler, 2,048 tokens each
+    (64, 32768, 128, 33),  # 8 x 32k: 2,112 programs, 4 a scheduler of 63 tiles (66 splits: 8 of 32)
+    (8, 131072, 256, 196),  # 1 x 128k: 1,568 programs, 3 a scheduler (256 splits: 4 of 32 tiles)
+    (512, 1024, 4, 3),  # 64 x 1k: 1,536 programs, 3 a scheduler
+    (8, 32768, 128, 128),  # 1 x 32k: 1,024 programs at the cap, fewer than 3 a scheduler
+    (2048, 6144, 24, 1),  # 256 x 6k: 2,048 programs, 4 a scheduler of 384 tiles (3 splits: 12 of 128)
+    (8, 100, 1, 1),  # a cap of one split
+])
+def test_scheduler_round_splits(rows, max_kv, cap, want):
+    """mma_split_rule="rounds" (132 SMs, 12 programs an SM: 3 a scheduler): the split count whose busiest
+    scheduler has the fewest tiles to run, counting ROUND_FIXED_TILES a program and at least the 3 programs it
+    holds at once; never more than the cap, and never costlier than the fill rule's count by its own measure."""
+    import math
+
+    from turboquant.triton_impl.decode_mma import ROUND_FIXED_TILES, scheduler_round_splits
+
+    def busiest(s):  # what the rule minimizes, written out
+        return max(math.ceil(rows * s / (4 * 132)), 3) * (math.ceil(math.ceil(max_kv / s) / 16) + ROUND_FIXED_TILES)
+
+    got = scheduler_round_splits(rows, max_kv, 12, 132, cap)
+    assert got == want and 1 <= got <= cap
+    fill = max(1, min(math.ceil(32 * 132 / rows), cap))
+    assert busiest(got) <= busiest(fill)
+    assert all(busiest(got) <= busiest(s) for s in range(1, cap + 1))
+
+
 def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     """Occupancy from shared memory, registers and warp slots (the H200's figures: 233,472 bytes and 64
     warps an SM), and the mma kernel's allocation (tables + ring) that sets it: 13 one-warp programs of
@@ -603,6 +630,10 @@ def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     assert decode_splits(p, fill, 8, 131072, cuda, mma=True) == 256
     assert decode_splits(p, waves, 8, 131072, cuda, mma=True) == 198  # 12 an SM (152 registers): 1,584
     assert decode_splits(p, waves, 8, 131072, cuda, mma=False) == decode_splits(p, fill, 8, 131072, cuda, mma=False)
+    rounds = dataclasses.replace(fill, mma_split_rule="rounds")
+    assert decode_splits(p, rounds, 8, 131072, cuda, mma=True) == 196  # scheduler_round_splits at 12 an SM
+    assert decode_splits(p, rounds, 8, 131072, cuda, mma=False) == decode_splits(p, fill, 8, 131072, cuda, mma=False)
+    assert decode_splits(p, dataclasses.replace(rounds, batch_invariant=True), 8, 131072, cuda, mma=True) == 1
     # tq4's "single" value table (10 KB at a 144-register cap): 12 programs an SM by registers
     p4 = _params("tq4", 128)
     assert decode_mma.mma_shared_bytes(p4, decode_mma.RING_BYTES, "single") == 10240
@@ -1034,14 +1065,16 @@ def test_options_give_the_default_bits(preset, step_tiles, option, bs):
 
 @GPU
 @pytest.mark.parametrize("preset", ["tq3", "tq4"])
-def test_whole_wave_split_rule_matches_the_reference(preset):
-    """mma_split_rule="waves" changes only how many splits share a row: the same attention within the
-    half-precision tolerance, on a batch whose fill-rule programs spill into a second wave (min_chunk 16:
-    8 rows x 256 splits, more than one wave on any GPU with fewer than 2,048 one-warp slots)."""
+@pytest.mark.parametrize("rule", ["waves", "rounds"])
+def test_split_rules_match_the_reference(preset, rule):
+    """mma_split_rule "waves" and "rounds" change only how many splits share a row: the same attention within
+    the half-precision tolerance, on a batch whose fill-rule programs spill into a second wave (min_chunk 16:
+    8 rows x 256 splits, more than one wave on any GPU with fewer than 2,048 one-warp slots), where both rules
+    take fewer splits."""
     from turboquant.triton_impl.decode import decode_splits
 
     args, want = _decode_case(preset, (3000, 2500, 4100, 1777), h=2, g=4)
-    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_split_rule="waves", min_chunk=16)
+    cfg = dataclasses.replace(default_config(DEV), decode_kernel="mma", mma_split_rule=rule, min_chunk=16)
     max_kv = args[2].shape[1] * args[1].shape[2]
     assert decode_splits(args[4], cfg, 8, max_kv, DEV, mma=True) < \
         decode_splits(args[4], dataclasses.replace(cfg, mma_split_rule="fill"), 8, max_kv, DEV, mma=True)
