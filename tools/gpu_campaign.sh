@@ -159,7 +159,7 @@ case "$stage" in
           ${KERNEL_TEST_ARGS:-} > "$OUT/tests.log" 2>&1 || echo "tests rc $?"
       { grep -E "^FAILED|^ERROR" "$OUT/tests.log" || true; } | head -20; tail -2 "$OUT/tests.log"; t tests
     fi
-    dargs="${DECODE_ARGS---no-store --vllm --rounds 2 --presets tq3,k4v3,tq4 --shapes 32x32768,8x32768,1x131072,64x1024,256x6144 --kernels auto,mma@8,mma@12,mma@16,mma@w1,mma@s128}"
+    dargs="${DECODE_ARGS---no-store --vllm --rounds 2 --presets tq3,k4v3,tq4 --shapes 32x32768,8x32768,1x131072,64x1024,256x6144,1x32768,2x65536,4x32768,16x16384,128x2048,32x8192 --kernels auto,mma@w1,mma@w2}"
     if [ -n "$dargs" ]; then
       python3 -c "import vllm" 2>/dev/null || dargs="${dargs//--vllm/}"  # no kit: our kernels only
       timeout "${DECODE_SECONDS:-300}" python3 -m benchmarks.micro.bench_decode $dargs --out "$OUT/decode.json" \
