@@ -49,7 +49,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
-from .codes import boundary_codes, lane_group_whole_words, perm_col
+from .codes import boundary_codes, lane_group_whole_words, perm_col, search_boundaries, search_codes
 from .decode_mma_ring import _thread_barrier  # gl.barrier or gl.thread_barrier, whichever this Triton has
 from .params import NORM_NAN_BITS
 
@@ -96,6 +96,12 @@ def _load_rows(x_ptr, slot_ptr, tile, stride_xt, stride_xh, num_rows, H: gl.cons
     return slot, x
 
 
+@triton.constexpr_function
+def _searched(bits, symmetric, search):
+    """Whether the codes come from codes.search_codes (a symmetric 3- or 4-bit codebook, variant "search")."""
+    return bool(symmetric and search and bits in (3, 4))
+
+
 @gluon.jit
 def _field_word(c4, W: gl.constexpr, BITS: gl.constexpr):
     """Bits [32 W, 32 W + 32) of each lane group's code field, from c4 [BR, nt, 4 r, 2 e] (uint32 codes of
@@ -110,11 +116,12 @@ def _field_word(c4, W: gl.constexpr, BITS: gl.constexpr):
 
 
 @gluon.jit
-def _encode(slot, x, cache_ptr, bnd_ptr, p0, p1, stride_cb, stride_ch, stride_cs, tile,
+def _encode(slot, x, cache_ptr, bnd_ptr, bnd, p0, p1, stride_cb, stride_ch, stride_cs, tile,
             H: gl.constexpr, BLOCK_SIZE: gl.constexpr, D: gl.constexpr, BITS: gl.constexpr,
             SYMMETRIC: gl.constexpr, NORM: gl.constexpr, CODES: gl.constexpr, SEARCH: gl.constexpr,
             X3: gl.constexpr, MMA: gl.constexpr, OPA: gl.constexpr):
-    """Encode one row tile (slot [BR], x [BR, 4, D/4] in X3) into the cache."""
+    """Encode one row tile (slot [BR], x [BR, 4, D/4] in X3) into the cache; bnd: the binary search's
+    boundaries, loaded before the tile loop (_searched), else unused."""
     ROW: gl.constexpr = gl.SliceLayout(1, MMA)
     x = x.to(gl.float32)
     # SPEC §4.1 with the exact power-of-two scale 2^-e (store_mse._encode_tile, "lean": no finiteness pass)
@@ -144,7 +151,11 @@ def _encode(slot, x, cache_ptr, bnd_ptr, p0, p1, stride_cb, stride_ch, stride_cs
     base = (cache_ptr + blk * stride_cb + h * stride_ch + off * stride_cs).to(gl.pointer_type(gl.int32))
     nbits = gl.where(bad, NORM_NAN_BITS, norm.to(gl.int32, bitcast=True))
     gl.store(base + NORM // 4, nbits, mask=tm)
-    codes = gl.where(bad[:, None], 0, boundary_codes(acc, den, bnd_ptr, BITS, SYMMETRIC, SEARCH))
+    if _searched(BITS, SYMMETRIC, SEARCH):
+        codes = search_codes(acc, den, bnd[0], bnd[1], bnd[2], bnd[3], bnd[4], bnd[5], bnd[6], BITS)
+    else:
+        codes = boundary_codes(acc, den, bnd_ptr, BITS, SYMMETRIC, SEARCH)
+    codes = gl.where(bad[:, None], 0, codes)
     c4 = gl.reshape(codes.to(gl.uint32), [BR, D // 8, 4, 2])  # row, nt, r, e
     WPG: gl.constexpr = D // 4 * BITS // 32  # words of one lane group's field
     w0 = _field_word(c4, 0, BITS)
@@ -183,12 +194,18 @@ def _rows(x_ptr, cache_ptr, slot_ptr, rot_ptr, bnd_ptr, stride_xt, stride_xh, st
     p1 = gl.allocate_shared_memory(gl.float16, [D, D], SH, gl.load(pt + D * D))
     fence_async_shared()
     _thread_barrier()
+    # the binary search's boundaries in registers for the whole loop: loaded after each tile's product, every
+    # tile waited on them (Nsight, results/2026-12-06-h100-s23: long-scoreboard stalls on the threshold products)
+    if _searched(BITS, SYMMETRIC, SEARCH):
+        bnd = search_boundaries(bnd_ptr, BITS)
+    else:
+        bnd = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     num_tiles = gl.cdiv(num_rows, BR)
     slot_n, x_n = _load_rows(x_ptr, slot_ptr, pid, stride_xt, stride_xh, num_rows, H, D, X3)
     for tile in range(pid, num_tiles, nprog):
         slot, x = slot_n, x_n
         slot_n, x_n = _load_rows(x_ptr, slot_ptr, tile + nprog, stride_xt, stride_xh, num_rows, H, D, X3)
-        _encode(slot, x, cache_ptr, bnd_ptr, p0, p1, stride_cb, stride_ch, stride_cs, tile, H, BLOCK_SIZE, D,
+        _encode(slot, x, cache_ptr, bnd_ptr, bnd, p0, p1, stride_cb, stride_ch, stride_cs, tile, H, BLOCK_SIZE, D,
                 BITS, SYMMETRIC, NORM, CODES, SEARCH, X3, MMA, OPA)
 
 
