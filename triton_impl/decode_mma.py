@@ -683,9 +683,9 @@ def resolve_value_table(params: KernelParams, value_table: str, ring_bytes: int,
 def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -> int:
     """AttnConfig.mma_split_rule="waves": the split count whose rows x splits one-warp programs fill the
     nearest whole number of waves (per_sm programs an SM at once, sms SMs) instead of ``splits``'s
-    rows x splits, which can leave a last, partial wave of short programs (the H200 at 1 x 128k: 8 rows x
-    256 splits = 2,048 programs for 13 x 132 = 1,716 slots). At most ``cap`` splits (then the whole waves
-    below); at least one; unchanged while the programs fit one wave."""
+    rows x splits, which can leave a last, partial wave of short programs (at 1 x 128k: 8 rows x 256 splits =
+    2,048 programs for 12 x 132 = 1,584 slots at 152 registers; device.resident_blocks). At most ``cap`` splits
+    (then the whole waves below); at least one; unchanged while the programs fit one wave."""
     wave = per_sm * sms
     programs = rows * splits
     if programs <= wave or rows <= 0:
