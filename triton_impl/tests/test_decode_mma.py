@@ -648,6 +648,34 @@ def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     assert decode_splits(p4, dataclasses.replace(waves, mma_value_table="pair"), 8, 131072, cuda, mma=True) == 198
 
 
+@GPU
+@pytest.mark.parametrize("preset", ["tq3", "k4v3", "tq4"])
+def test_resident_blocks_agrees_with_the_driver(preset):
+    """device.resident_blocks (which the "waves" and "rounds" split rules size grids by) against the driver's own
+    count, cuOccupancyMaxActiveBlocksPerMultiprocessor, for every decode_mma kernel compiled in this process after a
+    default decode: its registers, warps and shared memory give the same resident blocks an SM (12 at 152
+    registers a thread, by registers a scheduler sub-partition, where registers an SM would say 13)."""
+    import ctypes
+
+    from turboquant.triton_impl import decode_mma, device
+
+    args, _ = _decode_case(preset, (300, 77))
+    decode_attention(*args, config=dataclasses.replace(default_config(DEV), decode_kernel="mma"))
+    torch.cuda.synchronize()
+    kernels = list(decode_mma._decode_mma_kernel.device_caches[torch.cuda.current_device()][0].values())
+    assert kernels, "no compiled decode_mma kernel in this process"
+    libcuda = ctypes.CDLL("libcuda.so.1")
+    for k in kernels:
+        k._init_handles()
+        n = ctypes.c_int(-1)
+        warps, shared = k.metadata.num_warps, k.metadata.shared
+        rc = libcuda.cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(n), ctypes.c_void_p(k.function),
+                                                                 ctypes.c_int(32 * warps), ctypes.c_size_t(shared))
+        assert rc == 0, f"cuOccupancyMaxActiveBlocksPerMultiprocessor returned {rc}"
+        ours = device.resident_blocks(DEV, shared, warps, k.n_regs)
+        assert ours == n.value, f"{k.n_regs} registers, {warps} warps, {shared} B: driver {n.value}, ours {ours}"
+
+
 @pytest.mark.parametrize("preset,kw,want", [
     ("tq3", {}, ("pair", 8192, 128)),
     ("tq2", {}, ("pair", 8192, 128)),
