@@ -65,6 +65,7 @@ from .decode_mma_ring import (
     page_source_wide,
     tile_page,
 )
+from .device import REG_SUB_PARTITIONS as SCHEDULERS  # a warp scheduler each: a one-warp program runs on one
 from .merge import merge_splits
 from .params import KernelParams, next_pow2
 from .pdl import launch_dependents as pdl_launch_dependents
@@ -590,7 +591,6 @@ NO_CUDA = "needs a CUDA device (Gluon kernels do not run in the interpreter)"
 
 
 SPLIT_RULES = ("fill", "waves", "rounds")  # AttnConfig.mma_split_rule
-SCHEDULERS = 4  # warp schedulers (register sub-partitions) an SM: a one-warp program runs on one of them
 # "rounds": a program's fixed cost in tiles (prologue, epilogue, its share of the merge), fitted to the H100's
 # split-count sweep (results/2026-12-06-h100-s23/call2-kernels; docs/kernel-notes.md, twenty-third session)
 ROUND_FIXED_TILES = 5
@@ -697,7 +697,7 @@ def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -
     return max(1, min(s, cap))
 
 
-@functools.lru_cache(maxsize=4096)  # every layer of a step asks the same (~60 us a search, ~0.2 us a hit)
+@functools.lru_cache(maxsize=4096)  # every layer of a step asks the same (~60 us a search, ~0.1 us a hit)
 def scheduler_round_splits(rows: int, max_kv: int, per_sm: int, sms: int, cap: int,
                            fixed_tiles: int = ROUND_FIXED_TILES) -> int:
     """AttnConfig.mma_split_rule="rounds": the split count (1 to ``cap``) whose busiest warp scheduler finishes
@@ -710,8 +710,8 @@ def scheduler_round_splits(rows: int, max_kv: int, per_sm: int, sms: int, cap: i
     slots = max(1, per_sm // SCHEDULERS)
     best, best_cost = 1, None
     for s in range(1, max(1, cap) + 1):
-        chunk = -(-max_kv // s)  # the kernel's chunk: the tokens a split, in whole tiles
-        tiles = -(-chunk // TILE_TOKENS)
+        chunk = -(-max_kv // s)  # tokens a split
+        tiles = -(-chunk // TILE_TOKENS)  # the kernel's chunk, in whole tiles
         cost = max(-(-rows * s // lanes), slots) * (tiles + fixed_tiles)
         if best_cost is None or cost < best_cost:
             best, best_cost = s, cost

@@ -49,6 +49,12 @@ def resident_blocks(device: torch.device, shared_bytes: int, warps: int, regs_pe
         _SMEM_PER_SM[idx] = (p.shared_memory_per_multiprocessor, p.max_threads_per_multi_processor // p.warp_size)
     smem, warp_slots = _SMEM_PER_SM[idx]
     by_smem = smem // (shared_bytes + RESERVED_SMEM_PER_BLOCK)
+    return max(1, min(by_smem, blocks_by_registers(warps, regs_per_thread), warp_slots // warps, MAX_BLOCKS_PER_SM))
+
+
+def blocks_by_registers(warps: int, regs_per_thread: int) -> int:
+    """Blocks of ``warps`` warps at ``regs_per_thread`` registers a thread (0: not capped, counted as 255) that an
+    SM's registers hold, a sub-partition's 16 K at a time (above): 12 one-warp blocks at 152, 3 four-warp blocks at
+    up to 168 (2 at 169-176)."""
     regs_per_warp = -(-32 * (regs_per_thread or 255) // REG_ALLOC_UNIT) * REG_ALLOC_UNIT
-    by_regs = (REGS_PER_SM // REG_SUB_PARTITIONS // regs_per_warp) * REG_SUB_PARTITIONS // warps
-    return max(1, min(by_smem, by_regs, warp_slots // warps, MAX_BLOCKS_PER_SM))
+    return (REGS_PER_SM // REG_SUB_PARTITIONS // regs_per_warp) * REG_SUB_PARTITIONS // warps
