@@ -704,8 +704,10 @@ def scheduler_round_splits(rows: int, max_kv: int, per_sm: int, sms: int, cap: i
     first, by a model fitted to the H100's split-count sweep: rows x splits one-warp programs spread over the
     SCHEDULERS x sms schedulers, each holding per_sm / SCHEDULERS at once (3 at 12 an SM); a scheduler's time is
     its programs' count (at least the count it holds at once: below that it is no faster, latency-bound) times a
-    program's tiles plus ``fixed_tiles``.  The fewest splits where several tie.  Not the default: predicted, not
-    timed (docs/kernel-notes.md, twenty-third session)."""
+    program's tiles plus ``fixed_tiles``.  The fewest splits where several tie.  Not the default: on the H200 it
+    picked the counts predicted (docs/kernel-notes.md, twenty-third session) and was 2-18 % faster than "fill" at
+    five of eight shapes, but 1.6-4.3 % slower at 256 x 6k, where it takes one split
+    (results/2026-12-06-h200-s24/call8-kernels)."""
     lanes = SCHEDULERS * sms
     slots = max(1, per_sm // SCHEDULERS)
     best, best_cost = 1, None

@@ -95,14 +95,15 @@ class AttnConfig:
     # H200 timed "bf16x2" faster at every shape and preset, one process beside vLLM's kernels: tq3
     # -3.6 % at 32 x 32k, -6.7 % at 1 x 128k, -14 % at 64 x 1k (results/2026-12-04-h200-s13/call12-kernels)
     mma_query_rotation: str = "auto"
-    # the mma decode kernel's split count: "fill" (default: mma_programs_per_sm programs an SM, as
-    # choose_splits) or "waves" (that count moved to the nearest whole number of waves of the programs an
-    # SM holds at once, from the kernel's shared memory and register cap: decode_mma.whole_wave_splits).
-    # Timed with waves of 13 programs an SM (the H200, results/2026-12-05-h200-s15/call14-decode; the H100,
-    # results/2026-12-06-h100-s23/call2-kernels): 2-12 % faster at 64 x 1k, -3.5 to +3 % at 32 x 32k, -1.5 to +15 %
-    # at 1 x 128k (H100: +14-15 %); an SM holds 12 of these programs at 144-152 registers (device.resident_blocks
-    # counts them so since the twenty-third session), and waves of 12 are not timed yet: "fill" stays the default
-    mma_split_rule: str = "fill"
+    # the mma decode kernel's split count: "waves" (default: the fill count, mma_programs_per_sm programs an SM as
+    # choose_splits, moved to the nearest whole number of waves of the programs an SM holds at once, from the
+    # kernel's shared memory and register cap: decode_mma.whole_wave_splits), "fill" (that count unmoved) or
+    # "rounds" (decode_mma.scheduler_round_splits). The H200, one run beside vLLM's kernels at eight shapes
+    # (results/2026-12-06-h200-s24/call8-kernels): "waves" against "fill" -0.2 to -7 % at 32 x 32k, 1 x 128k,
+    # 2 x 64k, 64 x 1k and 128 x 2k, within the runs' spread (+-1 %) at 8 x 32k, 16 x 16k and 256 x 6k, for tq3,
+    # k4v3 and tq4; "rounds" -2 to -18 % at five shapes but +1.6 to +4.3 % at 256 x 6k (one split: its model
+    # misses there) and behind "waves" at 32 x 32k for k4v3 and tq4
+    mma_split_rule: str = "waves"
     # the mma decode step's inverse rotation (merge.merge_splits -> rotate._rotate_columns_kernel): "fma" (fp32
     # FMA dots over K chunks) or "bf16x3" (three bf16 tensor-core products: rotate.COLUMNS_PRECISIONS; its
     # error ~2^-16 of the row, under the bf16 output's rounding). The FMA kernel took 3.7-6.1 us on the

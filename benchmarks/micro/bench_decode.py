@@ -401,7 +401,7 @@ def main(argv=None):
                          "mma_programs_per_sm=N; mma@NrR: and mma_maxnreg=R; ...bB: and mma_ring_bytes=B; ...sS: and "
                          "max_splits=S; ...t0: mma_shared_table=False; ...p2: mma_step_tiles=2; ...k1: mma_key_table="
                          "'single'; ...q1: mma_query_rotation='bf16x2'; ...w1: mma_split_rule='waves' (w2: "
-                         "'rounds'); ...o1: mma_output_rotation='bf16x3', e.g. "
+                         "'rounds'; w0: 'fill'); ...o1: mma_output_rotation='bf16x3', e.g. "
                          "mma@64b24576s512t0p2k1q1w1); rows of a "
                          "kernel other than auto are named PRESET+KERNEL")
     ap.add_argument("--batch-invariant", default="", metavar="PRESETS",

@@ -625,8 +625,9 @@ def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     monkeypatch.setattr("turboquant.triton_impl.decode.sm_count", lambda d: 132)
     monkeypatch.setattr("turboquant.triton_impl.launch.sm_count", lambda d: 132)
     p = _params("tq3", 128)
-    fill = default_config(torch.device("cpu"))
-    waves = dataclasses.replace(fill, mma_split_rule="waves")
+    waves = default_config(torch.device("cpu"))
+    assert waves.mma_split_rule == "waves"  # the default since the twenty-fourth session
+    fill = dataclasses.replace(waves, mma_split_rule="fill")
     assert decode_splits(p, fill, 8, 131072, cuda, mma=True) == 256
     assert decode_splits(p, waves, 8, 131072, cuda, mma=True) == 198  # 12 an SM (152 registers): 1,584
     assert decode_splits(p, waves, 8, 131072, cuda, mma=False) == decode_splits(p, fill, 8, 131072, cuda, mma=False)
