@@ -159,7 +159,7 @@ case "$stage" in
           ${KERNEL_TEST_ARGS:-} > "$OUT/tests.log" 2>&1 || echo "tests rc $?"
       { grep -E "^FAILED|^ERROR" "$OUT/tests.log" || true; } | head -20; tail -2 "$OUT/tests.log"; t tests
     fi
-    dargs="${DECODE_ARGS---no-store --vllm --rounds 2 --presets tq3,k4v3,tq4 --shapes 32x32768,8x32768,1x131072,64x1024,256x6144,1x32768,2x65536,4x32768,16x16384,128x2048,32x8192 --kernels auto,mma@w1,mma@w2}"
+    dargs="${DECODE_ARGS---no-store --vllm --rounds 2 --presets tq3,k4v3,tq4 --shapes 256x6144,32x32768,8x32768 --kernels auto,mma@w0,mma@w2,mma@s1w0,mma@s2w0,mma@s6w0,mma@s9w0,mma@s12w0,mma@s15w0,mma@s24w0,mma@s33w0,mma@s41w0,mma@s49w0}"
     if [ -n "$dargs" ]; then
       python3 -c "import vllm" 2>/dev/null || dargs="${dargs//--vllm/}"  # no kit: our kernels only
       timeout "${DECODE_SECONDS:-300}" python3 -m benchmarks.micro.bench_decode $dargs --out "$OUT/decode.json" \
@@ -169,7 +169,7 @@ case "$stage" in
           > /dev/null 2>&1 || echo "decode plot failed"
       t decode
     fi
-    sargs="${STORE_ARGS---shapes 32x32,128x128,256x256,8192x8192,32768x32768,32768x2048,131072x2048 --presets tq3,k4v3,tq4 --tiles \"\" --dense-rotations \"\" --store-min-tokens 32 --store-rounds 3 --store-configs mse:64:4:prefetch+lean+search+kv,mse:64:4:prefetch+lean+search+wg,mse:64:4:prefetch+lean+search+wg+balance,mse:16:4:prefetch+lean+search+kv+c4+p5}"
+    sargs="${STORE_ARGS---shapes 8192x8192,32768x2048,131072x2048 --presets tq3,k4v3,tq4 --tiles \"\" --dense-rotations \"\" --store-min-tokens 32 --store-rounds 3 --store-configs mse:64:4:prefetch+lean+search+wg+balance}"
     if [ -n "$sargs" ]; then
       eval "timeout \"${STORE_SECONDS:-180}\" python3 -m benchmarks.micro.bench_prefill $sargs --out \"$OUT/store.jsonl\"" \
           > "$OUT/store.log" 2>&1 || echo "store rc $?"
