@@ -99,8 +99,8 @@ class AttnConfig:
     # choose_splits, moved to the nearest whole number of waves of the programs an SM holds at once, from the
     # kernel's shared memory and register cap: decode_mma.whole_wave_splits), "fill" (that count unmoved) or
     # "rounds" (decode_mma.scheduler_round_splits). The H200, one run beside vLLM's kernels at eight shapes
-    # (results/2026-12-06-h200-s24/call8-kernels): "waves" against "fill" -0.2 to -7 % at 32 x 32k, 1 x 128k,
-    # 2 x 64k, 64 x 1k and 128 x 2k, within the runs' spread (+-1 %) at 8 x 32k, 16 x 16k and 256 x 6k, for tq3,
+    # (results/2026-12-06-h200-s24/call8-kernels): "waves" against "fill" -0.6 to -7 % at 32 x 32k, 1 x 128k,
+    # 2 x 64k, 64 x 1k and 128 x 2k, within the run's spread (+-1 %) at 8 x 32k, 16 x 16k and 256 x 6k, for tq3,
     # k4v3 and tq4; "rounds" -2 to -18 % at five shapes but +1.6 to +4.3 % at 256 x 6k (one split: its model
     # misses there) and behind "waves" at 32 x 32k for k4v3 and tq4
     mma_split_rule: str = "waves"
