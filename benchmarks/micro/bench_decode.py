@@ -35,7 +35,7 @@ from turboquant import format as tqf
 from turboquant.cli import positive_int
 from turboquant.triton_impl import AttnConfig, KernelParams, decode_attention, store_kv
 from turboquant.triton_impl.decode import decode_splits
-from turboquant.triton_impl.decode_mma import RING_BYTES, VALUE_TABLES, wide_ring_bytes
+from turboquant.triton_impl.decode_mma import RING_BYTES, SPLIT_RULES, VALUE_TABLES, wide_ring_bytes
 
 HQ, HKV, D, BS = 32, 8, 128, 16
 L2_ROTATE_BYTES = 512 << 20  # rotate inputs until a graph touches at least this much
@@ -366,7 +366,7 @@ def kernel_config(spec: str, cfg: AttnConfig) -> AttnConfig:
     if qrot:
         kcfg = dataclasses.replace(kcfg, mma_query_rotation="bf16x2" if qrot == "1" else "fma")
     if waves:
-        kcfg = dataclasses.replace(kcfg, mma_split_rule=("fill", "waves", "rounds")[int(waves)])
+        kcfg = dataclasses.replace(kcfg, mma_split_rule=SPLIT_RULES[int(waves)])  # w0 fill, w1 waves, w2 rounds
     if orot:
         kcfg = dataclasses.replace(kcfg, mma_output_rotation={"0": "fma", "1": "bf16x3", "2": "fused"}[orot])
     if ahead:
