@@ -35,7 +35,7 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert bench.kernel_config("mma@r152k2", base).mma_key_table == "prmt"
     assert bench.kernel_config("mma@q1", base).mma_query_rotation == "bf16x2" and base.mma_query_rotation == "auto"
     assert bench.kernel_config("mma@k1q0", base).mma_query_rotation == "fma"
-    assert bench.kernel_config("mma@q1w1", base).mma_split_rule == "waves" and base.mma_split_rule == "waves"
+    assert bench.kernel_config("mma@q1w1", base).mma_split_rule == "waves" and base.mma_split_rule == "rounds"
     assert bench.kernel_config("mma@w0", base).mma_split_rule == "fill"
     assert bench.kernel_config("mma@w2", base).mma_split_rule == "rounds"
     assert bench.kernel_config("mma@q1w1o1", base).mma_output_rotation == "bf16x3" and base.mma_output_rotation == "fma"

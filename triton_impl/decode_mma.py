@@ -594,6 +594,17 @@ SPLIT_RULES = ("fill", "waves", "rounds")  # AttnConfig.mma_split_rule
 # "rounds": a program's fixed cost in tiles (prologue, epilogue, its share of the merge), fitted to the H100's
 # split-count sweep (results/2026-12-06-h100-s23/call2-kernels; docs/kernel-notes.md, twenty-third session)
 ROUND_FIXED_TILES = 5
+# "rounds": the issue rate of a scheduler running 1 or 2 programs (its last, partial round) against its full 3,
+# from the H100's split-count sweep of the twenty-fifth session (results/2026-12-06-h100-s25/call1-kernels, tq3):
+# a tile took 1.30x as long on schedulers running one program (8 x 32k, 2 splits) as on schedulers running three
+# (32 x 32k, 6 splits), 1.11x on schedulers running two (8 x 32k, 12 splits)
+ROUND_PARTIAL_EFFICIENCY = (0.77, 0.90)
+# "rounds": the most tiles a program of a candidate split count reads (4,096 tokens), where any count within the
+# cap reads no more: at 32 x 32k one round of 342-tile programs (6 splits) was 1.5-3.7 % slower than two or three
+# rounds (12 or 18 splits) for k4v3 and tq4 on the H200, in three runs (results/2026-12-06-h200-s24/call8-kernels,
+# results/2026-12-06-h200-s25/call3-kernels and call9-kernels), where the model has them within 3 %. Not explained
+# by the model; a guess: in a single round the slowest of 1,536 programs ends the launch
+ROUND_MAX_TILES = 256
 
 
 def ring_stages(params: KernelParams, ring_bytes: int) -> tuple[int, int]:
@@ -701,20 +712,26 @@ def whole_wave_splits(splits: int, rows: int, per_sm: int, sms: int, cap: int) -
 def scheduler_round_splits(rows: int, max_kv: int, per_sm: int, sms: int, cap: int,
                            fixed_tiles: int = ROUND_FIXED_TILES) -> int:
     """AttnConfig.mma_split_rule="rounds": the split count (1 to ``cap``) whose busiest warp scheduler finishes
-    first, by a model fitted to the H100's split-count sweep: rows x splits one-warp programs spread over the
-    SCHEDULERS x sms schedulers, each holding per_sm / SCHEDULERS at once (3 at 12 an SM); a scheduler's time is
-    its programs' count (at least the count it holds at once: below that it is no faster, latency-bound) times a
-    program's tiles plus ``fixed_tiles``.  The fewest splits where several tie.  Not the default: on the H200 it
-    picked the counts predicted (docs/kernel-notes.md, twenty-third session) and was 2-18 % faster than "fill" at
-    five of eight shapes, but 1.6-4.3 % slower at 256 x 6k, where it takes one split
-    (results/2026-12-06-h200-s24/call8-kernels)."""
+    first, by a model fitted to the H100's split-count sweeps: rows x splits one-warp programs spread over the
+    SCHEDULERS x sms schedulers, each running per_sm / SCHEDULERS at once (3 at 12 an SM) in rounds; a full
+    round costs its programs' tiles (a program's tiles plus ``fixed_tiles``, one each), the last, partial round of
+    r programs r / ROUND_PARTIAL_EFFICIENCY[r - 1] of them (fewer warps issue less than the full rate: latency).
+    Counts whose programs read more than ROUND_MAX_TILES tiles are left out; where every count within the cap
+    does, the cap (the shortest programs).  The fewest splits where several tie.  The partial round's rate
+    replaced (twenty-fifth session) a floor of one full round, which took one split at 256 x 6k (4 programs a
+    scheduler: 3, then 1 alone) where "waves"' three were 1.6-4.3 % faster on the H200
+    (results/2026-12-06-h200-s24/call8-kernels).  The default rule since the twenty-fifth session."""
     lanes = SCHEDULERS * sms
     slots = max(1, per_sm // SCHEDULERS)
-    best, best_cost = 1, None
-    for s in range(1, max(1, cap) + 1):
+    cap = max(1, cap)
+    first = min(cap, -(-max_kv // (ROUND_MAX_TILES * TILE_TOKENS)))  # the fewest splits of at most that many tiles
+    best, best_cost = first, None
+    for s in range(first, cap + 1):
         chunk = -(-max_kv // s)  # tokens a split
-        tiles = -(-chunk // TILE_TOKENS)  # the kernel's chunk, in whole tiles
-        cost = max(-(-rows * s // lanes), slots) * (tiles + fixed_tiles)
+        tiles = -(-chunk // TILE_TOKENS) + fixed_tiles  # the kernel's chunk in whole tiles, and its fixed cost
+        full, r = divmod(-(-rows * s // lanes), slots)  # the busiest scheduler's whole rounds, and the rest
+        rate = ROUND_PARTIAL_EFFICIENCY[r - 1] if 0 < r <= len(ROUND_PARTIAL_EFFICIENCY) else 1.0
+        cost = tiles * (slots * full + r / rate)
         if best_cost is None or cost < best_cost:
             best, best_cost = s, cost
     return best

@@ -95,15 +95,16 @@ class AttnConfig:
     # H200 timed "bf16x2" faster at every shape and preset, one process beside vLLM's kernels: tq3
     # -3.6 % at 32 x 32k, -6.7 % at 1 x 128k, -14 % at 64 x 1k (results/2026-12-04-h200-s13/call12-kernels)
     mma_query_rotation: str = "auto"
-    # the mma decode kernel's split count: "waves" (default: the fill count, mma_programs_per_sm programs an SM as
-    # choose_splits, moved to the nearest whole number of waves of the programs an SM holds at once, from the
-    # kernel's shared memory and register cap: decode_mma.whole_wave_splits), "fill" (that count unmoved) or
-    # "rounds" (decode_mma.scheduler_round_splits). The H200, one run beside vLLM's kernels at eight shapes
-    # (results/2026-12-06-h200-s24/call8-kernels): "waves" against "fill" -0.6 to -7 % at 32 x 32k, 1 x 128k,
-    # 2 x 64k, 64 x 1k and 128 x 2k, within the run's spread (+-1 %) at 8 x 32k, 16 x 16k and 256 x 6k, for tq3,
-    # k4v3 and tq4; "rounds" -2 to -18 % at five shapes but +1.6 to +4.3 % at 256 x 6k (one split: its model
-    # misses there) and behind "waves" at 32 x 32k for k4v3 and tq4
-    mma_split_rule: str = "waves"
+    # the mma decode kernel's split count: "rounds" (default: the count whose busiest warp scheduler finishes first
+    # by decode_mma.scheduler_round_splits's model of whole and partial rounds of the programs it holds at once),
+    # "waves" (the fill count, mma_programs_per_sm programs an SM as choose_splits, moved to the nearest whole
+    # number of waves of the programs an SM holds at once: decode_mma.whole_wave_splits) or "fill" (that count
+    # unmoved). The H200, one run beside vLLM's kernels at eight shapes (results/2026-12-06-h200-s25/call9-kernels):
+    # "rounds" against "waves" -2 to -13.5 % at 8 x 32k, 16 x 16k, 2 x 64k and 128 x 2k for tq3, k4v3 and tq4,
+    # within the run's spread (+-0.6 %) at 1 x 128k, 64 x 1k and 256 x 6k; at 32 x 32k its 12 splits (the count
+    # of at most ROUND_MAX_TILES tiles a program) within 0.4 % of "waves"' 18 (call3-kernels). "waves" was the
+    # default in the twenty-fourth session (-0.6 to -7 % against "fill")
+    mma_split_rule: str = "rounds"
     # the mma decode step's inverse rotation (merge.merge_splits -> rotate._rotate_columns_kernel): "fma" (fp32
     # FMA dots over K chunks) or "bf16x3" (three bf16 tensor-core products: rotate.COLUMNS_PRECISIONS; its
     # error ~2^-16 of the row, under the bf16 output's rounding). The FMA kernel took 3.7-6.1 us on the

@@ -566,30 +566,44 @@ def test_whole_wave_splits(splits, rows, cap, want):
 
 
 @pytest.mark.parametrize("rows,max_kv,cap,want", [
-    (256, 32768, 128, 6),  # 32 x 32k: 1,536 programs, at most 3 a scheduler, 2,048 tokens each
-    (64, 32768, 128, 33),  # 8 x 32k: 2,112 programs, 4 a scheduler of 63 tiles (66 splits: 8 of 32)
+    (256, 32768, 128, 12),  # 32 x 32k: 3,072 programs, 6 a scheduler (6 splits, cheaper by the model: 342 tiles)
+    (64, 32768, 128, 24),  # 8 x 32k: 1,536 programs, 3 a scheduler (33 splits: 4, the fourth alone)
     (8, 131072, 256, 196),  # 1 x 128k: 1,568 programs, 3 a scheduler (256 splits: 4 of 32 tiles)
     (512, 1024, 4, 3),  # 64 x 1k: 1,536 programs, 3 a scheduler
-    (8, 32768, 128, 128),  # 1 x 32k: 1,024 programs at the cap, fewer than 3 a scheduler
-    (2048, 6144, 24, 1),  # 256 x 6k: 2,048 programs, 4 a scheduler of 384 tiles (3 splits: 12 of 128)
+    (8, 32768, 128, 128),  # 1 x 32k: 1,024 programs at the cap, 2 a scheduler
+    (2048, 6144, 24, 3),  # 256 x 6k: 6,144 programs, 12 a scheduler (1 split: 4, the fourth alone)
+    (1024, 2048, 8, 3),  # 128 x 2k: 3,072 programs, 6 a scheduler
     (8, 100, 1, 1),  # a cap of one split
+    (8, 2_000_000, 256, 256),  # 1 x 2M: every count within the cap reads more than 256 tiles: the cap
 ])
 def test_scheduler_round_splits(rows, max_kv, cap, want):
     """mma_split_rule="rounds" (132 SMs, 12 programs an SM: 3 a scheduler): the split count whose busiest
-    scheduler has the fewest tiles to run, counting ROUND_FIXED_TILES a program and at least the 3 programs it
-    holds at once; never more than the cap, and never costlier than the fill rule's count by its own measure."""
+    scheduler runs its whole rounds of 3 programs and its last, partial round (1 or 2 programs, each at
+    ROUND_PARTIAL_EFFICIENCY of the full rate) in the fewest tiles, counting ROUND_FIXED_TILES a program, among
+    the counts whose programs read at most ROUND_MAX_TILES tiles (the cap alone where none does); never more than
+    the cap, and never costlier than the fill rule's count by its own measure where that count is a candidate."""
     import math
 
-    from turboquant.triton_impl.decode_mma import ROUND_FIXED_TILES, scheduler_round_splits
+    from turboquant.triton_impl.decode_mma import (
+        ROUND_FIXED_TILES,
+        ROUND_MAX_TILES,
+        ROUND_PARTIAL_EFFICIENCY,
+        scheduler_round_splits,
+    )
 
     def busiest(s):  # what the rule minimizes, written out
-        return max(math.ceil(rows * s / (4 * 132)), 3) * (math.ceil(math.ceil(max_kv / s) / 16) + ROUND_FIXED_TILES)
+        programs = math.ceil(rows * s / (4 * 132))
+        tiles = math.ceil(math.ceil(max_kv / s) / 16) + ROUND_FIXED_TILES
+        partial = programs % 3
+        return tiles * (3 * (programs // 3) + (partial / ROUND_PARTIAL_EFFICIENCY[partial - 1] if partial else 0))
 
+    candidates = [s for s in range(1, cap + 1) if math.ceil(math.ceil(max_kv / s) / 16) <= ROUND_MAX_TILES]
+    candidates = candidates or [cap]
     got = scheduler_round_splits(rows, max_kv, 12, 132, cap)
-    assert got == want and 1 <= got <= cap
+    assert got == want and got in candidates
     fill = max(1, min(math.ceil(32 * 132 / rows), cap))
-    assert busiest(got) <= busiest(fill)
-    assert all(busiest(got) <= busiest(s) for s in range(1, cap + 1))
+    assert fill not in candidates or busiest(got) <= busiest(fill)
+    assert all(busiest(got) <= busiest(s) for s in candidates)
 
 
 def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
@@ -625,8 +639,8 @@ def test_resident_blocks_and_the_mma_kernels_shared_memory(monkeypatch):
     monkeypatch.setattr("turboquant.triton_impl.decode.sm_count", lambda d: 132)
     monkeypatch.setattr("turboquant.triton_impl.launch.sm_count", lambda d: 132)
     p = _params("tq3", 128)
-    waves = default_config(torch.device("cpu"))
-    assert waves.mma_split_rule == "waves"  # the default since the twenty-fourth session
+    assert default_config(torch.device("cpu")).mma_split_rule == "rounds"  # the default since the twenty-fifth session
+    waves = dataclasses.replace(default_config(torch.device("cpu")), mma_split_rule="waves")
     fill = dataclasses.replace(waves, mma_split_rule="fill")
     assert decode_splits(p, fill, 8, 131072, cuda, mma=True) == 256
     assert decode_splits(p, waves, 8, 131072, cuda, mma=True) == 198  # 12 an SM (152 registers): 1,584
