@@ -599,8 +599,8 @@ ROUND_FIXED_TILES = 5
 # a tile took 1.30x as long on schedulers running one program (8 x 32k, 2 splits) as on schedulers running three
 # (32 x 32k, 6 splits), 1.11x on schedulers running two (8 x 32k, 12 splits)
 ROUND_PARTIAL_EFFICIENCY = (0.77, 0.90)
-# "rounds": the most tiles a program of a candidate split count reads (4,096 tokens), where any count within the
-# cap reads no more: at 32 x 32k one round of 342-tile programs (6 splits) was 1.5-3.7 % slower than two or three
+# "rounds": the most tiles a program of a candidate split count reads (4,096 tokens), where some count within the
+# cap reads no more: at 32 x 32k one round of 342-tile programs (6 splits) was 1.3-3.7 % slower than two or three
 # rounds (12 or 18 splits) for k4v3 and tq4 on the H200, in three runs (results/2026-12-06-h200-s24/call8-kernels,
 # results/2026-12-06-h200-s25/call3-kernels and call9-kernels), where the model has them within 3 %. Not explained
 # by the model; a guess: in a single round the slowest of 1,536 programs ends the launch
@@ -724,7 +724,7 @@ def scheduler_round_splits(rows: int, max_kv: int, per_sm: int, sms: int, cap: i
     lanes = SCHEDULERS * sms
     slots = max(1, per_sm // SCHEDULERS)
     cap = max(1, cap)
-    first = min(cap, -(-max_kv // (ROUND_MAX_TILES * TILE_TOKENS)))  # the fewest splits of at most that many tiles
+    first = max(1, min(cap, -(-max_kv // (ROUND_MAX_TILES * TILE_TOKENS))))  # the fewest splits of at most that many
     best, best_cost = first, None
     for s in range(first, cap + 1):
         chunk = -(-max_kv // s)  # tokens a split

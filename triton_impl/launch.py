@@ -100,8 +100,8 @@ class AttnConfig:
     # "waves" (the fill count, mma_programs_per_sm programs an SM as choose_splits, moved to the nearest whole
     # number of waves of the programs an SM holds at once: decode_mma.whole_wave_splits) or "fill" (that count
     # unmoved). The H200, one run beside vLLM's kernels at eight shapes (results/2026-12-06-h200-s25/call9-kernels):
-    # "rounds" against "waves" -2 to -13.5 % at 8 x 32k, 16 x 16k, 2 x 64k and 128 x 2k for tq3, k4v3 and tq4,
-    # within the run's spread (+-0.6 %) at 1 x 128k, 64 x 1k and 256 x 6k; at 32 x 32k its 12 splits (the count
+    # "rounds" against "waves" -1 to -13.5 % at 8 x 32k, 16 x 16k, 2 x 64k and 128 x 2k for tq3, k4v3 and tq4,
+    # within 0.5 % at 1 x 128k, 64 x 1k and 256 x 6k (the run's spreads up to 1 %); at 32 x 32k its 12 splits (the count
     # of at most ROUND_MAX_TILES tiles a program) within 0.4 % of "waves"' 18 (call3-kernels). "waves" was the
     # default in the twenty-fourth session (-0.6 to -7 % against "fill")
     mma_split_rule: str = "rounds"

@@ -575,6 +575,7 @@ def test_whole_wave_splits(splits, rows, cap, want):
     (1024, 2048, 8, 3),  # 128 x 2k: 3,072 programs, 6 a scheduler
     (8, 100, 1, 1),  # a cap of one split
     (8, 2_000_000, 256, 256),  # 1 x 2M: every count within the cap reads more than 256 tiles: the cap
+    (8, 0, 4, 1),  # no tokens (an empty block table): one split
 ])
 def test_scheduler_round_splits(rows, max_kv, cap, want):
     """mma_split_rule="rounds" (132 SMs, 12 programs an SM: 3 a scheduler): the split count whose busiest
