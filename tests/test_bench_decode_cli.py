@@ -51,6 +51,9 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     assert bench.kernel_config("mma@v0", base) == dataclasses.replace(base, decode_kernel="mma", mma_value_table="pair")
     small = bench.kernel_config("mma@r120b4096a1", base)
     assert (small.mma_maxnreg, small.mma_ring_bytes, small.mma_page_ahead) == (120, 4096, True)
+    prmt = bench.kernel_config("mma@r168b16384k2v3", base)  # tq4's byte permutes on a 16 KB ring
+    assert (prmt.mma_maxnreg, prmt.mma_ring_bytes, prmt.mma_key_table, prmt.mma_value_table) == \
+        (168, 16384, "prmt", "prmt")
     assert bench.kernel_config("mma@64s1024", base).max_splits == 1024
     assert bench.kernel_config("split", base).decode_kernel == "split"
     assert bench.kernel_config("auto", base) == base
@@ -66,7 +69,9 @@ def test_kernel_specs_set_the_mma_knobs(bench_script):
     ("mma@g2", "after mma@"),
     ("mma@s0", "max_splits=0 is not supported; allowed values: integers 1 to 4096"),
     ("mma@32x", "after mma@"),
-    ("mma@b16384", "mma_ring_bytes=16384 is not supported; allowed values: \\[4096, 8192, 24576, 57344\\]"),
+    ("mma@b12288", "mma_ring_bytes=12288 is not supported; allowed values: \\[4096, 8192, 24576, 57344\\]"),
+    ("mma@b16384", "mma_value_table='auto' with mma_ring_bytes=16384 is not supported; allowed: .*"
+                   "mma_value_table='prmt' with one of \\[8192, 16384\\]"),
     ("mma@b131072", "mma_ring_bytes=131072 is not supported"),
     ("mma@p3", "mma_step_tiles=3 is not supported; allowed values: \\[0, 1, 2\\]"),
     ("mma@p2t0", "after mma@"),

@@ -109,6 +109,12 @@ RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up 
 # 2 KB tiles (tq3, k4v3): 12 KB a program, 17 an SM by shared memory instead of 13 (16 at the
 # 128-register cap), for one tile a softmax step and one tile in flight. The ring sizes allowed:
 MMA_RING_BYTES = (4096,) + tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
+# the ring of mma_value_table "prmt" (tq4's keys and values by byte permutes, no table: the ring is the kernel's only
+# shared memory, a power of two): the default 8 KB (two of tq4's 4 KB tiles, one a softmax step) or 16 KB (four: two
+# a step, with 8 % fewer instructions a tile at a 168-register cap, where 12 one-warp programs an SM still fit
+# (device.resident_blocks); compiled for sm_90 with Triton 3.6, not yet timed: docs/kernel-notes.md, twenty-fifth
+# session)
+PRMT_RING_BYTES = (RING_BYTES, 2 * RING_BYTES)
 # the key table's kind (AttnConfig.mma_key_table); "auto" (resolve_key_table): "prmt" for 4-bit keys of a symmetric
 # codebook where the value table and the ring are the defaults, else "single" for 4-bit keys (then the values keep a
 # table of their own; the H200 timed it 1.4-3.7 % faster than "pair" for k4v3 and 0.5-3.0 % for tq4 at every shape,
@@ -655,9 +661,9 @@ def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: 
         if (m["K0_BITS"], m["V0_BITS"]) != (4, 4) or not m["KV_PAIR_SAME"] or not m["K_PRMT"] or key_table != "prmt":
             return (f"it needs 4-bit keys and values of one symmetric codebook (tq4) with mma_key_table 'prmt', got "
                     f"{m['K0_BITS']}-bit keys, {m['V0_BITS']}-bit values, mma_key_table={shown!r}")
-        if ring_bytes != RING_BYTES:
-            return (f"its ring is the default {RING_BYTES} bytes (the kernel's only shared memory, a power of two): "
-                    f"mma_ring_bytes={ring_bytes}")
+        if ring_bytes not in PRMT_RING_BYTES:
+            return (f"its ring is the default {RING_BYTES} bytes or {2 * RING_BYTES} (the kernel's only shared "
+                    f"memory, a power of two): mma_ring_bytes={ring_bytes}")
     return None
 
 
@@ -940,8 +946,8 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          f"allowed: 'wide' for k4v3 with mma_key_table 'auto' or 'single' and mma_ring_bytes="
                          f"{WIDE_RING_BYTES} or with 'prmt' and {RING_BYTES}, 'single' for tq4 with mma_key_table "
                          f"'auto' or 'single' and mma_ring_bytes={RING_BYTES}, 'prmt' for tq4 with mma_key_table "
-                         f"'prmt' and mma_ring_bytes={RING_BYTES}, 'pair' or 'auto' for any")
-    if value_table != "wide" and (ring_bytes not in MMA_RING_BYTES or stages < 2):
+                         f"'prmt' and mma_ring_bytes {RING_BYTES} or {2 * RING_BYTES}, 'pair' or 'auto' for any")
+    if value_table not in ("wide", "prmt") and (ring_bytes not in MMA_RING_BYTES or stages < 2):
         raise ValueError(f"mma_ring_bytes={ring_bytes} holds {stages} tile(s) of {4 * stage_words} bytes "
                          f"({params.fmt.preset.name}); allowed values: "
                          f"{[r for r in MMA_RING_BYTES if r >= 8 * stage_words]}"

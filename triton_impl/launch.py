@@ -14,7 +14,15 @@ from turboquant import format as tqf
 
 from .attn_core import _merge_kernel, _split_kernel, acc_width
 from .decode_mma import KEY_TABLES as MMA_KEY_TABLES
-from .decode_mma import MAXNREG, MMA_RING_BYTES, RING_BYTES, TABLE_BYTES, WIDE_RING_BYTES, wide_ring_bytes
+from .decode_mma import (
+    MAXNREG,
+    MMA_RING_BYTES,
+    PRMT_RING_BYTES,
+    RING_BYTES,
+    TABLE_BYTES,
+    WIDE_RING_BYTES,
+    wide_ring_bytes,
+)
 from .decode_mma import SPLIT_RULES as MMA_SPLIT_RULES
 from .decode_mma import STEP_TILES as MMA_STEP_TILES
 from .decode_mma import VALUE_TABLES as MMA_VALUE_TABLES
@@ -155,20 +163,29 @@ class AttnConfig:
         ms = self.max_splits
         if isinstance(ms, bool) or not isinstance(ms, int) or not 1 <= ms <= 4096:
             raise ValueError(f"max_splits={self.max_splits!r} is not supported; allowed values: integers 1 to 4096")
-        if isinstance(self.mma_ring_bytes, bool) or self.mma_ring_bytes not in MMA_RING_BYTES + (WIDE_RING_BYTES,):
+        if isinstance(self.mma_ring_bytes, bool) \
+                or self.mma_ring_bytes not in MMA_RING_BYTES + (WIDE_RING_BYTES,) + PRMT_RING_BYTES:
             raise ValueError(f"mma_ring_bytes={self.mma_ring_bytes!r} is not supported; allowed values: "
                              f"{list(MMA_RING_BYTES)} (the pair tables' {TABLE_BYTES} bytes + the ring: one "
-                             "power-of-two shared allocation, or a power-of-two ring smaller than the tables), or "
-                             f"{WIDE_RING_BYTES} with mma_value_table='wide'")
+                             "power-of-two shared allocation, or a power-of-two ring smaller than the tables), "
+                             f"{WIDE_RING_BYTES} with mma_value_table='wide', or {PRMT_RING_BYTES[-1]} with "
+                             "mma_value_table='prmt'")
         for name in ("mma_shared_table", "mma_page_ahead", "mma_pdl"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: True, False")
-        if (self.mma_ring_bytes != wide_ring_bytes(self.mma_key_table) if self.mma_value_table == "wide"
-                else self.mma_ring_bytes == WIDE_RING_BYTES):
+        table, ring = self.mma_value_table, self.mma_ring_bytes
+        if table == "wide":
+            ring_refused = ring != wide_ring_bytes(self.mma_key_table)
+        elif table == "prmt":
+            ring_refused = ring == WIDE_RING_BYTES
+        else:
+            ring_refused = ring not in MMA_RING_BYTES
+        if ring_refused:
             raise ValueError(f"mma_value_table={self.mma_value_table!r} with mma_ring_bytes={self.mma_ring_bytes} is "
                              f"not supported; allowed: mma_value_table='wide' with mma_ring_bytes={WIDE_RING_BYTES} "
-                             f"(its three-tile ring; {RING_BYTES} with mma_key_table='prmt'), any other value "
-                             f"table with one of {list(MMA_RING_BYTES)}")
+                             f"(its three-tile ring; {RING_BYTES} with mma_key_table='prmt'), mma_value_table="
+                             f"'prmt' with one of {list(PRMT_RING_BYTES)}, any other value table with one of "
+                             f"{list(MMA_RING_BYTES)}")
         if type(self.mma_step_tiles) is not int or self.mma_step_tiles not in MMA_STEP_TILES:
             raise ValueError(f"mma_step_tiles={self.mma_step_tiles!r} is not supported; allowed values: "
                              f"{list(MMA_STEP_TILES)}")

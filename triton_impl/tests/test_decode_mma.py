@@ -274,7 +274,7 @@ def test_a_ring_too_small_for_two_tiles_is_refused():
                                              r"allowed values: \[8192, 24576, 57344\]"):
             decode_attention_mma(rotate_query(q, p), cache, bt, sl, torch.empty_like(q), p, num_q_heads=q.shape[1],
                                  sm_scale=0.1, num_splits=1, ring_bytes=ring)
-    for bad in (1000, 2048, 16384, 1 << 17, True):
+    for bad in (1000, 2048, 12288, 1 << 17, True):  # (16384: the byte-permute layout's alone, checked below)
         with pytest.raises(ValueError, match=rf"mma_ring_bytes={bad!r} is not supported; allowed values: "
                                              r"\[4096, 8192, 24576, 57344\]"):
             AttnConfig(mma_ring_bytes=bad)
@@ -361,6 +361,28 @@ def test_value_tables_name_their_presets_and_rings(preset, table, kw, why):
                                              r"three-tile ring; 8192 with mma_key_table='prmt'\)"):
             AttnConfig(mma_value_table=vt, mma_ring_bytes=ring, mma_key_table=key)
     AttnConfig(mma_value_table="wide", mma_ring_bytes=8192, mma_key_table="prmt")  # allowed
+
+
+def test_the_byte_permute_layout_takes_a_16kb_ring():
+    """mma_value_table "prmt" (tq4: no table, the ring the kernel's only shared memory) takes the default 8 KB ring or
+    16 KB (four of tq4's tiles, two a softmax step); 16 KB is refused for every other value table, "auto"
+    included (it would resolve to the pair tables there), with the allowed combinations named."""
+    from turboquant.triton_impl import decode_mma
+
+    p = _params("tq4", 128)
+    for ring in decode_mma.PRMT_RING_BYTES:
+        AttnConfig(mma_value_table="prmt", mma_key_table="prmt", mma_ring_bytes=ring)
+        assert decode_mma.value_table_unsupported(p, "prmt", ring, "prmt") is None
+        assert decode_mma.mma_shared_bytes(p, ring, "prmt", "prmt") == ring
+    assert decode_mma.ring_stages(p, 16384) == (1024, 4)  # four 4 KB stages: pairs fit
+    assert "mma_ring_bytes=24576" in decode_mma.value_table_unsupported(p, "prmt", 24576, "prmt")
+    for table in ("auto", "pair", "single"):
+        with pytest.raises(ValueError, match=rf"mma_value_table='{table}' with mma_ring_bytes=16384 is not supported; "
+                                             r"allowed: .* mma_value_table='prmt' with one of \[8192, 16384\]"):
+            AttnConfig(mma_value_table=table, mma_ring_bytes=16384)
+    with pytest.raises(ValueError, match=r"mma_ring_bytes=12288 is not supported; allowed values: .* or 16384 with "
+                                         r"mma_value_table='prmt'"):
+        AttnConfig(mma_value_table="prmt", mma_ring_bytes=12288)
 
 
 @pytest.mark.parametrize("option,bad,allowed", [
@@ -827,6 +849,10 @@ SAME_BITS = [
     *[(p, {"mma_key_table": "pair", "mma_shared_table": False}, {"mma_key_table": "auto", "mma_shared_table": t})
       for p in ("k4v3", "tq4") for t in (True, False)],
     ("tq3", {"mma_key_table": "pair"}, {"mma_key_table": "auto"}),
+    # tq4's keys and values by byte permutes with a 16 KB ring (no table: four of its tiles, two a softmax step) at a
+    # 168-register cap, against the single-code key table and the pair values with a 24 KB ring
+    ("tq4", {"mma_step_tiles": 2, "mma_ring_bytes": 24576},
+     {"mma_ring_bytes": 16384, "mma_key_table": "prmt", "mma_value_table": "prmt", "mma_maxnreg": 168}),
 ]
 
 
@@ -1073,6 +1099,10 @@ SAME_BITS_OPTIONS = [
     # tq4's values by byte permutes too ("auto" beside "prmt" keys): no table, the ring the only shared memory
     ("tq4", 1, {"mma_value_table": "prmt", "mma_key_table": "prmt", "mma_maxnreg": 152}),
     ("tq4", 1, {"mma_value_table": "prmt", "mma_key_table": "prmt", "mma_maxnreg": 152, "mma_page_ahead": True}),
+    # a 168-register cap (12 one-warp programs an SM, as at 152): k4v3's default layout, tq4's with a 16 KB ring
+    ("k4v3", 2, {"mma_value_table": "auto", "mma_step_tiles": 0, "mma_key_table": "prmt", "mma_maxnreg": 168}),
+    ("tq4", 2, {"mma_value_table": "prmt", "mma_key_table": "prmt", "mma_ring_bytes": 16384, "mma_maxnreg": 168,
+                "mma_step_tiles": 0}),
 ]
 
 
