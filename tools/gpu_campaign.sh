@@ -159,7 +159,7 @@ case "$stage" in
           ${KERNEL_TEST_ARGS:-} > "$OUT/tests.log" 2>&1 || echo "tests rc $?"
       { grep -E "^FAILED|^ERROR" "$OUT/tests.log" || true; } | head -20; tail -2 "$OUT/tests.log"; t tests
     fi
-    dargs="${DECODE_ARGS---no-store --vllm --rounds 2 --presets tq3,k4v3,tq4 --shapes 32x32768,8x32768,1x131072,64x1024,256x6144,64x32768 --kernels auto,mma@w1,mma@r168,mma@r168b16384k2v3,mma@s3w0,mma@s6w0}"
+    dargs="${DECODE_ARGS---no-store --vllm --rounds 2 --presets tq3,k4v3,tq4 --shapes 32x32768,8x32768,1x131072,64x1024,256x6144,64x32768 --kernels auto,mma@w1,mma@r168,mma@r168a1,mma@r168b16384k2v3,mma@s3w0,mma@s6w0}"
     if [ -n "$dargs" ]; then
       python3 -c "import vllm" 2>/dev/null || dargs="${dargs//--vllm/}"  # no kit: our kernels only
       timeout "${DECODE_SECONDS:-300}" python3 -m benchmarks.micro.bench_decode $dargs --out "$OUT/decode.json" \
