@@ -111,7 +111,7 @@ RING_BYTES = 8192  # the tile ring: 4 stages of up to 2 KB (tq3, k4v3), 2 of up 
 MMA_RING_BYTES = (4096,) + tuple((1 << k) - TABLE_BYTES for k in (14, 15, 16))
 # the ring of mma_value_table "prmt" (tq4's keys and values by byte permutes, no table: the ring is the kernel's only
 # shared memory, a power of two): the default 8 KB (two of tq4's 4 KB tiles, one a softmax step) or 16 KB (four: two
-# a step, with 8 % fewer instructions a tile at a 168-register cap, where 12 one-warp programs an SM still fit
+# a step, with 7 % fewer instructions a tile at a 168-register cap, where 12 one-warp programs an SM still fit
 # (device.resident_blocks); compiled for sm_90 with Triton 3.6, not yet timed: docs/kernel-notes.md, twenty-fifth
 # session)
 PRMT_RING_BYTES = (RING_BYTES, 2 * RING_BYTES)
@@ -662,7 +662,7 @@ def value_table_unsupported(params: KernelParams, value_table: str, ring_bytes: 
             return (f"it needs 4-bit keys and values of one symmetric codebook (tq4) with mma_key_table 'prmt', got "
                     f"{m['K0_BITS']}-bit keys, {m['V0_BITS']}-bit values, mma_key_table={shown!r}")
         if ring_bytes not in PRMT_RING_BYTES:
-            return (f"its ring is the default {RING_BYTES} bytes or {2 * RING_BYTES} (the kernel's only shared "
+            return (f"its ring is the default {RING_BYTES} bytes or {PRMT_RING_BYTES[-1]} (the kernel's only shared "
                     f"memory, a power of two): mma_ring_bytes={ring_bytes}")
     return None
 
@@ -946,7 +946,7 @@ def decode_attention_mma(qbuf: torch.Tensor, cache: torch.Tensor, block_table: t
                          f"allowed: 'wide' for k4v3 with mma_key_table 'auto' or 'single' and mma_ring_bytes="
                          f"{WIDE_RING_BYTES} or with 'prmt' and {RING_BYTES}, 'single' for tq4 with mma_key_table "
                          f"'auto' or 'single' and mma_ring_bytes={RING_BYTES}, 'prmt' for tq4 with mma_key_table "
-                         f"'prmt' and mma_ring_bytes {RING_BYTES} or {2 * RING_BYTES}, 'pair' or 'auto' for any")
+                         f"'prmt' and mma_ring_bytes {RING_BYTES} or {PRMT_RING_BYTES[-1]}, 'pair' or 'auto' for any")
     if value_table not in ("wide", "prmt") and (ring_bytes not in MMA_RING_BYTES or stages < 2):
         raise ValueError(f"mma_ring_bytes={ring_bytes} holds {stages} tile(s) of {4 * stage_words} bytes "
                          f"({params.fmt.preset.name}); allowed values: "

@@ -177,7 +177,7 @@ class AttnConfig:
         if table == "wide":
             ring_refused = ring != wide_ring_bytes(self.mma_key_table)
         elif table == "prmt":
-            ring_refused = ring == WIDE_RING_BYTES
+            ring_refused = ring not in PRMT_RING_BYTES
         else:
             ring_refused = ring not in MMA_RING_BYTES
         if ring_refused:

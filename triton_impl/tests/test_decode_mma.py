@@ -380,6 +380,9 @@ def test_the_byte_permute_layout_takes_a_16kb_ring():
         with pytest.raises(ValueError, match=rf"mma_value_table='{table}' with mma_ring_bytes=16384 is not supported; "
                                              r"allowed: .* mma_value_table='prmt' with one of \[8192, 16384\]"):
             AttnConfig(mma_value_table=table, mma_ring_bytes=16384)
+    with pytest.raises(ValueError, match=r"mma_value_table='prmt' with mma_ring_bytes=24576 is not supported; "
+                                         r"allowed: .* mma_value_table='prmt' with one of \[8192, 16384\]"):
+        AttnConfig(mma_value_table="prmt", mma_key_table="prmt", mma_ring_bytes=24576)
     with pytest.raises(ValueError, match=r"mma_ring_bytes=12288 is not supported; allowed values: .* or 16384 with "
                                          r"mma_value_table='prmt'"):
         AttnConfig(mma_value_table="prmt", mma_ring_bytes=12288)
